@@ -1,0 +1,137 @@
+//! The command line, as clap sees it. Values are only parsed here; `config` layers them over the
+//! files and the environment, and `plan` validates the result.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser};
+
+use crate::config::{EndOfLife, HostPort, Tag};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ssh-ec2",
+    version,
+    about = "Run a command on a throw-away AWS EC2 machine as if it were local.",
+    long_about = "Launches (or reuses) the EC2 instance that belongs to the current directory, syncs \
+                  the directory to it with rsync, runs COMMAND there (a login shell if none), pulls \
+                  new and changed files back, then terminates, stops or leaves the instance.",
+    after_help = "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
+                  Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml and the \
+                  environment (see README.md); flags win."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub end_of_life: EndOfLifeFlags,
+
+    /// Do not sync the directory up before the command, nor pull results back after it.
+    #[arg(long)]
+    pub no_rsync: bool,
+
+    /// List the files rsync transfers; twice (-vv) for debug logs.
+    #[arg(short, long, action = ArgAction::Count, alias = "no-quiet", conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Print nothing but errors (and the remote command's own output).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
+    #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+
+    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER).
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+
+    #[command(flatten)]
+    pub instance: InstanceFlags,
+
+    #[command(flatten)]
+    pub network: NetworkFlags,
+
+    /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct EndOfLifeFlags {
+    /// Terminate the instance at the end (the default).
+    #[arg(short, long)]
+    pub terminate: bool,
+    /// Stop the instance at the end; the next run in this directory starts it again.
+    #[arg(short, long)]
+    pub stop: bool,
+    /// Leave the instance running at the end.
+    #[arg(short, long)]
+    pub leave: bool,
+}
+
+impl EndOfLifeFlags {
+    pub fn chosen(&self) -> Option<EndOfLife> {
+        match (self.terminate, self.stop, self.leave) {
+            (true, _, _) => Some(EndOfLife::Terminate),
+            (_, true, _) => Some(EndOfLife::Stop),
+            (_, _, true) => Some(EndOfLife::Leave),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Instance")]
+pub struct InstanceFlags {
+    /// AWS region (default: the AWS config chain, else eu-central-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// EC2 instance type.
+    #[arg(long, value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// AMI id to launch (wins over --image-name).
+    #[arg(long, value_name = "AMI")]
+    pub image_id: Option<String>,
+    /// Launch the newest Amazon image whose name matches this pattern (`*` wildcards).
+    #[arg(long, value_name = "PATTERN")]
+    pub image_name: Option<String>,
+    /// Remote login user (default: guessed from the image name).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// IAM instance profile given to the instance, so it needs no copied credentials.
+    #[arg(long, value_name = "NAME")]
+    pub instance_profile: Option<String>,
+    /// Subnet to launch in (default: the default VPC).
+    #[arg(long, value_name = "ID")]
+    pub subnet_id: Option<String>,
+    /// Root volume size in GiB (default: the image's).
+    #[arg(long, value_name = "GIB")]
+    pub volume_size: Option<u32>,
+    /// Extra tag for the instance and its resources; repeat for more.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<Tag>,
+    /// The instance's Name tag.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remote directory to sync into and run in (default: ~/<this directory's name>).
+    #[arg(long, value_name = "DIR")]
+    pub remote_dir: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Network")]
+pub struct NetworkFlags {
+    /// Dial this address instead of the instance's IP (SSM port forward, bastion tunnel).
+    /// The instance's host key is still required.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: Option<HostPort>,
+    /// Allow SSH from this CIDR instead of this machine's public IP /32.
+    #[arg(long, value_name = "CIDR")]
+    pub ssh_cidr: Option<ipnet::IpNet>,
+    /// Give up waiting for the instance's SSH after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub boot_timeout: Option<u64>,
+}

@@ -1,0 +1,161 @@
+//! Turns AWS SDK errors into messages that say what went wrong and what to do, by root cause.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+
+/// An AWS call that failed, with the user's next step when the cause is a known one.
+#[derive(Debug)]
+pub struct AwsError {
+    doing: String,
+    detail: String,
+    hint: Option<&'static str>,
+    /// The AWS error code, for callers that handle some codes themselves.
+    pub code: Option<String>,
+}
+
+impl fmt::Display for AwsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not {}: {}", self.doing, self.detail)?;
+        if let Some(hint) = self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for AwsError {}
+
+pub trait AwsResultExt<T> {
+    /// `doing` completes "could not …", e.g. "launch the instance in eu-central-1".
+    fn explain(self, doing: impl fmt::Display) -> Result<T, AwsError>;
+}
+
+impl<T, E, R> AwsResultExt<T> for Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+    R: fmt::Debug + 'static,
+{
+    fn explain(self, doing: impl fmt::Display) -> Result<T, AwsError> {
+        self.map_err(|err| explain(&err, doing.to_string()))
+    }
+}
+
+fn explain<E, R>(err: &SdkError<E, R>, doing: String) -> AwsError
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+    R: fmt::Debug + 'static,
+{
+    let code = err.code().map(str::to_string);
+    if let SdkError::ServiceError(_) = err {
+        let detail = match err.message() {
+            Some(message) => format!("{} ({message})", code.as_deref().unwrap_or("error")),
+            None => code
+                .clone()
+                .unwrap_or_else(|| "unknown service error".into()),
+        };
+        let hint = code.as_deref().and_then(hint_for_code);
+        return AwsError {
+            doing,
+            detail,
+            hint,
+            code,
+        };
+    }
+    if lacks_credentials(err) {
+        return AwsError {
+            doing,
+            detail: "no AWS credentials found".into(),
+            hint: Some(
+                "run `aws configure` (or `aws sso login`), or set AWS_PROFILE or \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ),
+            code,
+        };
+    }
+    let (detail, hint) = match err {
+        SdkError::TimeoutError(_) => ("the request timed out".to_string(), NETWORK_HINT),
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => (
+            format!("cannot reach the AWS API ({})", innermost(err)),
+            NETWORK_HINT,
+        ),
+        _ => (innermost(err), "run again with -vv for the details"),
+    };
+    AwsError {
+        doing,
+        detail,
+        hint: Some(hint),
+        code,
+    }
+}
+
+const NETWORK_HINT: &str = "check your network connection, proxy settings and AWS_ENDPOINT_URL";
+
+fn lacks_credentials(err: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(CredentialsError::CredentialsNotLoaded(_)) =
+            e.downcast_ref::<CredentialsError>()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The last message of the error chain: the SDK's outer layers only say "dispatch failure".
+fn innermost(err: &(dyn StdError + 'static)) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+fn hint_for_code(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+            "your AWS user is not allowed to do this: ask your AWS admin to attach \
+             policies/ssh-ec2-user.json (see README.md, \"Set-up for AWS admins\")"
+        }
+        "AuthFailure"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "UnrecognizedClientException" => {
+            "AWS rejected your credentials: check AWS_PROFILE, or run `aws configure` again"
+        }
+        "ExpiredToken" | "ExpiredTokenException" | "RequestExpired" => {
+            "your AWS session has expired: log in again (`aws sso login`) or refresh your keys"
+        }
+        "OptInRequired" => {
+            "this region is not enabled for your account: pick another with --region"
+        }
+        "InsufficientInstanceCapacity" | "InsufficientCapacity" => {
+            "AWS has no capacity for this instance type here right now: retry later, or pick \
+             another --instance-type, or a --subnet-id in another availability zone"
+        }
+        "VcpuLimitExceeded" | "InstanceLimitExceeded" | "MaxSpotInstanceCountExceeded" => {
+            "your account's vCPU quota for this instance family is used up: terminate idle \
+             instances or request a quota increase (Service Quotas console)"
+        }
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => {
+            "AWS is throttling requests from your account: wait a minute and run again"
+        }
+        "InvalidAMIID.NotFound" | "InvalidAMIID.Malformed" | "InvalidAMIID.Unavailable" => {
+            "no such image in this region: check --image-id (AMI ids are per region)"
+        }
+        "InvalidParameterValue" | "Unsupported" => {
+            "check the instance type, image and subnet settings (is the type offered in this \
+             region and availability zone?)"
+        }
+        "InvalidSubnetID.NotFound" => "no such subnet in this region: check --subnet-id",
+        "NoSuchEntity" => {
+            "no such IAM instance profile: check --instance-profile / AWS_IAM_INSTANCE_PROFILE \
+             (see README.md, \"Set-up for AWS admins\")"
+        }
+        _ => return None,
+    })
+}

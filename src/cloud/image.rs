@@ -1,0 +1,113 @@
+//! Which machine image to launch, and who logs in to it.
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::types::Filter;
+
+use super::{AwsResultExt, Cloud};
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub root_device: Option<String>,
+}
+
+impl Image {
+    fn from_sdk(image: &aws_sdk_ec2::types::Image) -> Option<Image> {
+        Some(Image {
+            id: image.image_id()?.to_string(),
+            name: image.name().unwrap_or_default().to_string(),
+            root_device: image.root_device_name().map(str::to_string),
+        })
+    }
+}
+
+impl Cloud {
+    pub async fn image_by_id(&self, id: &str) -> Result<Image> {
+        let found = self
+            .ec2
+            .describe_images()
+            .image_ids(id)
+            .send()
+            .await
+            .explain(format_args!("look up image {id} in {}", self.region))?;
+        found
+            .images()
+            .first()
+            .and_then(Image::from_sdk)
+            .with_context(|| {
+                format!(
+                    "image {id} does not exist in {}: check --image-id",
+                    self.region
+                )
+            })
+    }
+
+    /// The newest available Amazon-owned image whose name matches `pattern`.
+    pub async fn newest_image(&self, pattern: &str) -> Result<Image> {
+        let found = self
+            .ec2
+            .describe_images()
+            .owners("amazon")
+            .filters(Filter::builder().name("name").values(pattern).build())
+            .filters(Filter::builder().name("state").values("available").build())
+            .send()
+            .await
+            .explain(format_args!(
+                "look up images named \"{pattern}\" in {}",
+                self.region
+            ))?;
+        // ISO 8601 timestamps sort chronologically as text.
+        let newest = found
+            .images()
+            .iter()
+            .max_by_key(|image| image.creation_date().unwrap_or(""));
+        match newest.and_then(Image::from_sdk) {
+            Some(image) => Ok(image),
+            None => bail!(
+                "no Amazon image named \"{pattern}\" in {}: check --image-name, or pass --image-id",
+                self.region
+            ),
+        }
+    }
+}
+
+/// The default login user of well-known images, from the image name (as the original tool did).
+pub fn guess_user(image_name: &str) -> &'static str {
+    let name = image_name.to_ascii_lowercase();
+    const KNOWN: [(&str, &str); 7] = [
+        ("ubuntu", "ubuntu"),
+        ("debian", "admin"),
+        ("centos", "centos"),
+        ("fedora", "fedora"),
+        ("rocky", "rocky"),
+        ("bitnami", "bitnami"),
+        ("suse", "ec2-user"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(needle, _)| name.contains(needle))
+        .map_or("ec2-user", |(_, user)| user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guess_user;
+
+    #[test]
+    fn users_follow_the_image_family() {
+        assert_eq!(
+            guess_user("Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 2026"),
+            "ubuntu"
+        );
+        assert_eq!(
+            guess_user("al2023-ami-2023.6-kernel-6.1-x86_64"),
+            "ec2-user"
+        );
+        assert_eq!(guess_user("debian-12-amd64-2026"), "admin");
+        assert_eq!(
+            guess_user("Deep Learning AMI (Amazon Linux 2023)"),
+            "ec2-user"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The instance that belongs to a directory: finding it, launching it, and moving it between
+//! states.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    ResourceType, ShutdownBehavior, TagSpecification, VolumeType,
+};
+use base64::Engine;
+
+use super::image::Image;
+use super::{AwsResultExt, Cloud};
+use crate::backoff::Backoff;
+
+const TAG_OWNER: &str = "ssh-ec2:owner";
+const TAG_HOST: &str = "ssh-ec2:host";
+const TAG_DIR: &str = "ssh-ec2:dir";
+/// The security group made for this instance, deleted once it is terminated.
+const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
+/// The login user, so a later run need not guess it again.
+const TAG_USER: &str = "ssh-ec2:user";
+
+/// Who and what an instance belongs to: a directory on a host, for an owner.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    pub owner: String,
+    pub host: String,
+    pub dir: String,
+}
+
+impl Ownership {
+    /// The tags that mark a resource as this directory's.
+    pub fn tags(&self) -> Vec<(String, String)> {
+        vec![
+            (TAG_OWNER.into(), self.owner.clone()),
+            (TAG_HOST.into(), self.host.clone()),
+            (TAG_DIR.into(), self.dir.clone()),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl State {
+    fn from_sdk(name: Option<&InstanceStateName>) -> State {
+        match name {
+            Some(InstanceStateName::Pending) => State::Pending,
+            Some(InstanceStateName::Running) => State::Running,
+            Some(InstanceStateName::Stopping) => State::Stopping,
+            Some(InstanceStateName::Stopped) => State::Stopped,
+            Some(InstanceStateName::ShuttingDown) => State::ShuttingDown,
+            _ => State::Terminated,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::ShuttingDown => "shutting-down",
+            State::Terminated => "terminated",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub state: State,
+    pub instance_type: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub security_group: Option<String>,
+    pub login_user: Option<String>,
+}
+
+impl Instance {
+    fn from_sdk(instance: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
+        let tag = |key: &str| {
+            instance
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(key))
+                .and_then(|t| t.value())
+        };
+        Some(Instance {
+            id: instance.instance_id()?.to_string(),
+            state: State::from_sdk(instance.state().and_then(|s| s.name())),
+            instance_type: instance
+                .instance_type()
+                .map_or("", |t| t.as_str())
+                .to_string(),
+            public_ip: instance.public_ip_address().map(str::to_string),
+            private_ip: instance.private_ip_address().map(str::to_string),
+            security_group: tag(TAG_SECURITY_GROUP).map(str::to_string),
+            login_user: tag(TAG_USER).map(str::to_string),
+        })
+    }
+
+    /// Where its sshd listens: the public IP, else the private one (VPN, peered networks).
+    pub fn address(&self) -> Option<&str> {
+        self.public_ip.as_deref().or(self.private_ip.as_deref())
+    }
+}
+
+/// Everything RunInstances needs, already decided by the plan.
+pub struct LaunchRequest<'a> {
+    pub image: &'a Image,
+    pub instance_type: &'a str,
+    pub user_data: &'a str,
+    pub security_group: &'a str,
+    pub login_user: &'a str,
+    pub subnet_id: Option<&'a str>,
+    pub key_name: Option<&'a str>,
+    pub instance_profile: Option<&'a str>,
+    pub volume_size: Option<u32>,
+    /// An OS-initiated shutdown terminates (policy terminate) rather than stops.
+    pub terminate_on_shutdown: bool,
+    /// Ownership, Name and user tags, applied at creation to the instance and its volumes.
+    pub tags: &'a [(String, String)],
+    /// Makes a retried RunInstances idempotent.
+    pub client_token: &'a str,
+}
+
+pub(super) fn tag_specification(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags.collect()))
+        .build()
+}
+
+impl Cloud {
+    /// The live (not terminated) instance tagged as this directory's, if any.
+    pub async fn find_owned(&self, owner: &Ownership) -> Result<Option<Instance>> {
+        let mut request = self.ec2.describe_instances().filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        );
+        for (key, value) in owner.tags() {
+            request = request.filters(
+                Filter::builder()
+                    .name(format!("tag:{key}"))
+                    .values(value)
+                    .build(),
+            );
+        }
+        let found = request
+            .send()
+            .await
+            .explain(format_args!("list your instances in {}", self.region))?;
+        let mut owned: Vec<Instance> = found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(Instance::from_sdk)
+            .filter(|i| !matches!(i.state, State::ShuttingDown | State::Terminated))
+            .collect();
+        // A running one is the cheapest to reuse.
+        owned.sort_by_key(|i| i.state != State::Running);
+        Ok(owned.into_iter().next())
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Instance> {
+        let found = self
+            .ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .explain(format_args!("describe instance {id}"))?;
+        found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(Instance::from_sdk)
+            .with_context(|| format!("instance {id} no longer exists in {}", self.region))
+    }
+
+    pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Instance> {
+        let user_data = base64::engine::general_purpose::STANDARD.encode(request.user_data);
+        let mut tags = request.tags.to_vec();
+        tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
+        tags.push((TAG_USER.into(), request.login_user.into()));
+        let root_volume = EbsBlockDevice::builder()
+            .delete_on_termination(true)
+            .volume_type(VolumeType::Gp3)
+            .set_volume_size(request.volume_size.map(|gib| gib as i32))
+            .build();
+        let root_device = request
+            .image
+            .root_device
+            .clone()
+            .unwrap_or_else(|| "/dev/sda1".into());
+        let shutdown = if request.terminate_on_shutdown {
+            ShutdownBehavior::Terminate
+        } else {
+            ShutdownBehavior::Stop
+        };
+        let launched = self
+            .ec2
+            .run_instances()
+            .image_id(&request.image.id)
+            .instance_type(InstanceType::from(request.instance_type))
+            .min_count(1)
+            .max_count(1)
+            .user_data(user_data)
+            .security_group_ids(request.security_group)
+            .set_subnet_id(request.subnet_id.map(str::to_string))
+            .set_key_name(request.key_name.map(str::to_string))
+            .set_iam_instance_profile(request.instance_profile.map(|name| {
+                IamInstanceProfileSpecification::builder()
+                    .name(name)
+                    .build()
+            }))
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root_device)
+                    .ebs(root_volume)
+                    .build(),
+            )
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .instance_initiated_shutdown_behavior(shutdown)
+            .tag_specifications(tag_specification(ResourceType::Instance, &tags))
+            .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
+            .client_token(request.client_token)
+            .send()
+            .await
+            .explain(format_args!(
+                "launch a {} instance of {} in {}",
+                request.instance_type, request.image.id, self.region
+            ))?;
+        launched
+            .instances()
+            .first()
+            .and_then(Instance::from_sdk)
+            .context("EC2 accepted the launch but returned no instance: check the EC2 console")
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.ec2
+            .start_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .explain(format_args!("start instance {id}"))?;
+        Ok(())
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        self.ec2
+            .stop_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .explain(format_args!("stop instance {id}"))?;
+        Ok(())
+    }
+
+    pub async fn terminate(&self, id: &str) -> Result<()> {
+        self.ec2
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .explain(format_args!("terminate instance {id}"))?;
+        Ok(())
+    }
+
+    /// Polls until the instance reaches `target`, or fails once `timeout` has passed or it
+    /// lands somewhere it cannot come back from.
+    pub async fn wait_until(&self, id: &str, target: State, timeout: Duration) -> Result<Instance> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let instance = self.instance(id).await?;
+            if instance.state == target {
+                return Ok(instance);
+            }
+            let dead_end = match target {
+                State::Running | State::Stopped => {
+                    matches!(instance.state, State::ShuttingDown | State::Terminated)
+                }
+                _ => false,
+            };
+            if dead_end {
+                bail!(
+                    "instance {id} is {} instead of {}: look at its state reason in the EC2 console",
+                    instance.state.as_str(),
+                    target.as_str()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "instance {id} is still {} after {}s, not {}: check it in the EC2 console",
+                    instance.state.as_str(),
+                    timeout.as_secs(),
+                    target.as_str()
+                );
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The per-run security group: SSH from the caller's address only, deleted after terminate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType};
+use ipnet::IpNet;
+
+use super::instance::tag_specification;
+use super::{AwsResultExt, Cloud};
+use crate::backoff::Backoff;
+
+impl Cloud {
+    /// The VPC to launch in: the subnet's, else the region's default VPC.
+    async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
+        if let Some(subnet) = subnet_id {
+            let found = self
+                .ec2
+                .describe_subnets()
+                .subnet_ids(subnet)
+                .send()
+                .await
+                .explain(format_args!("look up subnet {subnet}"))?;
+            return found
+                .subnets()
+                .first()
+                .and_then(|s| s.vpc_id())
+                .map(str::to_string)
+                .with_context(|| {
+                    format!(
+                        "subnet {subnet} does not exist in {}: check --subnet-id",
+                        self.region
+                    )
+                });
+        }
+        let found = self
+            .ec2
+            .describe_vpcs()
+            .filters(Filter::builder().name("is-default").values("true").build())
+            .send()
+            .await
+            .explain(format_args!("find the default VPC of {}", self.region))?;
+        match found.vpcs().first().and_then(|v| v.vpc_id()) {
+            Some(vpc) => Ok(vpc.to_string()),
+            None => bail!(
+                "no default VPC in {}: pass --subnet-id (a public subnet of your VPC)",
+                self.region
+            ),
+        }
+    }
+
+    /// Creates the security group of a new instance: inbound tcp/22 from `cidr` only.
+    pub async fn create_ssh_group(
+        &self,
+        subnet_id: Option<&str>,
+        cidr: IpNet,
+        tags: &[(String, String)],
+    ) -> Result<String> {
+        let vpc = self.vpc_for(subnet_id).await?;
+        let name = format!("ssh-ec2-{:016x}", rand::random::<u64>());
+        let created = self
+            .ec2
+            .create_security_group()
+            .group_name(&name)
+            .description("ssh-ec2: SSH from the launching machine only; deleted with the instance")
+            .vpc_id(&vpc)
+            .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags))
+            .send()
+            .await
+            .explain(format_args!("create security group {name} in {vpc}"))?;
+        let group = created
+            .group_id()
+            .context("EC2 created a security group without an id")?;
+        if let Err(e) = self.allow_ssh_from(group, cidr).await {
+            self.delete_group_now(group).await;
+            return Err(e);
+        }
+        Ok(group.to_string())
+    }
+
+    /// Lets `cidr` in on tcp/22 (the caller's address may have changed since the launch).
+    pub async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
+        let mut permission = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22);
+        let description = "ssh-ec2 caller";
+        permission = match cidr {
+            IpNet::V4(_) => permission.ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(cidr.to_string())
+                    .description(description)
+                    .build(),
+            ),
+            IpNet::V6(_) => permission.ipv6_ranges(
+                Ipv6Range::builder()
+                    .cidr_ipv6(cidr.to_string())
+                    .description(description)
+                    .build(),
+            ),
+        };
+        let result = self
+            .ec2
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .ip_permissions(permission.build())
+            .send()
+            .await
+            .explain(format_args!(
+                "allow SSH from {cidr} in security group {group}"
+            ));
+        match result {
+            Err(e) if e.code.as_deref() == Some("InvalidPermission.Duplicate") => Ok(()),
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// Deletes a run's security group once its instance is gone. AWS refuses while the
+    /// instance's network interface is still detaching, so this retries for a while.
+    pub async fn delete_ssh_group(&self, group: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let result = self
+                .ec2
+                .delete_security_group()
+                .group_id(group)
+                .send()
+                .await
+                .explain(format_args!("delete security group {group}"));
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => return Ok(()),
+                Err(e)
+                    if e.code.as_deref() == Some("DependencyViolation")
+                        && Instant::now() < deadline =>
+                {
+                    tracing::debug!("{group} still in use; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => {
+                    return Err(e).context(format!(
+                        "delete it yourself once nothing uses it: `aws ec2 delete-security-group --group-id {group}`"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Best-effort delete of a group that never got an instance.
+    pub async fn delete_group_now(&self, group: &str) {
+        if let Err(e) = self
+            .ec2
+            .delete_security_group()
+            .group_id(group)
+            .send()
+            .await
+        {
+            tracing::debug!("could not delete unused security group {group}: {e}");
+        }
+    }
+}
+
+/// This machine's public address as a single-host CIDR, from a checkip service (a plain-text
+/// body with the caller's IP, like https://checkip.amazonaws.com).
+pub async fn caller_cidr(checkip_url: &str) -> Result<IpNet> {
+    let url = checkip_url.to_string();
+    let body = tokio::task::spawn_blocking(move || fetch_text(&url))
+        .await
+        .context("the checkip request panicked")?
+        .with_context(|| {
+            format!(
+                "cannot learn this machine's public IP from {checkip_url}: pass --ssh-cidr \
+                 YOUR.PUBLIC.IP/32, or set SSH_EC2_CHECKIP_URL to a service that works from here"
+            )
+        })?;
+    let ip: std::net::IpAddr = body.trim().parse().with_context(|| {
+        format!(
+            "{checkip_url} answered `{}`, not an IP address: pass --ssh-cidr",
+            body.trim()
+        )
+    })?;
+    Ok(IpNet::from(ip))
+}
+
+fn fetch_text(url: &str) -> Result<String> {
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .build();
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build(),
+    );
+    Ok(agent.get(url).call()?.body_mut().read_to_string()?)
+}

@@ -1,0 +1,211 @@
+//! The SSH keys of each instance, kept under the XDG state directory:
+//! `instances/<id>/login_ed25519` (0600, only for per-run keys) and
+//! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{Algorithm, PrivateKey, PublicKey};
+
+/// How ssh-ec2 logs in to instances it launches.
+#[derive(Debug, Clone)]
+pub enum LoginKey {
+    /// A fresh ed25519 key per instance, handed over in user-data: nothing left in EC2.
+    PerRun,
+    /// An existing EC2 key pair and its private key (`-i`, AWS_KEY_NAME).
+    KeyPair { name: String, key: Arc<PrivateKey> },
+}
+
+/// What ssh-ec2 needs to reach one instance.
+#[derive(Clone)]
+pub struct InstanceKeys {
+    pub login: Arc<PrivateKey>,
+    pub host: PublicKey,
+}
+
+/// Keys made for an instance about to be launched; moved under its id once it exists.
+pub struct NewKeys {
+    dir: PathBuf,
+    pub keys: InstanceKeys,
+    /// The login public key to install through user-data, for per-run keys.
+    pub authorized_key: Option<String>,
+    pub host_private_openssh: String,
+    pub host_public_openssh: String,
+}
+
+pub struct KeyStore {
+    root: PathBuf,
+}
+
+const LOGIN_FILE: &str = "login_ed25519";
+const HOST_FILE: &str = "host_ed25519.pub";
+
+impl KeyStore {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            root: state_dir.join("instances"),
+        }
+    }
+
+    fn instance_dir(&self, instance_id: &str) -> PathBuf {
+        self.root.join(instance_id)
+    }
+
+    /// Generates the host key (and a per-run login key) into a private pending directory.
+    pub fn generate(&self, login: &LoginKey) -> Result<NewKeys> {
+        let dir = self
+            .root
+            .join(format!("pending-{:016x}", rand::random::<u64>()));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create the key directory {}", dir.display()))?;
+        let mut host = random_ed25519()?;
+        host.set_comment("ssh-ec2-host");
+        let host_public_openssh = host.public_key().to_openssh()?;
+        write_private(&dir.join(HOST_FILE), &host_public_openssh)?;
+        let (login, authorized_key) = match login {
+            LoginKey::KeyPair { key, .. } => (key.clone(), None),
+            LoginKey::PerRun => {
+                let mut key = random_ed25519()?;
+                key.set_comment("ssh-ec2");
+                write_private(&dir.join(LOGIN_FILE), &key.to_openssh(LineEnding::LF)?)?;
+                let public = key.public_key().to_openssh()?;
+                (Arc::new(key), Some(public))
+            }
+        };
+        Ok(NewKeys {
+            dir,
+            keys: InstanceKeys {
+                login,
+                host: host.public_key().clone(),
+            },
+            authorized_key,
+            host_private_openssh: host.to_openssh(LineEnding::LF)?.to_string(),
+            host_public_openssh,
+        })
+    }
+
+    /// Files the keys under the instance that now exists.
+    pub fn adopt(&self, new: NewKeys, instance_id: &str) -> Result<InstanceKeys> {
+        let target = self.instance_dir(instance_id);
+        fs::rename(&new.dir, &target).with_context(|| {
+            format!(
+                "cannot keep the keys of {instance_id} in {}",
+                target.display()
+            )
+        })?;
+        Ok(new.keys)
+    }
+
+    /// Drops keys whose instance was never launched.
+    pub fn discard(&self, new: NewKeys) {
+        let _ = fs::remove_dir_all(&new.dir);
+    }
+
+    /// The keys of an instance launched earlier from this machine.
+    pub fn load(&self, instance_id: &str, login: &LoginKey) -> Result<InstanceKeys> {
+        let dir = self.instance_dir(instance_id);
+        let missing = || {
+            format!(
+                "instance {instance_id} belongs to this directory, but its SSH keys are not in {} \
+                 (was it launched from another machine?): terminate it \
+                 (`aws ec2 terminate-instances --instance-ids {instance_id}`) and run again",
+                dir.display()
+            )
+        };
+        let host = fs::read_to_string(dir.join(HOST_FILE)).with_context(missing)?;
+        let host = PublicKey::from_openssh(host.trim()).with_context(missing)?;
+        let login = match login {
+            LoginKey::KeyPair { key, .. } => key.clone(),
+            LoginKey::PerRun => {
+                let text = fs::read_to_string(dir.join(LOGIN_FILE)).with_context(|| {
+                    format!(
+                        "{}; or, if it was launched with -i/AWS_KEY_NAME, pass the same key again",
+                        missing()
+                    )
+                })?;
+                Arc::new(PrivateKey::from_openssh(text).with_context(missing)?)
+            }
+        };
+        Ok(InstanceKeys { login, host })
+    }
+
+    /// Forgets a terminated instance.
+    pub fn forget(&self, instance_id: &str) {
+        let _ = fs::remove_dir_all(self.instance_dir(instance_id));
+    }
+}
+
+fn random_ed25519() -> Result<PrivateKey> {
+    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .context("cannot generate an ed25519 key")
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Loads the private key of an EC2 key pair (`-i FILE`).
+pub fn load_identity(path: &Path) -> Result<PrivateKey> {
+    if !path.is_file() {
+        bail!(
+            "identity file {} does not exist: pass -i with the key pair's private key",
+            path.display()
+        );
+    }
+    russh::keys::load_secret_key(path, None).with_context(|| {
+        format!(
+            "cannot use {} as a private key (an encrypted key? decrypt a copy with `ssh-keygen -p -f FILE`)",
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_survive_adoption_and_reload() {
+        let dir = std::env::temp_dir().join(format!("ssh-ec2-keys-{}", std::process::id()));
+        let store = KeyStore::new(&dir);
+        let new = store.generate(&LoginKey::PerRun).unwrap();
+        assert!(new.host_private_openssh.contains("OPENSSH PRIVATE KEY"));
+        assert!(
+            new.authorized_key
+                .as_deref()
+                .unwrap()
+                .starts_with("ssh-ed25519 ")
+        );
+        let made = store.adopt(new, "i-0123").unwrap();
+        let loaded = store.load("i-0123", &LoginKey::PerRun).unwrap();
+        assert_eq!(loaded.host, made.host);
+        assert_eq!(loaded.login.public_key(), made.login.public_key());
+        let mode = fs::metadata(dir.join("instances/i-0123").join(LOGIN_FILE)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
+        store.forget("i-0123");
+        let err = format!(
+            "{:#}",
+            store.load("i-0123", &LoginKey::PerRun).err().unwrap()
+        );
+        assert!(err.contains("terminate-instances"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,286 @@
+//! The run plan: flags and settings validated into what the run will do. Everything that can be
+//! refused is refused here, before any AWS call.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+
+use crate::cli::Cli;
+use crate::cloud::Ownership;
+use crate::config::{EndOfLife, HostPort, Layer, Multiplex};
+use crate::keys::{LoginKey, load_identity};
+use crate::printer::Verbosity;
+use crate::remote::RemoteDir;
+
+pub const DEFAULT_INSTANCE_TYPE: &str = "g4dn.xlarge";
+pub const DEFAULT_IMAGE_NAME: &str = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)*";
+pub const DEFAULT_CHECKIP_URL: &str = "https://checkip.amazonaws.com";
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// EC2 tag values hold at most 256 characters.
+const MAX_TAG_VALUE: usize = 256;
+
+#[derive(Debug)]
+pub struct Plan {
+    pub local_dir: PathBuf,
+    /// The remote command; `None` opens a login shell.
+    pub command: Option<String>,
+    pub end_of_life: EndOfLife,
+    /// `None` with --no-rsync.
+    pub sync: Option<SyncPlan>,
+    pub remote_dir: RemoteDir,
+    /// ssh-ec2's own region setting; `None` leaves it to the AWS config chain.
+    pub region: Option<String>,
+    pub launch: LaunchPlan,
+    pub ownership: Ownership,
+    pub login: LoginKey,
+    pub connect: Option<HostPort>,
+    pub ingress: Ingress,
+    pub boot_timeout: Duration,
+    pub verbosity: Verbosity,
+    /// Request a PTY and put the local terminal in raw mode.
+    pub pty: bool,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct LaunchPlan {
+    pub instance_type: String,
+    pub image: ImageChoice,
+    /// `None`: guessed from the image name.
+    pub user: Option<String>,
+    pub instance_profile: Option<String>,
+    pub subnet_id: Option<String>,
+    pub volume_size: Option<u32>,
+    /// Ownership, Name and user tags for everything the run creates.
+    pub tags: Vec<(String, String)>,
+    pub extra_boot_commands: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ImageChoice {
+    Id(String),
+    NewestNamed(String),
+}
+
+/// Who may reach the instance's sshd.
+#[derive(Debug, Clone)]
+pub enum Ingress {
+    Cidr(IpNet),
+    /// This machine's public IP, as a checkip service sees it.
+    CallerIp {
+        checkip_url: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct SyncPlan {
+    pub rsync: PathBuf,
+    /// `.rsyncignore`, when the directory has one.
+    pub ignore_file: Option<PathBuf>,
+}
+
+/// What the plan needs to know about this machine.
+pub struct Host {
+    pub cwd: PathBuf,
+    pub home: PathBuf,
+    pub user_config: PathBuf,
+    pub state_dir: PathBuf,
+    pub hostname: String,
+    pub login_name: Option<String>,
+    pub path_var: Option<std::ffi::OsString>,
+    pub interactive: bool,
+}
+
+impl Host {
+    pub fn detect() -> Result<Host> {
+        use etcetera::BaseStrategy;
+        use std::io::IsTerminal;
+        let dirs = etcetera::base_strategy::Xdg::new()
+            .context("cannot find your home directory: set HOME")?;
+        let home = dirs.home_dir().to_path_buf();
+        let login_name = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            });
+        Ok(Host {
+            cwd: std::env::current_dir().context("cannot read the current directory")?,
+            user_config: dirs.config_dir().join("ssh-ec2").join("config.toml"),
+            state_dir: dirs
+                .state_dir()
+                .unwrap_or_else(|| home.join(".local/state"))
+                .join("ssh-ec2"),
+            home,
+            hostname: nix::unistd::gethostname()
+                .context("cannot read this machine's host name")?
+                .to_string_lossy()
+                .into_owned(),
+            login_name,
+            path_var: std::env::var_os("PATH"),
+            interactive: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        })
+    }
+}
+
+impl Plan {
+    pub fn new(cli: &Cli, settings: Layer, host: &Host) -> Result<Plan> {
+        if let Some(multiplex @ (Multiplex::Tmux | Multiplex::Screen)) = settings.multiplex {
+            bail!(
+                "MULTIPLEX={}: running the command inside tmux/screen is not available in this \
+                 version; unset MULTIPLEX or set it to none",
+                if multiplex == Multiplex::Tmux {
+                    "tmux"
+                } else {
+                    "screen"
+                }
+            );
+        }
+        let local_dir = host.cwd.canonicalize().with_context(|| {
+            format!(
+                "cannot resolve the current directory {}",
+                host.cwd.display()
+            )
+        })?;
+        let dir_tag = local_dir
+            .to_str()
+            .filter(|d| d.len() <= MAX_TAG_VALUE)
+            .with_context(|| {
+                format!(
+                    "the path {} must be UTF-8 and at most {MAX_TAG_VALUE} bytes to tag the \
+                     instance with it: run ssh-ec2 from a shorter path",
+                    local_dir.display()
+                )
+            })?
+            .to_string();
+        let owner = settings
+            .trigram
+            .clone()
+            .or_else(|| host.login_name.clone())
+            .context("cannot tell who you are: set TRIGRAM (or USER) to your name")?;
+        let ownership = Ownership {
+            owner: owner.clone(),
+            host: host.hostname.clone(),
+            dir: dir_tag,
+        };
+
+        let remote_dir = match &settings.remote_dir {
+            Some(dir) => RemoteDir::parse(dir)?,
+            None => RemoteDir::default_for(&local_dir)?,
+        };
+        let sync = if cli.no_rsync {
+            None
+        } else {
+            let rsync = find_program("rsync", host.path_var.as_deref()).context(
+                "rsync not found: install it with your package manager (apt install rsync, \
+                 brew install rsync), or pass --no-rsync",
+            )?;
+            let ignore = local_dir.join(".rsyncignore");
+            Some(SyncPlan {
+                rsync,
+                ignore_file: ignore.is_file().then_some(ignore),
+            })
+        };
+
+        let login = match (&settings.identity_file, &settings.key_name) {
+            (None, None) => LoginKey::PerRun,
+            (identity, name) => {
+                let name = name.clone().unwrap_or_else(|| owner.clone());
+                let path = match identity {
+                    Some(path) => crate::config::expand_home(path, &host.home, &host.cwd),
+                    None => host.home.join(".ssh").join(format!("{name}.pem")),
+                };
+                let key = load_identity(&path).with_context(|| {
+                    format!("key pair `{name}` needs its private key (-i FILE or AWS_PEM)")
+                })?;
+                LoginKey::KeyPair {
+                    name,
+                    key: Arc::new(key),
+                }
+            }
+        };
+
+        let name = settings.name.clone().unwrap_or_else(|| {
+            let dir = local_dir
+                .file_name()
+                .map_or("root".into(), |n| n.to_string_lossy());
+            format!("ssh-ec2-{owner}-{dir}")
+        });
+        let mut tags = ownership.tags();
+        tags.push(("Name".into(), name.chars().take(MAX_TAG_VALUE).collect()));
+        tags.extend(settings.tags.0.clone());
+
+        if let Some(size) = settings.volume_size
+            && !(1..=16384).contains(&size)
+        {
+            bail!("volume size {size} GiB is out of range: EBS volumes are 1 to 16384 GiB");
+        }
+        let boot_timeout = match settings.boot_timeout {
+            Some(0) => bail!("a boot timeout of 0 seconds cannot work: give a number of seconds"),
+            Some(secs) => Duration::from_secs(secs),
+            None => DEFAULT_BOOT_TIMEOUT,
+        };
+        let image = match (&settings.image_id, &settings.image_name) {
+            (Some(id), _) => ImageChoice::Id(id.clone()),
+            (None, Some(pattern)) => ImageChoice::NewestNamed(pattern.clone()),
+            (None, None) => ImageChoice::NewestNamed(DEFAULT_IMAGE_NAME.into()),
+        };
+        let ingress = match settings.ssh_cidr {
+            Some(cidr) => Ingress::Cidr(cidr.trunc()),
+            None => Ingress::CallerIp {
+                checkip_url: settings
+                    .checkip_url
+                    .clone()
+                    .unwrap_or(DEFAULT_CHECKIP_URL.into()),
+            },
+        };
+        let command = (!cli.command.is_empty()).then(|| cli.command.join(" "));
+
+        Ok(Plan {
+            local_dir,
+            command,
+            end_of_life: settings.final_state.unwrap_or(EndOfLife::Terminate),
+            sync,
+            remote_dir,
+            region: settings.region,
+            launch: LaunchPlan {
+                instance_type: settings
+                    .instance_type
+                    .unwrap_or(DEFAULT_INSTANCE_TYPE.into()),
+                image,
+                user: settings.user,
+                instance_profile: settings.instance_profile,
+                subnet_id: settings.subnet_id,
+                volume_size: settings.volume_size,
+                tags,
+                extra_boot_commands: settings.user_data,
+            },
+            ownership,
+            login,
+            connect: settings.connect,
+            ingress,
+            boot_timeout,
+            verbosity: Verbosity::from_flags(cli.quiet, cli.verbose),
+            pty: host.interactive,
+            state_dir: host.state_dir.clone(),
+        })
+    }
+}
+
+/// Looks `program` up in PATH, like a shell would.
+fn find_program(program: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path_var?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}

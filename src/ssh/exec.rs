@@ -1,0 +1,147 @@
+//! Runs the user's command over the session, like `ssh [-t] host command`: live stdout and
+//! stderr, local stdin forwarded, a PTY and raw mode when we sit on a terminal.
+
+use anyhow::{Context, Result};
+use russh::{ChannelMsg, Sig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Session;
+use crate::interrupt::Interrupt;
+
+/// How the remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteExit {
+    Status(u32),
+    Signal(String),
+}
+
+impl RemoteExit {
+    /// ssh's convention: the command's status, 255 when a signal killed it.
+    pub fn code(&self) -> i32 {
+        match self {
+            RemoteExit::Status(status) => *status as i32,
+            RemoteExit::Signal(_) => 255,
+        }
+    }
+}
+
+/// Puts the local terminal in raw mode for as long as it lives, whatever path ends the run.
+struct RawMode;
+
+impl RawMode {
+    fn enable() -> Result<RawMode> {
+        crossterm::terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
+        Ok(RawMode)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// Runs `command_line` and streams it until it exits. Without a PTY, Ctrl-C is passed on as
+/// SIGINT; a second Ctrl-C hangs up on the command.
+pub async fn run_command(
+    session: &Session,
+    command_line: &str,
+    pty: bool,
+    interrupt: &Interrupt,
+) -> Result<RemoteExit> {
+    let channel = session.open_channel().await?;
+    let _raw_mode = if pty {
+        let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+        channel
+            .request_pty(true, &term, cols.into(), rows.into(), 0, 0, &[])
+            .await
+            .context("the instance refused a terminal")?;
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
+    channel
+        .exec(true, command_line)
+        .await
+        .context("the instance refused to run the command")?;
+    let (mut from_remote, to_remote) = channel.split();
+    let to_remote = std::sync::Arc::new(to_remote);
+
+    let stdin_task = tokio::spawn({
+        let to_remote = to_remote.clone();
+        async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to_remote.data_bytes(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = to_remote.eof().await;
+        }
+    });
+    let resize_task = pty.then(|| {
+        let to_remote = to_remote.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut resized) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while resized.recv().await.is_some() {
+                if let Ok((cols, rows)) = crossterm::terminal::size() {
+                    let _ = to_remote
+                        .window_change(cols.into(), rows.into(), 0, 0)
+                        .await;
+                }
+            }
+        })
+    });
+
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut interrupts = interrupt.clone();
+    let mut exit = None;
+    loop {
+        tokio::select! {
+            message = from_remote.wait() => match message {
+                Some(ChannelMsg::Data { data }) => {
+                    stdout.write_all(&data).await?;
+                    stdout.flush().await?;
+                }
+                Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    stderr.write_all(&data).await?;
+                    stderr.flush().await?;
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    exit = Some(RemoteExit::Status(exit_status));
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    exit = Some(RemoteExit::Signal(format!("{signal_name:?}")));
+                }
+                // Output can still arrive after the exit status: read until the channel closes.
+                Some(_) => {}
+                None => break,
+            },
+            count = interrupts.next(), if !pty => {
+                if count == 1 {
+                    let _ = to_remote.signal(Sig::INT).await;
+                } else {
+                    let _ = to_remote.close().await;
+                }
+            }
+        }
+    }
+    stdin_task.abort();
+    if let Some(task) = resize_task {
+        task.abort();
+    }
+    stdout.flush().await?;
+    stderr.flush().await?;
+    exit.context("the connection to the instance was lost before the command finished")
+}

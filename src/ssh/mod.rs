@@ -1,0 +1,200 @@
+//! The one SSH connection of a run (russh): it checks the instance's pinned host key, then
+//! carries the command, and rsync through the relay.
+
+mod exec;
+pub mod relay;
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use russh::client::{self, Handle};
+use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Preferred};
+
+use crate::backoff::Backoff;
+use crate::config::HostPort;
+use crate::keys::InstanceKeys;
+use crate::printer::Phase;
+
+pub use exec::{RemoteExit, run_command};
+
+/// Where and as whom to log in, and the only host key to accept there.
+#[derive(Clone)]
+pub struct Target {
+    pub address: HostPort,
+    pub user: String,
+    pub keys: InstanceKeys,
+}
+
+pub struct Session {
+    handle: Handle<PinnedHostKey>,
+}
+
+/// Accepts exactly one host key, and remembers what the server showed, for the error message.
+struct PinnedHostKey {
+    expected: PublicKey,
+    presented: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for PinnedHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let presented = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
+        };
+        let accepted = presented.key_data() == self.expected.key_data();
+        *self.presented.lock().expect("not poisoned") = Some(presented);
+        Ok(accepted)
+    }
+}
+
+/// Why one connection attempt failed.
+enum AttemptError {
+    /// Refused for good: a different host key means the wrong machine or an interception.
+    HostKeyMismatch { presented: PublicKey },
+    /// Worth retrying while the instance boots.
+    NotYet(String),
+}
+
+impl Session {
+    /// Dials `target` until its sshd lets us in, backing off between attempts, until `deadline`.
+    pub async fn connect(target: &Target, deadline: Instant, phase: &Phase) -> Result<Session> {
+        let mut backoff = Backoff::new(Duration::from_secs(2));
+        loop {
+            match Self::attempt(target).await {
+                Ok(session) => return Ok(session),
+                Err(AttemptError::HostKeyMismatch { presented }) => {
+                    bail!(
+                        "{} presented host key {}, but this instance was given {}: refusing to \
+                         connect, nothing was sent. If you use --connect/SSH_EC2_CONNECT, check \
+                         that it leads to this instance; otherwise the connection may be \
+                         intercepted",
+                        target.address,
+                        presented.fingerprint(HashAlg::Sha256),
+                        target.keys.host.fingerprint(HashAlg::Sha256),
+                    )
+                }
+                Err(AttemptError::NotYet(why)) => {
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "the instance's SSH at {} did not let us in before the boot timeout \
+                             (last: {why}); raise --boot-timeout, or check the instance's \
+                             console output in the EC2 console",
+                            target.address
+                        );
+                    }
+                    tracing::debug!("SSH not ready at {}: {why}", target.address);
+                    phase.update(format!("waiting for SSH at {}: {why}", target.address));
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(target: &Target) -> Result<Session, AttemptError> {
+        let config = Arc::new(client::Config {
+            // Only the key type we installed, so the server cannot offer another one.
+            preferred: Preferred {
+                key: Cow::Borrowed(&[Algorithm::Ed25519]),
+                ..Preferred::default()
+            },
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+            nodelay: true,
+            ..client::Config::default()
+        });
+        let presented = Arc::new(Mutex::new(None));
+        let handler = PinnedHostKey {
+            expected: target.keys.host.clone(),
+            presented: presented.clone(),
+        };
+        let address = (target.address.host.as_str(), target.address.port);
+        let attempt = async {
+            let mut handle = client::connect(config, address, handler).await?;
+            let key = PrivateKeyWithHashAlg::new(target.keys.login.clone(), None);
+            let auth = handle.authenticate_publickey(&target.user, key).await?;
+            Ok::<_, russh::Error>((handle, auth.success()))
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(20), attempt).await;
+        let mismatch = presented
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .filter(|key| key.key_data() != target.keys.host.key_data());
+        if let Some(presented) = mismatch {
+            return Err(AttemptError::HostKeyMismatch { presented });
+        }
+        match outcome {
+            Ok(Ok((handle, true))) => Ok(Session { handle }),
+            Ok(Ok((_, false))) => Err(AttemptError::NotYet(format!(
+                "the login key for user {} was refused (still booting, or wrong --user?)",
+                target.user
+            ))),
+            Ok(Err(e)) => Err(AttemptError::NotYet(describe(&e))),
+            Err(_) => Err(AttemptError::NotYet("no answer within 20s".into())),
+        }
+    }
+
+    /// Runs a short non-interactive command and fails with its stderr if it fails.
+    pub async fn run_checked(&self, command: &str) -> Result<()> {
+        let mut channel = self.open_exec(command).await?;
+        let mut stderr = Vec::new();
+        let mut status = None;
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                _ => {}
+            }
+        }
+        match status {
+            Some(0) => Ok(()),
+            Some(code) => bail!(
+                "`{command}` failed on the instance (exit {code}): {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+            None => bail!("the connection closed while running `{command}` on the instance"),
+        }
+    }
+
+    pub async fn open_exec(&self, command: &str) -> Result<russh::Channel<client::Msg>> {
+        let channel = self.open_channel().await?;
+        channel
+            .exec(true, command)
+            .await
+            .context("the instance refused to run a command")?;
+        Ok(channel)
+    }
+
+    async fn open_channel(&self) -> Result<russh::Channel<client::Msg>> {
+        self.handle
+            .channel_open_session()
+            .await
+            .context("cannot open an SSH channel: the connection to the instance was lost")
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+fn describe(error: &russh::Error) -> String {
+    match error {
+        russh::Error::IO(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}

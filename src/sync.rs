@@ -1,0 +1,119 @@
+//! rsync between the local directory and the instance, through the run's SSH session.
+//! Both ways: archive mode, compressed, `.rsyncignore` honoured, symlinks that lead outside the
+//! tree skipped, nothing deleted, and a file newer on the receiving side never overwritten.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+
+use crate::plan::SyncPlan;
+use crate::remote::RemoteDir;
+use crate::ssh::relay::Relay;
+
+/// rsync's own name for the remote end; the transport ignores it.
+const REMOTE_HOST: &str = "ec2";
+
+pub struct Rsync<'a> {
+    plan: &'a SyncPlan,
+    local: String,
+    remote: String,
+    transport: String,
+    list_files: bool,
+}
+
+impl<'a> Rsync<'a> {
+    pub fn new(
+        plan: &'a SyncPlan,
+        local_dir: &Path,
+        remote_dir: &RemoteDir,
+        relay: &Relay,
+        list_files: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            plan,
+            local: format!("{}/", local_dir.display()),
+            remote: format!("{REMOTE_HOST}:{}", remote_dir.for_rsync()),
+            transport: relay.rsync_shell()?,
+            list_files,
+        })
+    }
+
+    pub async fn push(&self) -> Result<()> {
+        self.run(&self.local, &self.remote)
+            .await
+            .context("could not sync this directory to the instance")
+    }
+
+    pub async fn pull(&self) -> Result<()> {
+        self.run(&self.remote, &self.local)
+            .await
+            .context("could not pull the results back from the instance")
+    }
+
+    async fn run(&self, from: &str, to: &str) -> Result<()> {
+        let mut rsync = tokio::process::Command::new(&self.plan.rsync);
+        // Owners and groups of a throw-away machine mean nothing here.
+        rsync.args([
+            "--archive",
+            "--no-owner",
+            "--no-group",
+            "--compress",
+            "--update",
+            "--safe-links",
+        ]);
+        if let Some(ignore) = &self.plan.ignore_file {
+            rsync.arg(format!("--exclude-from={}", ignore.display()));
+        }
+        if self.list_files {
+            rsync.arg("--verbose");
+        }
+        rsync.arg("-e").arg(&self.transport).arg(from).arg(to);
+        // stdout is the remote command's: rsync's listing goes to stderr.
+        let listing = if self.list_files {
+            Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?)
+        } else {
+            Stdio::null()
+        };
+        rsync
+            .stdin(Stdio::null())
+            .stdout(listing)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        tracing::debug!("running {rsync:?}");
+        let output = rsync
+            .spawn()
+            .context("cannot start rsync")?
+            .wait_with_output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(0) => Ok(()),
+            // Files that vanished while being listed: the rest made it.
+            Some(24) => {
+                tracing::debug!(
+                    "rsync: some files vanished during the transfer: {}",
+                    stderr.trim()
+                );
+                Ok(())
+            }
+            code => {
+                let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                let hint = if stderr.contains("command not found") {
+                    "\n  hint: the image has no rsync: install it there (e.g. through AWS_USER_DATA)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "rsync failed ({}):\n{}{hint}",
+                    code.map_or("killed by a signal".to_string(), |c| format!(
+                        "exit status {c}"
+                    )),
+                    tail.join("\n")
+                )
+            }
+        }
+    }
+}
