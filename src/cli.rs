@@ -50,11 +50,7 @@ pub struct Cli {
     pub network: NetworkFlags,
 
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -134,4 +130,26 @@ pub struct NetworkFlags {
     /// Give up waiting for the instance's SSH after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ssh-ec2").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn options_end_at_the_first_command_word_like_ssh() {
+        let cli = parse(&["--stop", "ls", "-la", "--leave"]).unwrap();
+        assert_eq!(cli.command, ["ls", "-la", "--leave"]);
+        assert_eq!(cli.end_of_life.chosen(), Some(EndOfLife::Stop));
+        assert_eq!(parse(&["--", "-x", "y"]).unwrap().command, ["-x", "y"]);
+        assert!(
+            parse(&["--frobnicate", "true"]).is_err(),
+            "an unknown option is not a command"
+        );
+        assert!(parse(&[]).unwrap().command.is_empty());
+    }
 }

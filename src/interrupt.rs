@@ -38,6 +38,13 @@ impl Interrupt {
         *self.count.borrow() > 0
     }
 
+    /// A copy that only sees the Ctrl-Cs still to come.
+    pub fn only_new(&self) -> Interrupt {
+        let mut count = self.count.clone();
+        count.mark_unchanged();
+        Interrupt { count }
+    }
+
     /// Waits for the next Ctrl-C and returns how many there have been.
     pub async fn next(&mut self) -> u32 {
         if self.count.changed().await.is_err() {

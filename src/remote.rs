@@ -89,9 +89,11 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// Makes sure the remote directory exists (`--no-rsync` runs, nested paths).
-pub fn make_dir_command(dir: &RemoteDir) -> String {
-    format!("mkdir -p {}", dir.for_shell())
+/// Creates the remote directory if needed and prints its absolute path, so rsync and the
+/// command agree on it whatever directory the remote shell starts in.
+pub fn prepare_dir_command(dir: &RemoteDir) -> String {
+    let dir = dir.for_shell();
+    format!("mkdir -p {dir} && cd {dir} && pwd")
 }
 
 /// The command line sent to sshd: in the remote directory, the user's login shell runs the

@@ -18,7 +18,7 @@ use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::{InstanceKeys, KeyStore, LoginKey};
 use crate::plan::{Host, ImageChoice, Ingress, Plan};
 use crate::printer::{Printer, Verbosity, format_duration};
-use crate::remote;
+use crate::remote::{self, RemoteDir};
 use crate::ssh::relay::Relay;
 use crate::ssh::{RemoteExit, Session, Target, run_command};
 use crate::sync::Rsync;
@@ -86,7 +86,7 @@ async fn run(plan: &Plan, printer: Printer) -> Result<i32> {
         }
         other => other,
     };
-    let note_task = tokio::spawn(explain_further_interrupts(interrupt.clone(), printer));
+    let note_task = tokio::spawn(explain_further_interrupts(interrupt.only_new(), printer));
     let ended = end_of_life::apply(&cloud, &store, &machine.instance, action, printer).await;
     note_task.abort();
 
@@ -314,13 +314,19 @@ async fn work(
         .await?;
     let list_files = plan.verbosity >= Verbosity::ListFiles;
 
-    session
-        .run_checked(&remote::make_dir_command(&plan.remote_dir))
+    let remote_dir = session
+        .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
         .await?;
+    let remote_dir = RemoteDir::parse(remote_dir.trim_end_matches('\n')).with_context(|| {
+        format!(
+            "the instance reported a strange path for {}",
+            plan.remote_dir
+        )
+    })?;
     if let Some(sync) = &plan.sync {
         let relay = Relay::start(session.clone(), &plan.state_dir)?;
         let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
-        let rsync = Rsync::new(sync, &plan.local_dir, &plan.remote_dir, &relay, list_files)?;
+        let rsync = Rsync::new(sync, &plan.local_dir, &remote_dir, &relay, list_files)?;
         interrupt.cancel(rsync.push()).await?;
         phase.done(format!("synced to {}", plan.remote_dir));
     }
@@ -330,7 +336,7 @@ async fn work(
         Some(command) => format!("running `{command}` in {}", plan.remote_dir),
         None => format!("opening a shell in {}", plan.remote_dir),
     });
-    let command_line = remote::command_line(&plan.remote_dir, plan.command.as_deref());
+    let command_line = remote::command_line(&remote_dir, plan.command.as_deref());
     let ran = run_command(&session, &command_line, plan.pty, interrupt).await;
     if let Ok(RemoteExit::Signal(signal)) = &ran {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
@@ -349,7 +355,7 @@ async fn work(
             };
             let relay = Relay::start(session.clone(), &plan.state_dir)?;
             let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
-            let rsync = Rsync::new(sync, &plan.local_dir, &plan.remote_dir, &relay, list_files)?;
+            let rsync = Rsync::new(sync, &plan.local_dir, &remote_dir, &relay, list_files)?;
             let pulled = rsync.pull().await;
             if pulled.is_ok() {
                 phase.done("pulled results back");

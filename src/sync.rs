@@ -62,6 +62,9 @@ impl<'a> Rsync<'a> {
             "--compress",
             "--update",
             "--safe-links",
+            // Nanosecond mtimes: a result rewritten within the second of the upload, at the
+            // same size, still counts as changed (receivers from rsync 3.1.3 on).
+            "--modify-window=-1",
         ]);
         if let Some(ignore) = &self.plan.ignore_file {
             rsync.arg(format!("--exclude-from={}", ignore.display()));

@@ -64,10 +64,14 @@ where
             code,
         };
     }
-    if lacks_credentials(err) {
+    if let Some(problem) = credentials_problem(err) {
+        let detail = match problem {
+            CredentialsError::CredentialsNotLoaded(_) => "no AWS credentials found".to_string(),
+            other => format!("could not load AWS credentials ({})", innermost(other)),
+        };
         return AwsError {
             doing,
-            detail: "no AWS credentials found".into(),
+            detail,
             hint: Some(
                 "run `aws configure` (or `aws sso login`), or set AWS_PROFILE or \
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
@@ -93,17 +97,15 @@ where
 
 const NETWORK_HINT: &str = "check your network connection, proxy settings and AWS_ENDPOINT_URL";
 
-fn lacks_credentials(err: &(dyn StdError + 'static)) -> bool {
+fn credentials_problem<'e>(err: &'e (dyn StdError + 'static)) -> Option<&'e CredentialsError> {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(CredentialsError::CredentialsNotLoaded(_)) =
-            e.downcast_ref::<CredentialsError>()
-        {
-            return true;
+        if let Some(problem) = e.downcast_ref::<CredentialsError>() {
+            return Some(problem);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// The last message of the error chain: the SDK's outer layers only say "dispatch failure".

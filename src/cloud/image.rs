@@ -9,15 +9,36 @@ use super::{AwsResultExt, Cloud};
 pub struct Image {
     pub id: String,
     pub name: String,
-    pub root_device: Option<String>,
+    /// The EBS root volume the image boots from, if it has one.
+    pub root_volume: Option<RootVolume>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RootVolume {
+    pub device: String,
+    pub snapshot_id: String,
+    pub size_gib: i32,
 }
 
 impl Image {
     fn from_sdk(image: &aws_sdk_ec2::types::Image) -> Option<Image> {
+        let root_device = image.root_device_name();
+        let root_volume = image
+            .block_device_mappings()
+            .iter()
+            .find(|mapping| mapping.device_name().is_some() && mapping.device_name() == root_device)
+            .and_then(|mapping| {
+                let ebs = mapping.ebs()?;
+                Some(RootVolume {
+                    device: mapping.device_name()?.to_string(),
+                    snapshot_id: ebs.snapshot_id()?.to_string(),
+                    size_gib: ebs.volume_size()?,
+                })
+            });
         Some(Image {
             id: image.image_id()?.to_string(),
             name: image.name().unwrap_or_default().to_string(),
-            root_device: image.root_device_name().map(str::to_string),
+            root_volume,
         })
     }
 }

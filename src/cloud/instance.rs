@@ -202,16 +202,38 @@ impl Cloud {
         let mut tags = request.tags.to_vec();
         tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
         tags.push((TAG_USER.into(), request.login_user.into()));
-        let root_volume = EbsBlockDevice::builder()
-            .delete_on_termination(true)
-            .volume_type(VolumeType::Gp3)
-            .set_volume_size(request.volume_size.map(|gib| gib as i32))
-            .build();
-        let root_device = request
-            .image
-            .root_device
-            .clone()
-            .unwrap_or_else(|| "/dev/sda1".into());
+        // The image's own root volume, made deletable on termination (and resized if asked).
+        let root_volume = match &request.image.root_volume {
+            Some(root) => {
+                let size = request.volume_size.map_or(root.size_gib, |gib| gib as i32);
+                if size < root.size_gib {
+                    bail!(
+                        "image {} needs a root volume of at least {} GiB: raise --volume-size",
+                        request.image.id,
+                        root.size_gib
+                    );
+                }
+                let ebs = EbsBlockDevice::builder()
+                    .snapshot_id(&root.snapshot_id)
+                    .volume_size(size)
+                    .volume_type(VolumeType::Gp3)
+                    .delete_on_termination(true)
+                    .build();
+                Some(
+                    BlockDeviceMapping::builder()
+                        .device_name(&root.device)
+                        .ebs(ebs)
+                        .build(),
+                )
+            }
+            None if request.volume_size.is_some() => {
+                bail!(
+                    "image {} has no EBS root volume to resize: drop --volume-size",
+                    request.image.id
+                )
+            }
+            None => None,
+        };
         let shutdown = if request.terminate_on_shutdown {
             ShutdownBehavior::Terminate
         } else {
@@ -233,12 +255,7 @@ impl Cloud {
                     .name(name)
                     .build()
             }))
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(root_device)
-                    .ebs(root_volume)
-                    .build(),
-            )
+            .set_block_device_mappings(root_volume.map(|mapping| vec![mapping]))
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
                     .http_tokens(HttpTokensState::Required)

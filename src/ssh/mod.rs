@@ -142,20 +142,21 @@ impl Session {
         }
     }
 
-    /// Runs a short non-interactive command and fails with its stderr if it fails.
-    pub async fn run_checked(&self, command: &str) -> Result<()> {
+    /// Runs a short non-interactive command and returns its stdout, or fails with its stderr.
+    pub async fn run_captured(&self, command: &str) -> Result<String> {
         let mut channel = self.open_exec(command).await?;
-        let mut stderr = Vec::new();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let mut status = None;
         while let Some(message) = channel.wait().await {
             match message {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
                 ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                 _ => {}
             }
         }
         match status {
-            Some(0) => Ok(()),
+            Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
             Some(code) => bail!(
                 "`{command}` failed on the instance (exit {code}): {}",
                 String::from_utf8_lossy(&stderr).trim()

@@ -1,0 +1,244 @@
+//! What is refused before any AWS call, what AWS problems look like, and Ctrl-C.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{Project, Run, TestCloud, state_of, wait_or_kill};
+
+/// A loopback port that counts who connects: stands in for AWS where nothing may be called.
+struct Tripwire(TcpListener);
+
+impl Tripwire {
+    fn new() -> Tripwire {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Tripwire(listener)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.0.local_addr().unwrap())
+    }
+
+    fn was_called(&self) -> bool {
+        self.0.accept().is_ok()
+    }
+}
+
+fn refused(project: &Project, setup: impl FnOnce(&mut std::process::Command), expected: &[&str]) {
+    let aws = Tripwire::new();
+    let mut command = project.ssh_ec2_without_cloud();
+    command
+        .env("AWS_ENDPOINT_URL", aws.url())
+        .env("SSH_EC2_CHECKIP_URL", aws.url())
+        .env("AWS_REGION", "eu-central-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    setup(&mut command);
+    let run = Run::of(&mut command);
+    run.assert_code(255);
+    for text in expected {
+        assert!(
+            run.stderr.contains(text),
+            "the error should say `{text}`\n{run}"
+        );
+    }
+    assert!(!aws.was_called(), "refused input must not reach AWS\n{run}");
+}
+
+#[test]
+fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
+    let project = Project::new();
+    let args = |args: &'static [&'static str]| {
+        move |c: &mut std::process::Command| {
+            c.args(args);
+        }
+    };
+    let env = |name: &'static str, value: &'static str| {
+        move |c: &mut std::process::Command| {
+            c.env(name, value);
+        }
+    };
+
+    refused(
+        &project,
+        args(&["--frobnicate", "true"]),
+        &["unexpected argument '--frobnicate'"],
+    );
+    refused(
+        &project,
+        args(&["--volume-size", "lots", "true"]),
+        &["invalid value 'lots'", "--volume-size"],
+    );
+    refused(
+        &project,
+        args(&["--volume-size", "0", "true"]),
+        &["1 to 16384 GiB"],
+    );
+    refused(
+        &project,
+        args(&["--connect", "nowhere", "true"]),
+        &["HOST:PORT"],
+    );
+    refused(
+        &project,
+        args(&["--ssh-cidr", "300.1.2.3/32", "true"]),
+        &["invalid value '300.1.2.3/32'"],
+    );
+    refused(
+        &project,
+        args(&["--stop", "--leave", "true"]),
+        &["cannot be used with"],
+    );
+    refused(
+        &project,
+        args(&["--boot-timeout", "0", "true"]),
+        &["boot timeout"],
+    );
+    refused(&project, args(&["--tag", "aws:x=1", "true"]), &["reserved"]);
+    refused(
+        &project,
+        args(&["-i", "/nonexistent/key.pem", "true"]),
+        &["/nonexistent/key.pem does not exist"],
+    );
+    refused(
+        &project,
+        env("AWS_FINAL_STATE", "explode"),
+        &["AWS_FINAL_STATE=explode", "terminate, stop or leave"],
+    );
+    refused(
+        &project,
+        env("SSH_EC2_VOLUME_SIZE", "big"),
+        &["SSH_EC2_VOLUME_SIZE=big"],
+    );
+    refused(
+        &project,
+        env("MULTIPLEX", "tmux"),
+        &["MULTIPLEX=tmux", "set it to none"],
+    );
+    refused(
+        &project,
+        env("AWS_KEY_NAME", "team"),
+        &["key pair `team`", "-i FILE"],
+    );
+    refused(
+        &project,
+        env("PATH", "/nonexistent"),
+        &["rsync not found", "--no-rsync"],
+    );
+
+    project.write(".ssh-ec2.toml", "instance_typo = \"g5.xlarge\"\n");
+    refused(
+        &project,
+        args(&["true"]),
+        &[".ssh-ec2.toml", "instance_typo"],
+    );
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let project = Project::new();
+    let help = Run::of(project.ssh_ec2_without_cloud().arg("--help"));
+    help.assert_code(0);
+    for option in [
+        "--terminate",
+        "--stop",
+        "--leave",
+        "--no-rsync",
+        "--connect",
+        "COMMAND",
+    ] {
+        assert!(
+            help.stdout.contains(option),
+            "--help lists {option}\n{help}"
+        );
+    }
+    let version = Run::of(project.ssh_ec2_without_cloud().arg("--version"));
+    version.assert_code(0);
+    assert!(version.stdout.starts_with("ssh-ec2 "), "{version}");
+}
+
+#[test]
+fn missing_credentials_say_how_to_provide_them() {
+    let project = Project::new();
+    let aws = Tripwire::new();
+    let run = Run::of(
+        project
+            .ssh_ec2_without_cloud()
+            .env("AWS_ENDPOINT_URL", aws.url())
+            .env("AWS_REGION", "eu-central-1")
+            .arg("true"),
+    );
+    run.assert_code(255);
+    assert!(run.stderr.contains("no AWS credentials"), "{run}");
+    assert!(run.stderr.contains("aws configure"), "{run}");
+    assert!(!aws.was_called(), "{run}");
+}
+
+#[test]
+fn unreachable_aws_says_what_to_check() {
+    let project = Project::new();
+    // A port nobody listens on: bound, then closed.
+    let url = Tripwire::new().url();
+    let run = Run::of(
+        project
+            .ssh_ec2_without_cloud()
+            .env("AWS_ENDPOINT_URL", &url)
+            .env("AWS_REGION", "eu-central-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .arg("true"),
+    );
+    run.assert_code(255);
+    assert!(run.stderr.contains("cannot reach the AWS API"), "{run}");
+    assert!(run.stderr.contains("AWS_ENDPOINT_URL"), "{run}");
+}
+
+#[test]
+fn ctrl_c_stops_the_command_brings_results_home_terminates_and_exits_130() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let mut command = project.ssh_ec2(&cloud);
+    let mut child = command
+        .arg("echo started > started.txt; echo ready; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The remote command is under way once it says so.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n", "the remote command did not start");
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = wait_or_kill(child, Duration::from_secs(120)).expect("ssh-ec2 hung after Ctrl-C");
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("killed by signal INT"),
+        "Ctrl-C reached the remote command\n{stderr}"
+    );
+    assert_eq!(
+        project.read("started.txt").as_deref(),
+        Some("started\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{stderr}"
+    );
+}

@@ -1,0 +1,473 @@
+//! The test bed: a simulated cloud per test (tests/testbed/cloud.py: moto_server, a boot
+//! simulator that gives each running instance a real sshd, a checkip stand-in), a project
+//! directory, and the real ssh-ec2 binary run against them through its standard settings
+//! (AWS_ENDPOINT_URL, SSH_EC2_CONNECT, SSH_EC2_CHECKIP_URL). Only loopback; every process
+//! started here is stopped when its guard drops.
+
+#![allow(dead_code)] // each test binary uses its own part of the bed
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Instance, InstanceStateName, SecurityGroup};
+use serde_json::Value;
+
+pub const REMOTE_USER: &str = "ubuntu";
+/// A run against the local bed takes seconds; this only catches hangs.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+const INSTALL_HINT: &str = "run `tests/testbed/install` first (it installs openssh-server, rsync, \
+                            tmux, screen, the local user `ubuntu` and the pinned moto_server)";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[derive(Default)]
+pub struct CloudOptions {
+    /// Seconds between "running" and sshd listening, to exercise the wait.
+    pub boot_delay: Option<f64>,
+    /// The sshd presents a host key other than the one in the user-data.
+    pub wrong_host_key: bool,
+}
+
+pub struct TestCloud {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    state: tempfile::TempDir,
+    pub endpoint: String,
+    pub checkip_url: String,
+    pub connect: String,
+    pub region: String,
+    pub amis: BTreeMap<String, String>,
+    runtime: tokio::runtime::Runtime,
+    ec2: aws_sdk_ec2::Client,
+}
+
+impl TestCloud {
+    pub fn start() -> TestCloud {
+        TestCloud::start_with(CloudOptions::default())
+    }
+
+    pub fn start_with(options: CloudOptions) -> TestCloud {
+        let python = manifest_dir().join("tests/testbed/.venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: {INSTALL_HINT}",
+            python.display()
+        );
+        assert!(
+            std::fs::read_to_string("/etc/passwd")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("ubuntu:")),
+            "the local user `ubuntu` does not exist: {INSTALL_HINT}"
+        );
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd is missing: {INSTALL_HINT}"
+        );
+        let state = tempfile::Builder::new()
+            .prefix("ssh-ec2-cloud-")
+            .tempdir()
+            .unwrap();
+        let stderr = std::fs::File::create(state.path().join("cloud.stderr")).unwrap();
+        let mut command = Command::new(&python);
+        command
+            .arg(manifest_dir().join("tests/testbed/cloud.py"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--sshd-port")
+            .arg(free_port().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if let Some(delay) = options.boot_delay {
+            command.arg("--boot-delay").arg(delay.to_string());
+        }
+        if options.wrong_host_key {
+            command.arg("--wrong-host-key");
+        }
+        let mut child = command
+            .spawn()
+            .expect("cannot start tests/testbed/cloud.py");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let mut cloud = TestCloud {
+            child: Some(child),
+            stdin,
+            state,
+            endpoint: String::new(),
+            checkip_url: String::new(),
+            connect: String::new(),
+            region: String::new(),
+            amis: BTreeMap::new(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            ec2: aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::Config::builder()
+                    .behavior_version_latest()
+                    .build(),
+            ),
+        };
+        let line = lines
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_default();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!("the simulated cloud did not start:\n{}", cloud.stderr_log())
+        });
+        cloud.endpoint = ready["endpoint"].as_str().unwrap().to_string();
+        cloud.checkip_url = ready["checkip_url"].as_str().unwrap().to_string();
+        cloud.connect = ready["connect"].as_str().unwrap().to_string();
+        cloud.region = ready["region"].as_str().unwrap().to_string();
+        cloud.amis = ready["amis"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(&cloud.endpoint)
+            .region(aws_sdk_ec2::config::Region::new(cloud.region.clone()))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        cloud.ec2 = aws_sdk_ec2::Client::from_conf(config);
+        cloud
+    }
+
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("cloud.stderr")).unwrap_or_default()
+    }
+
+    /// The boot simulator's events (sshd-started, sshd-stopped, checkip, error…).
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state.path().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn count_events(&self, name: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == name).count()
+    }
+
+    /// Waits until the boot simulator has logged `count` events named `name` (it polls moto,
+    /// so it follows an instance's state a moment later).
+    pub fn wait_for_events(&self, name: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.count_events(name) < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test bed logged {} `{name}` events, expected {count}: {:#?}",
+                self.count_events(name),
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.count_events(name), count, "{:#?}", self.events());
+    }
+
+    /// Fails the test if the bed itself reported an error (bad user-data, sshd crash…).
+    pub fn assert_no_bed_errors(&self) {
+        let errors: Vec<_> = self
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "error")
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "the test bed reported errors: {errors:#?}\n{}",
+            self.stderr_log()
+        );
+    }
+
+    pub fn ec2(&self) -> &aws_sdk_ec2::Client {
+        &self.ec2
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Every instance moto knows, terminated ones included.
+    pub fn instances(&self) -> Vec<Instance> {
+        let found = self.block_on(self.ec2.describe_instances().send()).unwrap();
+        found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .cloned()
+            .collect()
+    }
+
+    pub fn instances_in(&self, state: InstanceStateName) -> Vec<Instance> {
+        self.instances()
+            .into_iter()
+            .filter(|i| i.state().and_then(|s| s.name()) == Some(&state))
+            .collect()
+    }
+
+    /// Security groups other than the default ones moto starts with.
+    pub fn run_security_groups(&self) -> Vec<SecurityGroup> {
+        let found = self
+            .block_on(self.ec2.describe_security_groups().send())
+            .unwrap();
+        found
+            .security_groups()
+            .iter()
+            .filter(|g| g.group_name() != Some("default"))
+            .cloned()
+            .collect()
+    }
+
+    pub fn key_pair_names(&self) -> Vec<String> {
+        let found = self.block_on(self.ec2.describe_key_pairs().send()).unwrap();
+        found
+            .key_pairs()
+            .iter()
+            .filter_map(|k| k.key_name())
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn user_data(&self, instance_id: &str) -> String {
+        use base64::Engine;
+        let found = self
+            .block_on(
+                self.ec2
+                    .describe_instance_attribute()
+                    .instance_id(instance_id)
+                    .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                    .send(),
+            )
+            .unwrap();
+        let encoded = found
+            .user_data()
+            .and_then(|v| v.value())
+            .unwrap_or_default();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for TestCloud {
+    fn drop(&mut self) {
+        // cloud.py stops its sshds and servers when its stdin closes.
+        drop(self.stdin.take());
+        if let Some(child) = self.child.take() {
+            wait_or_kill(child, Duration::from_secs(30));
+        }
+    }
+}
+
+/// Waits for `child` to exit; kills it if it does not within `timeout`.
+pub fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (sender, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait());
+    });
+    match exited.recv_timeout(timeout) {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A local project directory, an empty HOME for ssh-ec2, and the matching remote directory
+/// (/home/ubuntu/<project name>, removed on drop).
+pub struct Project {
+    dir: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::Builder::new()
+                .prefix("sshec2-proj-")
+                .tempdir()
+                .unwrap(),
+            home: tempfile::Builder::new()
+                .prefix("sshec2-home-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn write(&self, relative: &str, content: &str) {
+        let path = self.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    pub fn read(&self, relative: &str) -> Option<String> {
+        std::fs::read_to_string(self.path().join(relative)).ok()
+    }
+
+    /// Where the instance (the local user `ubuntu`) keeps the synced copy.
+    pub fn remote(&self) -> PathBuf {
+        Path::new("/home")
+            .join(REMOTE_USER)
+            .join(self.path().file_name().unwrap())
+    }
+
+    pub fn read_remote(&self, relative: &str) -> Option<String> {
+        std::fs::read_to_string(self.remote().join(relative)).ok()
+    }
+
+    /// ssh-ec2 in this project, pointed at `cloud` through its standard settings only.
+    pub fn ssh_ec2(&self, cloud: &TestCloud) -> Command {
+        let mut command = self.ssh_ec2_without_cloud();
+        command
+            .env("AWS_ENDPOINT_URL", &cloud.endpoint)
+            .env("AWS_REGION", &cloud.region)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("SSH_EC2_CONNECT", &cloud.connect)
+            .env("SSH_EC2_CHECKIP_URL", &cloud.checkip_url);
+        command
+    }
+
+    /// ssh-ec2 in this project with a clean environment and no cloud settings at all.
+    pub fn ssh_ec2_without_cloud(&self) -> Command {
+        let mut command = Command::new(ssh_ec2_binary());
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .env("USER", "tester")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .current_dir(self.path());
+        command
+    }
+
+    /// The keys ssh-ec2 keeps for instances it launched from here.
+    pub fn kept_instance_keys(&self) -> Vec<String> {
+        let dir = self.home().join(".local/state/ssh-ec2/instances");
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.remote());
+    }
+}
+
+pub fn ssh_ec2_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ssh-ec2"))
+}
+
+/// The stdout and stderr of a finished run, as text, for assertion messages.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(command: &mut Command) -> Run {
+        Run::with_stdin(command, "")
+    }
+
+    /// Runs to the end (killed after RUN_TIMEOUT), feeding `stdin` and collecting the output.
+    pub fn with_stdin(command: &mut Command, stdin: &str) -> Run {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start ssh-ec2");
+        let mut input = child.stdin.take().unwrap();
+        let stdin = stdin.to_string();
+        std::thread::spawn(move || std::io::Write::write_all(&mut input, stdin.as_bytes()));
+        let stdout = read_all(child.stdout.take().unwrap());
+        let stderr = read_all(child.stderr.take().unwrap());
+        let status = wait_or_kill(child, RUN_TIMEOUT);
+        let run = Run {
+            code: status.and_then(|s| s.code()),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        };
+        assert!(
+            status.is_some(),
+            "ssh-ec2 hung and was killed after {RUN_TIMEOUT:?}\n{run}"
+        );
+        run
+    }
+
+    pub fn assert_code(&self, expected: i32) -> &Run {
+        assert_eq!(self.code, Some(expected), "unexpected exit status\n{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--- exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+pub fn instance_id(instance: &Instance) -> String {
+    instance.instance_id().unwrap().to_string()
+}
+
+pub fn state_of(instance: &Instance) -> InstanceStateName {
+    instance.state().and_then(|s| s.name()).cloned().unwrap()
+}

@@ -1,0 +1,156 @@
+//! An instance belongs to its directory: a stopped or left one is reused by the next run there.
+
+mod common;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{Project, Run, TestCloud, instance_id, state_of};
+
+#[test]
+fn stop_then_a_second_run_restarts_the_same_instance() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let first = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--stop", "echo kept on disk > state.txt"]),
+    );
+    first.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Stopped,
+        "{first}"
+    );
+    cloud.wait_for_events("sshd-stopped", 1);
+
+    let second = Run::of(project.ssh_ec2(&cloud).arg("cat state.txt"));
+    second.assert_code(0);
+    assert_eq!(
+        second.stdout, "kept on disk\n",
+        "same machine, same disk\n{second}"
+    );
+    let instances = cloud.instances();
+    assert_eq!(
+        instances.len(),
+        1,
+        "no second instance was launched\n{second}"
+    );
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Terminated,
+        "{second}"
+    );
+    cloud.wait_for_events("sshd-started", 2);
+    assert!(cloud.run_security_groups().is_empty(), "{second}");
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn leave_then_a_second_run_reuses_the_running_instance() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let first = Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"]));
+    first.assert_code(0);
+    let running = cloud.instances_in(InstanceStateName::Running);
+    assert_eq!(running.len(), 1, "{first}");
+    assert!(first.stderr.contains("left running"), "{first}");
+
+    let second = Run::of(project.ssh_ec2(&cloud).args(["-l", "echo again"]));
+    second.assert_code(0);
+    assert_eq!(second.stdout, "again\n");
+    let still = cloud.instances_in(InstanceStateName::Running);
+    assert_eq!(still.len(), 1);
+    assert_eq!(
+        instance_id(&still[0]),
+        instance_id(&running[0]),
+        "the same instance\n{second}"
+    );
+    cloud.wait_for_events("sshd-started", 1);
+
+    // AWS_FINAL_STATE=destroy is the original tool's spelling of terminate.
+    let last = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_FINAL_STATE", "destroy")
+            .arg("true"),
+    );
+    last.assert_code(0);
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{last}"
+    );
+}
+
+#[test]
+fn another_directory_gets_its_own_instance() {
+    let cloud = TestCloud::start();
+    let first = Project::new();
+    let second = Project::new();
+
+    Run::of(first.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
+    let run = Run::of(second.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    run.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 2, "{run}");
+    assert_eq!(
+        instances
+            .iter()
+            .filter(|i| state_of(i) == InstanceStateName::Stopped)
+            .count(),
+        1,
+        "the first directory's instance was left alone\n{run}"
+    );
+    // Clean up the stopped one through its own directory.
+    Run::of(first.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
+}
+
+#[test]
+fn a_named_key_pair_and_its_private_key_replace_the_per_run_key() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let key_file = project.home().join("team.pem");
+    let generated = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "team", "-f"])
+        .arg(&key_file)
+        .status()
+        .expect("ssh-keygen (openssh-client) is needed: run tests/testbed/install");
+    assert!(generated.success());
+    let public = std::fs::read(key_file.with_extension("pem.pub")).unwrap();
+    cloud
+        .block_on(
+            cloud
+                .ec2()
+                .import_key_pair()
+                .key_name("team")
+                .public_key_material(aws_sdk_ec2::primitives::Blob::new(public))
+                .send(),
+        )
+        .unwrap();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_KEY_NAME", "team")
+            .arg("-i")
+            .arg(&key_file)
+            .arg("echo in"),
+    );
+    run.assert_code(0);
+    assert_eq!(run.stdout, "in\n", "{run}");
+    let instance = &cloud.instances()[0];
+    assert_eq!(instance.key_name(), Some("team"));
+    let user_data = cloud.user_data(&instance_id(instance));
+    assert!(
+        !user_data.contains("ssh_authorized_keys"),
+        "no per-run key\n{user_data}"
+    );
+    assert_eq!(
+        cloud.key_pair_names(),
+        ["team"],
+        "the user's key pair is left alone"
+    );
+}

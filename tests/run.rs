@@ -1,0 +1,362 @@
+//! The main run, end to end: launch, sync, run, pull back, terminate.
+
+mod common;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{CloudOptions, Project, Run, TestCloud, instance_id, state_of};
+
+#[test]
+fn seed_usage_runs_the_words_as_one_command_and_terminates() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("hello.txt", "hi\n");
+
+    let run =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["echo", "I", "am", "$(whoami)", "in", "$(pwd)"]),
+        );
+    run.assert_code(0);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("I am ubuntu in {}", project.remote().display()),
+        "the words run as one command in the synced directory\n{run}"
+    );
+    assert_eq!(
+        project.read_remote("hello.txt").as_deref(),
+        Some("hi\n"),
+        "synced up\n{run}"
+    );
+
+    let run = Run::of(project.ssh_ec2(&cloud).args(["who", "am", "i"]));
+    run.assert_code(0);
+
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 2, "one instance per run");
+    assert!(
+        instances
+            .iter()
+            .all(|i| state_of(i) == InstanceStateName::Terminated)
+    );
+    assert!(
+        run.stderr.contains("terminated"),
+        "a summary line says what happened\n{run}"
+    );
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn exit_status_comes_back_and_results_come_home_when_the_command_fails() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write(
+        "train.sh",
+        "mkdir -p out\necho model > out/model.txt\necho 'epoch 1 failed' >&2\nexit 3\n",
+    );
+
+    let run = Run::of(project.ssh_ec2(&cloud).args(["sh", "train.sh"]));
+    run.assert_code(3);
+    assert_eq!(
+        project.read("out/model.txt").as_deref(),
+        Some("model\n"),
+        "pulled back\n{run}"
+    );
+    assert!(
+        run.stderr.contains("epoch 1 failed"),
+        "remote stderr streams to stderr\n{run}"
+    );
+    assert!(
+        !run.stdout.contains("epoch 1 failed"),
+        "and not to stdout\n{run}"
+    );
+    assert_eq!(
+        cloud.instances_in(InstanceStateName::Terminated).len(),
+        1,
+        "{run}"
+    );
+}
+
+#[test]
+fn pull_back_brings_new_and_changed_files_but_keeps_newer_and_extra_local_ones() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("notes.txt", "local notes\n");
+    project.write("config.txt", "v1\n");
+    project.write("draft.txt", "old draft\n");
+
+    // While the command runs, the user edits draft.txt locally: that newer copy must survive.
+    let script = "echo v2 > config.txt; echo remote > new.txt; rm notes.txt; \
+                  echo remote draft > draft.txt; touch -d 2000-01-01 draft.txt; exit 1";
+    let run = Run::of(project.ssh_ec2(&cloud).arg(script));
+    run.assert_code(1);
+    assert_eq!(
+        project.read("config.txt").as_deref(),
+        Some("v2\n"),
+        "changed file pulled\n{run}"
+    );
+    assert_eq!(
+        project.read("new.txt").as_deref(),
+        Some("remote\n"),
+        "new file pulled\n{run}"
+    );
+    assert_eq!(
+        project.read("notes.txt").as_deref(),
+        Some("local notes\n"),
+        "never deletes locally"
+    );
+    assert_eq!(
+        project.read("draft.txt").as_deref(),
+        Some("old draft\n"),
+        "a newer local file wins"
+    );
+}
+
+#[test]
+fn rsyncignore_is_honoured_both_ways() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write(".rsyncignore", "data/\n*.tmp\n");
+    project.write("data/big.bin", "huge\n");
+    project.write("code.py", "print(1)\n");
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .arg("echo scratch > scratch.tmp; echo kept > kept.txt"),
+    );
+    run.assert_code(0);
+    assert_eq!(
+        project.read_remote("code.py").as_deref(),
+        Some("print(1)\n")
+    );
+    assert!(
+        !project.remote().join("data").exists(),
+        "ignored on the way up\n{run}"
+    );
+    assert_eq!(project.read("kept.txt").as_deref(), Some("kept\n"));
+    assert_eq!(
+        project.read("scratch.tmp"),
+        None,
+        "ignored on the way back\n{run}"
+    );
+}
+
+#[test]
+fn no_rsync_neither_syncs_up_nor_pulls_back() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("local.txt", "x\n");
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--no-rsync", "echo made > made.txt; ls"]),
+    );
+    run.assert_code(0);
+    assert!(
+        !run.stdout.contains("local.txt"),
+        "nothing synced up\n{run}"
+    );
+    assert_eq!(
+        project.read_remote("made.txt").as_deref(),
+        Some("made\n"),
+        "ran in the remote dir"
+    );
+    assert_eq!(project.read("made.txt"), None, "nothing pulled back\n{run}");
+}
+
+#[test]
+fn stdin_is_forwarded_to_the_remote_command() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let run = Run::with_stdin(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--no-rsync", "tr", "a-z", "A-Z"]),
+        "hello\nworld\n",
+    );
+    run.assert_code(0);
+    assert_eq!(run.stdout, "HELLO\nWORLD\n", "{run}");
+}
+
+#[test]
+fn terminate_leaves_no_instance_security_group_key_pair_or_keys() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let run = Run::of(project.ssh_ec2(&cloud).args(["--terminate", "true"]));
+    run.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+    assert!(
+        cloud.run_security_groups().is_empty(),
+        "the run's security group is deleted\n{run}"
+    );
+    assert!(
+        cloud.key_pair_names().is_empty(),
+        "no EC2 key pair is ever made\n{run}"
+    );
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "its local keys are forgotten\n{run}"
+    );
+    cloud.wait_for_events("sshd-stopped", 1);
+}
+
+#[test]
+fn launch_shape_is_locked_down() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write(
+        ".ssh-ec2.toml",
+        "instance_type = \"t3.micro\"\n[tags]\nproject = \"demo\"\n",
+    );
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_NAME_INSTANCE", "training-box")
+            .args(["--leave", "--volume-size", "80", "true"]),
+    );
+    run.assert_code(0);
+    let instance = &cloud.instances_in(InstanceStateName::Running)[0];
+    let id = instance_id(instance);
+    assert_eq!(
+        instance.image_id(),
+        Some(cloud.amis["ubuntu_new"].as_str()),
+        "the newest DL AMI"
+    );
+    assert_eq!(
+        instance.instance_type().unwrap().as_str(),
+        "t3.micro",
+        "project config applies"
+    );
+    let options = instance.metadata_options().unwrap();
+    assert_eq!(
+        options.http_tokens().unwrap().as_str(),
+        "required",
+        "IMDSv2 only"
+    );
+    let tag = |key: &str| {
+        instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+            .map(str::to_string)
+    };
+    assert_eq!(tag("Name").as_deref(), Some("training-box"));
+    assert_eq!(tag("project").as_deref(), Some("demo"));
+    assert_eq!(tag("ssh-ec2:owner").as_deref(), Some("tester"));
+    assert_eq!(
+        tag("ssh-ec2:dir"),
+        Some(project.path().canonicalize().unwrap().display().to_string())
+    );
+
+    let shutdown = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(
+                    aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+                )
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("stop"),
+        "a left instance stops, not terminates, when shut down from inside"
+    );
+    let volumes = instance.block_device_mappings();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v.ebs().and_then(|e| e.delete_on_termination()) == Some(true))
+    );
+
+    let groups = cloud.run_security_groups();
+    assert_eq!(groups.len(), 1);
+    let rules = groups[0].ip_permissions();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        (rules[0].from_port(), rules[0].to_port()),
+        (Some(22), Some(22))
+    );
+    let ranges: Vec<_> = rules[0]
+        .ip_ranges()
+        .iter()
+        .filter_map(|r| r.cidr_ip())
+        .collect();
+    assert_eq!(ranges, ["127.0.0.1/32"], "SSH from the caller's /32 only");
+    assert_eq!(
+        cloud.count_events("checkip"),
+        1,
+        "the caller's IP came from the checkip URL"
+    );
+
+    let user_data = cloud.user_data(&id);
+    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
+    assert!(
+        !user_data.contains("AWS_SECRET") && !user_data.contains("testing"),
+        "no credentials"
+    );
+
+    // End it, so the test leaves nothing behind.
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--terminate", "--no-rsync", "true"]),
+    )
+    .assert_code(0);
+    assert!(cloud.instances_in(InstanceStateName::Running).is_empty());
+}
+
+#[test]
+fn waits_for_a_slow_boot_without_fixed_sleeps() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        boot_delay: Some(3.0),
+        ..Default::default()
+    });
+    let project = Project::new();
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo up"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "up\n", "{run}");
+}
+
+#[test]
+fn a_host_key_other_than_the_injected_one_is_refused_before_anything_is_sent() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        wrong_host_key: true,
+        ..Default::default()
+    });
+    let project = Project::new();
+    project.write("secret.txt", "do not send\n");
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("cat secret.txt"));
+    run.assert_code(255);
+    assert!(run.stderr.contains("presented host key SHA256:"), "{run}");
+    assert!(run.stderr.contains("refusing to connect"), "{run}");
+    assert!(!project.remote().exists(), "nothing was synced\n{run}");
+    assert!(!run.stdout.contains("do not send"));
+    // Nothing of the user's is on it: the failed run still cleans up.
+    let instances = cloud.instances();
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+    assert!(cloud.run_security_groups().is_empty(), "{run}");
+}
