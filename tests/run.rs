@@ -223,6 +223,7 @@ fn launch_shape_is_locked_down() {
         project
             .ssh_ec2(&cloud)
             .env("AWS_NAME_INSTANCE", "training-box")
+            .env("AWS_USER_DATA", "echo 'from the user' > /tmp/boot.txt")
             .args(["--leave", "--volume-size", "80", "true"]),
     );
     run.assert_code(0);
@@ -288,6 +289,13 @@ fn launch_shape_is_locked_down() {
 
     let groups = cloud.run_security_groups();
     assert_eq!(groups.len(), 1);
+    assert!(
+        groups[0]
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("ssh-ec2:owner")),
+        "tagged at creation"
+    );
     let rules = groups[0].ip_permissions();
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(
@@ -359,4 +367,238 @@ fn a_host_key_other_than_the_injected_one_is_refused_before_anything_is_sent() {
         "{run}"
     );
     assert!(cloud.run_security_groups().is_empty(), "{run}");
+}
+
+#[test]
+fn a_command_killed_by_a_signal_exits_255_like_ssh_and_still_pulls_back() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .arg("echo partial > partial.txt; kill -9 $$"),
+    );
+    run.assert_code(255);
+    assert!(run.stderr.contains("killed by signal KILL"), "{run}");
+    assert_eq!(
+        project.read("partial.txt").as_deref(),
+        Some("partial\n"),
+        "{run}"
+    );
+}
+
+#[test]
+fn quiet_prints_nothing_but_the_command_and_verbose_lists_synced_files() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("listed-file.txt", "x\n");
+
+    let quiet = Run::of(project.ssh_ec2(&cloud).args(["-q", "echo", "hi"]));
+    quiet.assert_code(0);
+    assert_eq!(
+        (quiet.stdout.as_str(), quiet.stderr.as_str()),
+        ("hi\n", ""),
+        "{quiet}"
+    );
+
+    project.write("listed-file.txt", "changed\n");
+    let verbose = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-v", "echo made > made-remotely.txt"]),
+    );
+    verbose.assert_code(0);
+    assert!(
+        verbose.stderr.contains("listed-file.txt"),
+        "pushed files listed\n{verbose}"
+    );
+    assert!(
+        verbose.stderr.contains("made-remotely.txt"),
+        "pulled files listed\n{verbose}"
+    );
+    assert!(
+        !verbose.stdout.contains("listed-file.txt"),
+        "stdout stays the command's\n{verbose}"
+    );
+
+    let debug = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--no-rsync", "true"]));
+    debug.assert_code(0);
+    assert!(
+        debug.stderr.contains("DEBUG"),
+        "-vv adds debug logs\n{debug}"
+    );
+}
+
+#[test]
+fn region_falls_back_to_eu_central_1() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env_remove("AWS_REGION")
+            .args(["--no-rsync", "true"]),
+    );
+    run.assert_code(0);
+    assert!(run.stderr.contains("eu-central-1"), "{run}");
+    assert_eq!(
+        cloud.instances().len(),
+        1,
+        "launched in eu-central-1\n{run}"
+    );
+}
+
+#[test]
+fn the_login_user_is_guessed_from_the_image_name() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        user: Some("ec2-user"),
+        ..Default::default()
+    });
+    let project = Project::new();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--image-name", "al2023-ami-*", "whoami"]),
+    );
+    run.assert_code(0);
+    assert_eq!(run.stdout, "ec2-user\n", "{run}");
+    assert_eq!(
+        cloud.instances()[0].image_id(),
+        Some(cloud.amis["al2023"].as_str())
+    );
+}
+
+#[test]
+fn the_boot_timeout_gives_up_with_a_clear_error_and_cleans_up() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        boot_delay: Some(60.0),
+        ..Default::default()
+    });
+    let project = Project::new();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--boot-timeout", "2", "true"]),
+    );
+    run.assert_code(255);
+    assert!(run.stderr.contains("before the boot timeout"), "{run}");
+    assert!(
+        run.stderr.contains("--boot-timeout"),
+        "the error says what to change\n{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+    assert!(cloud.run_security_groups().is_empty(), "{run}");
+}
+
+#[test]
+fn the_instance_profile_is_passed_and_an_unknown_one_is_refused_before_launch() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let unknown =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["--instance-profile", "NoSuchProfile", "true"]),
+        );
+    unknown.assert_code(255);
+    assert!(
+        unknown.stderr.contains("NoSuchProfile") && unknown.stderr.contains("NoSuchEntity"),
+        "{unknown}"
+    );
+    assert!(
+        unknown.stderr.contains("admin"),
+        "the hint says who can fix it\n{unknown}"
+    );
+    assert!(
+        cloud.instances().is_empty() && cloud.run_security_groups().is_empty(),
+        "{unknown}"
+    );
+
+    let iam = cloud.iam();
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    cloud
+        .block_on(
+            iam.create_role()
+                .role_name("S3Reader")
+                .assume_role_policy_document(trust)
+                .send(),
+        )
+        .unwrap();
+    cloud
+        .block_on(
+            iam.create_instance_profile()
+                .instance_profile_name("S3Reader")
+                .send(),
+        )
+        .unwrap();
+    cloud
+        .block_on(
+            iam.add_role_to_instance_profile()
+                .instance_profile_name("S3Reader")
+                .role_name("S3Reader")
+                .send(),
+        )
+        .unwrap();
+
+    // Left running: terminating an instance dissociates its profile.
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_IAM_INSTANCE_PROFILE", "S3Reader")
+            .args(["--leave", "true"]),
+    );
+    run.assert_code(0);
+    let profile = cloud.instances()[0]
+        .iam_instance_profile()
+        .and_then(|p| p.arn())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        profile.ends_with("instance-profile/S3Reader"),
+        "{profile}\n{run}"
+    );
+    Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
+}
+
+#[test]
+fn a_subnet_can_be_chosen_and_an_unknown_one_is_named() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let subnets = cloud
+        .block_on(cloud.ec2().describe_subnets().send())
+        .unwrap();
+    let subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--subnet-id", &subnet, "--no-rsync", "true"]),
+    );
+    run.assert_code(0);
+    assert_eq!(
+        cloud.instances()[0].subnet_id(),
+        Some(subnet.as_str()),
+        "{run}"
+    );
+
+    let unknown =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["--subnet-id", "subnet-0000000000", "true"]),
+        );
+    unknown.assert_code(255);
+    assert!(
+        unknown.stderr.contains("subnet-0000000000") && unknown.stderr.contains("--subnet-id"),
+        "{unknown}"
+    );
 }

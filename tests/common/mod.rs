@@ -32,6 +32,8 @@ pub struct CloudOptions {
     pub boot_delay: Option<f64>,
     /// The sshd presents a host key other than the one in the user-data.
     pub wrong_host_key: bool,
+    /// The instances' login user (default: ubuntu).
+    pub user: Option<&'static str>,
 }
 
 pub struct TestCloud {
@@ -90,6 +92,9 @@ impl TestCloud {
         }
         if options.wrong_host_key {
             command.arg("--wrong-host-key");
+        }
+        if let Some(user) = options.user {
+            command.arg("--user").arg(user);
         }
         let mut child = command
             .spawn()
@@ -198,6 +203,19 @@ impl TestCloud {
 
     pub fn ec2(&self) -> &aws_sdk_ec2::Client {
         &self.ec2
+    }
+
+    /// An IAM client on the same simulated account.
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        let config = aws_sdk_iam::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_iam::config::Region::new(self.region.clone()))
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_iam::Client::from_conf(config)
     }
 
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
@@ -344,8 +362,12 @@ impl Project {
 
     /// Where the instance (the local user `ubuntu`) keeps the synced copy.
     pub fn remote(&self) -> PathBuf {
+        self.remote_of(REMOTE_USER)
+    }
+
+    pub fn remote_of(&self, user: &str) -> PathBuf {
         Path::new("/home")
-            .join(REMOTE_USER)
+            .join(user)
             .join(self.path().file_name().unwrap())
     }
 
@@ -394,7 +416,9 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.remote());
+        for user in [REMOTE_USER, "ec2-user"] {
+            let _ = std::fs::remove_dir_all(self.remote_of(user));
+        }
     }
 }
 
