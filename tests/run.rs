@@ -113,12 +113,15 @@ fn pull_back_brings_new_and_changed_files_but_keeps_newer_and_extra_local_ones()
 }
 
 #[test]
-fn rsyncignore_is_honoured_both_ways() {
+fn rsyncignore_is_honoured_both_ways_and_links_out_of_the_tree_are_not_followed() {
     let cloud = TestCloud::start();
     let project = Project::new();
     project.write(".rsyncignore", "data/\n*.tmp\n");
     project.write("data/big.bin", "huge\n");
     project.write("code.py", "print(1)\n");
+    let outside = project.home().join("outside.txt");
+    std::fs::write(&outside, "private\n").unwrap();
+    std::os::unix::fs::symlink(&outside, project.path().join("escape")).unwrap();
 
     let run = Run::of(
         project
@@ -601,4 +604,102 @@ fn a_subnet_can_be_chosen_and_an_unknown_one_is_named() {
         unknown.stderr.contains("subnet-0000000000") && unknown.stderr.contains("--subnet-id"),
         "{unknown}"
     );
+}
+
+#[test]
+fn without_a_default_vpc_the_error_says_to_pass_a_subnet() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let ec2 = cloud.ec2();
+    let is_default = aws_sdk_ec2::types::Filter::builder()
+        .name("is-default")
+        .values("true")
+        .build();
+    let vpcs = cloud
+        .block_on(ec2.describe_vpcs().filters(is_default).send())
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
+    let in_vpc = |name: &str| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .values(&vpc)
+            .build()
+    };
+    let subnets = cloud
+        .block_on(ec2.describe_subnets().filters(in_vpc("vpc-id")).send())
+        .unwrap();
+    for subnet in subnets.subnets() {
+        cloud
+            .block_on(
+                ec2.delete_subnet()
+                    .subnet_id(subnet.subnet_id().unwrap())
+                    .send(),
+            )
+            .unwrap();
+    }
+    let gateways = cloud
+        .block_on(
+            ec2.describe_internet_gateways()
+                .filters(in_vpc("attachment.vpc-id"))
+                .send(),
+        )
+        .unwrap();
+    for gateway in gateways.internet_gateways() {
+        let id = gateway.internet_gateway_id().unwrap();
+        cloud
+            .block_on(
+                ec2.detach_internet_gateway()
+                    .internet_gateway_id(id)
+                    .vpc_id(&vpc)
+                    .send(),
+            )
+            .unwrap();
+        cloud
+            .block_on(ec2.delete_internet_gateway().internet_gateway_id(id).send())
+            .unwrap();
+    }
+    cloud
+        .block_on(ec2.delete_vpc().vpc_id(&vpc).send())
+        .unwrap();
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    run.assert_code(255);
+    assert!(
+        run.stderr
+            .contains("no default VPC in eu-central-1: pass --subnet-id"),
+        "{run}"
+    );
+    assert!(cloud.instances().is_empty(), "{run}");
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "keys of a launch that never happened are dropped"
+    );
+}
+
+#[test]
+fn output_streams_live_while_the_command_runs() {
+    use std::io::{BufRead, BufReader, Write};
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    // The command waits for a line that the test only sends once it has read the first output.
+    let mut child = project
+        .ssh_ec2(&cloud)
+        .args(["--no-rsync", "echo first; read reply; echo second:$reply"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"pong\n").unwrap();
+    drop(stdin);
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "second:pong\n");
+    let status = common::wait_or_kill(child, common::RUN_TIMEOUT).expect("ssh-ec2 hung");
+    assert_eq!(status.code(), Some(0));
 }

@@ -37,8 +37,7 @@ pub struct CloudOptions {
 }
 
 pub struct TestCloud {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
+    process: CloudProcess,
     state: tempfile::TempDir,
     pub endpoint: String,
     pub checkip_url: String,
@@ -46,7 +45,22 @@ pub struct TestCloud {
     pub region: String,
     pub amis: BTreeMap<String, String>,
     runtime: tokio::runtime::Runtime,
-    ec2: aws_sdk_ec2::Client,
+    sdk: aws_config::SdkConfig,
+}
+
+/// cloud.py stops its sshds and servers when its stdin closes; killed if it does not.
+struct CloudProcess {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Some(child) = self.child.take() {
+            wait_or_kill(child, Duration::from_secs(30));
+        }
+    }
 }
 
 impl TestCloud {
@@ -99,63 +113,63 @@ impl TestCloud {
         let mut child = command
             .spawn()
             .expect("cannot start tests/testbed/cloud.py");
-        let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
+        let process = CloudProcess {
+            stdin: child.stdin.take(),
+            child: Some(child),
+        };
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = sender.send(line);
         });
-        let mut cloud = TestCloud {
-            child: Some(child),
-            stdin,
-            state,
-            endpoint: String::new(),
-            checkip_url: String::new(),
-            connect: String::new(),
-            region: String::new(),
-            amis: BTreeMap::new(),
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            ec2: aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::Config::builder()
-                    .behavior_version_latest()
-                    .build(),
-            ),
-        };
         let line = lines
             .recv_timeout(Duration::from_secs(90))
             .unwrap_or_default();
         let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-            panic!("the simulated cloud did not start:\n{}", cloud.stderr_log())
+            panic!(
+                "the simulated cloud did not start:\n{}",
+                read_log(state.path())
+            )
         });
-        cloud.endpoint = ready["endpoint"].as_str().unwrap().to_string();
-        cloud.checkip_url = ready["checkip_url"].as_str().unwrap().to_string();
-        cloud.connect = ready["connect"].as_str().unwrap().to_string();
-        cloud.region = ready["region"].as_str().unwrap().to_string();
-        cloud.amis = ready["amis"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-            .collect();
-        let config = aws_sdk_ec2::Config::builder()
-            .behavior_version_latest()
-            .endpoint_url(&cloud.endpoint)
-            .region(aws_sdk_ec2::config::Region::new(cloud.region.clone()))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
+        let text = |key: &str| ready[key].as_str().unwrap().to_string();
+        let (endpoint, region) = (text("endpoint"), text("region"));
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_config::Region::new(region.clone()))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        "testing", "testing", None, None, "test",
+                    ),
+                ),
+            )
             .build();
-        cloud.ec2 = aws_sdk_ec2::Client::from_conf(config);
-        cloud
+        TestCloud {
+            process,
+            checkip_url: text("checkip_url"),
+            connect: text("connect"),
+            amis: ready["amis"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect(),
+            endpoint,
+            region,
+            state,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            sdk,
+        }
     }
 
     pub fn stderr_log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("cloud.stderr")).unwrap_or_default()
+        read_log(self.state.path())
     }
 
     /// The boot simulator's events (sshd-started, sshd-stopped, checkip, error…).
@@ -201,21 +215,13 @@ impl TestCloud {
         );
     }
 
-    pub fn ec2(&self) -> &aws_sdk_ec2::Client {
-        &self.ec2
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk)
     }
 
     /// An IAM client on the same simulated account.
     pub fn iam(&self) -> aws_sdk_iam::Client {
-        let config = aws_sdk_iam::Config::builder()
-            .behavior_version_latest()
-            .endpoint_url(&self.endpoint)
-            .region(aws_sdk_iam::config::Region::new(self.region.clone()))
-            .credentials_provider(aws_sdk_iam::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build();
-        aws_sdk_iam::Client::from_conf(config)
+        aws_sdk_iam::Client::new(&self.sdk)
     }
 
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
@@ -224,7 +230,9 @@ impl TestCloud {
 
     /// Every instance moto knows, terminated ones included.
     pub fn instances(&self) -> Vec<Instance> {
-        let found = self.block_on(self.ec2.describe_instances().send()).unwrap();
+        let found = self
+            .block_on(self.ec2().describe_instances().send())
+            .unwrap();
         found
             .reservations()
             .iter()
@@ -243,7 +251,7 @@ impl TestCloud {
     /// Security groups other than the default ones moto starts with.
     pub fn run_security_groups(&self) -> Vec<SecurityGroup> {
         let found = self
-            .block_on(self.ec2.describe_security_groups().send())
+            .block_on(self.ec2().describe_security_groups().send())
             .unwrap();
         found
             .security_groups()
@@ -254,7 +262,9 @@ impl TestCloud {
     }
 
     pub fn key_pair_names(&self) -> Vec<String> {
-        let found = self.block_on(self.ec2.describe_key_pairs().send()).unwrap();
+        let found = self
+            .block_on(self.ec2().describe_key_pairs().send())
+            .unwrap();
         found
             .key_pairs()
             .iter()
@@ -267,7 +277,7 @@ impl TestCloud {
         use base64::Engine;
         let found = self
             .block_on(
-                self.ec2
+                self.ec2()
                     .describe_instance_attribute()
                     .instance_id(instance_id)
                     .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
@@ -287,16 +297,6 @@ impl TestCloud {
     }
 }
 
-impl Drop for TestCloud {
-    fn drop(&mut self) {
-        // cloud.py stops its sshds and servers when its stdin closes.
-        drop(self.stdin.take());
-        if let Some(child) = self.child.take() {
-            wait_or_kill(child, Duration::from_secs(30));
-        }
-    }
-}
-
 /// Waits for `child` to exit; kills it if it does not within `timeout`.
 pub fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -311,6 +311,10 @@ pub fn wait_or_kill(mut child: Child, timeout: Duration) -> Option<std::process:
             None
         }
     }
+}
+
+fn read_log(state: &Path) -> String {
+    std::fs::read_to_string(state.join("cloud.stderr")).unwrap_or_default()
 }
 
 fn free_port() -> u16 {
