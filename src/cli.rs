@@ -31,7 +31,7 @@ pub struct Cli {
     #[arg(short, long, action = ArgAction::Count, alias = "no-quiet", conflicts_with = "quiet")]
     pub verbose: u8,
 
-    /// Print nothing but errors (and the remote command's own output).
+    /// Print nothing but errors and warnings (and the remote command's own output).
     #[arg(short, long)]
     pub quiet: bool,
 
@@ -39,7 +39,8 @@ pub struct Cli {
     #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
     pub identity_file: Option<PathBuf>,
 
-    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER).
+    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER); without -i its
+    /// private key is read from ~/.ssh/NAME.pem.
     #[arg(long, value_name = "NAME")]
     pub key_name: Option<String>,
 
@@ -127,7 +128,7 @@ pub struct NetworkFlags {
     /// Allow SSH from this CIDR instead of this machine's public IP /32.
     #[arg(long, value_name = "CIDR")]
     pub ssh_cidr: Option<ipnet::IpNet>,
-    /// Give up waiting for the instance's SSH after this many seconds.
+    /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<u64>,
 }

@@ -1,7 +1,7 @@
 //! The instance's fate once the run is over: terminated (and its security group and keys
 //! removed), stopped (the next run in this directory starts it again), or left running.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -10,8 +10,50 @@ use crate::config::EndOfLife;
 use crate::keys::KeyStore;
 use crate::printer::Printer;
 
+/// Where the run's instance came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Launched by this run: nothing of the user's lives only on it before the command runs.
+    Launched,
+    /// Reused, and running (or pending) when found.
+    FoundRunning,
+    /// Reused, and stopped (or stopping) when found.
+    FoundStopped,
+}
+
+/// The end of life to apply: the policy, unless terminating could lose results that are not
+/// home; then the instance is stopped (or left as it was found), with a warning saying why.
+pub fn safe_action(
+    policy: EndOfLife,
+    origin: Origin,
+    command_started: bool,
+    results_home: bool,
+) -> (EndOfLife, Option<&'static str>) {
+    if policy != EndOfLife::Terminate || results_home {
+        return (policy, None);
+    }
+    match (origin, command_started) {
+        (Origin::Launched, false) => (EndOfLife::Terminate, None),
+        (_, true) => (
+            EndOfLife::Stop,
+            Some(
+                "its results may not have come home: stopping it instead of terminating it; run \
+                 ssh-ec2 again in this directory to reconnect and pull them back",
+            ),
+        ),
+        (Origin::FoundRunning, false) => (
+            EndOfLife::Leave,
+            Some("it may hold results of an earlier run: leaving it running, as it was found"),
+        ),
+        (Origin::FoundStopped, false) => (
+            EndOfLife::Stop,
+            Some("it may hold results of an earlier run: stopping it again, as it was found"),
+        ),
+    }
+}
+
 /// Stopping a GPU instance can take minutes; past this it is stuck.
-const TRANSITION_TIMEOUT: Duration = Duration::from_secs(900);
+pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub async fn apply(
     cloud: &Cloud,
@@ -26,7 +68,7 @@ pub async fn apply(
             let phase = printer.phase(format!("terminating {id}"));
             cloud.terminate(id).await?;
             cloud
-                .wait_until(id, State::Terminated, TRANSITION_TIMEOUT)
+                .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
                 .await?;
             if let Some(group) = &instance.security_group {
                 phase.update(format!("deleting security group {group}"));
@@ -39,7 +81,7 @@ pub async fn apply(
             let phase = printer.phase(format!("stopping {id}"));
             cloud.stop(id).await?;
             cloud
-                .wait_until(id, State::Stopped, TRANSITION_TIMEOUT)
+                .wait_until(id, State::Stopped, Instant::now() + TRANSITION_TIMEOUT)
                 .await
                 .context("it may still be stopping; check the EC2 console")?;
             phase.done(format!("stopped {id}; run ssh-ec2 here again to start it"));
@@ -53,4 +95,58 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use EndOfLife::*;
+
+    #[test]
+    fn terminate_only_when_nothing_can_be_lost() {
+        let decide = |origin, started, home| safe_action(Terminate, origin, started, home).0;
+        assert_eq!(
+            decide(Origin::Launched, true, true),
+            Terminate,
+            "results are home"
+        );
+        assert_eq!(
+            decide(Origin::FoundStopped, true, true),
+            Terminate,
+            "results are home"
+        );
+        assert_eq!(
+            decide(Origin::Launched, false, false),
+            Terminate,
+            "nothing ran on a new one"
+        );
+        assert_eq!(
+            decide(Origin::Launched, true, false),
+            Stop,
+            "the pull failed"
+        );
+        assert_eq!(
+            decide(Origin::FoundRunning, true, false),
+            Stop,
+            "the pull failed"
+        );
+        assert_eq!(
+            decide(Origin::FoundRunning, false, false),
+            Leave,
+            "as it was found"
+        );
+        assert_eq!(
+            decide(Origin::FoundStopped, false, false),
+            Stop,
+            "as it was found"
+        );
+        assert_eq!(
+            safe_action(Leave, Origin::Launched, true, false),
+            (Leave, None)
+        );
+        assert_eq!(
+            safe_action(Stop, Origin::FoundRunning, false, false),
+            (Stop, None)
+        );
+    }
 }

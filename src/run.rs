@@ -4,7 +4,7 @@
 //! terminated.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -13,7 +13,7 @@ use crate::cli::Cli;
 use crate::cloud::userdata::UserData;
 use crate::cloud::{Cloud, Instance, LaunchRequest, State, caller_cidr, guess_user};
 use crate::config::{EndOfLife, HostPort, Sources};
-use crate::end_of_life;
+use crate::end_of_life::{self, Origin};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::{InstanceKeys, KeyStore, LoginKey};
 use crate::plan::{Host, ImageChoice, Ingress, Plan};
@@ -46,8 +46,7 @@ struct Machine {
     instance: Instance,
     keys: InstanceKeys,
     user: String,
-    /// Launched by this run, so nothing of the user's lives only on it yet.
-    launched: bool,
+    origin: Origin,
 }
 
 /// How far the run got, which decides what end of life is safe.
@@ -72,20 +71,15 @@ async fn run(plan: &Plan, printer: Printer) -> Result<i32> {
         printer.error(e);
     }
 
-    let policy = plan.end_of_life;
-    let safe_to_terminate =
-        progress.results_home || (machine.launched && !progress.command_started);
-    let action = match policy {
-        EndOfLife::Terminate if !safe_to_terminate => {
-            printer.warn(&format!(
-                "the results may still be on {} only: stopping it instead of terminating it; run \
-                 ssh-ec2 again in this directory to reconnect and pull them back",
-                machine.instance.id
-            ));
-            EndOfLife::Stop
-        }
-        other => other,
-    };
+    let (action, why) = end_of_life::safe_action(
+        plan.end_of_life,
+        machine.origin,
+        progress.command_started,
+        progress.results_home,
+    );
+    if let Some(why) = why {
+        printer.warn(&format!("{}: {why}", machine.instance.id));
+    }
     let note_task = tokio::spawn(explain_further_interrupts(interrupt.only_new(), printer));
     let ended = end_of_life::apply(&cloud, &store, &machine.instance, action, printer).await;
     note_task.abort();
@@ -164,12 +158,23 @@ async fn reuse(
         .clone()
         .or(instance.login_user.clone())
         .unwrap_or_else(|| guess_user("").into());
-    let phase =
-        printer.phase(format!("reusing {} ({:?})", instance.id, instance.state).to_lowercase());
+    let phase = printer.phase(format!(
+        "reusing {} ({})",
+        instance.id,
+        instance.state.as_str()
+    ));
+    let origin = match instance.state {
+        State::Pending | State::Running => Origin::FoundRunning,
+        _ => Origin::FoundStopped,
+    };
     if instance.state == State::Stopping {
         phase.update(format!("waiting for {} to finish stopping", instance.id));
         cloud
-            .wait_until(&instance.id, State::Stopped, STATE_TIMEOUT)
+            .wait_until(
+                &instance.id,
+                State::Stopped,
+                Instant::now() + end_of_life::TRANSITION_TIMEOUT,
+            )
             .await?;
     }
     if matches!(instance.state, State::Stopping | State::Stopped) {
@@ -187,12 +192,9 @@ async fn reuse(
         instance,
         keys,
         user,
-        launched: false,
+        origin,
     })
 }
-
-/// How long an instance may take to stop or terminate before we call it stuck.
-const STATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
     match ingress {
@@ -292,7 +294,7 @@ async fn launch(
         instance,
         keys,
         user,
-        launched: true,
+        origin: Origin::Launched,
     })
 }
 
@@ -305,10 +307,11 @@ async fn work(
     interrupt: &Interrupt,
     progress: &mut Progress,
 ) -> Result<()> {
-    let target = interrupt
-        .cancel(wait_for_ssh_target(cloud, plan, machine, printer))
-        .await?;
+    // One boot deadline for the instance to run and its sshd to let us in.
     let deadline = Instant::now() + plan.boot_timeout;
+    let target = interrupt
+        .cancel(wait_for_ssh_target(cloud, plan, machine, deadline, printer))
+        .await?;
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
@@ -374,13 +377,12 @@ async fn wait_for_ssh_target(
     cloud: &Cloud,
     plan: &Plan,
     machine: &Machine,
+    deadline: Instant,
     printer: Printer,
 ) -> Result<Target> {
     let id = &machine.instance.id;
     let phase = printer.phase(format!("waiting for {id} to run"));
-    let running = cloud
-        .wait_until(id, State::Running, plan.boot_timeout)
-        .await?;
+    let running = cloud.wait_until(id, State::Running, deadline).await?;
     let address = match &plan.connect {
         Some(address) => address.clone(),
         None => HostPort {

@@ -83,7 +83,10 @@ impl<'a> Rsync<'a> {
             .stdin(Stdio::null())
             .stdout(listing)
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group: a Ctrl-C at the terminal must not kill a pull under way;
+            // ssh-ec2 decides what Ctrl-C means (and kills rsync if it drops the transfer).
+            .process_group(0);
         tracing::debug!("running {rsync:?}");
         let output = rsync
             .spawn()

@@ -64,7 +64,7 @@ impl State {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",
             State::Running => "running",
@@ -309,10 +309,9 @@ impl Cloud {
         Ok(())
     }
 
-    /// Polls until the instance reaches `target`, or fails once `timeout` has passed or it
+    /// Polls until the instance reaches `target`, or fails once `deadline` has passed or it
     /// lands somewhere it cannot come back from.
-    pub async fn wait_until(&self, id: &str, target: State, timeout: Duration) -> Result<Instance> {
-        let deadline = Instant::now() + timeout;
+    pub async fn wait_until(&self, id: &str, target: State, deadline: Instant) -> Result<Instance> {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
             let instance = self.instance(id).await?;
@@ -334,9 +333,8 @@ impl Cloud {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "instance {id} is still {} after {}s, not {}: check it in the EC2 console",
+                    "instance {id} is still {}, not {}, after waiting: check it in the EC2 console",
                     instance.state.as_str(),
-                    timeout.as_secs(),
                     target.as_str()
                 );
             }
