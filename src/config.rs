@@ -35,13 +35,6 @@ impl FromStr for EndOfLife {
     }
 }
 
-impl TryFrom<String> for EndOfLife {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
 /// A `host:port` to dial instead of the instance's own address.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -67,13 +60,6 @@ impl FromStr for HostPort {
             host: host.to_string(),
             port,
         })
-    }
-}
-
-impl TryFrom<String> for HostPort {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
     }
 }
 
@@ -171,12 +157,19 @@ impl FromStr for Multiplex {
     }
 }
 
-impl TryFrom<String> for Multiplex {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
+/// Config-file values that are read like their environment-variable form, through `FromStr`.
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+    )*};
 }
+
+deserialize_from_str!(EndOfLife, HostPort, Multiplex);
 
 /// Declares `Layer` once: each field with the environment variables that set it (first set wins).
 macro_rules! layer {
@@ -257,6 +250,7 @@ impl Layer {
     fn from_flags(cli: &Cli) -> Layer {
         let i = &cli.instance;
         let n = &cli.network;
+        // Every field listed, so a new setting cannot be forgotten here.
         Layer {
             region: i.region.clone(),
             instance_type: i.instance_type.clone(),
@@ -273,14 +267,17 @@ impl Layer {
             final_state: cli.end_of_life.chosen(),
             connect: n.connect.clone(),
             ssh_cidr: n.ssh_cidr,
+            checkip_url: None,
             boot_timeout: n.boot_timeout,
+            multiplex: None,
+            trigram: None,
+            user_data: None,
             tags: Tags(
                 i.tags
                     .iter()
                     .map(|t| (t.key.clone(), t.value.clone()))
                     .collect(),
             ),
-            ..Layer::default()
         }
     }
 

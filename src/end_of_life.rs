@@ -38,7 +38,7 @@ pub fn safe_action(
             EndOfLife::Stop,
             Some(
                 "its results may not have come home: stopping it instead of terminating it; run \
-                 ssh-ec2 again in this directory to reconnect and pull them back",
+                 `ssh-ec2 true` in this directory to start it, pull them back and terminate it",
             ),
         ),
         (Origin::FoundRunning, false) => (
@@ -60,21 +60,31 @@ pub async fn apply(
     store: &KeyStore,
     instance: &Instance,
     action: EndOfLife,
-    printer: Printer,
+    printer: &Printer,
 ) -> Result<()> {
     let id = &instance.id;
     match action {
         EndOfLife::Terminate => {
             let phase = printer.phase(format!("terminating {id}"));
             cloud.terminate(id).await?;
+            // Its keys are useless from here on, whatever happens next.
+            store.forget(id);
+            let leftover = instance
+                .security_group
+                .as_deref()
+                .map_or(String::new(), |group| {
+                    format!(", then `aws ec2 delete-security-group --group-id {group}`")
+                });
             cloud
                 .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-                .await?;
+                .await
+                .with_context(|| {
+                    format!("check that {id} terminates in the EC2 console{leftover}")
+                })?;
             if let Some(group) = &instance.security_group {
                 phase.update(format!("deleting security group {group}"));
                 cloud.delete_ssh_group(group).await?;
             }
-            store.forget(id);
             phase.done(format!("terminated {id}"));
         }
         EndOfLife::Stop => {
@@ -87,7 +97,7 @@ pub async fn apply(
             phase.done(format!("stopped {id}; run ssh-ec2 here again to start it"));
         }
         EndOfLife::Leave => {
-            printer.info(&format!(
+            printer.warn(&format!(
                 "{id} is left running (and billed): run ssh-ec2 here again to reuse it; end it \
                  with `ssh-ec2 --terminate true` here or `aws ec2 terminate-instances \
                  --instance-ids {id}`"

@@ -1,70 +1,137 @@
-//! Ctrl-C. Once installed, SIGINT no longer kills ssh-ec2: each phase decides what it means
-//! (cancel before the command, pass it on during the command, finish cleaning up after it).
+//! Ctrl-C, `kill` and a closed terminal (SIGINT, SIGTERM, SIGHUP). Once installed, they no
+//! longer kill ssh-ec2 outright: each phase decides what they mean (cancel before the command,
+//! pass them on during it, finish bringing results home and the end of life after it), so an
+//! instance is never leaked by a signal.
 
 use std::fmt;
 
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-/// Counts the Ctrl-Cs received so far.
-#[derive(Clone)]
-pub struct Interrupt {
-    count: watch::Receiver<u32>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+    HangUp,
 }
 
-/// The error of a run cut short by Ctrl-C; `main` turns it into exit status 130.
+impl Signal {
+    /// The shell's convention: 128 + the signal number.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::HangUp => 129,
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+
+    /// The same signal for the remote command, as SSH names it.
+    pub fn for_remote(self) -> russh::Sig {
+        match self {
+            Signal::Interrupt => russh::Sig::INT,
+            Signal::Terminate => russh::Sig::TERM,
+            Signal::HangUp => russh::Sig::HUP,
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signal::Interrupt => "Ctrl-C",
+            Signal::Terminate => "SIGTERM",
+            Signal::HangUp => "SIGHUP",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Received {
+    count: u32,
+    first: Option<Signal>,
+    last: Option<Signal>,
+}
+
+/// The signals received so far.
+#[derive(Clone)]
+pub struct Interrupt {
+    received: watch::Receiver<Received>,
+}
+
+/// The error of a run cut short by a signal; `main` turns it into 128 + the signal number.
 #[derive(Debug)]
-pub struct Interrupted;
+pub struct Interrupted(pub Signal);
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted (Ctrl-C)")
+        write!(f, "interrupted ({})", self.0)
     }
 }
 
 impl std::error::Error for Interrupted {}
 
 impl Interrupt {
-    pub fn install() -> Interrupt {
-        let (sender, count) = watch::channel(0);
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                sender.send_modify(|n| *n += 1);
-            }
-        });
-        Interrupt { count }
+    pub fn install() -> anyhow::Result<Interrupt> {
+        let (sender, received) = watch::channel(Received::default());
+        for (kind, which) in [
+            (SignalKind::interrupt(), Signal::Interrupt),
+            (SignalKind::terminate(), Signal::Terminate),
+            (SignalKind::hangup(), Signal::HangUp),
+        ] {
+            let mut stream = signal(kind)?;
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    sender.send_modify(|r| {
+                        r.count += 1;
+                        r.first.get_or_insert(which);
+                        r.last = Some(which);
+                    });
+                }
+            });
+        }
+        Ok(Interrupt { received })
     }
 
-    pub fn happened(&self) -> bool {
-        *self.count.borrow() > 0
+    /// The first signal received, if any.
+    pub fn first(&self) -> Option<Signal> {
+        self.received.borrow().first
     }
 
-    /// A copy that only sees the Ctrl-Cs still to come.
+    /// A copy that only sees the signals still to come.
     pub fn only_new(&self) -> Interrupt {
-        let mut count = self.count.clone();
-        count.mark_unchanged();
-        Interrupt { count }
+        let mut received = self.received.clone();
+        received.mark_unchanged();
+        Interrupt { received }
     }
 
-    /// Waits for the next Ctrl-C and returns how many there have been.
-    pub async fn next(&mut self) -> u32 {
-        if self.count.changed().await.is_err() {
+    /// Waits for the next signal; returns how many there have been, and which it was.
+    pub async fn next(&mut self) -> (u32, Signal) {
+        if self.received.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
-        *self.count.borrow_and_update()
+        let received = *self.received.borrow_and_update();
+        (received.count, received.last.unwrap_or(Signal::Interrupt))
     }
 
-    /// Runs `work` unless Ctrl-C comes first (or came already).
+    /// Fails with [`Interrupted`] if a signal came already.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.first() {
+            Some(signal) => Err(Interrupted(signal).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `work` unless a signal comes first (or came already).
     pub async fn cancel<T>(
         &self,
         work: impl Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        if self.happened() {
-            return Err(Interrupted.into());
-        }
+        self.check()?;
         let mut this = self.clone();
         tokio::select! {
             result = work => result,
-            _ = this.next() => Err(Interrupted.into()),
+            (_, signal) = this.next() => Err(Interrupted(signal).into()),
         }
     }
 }

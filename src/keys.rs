@@ -43,6 +43,8 @@ pub struct KeyStore {
 
 const LOGIN_FILE: &str = "login_ed25519";
 const HOST_FILE: &str = "host_ed25519.pub";
+/// The EC2 key pair an instance was launched with, instead of a per-run key.
+const KEY_PAIR_FILE: &str = "key_pair";
 
 impl KeyStore {
     pub fn new(state_dir: &Path) -> Self {
@@ -70,7 +72,10 @@ impl KeyStore {
         let host_public_openssh = host.public_key().to_openssh()?;
         write_private(&dir.join(HOST_FILE), &host_public_openssh)?;
         let (login, authorized_key) = match login {
-            LoginKey::KeyPair { key, .. } => (key.clone(), None),
+            LoginKey::KeyPair { name, key } => {
+                write_private(&dir.join(KEY_PAIR_FILE), name)?;
+                (key.clone(), None)
+            }
             LoginKey::PerRun => {
                 let mut key = random_ed25519()?;
                 key.set_comment("ssh-ec2");
@@ -121,17 +126,22 @@ impl KeyStore {
         };
         let host = fs::read_to_string(dir.join(HOST_FILE)).with_context(missing)?;
         let host = PublicKey::from_openssh(host.trim()).with_context(missing)?;
-        let login = match login {
-            LoginKey::KeyPair { key, .. } => key.clone(),
-            LoginKey::PerRun => {
-                let text = fs::read_to_string(dir.join(LOGIN_FILE)).with_context(|| {
-                    format!(
-                        "{}; or, if it was launched with -i/AWS_KEY_NAME, pass the same key again",
-                        missing()
-                    )
-                })?;
+        let launched_with = fs::read_to_string(dir.join(KEY_PAIR_FILE)).ok();
+        let login = match (login, launched_with) {
+            (LoginKey::KeyPair { name, key }, Some(pair)) if *name == pair => key.clone(),
+            (LoginKey::PerRun, None) => {
+                let text = fs::read_to_string(dir.join(LOGIN_FILE)).with_context(missing)?;
                 Arc::new(PrivateKey::from_openssh(text).with_context(missing)?)
             }
+            // A key the instance does not know would be refused until the boot timeout.
+            (_, Some(pair)) => bail!(
+                "instance {instance_id} was launched with the EC2 key pair `{pair}`: pass its \
+                 private key again (-i FILE --key-name {pair})"
+            ),
+            (LoginKey::KeyPair { name, .. }, None) => bail!(
+                "instance {instance_id} was launched with a key of its own, not the key pair \
+                 `{name}`: drop -i/--key-name (AWS_PEM/AWS_KEY_NAME) to reuse it"
+            ),
         };
         Ok(InstanceKeys { login, host })
     }

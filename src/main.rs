@@ -1,9 +1,11 @@
 //! ssh-ec2: run a command on a throw-away AWS EC2 machine as if it were local.
 //!
 //! The story, in order: `cli` (flags) → `config` (files < environment < flags) → `plan`
-//! (validated) → `run` (the phases) using `cloud` (EC2/IAM), `ssh` (the session, the command,
-//! rsync's transport), `sync` (rsync), `remote` (the remote command line) → `end_of_life`.
+//! (validated) → `run` (the phases): `acquire` (find or launch the instance through `cloud`),
+//! `ssh` (the session, the command, rsync's transport), `sync` (rsync), `remote` (the remote
+//! command line) → `end_of_life`.
 
+mod acquire;
 mod backoff;
 mod cli;
 mod cloud;
@@ -11,6 +13,7 @@ mod config;
 mod end_of_life;
 mod interrupt;
 mod keys;
+mod lock;
 mod plan;
 mod printer;
 mod remote;
@@ -27,7 +30,6 @@ use crate::printer::{Printer, Verbosity};
 
 /// ssh's convention for "ssh-ec2 itself failed", as opposed to the remote command.
 const EXIT_FAILURE: u8 = 255;
-const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
@@ -44,15 +46,15 @@ fn main() -> ExitCode {
     let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
     init_debug_logs(verbosity);
     let printer = Printer::new(verbosity);
-    let code = match run::start(&cli, printer) {
+    let code = match run::start(&cli, &printer) {
         Ok(code) => code,
-        Err(e) if e.is::<interrupt::Interrupted>() => {
-            printer.error(&e);
-            EXIT_INTERRUPTED.into()
-        }
+        Err(e) if e.is::<run::AlreadyReported>() => EXIT_FAILURE.into(),
         Err(e) => {
             printer.error(&e);
-            EXIT_FAILURE.into()
+            match e.downcast_ref::<interrupt::Interrupted>() {
+                Some(interrupt::Interrupted(signal)) => signal.exit_code().into(),
+                None => EXIT_FAILURE.into(),
+            }
         }
     };
     exit(code)

@@ -42,7 +42,11 @@ pub struct Plan {
     pub verbosity: Verbosity,
     /// Request a PTY and put the local terminal in raw mode.
     pub pty: bool,
+    /// Pass local stdin on; not from a terminal we are in the background of (it would stop us).
+    pub forward_stdin: bool,
     pub state_dir: PathBuf,
+    /// Where rsync's relay socket goes.
+    pub socket_dir: PathBuf,
 }
 
 #[derive(Debug)]
@@ -88,10 +92,14 @@ pub struct Host {
     pub home: PathBuf,
     pub user_config: PathBuf,
     pub state_dir: PathBuf,
+    pub runtime_dir: Option<PathBuf>,
     pub hostname: String,
     pub login_name: Option<String>,
     pub path_var: Option<std::ffi::OsString>,
-    pub interactive: bool,
+    pub stdin_is_terminal: bool,
+    pub stdout_is_terminal: bool,
+    /// In the terminal's foreground process group (not `ssh-ec2 … &`).
+    pub in_foreground: bool,
 }
 
 impl Host {
@@ -124,7 +132,11 @@ impl Host {
                 .into_owned(),
             login_name,
             path_var: std::env::var_os("PATH"),
-            interactive: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+            stdin_is_terminal: std::io::stdin().is_terminal(),
+            stdout_is_terminal: std::io::stdout().is_terminal(),
+            in_foreground: nix::unistd::tcgetpgrp(std::io::stdin())
+                .is_ok_and(|group| group == nix::unistd::getpgrp()),
+            runtime_dir: dirs.runtime_dir(),
         })
     }
 }
@@ -148,6 +160,17 @@ impl Plan {
                 host.cwd.display()
             )
         })?;
+        let home = host
+            .home
+            .canonicalize()
+            .unwrap_or_else(|_| host.home.clone());
+        if home.starts_with(&local_dir) {
+            bail!(
+                "ssh-ec2 would copy {} to the instance, with your home directory and its \
+                 credentials (~/.aws, ~/.ssh): run it from a project directory",
+                local_dir.display()
+            );
+        }
         let dir_tag = local_dir
             .to_str()
             .filter(|d| d.len() <= MAX_TAG_VALUE)
@@ -267,8 +290,13 @@ impl Plan {
             ingress,
             boot_timeout,
             verbosity: Verbosity::from_flags(cli.quiet, cli.verbose),
-            pty: host.interactive,
+            pty: host.stdin_is_terminal && host.stdout_is_terminal && host.in_foreground,
+            forward_stdin: !host.stdin_is_terminal || host.in_foreground,
             state_dir: host.state_dir.clone(),
+            socket_dir: host
+                .runtime_dir
+                .as_ref()
+                .map_or(host.state_dir.clone(), |d| d.join("ssh-ec2")),
         })
     }
 }

@@ -1,8 +1,9 @@
 //! All of ssh-ec2's own output goes through here, to stderr: stdout belongs to the remote command.
 //! On a terminal each phase is a spinner with its elapsed time; otherwise plain lines; with `-q`
-//! nothing but errors.
+//! nothing but errors and warnings.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,20 +29,24 @@ impl Verbosity {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Printer {
     verbosity: Verbosity,
     spinners: bool,
+    /// The spinner on screen, which other lines must be printed around.
+    spinning: Arc<Mutex<Option<ProgressBar>>>,
 }
 
 impl Printer {
     pub fn new(verbosity: Verbosity) -> Self {
         use std::io::IsTerminal;
-        // Debug logs interleave badly with redrawn spinners.
-        let spinners = verbosity < Verbosity::Debug && std::io::stderr().is_terminal();
+        // rsync's file list and debug logs are written past the printer: no redrawn spinner
+        // may cut through them.
+        let spinners = verbosity == Verbosity::Normal && std::io::stderr().is_terminal();
         Self {
             verbosity,
             spinners,
+            spinning: Arc::default(),
         }
     }
 
@@ -55,8 +60,9 @@ impl Printer {
                     ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
                         .expect("static template"),
                 );
-                bar.set_message(what.clone());
+                bar.set_message(what);
                 bar.enable_steady_tick(Duration::from_millis(100));
+                *self.spinning.lock().expect("not poisoned") = Some(bar.clone());
                 Some(bar)
             }
             _ => {
@@ -65,7 +71,7 @@ impl Printer {
             }
         };
         Phase {
-            printer: *self,
+            printer: self.clone(),
             bar,
             started: Instant::now(),
         }
@@ -93,8 +99,13 @@ impl Printer {
     }
 
     fn line(&self, message: &str) {
-        let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(stderr, "ssh-ec2: {message}");
+        let print = || {
+            let _ = writeln!(std::io::stderr().lock(), "ssh-ec2: {message}");
+        };
+        match &*self.spinning.lock().expect("not poisoned") {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
     }
 }
 
@@ -115,26 +126,23 @@ impl Phase {
 
     /// Ends the phase with its outcome and elapsed time.
     pub fn done(mut self, outcome: impl AsRef<str>) {
-        let line = format!(
-            "{} ({})",
-            outcome.as_ref(),
-            format_duration(self.started.elapsed())
-        );
-        match self.bar.take() {
-            Some(bar) => {
-                bar.finish_and_clear();
-                self.printer.line(&line);
-            }
-            None => self.printer.info(&line),
+        self.clear();
+        let elapsed = format_duration(self.started.elapsed());
+        self.printer
+            .info(&format!("{} ({elapsed})", outcome.as_ref()));
+    }
+
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+            *self.printer.spinning.lock().expect("not poisoned") = None;
         }
     }
 }
 
 impl Drop for Phase {
     fn drop(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
+        self.clear();
     }
 }
 

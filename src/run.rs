@@ -1,30 +1,30 @@
-//! One run, start to end: find or launch this directory's instance, connect, sync up, run the
+//! One run, start to end: acquire this directory's instance, connect, sync up, run the
 //! command, pull results back, then apply the end-of-life policy. Results come home before
 //! anything is terminated; an instance whose results could not come home is stopped, not
 //! terminated.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ipnet::IpNet;
 
+use crate::acquire::{Machine, acquire};
 use crate::cli::Cli;
-use crate::cloud::userdata::UserData;
-use crate::cloud::{Cloud, Instance, LaunchRequest, State, caller_cidr, guess_user};
+use crate::cloud::{Cloud, State};
 use crate::config::{EndOfLife, HostPort, Sources};
-use crate::end_of_life::{self, Origin};
+use crate::end_of_life;
 use crate::interrupt::{Interrupt, Interrupted};
-use crate::keys::{InstanceKeys, KeyStore, LoginKey};
-use crate::plan::{Host, ImageChoice, Ingress, Plan};
+use crate::keys::KeyStore;
+use crate::lock::DirLock;
+use crate::plan::{Host, Plan};
 use crate::printer::{Printer, Verbosity, format_duration};
 use crate::remote::{self, RemoteDir};
-use crate::ssh::relay::Relay;
 use crate::ssh::{RemoteExit, Session, Target, run_command};
 use crate::sync::Rsync;
 
 /// Reads the settings, validates them, and runs; returns the exit status to use.
-pub fn start(cli: &Cli, printer: Printer) -> Result<i32> {
+pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
     let host = Host::detect()?;
     let env = |name: &str| std::env::var(name).ok();
     let sources = Sources {
@@ -41,35 +41,55 @@ pub fn start(cli: &Cli, printer: Printer) -> Result<i32> {
     code
 }
 
-/// The instance of this run and how to log in to it.
-struct Machine {
-    instance: Instance,
-    keys: InstanceKeys,
-    user: String,
-    origin: Origin,
+/// An error already printed (the run's, before its end of life): `main` only sets the status.
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the run failed (reported above)")
+    }
 }
+
+impl std::error::Error for AlreadyReported {}
 
 /// How far the run got, which decides what end of life is safe.
 #[derive(Default)]
 struct Progress {
     command_started: bool,
     exit: Option<RemoteExit>,
-    /// The results are home: pulled back, or nothing to pull (--no-rsync).
+    /// The command is over and its results are home (pulled back, or --no-rsync).
     results_home: bool,
 }
 
-async fn run(plan: &Plan, printer: Printer) -> Result<i32> {
+async fn run(plan: &Plan, printer: &Printer) -> Result<i32> {
     let started = Instant::now();
-    let interrupt = Interrupt::install();
+    let _lock = DirLock::acquire(&plan.state_dir, &plan.local_dir)?;
+    let interrupt = Interrupt::install()?;
     let cloud = Cloud::connect(plan.region.as_deref()).await;
+    tracing::debug!(
+        "run in {}: {}, image {:?}, remote dir {}, end of life {:?}, pty {}",
+        cloud.region,
+        plan.launch.instance_type,
+        plan.launch.image,
+        plan.remote_dir,
+        plan.end_of_life,
+        plan.pty
+    );
     let store = KeyStore::new(&plan.state_dir);
     let machine = acquire(&cloud, plan, &store, printer, &interrupt).await?;
 
     let mut progress = Progress::default();
     let work = work(&cloud, plan, &machine, printer, &interrupt, &mut progress).await;
-    if let Err(e) = &work {
-        printer.error(e);
-    }
+    // Only a signal before the end of life cuts the run short; later ones change nothing.
+    let interrupted = interrupt.first();
+    let work = work.map_err(|e| {
+        // Said before the end of life, so the user knows why the instance is handled as it is.
+        if !e.is::<Interrupted>() {
+            printer.error(&e);
+        }
+        AlreadyReported
+    });
 
     let (action, why) = end_of_life::safe_action(
         plan.end_of_life,
@@ -80,10 +100,10 @@ async fn run(plan: &Plan, printer: Printer) -> Result<i32> {
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }
-    let note_task = tokio::spawn(explain_further_interrupts(interrupt.only_new(), printer));
-    let ended = end_of_life::apply(&cloud, &store, &machine.instance, action, printer).await;
-    note_task.abort();
-
+    let ended = {
+        let _notes = NoteSignals::start(&interrupt, printer);
+        end_of_life::apply(&cloud, &store, &machine.instance, action, printer).await
+    };
     let fate = match (&ended, action) {
         (Err(_), _) => "end of life failed",
         (Ok(()), EndOfLife::Terminate) => "terminated",
@@ -91,211 +111,47 @@ async fn run(plan: &Plan, printer: Printer) -> Result<i32> {
         (Ok(()), EndOfLife::Leave) => "left running",
     };
     printer.info(&format!(
-        "{} ({}, {}): {}, {}",
+        "{} ({}, {}): {}, {fate}",
         machine.instance.id,
         machine.instance.instance_type,
         cloud.region,
         format_duration(started.elapsed()),
-        fate
     ));
-    if interrupt.happened() {
-        return Err(Interrupted.into());
-    }
-    match (work, ended) {
-        // The run's error was printed already; report the end-of-life one too.
-        (Err(_), Err(end)) => Err(end.context("the run failed, and so did its end of life")),
-        (Err(e), Ok(())) => {
-            Err(e.context("the run failed (see above); the instance was handled as shown"))
+    match (interrupted, work, ended) {
+        (Some(signal), _, Err(end)) => {
+            printer.error(&end);
+            Err(Interrupted(signal).into())
         }
-        (Ok(()), Err(end)) => Err(end),
-        (Ok(()), Ok(())) => Ok(progress.exit.map_or(255, |exit| exit.code())),
+        (Some(signal), _, Ok(())) => Err(Interrupted(signal).into()),
+        (None, _, Err(end)) => Err(end),
+        (None, Err(reported), Ok(())) => Err(reported.into()),
+        (None, Ok(()), Ok(())) => Ok(progress.exit.map_or(255, |exit| exit.code())),
     }
 }
 
-/// After the command, Ctrl-C cannot cut the run short without losing results or leaving an
-/// instance running: say so rather than ignore it silently.
-async fn explain_further_interrupts(mut interrupt: Interrupt, printer: Printer) {
-    loop {
-        interrupt.next().await;
-        printer.warn("Ctrl-C: finishing the end of life first, so nothing is lost or left running");
+/// Once the command is over, a signal cannot cut the run short without losing results or
+/// leaving an instance running: say so rather than ignore it silently.
+struct NoteSignals(tokio::task::JoinHandle<()>);
+
+impl NoteSignals {
+    fn start(interrupt: &Interrupt, printer: &Printer) -> NoteSignals {
+        let mut interrupt = interrupt.only_new();
+        let printer = printer.clone();
+        NoteSignals(tokio::spawn(async move {
+            loop {
+                let (_, signal) = interrupt.next().await;
+                printer.warn(&format!(
+                    "{signal}: finishing first, so that nothing is lost or left running"
+                ));
+            }
+        }))
     }
 }
 
-/// Finds this directory's instance (starting it if stopped), or launches one.
-async fn acquire(
-    cloud: &Cloud,
-    plan: &Plan,
-    store: &KeyStore,
-    printer: Printer,
-    interrupt: &Interrupt,
-) -> Result<Machine> {
-    let phase = printer.phase(format!(
-        "looking for this directory's instance in {}",
-        cloud.region
-    ));
-    let found = cloud.find_owned(&plan.ownership).await?;
-    drop(phase);
-    if interrupt.happened() {
-        return Err(Interrupted.into());
+impl Drop for NoteSignals {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    match found {
-        Some(instance) => reuse(cloud, plan, store, instance, printer).await,
-        None => launch(cloud, plan, store, printer, interrupt).await,
-    }
-}
-
-async fn reuse(
-    cloud: &Cloud,
-    plan: &Plan,
-    store: &KeyStore,
-    instance: Instance,
-    printer: Printer,
-) -> Result<Machine> {
-    let keys = store.load(&instance.id, &plan.login)?;
-    let user = plan
-        .launch
-        .user
-        .clone()
-        .or(instance.login_user.clone())
-        .unwrap_or_else(|| guess_user("").into());
-    let phase = printer.phase(format!(
-        "reusing {} ({})",
-        instance.id,
-        instance.state.as_str()
-    ));
-    let origin = match instance.state {
-        State::Pending | State::Running => Origin::FoundRunning,
-        _ => Origin::FoundStopped,
-    };
-    if instance.state == State::Stopping {
-        phase.update(format!("waiting for {} to finish stopping", instance.id));
-        cloud
-            .wait_until(
-                &instance.id,
-                State::Stopped,
-                Instant::now() + end_of_life::TRANSITION_TIMEOUT,
-            )
-            .await?;
-    }
-    if matches!(instance.state, State::Stopping | State::Stopped) {
-        phase.update(format!("starting {}", instance.id));
-        cloud.start(&instance.id).await?;
-    }
-    if let Some(group) = &instance.security_group {
-        // This machine's address may have changed since the instance was launched.
-        cloud
-            .allow_ssh_from(group, ingress_cidr(&plan.ingress).await?)
-            .await?;
-    }
-    phase.done(format!("reusing {}", instance.id));
-    Ok(Machine {
-        instance,
-        keys,
-        user,
-        origin,
-    })
-}
-
-async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
-    match ingress {
-        Ingress::Cidr(cidr) => Ok(*cidr),
-        Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,
-    }
-}
-
-async fn launch(
-    cloud: &Cloud,
-    plan: &Plan,
-    store: &KeyStore,
-    printer: Printer,
-    interrupt: &Interrupt,
-) -> Result<Machine> {
-    let spec = &plan.launch;
-    let phase = printer.phase(format!(
-        "launching a {} instance in {}",
-        spec.instance_type, cloud.region
-    ));
-    if let Some(profile) = &spec.instance_profile {
-        cloud.check_instance_profile(profile).await?;
-    }
-    let image = match &spec.image {
-        ImageChoice::Id(id) => cloud.image_by_id(id).await?,
-        ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern).await?,
-    };
-    let user = spec
-        .user
-        .clone()
-        .unwrap_or_else(|| guess_user(&image.name).into());
-    let cidr = ingress_cidr(&plan.ingress).await?;
-    let new_keys = store.generate(&plan.login)?;
-    let group = match cloud
-        .create_ssh_group(spec.subnet_id.as_deref(), cidr, &spec.tags)
-        .await
-    {
-        Ok(group) => group,
-        Err(e) => {
-            store.discard(new_keys);
-            return Err(e);
-        }
-    };
-    let user_data = UserData {
-        host_private_openssh: &new_keys.host_private_openssh,
-        host_public_openssh: &new_keys.host_public_openssh,
-        authorized_key: new_keys.authorized_key.as_deref(),
-        extra_commands: spec.extra_boot_commands.as_deref(),
-    }
-    .render();
-    let key_name = match &plan.login {
-        LoginKey::KeyPair { name, .. } => Some(name.as_str()),
-        LoginKey::PerRun => None,
-    };
-    let client_token = format!("ssh-ec2-{:032x}", rand::random::<u128>());
-    let launched = if interrupt.happened() {
-        Err(Interrupted.into())
-    } else {
-        cloud
-            .launch(&LaunchRequest {
-                image: &image,
-                instance_type: &spec.instance_type,
-                user_data: &user_data,
-                security_group: &group,
-                login_user: &user,
-                subnet_id: spec.subnet_id.as_deref(),
-                key_name,
-                instance_profile: spec.instance_profile.as_deref(),
-                volume_size: spec.volume_size,
-                terminate_on_shutdown: plan.end_of_life == EndOfLife::Terminate,
-                tags: &spec.tags,
-                client_token: &client_token,
-            })
-            .await
-    };
-    let instance = match launched {
-        Ok(instance) => instance,
-        Err(e) => {
-            cloud.delete_group_now(&group).await;
-            store.discard(new_keys);
-            return Err(e);
-        }
-    };
-    let keys = match store.adopt(new_keys, &instance.id) {
-        Ok(keys) => keys,
-        Err(e) => {
-            // Unreachable without its keys: do not leave it running.
-            let _ = cloud.terminate(&instance.id).await;
-            return Err(e.context(format!(
-                "terminated {} since it could not be reached",
-                instance.id
-            )));
-        }
-    };
-    phase.done(format!("launched {} ({})", instance.id, image.name));
-    Ok(Machine {
-        instance,
-        keys,
-        user,
-        origin: Origin::Launched,
-    })
 }
 
 /// Connect, sync up, run, pull back. `progress` records how far it got, even on error.
@@ -303,7 +159,7 @@ async fn work(
     cloud: &Cloud,
     plan: &Plan,
     machine: &Machine,
-    printer: Printer,
+    printer: &Printer,
     interrupt: &Interrupt,
     progress: &mut Progress,
 ) -> Result<()> {
@@ -315,22 +171,23 @@ async fn work(
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
-    let list_files = plan.verbosity >= Verbosity::ListFiles;
 
-    let remote_dir = session
+    let pwd = session
         .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
         .await?;
-    let remote_dir = RemoteDir::parse(remote_dir.trim_end_matches('\n')).with_context(|| {
-        format!(
-            "the instance reported a strange path for {}",
-            plan.remote_dir
-        )
-    })?;
-    if let Some(sync) = &plan.sync {
-        let relay = Relay::start(session.clone(), &plan.state_dir)?;
+    // The last line: a chatty shell profile may print before `pwd` does.
+    let remote_dir =
+        RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
+            format!(
+                "the instance did not report the path of {}: check --remote-dir",
+                plan.remote_dir
+            )
+        })?;
+    if plan.sync.is_some() {
         let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
-        let rsync = Rsync::new(sync, &plan.local_dir, &remote_dir, &relay, list_files)?;
-        interrupt.cancel(rsync.push()).await?;
+        interrupt
+            .cancel(rsync(plan, &session, &remote_dir)?.push())
+            .await?;
         phase.done(format!("synced to {}", plan.remote_dir));
     }
 
@@ -340,7 +197,16 @@ async fn work(
         None => format!("opening a shell in {}", plan.remote_dir),
     });
     let command_line = remote::command_line(&remote_dir, plan.command.as_deref());
-    let ran = run_command(&session, &command_line, plan.pty, interrupt).await;
+    let ran = run_command(
+        &session,
+        &command_line,
+        plan.pty,
+        plan.forward_stdin,
+        interrupt,
+        printer,
+    )
+    .await;
+    let _notes = NoteSignals::start(interrupt, printer);
     if let Ok(RemoteExit::Signal(signal)) = &ran {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
@@ -348,18 +214,14 @@ async fn work(
 
     let pulled = match &plan.sync {
         None => Ok(()),
-        Some(sync) => {
+        Some(_) => {
             // The command may have ended with the connection (a reboot, a network drop).
-            let session = if session.is_closed() {
-                let deadline = Instant::now() + plan.boot_timeout;
-                connect(&target, deadline, printer).await?
-            } else {
-                session
+            let session = match session.is_closed() {
+                true => connect(&target, Instant::now() + plan.boot_timeout, printer).await?,
+                false => session,
             };
-            let relay = Relay::start(session.clone(), &plan.state_dir)?;
             let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
-            let rsync = Rsync::new(sync, &plan.local_dir, &remote_dir, &relay, list_files)?;
-            let pulled = rsync.pull().await;
+            let pulled = rsync(plan, &session, &remote_dir)?.pull().await;
             if pulled.is_ok() {
                 phase.done("pulled results back");
             }
@@ -367,9 +229,26 @@ async fn work(
             pulled
         }
     };
-    progress.results_home = pulled.is_ok();
+    // A command whose end was not seen may still be writing results.
+    progress.results_home = pulled.is_ok() && ran.is_ok();
     ran?;
     pulled
+}
+
+fn rsync<'a>(plan: &'a Plan, session: &Arc<Session>, remote_dir: &RemoteDir) -> Result<Rsync<'a>> {
+    let sync = plan
+        .sync
+        .as_ref()
+        .context("rsync asked for with --no-rsync")?;
+    let list_files = plan.verbosity >= Verbosity::ListFiles;
+    Rsync::new(
+        sync,
+        &plan.local_dir,
+        remote_dir,
+        session.clone(),
+        &plan.socket_dir,
+        list_files,
+    )
 }
 
 /// Waits until the instance runs and says where its sshd is.
@@ -378,7 +257,7 @@ async fn wait_for_ssh_target(
     plan: &Plan,
     machine: &Machine,
     deadline: Instant,
-    printer: Printer,
+    printer: &Printer,
 ) -> Result<Target> {
     let id = &machine.instance.id;
     let phase = printer.phase(format!("waiting for {id} to run"));
@@ -403,7 +282,7 @@ async fn wait_for_ssh_target(
     })
 }
 
-async fn connect(target: &Target, deadline: Instant, printer: Printer) -> Result<Arc<Session>> {
+async fn connect(target: &Target, deadline: Instant, printer: &Printer) -> Result<Arc<Session>> {
     let phase = printer.phase(format!("connecting to {}@{}", target.user, target.address));
     let session = Session::connect(target, deadline, &phase).await?;
     phase.done(format!("connected to {}@{}", target.user, target.address));

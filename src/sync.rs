@@ -2,14 +2,15 @@
 //! Both ways: archive mode, compressed, `.rsyncignore` honoured, symlinks that lead outside the
 //! tree skipped, nothing deleted, and a file newer on the receiving side never overwritten.
 
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
 use crate::plan::SyncPlan;
 use crate::remote::RemoteDir;
+use crate::ssh::Session;
 use crate::ssh::relay::Relay;
 
 /// rsync's own name for the remote end; the transport ignores it.
@@ -19,7 +20,8 @@ pub struct Rsync<'a> {
     plan: &'a SyncPlan,
     local: String,
     remote: String,
-    transport: String,
+    /// rsync's transport; serves it while this lives.
+    relay: Relay,
     list_files: bool,
 }
 
@@ -28,14 +30,15 @@ impl<'a> Rsync<'a> {
         plan: &'a SyncPlan,
         local_dir: &Path,
         remote_dir: &RemoteDir,
-        relay: &Relay,
+        session: Arc<Session>,
+        socket_dir: &Path,
         list_files: bool,
     ) -> Result<Self> {
         Ok(Self {
             plan,
             local: format!("{}/", local_dir.display()),
             remote: format!("{REMOTE_HOST}:{}", remote_dir.for_rsync()),
-            transport: relay.rsync_shell()?,
+            relay: Relay::start(session, socket_dir)?,
             list_files,
         })
     }
@@ -72,27 +75,33 @@ impl<'a> Rsync<'a> {
         if self.list_files {
             rsync.arg("--verbose");
         }
-        rsync.arg("-e").arg(&self.transport).arg(from).arg(to);
-        // stdout is the remote command's: rsync's listing goes to stderr.
-        let listing = if self.list_files {
-            Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?)
-        } else {
-            Stdio::null()
-        };
+        rsync
+            .arg("-e")
+            .arg(self.relay.rsync_shell()?)
+            .arg(from)
+            .arg(to);
         rsync
             .stdin(Stdio::null())
-            .stdout(listing)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             // Its own process group: a Ctrl-C at the terminal must not kill a pull under way;
             // ssh-ec2 decides what Ctrl-C means (and kills rsync if it drops the transfer).
+            // Not being in the terminal's group, it must not write there itself either.
             .process_group(0);
         tracing::debug!("running {rsync:?}");
-        let output = rsync
-            .spawn()
-            .context("cannot start rsync")?
-            .wait_with_output()
-            .await?;
+        let mut child = rsync.spawn().context("cannot start rsync")?;
+        // stdout is the remote command's: rsync's listing goes to stderr, as it comes.
+        let mut listing = child.stdout.take().expect("piped");
+        let list_files = self.list_files;
+        let relay_listing = tokio::spawn(async move {
+            match list_files {
+                true => tokio::io::copy(&mut listing, &mut tokio::io::stderr()).await,
+                false => tokio::io::copy(&mut listing, &mut tokio::io::sink()).await,
+            }
+        });
+        let output = child.wait_with_output().await?;
+        let _ = relay_listing.await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         match output.status.code() {
             Some(0) => Ok(()),

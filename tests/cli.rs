@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{Project, Run, TestCloud, state_of, wait_or_kill};
+use nix::sys::signal::Signal;
 
 /// A loopback port that counts who connects: stands in for AWS where nothing may be called.
 struct Tripwire(TcpListener);
@@ -131,6 +132,18 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         &["rsync not found", "--no-rsync"],
     );
 
+    let home = project.home().to_path_buf();
+    refused(
+        &project,
+        move |c| {
+            c.current_dir(&home);
+        },
+        &[
+            "with your home directory",
+            "run it from a project directory",
+        ],
+    );
+
     project.write(".ssh-ec2.toml", "instance_typo = \"g5.xlarge\"\n");
     refused(
         &project,
@@ -199,34 +212,53 @@ fn unreachable_aws_says_what_to_check() {
     assert!(run.stderr.contains("AWS_ENDPOINT_URL"), "{run}");
 }
 
-#[test]
-fn ctrl_c_stops_the_command_brings_results_home_terminates_and_exits_130() {
-    let cloud = TestCloud::start();
-    let project = Project::new();
-    let mut command = project.ssh_ec2(&cloud);
-    let mut child = command
-        .arg("echo started > started.txt; echo ready; sleep 60")
+/// Starts `ssh-ec2 COMMAND` in a process group of its own (like a shell job), and waits until
+/// the remote command printed its first line.
+fn start_job(cloud: &TestCloud, project: &Project, command: &str) -> (std::process::Child, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = project
+        .ssh_ec2(cloud)
+        .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
-    // The remote command is under way once it says so.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "the remote command did not start");
+    (child, line)
+}
+
+/// Sends `signal` to the job's whole process group, as a terminal does, and collects the end.
+fn signal_job(mut child: std::process::Child, signal: Signal) -> (Option<i32>, String) {
     let stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
         text
     });
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = wait_or_kill(child, Duration::from_secs(120)).expect("ssh-ec2 hung after Ctrl-C");
-    let stderr = stderr.join().unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(group, signal).unwrap();
+    let status =
+        wait_or_kill(child, Duration::from_secs(120)).expect("ssh-ec2 hung after the signal");
+    (status.code(), stderr.join().unwrap())
+}
+
+#[test]
+fn ctrl_c_stops_the_command_brings_results_home_terminates_and_exits_130() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let (child, first) = start_job(
+        &cloud,
+        &project,
+        "echo started > started.txt; echo ready; sleep 60",
+    );
+    assert_eq!(first, "ready\n", "the remote command did not start");
+
+    let (code, stderr) = signal_job(child, Signal::SIGINT);
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(
         stderr.contains("killed by signal INT"),
         "Ctrl-C reached the remote command\n{stderr}"
@@ -241,4 +273,87 @@ fn ctrl_c_stops_the_command_brings_results_home_terminates_and_exits_130() {
         InstanceStateName::Terminated,
         "{stderr}"
     );
+}
+
+#[test]
+fn one_run_per_directory_and_sigterm_ends_a_run_cleanly() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let (child, first) = start_job(
+        &cloud,
+        &project,
+        "echo ready; echo partial > log.txt; sleep 60",
+    );
+    assert_eq!(first, "ready\n");
+
+    // A second run here would share the instance, and could terminate it under the first.
+    let second = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    second.assert_code(255);
+    assert!(
+        second.stderr.contains("another ssh-ec2 run (pid "),
+        "{second}"
+    );
+
+    let (code, stderr) = signal_job(child, Signal::SIGTERM);
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(
+        stderr.contains("killed by signal TERM"),
+        "passed on to the command\n{stderr}"
+    );
+    assert_eq!(
+        project.read("log.txt").as_deref(),
+        Some("partial\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error:").count(),
+        1,
+        "one error line\n{stderr}"
+    );
+}
+
+#[test]
+fn instance_types_are_checked_and_images_must_fit_them() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let bogus = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--instance-type", "g9.bogus", "true"]),
+    );
+    bogus.assert_code(255);
+    assert!(
+        bogus.stderr.contains("g9.bogus") && bogus.stderr.contains("check --instance-type"),
+        "{bogus}"
+    );
+    // Graviton: the only images are x86_64 ones.
+    let arm = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--instance-type", "g5g.xlarge", "true"]),
+    );
+    arm.assert_code(255);
+    assert!(arm.stderr.contains("for a g5g.xlarge"), "{arm}");
+    let image = cloud.amis["ubuntu_new"].clone();
+    let by_id = Run::of(project.ssh_ec2(&cloud).args([
+        "--instance-type",
+        "g5g.xlarge",
+        "--image-id",
+        &image,
+        "true",
+    ]));
+    by_id.assert_code(255);
+    assert!(
+        by_id
+            .stderr
+            .contains("is built for x86_64, but a g5g.xlarge runs arm64"),
+        "{by_id}"
+    );
+    assert!(cloud.instances().is_empty() && cloud.run_security_groups().is_empty());
 }

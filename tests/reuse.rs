@@ -52,7 +52,13 @@ fn leave_then_a_second_run_reuses_the_running_instance() {
     let cloud = TestCloud::start();
     let project = Project::new();
 
-    let first = Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"]));
+    // Launched while this machine had another address.
+    let first =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["--leave", "--ssh-cidr", "10.1.2.3/32", "true"]),
+        );
     first.assert_code(0);
     let running = cloud.instances_in(InstanceStateName::Running);
     assert_eq!(running.len(), 1, "{first}");
@@ -69,6 +75,25 @@ fn leave_then_a_second_run_reuses_the_running_instance() {
         "the same instance\n{second}"
     );
     cloud.wait_for_events("sshd-started", 1);
+    let rules: Vec<String> = cloud.run_security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| p.ip_ranges())
+        .filter_map(|r| r.cidr_ip().map(str::to_string))
+        .collect();
+    assert_eq!(
+        rules,
+        ["127.0.0.1/32"],
+        "only the current caller may connect\n{second}"
+    );
+
+    let key_file = keygen(&project, "other.pem", &["-t", "ed25519"]);
+    let wrong_key = Run::of(project.ssh_ec2(&cloud).arg("-i").arg(&key_file).arg("true"));
+    wrong_key.assert_code(255);
+    assert!(
+        wrong_key.stderr.contains("launched with a key of its own"),
+        "{wrong_key}"
+    );
 
     // AWS_FINAL_STATE=destroy is the original tool's spelling of terminate.
     let last = Run::of(
@@ -109,16 +134,15 @@ fn another_directory_gets_its_own_instance() {
 }
 
 #[test]
-fn a_named_key_pair_and_its_private_key_replace_the_per_run_key() {
+fn a_named_rsa_key_pair_and_its_pem_key_replace_the_per_run_key() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    let key_file = project.home().join("team.pem");
-    let generated = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "team", "-f"])
-        .arg(&key_file)
-        .status()
-        .expect("ssh-keygen (openssh-client) is needed: run tests/testbed/install");
-    assert!(generated.success());
+    // What EC2 hands out: an RSA key in PEM form ("BEGIN RSA PRIVATE KEY").
+    let key_file = keygen(
+        &project,
+        "team.pem",
+        &["-t", "rsa", "-b", "2048", "-m", "PEM"],
+    );
     let public = std::fs::read(key_file.with_extension("pem.pub")).unwrap();
     cloud
         .block_on(
@@ -137,7 +161,7 @@ fn a_named_key_pair_and_its_private_key_replace_the_per_run_key() {
             .env("AWS_KEY_NAME", "team")
             .arg("-i")
             .arg(&key_file)
-            .arg("echo in"),
+            .args(["--leave", "echo in"]),
     );
     run.assert_code(0);
     assert_eq!(run.stdout, "in\n", "{run}");
@@ -153,4 +177,39 @@ fn a_named_key_pair_and_its_private_key_replace_the_per_run_key() {
         ["team"],
         "the user's key pair is left alone"
     );
+
+    // Reusing it without the key pair is refused at once, not after a boot timeout of retries.
+    let without = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    without.assert_code(255);
+    assert!(
+        without
+            .stderr
+            .contains("launched with the EC2 key pair `team`"),
+        "{without}"
+    );
+    let with = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_KEY_NAME", "team")
+            .env("AWS_PEM", &key_file)
+            .arg("true"),
+    );
+    with.assert_code(0);
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{with}"
+    );
+}
+
+fn keygen(project: &Project, name: &str, kind: &[&str]) -> std::path::PathBuf {
+    let key_file = project.home().join(name);
+    let generated = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&key_file)
+        .args(kind)
+        .status()
+        .expect("ssh-keygen (openssh-client) is needed: run tests/testbed/install");
+    assert!(generated.success());
+    key_file
 }

@@ -95,7 +95,7 @@ where
     }
 }
 
-const NETWORK_HINT: &str = "check your network connection, proxy settings and AWS_ENDPOINT_URL";
+const NETWORK_HINT: &str = "check your network connection and proxy settings, the region (--region, AWS_REGION) and AWS_ENDPOINT_URL";
 
 fn credentials_problem<'e>(err: &'e (dyn StdError + 'static)) -> Option<&'e CredentialsError> {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
@@ -154,6 +154,7 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
              region and availability zone?)"
         }
         "InvalidSubnetID.NotFound" => "no such subnet in this region: check --subnet-id",
+        "InvalidInstanceType" => "no such instance type in this region: check --instance-type",
         "NoSuchEntity" => {
             "no such IAM instance profile: check --instance-profile / AWS_IAM_INSTANCE_PROFILE \
              (see README.md, \"Set-up for AWS admins\")"

@@ -1,7 +1,7 @@
 //! Which machine image to launch, and who logs in to it.
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, InstanceType};
 
 use super::{AwsResultExt, Cloud};
 
@@ -9,6 +9,7 @@ use super::{AwsResultExt, Cloud};
 pub struct Image {
     pub id: String,
     pub name: String,
+    pub architecture: String,
     /// The EBS root volume the image boots from, if it has one.
     pub root_volume: Option<RootVolume>,
 }
@@ -38,13 +39,16 @@ impl Image {
         Some(Image {
             id: image.image_id()?.to_string(),
             name: image.name().unwrap_or_default().to_string(),
+            architecture: image.architecture().map_or("", |a| a.as_str()).to_string(),
             root_volume,
         })
     }
 }
 
 impl Cloud {
-    pub async fn image_by_id(&self, id: &str) -> Result<Image> {
+    /// The image with this id, if `instance_type` can run it.
+    pub async fn image_by_id(&self, id: &str, instance_type: &str) -> Result<Image> {
+        let architectures = self.architectures_of(instance_type).await?;
         let found = self
             .ec2
             .describe_images()
@@ -52,7 +56,7 @@ impl Cloud {
             .send()
             .await
             .explain(format_args!("look up image {id} in {}", self.region))?;
-        found
+        let image = found
             .images()
             .first()
             .and_then(Image::from_sdk)
@@ -61,17 +65,34 @@ impl Cloud {
                     "image {id} does not exist in {}: check --image-id",
                     self.region
                 )
-            })
+            })?;
+        if !architectures.contains(&image.architecture) {
+            bail!(
+                "image {id} is built for {}, but a {instance_type} runs {}: pick a matching \
+                 --instance-type or image",
+                image.architecture,
+                architectures.join(", ")
+            );
+        }
+        Ok(image)
     }
 
-    /// The newest available Amazon-owned image whose name matches `pattern`.
-    pub async fn newest_image(&self, pattern: &str) -> Result<Image> {
+    /// The newest available Amazon-owned image whose name matches `pattern` and that
+    /// `instance_type` can run (the newest match is often built for another architecture).
+    pub async fn newest_image(&self, pattern: &str, instance_type: &str) -> Result<Image> {
+        let architectures = self.architectures_of(instance_type).await?;
         let found = self
             .ec2
             .describe_images()
             .owners("amazon")
             .filters(Filter::builder().name("name").values(pattern).build())
             .filters(Filter::builder().name("state").values("available").build())
+            .filters(
+                Filter::builder()
+                    .name("architecture")
+                    .set_values(Some(architectures))
+                    .build(),
+            )
             .send()
             .await
             .explain(format_args!(
@@ -86,10 +107,39 @@ impl Cloud {
         match newest.and_then(Image::from_sdk) {
             Some(image) => Ok(image),
             None => bail!(
-                "no Amazon image named \"{pattern}\" in {}: check --image-name, or pass --image-id",
+                "no Amazon image named \"{pattern}\" for a {instance_type} in {}: check \
+                 --image-name, or pass --image-id",
                 self.region
             ),
         }
+    }
+
+    /// The processor architectures `instance_type` runs; also checks that it exists here.
+    async fn architectures_of(&self, instance_type: &str) -> Result<Vec<String>> {
+        let found = self
+            .ec2
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await
+            .explain(format_args!(
+                "look up instance type {instance_type} in {}",
+                self.region
+            ))?;
+        let architectures: Vec<String> = found
+            .instance_types()
+            .iter()
+            .filter_map(|t| t.processor_info())
+            .flat_map(|p| p.supported_architectures())
+            .map(|a| a.as_str().to_string())
+            .collect();
+        if architectures.is_empty() {
+            bail!(
+                "instance type {instance_type} is not offered in {}: check --instance-type",
+                self.region
+            );
+        }
+        Ok(architectures)
     }
 }
 

@@ -73,38 +73,21 @@ impl Cloud {
             .group_id()
             .context("EC2 created a security group without an id")?;
         if let Err(e) = self.allow_ssh_from(group, cidr).await {
-            self.delete_group_now(group).await;
-            return Err(e);
+            return Err(match self.delete_ssh_group(group).await {
+                Ok(()) => e,
+                Err(leak) => e.context(format!("{leak:#}")),
+            });
         }
         Ok(group.to_string())
     }
 
-    /// Lets `cidr` in on tcp/22 (the caller's address may have changed since the launch).
-    pub async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
-        let mut permission = IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(22)
-            .to_port(22);
-        let description = "ssh-ec2 caller";
-        permission = match cidr {
-            IpNet::V4(_) => permission.ip_ranges(
-                IpRange::builder()
-                    .cidr_ip(cidr.to_string())
-                    .description(description)
-                    .build(),
-            ),
-            IpNet::V6(_) => permission.ipv6_ranges(
-                Ipv6Range::builder()
-                    .cidr_ipv6(cidr.to_string())
-                    .description(description)
-                    .build(),
-            ),
-        };
+    /// Lets `cidr` in on tcp/22.
+    async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
         let result = self
             .ec2
             .authorize_security_group_ingress()
             .group_id(group)
-            .ip_permissions(permission.build())
+            .ip_permissions(ssh_permission(&[cidr]))
             .send()
             .await
             .explain(format_args!(
@@ -114,6 +97,55 @@ impl Cloud {
             Err(e) if e.code.as_deref() == Some("InvalidPermission.Duplicate") => Ok(()),
             other => other.map(drop).map_err(Into::into),
         }
+    }
+
+    /// Lets `cidr` in on tcp/22, and no longer the addresses earlier runs came from.
+    pub async fn allow_ssh_only_from(&self, group: &str, cidr: IpNet) -> Result<()> {
+        // Added first, so that access never depends on the revoke going through.
+        self.allow_ssh_from(group, cidr).await?;
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .group_ids(group)
+            .send()
+            .await
+            .explain(format_args!("read the rules of security group {group}"))?;
+        let ours = |description: Option<&str>| description == Some(CALLER_RULE);
+        let stale: Vec<IpNet> = found
+            .security_groups()
+            .iter()
+            .flat_map(|g| g.ip_permissions())
+            .filter(|p| p.from_port() == Some(22) && p.to_port() == Some(22))
+            .flat_map(|p| {
+                let v4 = p
+                    .ip_ranges()
+                    .iter()
+                    .filter(|r| ours(r.description()))
+                    .filter_map(|r| r.cidr_ip());
+                let v6 = p
+                    .ipv6_ranges()
+                    .iter()
+                    .filter(|r| ours(r.description()))
+                    .filter_map(|r| r.cidr_ipv6());
+                v4.chain(v6)
+                    .filter_map(|c| c.parse::<IpNet>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|old| *old != cidr)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.ec2
+            .revoke_security_group_ingress()
+            .group_id(group)
+            .ip_permissions(ssh_permission(&stale))
+            .send()
+            .await
+            .explain(format_args!(
+                "remove earlier callers' SSH rules from security group {group}"
+            ))?;
+        Ok(())
     }
 
     /// Deletes a run's security group once its instance is gone. AWS refuses while the
@@ -147,19 +179,40 @@ impl Cloud {
             }
         }
     }
+}
 
-    /// Best-effort delete of a group that never got an instance.
-    pub async fn delete_group_now(&self, group: &str) {
-        if let Err(e) = self
-            .ec2
-            .delete_security_group()
-            .group_id(group)
-            .send()
-            .await
-        {
-            tracing::debug!("could not delete unused security group {group}: {e}");
-        }
-    }
+/// The description that marks ssh-ec2's own tcp/22 rules.
+const CALLER_RULE: &str = "ssh-ec2 caller";
+
+/// tcp/22 from each of `cidrs`.
+fn ssh_permission(cidrs: &[IpNet]) -> IpPermission {
+    let v4: Vec<IpRange> = cidrs
+        .iter()
+        .filter(|c| matches!(c, IpNet::V4(_)))
+        .map(|c| {
+            IpRange::builder()
+                .cidr_ip(c.to_string())
+                .description(CALLER_RULE)
+                .build()
+        })
+        .collect();
+    let v6: Vec<Ipv6Range> = cidrs
+        .iter()
+        .filter(|c| matches!(c, IpNet::V6(_)))
+        .map(|c| {
+            Ipv6Range::builder()
+                .cidr_ipv6(c.to_string())
+                .description(CALLER_RULE)
+                .build()
+        })
+        .collect();
+    IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .set_ip_ranges((!v4.is_empty()).then_some(v4))
+        .set_ipv6_ranges((!v6.is_empty()).then_some(v6))
+        .build()
 }
 
 /// This machine's public address as a single-host CIDR, from a checkip service (a plain-text

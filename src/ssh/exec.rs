@@ -1,12 +1,13 @@
 //! Runs the user's command over the session, like `ssh [-t] host command`: live stdout and
 //! stderr, local stdin forwarded, a PTY and raw mode when we sit on a terminal.
 
-use anyhow::{Context, Result};
-use russh::{ChannelMsg, Sig};
+use anyhow::{Context, Result, bail};
+use russh::ChannelMsg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Session;
-use crate::interrupt::Interrupt;
+use crate::interrupt::{Interrupt, Signal};
+use crate::printer::Printer;
 
 /// How the remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +42,15 @@ impl Drop for RawMode {
     }
 }
 
-/// Runs `command_line` and streams it until it exits. Without a PTY, Ctrl-C is passed on as
-/// SIGINT; a second Ctrl-C hangs up on the command.
+/// Runs `command_line` and streams it until it exits. A first signal (Ctrl-C, SIGTERM) is
+/// passed on to the command; a second one, or SIGHUP, hangs up on it.
 pub async fn run_command(
     session: &Session,
     command_line: &str,
     pty: bool,
+    forward_stdin: bool,
     interrupt: &Interrupt,
+    printer: &Printer,
 ) -> Result<RemoteExit> {
     let channel = session.open_channel().await?;
     let _raw_mode = if pty {
@@ -55,22 +58,22 @@ pub async fn run_command(
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
         channel
             .request_pty(true, &term, cols.into(), rows.into(), 0, 0, &[])
-            .await
-            .context("the instance refused a terminal")?;
+            .await?;
         Some(RawMode::enable()?)
     } else {
         None
     };
-    channel
-        .exec(true, command_line)
-        .await
-        .context("the instance refused to run the command")?;
+    channel.exec(true, command_line).await?;
     let (mut from_remote, to_remote) = channel.split();
     let to_remote = std::sync::Arc::new(to_remote);
 
     let stdin_task = tokio::spawn({
         let to_remote = to_remote.clone();
         async move {
+            if !forward_stdin {
+                let _ = to_remote.eof().await;
+                return;
+            }
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; 32 * 1024];
             loop {
@@ -107,6 +110,7 @@ pub async fn run_command(
     let mut stderr = tokio::io::stderr();
     let mut interrupts = interrupt.clone();
     let mut exit = None;
+    let mut hung_up = false;
     loop {
         tokio::select! {
             message = from_remote.wait() => match message {
@@ -124,14 +128,24 @@ pub async fn run_command(
                 Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                     exit = Some(RemoteExit::Signal(format!("{signal_name:?}")));
                 }
+                // The reply to the PTY or exec request: nothing will run.
+                Some(ChannelMsg::Failure) => {
+                    let _ = to_remote.close().await;
+                    bail!("the instance refused to run the command (or to give it a terminal)");
+                }
                 // Output can still arrive after the exit status: read until the channel closes.
                 Some(_) => {}
                 None => break,
             },
-            count = interrupts.next(), if !pty => {
-                if count == 1 {
-                    let _ = to_remote.signal(Sig::INT).await;
+            (count, signal) = interrupts.next() => {
+                if count == 1 && signal != Signal::HangUp {
+                    printer.warn(&format!(
+                        "{signal}: passed on to the remote command; again to hang up on it"
+                    ));
+                    let _ = to_remote.signal(signal.for_remote()).await;
                 } else {
+                    printer.warn(&format!("{signal}: hanging up on the remote command"));
+                    hung_up = true;
                     let _ = to_remote.close().await;
                 }
             }
@@ -143,5 +157,8 @@ pub async fn run_command(
     }
     stdout.flush().await?;
     stderr.flush().await?;
-    exit.context("the connection to the instance was lost before the command finished")
+    exit.with_context(|| match hung_up {
+        true => "hung up on the remote command before it finished",
+        false => "the connection to the instance was lost before the command finished",
+    })
 }

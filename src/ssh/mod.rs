@@ -118,7 +118,12 @@ impl Session {
         let address = (target.address.host.as_str(), target.address.port);
         let attempt = async {
             let mut handle = client::connect(config, address, handler).await?;
-            let key = PrivateKeyWithHashAlg::new(target.keys.login.clone(), None);
+            // RSA key pairs must sign with SHA-2: OpenSSH 8.8+ refuses SHA-1 `ssh-rsa`.
+            let rsa_hash = match target.keys.login.algorithm().is_rsa() {
+                true => handle.best_supported_rsa_hash().await?.flatten(),
+                false => None,
+            };
+            let key = PrivateKeyWithHashAlg::new(target.keys.login.clone(), rsa_hash);
             let auth = handle.authenticate_publickey(&target.user, key).await?;
             Ok::<_, russh::Error>((handle, auth.success()))
         };
@@ -152,6 +157,7 @@ impl Session {
                 ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
                 ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::Failure => bail!("the instance refused to run `{command}`"),
                 _ => {}
             }
         }

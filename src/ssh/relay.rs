@@ -52,8 +52,13 @@ impl Relay {
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let socket = dir.join("rsync.sock");
-        let listener = UnixListener::bind(&socket)
-            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        let listener = UnixListener::bind(&socket).with_context(|| {
+            format!(
+                "cannot listen on {} (a path too long for a socket? set XDG_RUNTIME_DIR or \
+                 XDG_STATE_HOME to a shorter directory)",
+                socket.display()
+            )
+        })?;
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let session = session.clone();
@@ -73,7 +78,12 @@ impl Relay {
 
     /// The value of rsync's `-e`: this very executable in transport mode.
     pub fn rsync_shell(&self) -> Result<String> {
-        let exe = std::env::current_exe().context("cannot find the ssh-ec2 executable")?;
+        // /proc/PID/exe still works if the binary is replaced (reinstalled) during the run.
+        let proc_exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+        let exe = match proc_exe.exists() {
+            true => proc_exe,
+            false => std::env::current_exe().context("cannot find the ssh-ec2 executable")?,
+        };
         Ok(format!(
             "{} {TRANSPORT_FLAG} {}",
             rsync_quote(&exe.to_string_lossy())?,
@@ -136,11 +146,20 @@ async fn serve(session: &Session, mut stream: UnixStream) -> Result<()> {
                     (EXIT, exit_status.to_be_bytes().to_vec())
                 }
                 ChannelMsg::ExitSignal { .. } => (EXIT, 255u32.to_be_bytes().to_vec()),
+                // The exec request was refused: nothing runs, and the channel stays open.
+                ChannelMsg::Failure => {
+                    write_frame(
+                        &mut to_rsync,
+                        STDERR,
+                        b"ssh-ec2: the instance refused to run rsync\n",
+                    )
+                    .await?;
+                    write_frame(&mut to_rsync, EXIT, &255u32.to_be_bytes()).await?;
+                    break;
+                }
                 _ => continue,
             };
-            to_rsync.write_u8(kind).await?;
-            to_rsync.write_u32(payload.len() as u32).await?;
-            to_rsync.write_all(&payload).await?;
+            write_frame(&mut to_rsync, kind, &payload).await?;
         }
         to_rsync.shutdown().await?;
         Ok::<_, anyhow::Error>(())
@@ -150,6 +169,17 @@ async fn serve(session: &Session, mut stream: UnixStream) -> Result<()> {
     let result = download.await;
     upload.abort();
     result
+}
+
+async fn write_frame(
+    to: &mut (impl AsyncWriteExt + Unpin),
+    kind: u8,
+    payload: &[u8],
+) -> Result<()> {
+    to.write_u8(kind).await?;
+    to.write_u32(payload.len() as u32).await?;
+    to.write_all(payload).await?;
+    Ok(())
 }
 
 /// Entry point of transport mode; returns the remote command's exit status for rsync.
