@@ -342,3 +342,28 @@ impl Cloud {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_goes_to_the_public_ip_else_the_private_one() {
+        let mut instance = Instance {
+            id: "i-1".into(),
+            state: State::Running,
+            instance_type: "g4dn.xlarge".into(),
+            public_ip: Some("54.1.2.3".into()),
+            private_ip: Some("172.31.0.9".into()),
+            security_group: None,
+            login_user: None,
+        };
+        assert_eq!(instance.address(), Some("54.1.2.3"));
+        instance.public_ip = None;
+        assert_eq!(
+            instance.address(),
+            Some("172.31.0.9"),
+            "a private subnet, over a VPN"
+        );
+    }
+}
