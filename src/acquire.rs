@@ -151,27 +151,26 @@ async fn launch(
         LoginKey::PerRun => None,
     };
     let client_token = format!("ssh-ec2-{:032x}", rand::random::<u128>());
-    let launched = match interrupt.check() {
-        Err(interrupted) => Err(interrupted),
-        Ok(()) => {
-            cloud
-                .launch(&LaunchRequest {
-                    image: &image,
-                    instance_type: &spec.instance_type,
-                    user_data: &user_data,
-                    security_group: &group,
-                    login_user: &user,
-                    subnet_id: spec.subnet_id.as_deref(),
-                    key_name,
-                    instance_profile: spec.instance_profile.as_deref(),
-                    volume_size: spec.volume_size,
-                    terminate_on_shutdown: plan.end_of_life == EndOfLife::Terminate,
-                    tags: &spec.tags,
-                    client_token: &client_token,
-                })
-                .await
-        }
-    };
+    let launched = async {
+        interrupt.check()?;
+        cloud
+            .launch(&LaunchRequest {
+                image: &image,
+                instance_type: &spec.instance_type,
+                user_data: &user_data,
+                security_group: &group,
+                login_user: &user,
+                subnet_id: spec.subnet_id.as_deref(),
+                key_name,
+                instance_profile: spec.instance_profile.as_deref(),
+                volume_size: spec.volume_size,
+                terminate_on_shutdown: plan.end_of_life == EndOfLife::Terminate,
+                tags: &spec.tags,
+                client_token: &client_token,
+            })
+            .await
+    }
+    .await;
     let instance = match launched {
         Ok(instance) => instance,
         Err(e) => {

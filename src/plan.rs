@@ -12,7 +12,6 @@ use crate::cli::Cli;
 use crate::cloud::Ownership;
 use crate::config::{EndOfLife, HostPort, Layer, Multiplex};
 use crate::keys::{LoginKey, load_identity};
-use crate::printer::Verbosity;
 use crate::remote::RemoteDir;
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "g4dn.xlarge";
@@ -39,7 +38,6 @@ pub struct Plan {
     pub connect: Option<HostPort>,
     pub ingress: Ingress,
     pub boot_timeout: Duration,
-    pub verbosity: Verbosity,
     /// Request a PTY and put the local terminal in raw mode.
     pub pty: bool,
     /// Pass local stdin on; not from a terminal we are in the background of (it would stop us).
@@ -289,7 +287,6 @@ impl Plan {
             connect: settings.connect,
             ingress,
             boot_timeout,
-            verbosity: Verbosity::from_flags(cli.quiet, cli.verbose),
             pty: host.stdin_is_terminal && host.stdout_is_terminal && host.in_foreground,
             forward_stdin: !host.stdin_is_terminal || host.in_foreground,
             state_dir: host.state_dir.clone(),

@@ -50,6 +50,11 @@ impl Printer {
         }
     }
 
+    /// `-v`: rsync lists the files it transfers.
+    pub fn lists_files(&self) -> bool {
+        self.verbosity >= Verbosity::ListFiles
+    }
+
     /// Starts a phase ("launching instance"); finish it with [`Phase::done`].
     pub fn phase(&self, what: impl Into<String>) -> Phase {
         let what = what.into();

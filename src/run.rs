@@ -18,7 +18,7 @@ use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;
 use crate::lock::DirLock;
 use crate::plan::{Host, Plan};
-use crate::printer::{Printer, Verbosity, format_duration};
+use crate::printer::{Printer, format_duration};
 use crate::remote::{self, RemoteDir};
 use crate::ssh::{RemoteExit, Session, Target, run_command};
 use crate::sync::Rsync;
@@ -186,7 +186,7 @@ async fn work(
     if plan.sync.is_some() {
         let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
         interrupt
-            .cancel(rsync(plan, &session, &remote_dir)?.push())
+            .cancel(rsync(plan, &session, &remote_dir, printer)?.push())
             .await?;
         phase.done(format!("synced to {}", plan.remote_dir));
     }
@@ -221,7 +221,7 @@ async fn work(
                 false => session,
             };
             let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
-            let pulled = rsync(plan, &session, &remote_dir)?.pull().await;
+            let pulled = rsync(plan, &session, &remote_dir, printer)?.pull().await;
             if pulled.is_ok() {
                 phase.done("pulled results back");
             }
@@ -235,12 +235,17 @@ async fn work(
     pulled
 }
 
-fn rsync<'a>(plan: &'a Plan, session: &Arc<Session>, remote_dir: &RemoteDir) -> Result<Rsync<'a>> {
+fn rsync<'a>(
+    plan: &'a Plan,
+    session: &Arc<Session>,
+    remote_dir: &RemoteDir,
+    printer: &Printer,
+) -> Result<Rsync<'a>> {
     let sync = plan
         .sync
         .as_ref()
         .context("rsync asked for with --no-rsync")?;
-    let list_files = plan.verbosity >= Verbosity::ListFiles;
+    let list_files = printer.lists_files();
     Rsync::new(
         sync,
         &plan.local_dir,

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use russh::ChannelMsg;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::Session;
 use crate::interrupt::{Interrupt, Signal};
@@ -74,17 +74,8 @@ pub async fn run_command(
                 let _ = to_remote.eof().await;
                 return;
             }
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to_remote.data_bytes(buf[..n].to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            if to_remote.data(tokio::io::stdin()).await.is_err() {
+                return;
             }
             let _ = to_remote.eof().await;
         }

@@ -32,10 +32,10 @@ pub struct Session {
     handle: Handle<PinnedHostKey>,
 }
 
-/// Accepts exactly one host key, and remembers what the server showed, for the error message.
+/// Accepts exactly one host key, and keeps any other the server shows, for the error message.
 struct PinnedHostKey {
     expected: PublicKey,
-    presented: Arc<Mutex<Option<PublicKey>>>,
+    mismatch: Arc<Mutex<Option<PublicKey>>>,
 }
 
 impl client::Handler for PinnedHostKey {
@@ -49,9 +49,11 @@ impl client::Handler for PinnedHostKey {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
         };
-        let accepted = presented.key_data() == self.expected.key_data();
-        *self.presented.lock().expect("not poisoned") = Some(presented);
-        Ok(accepted)
+        if presented.key_data() == self.expected.key_data() {
+            return Ok(true);
+        }
+        *self.mismatch.lock().expect("not poisoned") = Some(presented);
+        Ok(false)
     }
 }
 
@@ -110,10 +112,10 @@ impl Session {
             nodelay: true,
             ..client::Config::default()
         });
-        let presented = Arc::new(Mutex::new(None));
+        let mismatch = Arc::new(Mutex::new(None));
         let handler = PinnedHostKey {
             expected: target.keys.host.clone(),
-            presented: presented.clone(),
+            mismatch: mismatch.clone(),
         };
         let address = (target.address.host.as_str(), target.address.port);
         let attempt = async {
@@ -128,12 +130,7 @@ impl Session {
             Ok::<_, russh::Error>((handle, auth.success()))
         };
         let outcome = tokio::time::timeout(Duration::from_secs(20), attempt).await;
-        let mismatch = presented
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .filter(|key| key.key_data() != target.keys.host.key_data());
-        if let Some(presented) = mismatch {
+        if let Some(presented) = mismatch.lock().expect("not poisoned").take() {
             return Err(AttemptError::HostKeyMismatch { presented });
         }
         match outcome {
@@ -176,7 +173,7 @@ impl Session {
         channel
             .exec(true, command)
             .await
-            .context("the instance refused to run a command")?;
+            .context("cannot run a command: the connection to the instance was lost")?;
         Ok(channel)
     }
 

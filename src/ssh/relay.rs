@@ -124,18 +124,12 @@ async fn serve(session: &Session, mut stream: UnixStream) -> Result<()> {
     tracing::debug!("rsync relay runs: {command}");
     let channel = session.open_exec(&command).await?;
     let (mut from_remote, to_remote) = channel.split();
-    let (mut from_rsync, mut to_rsync) = stream.into_split();
+    let (from_rsync, mut to_rsync) = stream.into_split();
 
     let upload = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = from_rsync.read(&mut buf).await?;
-            if n == 0 {
-                to_remote.eof().await?;
-                return Ok::<_, anyhow::Error>(());
-            }
-            to_remote.data_bytes(buf[..n].to_vec()).await?;
-        }
+        to_remote.data(from_rsync).await?;
+        to_remote.eof().await?;
+        Ok::<_, anyhow::Error>(())
     };
     let download = async move {
         while let Some(message) = from_remote.wait().await {
