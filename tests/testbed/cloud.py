@@ -285,6 +285,12 @@ class Simulator(threading.Thread):
 
     def stop_sshd(self, box, state):
         """Power-off: sshd with its connections, then every process left from its sessions."""
+        # Each connection's sshd runs in a session of its own: outside the listener's group.
+        for pid in descendants(box.sshd.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             os.killpg(box.sshd.pid, signal.SIGTERM)
             box.sshd.wait(timeout=2)
@@ -299,6 +305,24 @@ class Simulator(threading.Thread):
         kill_marked(box.mark)
         if state:
             self.events.emit("sshd-stopped", instance=box.id, state=state)
+
+
+def descendants(pid):
+    """Every process below PID, from /proc (children of children too)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            # The command name may hold spaces and parentheses: the fields follow the last ")".
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def kill_marked(mark):
