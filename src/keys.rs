@@ -1,6 +1,7 @@
 //! The SSH keys of each instance, kept under the XDG state directory:
 //! `instances/<id>/login_ed25519` (0600, only for per-run keys) and
-//! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance.
+//! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance, and
+//! `instances/<id>/manifest`, what its last sync left on both sides.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -55,6 +56,11 @@ impl KeyStore {
 
     fn instance_dir(&self, instance_id: &str) -> PathBuf {
         self.root.join(instance_id)
+    }
+
+    /// What the last sync left on both sides (see `sync::Manifest`); forgotten with the keys.
+    pub fn manifest_path(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join("manifest")
     }
 
     /// Generates the host key (and a per-run login key) into a private pending directory.

@@ -80,6 +80,7 @@ pub enum Ingress {
 #[derive(Debug)]
 pub struct SyncPlan {
     pub rsync: PathBuf,
+    pub version: crate::sync::Version,
     /// `.rsyncignore`, when the directory has one.
     pub ignore_file: Option<PathBuf>,
 }
@@ -162,10 +163,11 @@ impl Plan {
             .home
             .canonicalize()
             .unwrap_or_else(|_| host.home.clone());
-        if home.starts_with(&local_dir) {
+        let credentials = [".aws", ".ssh"].map(|dir| home.join(dir));
+        if home.starts_with(&local_dir) || credentials.iter().any(|c| local_dir.starts_with(c)) {
             bail!(
-                "ssh-ec2 would copy {} to the instance, with your home directory and its \
-                 credentials (~/.aws, ~/.ssh): run it from a project directory",
+                "ssh-ec2 would copy {} to the instance, with your credentials (~/.aws, ~/.ssh): \
+                 run it from a project directory",
                 local_dir.display()
             );
         }
@@ -202,9 +204,11 @@ impl Plan {
                 "rsync not found: install it with your package manager (apt install rsync, \
                  brew install rsync), or pass --no-rsync",
             )?;
+            let version = crate::sync::local_rsync_version(&rsync)?;
             let ignore = local_dir.join(".rsyncignore");
             Some(SyncPlan {
                 rsync,
+                version,
                 ignore_file: ignore.is_file().then_some(ignore),
             })
         };

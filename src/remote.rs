@@ -96,17 +96,71 @@ pub fn prepare_dir_command(dir: &RemoteDir) -> String {
     format!("mkdir -p {dir} && cd {dir} && pwd")
 }
 
-/// The command line sent to sshd: in the remote directory, the user's login shell runs the
-/// command (so its profile, e.g. conda, is loaded), or starts interactively when there is none.
-pub fn command_line(dir: &RemoteDir, command: Option<&str>) -> String {
-    let shell = "exec \"${SHELL:-/bin/sh}\" -l";
-    match command {
-        Some(command) => format!(
-            "cd {} && {shell} -c {}",
-            dir.for_shell(),
-            shell_quote(command)
-        ),
-        None => format!("cd {} && {shell}", dir.for_shell()),
+/// A foreground run's bookkeeping on the instance, `~/.ssh-ec2/runs/<token>/`: the id of the
+/// command's process group (so a fresh session can end it after a hang-up or a lost
+/// connection), and the FIFO its stdout goes through (so it can be told its output is gone).
+pub struct RunRecord {
+    token: String,
+}
+
+impl RunRecord {
+    pub fn new() -> RunRecord {
+        RunRecord {
+            token: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    fn dir(&self) -> String {
+        format!("\"$HOME\"/.ssh-ec2/runs/{}", self.token)
+    }
+
+    /// The command line sent to sshd: in the remote directory, the user's login shell runs the
+    /// command (so its profile, e.g. conda, is loaded), or starts interactively when there is
+    /// none. sshd makes it a session leader, so its pid names its process group.
+    ///
+    /// With `relay_stdout` (no PTY), stdout goes through a FIFO that a `cat` copies to the
+    /// session: killing that `cat` is how ssh's "end of output" reaches the command, which gets
+    /// SIGPIPE at its next write, exactly as when OpenSSH's client loses its stdout.
+    pub fn command_line(
+        &self,
+        dir: &RemoteDir,
+        command: Option<&str>,
+        relay_stdout: bool,
+    ) -> String {
+        let mut line = format!(
+            "r={} && mkdir -p \"$r\" && echo $$ > \"$r/pid\" && cd {} && ",
+            self.dir(),
+            dir.for_shell()
+        );
+        if relay_stdout {
+            line.push_str("mkfifo \"$r/out\" && { cat \"$r/out\" & echo $! > \"$r/cat\"; } && ");
+        }
+        line.push_str("exec \"${SHELL:-/bin/sh}\" -l");
+        if let Some(command) = command {
+            line.push_str(&format!(" -c {}", shell_quote(command)));
+        }
+        if relay_stdout {
+            line.push_str(" > \"$r/out\"");
+        }
+        line
+    }
+
+    /// Tells the command its stdout is gone (see `command_line`).
+    pub fn cut_output_command(&self) -> String {
+        format!("kill \"$(cat {}/cat)\" 2>/dev/null; true", self.dir())
+    }
+
+    /// Signals the command's whole process group (`0`: none, a probe); prints whether anything of
+    /// it was left: `alive` or `gone`.
+    pub fn signal_command(&self, signal: &str) -> String {
+        format!(
+            "pid=$(cat {}/pid 2>/dev/null) && kill -{signal} -- -\"$pid\" 2>/dev/null && echo alive || echo gone",
+            self.dir()
+        )
+    }
+
+    pub fn cleanup_command(&self) -> String {
+        format!("rm -rf {}", self.dir())
     }
 }
 
@@ -142,13 +196,19 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("plain-word"), "plain-word");
         let dir = RemoteDir::parse("~/p").unwrap();
+        let record = RunRecord { token: "t".into() };
+        let prefix = "r=\"$HOME\"/.ssh-ec2/runs/t && mkdir -p \"$r\" && echo $$ > \"$r/pid\" && \
+                      cd \"$HOME\"/p && ";
         assert_eq!(
-            command_line(&dir, Some("make train")),
-            "cd \"$HOME\"/p && exec \"${SHELL:-/bin/sh}\" -l -c 'make train'"
+            record.command_line(&dir, Some("make train"), false),
+            format!("{prefix}exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'")
         );
         assert_eq!(
-            command_line(&dir, None),
-            "cd \"$HOME\"/p && exec \"${SHELL:-/bin/sh}\" -l"
+            record.command_line(&dir, None, true),
+            format!(
+                "{prefix}mkfifo \"$r/out\" && {{ cat \"$r/out\" & echo $! > \"$r/cat\"; }} && \
+                 exec \"${{SHELL:-/bin/sh}}\" -l > \"$r/out\""
+            )
         );
     }
 }

@@ -5,23 +5,24 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::acquire::{Machine, acquire};
+use crate::backoff::Backoff;
 use crate::cli::Cli;
 use crate::cloud::{Cloud, State};
 use crate::config::{EndOfLife, HostPort, Sources};
-use crate::end_of_life;
+use crate::end_of_life::{self, Origin};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;
 use crate::lock::DirLock;
 use crate::plan::{Host, Plan};
 use crate::printer::{Printer, format_duration};
-use crate::remote::{self, RemoteDir};
+use crate::remote::{self, RemoteDir, RunRecord};
 use crate::ssh::{RemoteExit, Session, Target, run_command};
-use crate::sync::Rsync;
+use crate::sync::{Conflict, Manifest, Rsync};
 
 /// Reads the settings, validates them, and runs; returns the exit status to use.
 pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
@@ -60,6 +61,8 @@ struct Progress {
     exit: Option<RemoteExit>,
     /// The command is over and its results are home (pulled back, or --no-rsync).
     results_home: bool,
+    /// Files changed on both sides, whose instance version was saved beside them.
+    conflicts: Vec<Conflict>,
 }
 
 async fn run(plan: &Plan, printer: &Printer) -> Result<i32> {
@@ -80,7 +83,16 @@ async fn run(plan: &Plan, printer: &Printer) -> Result<i32> {
     let machine = acquire(&cloud, plan, &store, printer, &interrupt).await?;
 
     let mut progress = Progress::default();
-    let work = work(&cloud, plan, &machine, printer, &interrupt, &mut progress).await;
+    let work = work(
+        &cloud,
+        plan,
+        &machine,
+        &store,
+        printer,
+        &interrupt,
+        &mut progress,
+    )
+    .await;
     // Only a signal before the end of life cuts the run short; later ones change nothing.
     let interrupted = interrupt.first();
     let work = work.map_err(|e| {
@@ -104,6 +116,13 @@ async fn run(plan: &Plan, printer: &Printer) -> Result<i32> {
         let _notes = NoteSignals::start(&interrupt, printer);
         end_of_life::apply(&cloud, &store, &machine.instance, action, printer).await
     };
+    for conflict in &progress.conflicts {
+        printer.warn(&format!(
+            "{} changed both here and on the instance: kept yours, and saved the instance's as {}",
+            conflict.path.display(),
+            conflict.saved_as.display()
+        ));
+    }
     let fate = match (&ended, action) {
         (Err(_), _) => "end of life failed",
         (Ok(()), EndOfLife::Terminate) => "terminated",
@@ -159,6 +178,7 @@ async fn work(
     cloud: &Cloud,
     plan: &Plan,
     machine: &Machine,
+    store: &KeyStore,
     printer: &Printer,
     interrupt: &Interrupt,
     progress: &mut Progress,
@@ -183,11 +203,27 @@ async fn work(
                 plan.remote_dir
             )
         })?;
-    if plan.sync.is_some() {
+    let id = &machine.instance.id;
+    let mut manifest = Manifest::load(&store.manifest_path(id));
+    if let Some(sync) = &plan.sync {
+        if let Some(warning) = crate::sync::outdated_warning(sync.version, &plan.state_dir) {
+            printer.warn(&warning);
+        }
+        let rsync = rsync(plan, &session, &remote_dir, printer, id)?;
+        if machine.origin != Origin::Launched {
+            // An earlier run's results may still be only there: home first, so that the push
+            // cannot overwrite them.
+            let phase = printer.phase(format!(
+                "bringing home what changed in {} since the last sync",
+                plan.remote_dir
+            ));
+            interrupt
+                .cancel(rsync.pull(&mut manifest, &mut progress.conflicts))
+                .await?;
+            phase.done("up to date with the instance");
+        }
         let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
-        interrupt
-            .cancel(rsync(plan, &session, &remote_dir, printer)?.push())
-            .await?;
+        interrupt.cancel(rsync.push(&mut manifest)).await?;
         phase.done(format!("synced to {}", plan.remote_dir));
     }
 
@@ -196,10 +232,14 @@ async fn work(
         Some(command) => format!("running `{command}` in {}", plan.remote_dir),
         None => format!("opening a shell in {}", plan.remote_dir),
     });
-    let command_line = remote::command_line(&remote_dir, plan.command.as_deref());
+    let record = RunRecord::new();
+    // Without a PTY, stdout is a pipe that `| head` may close: it goes through the record.
+    let relay_stdout = !plan.pty;
+    let cut_output = record.cut_output_command();
     let ran = run_command(
         &session,
-        &command_line,
+        &record.command_line(&remote_dir, plan.command.as_deref(), relay_stdout),
+        relay_stdout.then_some(cut_output.as_str()),
         plan.pty,
         plan.forward_stdin,
         interrupt,
@@ -212,47 +252,131 @@ async fn work(
     }
     progress.exit = ran.as_ref().ok().cloned();
 
+    // The pull starts only once the command is known to have ended: after a hang-up or a lost
+    // connection, what is left of it is ended first, so that nothing still writes.
+    let after = async {
+        let session =
+            session_after_command(cloud, plan, machine, &target, session, printer).await?;
+        if ran.is_err() {
+            end_command(&session, &record, printer).await?;
+        }
+        Ok::<_, anyhow::Error>(session)
+    };
+    let session = match (after.await, &ran) {
+        (Ok(session), _) => session,
+        (Err(e), Err(lost)) => return Err(e.context(format!("{lost:#}"))),
+        (Err(e), Ok(_)) => return Err(e),
+    };
+
     let pulled = match &plan.sync {
         None => Ok(()),
         Some(_) => {
-            // The command may have ended with the connection (a reboot, a network drop).
-            let session = match session.is_closed() {
-                true => connect(&target, Instant::now() + plan.boot_timeout, printer).await?,
-                false => session,
-            };
             let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
-            let pulled = rsync(plan, &session, &remote_dir, printer)?.pull().await;
-            if pulled.is_ok() {
-                phase.done("pulled results back");
+            let pulled = rsync(plan, &session, &remote_dir, printer, id)?
+                .pull(&mut manifest, &mut progress.conflicts)
+                .await;
+            match pulled {
+                Ok(()) => {
+                    phase.done("pulled results back");
+                    Ok(())
+                }
+                Err(e) if session.is_closed() => {
+                    Err(stopped_under_the_run(cloud, id).await.unwrap_or(e))
+                }
+                Err(e) => Err(e),
             }
-            session.close().await;
-            pulled
         }
     };
-    // A command whose end was not seen may still be writing results.
-    progress.results_home = pulled.is_ok() && ran.is_ok();
+    if let Err(e) = session.run_captured(&record.cleanup_command()).await {
+        tracing::debug!("leaving the run's record on the instance: {e:#}");
+    }
+    session.close().await;
+    progress.results_home = pulled.is_ok();
     ran?;
     pulled
 }
+
+/// The session to go on with once the command is over: the same one, or a new one if it
+/// dropped (a network change), unless the instance stopped under the run.
+async fn session_after_command(
+    cloud: &Cloud,
+    plan: &Plan,
+    machine: &Machine,
+    target: &Target,
+    session: Arc<Session>,
+    printer: &Printer,
+) -> Result<Arc<Session>> {
+    if !session.is_closed() {
+        return Ok(session);
+    }
+    if let Some(gone) = stopped_under_the_run(cloud, &machine.instance.id).await {
+        return Err(gone);
+    }
+    connect(target, Instant::now() + plan.boot_timeout, printer).await
+}
+
+/// Why the connection went away, when it is because the instance stopped (a shutdown from
+/// inside it) or was terminated.
+async fn stopped_under_the_run(cloud: &Cloud, id: &str) -> Option<anyhow::Error> {
+    match cloud.instance(id).await.ok()?.state {
+        State::Stopping | State::Stopped => Some(anyhow::anyhow!(
+            "{id} stopped under the run (shut down from inside it?); its disk, with the results, \
+             is kept: run `ssh-ec2 true` here to start it and bring them home"
+        )),
+        State::ShuttingDown | State::Terminated => Some(anyhow::anyhow!(
+            "{id} was terminated under the run: what was only on it is lost"
+        )),
+        State::Pending | State::Running => None,
+    }
+}
+
+/// Ends what is left of the command (its whole process group: SIGTERM, then SIGKILL) and
+/// waits until nothing of it runs.
+async fn end_command(session: &Session, record: &RunRecord, printer: &Printer) -> Result<()> {
+    let phase = printer.phase("ending what is left of the remote command before the pull");
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_secs(1));
+    let mut signal = "TERM";
+    loop {
+        let answer = session.run_captured(&record.signal_command(signal)).await?;
+        if answer.lines().last() != Some("alive") {
+            phase.done("the remote command has ended");
+            return Ok(());
+        }
+        signal = match started.elapsed() {
+            waited if waited >= END_TIMEOUT => bail!(
+                "the remote command still runs after SIGKILL: its results cannot be pulled safely"
+            ),
+            waited if waited >= KILL_AFTER => "KILL",
+            _ => "0",
+        };
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// How long a command has to end on SIGTERM before SIGKILL, and to be gone after that.
+const KILL_AFTER: Duration = Duration::from_secs(10);
+const END_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn rsync<'a>(
     plan: &'a Plan,
     session: &Arc<Session>,
     remote_dir: &RemoteDir,
-    printer: &Printer,
+    printer: &'a Printer,
+    instance_id: &'a str,
 ) -> Result<Rsync<'a>> {
     let sync = plan
         .sync
         .as_ref()
         .context("rsync asked for with --no-rsync")?;
-    let list_files = printer.lists_files();
     Rsync::new(
         sync,
         &plan.local_dir,
         remote_dir,
         session.clone(),
         &plan.socket_dir,
-        list_files,
+        printer,
+        instance_id,
     )
 }
 

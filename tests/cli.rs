@@ -139,7 +139,7 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
             c.current_dir(&home);
         },
         &[
-            "with your home directory",
+            "with your credentials (~/.aws, ~/.ssh)",
             "run it from a project directory",
         ],
     );
@@ -149,6 +149,39 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         &project,
         args(&["true"]),
         &[".ssh-ec2.toml", "instance_typo"],
+    );
+}
+
+#[test]
+fn credential_directories_and_an_rsync_too_old_for_verbatim_names_are_refused_before_aws() {
+    let project = Project::new();
+    for credentials in [".aws", ".ssh/keys"] {
+        let inside = project.home().join(credentials);
+        std::fs::create_dir_all(&inside).unwrap();
+        refused(
+            &project,
+            move |c| {
+                c.current_dir(&inside);
+            },
+            &["with your credentials", "run it from a project directory"],
+        );
+    }
+
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("rsync");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'rsync  version 3.0.9  protocol version 30'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = bin.path().to_path_buf();
+    refused(
+        &project,
+        move |c| {
+            c.env("PATH", &path).arg("true");
+        },
+        &["rsync 3.0.9", "needs 3.1.3 or newer", "brew install rsync"],
     );
 }
 

@@ -78,16 +78,19 @@ fn exit_status_comes_back_and_results_come_home_when_the_command_fails() {
 }
 
 #[test]
-fn pull_back_brings_new_and_changed_files_but_keeps_newer_and_extra_local_ones() {
+fn pull_back_brings_every_change_home_whatever_its_timestamp_and_deletes_nothing() {
     let cloud = TestCloud::start();
     let project = Project::new();
     project.write("notes.txt", "local notes\n");
     project.write("config.txt", "v1\n");
     project.write("draft.txt", "old draft\n");
 
-    // While the command runs, the user edits draft.txt locally: that newer copy must survive.
+    // Results written with old timestamps (`tar x`, `cp -p`, `unzip`) are results all the same;
+    // one rewritten at the same size within the same second too.
     let script = "echo v2 > config.txt; echo remote > new.txt; rm notes.txt; \
-                  echo remote draft > draft.txt; touch -d 2000-01-01 draft.txt; exit 1";
+                  echo remote draft > draft.txt; touch -d 2000-01-01 draft.txt; \
+                  mkdir -p old && echo archived > old/result.txt && touch -d 1999-12-31 old/result.txt; \
+                  exit 1";
     let run = Run::of(project.ssh_ec2(&cloud).arg(script));
     run.assert_code(1);
     assert_eq!(
@@ -107,8 +110,18 @@ fn pull_back_brings_new_and_changed_files_but_keeps_newer_and_extra_local_ones()
     );
     assert_eq!(
         project.read("draft.txt").as_deref(),
-        Some("old draft\n"),
-        "a newer local file wins"
+        Some("remote draft\n"),
+        "an older timestamp does not hide a change\n{run}"
+    );
+    assert_eq!(
+        project.read("old/result.txt").as_deref(),
+        Some("archived\n"),
+        "{run}"
+    );
+    assert_eq!(
+        cloud.instances_in(InstanceStateName::Terminated).len(),
+        1,
+        "terminated once everything was home\n{run}"
     );
 }
 
@@ -397,6 +410,16 @@ fn quiet_prints_nothing_but_the_command_and_verbose_lists_synced_files() {
     let project = Project::new();
     project.write("listed-file.txt", "x\n");
 
+    // The first run may warn once about an old local rsync; warnings show even with -q.
+    let first = Run::of(project.ssh_ec2(&cloud).args(["-q", "echo", "hi"]));
+    first.assert_code(0);
+    assert!(
+        first
+            .stderr
+            .lines()
+            .all(|l| l.starts_with("ssh-ec2: warning: your rsync is ")),
+        "{first}"
+    );
     let quiet = Run::of(project.ssh_ec2(&cloud).args(["-q", "echo", "hi"]));
     quiet.assert_code(0);
     assert_eq!(

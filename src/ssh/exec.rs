@@ -3,6 +3,8 @@
 
 use anyhow::{Context, Result, bail};
 use russh::ChannelMsg;
+use std::sync::Arc;
+
 use tokio::io::AsyncWriteExt;
 
 use super::Session;
@@ -42,11 +44,19 @@ impl Drop for RawMode {
     }
 }
 
+/// The shell's status for a command killed by SIGPIPE (128 + 13).
+const SIGPIPE_STATUS: u32 = 141;
+
 /// Runs `command_line` and streams it until it exits. A first signal (Ctrl-C, SIGTERM) is
 /// passed on to the command; a second one, or SIGHUP, hangs up on it.
+///
+/// A local stdout that closes (`ssh-ec2 make train | head`) does not end the run: `cut_output`
+/// is run on the instance to tell the command its output is gone, and the run goes on to the
+/// command's end. Output for a closed stderr is dropped.
 pub async fn run_command(
-    session: &Session,
+    session: &Arc<Session>,
     command_line: &str,
+    cut_output: Option<&str>,
     pty: bool,
     forward_stdin: bool,
     interrupt: &Interrupt,
@@ -102,16 +112,31 @@ pub async fn run_command(
     let mut interrupts = interrupt.clone();
     let mut exit = None;
     let mut hung_up = false;
+    let (mut stdout_open, mut stderr_open) = (true, true);
     loop {
         tokio::select! {
             message = from_remote.wait() => match message {
-                Some(ChannelMsg::Data { data }) => {
-                    stdout.write_all(&data).await?;
-                    stdout.flush().await?;
+                Some(ChannelMsg::Data { data }) if stdout_open => {
+                    if write_now(&mut stdout, &data).await.is_err() {
+                        stdout_open = false;
+                        tracing::debug!("local stdout closed: telling the remote command");
+                        if let Some(cut_output) = cut_output {
+                            // Not awaited here: this channel must keep being read meanwhile, or
+                            // russh, its buffer full, would stall the whole connection.
+                            let (session, cut_output) = (session.clone(), cut_output.to_string());
+                            let printer = printer.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = session.run_captured(&cut_output).await {
+                                    printer.warn(&format!(
+                                        "could not tell the command its output is gone: {e:#}"
+                                    ));
+                                }
+                            });
+                        }
+                    }
                 }
-                Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    stderr.write_all(&data).await?;
-                    stderr.flush().await?;
+                Some(ChannelMsg::ExtendedData { data, .. }) if stderr_open => {
+                    stderr_open = write_now(&mut stderr, &data).await.is_ok();
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => {
                     exit = Some(RemoteExit::Status(exit_status));
@@ -138,6 +163,8 @@ pub async fn run_command(
                     printer.warn(&format!("{signal}: hanging up on the remote command"));
                     hung_up = true;
                     let _ = to_remote.close().await;
+                    // sshd keeps the channel while the command lives: the caller ends it.
+                    break;
                 }
             }
         }
@@ -146,10 +173,19 @@ pub async fn run_command(
     if let Some(task) = resize_task {
         task.abort();
     }
-    stdout.flush().await?;
-    stderr.flush().await?;
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    // Killed by the SIGPIPE we caused: what a local pipeline would report, not ssh's 255.
+    if !stdout_open && exit == Some(RemoteExit::Signal("PIPE".into())) {
+        exit = Some(RemoteExit::Status(SIGPIPE_STATUS));
+    }
     exit.with_context(|| match hung_up {
         true => "hung up on the remote command before it finished",
         false => "the connection to the instance was lost before the command finished",
     })
+}
+
+async fn write_now(to: &mut (impl AsyncWriteExt + Unpin), data: &[u8]) -> std::io::Result<()> {
+    to.write_all(data).await?;
+    to.flush().await
 }

@@ -1,87 +1,386 @@
-//! rsync between the local directory and the instance, through the run's SSH session.
-//! Both ways: archive mode, compressed, `.rsyncignore` honoured, symlinks that lead outside the
-//! tree skipped, nothing deleted, and a file newer on the receiving side never overwritten.
+//! rsync between the local directory and the instance, through the run's SSH session, deciding by
+//! what changed since the last sync (the manifest), not by which timestamp is newer:
+//!
+//! - Push: archive mode (the instance gets local permissions), nothing deleted. It then records
+//!   what both sides hold in the manifest.
+//! - Pull: every file the instance changed since the last sync comes home. A local file that did
+//!   not change since is replaced; one that did is kept, and the instance's version is saved
+//!   beside it (a conflict). Files that come home keep the mode of the file they replace; new
+//!   ones get the local umask, plus the executable bit when the remote file has it. Owners never
+//!   apply. Any rsync error means not everything came home.
+//! - Both ways: `.rsyncignore` honoured, credentials and private keys held back, symlinks that
+//!   lead outside the tree skipped, names passed verbatim (`--secluded-args`), nanosecond times.
 
-use std::path::Path;
+mod itemize;
+mod manifest;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::plan::SyncPlan;
+use crate::printer::Printer;
 use crate::remote::RemoteDir;
 use crate::ssh::Session;
 use crate::ssh::relay::Relay;
+use itemize::{Item, Kind, Line};
+pub use manifest::Manifest;
+use manifest::Stamp;
 
 /// rsync's own name for the remote end; the transport ignores it.
 const REMOTE_HOST: &str = "ec2";
 
+/// Never synced, either way, unless `.rsyncignore` re-includes them with a `+` rule (its rules
+/// come first, and rsync's first matching rule wins): AWS credentials and SSH private keys.
+const SECRETS: &[&str] = &[
+    ".aws/",
+    ".ssh/",
+    "*.pem",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "id_ecdsa_sk",
+    "id_ed25519_sk",
+];
+
+/// The oldest rsync with everything used here (`--modify-window=-1`, `--secluded-args`,
+/// `--debug=FILTER`, nanosecond times).
+const MINIMUM_VERSION: Version = Version(3, 1, 3);
+/// Older versions let a compromised sender write outside the target directory (CVE-2024-12087).
+const SAFE_VERSION: Version = Version(3, 4, 0);
+const UPGRADE: &str = "upgrade it: `brew install rsync` (macOS), `apt install rsync` (Debian, \
+                       Ubuntu), or your package manager";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(u32, u32, u32);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// Asks the local rsync its version, and refuses one too old to sync names verbatim.
+pub fn local_rsync_version(rsync: &Path) -> Result<Version> {
+    let output = std::process::Command::new(rsync)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} --version", rsync.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = parse_version(&text).with_context(|| {
+        format!(
+            "{} does not say which rsync version it is (`{}`): ssh-ec2 needs rsync {MINIMUM_VERSION} \
+             or newer; {UPGRADE}",
+            rsync.display(),
+            text.lines().next().unwrap_or_default()
+        )
+    })?;
+    if version < MINIMUM_VERSION {
+        bail!(
+            "{} is rsync {version}: ssh-ec2 needs {MINIMUM_VERSION} or newer to sync any file name \
+             verbatim; {UPGRADE}",
+            rsync.display()
+        );
+    }
+    Ok(version)
+}
+
+/// `rsync  version 3.2.7  protocol version 32`; openrsync says `rsync version 2.6.9 compatible`.
+fn parse_version(text: &str) -> Option<Version> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    // Builds from git say `v3.4.1-12-gabc`.
+    let number = (1..words.len())
+        .filter(|&i| words[i - 1] == "version" && (i < 2 || words[i - 2] != "protocol"))
+        .map(|i| words[i].trim_start_matches('v'))
+        .find(|n| n.starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = number
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().ok());
+    Some(Version(
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// The once-per-machine warning about an rsync older than 3.4.0, if it is due.
+pub fn outdated_warning(version: Version, state_dir: &Path) -> Option<String> {
+    if version >= SAFE_VERSION {
+        return None;
+    }
+    // Said once per machine and version: a warning on every run would soon be ignored.
+    let marker = state_dir.join(format!("warned-rsync-{version}"));
+    if marker.exists() {
+        return None;
+    }
+    let _ = std::fs::create_dir_all(state_dir).and_then(|()| std::fs::write(&marker, b""));
+    Some(format!(
+        "your rsync is {version}: versions before {SAFE_VERSION} let a compromised instance write \
+         outside this directory while pulling; {UPGRADE} (said once)"
+    ))
+}
+
+/// A file both sides changed since the last sync: the instance's version was saved beside it.
+pub struct Conflict {
+    pub path: PathBuf,
+    pub saved_as: PathBuf,
+}
+
 pub struct Rsync<'a> {
     plan: &'a SyncPlan,
-    local: String,
-    remote: String,
+    local_dir: &'a Path,
+    remote_dir: String,
     /// rsync's transport; serves it while this lives.
     relay: Relay,
-    list_files: bool,
+    printer: &'a Printer,
+    /// Names the copies saved beside conflicting files.
+    instance_id: &'a str,
+}
+
+/// What one rsync invocation did.
+struct Outcome {
+    items: Vec<Item>,
+    /// Files and directories the secrets rules held back.
+    held_back: Vec<PathBuf>,
+    /// rsync's own account of what went wrong, when it did not exit 0.
+    failure: Option<String>,
 }
 
 impl<'a> Rsync<'a> {
     pub fn new(
         plan: &'a SyncPlan,
-        local_dir: &Path,
+        local_dir: &'a Path,
         remote_dir: &RemoteDir,
         session: Arc<Session>,
         socket_dir: &Path,
-        list_files: bool,
+        printer: &'a Printer,
+        instance_id: &'a str,
     ) -> Result<Self> {
         Ok(Self {
             plan,
-            local: format!("{}/", local_dir.display()),
-            remote: format!("{REMOTE_HOST}:{}", remote_dir.for_rsync()),
+            local_dir,
+            remote_dir: remote_dir.for_rsync(),
             relay: Relay::start(session, socket_dir)?,
-            list_files,
+            printer,
+            instance_id,
         })
     }
 
-    pub async fn push(&self) -> Result<()> {
-        self.run(&self.local, &self.remote)
-            .await
-            .context("could not sync this directory to the instance")
+    /// Sends this directory to the instance and records what both sides now hold. Run a pull
+    /// first on an instance that may hold changes not yet home: a push overwrites them.
+    pub async fn push(&self, manifest: &mut Manifest) -> Result<()> {
+        let started = SystemTime::now();
+        let mut rsync = self.command();
+        rsync
+            .args(["--archive", "--no-owner", "--no-group", "--safe-links"])
+            // Twice: unchanged files are listed too, so the manifest covers everything synced.
+            .args(["-ii", "--debug=FILTER1"])
+            .arg(self.local_root())
+            .arg(self.remote_root(Path::new("")));
+        let outcome = self.invoke(rsync, None).await?;
+        if let Some(failure) = outcome.failure {
+            // The manifest stays as it was: what the instance holds now is not known.
+            bail!("could not sync this directory to the instance: {failure}");
+        }
+        for item in &outcome.items {
+            self.list(item);
+            if !matches!(item.kind, Kind::File | Kind::Link) {
+                continue;
+            }
+            match Stamp::of(&self.local_dir.join(&item.path)) {
+                // Changed while being sent: which version the instance got is unknown, so the
+                // next pull treats it as changed on both sides and keeps both.
+                Some(stamp) if stamp.size == item.size && !written_since(&stamp, started) => {
+                    manifest.set(item.path.clone(), stamp)
+                }
+                _ => manifest.remove(&item.path),
+            }
+        }
+        manifest.save()?;
+        if !outcome.held_back.is_empty() {
+            let names: Vec<String> = outcome
+                .held_back
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            self.printer.info(&format!(
+                "held back (credentials and private keys are never synced): {}; to send one, \
+                 re-include it in .rsyncignore with `+ NAME`",
+                names.join(", ")
+            ));
+        }
+        Ok(())
     }
 
-    pub async fn pull(&self) -> Result<()> {
-        self.run(&self.remote, &self.local)
-            .await
-            .context("could not pull the results back from the instance")
+    /// Brings home what the instance changed since the last sync, keeping both versions of
+    /// files changed on both sides (added to `conflicts`). Fails, after bringing home what it
+    /// could, if anything could not come home.
+    pub async fn pull(&self, manifest: &mut Manifest, conflicts: &mut Vec<Conflict>) -> Result<()> {
+        // What differs, without changing anything.
+        let mut rsync = self.command();
+        rsync
+            .args(["--recursive", "--links", "--times", "--no-perms"])
+            .args(["--dry-run", "-i"])
+            .arg(self.remote_root(Path::new("")))
+            .arg(self.local_root());
+        let listed = self.invoke(rsync, None).await?;
+        let mut failures: Vec<String> = listed.failure.into_iter().collect();
+
+        let mut fetch = Vec::new();
+        let mut both_changed = Vec::new();
+        for item in listed.items.into_iter().filter(Item::transferred) {
+            match item.kind {
+                Kind::Dir => fetch.push(item),
+                Kind::File | Kind::Link => match self.decide(&item, manifest) {
+                    Decision::Fetch => fetch.push(item),
+                    Decision::KeepBoth => both_changed.push(item),
+                    Decision::KeepLocal => {}
+                },
+                Kind::Other => {}
+            }
+        }
+
+        if !fetch.is_empty() {
+            let list: Vec<u8> = fetch
+                .iter()
+                .flat_map(|item| item.path.as_os_str().as_bytes().iter().chain([&0]))
+                .copied()
+                .collect();
+            let mut rsync = self.command();
+            rsync
+                .args(["--links", "--times", "--dirs"])
+                .args(HOME_MODES)
+                .args(["-i", "--files-from=-", "--from0"])
+                .arg(self.remote_root(Path::new("")))
+                .arg(self.local_root());
+            let fetched = self.invoke(rsync, Some(list)).await?;
+            for item in &fetched.items {
+                self.list(item);
+                if let Some(stamp) = Stamp::of(&self.local_dir.join(&item.path))
+                    && matches!(item.kind, Kind::File | Kind::Link)
+                    && stamp.matches_listing(item.size, &item.mtime)
+                {
+                    manifest.set(item.path.clone(), stamp);
+                }
+            }
+            failures.extend(fetched.failure);
+        }
+
+        for item in both_changed {
+            let saved_as = beside(self.local_dir, &item.path, self.instance_id);
+            let mut rsync = self.command();
+            rsync
+                .args(["--links", "--times"])
+                .args(HOME_MODES)
+                .arg(self.remote_root(&item.path))
+                .arg(self.local_dir.join(&saved_as));
+            let copied = self.invoke(rsync, None).await?;
+            match copied.failure {
+                Some(failure) => failures.push(failure),
+                None => {
+                    // The instance's version is home now: the local one may go up next time.
+                    if let Some(stamp) = Stamp::of(&self.local_dir.join(&saved_as)) {
+                        manifest.set(item.path.clone(), stamp);
+                    }
+                    conflicts.push(Conflict {
+                        path: item.path,
+                        saved_as,
+                    });
+                }
+            }
+        }
+        manifest.save()?;
+        if !failures.is_empty() {
+            bail!(
+                "not everything came home from the instance:\n{}",
+                failures.join("\n")
+            );
+        }
+        Ok(())
     }
 
-    async fn run(&self, from: &str, to: &str) -> Result<()> {
+    fn decide(&self, item: &Item, manifest: &Manifest) -> Decision {
+        let local = Stamp::of(&self.local_dir.join(&item.path));
+        let synced = manifest.get(&item.path);
+        let remote_unchanged = synced.is_some_and(|s| s.matches_listing(item.size, &item.mtime));
+        match local {
+            // Deleted here since the last sync, and untouched there: stays deleted.
+            None if remote_unchanged => Decision::KeepLocal,
+            None => Decision::Fetch,
+            Some(local) if Some(&local) == synced => Decision::Fetch,
+            Some(_) if remote_unchanged => Decision::KeepLocal,
+            Some(_) => Decision::KeepBoth,
+        }
+    }
+
+    /// `-v`: the names of what moved.
+    fn list(&self, item: &Item) {
+        if self.printer.lists_files() && item.transferred() && item.kind != Kind::Dir {
+            self.printer.info(&format!("  {}", item.path.display()));
+        }
+    }
+
+    fn local_root(&self) -> OsString {
+        let mut root = self.local_dir.as_os_str().to_os_string();
+        root.push("/");
+        root
+    }
+
+    /// `ec2:DIR/PATH`: verbatim thanks to `--secluded-args`, whatever PATH holds.
+    fn remote_root(&self, path: &Path) -> OsString {
+        let mut root = OsString::from(format!("{REMOTE_HOST}:"));
+        root.push(&self.remote_dir);
+        root.push(path.as_os_str());
+        root
+    }
+
+    /// rsync with what every transfer shares.
+    fn command(&self) -> tokio::process::Command {
         let mut rsync = tokio::process::Command::new(&self.plan.rsync);
-        // Owners and groups of a throw-away machine mean nothing here.
         rsync.args([
-            "--archive",
-            "--no-owner",
-            "--no-group",
             "--compress",
-            "--update",
-            "--safe-links",
+            // Arguments go through rsync's protocol, not the remote shell: any name is verbatim.
+            "--secluded-args",
+            "--8-bit-output",
             // Nanosecond mtimes: a result rewritten within the second of the upload, at the
             // same size, still counts as changed (receivers from rsync 3.1.3 on).
             "--modify-window=-1",
         ]);
+        rsync.arg(itemize::out_format());
         if let Some(ignore) = &self.plan.ignore_file {
-            rsync.arg(format!("--exclude-from={}", ignore.display()));
+            let mut option = OsString::from("--exclude-from=");
+            option.push(ignore);
+            rsync.arg(option);
         }
-        if self.list_files {
-            rsync.arg("--verbose");
+        for secret in SECRETS {
+            rsync.arg(format!("--filter=- {secret}"));
         }
+        rsync
+    }
+
+    /// Runs rsync through the relay and reads back what it did.
+    async fn invoke(
+        &self,
+        mut rsync: tokio::process::Command,
+        files_from: Option<Vec<u8>>,
+    ) -> Result<Outcome> {
         rsync
             .arg("-e")
             .arg(self.relay.rsync_shell()?)
-            .arg(from)
-            .arg(to);
-        rsync
-            .stdin(Stdio::null())
+            // `%M` in UTC, to compare with the manifest's times.
+            .env("TZ", "UTC")
+            .stdin(match files_from {
+                Some(_) => Stdio::piped(),
+                None => Stdio::null(),
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -91,44 +390,135 @@ impl<'a> Rsync<'a> {
             .process_group(0);
         tracing::debug!("running {rsync:?}");
         let mut child = rsync.spawn().context("cannot start rsync")?;
-        // stdout is the remote command's: rsync's listing goes to stderr, as it comes.
-        let mut listing = child.stdout.take().expect("piped");
-        let list_files = self.list_files;
-        let relay_listing = tokio::spawn(async move {
-            match list_files {
-                true => tokio::io::copy(&mut listing, &mut tokio::io::stderr()).await,
-                false => tokio::io::copy(&mut listing, &mut tokio::io::sink()).await,
-            }
+        if let (Some(list), Some(mut stdin)) = (files_from, child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&list).await;
+            });
+        }
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = tokio::spawn(async move {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text).await;
+            String::from_utf8_lossy(&text).into_owned()
         });
-        let output = child.wait_with_output().await?;
-        let _ = relay_listing.await;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        match output.status.code() {
-            Some(0) => Ok(()),
-            // Files that vanished while being listed: the rest made it.
-            Some(24) => {
-                tracing::debug!(
-                    "rsync: some files vanished during the transfer: {}",
-                    stderr.trim()
-                );
-                Ok(())
-            }
-            code => {
-                let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                let hint = if stderr.contains("command not found") {
-                    "\n  hint: the image has no rsync: install it there (e.g. through AWS_USER_DATA)"
-                } else {
-                    ""
-                };
-                bail!(
-                    "rsync failed ({}):\n{}{hint}",
-                    code.map_or("killed by a signal".to_string(), |c| format!(
-                        "exit status {c}"
-                    )),
-                    tail.join("\n")
-                )
+        let mut outcome = Outcome {
+            items: Vec::new(),
+            held_back: Vec::new(),
+            failure: None,
+        };
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).split(b'\n');
+        while let Some(line) = lines.next_segment().await? {
+            match itemize::parse(&line) {
+                Line::Item(item) => outcome.items.push(item),
+                Line::Hidden { path, pattern } if SECRETS.contains(&pattern.as_str()) => {
+                    outcome.held_back.push(path)
+                }
+                _ => {}
             }
         }
+        let status = child.wait().await?;
+        let errors = errors.await.unwrap_or_default();
+        if !status.success() {
+            outcome.failure = Some(describe_failure(status.code(), &errors));
+        }
+        Ok(outcome)
+    }
+}
+
+/// Modes of files that come home: an existing file keeps its own (`--no-perms`); a new one
+/// gets rw for everyone, plus x where the remote file has one, masked by the local umask.
+const HOME_MODES: [&str; 2] = ["--no-perms", "--chmod=ugo=rwX"];
+
+enum Decision {
+    Fetch,
+    KeepLocal,
+    KeepBoth,
+}
+
+fn written_since(stamp: &Stamp, moment: SystemTime) -> bool {
+    let written = SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(stamp.mtime_secs.max(0) as u64, stamp.mtime_nanos);
+    stamp.mtime_secs < 0 || written >= moment
+}
+
+/// `results.csv` → `results.from-i-0123.csv` (then `-2`, `-3`… if that exists already).
+fn beside(local_dir: &Path, path: &Path, instance_id: &str) -> PathBuf {
+    let name = path.file_name().unwrap_or(OsStr::new("file"));
+    let bytes = name.as_bytes();
+    // A leading dot starts a hidden name, not an extension.
+    let split = bytes
+        .iter()
+        .rposition(|&b| b == b'.')
+        .filter(|&at| at > 0)
+        .unwrap_or(bytes.len());
+    let (stem, extension) = bytes.split_at(split);
+    (1..)
+        .map(|n| {
+            let mut side = stem.to_vec();
+            side.extend_from_slice(format!(".from-{instance_id}").as_bytes());
+            if n > 1 {
+                side.extend_from_slice(format!("-{n}").as_bytes());
+            }
+            side.extend_from_slice(extension);
+            path.with_file_name(OsStr::from_bytes(&side))
+        })
+        .find(|candidate| local_dir.join(candidate).symlink_metadata().is_err())
+        .expect("some name is free")
+}
+
+/// rsync's exit status and its messages, which name the files it could not handle.
+fn describe_failure(code: Option<i32>, stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let shown = &lines[lines.len().saturating_sub(20)..];
+    let hint = if stderr.contains("command not found") {
+        "\n  hint: the image has no rsync: install it there (e.g. through AWS_USER_DATA)"
+    } else {
+        ""
+    };
+    format!(
+        "rsync failed ({}):\n  {}{hint}",
+        code.map_or("killed by a signal".to_string(), |c| format!(
+            "exit status {c}"
+        )),
+        shown.join("\n  ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_and_compared() {
+        assert_eq!(
+            parse_version("rsync  version 3.2.7  protocol version 32\nCopyright"),
+            Some(Version(3, 2, 7))
+        );
+        assert_eq!(
+            parse_version("openrsync: protocol version 29\nrsync version 2.6.9 compatible"),
+            Some(Version(2, 6, 9))
+        );
+        assert_eq!(
+            parse_version("rsync  version v3.4.1-12-gabc  protocol version 32"),
+            Some(Version(3, 4, 1))
+        );
+        assert!(Version(3, 1, 2) < MINIMUM_VERSION && Version(3, 10, 0) > SAFE_VERSION);
+    }
+
+    #[test]
+    fn conflict_copies_say_where_they_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = beside(dir.path(), Path::new("out/results.csv"), "i-0abc");
+        assert_eq!(side, Path::new("out/results.from-i-0abc.csv"));
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join(&side), "taken").unwrap();
+        assert_eq!(
+            beside(dir.path(), Path::new("out/results.csv"), "i-0abc"),
+            Path::new("out/results.from-i-0abc-2.csv")
+        );
+        assert_eq!(
+            beside(dir.path(), Path::new(".env"), "i-1"),
+            Path::new(".env.from-i-1")
+        );
     }
 }
