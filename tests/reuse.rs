@@ -213,3 +213,38 @@ fn keygen(project: &Project, name: &str, kind: &[&str]) -> std::path::PathBuf {
     assert!(generated.success());
     key_file
 }
+
+#[test]
+fn a_shutdown_from_inside_stops_the_instance_even_when_the_policy_is_terminate() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    // The default end of life: terminate, by ssh-ec2 itself once the results are home.
+    let run = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    run.assert_code(0);
+    let id = instance_id(&cloud.instances()[0]);
+    let shutdown = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(
+                    aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+                )
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("stop"),
+        "a `shutdown` in the command must not destroy results that are not home yet\n{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+}

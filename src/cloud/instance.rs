@@ -127,8 +127,6 @@ pub struct LaunchRequest<'a> {
     pub key_name: Option<&'a str>,
     pub instance_profile: Option<&'a str>,
     pub volume_size: Option<u32>,
-    /// An OS-initiated shutdown terminates (policy terminate) rather than stops.
-    pub terminate_on_shutdown: bool,
     /// Ownership, Name and user tags, applied at creation to the instance and its volumes.
     pub tags: &'a [(String, String)],
     /// Makes a retried RunInstances idempotent.
@@ -234,11 +232,6 @@ impl Cloud {
             }
             None => None,
         };
-        let shutdown = if request.terminate_on_shutdown {
-            ShutdownBehavior::Terminate
-        } else {
-            ShutdownBehavior::Stop
-        };
         let launched = self
             .ec2
             .run_instances()
@@ -262,7 +255,9 @@ impl Cloud {
                     .http_endpoint(InstanceMetadataEndpointState::Enabled)
                     .build(),
             )
-            .instance_initiated_shutdown_behavior(shutdown)
+            // Whatever the end of life: a shutdown from inside must not destroy results that are
+            // not home yet. Only ssh-ec2 terminates, once they are.
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
             .client_token(request.client_token)
