@@ -215,6 +215,50 @@ fn keygen(project: &Project, name: &str, kind: &[&str]) -> std::path::PathBuf {
 }
 
 #[test]
+fn a_wildcard_in_the_directory_name_does_not_take_another_directorys_instance() {
+    let cloud = TestCloud::start();
+    // Two directories whose names differ only by `?`, a wildcard in EC2 filter values.
+    let stem = format!("sshec2-exp-{}-", std::process::id());
+    let exp1 = Project::named(&format!("{stem}1"));
+    let wild = Project::named(&format!("{stem}?"));
+
+    Run::of(exp1.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
+    let stopped = instance_id(&cloud.instances()[0]);
+    cloud.wait_for_events("sshd-stopped", 1);
+
+    // Same user, same machine: the same state directory.
+    let run = Run::of(wild.ssh_ec2(&cloud).env("HOME", exp1.home()).arg("true"));
+    run.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 2, "`?` launched its own instance\n{run}");
+    for instance in &instances {
+        let expected = match instance_id(instance) == stopped {
+            true => InstanceStateName::Stopped,
+            false => InstanceStateName::Terminated,
+        };
+        assert_eq!(state_of(instance), expected, "{run}");
+    }
+    let started: Vec<_> = cloud
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "sshd-started" && e["instance"] == stopped.as_str())
+        .collect();
+    assert_eq!(
+        started.len(),
+        1,
+        "exp1's instance was never started again\n{run}"
+    );
+
+    Run::of(exp1.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
+    assert!(
+        cloud
+            .instances()
+            .iter()
+            .all(|i| state_of(i) == InstanceStateName::Terminated)
+    );
+}
+
+#[test]
 fn a_shutdown_from_inside_stops_the_instance_even_when_the_policy_is_terminate() {
     let cloud = TestCloud::start();
     let project = Project::new();

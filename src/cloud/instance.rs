@@ -40,6 +40,31 @@ impl Ownership {
             (TAG_DIR.into(), self.dir.clone()),
         ]
     }
+
+    /// Compares the tags exactly: EC2 filters treat `*` and `?` as wildcards.
+    fn owns(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+        let tag = |key: &str| {
+            tags.iter()
+                .find(|t| t.key() == Some(key))
+                .and_then(|t| t.value())
+        };
+        tag(TAG_OWNER) == Some(&self.owner)
+            && tag(TAG_HOST) == Some(&self.host)
+            && tag(TAG_DIR) == Some(&self.dir)
+    }
+}
+
+/// An EC2 filter value that matches `text` only: `*` and `?` are wildcards there, and `\`
+/// escapes them (and itself).
+fn filter_value(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +184,7 @@ impl Cloud {
             request = request.filters(
                 Filter::builder()
                     .name(format!("tag:{key}"))
-                    .values(value)
+                    .values(filter_value(&value))
                     .build(),
             );
         }
@@ -171,6 +196,7 @@ impl Cloud {
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
+            .filter(|i| owner.owns(i.tags()))
             .filter_map(Instance::from_sdk)
             .filter(|i| !matches!(i.state, State::ShuttingDown | State::Terminated))
             .collect();
@@ -341,6 +367,36 @@ impl Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::types::Tag;
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
+        pairs
+            .iter()
+            .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+            .collect()
+    }
+
+    #[test]
+    fn an_instance_is_ours_by_exact_tags() {
+        let ours = Ownership {
+            owner: "ppr".into(),
+            host: "laptop".into(),
+            dir: "/w/exp?".into(),
+        };
+        let launched: Vec<Tag> = ours
+            .tags()
+            .into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        assert!(ours.owns(&launched));
+        let wildcard_match = tags(&[
+            (TAG_OWNER, "ppr"),
+            (TAG_HOST, "laptop"),
+            (TAG_DIR, "/w/exp1"),
+        ]);
+        assert!(!ours.owns(&wildcard_match));
+        assert_eq!(filter_value(r"/w/a*b?c\d"), r"/w/a\*b\?c\\d");
+    }
 
     #[test]
     fn ssh_goes_to_the_public_ip_else_the_private_one() {
