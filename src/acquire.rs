@@ -164,7 +164,6 @@ async fn launch(
                 key_name,
                 instance_profile: spec.instance_profile.as_deref(),
                 volume_size: spec.volume_size,
-                terminate_on_shutdown: plan.end_of_life == EndOfLife::Terminate,
                 tags: &spec.tags,
                 client_token: &client_token,
             })

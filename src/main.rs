@@ -14,6 +14,7 @@ mod end_of_life;
 mod interrupt;
 mod keys;
 mod lock;
+mod machine;
 mod plan;
 mod printer;
 mod remote;

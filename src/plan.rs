@@ -92,6 +92,8 @@ pub struct Host {
     pub user_config: PathBuf,
     pub state_dir: PathBuf,
     pub runtime_dir: Option<PathBuf>,
+    /// Identifies this machine's instances; the host name may change under them.
+    pub machine_id: String,
     pub hostname: String,
     pub login_name: Option<String>,
     pub path_var: Option<std::ffi::OsString>,
@@ -117,13 +119,15 @@ impl Host {
                     .flatten()
                     .map(|u| u.name)
             });
+        let state_dir = dirs
+            .state_dir()
+            .unwrap_or_else(|| home.join(".local/state"))
+            .join("ssh-ec2");
         Ok(Host {
             cwd: std::env::current_dir().context("cannot read the current directory")?,
             user_config: dirs.config_dir().join("ssh-ec2").join("config.toml"),
-            state_dir: dirs
-                .state_dir()
-                .unwrap_or_else(|| home.join(".local/state"))
-                .join("ssh-ec2"),
+            machine_id: crate::machine::load_or_create(&state_dir)?,
+            state_dir,
             home,
             hostname: nix::unistd::gethostname()
                 .context("cannot read this machine's host name")?
@@ -189,6 +193,7 @@ impl Plan {
             .context("cannot tell who you are: set TRIGRAM (or USER) to your name")?;
         let ownership = Ownership {
             owner: owner.clone(),
+            machine: host.machine_id.clone(),
             host: host.hostname.clone(),
             dir: dir_tag,
         };

@@ -9,34 +9,84 @@ use anyhow::{Result, bail};
 /// The directory on the instance that mirrors the local one: `~/name` or an absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDir {
-    /// Relative to the remote user's home, or absolute; never empty, no trailing slash.
+    /// Relative to the remote user's home, or absolute; never empty, no trailing slash, no `.`
+    /// or `..` components, never a whole home or system directory.
     path: String,
     in_home: bool,
 }
 
+/// Top-level directories that belong to the system (or hold every home directory): syncing a
+/// project into one of them as a whole would mix it with the system's own files.
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "media", "mnt", "opt",
+    "proc", "root", "run", "sbin", "snap", "srv", "sys", "tmp", "usr", "var",
+];
+/// System directories that nothing under may be synced into either.
+const SYSTEM_TREES: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys", "usr",
+];
+/// Hold the login's keys and credentials: rsync would give them the project's permissions, and
+/// a group-writable ~/.ssh makes sshd refuse the key.
+const HOME_SECRETS: &[&str] = &[".ssh", ".aws"];
+
 impl RemoteDir {
-    /// `~/x`, `x` (both in the home directory), `~` or `/abs/x`.
+    /// `~/x`, `x` (both in the home directory) or `/abs/x`. A whole home or system directory,
+    /// `..`, ~/.ssh and ~/.aws are refused: the pull and push would copy them, or the push
+    /// would change their permissions (rsync --archive) and could lock the login out.
     pub fn parse(text: &str) -> Result<Self> {
         if text.is_empty() || text.contains(['\n', '\0']) {
             bail!("remote directory `{text}` is not usable: write e.g. ~/project or /data/project");
         }
-        let (path, in_home) = match text.strip_prefix("~") {
-            Some("") => (".", true),
-            Some(rest) if rest.starts_with('/') => (rest.trim_start_matches('/'), true),
+        let (rest, in_home) = match text.strip_prefix("~") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => (rest, true),
             Some(_) => {
                 bail!("remote directory `{text}`: ~user paths are not supported, write ~/dir")
             }
-            None if text.starts_with('/') => (text, false),
-            None => (text, true),
+            None => (text, !text.starts_with('/')),
         };
-        let path = path.trim_end_matches('/');
-        let path = if path.is_empty() {
-            if in_home { "." } else { "/" }
-        } else {
-            path
+        let mut parts = Vec::new();
+        for part in rest.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if part == ".." {
+                bail!(
+                    "remote directory `{text}`: `..` is not allowed, it could reach a home or \
+                     system directory; write the directory itself, e.g. ~/project or /data/project"
+                );
+            }
+            parts.push(part);
+        }
+        // What lies under a home directory, for the checks that apply to every home.
+        let in_a_home = match parts.as_slice() {
+            _ if in_home => Some(&parts[..]),
+            ["home", _, rest @ ..] | ["root", rest @ ..] => Some(rest),
+            _ => None,
         };
+        match (in_a_home, parts.as_slice()) {
+            (Some([]), _) => bail!(
+                "remote directory `{text}` is a whole home directory: syncing into it would copy \
+                 it all back, and could change its permissions and lock the login out; write a \
+                 directory in it, e.g. ~/project"
+            ),
+            (Some([first, ..]), _) if HOME_SECRETS.contains(first) => bail!(
+                "remote directory `{text}` is in ~/{first}, the login's keys and credentials: \
+                 syncing into it could lock the login out; write e.g. ~/project"
+            ),
+            (None, []) => bail!(
+                "remote directory `{text}` is the whole file system: write a directory of its \
+                 own, e.g. /data/project or ~/project"
+            ),
+            (None, [only]) if SYSTEM_DIRS.contains(only) => bail!(
+                "remote directory `{text}` is a system directory: write a directory of its own, \
+                 e.g. /data/project or ~/project"
+            ),
+            (None, [first, ..]) if SYSTEM_TREES.contains(first) => bail!(
+                "remote directory `{text}` is inside /{first}, which belongs to the system: write \
+                 a directory of its own, e.g. /data/project or ~/project"
+            ),
+            _ => {}
+        }
+        let path = parts.join("/");
         Ok(Self {
-            path: path.to_string(),
+            path: if in_home { path } else { format!("/{path}") },
             in_home,
         })
     }
@@ -63,16 +113,15 @@ impl RemoteDir {
 
     /// The directory as rsync's remote path (rsync's server starts in the home directory).
     pub fn for_rsync(&self) -> String {
-        format!("{}/", self.path.trim_end_matches('/'))
+        format!("{}/", self.path)
     }
 }
 
 impl fmt::Display for RemoteDir {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.in_home, self.path.as_str()) {
-            (true, ".") => write!(f, "~"),
-            (true, path) => write!(f, "~/{path}"),
-            (false, path) => write!(f, "{path}"),
+        match self.in_home {
+            true => write!(f, "~/{}", self.path),
+            false => write!(f, "{}", self.path),
         }
     }
 }
@@ -180,7 +229,14 @@ mod tests {
             (abs.for_shell(), abs.for_rsync()),
             ("/data/x".into(), "/data/x/".into())
         );
-        assert_eq!(RemoteDir::parse("~").unwrap().for_rsync(), "./");
+        assert_eq!(
+            RemoteDir::parse("~//./work//x/.").unwrap().for_rsync(),
+            "work/x/"
+        );
+        assert_eq!(
+            RemoteDir::parse("/data/./x/").unwrap().to_string(),
+            "/data/x"
+        );
         assert!(RemoteDir::parse("").is_err());
         assert!(RemoteDir::parse("~bob/x").is_err());
         assert_eq!(
@@ -189,6 +245,57 @@ mod tests {
                 .to_string(),
             "~/proj"
         );
+    }
+
+    #[test]
+    fn whole_homes_system_directories_and_login_secrets_are_refused() {
+        let refused = |text: &str, says: &str| {
+            let error = RemoteDir::parse(text).err().map(|e| e.to_string());
+            assert!(
+                error.as_deref().is_some_and(|e| e.contains(says)),
+                "`{text}` should be refused saying `{says}`: {error:?}"
+            );
+        };
+        for home in ["~", "~/", ".", "./", "~/.", "/home/ubuntu", "//root//"] {
+            refused(home, "e.g. ~/project");
+        }
+        for dotdot in ["~/../..", "../x", "/data/../etc", "~/x/.."] {
+            refused(dotdot, "`..` is not allowed");
+        }
+        for system in ["/", "/home", "/etc", "/usr", "/var", "/tmp", "/bin", "/opt"] {
+            refused(system, "/data/project");
+        }
+        for inside in [
+            "/proc/1",
+            "/sys/x",
+            "/dev/shm/x",
+            "/boot/x",
+            "/etc/x",
+            "/usr/local/src",
+        ] {
+            refused(inside, "belongs to the system");
+        }
+        for secret in [
+            "~/.ssh",
+            ".aws",
+            "~/.ssh/x",
+            "/home/ubuntu/.ssh",
+            "/root/.aws/",
+        ] {
+            refused(secret, "could lock the login out");
+        }
+        for fine in [
+            "~/work/x",
+            "/data/project",
+            "/home/ubuntu/project",
+            "/root/project",
+            "/var/tmp/x",
+            "/opt/project",
+            "~/.cache/x",
+            "~/..x",
+        ] {
+            assert!(RemoteDir::parse(fine).is_ok(), "`{fine}` is usable");
+        }
     }
 
     #[test]

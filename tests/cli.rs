@@ -186,6 +186,64 @@ fn credential_directories_and_an_rsync_too_old_for_verbatim_names_are_refused_be
 }
 
 #[test]
+fn remote_dirs_that_would_sync_a_home_or_system_directory_are_refused_before_aws() {
+    let project = Project::new();
+    let remote_dir = |dir: &'static str| {
+        move |c: &mut std::process::Command| {
+            c.args(["--remote-dir", dir, "true"]);
+        }
+    };
+    refused(
+        &project,
+        remote_dir("~/../.."),
+        &["`..` is not allowed", "e.g. ~/project"],
+    );
+    for home in ["~", "~/", ".", "/home/ubuntu", "/root"] {
+        refused(
+            &project,
+            remote_dir(home),
+            &["whole home directory", "e.g. ~/project"],
+        );
+    }
+    for system in ["/", "/etc", "/usr", "/home", "/tmp", "/var", "/opt", "/bin"] {
+        refused(&project, remote_dir(system), &["e.g. /data/project"]);
+    }
+    for inside in [
+        "/proc/1/x",
+        "/sys/x",
+        "/dev/x",
+        "/boot/x",
+        "/etc/x",
+        "/usr/local/x",
+    ] {
+        refused(
+            &project,
+            remote_dir(inside),
+            &["belongs to the system", "e.g. /data/project"],
+        );
+    }
+    for secret in ["~/.ssh", "~/.aws"] {
+        refused(&project, remote_dir(secret), &["could lock the login out"]);
+    }
+    // The same check for the environment variable and the config file.
+    refused(
+        &project,
+        |c| {
+            c.env("AWS_RSYNC_DIR", "/").arg("true");
+        },
+        &["remote directory `/`"],
+    );
+    project.write(".ssh-ec2.toml", "remote_dir = \"~\"\n");
+    refused(
+        &project,
+        |c| {
+            c.arg("true");
+        },
+        &["remote directory `~`"],
+    );
+}
+
+#[test]
 fn help_and_version_exit_zero() {
     let project = Project::new();
     let help = Run::of(project.ssh_ec2_without_cloud().arg("--help"));

@@ -213,3 +213,190 @@ fn keygen(project: &Project, name: &str, kind: &[&str]) -> std::path::PathBuf {
     assert!(generated.success());
     key_file
 }
+
+#[test]
+fn a_wildcard_in_the_directory_name_does_not_take_another_directorys_instance() {
+    let cloud = TestCloud::start();
+    // Two directories whose names differ only by `?`, a wildcard in EC2 filter values.
+    let stem = format!("sshec2-exp-{}-", std::process::id());
+    let exp1 = Project::named(&format!("{stem}1"));
+    let wild = Project::named(&format!("{stem}?"));
+
+    Run::of(exp1.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
+    let stopped = instance_id(&cloud.instances()[0]);
+    cloud.wait_for_events("sshd-stopped", 1);
+
+    // Same user, same machine: the same state directory.
+    let run = Run::of(wild.ssh_ec2(&cloud).env("HOME", exp1.home()).arg("true"));
+    run.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 2, "`?` launched its own instance\n{run}");
+    for instance in &instances {
+        let expected = match instance_id(instance) == stopped {
+            true => InstanceStateName::Stopped,
+            false => InstanceStateName::Terminated,
+        };
+        assert_eq!(state_of(instance), expected, "{run}");
+    }
+    let started: Vec<_> = cloud
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "sshd-started" && e["instance"] == stopped.as_str())
+        .collect();
+    assert_eq!(
+        started.len(),
+        1,
+        "exp1's instance was never started again\n{run}"
+    );
+
+    Run::of(exp1.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
+    assert!(
+        cloud
+            .instances()
+            .iter()
+            .all(|i| state_of(i) == InstanceStateName::Terminated)
+    );
+}
+
+/// `command` (ssh-ec2 in a project) run under the host name `name`, in a UTS namespace of its
+/// own: what a DHCP or VPN rename of the laptop looks like to ssh-ec2.
+fn under_host_name(command: &std::process::Command, name: &str) -> std::process::Command {
+    let unshare = std::process::Command::new("unshare")
+        .args(["--uts", "true"])
+        .status();
+    assert!(
+        unshare.is_ok_and(|s| s.success()),
+        "`unshare --uts` must work to test a host rename: install util-linux (apt install \
+         util-linux) and run the tests as root"
+    );
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped.env_clear();
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(key, value);
+        }
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+        .args(["--uts", "sh", "-c", r#"hostname "$0" && exec "$@""#, name])
+        .arg(command.get_program())
+        .args(command.get_args());
+    wrapped
+}
+
+#[test]
+fn a_host_rename_still_finds_the_stopped_instance() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let mut first = project.ssh_ec2(&cloud);
+    first.args(["--stop", "echo before the rename > result.txt"]);
+    let first = Run::of(&mut under_host_name(&first, "laptop-home"));
+    first.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 1, "{first}");
+    let host_tag = instances[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("ssh-ec2:host"))
+        .and_then(|t| t.value());
+    assert_eq!(
+        host_tag,
+        Some("laptop-home"),
+        "still a readable tag\n{first}"
+    );
+    cloud.wait_for_events("sshd-stopped", 1);
+
+    let mut second = project.ssh_ec2(&cloud);
+    second.arg("cat result.txt");
+    let second = Run::of(&mut under_host_name(&second, "laptop-vpn"));
+    second.assert_code(0);
+    assert_eq!(second.stdout, "before the rename\n", "{second}");
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 1, "no second instance\n{second}");
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Terminated,
+        "{second}"
+    );
+}
+
+#[test]
+fn an_instance_of_the_first_version_without_a_machine_tag_is_still_found() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
+    let id = instance_id(&cloud.instances()[0]);
+    // The first version tagged owner, host name and directory only.
+    cloud
+        .block_on(
+            cloud
+                .ec2()
+                .delete_tags()
+                .resources(&id)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("ssh-ec2:machine")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    assert!(
+        cloud.instances()[0]
+            .tags()
+            .iter()
+            .all(|t| t.key() != Some("ssh-ec2:machine")),
+        "the machine tag is gone"
+    );
+    cloud.wait_for_events("sshd-stopped", 1);
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    run.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 1, "it was reused\n{run}");
+    assert_eq!(instance_id(&instances[0]), id);
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+}
+
+#[test]
+fn a_shutdown_from_inside_stops_the_instance_even_when_the_policy_is_terminate() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    // The default end of life: terminate, by ssh-ec2 itself once the results are home.
+    let run = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    run.assert_code(0);
+    let id = instance_id(&cloud.instances()[0]);
+    let shutdown = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(
+                    aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+                )
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("stop"),
+        "a `shutdown` in the command must not destroy results that are not home yet\n{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+}

@@ -16,6 +16,9 @@ use super::{AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
 const TAG_OWNER: &str = "ssh-ec2:owner";
+/// This machine's id (src/machine.rs); instances of the first version have none.
+const TAG_MACHINE: &str = "ssh-ec2:machine";
+/// The host name: for people reading the tags, and what the first version went by.
 const TAG_HOST: &str = "ssh-ec2:host";
 const TAG_DIR: &str = "ssh-ec2:dir";
 /// The security group made for this instance, deleted once it is terminated.
@@ -23,10 +26,11 @@ const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 /// The login user, so a later run need not guess it again.
 const TAG_USER: &str = "ssh-ec2:user";
 
-/// Who and what an instance belongs to: a directory on a host, for an owner.
+/// Who and what an instance belongs to: a directory on a machine, for an owner.
 #[derive(Debug, Clone)]
 pub struct Ownership {
     pub owner: String,
+    pub machine: String,
     pub host: String,
     pub dir: String,
 }
@@ -36,10 +40,40 @@ impl Ownership {
     pub fn tags(&self) -> Vec<(String, String)> {
         vec![
             (TAG_OWNER.into(), self.owner.clone()),
+            (TAG_MACHINE.into(), self.machine.clone()),
             (TAG_HOST.into(), self.host.clone()),
             (TAG_DIR.into(), self.dir.clone()),
         ]
     }
+
+    /// Compares the tags exactly (EC2 filters treat `*` and `?` as wildcards). An instance
+    /// without a machine tag was launched by the first version, which went by the host name.
+    fn owns(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+        let tag = |key: &str| {
+            tags.iter()
+                .find(|t| t.key() == Some(key))
+                .and_then(|t| t.value())
+        };
+        tag(TAG_OWNER) == Some(&self.owner)
+            && tag(TAG_DIR) == Some(&self.dir)
+            && match tag(TAG_MACHINE) {
+                Some(machine) => machine == self.machine,
+                None => tag(TAG_HOST) == Some(&self.host),
+            }
+    }
+}
+
+/// An EC2 filter value that matches `text` only: `*` and `?` are wildcards there, and `\`
+/// escapes them (and itself).
+fn filter_value(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +161,6 @@ pub struct LaunchRequest<'a> {
     pub key_name: Option<&'a str>,
     pub instance_profile: Option<&'a str>,
     pub volume_size: Option<u32>,
-    /// An OS-initiated shutdown terminates (policy terminate) rather than stops.
-    pub terminate_on_shutdown: bool,
     /// Ownership, Name and user tags, applied at creation to the instance and its volumes.
     pub tags: &'a [(String, String)],
     /// Makes a retried RunInstances idempotent.
@@ -157,11 +189,13 @@ impl Cloud {
                 .values("stopped")
                 .build(),
         );
-        for (key, value) in owner.tags() {
+        // Owner and directory only: the first version's instances have no machine tag, and
+        // this version's may carry an old host name. `owns` decides which are ours.
+        for (key, value) in [(TAG_OWNER, &owner.owner), (TAG_DIR, &owner.dir)] {
             request = request.filters(
                 Filter::builder()
                     .name(format!("tag:{key}"))
-                    .values(value)
+                    .values(filter_value(value))
                     .build(),
             );
         }
@@ -173,6 +207,7 @@ impl Cloud {
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
+            .filter(|i| owner.owns(i.tags()))
             .filter_map(Instance::from_sdk)
             .filter(|i| !matches!(i.state, State::ShuttingDown | State::Terminated))
             .collect();
@@ -234,11 +269,6 @@ impl Cloud {
             }
             None => None,
         };
-        let shutdown = if request.terminate_on_shutdown {
-            ShutdownBehavior::Terminate
-        } else {
-            ShutdownBehavior::Stop
-        };
         let launched = self
             .ec2
             .run_instances()
@@ -262,7 +292,9 @@ impl Cloud {
                     .http_endpoint(InstanceMetadataEndpointState::Enabled)
                     .build(),
             )
-            .instance_initiated_shutdown_behavior(shutdown)
+            // Whatever the end of life: a shutdown from inside must not destroy results that are
+            // not home yet. Only ssh-ec2 terminates, once they are.
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
             .client_token(request.client_token)
@@ -346,6 +378,63 @@ impl Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::types::Tag;
+
+    fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
+        pairs
+            .iter()
+            .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+            .collect()
+    }
+
+    #[test]
+    fn an_instance_is_ours_by_exact_tags_and_machine_id_else_by_host_name() {
+        let ours = Ownership {
+            owner: "ppr".into(),
+            machine: "0123abcd".into(),
+            host: "laptop".into(),
+            dir: "/w/exp?".into(),
+        };
+        let launched: Vec<Tag> = ours
+            .tags()
+            .into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        assert!(ours.owns(&launched));
+        let renamed = tags(&[
+            (TAG_OWNER, "ppr"),
+            (TAG_MACHINE, "0123abcd"),
+            (TAG_HOST, "laptop.vpn"),
+            (TAG_DIR, "/w/exp?"),
+        ]);
+        assert!(
+            ours.owns(&renamed),
+            "the host name changed, not the machine"
+        );
+        let legacy = tags(&[
+            (TAG_OWNER, "ppr"),
+            (TAG_HOST, "laptop"),
+            (TAG_DIR, "/w/exp?"),
+        ]);
+        assert!(ours.owns(&legacy), "launched by the first version");
+        let other_machine = tags(&[
+            (TAG_OWNER, "ppr"),
+            (TAG_MACHINE, "ffff0000"),
+            (TAG_HOST, "laptop"),
+            (TAG_DIR, "/w/exp?"),
+        ]);
+        assert!(
+            !ours.owns(&other_machine),
+            "same host name, another machine"
+        );
+        let wildcard_match = tags(&[
+            (TAG_OWNER, "ppr"),
+            (TAG_MACHINE, "0123abcd"),
+            (TAG_DIR, "/w/exp1"),
+        ]);
+        assert!(!ours.owns(&wildcard_match));
+        assert_eq!(filter_value(r"/w/a*b?c\d"), r"/w/a\*b\?c\\d");
+    }
 
     #[test]
     fn ssh_goes_to_the_public_ip_else_the_private_one() {

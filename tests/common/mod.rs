@@ -334,11 +334,29 @@ pub struct Project {
 
 impl Project {
     pub fn new() -> Project {
-        Project {
-            dir: tempfile::Builder::new()
+        Project::in_dir(
+            tempfile::Builder::new()
                 .prefix("sshec2-proj-")
                 .tempdir()
                 .unwrap(),
+        )
+    }
+
+    /// A project directory named exactly `name` in the temporary directory (for names that
+    /// matter, like `exp?`); pick a name no other test run uses.
+    pub fn named(name: &str) -> Project {
+        Project::in_dir(
+            tempfile::Builder::new()
+                .prefix(name)
+                .rand_bytes(0)
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Project {
+        Project {
+            dir,
             home: tempfile::Builder::new()
                 .prefix("sshec2-home-")
                 .tempdir()
