@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser};
 
 use crate::config::{EndOfLife, HostPort, Tag};
+use crate::ssh::forward::Forward;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +50,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub network: NetworkFlags,
+
+    #[command(flatten)]
+    pub forwards: ForwardFlags,
 
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -133,6 +137,19 @@ pub struct NetworkFlags {
     pub boot_timeout: Option<u64>,
 }
 
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Forwards (over the one SSH connection)")]
+pub struct ForwardFlags {
+    /// Local port forward, as ssh: connections to [BIND:]PORT here (127.0.0.1 by default) go to
+    /// HOST:HOSTPORT as seen from the instance. Repeat for more.
+    #[arg(short = 'L', value_name = "[BIND:]PORT:HOST:HOSTPORT")]
+    pub local: Vec<Forward>,
+    /// Remote port forward, as ssh: connections to [BIND:]PORT on the instance (its loopback by
+    /// default) come to HOST:HOSTPORT as seen from here. Repeat for more.
+    #[arg(short = 'R', value_name = "[BIND:]PORT:HOST:HOSTPORT")]
+    pub remote: Vec<Forward>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +169,19 @@ mod tests {
             "an unknown option is not a command"
         );
         assert!(parse(&[]).unwrap().command.is_empty());
+        let cli = parse(&[
+            "-L8888:localhost:8888",
+            "-L",
+            "1:h:2",
+            "-R",
+            "9:localhost:9",
+            "jupyter",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.forwards.local.len(), cli.forwards.remote.len()),
+            (2, 1)
+        );
+        assert_eq!(cli.command, ["jupyter"]);
     }
 }

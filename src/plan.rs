@@ -13,6 +13,7 @@ use crate::cloud::Ownership;
 use crate::config::{EndOfLife, HostPort, Layer, Multiplex};
 use crate::keys::{LoginKey, load_identity};
 use crate::remote::RemoteDir;
+use crate::ssh::forward::{Forward, LocalForward};
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "g4dn.xlarge";
 pub const DEFAULT_IMAGE_NAME: &str = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)*";
@@ -45,6 +46,9 @@ pub struct Plan {
     pub state_dir: PathBuf,
     /// Where rsync's relay socket goes.
     pub socket_dir: PathBuf,
+    /// `-L`, their local ports already bound, and `-R`.
+    pub local_forwards: Vec<LocalForward>,
+    pub remote_forwards: Vec<Forward>,
 }
 
 #[derive(Debug)]
@@ -271,6 +275,13 @@ impl Plan {
             },
         };
         let command = (!cli.command.is_empty()).then(|| cli.command.join(" "));
+        // Bound now: a taken port is refused before anything is launched.
+        let local_forwards = cli
+            .forwards
+            .local
+            .iter()
+            .map(|spec| LocalForward::bind(spec.clone()))
+            .collect::<Result<_>>()?;
 
         Ok(Plan {
             local_dir,
@@ -303,6 +314,8 @@ impl Plan {
                 .runtime_dir
                 .as_ref()
                 .map_or(host.state_dir.clone(), |d| d.join("ssh-ec2")),
+            local_forwards,
+            remote_forwards: cli.forwards.remote.clone(),
         })
     }
 }

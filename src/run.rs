@@ -227,6 +227,17 @@ async fn work(
         phase.done(format!("synced to {}", plan.remote_dir));
     }
 
+    // For as long as the command runs.
+    let forwarding = session
+        .forward(&plan.local_forwards, &plan.remote_forwards)
+        .await?;
+    for forward in &plan.local_forwards {
+        printer.info(&format!("forwarding -L {}", forward.spec));
+    }
+    for forward in &plan.remote_forwards {
+        printer.info(&format!("forwarding -R {forward}"));
+    }
+
     progress.command_started = true;
     printer.info(&match &plan.command {
         Some(command) => format!("running `{command}` in {}", plan.remote_dir),
@@ -246,6 +257,7 @@ async fn work(
         printer,
     )
     .await;
+    drop(forwarding);
     let _notes = NoteSignals::start(interrupt, printer);
     if let Ok(RemoteExit::Signal(signal)) = &ran {
         printer.warn(&format!("the remote command was killed by signal {signal}"));

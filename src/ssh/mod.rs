@@ -2,6 +2,7 @@
 //! carries the command, and rsync through the relay.
 
 mod exec;
+pub mod forward;
 pub mod relay;
 
 use std::borrow::Cow;
@@ -30,12 +31,15 @@ pub struct Target {
 
 pub struct Session {
     handle: Handle<PinnedHostKey>,
+    remote_targets: forward::RemoteTargets,
 }
 
 /// Accepts exactly one host key, and keeps any other the server shows, for the error message.
+/// Connections the server forwards back (`-R`) go to their local targets.
 struct PinnedHostKey {
     expected: PublicKey,
     mismatch: Arc<Mutex<Option<PublicKey>>>,
+    remote_targets: forward::RemoteTargets,
 }
 
 impl client::Handler for PinnedHostKey {
@@ -54,6 +58,34 @@ impl client::Handler for PinnedHostKey {
         }
         *self.mismatch.lock().expect("not poisoned") = Some(presented);
         Ok(false)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let target = self
+            .remote_targets
+            .lock()
+            .expect("not poisoned")
+            .get(&connected_port)
+            .cloned();
+        // Not asked for: dropping the reply refuses it.
+        if let Some(target) = target {
+            reply.accept().await;
+            tokio::spawn(async move {
+                if let Err(e) = forward::carry_remote(channel, target).await {
+                    tracing::debug!("-R port {connected_port}: {e:#}");
+                }
+            });
+        }
+        Ok(())
     }
 }
 
@@ -113,9 +145,11 @@ impl Session {
             ..client::Config::default()
         });
         let mismatch = Arc::new(Mutex::new(None));
+        let remote_targets = forward::RemoteTargets::default();
         let handler = PinnedHostKey {
             expected: target.keys.host.clone(),
             mismatch: mismatch.clone(),
+            remote_targets: remote_targets.clone(),
         };
         let address = (target.address.host.as_str(), target.address.port);
         let attempt = async {
@@ -134,7 +168,10 @@ impl Session {
             return Err(AttemptError::HostKeyMismatch { presented });
         }
         match outcome {
-            Ok(Ok((handle, true))) => Ok(Session { handle }),
+            Ok(Ok((handle, true))) => Ok(Session {
+                handle,
+                remote_targets,
+            }),
             Ok(Ok((_, false))) => Err(AttemptError::NotYet(format!(
                 "the login key for user {} was refused (still booting, or wrong --user?)",
                 target.user

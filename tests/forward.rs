@@ -1,0 +1,135 @@
+//! -L and -R: ports forwarded over the run's one SSH connection.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Project, RUN_TIMEOUT, Run, TestCloud, wait_or_kill};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port, retried until the server answers (it starts with the command).
+fn http_get(port: u16, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = (|| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })();
+        match attempt {
+            Ok(answer) if answer.starts_with("HTTP/1.0 200") => return answer,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer on port {port}: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn local_forward_carries_http_to_a_server_on_the_instance() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("page.txt", "served from the instance\n");
+    let (local, remote) = (free_port(), free_port());
+
+    // The command serves this directory until the test says it is done.
+    let mut child = project
+        .ssh_ec2(&cloud)
+        .args(["-L", &format!("{local}:localhost:{remote}")])
+        .arg(format!(
+            "python3 -m http.server {remote} --bind 127.0.0.1 >/dev/null 2>&1 & \
+             echo ready; while [ ! -e done ]; do sleep 0.1; done; kill $!"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+
+    let answer = http_get(local, "/page.txt");
+    std::fs::write(project.remote().join("done"), "").unwrap();
+    let status = wait_or_kill(child, RUN_TIMEOUT).expect("ssh-ec2 hung");
+    assert!(answer.ends_with("served from the instance\n"), "{answer}");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        TcpListener::bind(("127.0.0.1", local)).is_ok(),
+        "the local port is free again after the run"
+    );
+}
+
+#[test]
+fn remote_forward_carries_a_request_from_the_instance_to_a_server_here() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in server.incoming().flatten() {
+            let mut stream = stream;
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nanswered from the laptop\n");
+        }
+    });
+    let there = free_port();
+
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-R", &format!("{there}:127.0.0.1:{here}")])
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{there} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && \
+                 cat <&3 > got.txt"
+            )),
+    );
+    run.assert_code(0);
+    assert!(
+        project
+            .read("got.txt")
+            .unwrap_or_default()
+            .ends_with("answered from the laptop\n"),
+        "{run}"
+    );
+}
+
+#[test]
+fn a_taken_local_port_is_refused_before_anything_is_launched() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+
+    let run =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["-L", &format!("{port}:localhost:80"), "true"]),
+        );
+    run.assert_code(255);
+    assert!(
+        run.stderr.contains(&format!("port {port}")) && run.stderr.contains("taken"),
+        "{run}"
+    );
+    assert!(cloud.instances().is_empty(), "nothing launched\n{run}");
+}
