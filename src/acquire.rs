@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
 use crate::cloud::userdata::UserData;
@@ -43,6 +43,32 @@ pub async fn acquire(
         Some(instance) => reuse(cloud, plan, store, instance, printer).await,
         None => launch(cloud, plan, store, printer, interrupt).await,
     }
+}
+
+/// This directory's instance, for a mode that never launches one: started if stopped when
+/// `start`, else refused unless it runs.
+pub async fn find(
+    cloud: &Cloud,
+    plan: &Plan,
+    store: &KeyStore,
+    printer: &Printer,
+    start: bool,
+) -> Result<Machine> {
+    let instance = cloud.find_owned(&plan.ownership).await?.with_context(|| {
+        format!(
+            "this directory has no instance in {}: nothing to do (`ssh-ec2 --detach COMMAND` \
+             starts a job)",
+            cloud.region
+        )
+    })?;
+    if !start && !matches!(instance.state, State::Pending | State::Running) {
+        bail!(
+            "{} is {}: no job runs there; `ssh-ec2 --finish` starts it and brings the results home",
+            instance.id,
+            instance.state.as_str()
+        );
+    }
+    reuse(cloud, plan, store, instance, printer).await
 }
 
 async fn reuse(

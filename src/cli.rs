@@ -22,6 +22,9 @@ use crate::ssh::forward::Forward;
 )]
 pub struct Cli {
     #[command(flatten)]
+    pub job: JobFlags,
+
+    #[command(flatten)]
     pub end_of_life: EndOfLifeFlags,
 
     /// Do not sync the directory up before the command, nor pull results back after it.
@@ -57,6 +60,54 @@ pub struct Cli {
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// What ssh-ec2 is asked to do; the words after the options stay the remote command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Launch or reuse, sync, run (in the foreground), pull, end of life.
+    Run,
+    /// Like Run, but start the command in tmux/screen and return at once.
+    Detach,
+    /// Attach to this directory's job; no sync, no end of life.
+    Attach,
+    /// Wait for this directory's job (attached or not), pull, end of life.
+    Finish { attach: bool },
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Jobs (tmux or screen on the instance)")]
+pub struct JobFlags {
+    /// Sync up, start COMMAND in tmux (else screen) on the instance, and return at once.
+    #[arg(short, long, conflicts_with_all = ["attach", "finish"])]
+    pub detach: bool,
+    /// Attach to this directory's job (detach again with Ctrl-B d, or Ctrl-A d for screen).
+    #[arg(short, long, conflicts_with = "finish")]
+    pub attach: bool,
+    /// Wait for this directory's job to end (attached on a terminal), pull its results, apply
+    /// the end of life; exit with the job's status.
+    #[arg(short, long)]
+    pub finish: bool,
+    /// With --finish: wait without attaching.
+    #[arg(long, requires = "finish")]
+    pub no_attach: bool,
+    /// Run the command inside tmux or screen (none: directly). Default: none, tmux with --detach.
+    #[arg(long = "multi", alias = "multiplex", value_name = "tmux|screen|none")]
+    pub multiplex: Option<crate::config::Multiplex>,
+}
+
+impl Cli {
+    pub fn mode(&self) -> Mode {
+        let job = &self.job;
+        match (job.detach, job.attach, job.finish) {
+            (true, _, _) => Mode::Detach,
+            (_, true, _) => Mode::Attach,
+            (_, _, true) => Mode::Finish {
+                attach: !job.no_attach,
+            },
+            _ => Mode::Run,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +186,10 @@ pub struct NetworkFlags {
     /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<u64>,
+    /// How long to keep trying to reconnect to a tmux/screen job after the connection dropped
+    /// (default 300).
+    #[arg(long, value_name = "SECONDS")]
+    pub reconnect_timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]

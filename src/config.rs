@@ -134,7 +134,7 @@ impl FromStr for Tags {
     }
 }
 
-/// The original tool's session multiplexer setting.
+/// The original tool's session multiplexer setting (`""` is none, as its recipes set it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum Multiplex {
@@ -223,6 +223,7 @@ layer! {
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"],
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"],
     boot_timeout: u64 = ["SSH_EC2_BOOT_TIMEOUT"],
+    reconnect_timeout: u64 = ["SSH_EC2_RECONNECT_TIMEOUT"],
     multiplex: Multiplex = ["MULTIPLEX"],
     /// Owner name for tags and the default key pair (the original tool's TRIGRAM).
     trigram: String = ["TRIGRAM"],
@@ -269,7 +270,8 @@ impl Layer {
             ssh_cidr: n.ssh_cidr,
             checkip_url: None,
             boot_timeout: n.boot_timeout,
-            multiplex: None,
+            reconnect_timeout: n.reconnect_timeout,
+            multiplex: cli.job.multiplex,
             trigram: None,
             user_data: None,
             tags: Tags(

@@ -9,6 +9,7 @@ mod acquire;
 mod backoff;
 mod cli;
 mod cloud;
+mod commands;
 mod config;
 mod end_of_life;
 mod interrupt;
@@ -18,7 +19,6 @@ mod machine;
 mod plan;
 mod printer;
 mod remote;
-mod run;
 mod ssh;
 mod sync;
 
@@ -47,9 +47,9 @@ fn main() -> ExitCode {
     let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
     init_debug_logs(verbosity);
     let printer = Printer::new(verbosity);
-    let code = match run::start(&cli, &printer) {
+    let code = match commands::start(&cli, &printer) {
         Ok(code) => code,
-        Err(e) if e.is::<run::AlreadyReported>() => EXIT_FAILURE.into(),
+        Err(e) if e.is::<commands::AlreadyReported>() => EXIT_FAILURE.into(),
         Err(e) => {
             printer.error(&e);
             match e.downcast_ref::<interrupt::Interrupted>() {

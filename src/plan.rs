@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Mode};
 use crate::cloud::Ownership;
 use crate::config::{EndOfLife, HostPort, Layer, Multiplex};
 use crate::keys::{LoginKey, load_identity};
@@ -19,11 +19,16 @@ pub const DEFAULT_INSTANCE_TYPE: &str = "g4dn.xlarge";
 pub const DEFAULT_IMAGE_NAME: &str = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)*";
 pub const DEFAULT_CHECKIP_URL: &str = "https://checkip.amazonaws.com";
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Long enough for a laptop to wake up or change networks.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 /// EC2 tag values hold at most 256 characters.
 const MAX_TAG_VALUE: usize = 256;
 
 #[derive(Debug)]
 pub struct Plan {
+    pub mode: Mode,
+    /// tmux/screen as asked (`None`: not asked; the mode decides).
+    pub multiplex: Option<Multiplex>,
     pub local_dir: PathBuf,
     /// The remote command; `None` opens a login shell.
     pub command: Option<String>,
@@ -39,6 +44,8 @@ pub struct Plan {
     pub connect: Option<HostPort>,
     pub ingress: Ingress,
     pub boot_timeout: Duration,
+    /// How long to try to reconnect to a running job after the connection dropped.
+    pub reconnect_timeout: Duration,
     /// Request a PTY and put the local terminal in raw mode.
     pub pty: bool,
     /// Pass local stdin on; not from a terminal we are in the background of (it would stop us).
@@ -150,15 +157,20 @@ impl Host {
 
 impl Plan {
     pub fn new(cli: &Cli, settings: Layer, host: &Host) -> Result<Plan> {
-        if let Some(multiplex @ (Multiplex::Tmux | Multiplex::Screen)) = settings.multiplex {
+        let mode = cli.mode();
+        match (mode, cli.command.is_empty()) {
+            (Mode::Attach | Mode::Finish { .. }, false) => bail!(
+                "--attach and --finish take no command: they come back to this directory's job \
+                 (run `ssh-ec2 --detach COMMAND` to start one)"
+            ),
+            (Mode::Detach, true) => {
+                bail!("--detach needs a command to run, e.g. ssh-ec2 --detach \"python train.py\"")
+            }
+            _ => {}
+        }
+        if mode == Mode::Detach && settings.multiplex == Some(Multiplex::None) {
             bail!(
-                "MULTIPLEX={}: running the command inside tmux/screen is not available in this \
-                 version; unset MULTIPLEX or set it to none",
-                if multiplex == Multiplex::Tmux {
-                    "tmux"
-                } else {
-                    "screen"
-                }
+                "--detach runs the command in tmux or screen: drop --multi none (or MULTIPLEX=none)"
             );
         }
         let local_dir = host.cwd.canonicalize().with_context(|| {
@@ -255,6 +267,13 @@ impl Plan {
         {
             bail!("volume size {size} GiB is out of range: EBS volumes are 1 to 16384 GiB");
         }
+        let reconnect_timeout = match settings.reconnect_timeout {
+            Some(0) => {
+                bail!("a reconnect timeout of 0 seconds cannot work: give a number of seconds")
+            }
+            Some(secs) => Duration::from_secs(secs),
+            None => DEFAULT_RECONNECT_TIMEOUT,
+        };
         let boot_timeout = match settings.boot_timeout {
             Some(0) => bail!("a boot timeout of 0 seconds cannot work: give a number of seconds"),
             Some(secs) => Duration::from_secs(secs),
@@ -284,6 +303,8 @@ impl Plan {
             .collect::<Result<_>>()?;
 
         Ok(Plan {
+            mode,
+            multiplex: settings.multiplex,
             local_dir,
             command,
             end_of_life: settings.final_state.unwrap_or(EndOfLife::Terminate),
@@ -307,6 +328,7 @@ impl Plan {
             connect: settings.connect,
             ingress,
             boot_timeout,
+            reconnect_timeout,
             pty: host.stdin_is_terminal && host.stdout_is_terminal && host.in_foreground,
             forward_stdin: !host.stdin_is_terminal || host.in_foreground,
             state_dir: host.state_dir.clone(),

@@ -118,8 +118,15 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
     );
     refused(
         &project,
-        env("MULTIPLEX", "tmux"),
-        &["MULTIPLEX=tmux", "set it to none"],
+        env("MULTIPLEX", "byobu"),
+        &["MULTIPLEX=byobu", "tmux, screen or none"],
+    );
+    refused(&project, args(&["--attach", "ls"]), &["take no command"]);
+    refused(&project, args(&["--detach"]), &["--detach needs a command"]);
+    refused(
+        &project,
+        args(&["--detach", "--multi", "none", "make"]),
+        &["drop --multi none"],
     );
     refused(
         &project,

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName, SecurityGroup};
 use serde_json::Value;
@@ -215,6 +215,47 @@ impl TestCloud {
         );
     }
 
+    /// Cuts every SSH connection to the running instance, as a network drop would; its sshd
+    /// (and what runs in tmux or screen there) stays. Returns how many processes were killed.
+    pub fn drop_connections(&self) -> usize {
+        let listener = self
+            .events()
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "sshd-started")
+            .and_then(|e| e["pid"].as_i64())
+            .expect("no instance's sshd is running") as i32;
+        let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The command name may hold spaces and parentheses: the fields follow the last ")".
+            if let Some(ppid) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+        let mut todo = vec![listener];
+        let mut killed = 0;
+        while let Some(parent) = todo.pop() {
+            for &child in children.get(&parent).into_iter().flatten() {
+                let pid = nix::unistd::Pid::from_raw(child);
+                if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+                todo.push(child);
+            }
+        }
+        killed
+    }
+
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&self.sdk)
     }
@@ -399,7 +440,13 @@ impl Project {
 
     /// ssh-ec2 in this project, pointed at `cloud` through its standard settings only.
     pub fn ssh_ec2(&self, cloud: &TestCloud) -> Command {
-        let mut command = self.ssh_ec2_without_cloud();
+        self.program_for(cloud, &ssh_ec2_binary())
+    }
+
+    /// Another program (make, a shell) in this project, with the environment ssh-ec2 gets from
+    /// `ssh_ec2`, and ssh-ec2 itself first in PATH.
+    pub fn program_for(&self, cloud: &TestCloud, program: &Path) -> Command {
+        let mut command = self.program_without_cloud(program);
         command
             .env("AWS_ENDPOINT_URL", &cloud.endpoint)
             .env("AWS_REGION", &cloud.region)
@@ -412,10 +459,17 @@ impl Project {
 
     /// ssh-ec2 in this project with a clean environment and no cloud settings at all.
     pub fn ssh_ec2_without_cloud(&self) -> Command {
-        let mut command = Command::new(ssh_ec2_binary());
+        self.program_without_cloud(&ssh_ec2_binary())
+    }
+
+    fn program_without_cloud(&self, program: &Path) -> Command {
+        let inherited = std::env::var_os("PATH").unwrap_or_default();
+        let bin = ssh_ec2_binary().parent().unwrap().to_path_buf();
+        let path = std::iter::once(bin).chain(std::env::split_paths(&inherited));
+        let mut command = Command::new(program);
         command
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", std::env::join_paths(path).unwrap())
             .env("HOME", self.home())
             .env("USER", "tester")
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -471,6 +525,11 @@ impl Run {
         let mut input = child.stdin.take().unwrap();
         let stdin = stdin.to_string();
         std::thread::spawn(move || std::io::Write::write_all(&mut input, stdin.as_bytes()));
+        Run::collect(child)
+    }
+
+    /// Waits for a child started with piped stdout and stderr (killed after RUN_TIMEOUT).
+    pub fn collect(mut child: Child) -> Run {
         let stdout = read_all(child.stdout.take().unwrap());
         let stderr = read_all(child.stderr.take().unwrap());
         let status = wait_or_kill(child, RUN_TIMEOUT);
@@ -516,4 +575,114 @@ pub fn instance_id(instance: &Instance) -> String {
 
 pub fn state_of(instance: &Instance) -> InstanceStateName {
     instance.state().and_then(|s| s.name()).cloned().unwrap()
+}
+
+/// A private tmux server holding one pane; killed on drop.
+pub struct Pane {
+    socket: PathBuf,
+}
+
+impl Pane {
+    /// Runs `script` with sh in a new 100x30 pane.
+    pub fn start(dir: &Path, script: &str) -> Pane {
+        let socket = dir.join("tmux.sock");
+        let script_file = dir.join("pane.sh");
+        std::fs::write(&script_file, script).unwrap();
+        let started = Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "100",
+                "-y",
+                "30",
+                "sh",
+            ])
+            .arg(&script_file)
+            .status()
+            .expect("tmux is needed for terminal tests: run tests/testbed/install");
+        assert!(started.success());
+        Pane { socket }
+    }
+
+    pub fn tmux(&self, args: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-J", "-S", "-200"])
+    }
+
+    /// Waits until the pane shows `text`.
+    pub fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pane never showed `{text}`:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn type_line(&self, line: &str) {
+        self.tmux(&["send-keys", "-l", line]);
+        self.tmux(&["send-keys", "Enter"]);
+    }
+}
+
+impl Drop for Pane {
+    fn drop(&mut self) {
+        self.tmux(&["kill-server"]);
+    }
+}
+
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+impl Pane {
+    /// An interactive shell in a pane, in the project, with ssh-ec2's environment for `cloud`:
+    /// what a user's terminal would be.
+    pub fn shell(project: &Project, cloud: &TestCloud) -> Pane {
+        let env = [
+            ("PATH", std::env::var("PATH").unwrap()),
+            ("HOME", project.home().display().to_string()),
+            ("USER", "tester".into()),
+            ("TERM", "xterm".into()),
+            ("PS1", "$ ".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_ENDPOINT_URL", cloud.endpoint.clone()),
+            ("AWS_REGION", cloud.region.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("SSH_EC2_CONNECT", cloud.connect.clone()),
+            ("SSH_EC2_CHECKIP_URL", cloud.checkip_url.clone()),
+        ];
+        let exports: String = env
+            .iter()
+            .map(|(k, v)| format!("export {k}={}\n", quote(v)))
+            .collect();
+        let bin_dir = ssh_ec2_binary().parent().unwrap().display().to_string();
+        let script = format!(
+            "{exports}export PATH={bin}:\"$PATH\"\ncd {dir}\nexec sh -i\n",
+            bin = quote(&bin_dir),
+            dir = quote(&project.path().display().to_string()),
+        );
+        Pane::start(project.home(), &script)
+    }
 }

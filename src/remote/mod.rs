@@ -1,6 +1,8 @@
 //! How things are spelled on the remote side: the remote directory (for the shell and for rsync)
 //! and the command line that runs the user's command there.
 
+pub mod job;
+
 use std::fmt;
 use std::path::Path;
 

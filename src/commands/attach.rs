@@ -1,0 +1,68 @@
+//! `ssh-ec2 --attach`: this directory's job, live, in this terminal. No sync, no end of life;
+//! detaching leaves everything running.
+
+use anyhow::{Result, bail};
+
+use super::{Followed, Scene, come_back_hint, follow_job, job_state, reach};
+use crate::acquire;
+use crate::cloud::Cloud;
+use crate::interrupt::Interrupt;
+use crate::keys::KeyStore;
+use crate::plan::Plan;
+use crate::printer::Printer;
+use crate::remote::job::{Job, JobState};
+
+pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
+    if !plan.pty {
+        bail!(
+            "--attach needs a terminal (stdin and stdout): from a script, `ssh-ec2 --finish \
+             --no-attach` waits for the job instead"
+        );
+    }
+    let interrupt = Interrupt::install()?;
+    let cloud = Cloud::connect(plan.region.as_deref()).await;
+    let store = KeyStore::new(&plan.state_dir);
+    // Never launches, and leaves a stopped instance stopped: no job runs there.
+    let machine = acquire::find(&cloud, plan, &store, printer, false).await?;
+    let scene = Scene {
+        cloud: &cloud,
+        plan,
+        store: &store,
+        machine: &machine,
+        interrupt: &interrupt,
+        printer,
+    };
+    let mut reached = reach(&scene).await?;
+    let job = Job::for_dir(&plan.local_dir);
+    let multiplexer = match job_state(&reached.session, &job).await? {
+        JobState::Running(multiplexer) => multiplexer,
+        JobState::None => bail!(
+            "no job of this directory on {}: `ssh-ec2 --detach COMMAND` starts one",
+            machine.instance.id
+        ),
+        JobState::Ended(_, status) => return Ok(ended(&job, status, printer)),
+        JobState::Lost(multiplexer) => bail!(
+            "job {} ended without an exit status (its {multiplexer} session is gone): \
+             `ssh-ec2 --finish` brings its results home",
+            job.name()
+        ),
+    };
+    let followed = follow_job(&scene, &mut reached, &job, multiplexer, true).await?;
+    reached.session.close().await;
+    Ok(match followed {
+        Followed::Ended(status) => ended(&job, status, printer),
+        Followed::Detached => {
+            printer.info(&come_back_hint(&machine, &job));
+            0
+        }
+    })
+}
+
+fn ended(job: &Job, status: i32, printer: &Printer) -> i32 {
+    printer.info(&format!(
+        "job {} has ended with exit status {status}: `ssh-ec2 --finish` brings its results home \
+         and ends the instance",
+        job.name()
+    ));
+    status
+}

@@ -1,0 +1,90 @@
+//! `ssh-ec2 --finish`: wait for this directory's job to end (attached on a terminal), bring its
+//! results home, apply the end of life; the job's exit status. Also after a killed client.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use super::{
+    Followed, Progress, Scene, come_back_hint, end_of_run, follow_job, job_state, pull_results,
+    reach,
+};
+use crate::acquire;
+use crate::cloud::Cloud;
+use crate::interrupt::Interrupt;
+use crate::keys::KeyStore;
+use crate::lock::DirLock;
+use crate::plan::Plan;
+use crate::printer::Printer;
+use crate::remote::job::{Job, JobState};
+use crate::ssh::RemoteExit;
+use crate::sync::Manifest;
+
+pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32> {
+    let started = Instant::now();
+    let _lock = DirLock::acquire(&plan.state_dir, &plan.local_dir)?;
+    let interrupt = Interrupt::install()?;
+    let cloud = Cloud::connect(plan.region.as_deref()).await;
+    let store = KeyStore::new(&plan.state_dir);
+    // Never launches; a stopped instance is started to bring its results home.
+    let machine = acquire::find(&cloud, plan, &store, printer, true).await?;
+    let scene = Scene {
+        cloud: &cloud,
+        plan,
+        store: &store,
+        machine: &machine,
+        interrupt: &interrupt,
+        printer,
+    };
+    let mut progress = Progress::default();
+    let work = work(&scene, attach && plan.pty, &mut progress).await;
+    end_of_run(&scene, work, progress, started).await
+}
+
+async fn work(scene: &Scene<'_>, attach: bool, progress: &mut Progress) -> Result<()> {
+    let Scene {
+        store,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    let mut reached = reach(scene).await?;
+    let job = Job::for_dir(&scene.plan.local_dir);
+    let status = match job_state(&reached.session, &job).await? {
+        JobState::None => bail!(
+            "no job of this directory on {}: nothing to finish (`ssh-ec2 --detach COMMAND` \
+             starts one)",
+            machine.instance.id
+        ),
+        JobState::Ended(_, status) => status,
+        JobState::Lost(multiplexer) => {
+            printer.warn(&format!(
+                "job {} ended without an exit status (its {multiplexer} session is gone): \
+                 bringing home what it left",
+                job.name()
+            ));
+            255
+        }
+        JobState::Running(multiplexer) => {
+            // From here on, results of the job may be on the instance only.
+            progress.command_started = true;
+            match follow_job(scene, &mut reached, &job, multiplexer, attach).await? {
+                Followed::Ended(status) => status,
+                Followed::Detached => {
+                    progress.job_goes_on = true;
+                    progress.exit = Some(RemoteExit::Status(0));
+                    printer.info(&come_back_hint(machine, &job));
+                    return Ok(());
+                }
+            }
+        }
+    };
+    progress.command_started = true;
+    progress.exit = Some(RemoteExit::Status(status as u32));
+    let mut manifest = Manifest::load(&store.manifest_path(&machine.instance.id));
+    pull_results(scene, &reached, &mut manifest, progress).await?;
+    progress.results_home = true;
+    reached.session.run_captured(&job.forget_command()).await?;
+    reached.session.close().await;
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! The modes, one file each (`run` also detaches; `attach`; `finish`), and what they share:
+//! reaching the instance, pulling results home, following a job, and the end of a run (end of
+//! life, conflicts, summary line, exit status).
+
+mod attach;
+mod finish;
+mod run;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::acquire::Machine;
+use crate::backoff::Backoff;
+use crate::cli::{Cli, Mode};
+use crate::cloud::{Cloud, State};
+use crate::config::{EndOfLife, HostPort, Sources};
+use crate::end_of_life;
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::keys::KeyStore;
+use crate::plan::{Host, Plan};
+use crate::printer::{Printer, format_duration};
+use crate::remote::job::{Job, JobState, Multiplexer};
+use crate::remote::{self, RemoteDir};
+use crate::ssh::forward::Forwarding;
+use crate::ssh::{RemoteExit, Session, Target, run_command};
+use crate::sync::{Conflict, Manifest, Rsync};
+
+/// Reads the settings, validates them, and runs the mode; returns the exit status to use.
+pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
+    let host = Host::detect()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let sources = Sources {
+        user_config: host.user_config.clone(),
+        project_config: host.cwd.join(Sources::PROJECT_FILE),
+        home: host.home.clone(),
+        env: &env,
+    };
+    let plan = Plan::new(cli, sources.load(cli)?, &host)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let code = runtime.block_on(async {
+        match plan.mode {
+            Mode::Run => run::run(&plan, printer, false).await,
+            Mode::Detach => run::run(&plan, printer, true).await,
+            Mode::Attach => attach::attach(&plan, printer).await,
+            Mode::Finish { attach } => finish::finish(&plan, printer, attach).await,
+        }
+    });
+    // A blocked read of local stdin must not hold the exit.
+    runtime.shutdown_background();
+    code
+}
+
+/// An error already printed (the run's, before its end of life): `main` only sets the status.
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the run failed (reported above)")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+/// How far a run got, which decides what end of life is safe.
+#[derive(Default)]
+struct Progress {
+    command_started: bool,
+    exit: Option<RemoteExit>,
+    /// The command is over and its results are home (pulled back, or --no-rsync).
+    results_home: bool,
+    /// A job goes on in tmux/screen: the instance stays as it is, whatever the policy.
+    job_goes_on: bool,
+    /// Files changed on both sides, whose instance version was saved beside them.
+    conflicts: Vec<Conflict>,
+}
+
+/// What a mode works with once this directory's instance is known.
+struct Scene<'a> {
+    cloud: &'a Cloud,
+    plan: &'a Plan,
+    store: &'a KeyStore,
+    machine: &'a Machine,
+    interrupt: &'a Interrupt,
+    printer: &'a Printer,
+}
+
+/// Applies the end of life that is safe after `work`, reports, and gives the exit status.
+async fn end_of_run(
+    scene: &Scene<'_>,
+    work: Result<()>,
+    progress: Progress,
+    started: Instant,
+) -> Result<i32> {
+    let Scene {
+        cloud,
+        plan,
+        store,
+        machine,
+        interrupt,
+        printer,
+    } = *scene;
+    // Only a signal before the end of life cuts the run short; later ones change nothing.
+    let interrupted = interrupt.first();
+    let work = work.map_err(|e| {
+        // Said before the end of life, so the user knows why the instance is handled as it is.
+        if !e.is::<Interrupted>() {
+            printer.error(&e);
+        }
+        AlreadyReported
+    });
+    let (action, why) = match progress.job_goes_on {
+        true => (EndOfLife::Leave, None),
+        false => end_of_life::safe_action(
+            plan.end_of_life,
+            machine.origin,
+            progress.command_started,
+            progress.results_home,
+        ),
+    };
+    if let Some(why) = why {
+        printer.warn(&format!("{}: {why}", machine.instance.id));
+    }
+    let ended = {
+        let _notes = NoteSignals::start(interrupt, printer);
+        end_of_life::apply(cloud, store, &machine.instance, action, printer).await
+    };
+    for conflict in &progress.conflicts {
+        printer.warn(&format!(
+            "{} changed both here and on the instance: kept yours, and saved the instance's as {}",
+            conflict.path.display(),
+            conflict.saved_as.display()
+        ));
+    }
+    let fate = match (&ended, action) {
+        (Err(_), _) => "end of life failed",
+        (Ok(()), EndOfLife::Terminate) => "terminated",
+        (Ok(()), EndOfLife::Stop) => "stopped",
+        (Ok(()), EndOfLife::Leave) => "left running",
+    };
+    printer.info(&format!(
+        "{} ({}, {}): {}, {fate}",
+        machine.instance.id,
+        machine.instance.instance_type,
+        cloud.region,
+        format_duration(started.elapsed()),
+    ));
+    match (interrupted, work, ended) {
+        (Some(signal), _, Err(end)) => {
+            printer.error(&end);
+            Err(Interrupted(signal).into())
+        }
+        (Some(signal), _, Ok(())) => Err(Interrupted(signal).into()),
+        (None, _, Err(end)) => Err(end),
+        (None, Err(reported), Ok(())) => Err(reported.into()),
+        (None, Ok(()), Ok(())) => Ok(progress.exit.map_or(255, |exit| exit.code())),
+    }
+}
+
+/// Once the command is over, a signal cannot cut the run short without losing results or
+/// leaving an instance running: say so rather than ignore it silently.
+struct NoteSignals(tokio::task::JoinHandle<()>);
+
+impl NoteSignals {
+    fn start(interrupt: &Interrupt, printer: &Printer) -> NoteSignals {
+        let mut interrupt = interrupt.only_new();
+        let printer = printer.clone();
+        NoteSignals(tokio::spawn(async move {
+            loop {
+                let (_, signal) = interrupt.next().await;
+                printer.warn(&format!(
+                    "{signal}: finishing first, so that nothing is lost or left running"
+                ));
+            }
+        }))
+    }
+}
+
+impl Drop for NoteSignals {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The instance, reached: where its sshd is, the session, and the remote directory's path.
+struct Reached {
+    target: Target,
+    session: Arc<Session>,
+    remote_dir: RemoteDir,
+}
+
+/// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
+/// makes sure the remote directory exists.
+async fn reach(scene: &Scene<'_>) -> Result<Reached> {
+    let Scene {
+        plan,
+        interrupt,
+        printer,
+        ..
+    } = *scene;
+    let deadline = Instant::now() + plan.boot_timeout;
+    let target = interrupt
+        .cancel(wait_for_ssh_target(scene, deadline))
+        .await?;
+    let session = interrupt
+        .cancel(connect(&target, deadline, printer))
+        .await?;
+    let pwd = session
+        .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
+        .await?;
+    // The last line: a chatty shell profile may print before `pwd` does.
+    let remote_dir =
+        RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
+            format!(
+                "the instance did not report the path of {}: check --remote-dir",
+                plan.remote_dir
+            )
+        })?;
+    Ok(Reached {
+        target,
+        session,
+        remote_dir,
+    })
+}
+
+/// Waits until the instance runs and says where its sshd is.
+async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Target> {
+    let Scene {
+        cloud,
+        plan,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    let id = &machine.instance.id;
+    let phase = printer.phase(format!("waiting for {id} to run"));
+    let running = cloud.wait_until(id, State::Running, deadline).await?;
+    let address = match &plan.connect {
+        Some(address) => address.clone(),
+        None => HostPort {
+            host: running
+                .address()
+                .with_context(|| {
+                    format!("{id} has no IP address: pass --connect HOST:PORT (e.g. an SSM tunnel)")
+                })?
+                .to_string(),
+            port: 22,
+        },
+    };
+    phase.done(format!("{id} is running"));
+    Ok(Target {
+        address,
+        user: machine.user.clone(),
+        keys: machine.keys.clone(),
+    })
+}
+
+async fn connect(target: &Target, deadline: Instant, printer: &Printer) -> Result<Arc<Session>> {
+    let phase = printer.phase(format!("connecting to {}@{}", target.user, target.address));
+    let session = Session::connect(target, deadline, &phase).await?;
+    phase.done(format!("connected to {}@{}", target.user, target.address));
+    Ok(Arc::new(session))
+}
+
+/// The session to go on with: the same one, or a new one if it dropped (a network change),
+/// unless the instance stopped under the run.
+async fn reconnect_if_closed(
+    scene: &Scene<'_>,
+    target: &Target,
+    session: Arc<Session>,
+) -> Result<Arc<Session>> {
+    if !session.is_closed() {
+        return Ok(session);
+    }
+    if let Some(gone) = stopped_under_the_run(scene.cloud, &scene.machine.instance.id).await {
+        return Err(gone);
+    }
+    let deadline = Instant::now() + scene.plan.reconnect_timeout;
+    connect(target, deadline, scene.printer).await
+}
+
+/// Why the connection went away, when it is because the instance stopped (a shutdown from
+/// inside it) or was terminated.
+async fn stopped_under_the_run(cloud: &Cloud, id: &str) -> Option<anyhow::Error> {
+    match cloud.instance(id).await.ok()?.state {
+        State::Stopping | State::Stopped => Some(anyhow::anyhow!(
+            "{id} stopped under the run (shut down from inside it?); its disk, with the results, \
+             is kept: run `ssh-ec2 true` here to start it and bring them home"
+        )),
+        State::ShuttingDown | State::Terminated => Some(anyhow::anyhow!(
+            "{id} was terminated under the run: what was only on it is lost"
+        )),
+        State::Pending | State::Running => None,
+    }
+}
+
+fn rsync<'a>(
+    plan: &'a Plan,
+    session: &Arc<Session>,
+    remote_dir: &RemoteDir,
+    printer: &'a Printer,
+    instance_id: &'a str,
+) -> Result<Rsync<'a>> {
+    let sync = plan
+        .sync
+        .as_ref()
+        .context("rsync asked for with --no-rsync")?;
+    Rsync::new(
+        sync,
+        &plan.local_dir,
+        remote_dir,
+        session.clone(),
+        &plan.socket_dir,
+        printer,
+        instance_id,
+    )
+}
+
+/// The final pull, once the command has ended; a pull cut by the instance stopping says so.
+async fn pull_results(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<()> {
+    let Scene {
+        cloud,
+        plan,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    if plan.sync.is_none() {
+        return Ok(());
+    }
+    let id = &machine.instance.id;
+    let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
+    let pulled = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?
+        .pull(manifest, &mut progress.conflicts)
+        .await;
+    match pulled {
+        Ok(()) => {
+            phase.done("pulled results back");
+            Ok(())
+        }
+        Err(e) if reached.session.is_closed() => {
+            Err(stopped_under_the_run(cloud, id).await.unwrap_or(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the `-L`/`-R` forwards on `session`, for as long as the result lives.
+async fn open_forwards(
+    session: &Arc<Session>,
+    plan: &Plan,
+    printer: &Printer,
+    first_time: bool,
+) -> Result<Forwarding> {
+    let forwarding = session
+        .forward(&plan.local_forwards, &plan.remote_forwards)
+        .await?;
+    if first_time {
+        for forward in &plan.local_forwards {
+            printer.info(&format!("forwarding -L {}", forward.spec));
+        }
+        for forward in &plan.remote_forwards {
+            printer.info(&format!("forwarding -R {forward}"));
+        }
+    }
+    Ok(forwarding)
+}
+
+/// How following a job ended.
+enum Followed {
+    /// With the shell's status of the command.
+    Ended(i32),
+    /// The user detached (or a signal came): the job goes on.
+    Detached,
+}
+
+/// The job's state, from its record on the instance.
+async fn job_state(session: &Session, job: &Job) -> Result<JobState> {
+    let answer = session.run_captured(&job.status_command()).await?;
+    Job::parse_status(&answer).with_context(|| {
+        format!(
+            "cannot read the record of job {} on the instance",
+            job.name()
+        )
+    })
+}
+
+/// Follows a running job until it ends or the user detaches: attached through a PTY when
+/// `attach`, else by watching its record. A dropped connection is re-established (with the
+/// forwards) until the reconnect deadline; past it, the job goes on and the error says how to
+/// come back.
+async fn follow_job(
+    scene: &Scene<'_>,
+    reached: &mut Reached,
+    job: &Job,
+    multiplexer: Multiplexer,
+    attach: bool,
+) -> Result<Followed> {
+    let Scene {
+        plan,
+        machine,
+        interrupt,
+        printer,
+        ..
+    } = *scene;
+    let mut forwarding = Some(open_forwards(&reached.session, plan, printer, true).await?);
+    if attach {
+        printer.info(&format!(
+            "attaching to job {} ({} leaves it running)",
+            job.name(),
+            multiplexer.detach_keys()
+        ));
+    } else {
+        printer.info(&format!("waiting for job {} to end", job.name()));
+    }
+    let mut poll = Backoff::new(Duration::from_secs(5));
+    loop {
+        let watched = match attach {
+            true => run_command(
+                &reached.session,
+                &job.attach_command(multiplexer),
+                None,
+                true,
+                true,
+                interrupt,
+                printer,
+            )
+            .await
+            .map(drop),
+            false => {
+                interrupt
+                    .cancel(tokio::time::sleep(poll.next_delay()).map_ok())
+                    .await
+            }
+        };
+        if interrupt.first().is_some() {
+            return Ok(Followed::Detached);
+        }
+        let state = match watched {
+            Ok(()) => job_state(&reached.session, job).await,
+            Err(lost) => Err(lost),
+        };
+        match state {
+            Ok(JobState::Running(_)) if attach => return Ok(Followed::Detached),
+            Ok(JobState::Running(_)) => continue,
+            Ok(JobState::Ended(_, status)) => return Ok(Followed::Ended(status)),
+            Ok(JobState::Lost(_)) => bail!(
+                "job {} ended without an exit status (its {multiplexer} session was killed, or \
+                 the instance restarted)",
+                job.name()
+            ),
+            Ok(JobState::None) => bail!("the record of job {} is gone", job.name()),
+            Err(e) if !reached.session.is_closed() => return Err(e),
+            Err(_) => {}
+        }
+        // The connection dropped: the job goes on over there; come back to it.
+        drop(forwarding.take());
+        printer.warn("the connection to the instance was lost: reconnecting (the job goes on)");
+        let session = reconnect_if_closed(scene, &reached.target, reached.session.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "the job goes on on {}: come back with `ssh-ec2 --attach`, or `ssh-ec2 --finish` \
+                 to wait for it and bring its results home",
+                machine.instance.id
+            )
+        })?;
+        reached.session = session;
+        forwarding = Some(open_forwards(&reached.session, plan, printer, false).await?);
+    }
+}
+
+/// `sleep` as a fallible future, for `Interrupt::cancel`.
+trait MapOk: Future + Sized {
+    fn map_ok(self) -> impl Future<Output = Result<Self::Output>> {
+        async move { Ok(self.await) }
+    }
+}
+
+impl<F: Future> MapOk for F {}
+
+/// How to come back to a job that goes on.
+fn come_back_hint(machine: &Machine, job: &Job) -> String {
+    format!(
+        "job {} goes on on {}: `ssh-ec2 --attach` to watch it, `ssh-ec2 --finish` to wait for \
+         it, bring its results home and end the instance",
+        job.name(),
+        machine.instance.id
+    )
+}

@@ -1,0 +1,218 @@
+//! Jobs in tmux or screen that outlive the connection: --detach, --attach, --finish, a
+//! foreground --multi run, a killed client, a dropped connection. Driven through a real
+//! terminal (a tmux pane of the test's own) where a person would use one.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{Pane, Project, RUN_TIMEOUT, Run, TestCloud, state_of, wait_or_kill};
+
+/// A job that says it started, waits for the test's go, leaves a result and exits with 5.
+const JOB: &str = "echo job-started; while [ ! -e go ]; do sleep 0.1; done; \
+                   echo result > result.txt; exit 5";
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn go(project: &Project) {
+    std::fs::write(project.remote().join("go"), "").unwrap();
+}
+
+#[test]
+fn detach_then_attach_shows_the_job_and_detaching_leaves_it_then_finish_brings_its_status_and_results()
+ {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("job.sh", JOB);
+    let pane = Pane::shell(&project, &cloud);
+
+    pane.type_line("ssh-ec2 --detach 'sh job.sh'; echo \"detach=$?\"");
+    let screen = pane.wait_for("detach=0");
+    assert!(
+        screen.contains("ssh-ec2 --attach"),
+        "says how to come back\n{screen}"
+    );
+    assert!(screen.contains("ssh-ec2 --finish"), "{screen}");
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Running,
+        "the instance stays for the job"
+    );
+
+    pane.type_line("ssh-ec2 --attach; echo \"attach=$?\"");
+    pane.wait_for("job-started");
+    pane.tmux(&["send-keys", "C-b", "d"]);
+    pane.wait_for("attach=0");
+    assert!(
+        !project.remote().join("result.txt").exists(),
+        "the job goes on"
+    );
+
+    pane.type_line("ssh-ec2 --finish; echo \"finish=$?\"");
+    pane.wait_for("job-started");
+    go(&project);
+    // The job's exit status.
+    let screen = pane.wait_for("finish=5");
+    assert_eq!(
+        project.read("result.txt").as_deref(),
+        Some("result\n"),
+        "{screen}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{screen}"
+    );
+}
+
+#[test]
+fn a_screen_job_finishes_without_a_terminal_and_a_second_detach_is_refused_while_it_runs() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("job.sh", JOB);
+
+    let detached =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["--multi", "screen", "--detach", "sh job.sh"]),
+        );
+    detached.assert_code(0);
+    assert!(detached.stderr.contains("in screen"), "{detached}");
+
+    let again = Run::of(project.ssh_ec2(&cloud).args(["--detach", "true"]));
+    again.assert_code(255);
+    assert!(
+        again.stderr.contains("still runs") && again.stderr.contains("ssh-ec2 --finish"),
+        "{again}"
+    );
+
+    go(&project);
+    let finished = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
+    finished.assert_code(5);
+    assert_eq!(
+        project.read("result.txt").as_deref(),
+        Some("result\n"),
+        "{finished}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{finished}"
+    );
+}
+
+#[test]
+fn a_killed_client_leaves_the_job_running_and_finish_later_brings_its_status() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("job.sh", JOB);
+
+    let child = project
+        .ssh_ec2(&cloud)
+        .args(["--multi", "tmux", "sh job.sh"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the job to start", || {
+        project.remote().join("job.sh").exists()
+            && cloud
+                .instances()
+                .iter()
+                .any(|i| state_of(i) == InstanceStateName::Running)
+            && std::fs::read_dir("/home/ubuntu/.ssh-ec2/jobs")
+                .map(|entries| entries.flatten().any(|e| e.path().join("started").exists()))
+                .unwrap_or(false)
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_or_kill(child, RUN_TIMEOUT);
+
+    go(&project);
+    let finished = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
+    finished.assert_code(5);
+    assert_eq!(
+        project.read("result.txt").as_deref(),
+        Some("result\n"),
+        "{finished}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{finished}"
+    );
+}
+
+#[test]
+fn a_dropped_connection_is_reestablished_and_the_job_ends_as_usual() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("job.sh", &format!("touch running; {JOB}"));
+
+    let child = project
+        .ssh_ec2(&cloud)
+        .args(["--multi", "tmux", "sh job.sh"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the job to start", || {
+        project.remote().join("running").exists()
+    });
+    assert!(
+        cloud.drop_connections() > 0,
+        "there was a connection to cut"
+    );
+    go(&project);
+    let run = Run::collect(child);
+    run.assert_code(5);
+    assert!(run.stderr.contains("reconnecting"), "{run}");
+    assert_eq!(
+        project.read("result.txt").as_deref(),
+        Some("result\n"),
+        "{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
+}
+
+#[test]
+fn attach_and_finish_without_a_job_or_an_instance_say_so_and_launch_nothing() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+
+    let finish = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
+    finish.assert_code(255);
+    assert!(finish.stderr.contains("has no instance"), "{finish}");
+    assert!(cloud.instances().is_empty(), "nothing launched\n{finish}");
+
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let pane = Pane::shell(&project, &cloud);
+    pane.type_line("ssh-ec2 --attach; echo \"attach=$?\"");
+    let screen = pane.wait_for("attach=255");
+    assert!(screen.contains("no job"), "{screen}");
+    let finish = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--finish", "--no-attach", "--stop"]),
+    );
+    finish.assert_code(255);
+    assert!(finish.stderr.contains("no job"), "{finish}");
+    assert_eq!(cloud.instances().len(), 1, "{finish}");
+    // Clean up what the test left running.
+    Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
+}
