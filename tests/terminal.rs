@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Pane, Project, TestCloud, quote, ssh_ec2_binary};
 
 #[test]
@@ -44,4 +46,39 @@ fn an_interactive_shell_gets_a_pty_and_the_terminal_is_restored() {
         "the local terminal is back in canonical mode:\n{screen}"
     );
     assert!(screen.contains("terminated"), "{screen}");
+}
+
+#[test]
+fn a_shell_gets_the_terminal_size_follows_resizes_and_tilde_dot_ends_it() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let pane = Pane::shell(&project, &cloud);
+
+    pane.type_line("ssh-ec2; echo \"exit=$?\"");
+    pane.wait_for("opening a shell in");
+    pane.type_line("echo \"size: $(stty size)\"");
+    pane.wait_for("size: 30 100");
+
+    pane.tmux(&["resize-window", "-x", "120", "-y", "40"]);
+    // The new size travels beside what is typed: ask until the shell sees it.
+    let resized = (0..20).any(|_| {
+        pane.type_line("echo \"size: $(stty size)\"");
+        pane.shows_within("size: 40 120", Duration::from_secs(1))
+            .is_ok()
+    });
+    assert!(
+        resized,
+        "the remote PTY follows the resize:\n{}",
+        pane.screen()
+    );
+
+    // ssh's escape, after a newline: hangs up on a session that would not end by itself.
+    pane.tmux(&["send-keys", "Enter"]);
+    pane.tmux(&["send-keys", "-l", "~."]);
+    let screen = pane.wait_for("exit=255");
+    assert!(screen.contains("~.: hanging up"), "{screen}");
+    assert!(
+        screen.contains("terminated"),
+        "nothing left running:\n{screen}"
+    );
 }

@@ -77,6 +77,8 @@ pub async fn run_command(
     let (mut from_remote, to_remote) = channel.split();
     let to_remote = std::sync::Arc::new(to_remote);
 
+    // `~.` typed on a terminal: hang up, as ssh does.
+    let (escaped, mut escape_hang_up) = tokio::sync::oneshot::channel::<()>();
     let stdin_task = tokio::spawn({
         let to_remote = to_remote.clone();
         async move {
@@ -84,8 +86,28 @@ pub async fn run_command(
                 let _ = to_remote.eof().await;
                 return;
             }
-            if to_remote.data(tokio::io::stdin()).await.is_err() {
+            if !pty {
+                if to_remote.data(tokio::io::stdin()).await.is_ok() {
+                    let _ = to_remote.eof().await;
+                }
                 return;
+            }
+            let mut stdin = tokio::io::stdin();
+            let mut escapes = Escapes::default();
+            let mut buffer = vec![0; 4096];
+            loop {
+                let read = match tokio::io::AsyncReadExt::read(&mut stdin, &mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                let (forward, hang_up) = escapes.filter(&buffer[..read]);
+                if !forward.is_empty() && to_remote.data(&forward[..]).await.is_err() {
+                    return;
+                }
+                if hang_up {
+                    let _ = escaped.send(());
+                    return;
+                }
             }
             let _ = to_remote.eof().await;
         }
@@ -113,6 +135,7 @@ pub async fn run_command(
     let mut exit = None;
     let mut hung_up = false;
     let (mut stdout_open, mut stderr_open) = (true, true);
+    let mut stdin_done = false;
     loop {
         tokio::select! {
             message = from_remote.wait() => match message {
@@ -153,6 +176,16 @@ pub async fn run_command(
                 Some(_) => {}
                 None => break,
             },
+            escape = &mut escape_hang_up, if !stdin_done => {
+                // Also when stdin ended without one: a oneshot is polled once.
+                stdin_done = true;
+                if escape.is_ok() {
+                    printer.warn("~.: hanging up on the remote command");
+                    hung_up = true;
+                    let _ = to_remote.close().await;
+                    break;
+                }
+            }
             (count, signal) = interrupts.next() => {
                 if count == 1 && signal != Signal::HangUp {
                     printer.warn(&format!(
@@ -188,4 +221,71 @@ pub async fn run_command(
 async fn write_now(to: &mut (impl AsyncWriteExt + Unpin), data: &[u8]) -> std::io::Result<()> {
     to.write_all(data).await?;
     to.flush().await
+}
+
+/// ssh's escapes on a terminal: `~` right after a newline (or first) starts one; `~.` hangs up,
+/// `~~` sends one `~`; `~` before anything else is sent as typed.
+struct Escapes {
+    at_line_start: bool,
+    tilde_pending: bool,
+}
+
+impl Default for Escapes {
+    fn default() -> Self {
+        Escapes {
+            at_line_start: true,
+            tilde_pending: false,
+        }
+    }
+}
+
+impl Escapes {
+    /// What to send of `input`, and whether `~.` asked to hang up (what follows it is dropped).
+    fn filter(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(input.len());
+        for &byte in input {
+            if self.tilde_pending {
+                self.tilde_pending = false;
+                match byte {
+                    b'.' => return (out, true),
+                    b'~' => {
+                        out.push(b'~');
+                        self.at_line_start = false;
+                        continue;
+                    }
+                    _ => out.push(b'~'),
+                }
+            } else if self.at_line_start && byte == b'~' {
+                self.tilde_pending = true;
+                continue;
+            }
+            out.push(byte);
+            self.at_line_start = matches!(byte, b'\r' | b'\n');
+        }
+        (out, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_act_only_after_a_newline() {
+        let mut escapes = Escapes::default();
+        assert_eq!(escapes.filter(b"a~.b"), (b"a~.b".to_vec(), false));
+        assert_eq!(escapes.filter(b"\r~~x"), (b"\r~x".to_vec(), false));
+        assert_eq!(escapes.filter(b"\r~"), (b"\r".to_vec(), false), "held back");
+        assert_eq!(
+            escapes.filter(b"y"),
+            (b"~y".to_vec(), false),
+            "then sent as typed"
+        );
+        assert_eq!(escapes.filter(b"\n~.rest"), (b"\n".to_vec(), true));
+        assert_eq!(
+            Escapes::default().filter(b"~."),
+            (Vec::new(), true),
+            "first thing typed"
+        );
+    }
 }

@@ -625,16 +625,21 @@ impl Pane {
 
     /// Waits until the pane shows `text`.
     pub fn wait_for(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.shows_within(text, Duration::from_secs(60))
+            .unwrap_or_else(|screen| panic!("the pane never showed `{text}`:\n{screen}"))
+    }
+
+    /// The screen once it shows `text`, or the last screen seen after `timeout`.
+    pub fn shows_within(&self, text: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
         loop {
             let screen = self.screen();
             if screen.contains(text) {
-                return screen;
+                return Ok(screen);
             }
-            assert!(
-                Instant::now() < deadline,
-                "the pane never showed `{text}`:\n{screen}"
-            );
+            if Instant::now() >= deadline {
+                return Err(screen);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
