@@ -30,7 +30,9 @@ fn http_get(port: u16, path: &str) -> String {
             Ok::<_, std::io::Error>(answer)
         })();
         match attempt {
-            Ok(answer) if answer.starts_with("HTTP/1.0 200") => return answer,
+            Ok(answer) if answer.lines().next().is_some_and(|l| l.contains(" 200 ")) => {
+                return answer;
+            }
             other => {
                 assert!(
                     Instant::now() < deadline,
@@ -132,4 +134,50 @@ fn a_taken_local_port_is_refused_before_anything_is_launched() {
         "{run}"
     );
     assert!(cloud.instances().is_empty(), "nothing launched\n{run}");
+}
+
+#[test]
+fn a_real_jupyter_server_on_the_instance_answers_through_the_tunnel() {
+    let jupyter = "/opt/ssh-ec2-testbed/jupyter/bin/jupyter-server";
+    assert!(
+        std::path::Path::new(jupyter).exists(),
+        "{jupyter} is missing: run tests/testbed/install"
+    );
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let (local, remote) = (free_port(), free_port());
+
+    // The notebook recipe's shape, with ports of the test's own (laptop and instance share
+    // this machine's loopback here).
+    let mut child = project
+        .ssh_ec2(&cloud)
+        .args(["--stop", "-L", &format!("{local}:localhost:{remote}")])
+        .arg(format!(
+            "{jupyter} --no-browser --port {remote} --ServerApp.ip=127.0.0.1 \
+             --IdentityProvider.token=sesame > jupyter.log 2>&1 & echo ready; \
+             while [ ! -e done ]; do sleep 0.1; done; kill $!; wait"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+
+    // The URL Jupyter prints, with its token, on the laptop's end of the tunnel.
+    let answer = http_get(local, "/api/status?token=sesame");
+    std::fs::write(project.remote().join("done"), "").unwrap();
+    let status = wait_or_kill(child, RUN_TIMEOUT).expect("ssh-ec2 hung");
+    assert!(answer.contains("\"started\""), "{answer}");
+    assert_eq!(status.code(), Some(0));
+    let log = project.read("jupyter.log").unwrap_or_default();
+    assert!(
+        log.contains(&format!("http://127.0.0.1:{remote}/?token=")),
+        "Jupyter printed its URL:\n{log}"
+    );
+    // --stop, as the recipe: clean up.
+    Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
 }
