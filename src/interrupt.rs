@@ -122,6 +122,15 @@ impl Interrupt {
         }
     }
 
+    /// Sleeps, unless a signal comes first (or came already).
+    pub async fn sleep(&self, delay: std::time::Duration) -> anyhow::Result<()> {
+        self.cancel(async {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `work` unless a signal comes first (or came already).
     pub async fn cancel<T>(
         &self,

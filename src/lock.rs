@@ -1,24 +1,37 @@
-//! One run at a time per directory: two runs would share the directory's instance, and the
-//! first to finish would terminate it under the other.
+//! The directory's lock: held while a run finds or launches the instance and takes its lease
+//! on it, and while it decides the end of life, so that two runs never launch two instances
+//! for one directory, and the last one out sees every other run's lease.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
-/// Held for the whole run; the kernel releases it if ssh-ec2 dies.
+use crate::backoff::Backoff;
+use crate::interrupt::Interrupt;
+use crate::printer::Printer;
+
+/// Released when dropped; the kernel releases it if ssh-ec2 dies.
 pub struct DirLock {
     _held: Flock<File>,
 }
 
 impl DirLock {
-    pub fn acquire(state_dir: &Path, local_dir: &Path) -> Result<DirLock> {
+    /// Takes the lock, waiting (and saying so) while another run of this directory holds it;
+    /// a signal ends the wait when `interrupt` is given.
+    pub async fn wait(
+        state_dir: &Path,
+        local_dir: &Path,
+        printer: &Printer,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<DirLock> {
         let dir = state_dir.join("locks");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -26,35 +39,51 @@ impl DirLock {
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(lock_file_name(local_dir));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                // The holder's pid, for the message another run prints.
-                lock.set_len(0)?;
-                lock.rewind()?;
-                write!(lock, "{}", std::process::id())?;
-                Ok(DirLock { _held: lock })
-            }
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                bail!(
-                    "another ssh-ec2 run (pid {}) is using {} and its instance: wait for it to \
-                     finish, or stop it with Ctrl-C",
-                    holder.trim(),
-                    local_dir.display()
-                )
-            }
-            Err((_, errno)) => {
-                Err(errno).with_context(|| format!("cannot lock {}", path.display()))
+        let mut backoff = Backoff::new(Duration::from_millis(500));
+        let mut phase = None;
+        loop {
+            match try_lock(&path)? {
+                Ok(lock) => return Ok(lock),
+                Err(holder) => {
+                    phase.get_or_insert_with(|| {
+                        printer.phase(format!(
+                            "waiting for another ssh-ec2 run in this directory (pid {holder})"
+                        ))
+                    });
+                    let delay = backoff.next_delay();
+                    match interrupt {
+                        Some(interrupt) => interrupt.sleep(delay).await?,
+                        None => tokio::time::sleep(delay).await,
+                    }
+                }
             }
         }
+    }
+}
+
+/// The lock, or the pid of the run that holds it.
+fn try_lock(path: &PathBuf) -> Result<Result<DirLock, String>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            // The holder's pid, for the message another run prints.
+            lock.set_len(0)?;
+            lock.rewind()?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(Ok(DirLock { _held: lock }))
+        }
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Ok(Err(holder.trim().to_string()))
+        }
+        Err((_, errno)) => Err(errno).with_context(|| format!("cannot lock {}", path.display())),
     }
 }
 

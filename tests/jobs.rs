@@ -124,15 +124,22 @@ fn a_killed_client_leaves_the_job_running_and_finish_later_brings_its_status() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // This project's own job record (the instances of parallel tests share the remote home).
+    let name = project
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     wait_until("the job to start", || {
-        project.remote().join("job.sh").exists()
-            && cloud
-                .instances()
-                .iter()
-                .any(|i| state_of(i) == InstanceStateName::Running)
-            && std::fs::read_dir("/home/ubuntu/.ssh-ec2/jobs")
-                .map(|entries| entries.flatten().any(|e| e.path().join("started").exists()))
-                .unwrap_or(false)
+        std::fs::read_dir("/home/ubuntu/.ssh-ec2/jobs")
+            .map(|jobs| {
+                jobs.flatten().any(|job| {
+                    job.file_name().to_string_lossy().contains(&name)
+                        && job.path().join("started").exists()
+                })
+            })
+            .unwrap_or(false)
     });
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();

@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Progress, Scene, come_back_hint, end_of_run, follow_job, job_state, pull_results,
-    reach,
+    Followed, Presence, Progress, Scene, come_back_hint, end_of_run, follow_job, job_state,
+    pull_results, reach,
 };
 use crate::acquire;
 use crate::cloud::Cloud;
@@ -22,8 +22,9 @@ use crate::sync::Manifest;
 
 pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32> {
     let started = Instant::now();
-    let _lock = DirLock::acquire(&plan.state_dir, &plan.local_dir)?;
     let interrupt = Interrupt::install()?;
+    // Held until this run's lease is on the instance: a run that joins must see it.
+    let lock = DirLock::wait(&plan.state_dir, &plan.local_dir, printer, Some(&interrupt)).await?;
     let cloud = Cloud::connect(plan.region.as_deref()).await;
     let store = KeyStore::new(&plan.state_dir);
     // Never launches; a stopped instance is started to bring its results home.
@@ -37,11 +38,16 @@ pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32>
         printer,
     };
     let mut progress = Progress::default();
-    let work = work(&scene, attach && plan.pty, &mut progress).await;
+    let work = work(&scene, attach && plan.pty, lock, &mut progress).await;
     end_of_run(&scene, work, progress, started).await
 }
 
-async fn work(scene: &Scene<'_>, attach: bool, progress: &mut Progress) -> Result<()> {
+async fn work(
+    scene: &Scene<'_>,
+    attach: bool,
+    lock: DirLock,
+    progress: &mut Progress,
+) -> Result<()> {
     let Scene {
         store,
         machine,
@@ -49,6 +55,10 @@ async fn work(scene: &Scene<'_>, attach: bool, progress: &mut Progress) -> Resul
         ..
     } = *scene;
     let mut reached = reach(scene).await?;
+    progress.session = Some(reached.session.clone());
+    progress.presence =
+        Some(Presence::take(&reached.session, &Job::for_dir(&scene.plan.local_dir)).await?);
+    drop(lock);
     let job = Job::for_dir(&scene.plan.local_dir);
     let status = match job_state(&reached.session, &job).await? {
         JobState::None => bail!(
@@ -68,7 +78,9 @@ async fn work(scene: &Scene<'_>, attach: bool, progress: &mut Progress) -> Resul
         JobState::Running(multiplexer) => {
             // From here on, results of the job may be on the instance only.
             progress.command_started = true;
-            match follow_job(scene, &mut reached, &job, multiplexer, attach).await? {
+            let followed = follow_job(scene, &mut reached, &job, multiplexer, attach).await;
+            progress.session = Some(reached.session.clone());
+            match followed? {
                 Followed::Ended(status) => status,
                 Followed::Detached => {
                     progress.job_goes_on = true;
@@ -85,6 +97,5 @@ async fn work(scene: &Scene<'_>, attach: bool, progress: &mut Progress) -> Resul
     pull_results(scene, &reached, &mut manifest, progress).await?;
     progress.results_home = true;
     reached.session.run_captured(&job.forget_command()).await?;
-    reached.session.close().await;
     Ok(())
 }

@@ -20,9 +20,11 @@ use crate::config::{EndOfLife, HostPort, Sources};
 use crate::end_of_life;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;
+use crate::lock::DirLock;
 use crate::plan::{Host, Plan};
 use crate::printer::{Printer, format_duration};
 use crate::remote::job::{Job, JobState, Multiplexer};
+use crate::remote::lease::{self, Lease};
 use crate::remote::{self, RemoteDir};
 use crate::ssh::forward::Forwarding;
 use crate::ssh::{RemoteExit, Session, Target, run_command};
@@ -76,6 +78,48 @@ struct Progress {
     job_goes_on: bool,
     /// Files changed on both sides, whose instance version was saved beside them.
     conflicts: Vec<Conflict>,
+    /// This run's lease on the instance, once it reached it.
+    presence: Option<Presence>,
+    /// The last session to the instance, to drop the lease and see who else is there.
+    session: Option<Arc<Session>>,
+}
+
+/// This run's lease on the shared instance (see `remote::lease`), touched while it lives.
+struct Presence {
+    lease: Lease,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl Presence {
+    async fn take(session: &Arc<Session>, job: &Job) -> Result<Presence> {
+        let lease = Lease::new(job.name());
+        session.run_captured(&lease.take_command()).await?;
+        let renew = lease.renew_command();
+        let session = session.clone();
+        let renewing = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease::RENEW_EVERY).await;
+                if let Err(e) = session.run_captured(&renew).await {
+                    tracing::debug!("could not renew the lease: {e:#}");
+                }
+            }
+        });
+        Ok(Presence { lease, renewing })
+    }
+
+    /// Drops the lease; whether anyone else still uses the instance: another run's live
+    /// lease, or this directory's job still running.
+    async fn release(self, session: &Session, job: &Job) -> Result<bool> {
+        self.renewing.abort();
+        let answer = session.run_captured(&self.lease.release_command()).await?;
+        let others: u32 = answer
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .context("cannot count the other runs' leases on the instance")?;
+        let job_runs = matches!(job_state(session, job).await?, JobState::Running(_));
+        Ok(others > 0 || job_runs)
+    }
 }
 
 /// What a mode works with once this directory's instance is known.
@@ -103,6 +147,27 @@ async fn end_of_run(
         interrupt,
         printer,
     } = *scene;
+    // The last one out applies the end of life: the others' leases are read under the lock.
+    let _lock = DirLock::wait(&plan.state_dir, &plan.local_dir, printer, None).await?;
+    let mut progress = progress;
+    let shared = match (progress.presence.take(), progress.session.take()) {
+        (Some(presence), Some(session)) => {
+            let job = Job::for_dir(&plan.local_dir);
+            let shared = presence.release(&session, &job).await;
+            session.close().await;
+            Some(shared)
+        }
+        // Never reached the instance: nobody could join it meanwhile.
+        _ => None,
+    };
+    // A stopped instance runs nobody's work: its end of life cannot hurt another run.
+    let shared = match shared {
+        Some(Err(e)) => match stopped_under_the_run(cloud, &machine.instance.id).await {
+            Some(_) => None,
+            None => Some(Err(e)),
+        },
+        shared => shared,
+    };
     // Only a signal before the end of life cuts the run short; later ones change nothing.
     let interrupted = interrupt.first();
     let work = work.map_err(|e| {
@@ -112,14 +177,25 @@ async fn end_of_run(
         }
         AlreadyReported
     });
-    let (action, why) = match progress.job_goes_on {
-        true => (EndOfLife::Leave, None),
-        false => end_of_life::safe_action(
-            plan.end_of_life,
-            machine.origin,
-            progress.command_started,
-            progress.results_home,
+    let (action, why) = match (progress.job_goes_on, shared) {
+        (true, _) => (EndOfLife::Leave, None),
+        (false, Some(Ok(true))) => (
+            EndOfLife::Leave,
+            Some("another run of this directory (or its job) still uses it: leaving it running; the last one out applies the end of life".to_string()),
         ),
+        (false, Some(Err(e))) if plan.end_of_life != EndOfLife::Leave => (
+            EndOfLife::Leave,
+            Some(format!("could not check whether another run still uses it ({e:#}): leaving it running; `ssh-ec2 --terminate true` here ends it")),
+        ),
+        _ => {
+            let (action, why) = end_of_life::safe_action(
+                plan.end_of_life,
+                machine.origin,
+                progress.command_started,
+                progress.results_home,
+            );
+            (action, why.map(str::to_string))
+        }
     };
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
@@ -435,11 +511,7 @@ async fn follow_job(
             )
             .await
             .map(drop),
-            false => {
-                interrupt
-                    .cancel(tokio::time::sleep(poll.next_delay()).map_ok())
-                    .await
-            }
+            false => interrupt.sleep(poll.next_delay()).await,
         };
         if interrupt.first().is_some() {
             return Ok(Followed::Detached);
@@ -477,15 +549,6 @@ async fn follow_job(
         forwarding = Some(open_forwards(&reached.session, plan, printer, false).await?);
     }
 }
-
-/// `sleep` as a fallible future, for `Interrupt::cancel`.
-trait MapOk: Future + Sized {
-    fn map_ok(self) -> impl Future<Output = Result<Self::Output>> {
-        async move { Ok(self.await) }
-    }
-}
-
-impl<F: Future> MapOk for F {}
 
 /// How to come back to a job that goes on.
 fn come_back_hint(machine: &Machine, job: &Job) -> String {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Progress, Reached, Scene, come_back_hint, end_of_run, follow_job, job_state,
-    pull_results, reach, reconnect_if_closed, rsync,
+    Followed, Presence, Progress, Reached, Scene, come_back_hint, end_of_run, follow_job,
+    job_state, pull_results, reach, reconnect_if_closed, rsync,
 };
 use crate::acquire::acquire;
 use crate::backoff::Backoff;
@@ -28,8 +28,9 @@ use crate::sync::Manifest;
 
 pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<i32> {
     let started = Instant::now();
-    let _lock = DirLock::acquire(&plan.state_dir, &plan.local_dir)?;
     let interrupt = Interrupt::install()?;
+    // Held until this run's lease is on the instance: a run that joins must see it.
+    let lock = DirLock::wait(&plan.state_dir, &plan.local_dir, printer, Some(&interrupt)).await?;
     let cloud = Cloud::connect(plan.region.as_deref()).await;
     tracing::debug!(
         "run in {}: {}, image {:?}, remote dir {}, end of life {:?}, pty {}",
@@ -51,12 +52,17 @@ pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<i32> {
         printer,
     };
     let mut progress = Progress::default();
-    let work = work(&scene, detach, &mut progress).await;
+    let work = work(&scene, detach, lock, &mut progress).await;
     end_of_run(&scene, work, progress, started).await
 }
 
 /// Connect, sync up, run, pull back. `progress` records how far it got, even on error.
-async fn work(scene: &Scene<'_>, detach: bool, progress: &mut Progress) -> Result<()> {
+async fn work(
+    scene: &Scene<'_>,
+    detach: bool,
+    lock: DirLock,
+    progress: &mut Progress,
+) -> Result<()> {
     let Scene {
         plan,
         store,
@@ -66,6 +72,10 @@ async fn work(scene: &Scene<'_>, detach: bool, progress: &mut Progress) -> Resul
         ..
     } = *scene;
     let mut reached = reach(scene).await?;
+    progress.session = Some(reached.session.clone());
+    progress.presence =
+        Some(Presence::take(&reached.session, &Job::for_dir(&scene.plan.local_dir)).await?);
+    drop(lock);
     let job = Job::for_dir(&plan.local_dir);
     // Checked before anything is synced: a job needs its multiplexer, and one at a time.
     let multiplexer = match job_multiplexer(plan, detach) {
@@ -123,7 +133,11 @@ async fn work(scene: &Scene<'_>, detach: bool, progress: &mut Progress) -> Resul
     ));
     let followed = match detach {
         true => Followed::Detached,
-        false => follow_job(scene, &mut reached, &job, multiplexer, plan.pty).await?,
+        false => {
+            let followed = follow_job(scene, &mut reached, &job, multiplexer, plan.pty).await;
+            progress.session = Some(reached.session.clone());
+            followed?
+        }
     };
     match followed {
         Followed::Detached => {
@@ -137,7 +151,6 @@ async fn work(scene: &Scene<'_>, detach: bool, progress: &mut Progress) -> Resul
     pull_results(scene, &reached, &mut manifest, progress).await?;
     progress.results_home = true;
     reached.session.run_captured(&job.forget_command()).await?;
-    reached.session.close().await;
     Ok(())
 }
 
@@ -232,6 +245,7 @@ async fn run_directly(
         (Err(e), Err(lost)) => return Err(e.context(format!("{lost:#}"))),
         (Err(e), Ok(_)) => return Err(e),
     };
+    progress.session = Some(reached.session.clone());
     let pulled = pull_results(scene, &reached, manifest, progress).await;
     if let Err(e) = reached
         .session
@@ -240,7 +254,6 @@ async fn run_directly(
     {
         tracing::debug!("leaving the run's record on the instance: {e:#}");
     }
-    reached.session.close().await;
     progress.results_home = pulled.is_ok();
     ran?;
     pulled

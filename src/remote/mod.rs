@@ -2,6 +2,7 @@
 //! and the command line that runs the user's command there.
 
 pub mod job;
+pub mod lease;
 
 use std::fmt;
 use std::path::Path;
