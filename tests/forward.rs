@@ -2,12 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Project, RUN_TIMEOUT, Run, TestCloud, wait_or_kill};
+use common::{Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, wait_or_kill};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -52,22 +51,15 @@ fn local_forward_carries_http_to_a_server_on_the_instance() {
     let (local, remote) = (free_port(), free_port());
 
     // The command serves this directory until the test says it is done.
-    let mut child = project
-        .ssh_ec2(&cloud)
-        .args(["-L", &format!("{local}:localhost:{remote}")])
-        .arg(format!(
-            "python3 -m http.server {remote} --bind 127.0.0.1 >/dev/null 2>&1 & \
-             echo ready; while [ ! -e done ]; do sleep 0.1; done; kill $!"
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-L", &format!("{local}:localhost:{remote}")])
+            .arg(format!(
+                "python3 -m http.server {remote} --bind 127.0.0.1 >/dev/null 2>&1 & \
+                 echo ready; while [ ! -e done ]; do sleep 0.1; done; kill $!"
+            )),
+    );
 
     let answer = http_get(local, "/page.txt");
     std::fs::write(project.remote().join("done"), "").unwrap();
@@ -149,23 +141,16 @@ fn a_real_jupyter_server_on_the_instance_answers_through_the_tunnel() {
 
     // The notebook recipe's shape, with ports of the test's own (laptop and instance share
     // this machine's loopback here).
-    let mut child = project
-        .ssh_ec2(&cloud)
-        .args(["--stop", "-L", &format!("{local}:localhost:{remote}")])
-        .arg(format!(
-            "{jupyter} --no-browser --port {remote} --ServerApp.ip=127.0.0.1 \
-             --IdentityProvider.token=sesame > jupyter.log 2>&1 & echo ready; \
-             while [ ! -e done ]; do sleep 0.1; done; kill $!; wait"
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--stop", "-L", &format!("{local}:localhost:{remote}")])
+            .arg(format!(
+                "{jupyter} --no-browser --port {remote} --ServerApp.ip=127.0.0.1 \
+                 --IdentityProvider.token=sesame > jupyter.log 2>&1 & echo ready; \
+                 while [ ! -e done ]; do sleep 0.1; done; kill $!; wait"
+            )),
+    );
 
     // The URL Jupyter prints, with its token, on the laptop's end of the tunnel.
     let answer = http_get(local, "/api/status?token=sesame");

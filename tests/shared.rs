@@ -4,29 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{Project, RUN_TIMEOUT, Run, TestCloud, state_of, wait_or_kill};
+use common::{Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, state_of, wait_or_kill};
 
 /// Starts a run whose command says `ready` and then waits for the file `go` on the instance.
 fn start_waiting(cloud: &TestCloud, project: &Project) -> std::process::Child {
-    let mut child = project
-        .ssh_ec2(cloud)
-        .arg("echo ready; while [ ! -e go ]; do sleep 0.1; done; echo first > first.txt")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n", "the first run's command did not start");
-    child
+    let command = "echo ready; while [ ! -e go ]; do sleep 0.1; done; echo first > first.txt";
+    start_until_ready(project.ssh_ec2(cloud).arg(command))
 }
 
 #[test]

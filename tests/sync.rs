@@ -4,14 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{Project, RUN_TIMEOUT, Run, TestCloud, instance_id, state_of, wait_or_kill};
+use common::{
+    Project, RUN_TIMEOUT, Run, TestCloud, instance_id, start_until_ready, state_of, wait_or_kill,
+};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
@@ -27,25 +28,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Starts ssh-ec2 with piped output and waits for the remote command's first line.
-fn start(
-    command: &mut std::process::Command,
-) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    use std::os::unix::process::CommandExt;
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "the remote command did not start");
-    (child, stdout)
 }
 
 /// Waits for the end of a started run and returns its exit status and stderr.
@@ -68,7 +50,7 @@ fn a_file_changed_on_both_sides_keeps_both_versions_and_the_conflict_is_listed()
     project.write("untouched.txt", "same\n");
 
     // The instance rewrites notes.txt, then waits while the user edits it here.
-    let (child, _stdout) = start(project.ssh_ec2(&cloud).arg(
+    let child = start_until_ready(project.ssh_ec2(&cloud).arg(
         "echo remote > notes.txt; echo remote > untouched.txt; echo ready; \
          while [ ! -e edited ]; do sleep 0.05; done",
     ));
@@ -330,10 +312,10 @@ fn a_closed_stdout_tells_the_command_and_the_run_still_ends_as_usual() {
     let project = Project::new();
 
     // Like `ssh-ec2 … | head -1`: the reader goes away after the first line.
-    let (child, stdout) = start(project.ssh_ec2(&cloud).arg(
+    let mut child = start_until_ready(project.ssh_ec2(&cloud).arg(
         "echo ready; seq 1 100000000 || echo \"seq:$?\" > seq.txt; echo done > after.txt; exit 3",
     ));
-    drop(stdout);
+    drop(child.stdout.take());
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(3), "the command's own status\n{stderr}");
     assert_eq!(
@@ -361,7 +343,7 @@ fn after_a_hang_up_the_command_is_ended_before_the_pull() {
 
     // It writes a last result when it is told to end: that must come home too. (Its output is
     // gone with the hang-up, as with ssh: it ignores SIGPIPE to outlive its shell's messages.)
-    let (child, _stdout) = start(project.ssh_ec2(&cloud).arg(
+    let child = start_until_ready(project.ssh_ec2(&cloud).arg(
         "trap '' PIPE; trap 'echo last > last.txt; exit 0' TERM; echo ready; \
          while :; do sleep 0.2; done",
     ));
@@ -389,7 +371,7 @@ fn an_instance_shut_down_from_inside_is_said_and_its_results_come_home_later() {
     let cloud = TestCloud::start();
     let project = Project::new();
 
-    let (child, _stdout) = start(
+    let child = start_until_ready(
         project
             .ssh_ec2(&cloud)
             .arg("echo result > result.txt; echo ready; sleep 60"),

@@ -3,11 +3,8 @@
 
 use anyhow::{Result, bail};
 
-use super::{Followed, Scene, come_back_hint, follow_job, job_state, reach};
+use super::{Followed, Ground, come_back_hint, follow_job, job_state, reach};
 use crate::acquire;
-use crate::cloud::Cloud;
-use crate::interrupt::Interrupt;
-use crate::keys::KeyStore;
 use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
@@ -19,19 +16,10 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
              --no-attach` waits for the job instead"
         );
     }
-    let interrupt = Interrupt::install()?;
-    let cloud = Cloud::connect(plan.region.as_deref()).await;
-    let store = KeyStore::new(&plan.state_dir);
+    let ground = Ground::open(plan).await?;
     // Never launches, and leaves a stopped instance stopped: no job runs there.
-    let machine = acquire::find(&cloud, plan, &store, printer, false).await?;
-    let scene = Scene {
-        cloud: &cloud,
-        plan,
-        store: &store,
-        machine: &machine,
-        interrupt: &interrupt,
-        printer,
-    };
+    let machine = acquire::find(&ground.cloud, plan, &ground.store, printer, false).await?;
+    let scene = ground.scene(plan, &machine, printer);
     let mut reached = reach(&scene).await?;
     let job = Job::for_dir(&plan.local_dir);
     let multiplexer = match job_state(&reached.session, &job).await? {

@@ -6,13 +6,10 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Presence, Progress, Scene, come_back_hint, end_of_run, follow_job, job_state,
+    Followed, Ground, Presence, Progress, Scene, come_back_hint, end_of_run, follow_job, job_state,
     pull_results, reach,
 };
 use crate::acquire;
-use crate::cloud::Cloud;
-use crate::interrupt::Interrupt;
-use crate::keys::KeyStore;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -22,21 +19,12 @@ use crate::sync::Manifest;
 
 pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32> {
     let started = Instant::now();
-    let interrupt = Interrupt::install()?;
+    let ground = Ground::open(plan).await?;
     // Held until this run's lease is on the instance: a run that joins must see it.
-    let lock = DirLock::wait(&plan.state_dir, &plan.local_dir, printer, Some(&interrupt)).await?;
-    let cloud = Cloud::connect(plan.region.as_deref()).await;
-    let store = KeyStore::new(&plan.state_dir);
+    let lock = ground.lock(plan, printer).await?;
     // Never launches; a stopped instance is started to bring its results home.
-    let machine = acquire::find(&cloud, plan, &store, printer, true).await?;
-    let scene = Scene {
-        cloud: &cloud,
-        plan,
-        store: &store,
-        machine: &machine,
-        interrupt: &interrupt,
-        printer,
-    };
+    let machine = acquire::find(&ground.cloud, plan, &ground.store, printer, true).await?;
+    let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = work(&scene, attach && plan.pty, lock, &mut progress).await;
     end_of_run(&scene, work, progress, started).await

@@ -122,6 +122,50 @@ impl Presence {
     }
 }
 
+/// What every mode opens before it knows the instance: signal handling, AWS, the keys.
+struct Ground {
+    interrupt: Interrupt,
+    cloud: Cloud,
+    store: KeyStore,
+}
+
+impl Ground {
+    async fn open(plan: &Plan) -> Result<Ground> {
+        Ok(Ground {
+            interrupt: Interrupt::install()?,
+            cloud: Cloud::connect(plan.region.as_deref()).await,
+            store: KeyStore::new(&plan.state_dir),
+        })
+    }
+
+    /// Takes the directory's lock, waiting for another run's (Ctrl-C ends the wait).
+    async fn lock(&self, plan: &Plan, printer: &Printer) -> Result<DirLock> {
+        DirLock::wait(
+            &plan.state_dir,
+            &plan.local_dir,
+            printer,
+            Some(&self.interrupt),
+        )
+        .await
+    }
+
+    fn scene<'a>(
+        &'a self,
+        plan: &'a Plan,
+        machine: &'a Machine,
+        printer: &'a Printer,
+    ) -> Scene<'a> {
+        Scene {
+            cloud: &self.cloud,
+            plan,
+            store: &self.store,
+            machine,
+            interrupt: &self.interrupt,
+            printer,
+        }
+    }
+}
+
 /// What a mode works with once this directory's instance is known.
 struct Scene<'a> {
     cloud: &'a Cloud,

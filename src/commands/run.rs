@@ -8,16 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Presence, Progress, Reached, Scene, come_back_hint, end_of_run, follow_job,
+    Followed, Ground, Presence, Progress, Reached, Scene, come_back_hint, end_of_run, follow_job,
     job_state, pull_results, reach, reconnect_if_closed, rsync,
 };
 use crate::acquire::acquire;
 use crate::backoff::Backoff;
-use crate::cloud::Cloud;
 use crate::config::Multiplex;
 use crate::end_of_life::Origin;
-use crate::interrupt::Interrupt;
-use crate::keys::KeyStore;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -28,29 +25,27 @@ use crate::sync::Manifest;
 
 pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<i32> {
     let started = Instant::now();
-    let interrupt = Interrupt::install()?;
+    let ground = Ground::open(plan).await?;
     // Held until this run's lease is on the instance: a run that joins must see it.
-    let lock = DirLock::wait(&plan.state_dir, &plan.local_dir, printer, Some(&interrupt)).await?;
-    let cloud = Cloud::connect(plan.region.as_deref()).await;
+    let lock = ground.lock(plan, printer).await?;
     tracing::debug!(
         "run in {}: {}, image {:?}, remote dir {}, end of life {:?}, pty {}",
-        cloud.region,
+        ground.cloud.region,
         plan.launch.instance_type,
         plan.launch.image,
         plan.remote_dir,
         plan.end_of_life,
         plan.pty
     );
-    let store = KeyStore::new(&plan.state_dir);
-    let machine = acquire(&cloud, plan, &store, printer, &interrupt).await?;
-    let scene = Scene {
-        cloud: &cloud,
+    let machine = acquire(
+        &ground.cloud,
         plan,
-        store: &store,
-        machine: &machine,
-        interrupt: &interrupt,
+        &ground.store,
         printer,
-    };
+        &ground.interrupt,
+    )
+    .await?;
+    let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = work(&scene, detach, lock, &mut progress).await;
     end_of_run(&scene, work, progress, started).await

@@ -31,9 +31,14 @@ impl Lease {
         format!("{}/{}", self.dir(), self.token)
     }
 
-    /// `$PPID`: the sshd process serving this connection.
+    /// `$PPID`, the sshd process serving this connection, with its start time: a pid alone
+    /// may be another process's after a restart.
     pub fn take_command(&self) -> String {
-        format!("mkdir -p {} && echo $PPID > {}", self.dir(), self.path())
+        format!(
+            "mkdir -p {} && echo \"$PPID $({STARTED} $PPID)\" > {}",
+            self.dir(),
+            self.path()
+        )
     }
 
     pub fn renew_command(&self) -> String {
@@ -45,10 +50,16 @@ impl Lease {
     pub fn release_command(&self) -> String {
         format!(
             "rm -f {path}; n=0; for f in {dir}/*; do [ -f \"$f\" ] || continue; \
-             if [ -n \"$(find \"$f\" -mmin -{EXPIRES_AFTER_MINUTES})\" ] && kill -0 \"$(cat \"$f\")\" 2>/dev/null; \
+             read pid started < \"$f\"; \
+             if [ -n \"$started\" ] && [ -n \"$(find \"$f\" -mmin -{EXPIRES_AFTER_MINUTES})\" ] && \
+             [ \"$({STARTED} \"$pid\")\" = \"$started\" ]; \
              then n=$((n+1)); else rm -f \"$f\"; fi; done; echo $n",
             path = self.path(),
             dir = self.dir()
         )
     }
 }
+
+/// A shell function call's prefix printing when process $1 started (field 22 of its stat,
+/// counted after the command name, which may hold spaces); nothing if it is gone.
+const STARTED: &str = "f() { sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -d' ' -f20; }; f";

@@ -502,6 +502,29 @@ pub fn ssh_ec2_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ssh-ec2"))
 }
 
+/// Starts a run (stdin closed, output piped, in a process group of its own like a shell job)
+/// whose remote command prints `ready` first, and waits for that line.
+pub fn start_until_ready(command: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("cannot start ssh-ec2");
+    let mut stdout = child.stdout.take().unwrap();
+    // Byte by byte: nothing after the line may be taken from the pipe.
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while line.last() != Some(&b'\n') && std::io::Read::read(&mut stdout, &mut byte).unwrap() == 1 {
+        line.push(byte[0]);
+    }
+    assert_eq!(line, b"ready\n", "the remote command did not start");
+    child.stdout = Some(stdout);
+    child
+}
+
 /// The stdout and stderr of a finished run, as text, for assertion messages.
 pub struct Run {
     pub code: Option<i32>,
