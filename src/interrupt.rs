@@ -1,4 +1,4 @@
-//! Ctrl-C, `kill` and a closed terminal (SIGINT, SIGTERM, SIGHUP). Once installed, they no
+//! Ctrl-C, `kill` and a closed terminal (SIGINT, SIGTERM, SIGHUP; SIGQUIT like SIGTERM). Once installed, they no
 //! longer kill ssh-ec2 outright: each phase decides what they mean (cancel before the command,
 //! pass them on during it, finish bringing results home and the end of life after it), so an
 //! instance is never leaked by a signal.
@@ -13,6 +13,7 @@ pub enum Signal {
     Interrupt,
     Terminate,
     HangUp,
+    Quit,
 }
 
 impl Signal {
@@ -21,6 +22,7 @@ impl Signal {
         match self {
             Signal::HangUp => 129,
             Signal::Interrupt => 130,
+            Signal::Quit => 131,
             Signal::Terminate => 143,
         }
     }
@@ -31,6 +33,7 @@ impl Signal {
             Signal::Interrupt => russh::Sig::INT,
             Signal::Terminate => russh::Sig::TERM,
             Signal::HangUp => russh::Sig::HUP,
+            Signal::Quit => russh::Sig::QUIT,
         }
     }
 }
@@ -41,6 +44,7 @@ impl fmt::Display for Signal {
             Signal::Interrupt => "Ctrl-C",
             Signal::Terminate => "SIGTERM",
             Signal::HangUp => "SIGHUP",
+            Signal::Quit => "SIGQUIT",
         })
     }
 }
@@ -56,6 +60,8 @@ struct Received {
 #[derive(Clone)]
 pub struct Interrupt {
     received: watch::Receiver<Received>,
+    /// Signals before this view was made, which `until_count` does not count.
+    baseline: u32,
 }
 
 /// The error of a run cut short by a signal; `main` turns it into 128 + the signal number.
@@ -77,6 +83,7 @@ impl Interrupt {
             (SignalKind::interrupt(), Signal::Interrupt),
             (SignalKind::terminate(), Signal::Terminate),
             (SignalKind::hangup(), Signal::HangUp),
+            (SignalKind::quit(), Signal::Quit),
         ] {
             let mut stream = signal(kind)?;
             let sender = sender.clone();
@@ -90,7 +97,21 @@ impl Interrupt {
                 }
             });
         }
-        Ok(Interrupt { received })
+        Ok(Interrupt {
+            received,
+            baseline: 0,
+        })
+    }
+
+    /// Waits until `count` signals came, counted from when this view was made (`only_new`);
+    /// returns the last one.
+    pub async fn until_count(&self, count: u32) -> Signal {
+        let mut received = self.received.clone();
+        let wanted = self.baseline + count;
+        match received.wait_for(|r| r.count >= wanted).await {
+            Ok(r) => r.last.unwrap_or(Signal::Interrupt),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// The first signal received, if any.
@@ -102,16 +123,21 @@ impl Interrupt {
     pub fn only_new(&self) -> Interrupt {
         let mut received = self.received.clone();
         received.mark_unchanged();
-        Interrupt { received }
+        let baseline = received.borrow().count;
+        Interrupt { received, baseline }
     }
 
-    /// Waits for the next signal; returns how many there have been, and which it was.
+    /// Waits for the next signal; returns how many there have been (since this view was made),
+    /// and which it was.
     pub async fn next(&mut self) -> (u32, Signal) {
         if self.received.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
         let received = *self.received.borrow_and_update();
-        (received.count, received.last.unwrap_or(Signal::Interrupt))
+        (
+            received.count - self.baseline,
+            received.last.unwrap_or(Signal::Interrupt),
+        )
     }
 
     /// Fails with [`Interrupted`] if a signal came already.

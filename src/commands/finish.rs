@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Ground, Presence, Progress, Scene, come_back_hint, end_of_run, follow_job, job_state,
-    pull_results, reach,
+    Followed, Ground, NoteSignals, Presence, Progress, Scene, come_back_hint, end_of_run,
+    follow_job, job_state, pull_results, reach,
 };
 use crate::acquire;
 use crate::lock::DirLock;
@@ -82,7 +82,9 @@ async fn work(
     progress.command_started = true;
     progress.exit = Some(RemoteExit::Status(status as u32));
     let mut manifest = Manifest::load(&store.manifest_path(&machine.instance.id));
-    pull_results(scene, &reached, &mut manifest, progress).await?;
+    let _notes = NoteSignals::start(scene.interrupt, printer);
+    let after_job = scene.interrupt.only_new();
+    pull_results(scene, &reached, &mut manifest, progress, &after_job).await?;
     progress.results_home = true;
     reached.session.run_captured(&job.forget_command()).await?;
     Ok(())

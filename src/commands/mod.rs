@@ -280,6 +280,9 @@ async fn end_of_run(
     }
 }
 
+/// How many signals after the command give up the pull.
+const SKIP_THE_PULL: u32 = 2;
+
 /// Once the command is over, a signal cannot cut the run short without losing results or
 /// leaving an instance running: say so rather than ignore it silently.
 struct NoteSignals(tokio::task::JoinHandle<()>);
@@ -290,9 +293,13 @@ impl NoteSignals {
         let printer = printer.clone();
         NoteSignals(tokio::spawn(async move {
             loop {
-                let (_, signal) = interrupt.next().await;
+                let (count, signal) = interrupt.next().await;
+                let again = match count < SKIP_THE_PULL {
+                    true => "; again to skip the pull (the instance is then stopped)",
+                    false => "",
+                };
                 printer.warn(&format!(
-                    "{signal}: finishing first, so that nothing is lost or left running"
+                    "{signal}: finishing first, so that nothing is lost or left running{again}"
                 ));
             }
         }))
@@ -440,11 +447,13 @@ fn rsync<'a>(
 }
 
 /// The final pull, once the command has ended; a pull cut by the instance stopping says so.
+/// `after_command` sees the signals since the command ended: the second one gives up the pull.
 async fn pull_results(
     scene: &Scene<'_>,
     reached: &Reached,
     manifest: &mut Manifest,
     progress: &mut Progress,
+    after_command: &Interrupt,
 ) -> Result<()> {
     let Scene {
         cloud,
@@ -458,9 +467,19 @@ async fn pull_results(
     }
     let id = &machine.instance.id;
     let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
-    let pulled = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?
-        .pull(manifest, &mut progress.conflicts)
-        .await;
+    let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
+    // A second signal in all gives up the pull: the instance is then stopped, not terminated.
+    let pulled = tokio::select! {
+        pulled = rsync.pull(manifest, &mut progress.conflicts) => pulled,
+        signal = after_command.until_count(SKIP_THE_PULL) => {
+            drop(phase);
+            printer.warn(&format!(
+                "{signal} again: skipping the pull; {id} will be stopped, not terminated: run \
+                 `ssh-ec2 true` here later to bring the results home"
+            ));
+            return Err(Interrupted(signal).into());
+        }
+    };
     match pulled {
         Ok(()) => {
             phase.done("pulled results back");

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Ground, Presence, Progress, Reached, Scene, come_back_hint, end_of_run, follow_job,
-    job_state, pull_results, reach, reconnect_if_closed, rsync,
+    Followed, Ground, NoteSignals, Presence, Progress, Reached, Scene, come_back_hint, end_of_run,
+    follow_job, job_state, pull_results, reach, reconnect_if_closed, rsync,
 };
 use crate::acquire::acquire;
 use crate::backoff::Backoff;
@@ -143,7 +143,9 @@ async fn work(
         }
         Followed::Ended(status) => progress.exit = Some(RemoteExit::Status(status as u32)),
     }
-    pull_results(scene, &reached, &mut manifest, progress).await?;
+    let _notes = NoteSignals::start(interrupt, printer);
+    let after_command = interrupt.only_new();
+    pull_results(scene, &reached, &mut manifest, progress, &after_command).await?;
     progress.results_home = true;
     reached.session.run_captured(&job.forget_command()).await?;
     Ok(())
@@ -220,7 +222,8 @@ async fn run_directly(
     )
     .await;
     drop(forwarding);
-    let _notes = super::NoteSignals::start(interrupt, printer);
+    let _notes = NoteSignals::start(interrupt, printer);
+    let after_command = interrupt.only_new();
     if let Ok(RemoteExit::Signal(signal)) = &ran {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
@@ -241,7 +244,7 @@ async fn run_directly(
         (Err(e), Ok(_)) => return Err(e),
     };
     progress.session = Some(reached.session.clone());
-    let pulled = pull_results(scene, &reached, manifest, progress).await;
+    let pulled = pull_results(scene, &reached, manifest, progress, &after_command).await;
     if let Err(e) = reached
         .session
         .run_captured(&record.cleanup_command())
