@@ -26,7 +26,6 @@ const MAX_TAG_VALUE: usize = 256;
 
 #[derive(Debug)]
 pub struct Plan {
-    pub mode: Mode,
     /// tmux/screen as asked (`None`: not asked; the mode decides).
     pub multiplex: Option<Multiplex>,
     pub local_dir: PathBuf,
@@ -303,7 +302,6 @@ impl Plan {
             .collect::<Result<_>>()?;
 
         Ok(Plan {
-            mode,
             multiplex: settings.multiplex,
             local_dir,
             command,
