@@ -350,6 +350,8 @@ macro_rules! layer {
 layer! {
     region: String = ["AWS_REGION", "AWS_DEFAULT_REGION"]
         => computed("the AWS profile's, else eu-central-1"),
+    /// The AWS profile whose region and credentials are used.
+    aws_profile: String = ["AWS_PROFILE"] => computed("the AWS default profile"),
     instance_type: String = ["AWS_INSTANCE_TYPE"] => value(DEFAULT_INSTANCE_TYPE),
     image_id: String = ["AWS_IMAGE_ID"],
     image_name: String = ["AWS_IMAGE_NAME"] => value(DEFAULT_IMAGE_NAME),
@@ -403,6 +405,7 @@ impl Layer {
         // Every field listed, so a new setting cannot be forgotten here.
         Layer {
             region: i.region.clone(),
+            aws_profile: None,
             instance_type: i.instance_type.clone(),
             image_id: i.image_id.clone(),
             image_name: i.image_name.clone(),

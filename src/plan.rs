@@ -37,6 +37,8 @@ pub struct Plan {
     pub remote_dir: RemoteDir,
     /// ssh-ec2's own region setting; `None` leaves it to the AWS config chain.
     pub region: Option<String>,
+    /// AWS_PROFILE, also from `.env` or a config file; `None`: the AWS default profile.
+    pub aws_profile: Option<String>,
     pub launch: LaunchPlan,
     pub ownership: Ownership,
     pub login: LoginKey,
@@ -309,6 +311,7 @@ impl Plan {
             sync,
             remote_dir,
             region: settings.region,
+            aws_profile: settings.aws_profile,
             launch: LaunchPlan {
                 instance_type: settings
                     .instance_type

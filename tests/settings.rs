@@ -1,11 +1,12 @@
 //! Where settings come from (config files, presets, `.env`, the environment, flags), as
-//! `--show-config` tells it and as a run uses it. None of it may make an AWS call.
+//! `--show-config` tells it and as a run uses it. Only the profile test reaches the (simulated)
+//! cloud; everything else must make no AWS call.
 
 mod common;
 
 use std::process::Command;
 
-use common::{Project, Run, Tripwire};
+use common::{Project, Run, TestCloud, Tripwire};
 
 /// ssh-ec2 in `project` with AWS behind a tripwire, set up by `setup`; asserts no AWS call.
 fn local(project: &Project, setup: impl FnOnce(&mut Command)) -> Run {
@@ -287,4 +288,39 @@ fn presets_are_chosen_by_flag_or_variable_and_an_unknown_one_is_refused() {
     });
     run.assert_code(255);
     assert!(run.stderr.contains("cannot be used with"), "{run}");
+}
+
+#[test]
+fn aws_profile_in_dot_env_picks_the_profile_s_region_and_credentials() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    write(
+        &project.home().join(".aws/config"),
+        "[profile work]\nregion = eu-west-3\n",
+    );
+    write(
+        &project.home().join(".aws/credentials"),
+        "[work]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    );
+    let finish = || {
+        let mut command = project.ssh_ec2(&cloud);
+        command
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .arg("--finish");
+        Run::of(&mut command)
+    };
+    let run = finish();
+    run.assert_code(255);
+    assert!(run.stderr.contains("no AWS credentials"), "{run}");
+
+    project.write(".env", "AWS_PROFILE=work\n");
+    let run = finish();
+    run.assert_code(255);
+    assert!(
+        run.stderr
+            .contains("this directory has no instance in eu-west-3"),
+        "the SDK used the profile's credentials and region\n{run}"
+    );
 }

@@ -20,7 +20,7 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
         );
     }
     let interrupt = Interrupt::install()?;
-    let cloud = Cloud::connect(plan.region.as_deref()).await;
+    let cloud = Cloud::connect(plan.region.as_deref(), plan.aws_profile.as_deref()).await;
     let store = KeyStore::new(&plan.state_dir);
     // Never launches, and leaves a stopped instance stopped: no job runs there.
     let machine = acquire::find(&cloud, plan, &store, printer, false).await?;

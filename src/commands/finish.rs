@@ -24,7 +24,7 @@ pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32>
     let started = Instant::now();
     let _lock = DirLock::acquire(&plan.state_dir, &plan.local_dir)?;
     let interrupt = Interrupt::install()?;
-    let cloud = Cloud::connect(plan.region.as_deref()).await;
+    let cloud = Cloud::connect(plan.region.as_deref(), plan.aws_profile.as_deref()).await;
     let store = KeyStore::new(&plan.state_dir);
     // Never launches; a stopped instance is started to bring its results home.
     let machine = acquire::find(&cloud, plan, &store, printer, true).await?;

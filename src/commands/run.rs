@@ -30,7 +30,7 @@ pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<i32> {
     let started = Instant::now();
     let _lock = DirLock::acquire(&plan.state_dir, &plan.local_dir)?;
     let interrupt = Interrupt::install()?;
-    let cloud = Cloud::connect(plan.region.as_deref()).await;
+    let cloud = Cloud::connect(plan.region.as_deref(), plan.aws_profile.as_deref()).await;
     tracing::debug!(
         "run in {}: {}, image {:?}, remote dir {}, end of life {:?}, pty {}",
         cloud.region,
