@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser};
+use clap::{ArgAction, Args, Parser, ValueEnum};
 
 use crate::config::{EndOfLife, HostPort, Tag};
 use crate::ssh::forward::Forward;
@@ -79,6 +79,18 @@ pub enum Mode {
     Finish { attach: bool },
     /// Print every setting and where it came from; no AWS call.
     ShowConfig,
+    /// Print a completion script or the man page; needs no settings at all.
+    Generate(Generated),
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+    CompletePowershell,
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +116,9 @@ pub struct JobFlags {
 
 impl Cli {
     pub fn mode(&self) -> Mode {
+        if let Some(what) = self.config.generate {
+            return Mode::Generate(what);
+        }
         if self.config.show_config {
             return Mode::ShowConfig;
         }
@@ -224,6 +239,13 @@ pub struct ConfigFlags {
     /// Print every setting, its value and where it came from, then exit (no AWS call).
     #[arg(long, conflicts_with_all = ["detach", "attach", "finish", "command"])]
     pub show_config: bool,
+    /// Print a shell completion script or the man page, then exit (see README.md, "Install").
+    #[arg(
+        long,
+        value_name = "WHAT",
+        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config"]
+    )]
+    pub generate: Option<Generated>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Where settings come from (config files, presets, `.env`, the environment, flags), as
-//! `--show-config` tells it and as a run uses it. Only the profile test reaches the (simulated)
-//! cloud; everything else must make no AWS call.
+//! `--show-config` tells it and as a run uses it; and what `--generate` prints. Only the
+//! profile test reaches the (simulated) cloud; everything else must make no AWS call.
 
 mod common;
 
@@ -323,4 +323,47 @@ fn aws_profile_in_dot_env_picks_the_profile_s_region_and_credentials() {
             .contains("this directory has no instance in eu-west-3"),
         "the SDK used the profile's credentials and region\n{run}"
     );
+}
+
+#[test]
+fn completions_and_the_man_page_cover_the_flags_and_need_no_settings_nor_rsync() {
+    let project = Project::new();
+    // Run from the home directory, with an unreadable user config and no rsync in PATH.
+    write(
+        &project.home().join(".config/ssh-ec2/config.toml"),
+        "not = [valid\n",
+    );
+    let no_programs = tempfile::tempdir().unwrap();
+    let generate = |what: &str| {
+        let run = local(&project, |c| {
+            c.current_dir(project.home())
+                .env("PATH", no_programs.path())
+                .args(["--generate", what]);
+        });
+        run.assert_code(0);
+        run
+    };
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let run = generate(&format!("complete-{shell}"));
+        for flag in ["detach", "remote-dir", "finish", "show-config", "preset"] {
+            // fish spells long options `-l NAME`.
+            let spelled = match shell {
+                "fish" => format!("-l {flag}"),
+                _ => format!("--{flag}"),
+            };
+            assert!(
+                run.stdout.contains(&spelled),
+                "{shell} completes {spelled}\n{run}"
+            );
+        }
+    }
+    let man = generate("man");
+    assert!(man.stdout.contains(".TH ssh-ec2 1"), "{man}");
+    for flag in ["finish", "remote\\-dir", "show\\-config"] {
+        // roff writes a literal dash as `\-`.
+        assert!(
+            man.stdout.contains(&format!("\\-\\-{flag}")),
+            "{flag}\n{man}"
+        );
+    }
 }

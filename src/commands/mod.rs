@@ -1,10 +1,11 @@
-//! The modes, one file each (`run` also detaches; `attach`; `finish`; `show_config`, which
-//! stays local), and what the instance's modes share: reaching the instance, pulling results
-//! home, following a job, and the end of a run (end of life, conflicts, summary line, exit
-//! status).
+//! The modes, one file each (`run` also detaches; `attach`; `finish`; `show_config` and
+//! `generate`, which stay local), and what the instance's modes share: reaching the instance,
+//! pulling results home, following a job, and the end of a run (end of life, conflicts, summary
+//! line, exit status).
 
 mod attach;
 mod finish;
+mod generate;
 mod run;
 mod show_config;
 
@@ -33,6 +34,8 @@ use crate::sync::{Conflict, Manifest, Rsync};
 /// Runs the mode `cli` asks for; returns the exit status to use.
 pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
     match cli.mode() {
+        // Before anything is looked up: works anywhere, with no settings and no rsync.
+        Mode::Generate(what) => generate::generate(what),
         Mode::ShowConfig => show_config::show_config(cli, &sources(&Host::detect()?)),
         Mode::Run => on_instance(cli, async |plan| run::run(plan, printer, false).await),
         Mode::Detach => on_instance(cli, async |plan| run::run(plan, printer, true).await),
