@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser};
+use clap::{ArgAction, Args, Parser, ValueEnum};
 
 use crate::config::{EndOfLife, HostPort, Tag};
 use crate::ssh::forward::Forward;
@@ -17,8 +17,9 @@ use crate::ssh::forward::Forward;
                   the directory to it with rsync, runs COMMAND there (a login shell if none), pulls \
                   new and changed files back, then terminates, stops or leaves the instance.",
     after_help = "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
-                  Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml and the \
-                  environment (see README.md); flags win."
+                  Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml, a \
+                  preset of theirs, ./.env and the environment (see README.md); flags win. \
+                  --show-config shows where each one came from."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -57,6 +58,9 @@ pub struct Cli {
     #[command(flatten)]
     pub forwards: ForwardFlags,
 
+    #[command(flatten)]
+    pub config: ConfigFlags,
+
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -73,6 +77,20 @@ pub enum Mode {
     Attach,
     /// Wait for this directory's job (attached or not), pull, end of life.
     Finish { attach: bool },
+    /// Print every setting and where it came from; no AWS call.
+    ShowConfig,
+    /// Print a completion script or the man page; needs no settings at all.
+    Generate(Generated),
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+    CompletePowershell,
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +116,12 @@ pub struct JobFlags {
 
 impl Cli {
     pub fn mode(&self) -> Mode {
+        if let Some(what) = self.config.generate {
+            return Mode::Generate(what);
+        }
+        if self.config.show_config {
+            return Mode::ShowConfig;
+        }
         let job = &self.job;
         match (job.detach, job.attach, job.finish) {
             (true, _, _) => Mode::Detach,
@@ -203,6 +227,25 @@ pub struct ForwardFlags {
     /// default) come to HOST:HOSTPORT as seen from here. Repeat for more.
     #[arg(short = 'R', value_name = "[BIND:]PORT:HOST:HOSTPORT")]
     pub remote: Vec<Forward>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Settings")]
+pub struct ConfigFlags {
+    /// Use the settings of the [preset.NAME] table of the config files: they beat the files'
+    /// other settings; .env, the environment and flags beat them. Also SSH_EC2_PRESET.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Print every setting, its value and where it came from, then exit (no AWS call).
+    #[arg(long, conflicts_with_all = ["detach", "attach", "finish", "command"])]
+    pub show_config: bool,
+    /// Print a shell completion script or the man page, then exit (see README.md, "Install").
+    #[arg(
+        long,
+        value_name = "WHAT",
+        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config"]
+    )]
+    pub generate: Option<Generated>,
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! ssh-ec2: run a command on a throw-away AWS EC2 machine as if it were local.
 //!
-//! The story, in order: `cli` (flags) → `config` (files < environment < flags) → `plan`
-//! (validated) → `run` (the phases): `acquire` (find or launch the instance through `cloud`),
-//! `ssh` (the session, the command, rsync's transport), `sync` (rsync), `remote` (the remote
-//! command line) → `end_of_life`.
+//! The story, in order: `cli` (flags) → `config` (files < preset < `.env` < environment <
+//! flags) → `plan` (validated) → `run` (the phases): `acquire` (find or launch the instance
+//! through `cloud`), `ssh` (the session, the command, rsync's transport), `sync` (rsync),
+//! `remote` (the remote command line) → `end_of_life`.
 
 mod acquire;
 mod backoff;
@@ -11,6 +11,7 @@ mod cli;
 mod cloud;
 mod commands;
 mod config;
+mod dotenv;
 mod end_of_life;
 mod interrupt;
 mod keys;

@@ -26,7 +26,6 @@ const MAX_TAG_VALUE: usize = 256;
 
 #[derive(Debug)]
 pub struct Plan {
-    pub mode: Mode,
     /// tmux/screen as asked (`None`: not asked; the mode decides).
     pub multiplex: Option<Multiplex>,
     pub local_dir: PathBuf,
@@ -38,6 +37,8 @@ pub struct Plan {
     pub remote_dir: RemoteDir,
     /// ssh-ec2's own region setting; `None` leaves it to the AWS config chain.
     pub region: Option<String>,
+    /// AWS_PROFILE, also from `.env` or a config file; `None`: the AWS default profile.
+    pub aws_profile: Option<String>,
     pub launch: LaunchPlan,
     pub ownership: Ownership,
     pub login: LoginKey,
@@ -303,7 +304,6 @@ impl Plan {
             .collect::<Result<_>>()?;
 
         Ok(Plan {
-            mode,
             multiplex: settings.multiplex,
             local_dir,
             command,
@@ -311,6 +311,7 @@ impl Plan {
             sync,
             remote_dir,
             region: settings.region,
+            aws_profile: settings.aws_profile,
             launch: LaunchPlan {
                 instance_type: settings
                     .instance_type

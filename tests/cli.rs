@@ -3,42 +3,17 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{Project, Run, TestCloud, state_of, wait_or_kill};
+use common::{Project, Run, TestCloud, Tripwire, state_of, wait_or_kill};
 use nix::sys::signal::Signal;
-
-/// A loopback port that counts who connects: stands in for AWS where nothing may be called.
-struct Tripwire(TcpListener);
-
-impl Tripwire {
-    fn new() -> Tripwire {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        Tripwire(listener)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.0.local_addr().unwrap())
-    }
-
-    fn was_called(&self) -> bool {
-        self.0.accept().is_ok()
-    }
-}
 
 fn refused(project: &Project, setup: impl FnOnce(&mut std::process::Command), expected: &[&str]) {
     let aws = Tripwire::new();
     let mut command = project.ssh_ec2_without_cloud();
-    command
-        .env("AWS_ENDPOINT_URL", aws.url())
-        .env("SSH_EC2_CHECKIP_URL", aws.url())
-        .env("AWS_REGION", "eu-central-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    aws.aim(&mut command);
     setup(&mut command);
     let run = Run::of(&mut command);
     run.assert_code(255);

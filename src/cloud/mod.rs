@@ -9,6 +9,7 @@ mod network;
 pub mod userdata;
 
 use aws_config::BehaviorVersion;
+use aws_config::default_provider::region::DefaultRegionChain;
 use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_ec2::config::Region;
 
@@ -27,15 +28,19 @@ pub struct Cloud {
 }
 
 impl Cloud {
-    /// `region` from ssh-ec2's own settings wins over the AWS config chain.
-    pub async fn connect(region: Option<&str>) -> Cloud {
+    /// `region` from ssh-ec2's own settings wins over the AWS config chain; `profile` (which may
+    /// come from `.env`, which the SDK does not read) picks the chain's profile and credentials.
+    pub async fn connect(region: Option<&str>, profile: Option<&str>) -> Cloud {
+        let mut chain = DefaultRegionChain::builder();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(profile) = profile {
+            chain = chain.profile_name(profile);
+            loader = loader.profile_name(profile);
+        }
         let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string())))
-            .or_default_provider()
+            .or_else(chain.build())
             .or_else(FALLBACK_REGION);
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .load()
-            .await;
+        let config = loader.region(region).load().await;
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());

@@ -1,10 +1,13 @@
-//! The modes, one file each (`run` also detaches; `attach`; `finish`), and what they share:
-//! reaching the instance, pulling results home, following a job, and the end of a run (end of
-//! life, conflicts, summary line, exit status).
+//! The modes, one file each (`run` also detaches; `attach`; `finish`; `show_config` and
+//! `generate`, which stay local), and what the instance's modes share: reaching the instance,
+//! pulling results home, following a job, and the end of a run (end of life, conflicts, summary
+//! line, exit status).
 
 mod attach;
 mod finish;
+mod generate;
 mod run;
+mod show_config;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,26 +33,41 @@ use crate::ssh::forward::Forwarding;
 use crate::ssh::{RemoteExit, Session, Target, run_command};
 use crate::sync::{Conflict, Manifest, Rsync};
 
-/// Reads the settings, validates them, and runs the mode; returns the exit status to use.
+/// Runs the mode `cli` asks for; returns the exit status to use.
 pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
-    let host = Host::detect()?;
-    let env = |name: &str| std::env::var(name).ok();
-    let sources = Sources {
+    match cli.mode() {
+        // Before anything is looked up: works anywhere, with no settings and no rsync.
+        Mode::Generate(what) => generate::generate(what),
+        Mode::ShowConfig => show_config::show_config(cli, &sources(&Host::detect()?)),
+        Mode::Run => on_instance(cli, async |plan| run::run(plan, printer, false).await),
+        Mode::Detach => on_instance(cli, async |plan| run::run(plan, printer, true).await),
+        Mode::Attach => on_instance(cli, async |plan| attach::attach(plan, printer).await),
+        Mode::Finish { attach } => on_instance(cli, async |plan| {
+            finish::finish(plan, printer, attach).await
+        }),
+    }
+}
+
+/// Where this machine's and this directory's settings come from.
+fn sources(host: &Host) -> Sources<'static> {
+    fn process_env(name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    Sources {
         user_config: host.user_config.clone(),
         project_config: host.cwd.join(Sources::PROJECT_FILE),
+        dot_env: host.cwd.join(Sources::DOT_ENV),
         home: host.home.clone(),
-        env: &env,
-    };
-    let plan = Plan::new(cli, sources.load(cli)?, &host)?;
+        env: &process_env,
+    }
+}
+
+/// Reads the settings, validates them into a plan, and runs `mode` with it.
+fn on_instance(cli: &Cli, mode: impl AsyncFnOnce(&Plan) -> Result<i32>) -> Result<i32> {
+    let host = Host::detect()?;
+    let plan = Plan::new(cli, sources(&host).load(cli)?.values, &host)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let code = runtime.block_on(async {
-        match plan.mode {
-            Mode::Run => run::run(&plan, printer, false).await,
-            Mode::Detach => run::run(&plan, printer, true).await,
-            Mode::Attach => attach::attach(&plan, printer).await,
-            Mode::Finish { attach } => finish::finish(&plan, printer, attach).await,
-        }
-    });
+    let code = runtime.block_on(mode(&plan));
     // A blocked read of local stdin must not hold the exit.
     runtime.shutdown_background();
     code
@@ -133,7 +151,7 @@ impl Ground {
     async fn open(plan: &Plan) -> Result<Ground> {
         Ok(Ground {
             interrupt: Interrupt::install()?,
-            cloud: Cloud::connect(plan.region.as_deref()).await,
+            cloud: Cloud::connect(plan.region.as_deref(), plan.aws_profile.as_deref()).await,
             store: KeyStore::new(&plan.state_dir),
         })
     }

@@ -1,0 +1,71 @@
+//! `ssh-ec2 --show-config`: every setting, its effective value and where it came from. It reads
+//! the same layers as a run and stops there: no plan, no AWS call.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anyhow::{Context, Result};
+
+use crate::cli::Cli;
+use crate::config::{Effective, Fallback, PRESET_VARIABLE, Sources};
+
+pub fn show_config(cli: &Cli, sources: &Sources) -> Result<i32> {
+    let settings = sources.load(cli)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Layers, each over the one before: defaults < user file < project file < preset < .env \
+         < environment < flags."
+    );
+    for (layer, path) in [
+        ("user file", &sources.user_config),
+        ("project file", &sources.project_config),
+        (".env", &sources.dot_env),
+    ] {
+        let absent = if path.exists() { "" } else { " (absent)" };
+        let _ = writeln!(out, "{layer:<13} {}{absent}", path.display());
+    }
+    let _ = match &settings.preset {
+        Some((name, chosen_by)) => writeln!(out, "{:<13} {name}, chosen by {chosen_by}", "preset"),
+        None => writeln!(
+            out,
+            "{:<13} none (--preset NAME or {PRESET_VARIABLE} chooses one)",
+            "preset"
+        ),
+    };
+    out.push('\n');
+
+    let rows: Vec<_> = settings
+        .rows()
+        .into_iter()
+        .map(|row| match row.value {
+            Effective::Set { value, origin } => {
+                // One line per setting, even for multi-line boot commands.
+                (row.name, origin.to_string(), value.replace('\n', "\\n"))
+            }
+            Effective::Unset(fallback) => {
+                let value = match fallback {
+                    Fallback::Value(value) => value,
+                    Fallback::Computed(how) => format!("({how})"),
+                    Fallback::None => "(none)".to_string(),
+                };
+                (row.name, "default".to_string(), value)
+            }
+        })
+        .collect();
+    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let origin_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "{:name_width$}  {:origin_width$}  VALUE",
+        "SETTING", "FROM"
+    );
+    for (name, origin, value) in rows {
+        let _ = writeln!(out, "{name:name_width$}  {origin:origin_width$}  {value}");
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .context("cannot write to standard output")?;
+    Ok(0)
+}
