@@ -38,7 +38,9 @@ fn an_interactive_shell_gets_a_pty_and_the_terminal_is_restored() {
     pane.wait_for("opening a shell in");
     // The login shell is interactive on a remote PTY; what we type reaches it.
     pane.type_line("echo \"remote tty: $(tty)\"; echo \"answer=$((6*7))\"; exit 7");
-    let screen = pane.wait_for("exit=7");
+    // The line the script prints after ssh-ec2 exited, once the exit status is shown.
+    let screen = pane.wait_for("after: ");
+    assert!(screen.contains("exit=7"), "{screen}");
     assert!(screen.contains("remote tty: /dev/pts/"), "{screen}");
     assert!(screen.contains("answer=42"), "{screen}");
     assert!(
