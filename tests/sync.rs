@@ -48,13 +48,17 @@ fn a_file_changed_on_both_sides_keeps_both_versions_and_the_conflict_is_listed()
     let project = Project::new();
     project.write("notes.txt", "v1\n");
     project.write("untouched.txt", "same\n");
+    project.write("touched.txt", "same\n");
 
     // The instance rewrites notes.txt, then waits while the user edits it here.
     let child = start_until_ready(project.ssh_ec2(&cloud).arg(
-        "echo remote > notes.txt; echo remote > untouched.txt; echo ready; \
+        "echo remote > notes.txt; echo remote > untouched.txt; echo remote > touched.txt; \
+         echo ready; \
          while [ ! -e edited ]; do sleep 0.05; done",
     ));
     project.write("notes.txt", "local edit\n");
+    // Rewritten here with the same content (a `git checkout`): not a change of ours.
+    project.write("touched.txt", "same\n");
     std::fs::write(project.remote().join("edited"), "").unwrap();
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(0), "{stderr}");
@@ -76,6 +80,12 @@ fn a_file_changed_on_both_sides_keeps_both_versions_and_the_conflict_is_listed()
         Some("remote\n"),
         "changed only there: replaced\n{stderr}"
     );
+    assert_eq!(
+        project.read("touched.txt").as_deref(),
+        Some("remote\n"),
+        "the same content rewritten here is no change: replaced, no conflict\n{stderr}"
+    );
+    assert!(!stderr.contains("touched.txt changed both"), "{stderr}");
     assert!(
         stderr.contains("notes.txt changed both here and on the instance")
             && stderr.contains(&saved),

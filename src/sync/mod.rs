@@ -195,11 +195,12 @@ impl<'a> Rsync<'a> {
             if !matches!(item.kind, Kind::File | Kind::Link) {
                 continue;
             }
-            match Stamp::of(&self.local_dir.join(&item.path)) {
+            let file = self.local_dir.join(&item.path);
+            match Stamp::of(&file) {
                 // Changed while being sent: which version the instance got is unknown, so the
                 // next pull treats it as changed on both sides and keeps both.
                 Some(stamp) if stamp.size == item.size && !written_since(&stamp, started) => {
-                    manifest.set(item.path.clone(), stamp)
+                    manifest.set(item.path.clone(), stamp, &file)
                 }
                 _ => manifest.remove(&item.path),
             }
@@ -264,11 +265,12 @@ impl<'a> Rsync<'a> {
             let fetched = self.invoke(rsync, Some(list)).await?;
             for item in &fetched.items {
                 self.list(item);
-                if let Some(stamp) = Stamp::of(&self.local_dir.join(&item.path))
+                let file = self.local_dir.join(&item.path);
+                if let Some(stamp) = Stamp::of(&file)
                     && matches!(item.kind, Kind::File | Kind::Link)
                     && stamp.matches_listing(item.size, &item.mtime)
                 {
-                    manifest.set(item.path.clone(), stamp);
+                    manifest.set(item.path.clone(), stamp, &file);
                 }
             }
             failures.extend(fetched.failure);
@@ -287,8 +289,9 @@ impl<'a> Rsync<'a> {
                 Some(failure) => failures.push(failure),
                 None => {
                     // The instance's version is home now: the local one may go up next time.
-                    if let Some(stamp) = Stamp::of(&self.local_dir.join(&saved_as)) {
-                        manifest.set(item.path.clone(), stamp);
+                    let saved = self.local_dir.join(&saved_as);
+                    if let Some(stamp) = Stamp::of(&saved) {
+                        manifest.set(item.path.clone(), stamp, &saved);
                     }
                     conflicts.push(Conflict {
                         path: item.path,
@@ -308,14 +311,15 @@ impl<'a> Rsync<'a> {
     }
 
     fn decide(&self, item: &Item, manifest: &Manifest) -> Decision {
-        let local = Stamp::of(&self.local_dir.join(&item.path));
-        let synced = manifest.get(&item.path);
-        let remote_unchanged = synced.is_some_and(|s| s.matches_listing(item.size, &item.mtime));
-        match local {
+        let file = self.local_dir.join(&item.path);
+        let remote_unchanged = manifest
+            .get(&item.path)
+            .is_some_and(|synced| synced.stamp.matches_listing(item.size, &item.mtime));
+        match Stamp::of(&file) {
             // Deleted here since the last sync, and untouched there: stays deleted.
             None if remote_unchanged => Decision::KeepLocal,
             None => Decision::Fetch,
-            Some(local) if Some(&local) == synced => Decision::Fetch,
+            Some(local) if manifest.unchanged(&item.path, &local, &file) => Decision::Fetch,
             Some(_) if remote_unchanged => Decision::KeepLocal,
             Some(_) => Decision::KeepBoth,
         }
