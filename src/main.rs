@@ -1,16 +1,15 @@
 //! ssh-ec2: run a command on a throw-away AWS EC2 machine as if it were local.
 //!
 //! The story, in order: `cli` (flags) → `config` (files < environment < flags) → `plan`
-//! (validated) → `run` (the phases): `acquire` (find or launch the instance through `cloud`),
+//! (validated) → `run` (the phases): `fleet` (find or launch the instance through `cloud`),
 //! `ssh` (the session, the command, rsync's transport), `sync` (rsync), `remote` (the remote
-//! command line) → `end_of_life`.
+//! command line) → `fleet::end_of_life`.
 
-mod acquire;
 mod backoff;
 mod cli;
 mod cloud;
 mod config;
-mod end_of_life;
+mod fleet;
 mod interrupt;
 mod keys;
 mod lock;

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::acquire::{Machine, acquire};
 use crate::backoff::Backoff;
 use crate::cli::Cli;
 use crate::cloud::{Cloud, State};
 use crate::config::{EndOfLife, HostPort, Sources};
-use crate::end_of_life::{self, Origin};
+use crate::fleet::end_of_life::{self, Origin};
+use crate::fleet::{Machine, acquire};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;
 use crate::lock::DirLock;

@@ -1,6 +1,9 @@
 //! The instance of a run: this directory's own, found by its tags (and started if stopped), or
-//! a new one launched with fresh keys and its own security group. Whatever fails half-way is
-//! cleaned up here, so a failed acquisition leaves nothing behind.
+//! a new one launched with fresh keys and its own security group; then, at the end, its fate
+//! (`end_of_life`). Whatever fails half-way is cleaned up here, so a failed acquisition leaves
+//! nothing behind.
+
+pub mod end_of_life;
 
 use std::time::Instant;
 
@@ -10,11 +13,11 @@ use ipnet::IpNet;
 use crate::cloud::userdata::UserData;
 use crate::cloud::{Cloud, Instance, LaunchRequest, State, caller_cidr, guess_user};
 use crate::config::EndOfLife;
-use crate::end_of_life::{self, Origin};
 use crate::interrupt::Interrupt;
 use crate::keys::{InstanceKeys, KeyStore, LoginKey};
 use crate::plan::{ImageChoice, Ingress, Plan};
 use crate::printer::Printer;
+use end_of_life::Origin;
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
