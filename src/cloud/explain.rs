@@ -14,7 +14,22 @@ pub struct AwsError {
     hint: Option<&'static str>,
     /// The AWS error code, for callers that handle some codes themselves.
     pub code: Option<String>,
+    /// AWS gave no decision on the request: throttled, failed inside, or never answered (after
+    /// the SDK's retries). It may have happened, and asking again later may work.
+    pub inconclusive: bool,
 }
+
+/// Codes that are no answer to the request itself: AWS was busy or failed inside.
+const INCONCLUSIVE_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "EC2ThrottledException",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+];
 
 impl fmt::Display for AwsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,11 +72,15 @@ where
                 .unwrap_or_else(|| "unknown service error".into()),
         };
         let hint = code.as_deref().and_then(hint_for_code);
+        let inconclusive = code
+            .as_deref()
+            .is_none_or(|c| INCONCLUSIVE_CODES.contains(&c));
         return AwsError {
             doing,
             detail,
             hint,
             code,
+            inconclusive,
         };
     }
     if let Some(problem) = credentials_problem(err) {
@@ -77,6 +96,7 @@ where
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
             ),
             code,
+            inconclusive: false,
         };
     }
     let (detail, hint) = match err {
@@ -92,6 +112,8 @@ where
         detail,
         hint: Some(hint),
         code,
+        // Only a request that could not even be built was surely never sent.
+        inconclusive: !matches!(err, SdkError::ConstructionFailure(_)),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
@@ -12,7 +13,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 
 use super::image::Image;
-use super::{AwsResultExt, Cloud};
+use super::{AwsError, AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
 const TAG_OWNER: &str = "ssh-ec2:owner";
@@ -96,6 +97,11 @@ impl State {
             Some(InstanceStateName::ShuttingDown) => State::ShuttingDown,
             _ => State::Terminated,
         }
+    }
+
+    /// Not (being) terminated.
+    pub fn is_live(self) -> bool {
+        !matches!(self, State::ShuttingDown | State::Terminated)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -209,7 +215,7 @@ impl Cloud {
             .flat_map(|r| r.instances())
             .filter(|i| owner.owns(i.tags()))
             .filter_map(Instance::from_sdk)
-            .filter(|i| !matches!(i.state, State::ShuttingDown | State::Terminated))
+            .filter(|i| i.state.is_live())
             .collect();
         // A running one is the cheapest to reuse.
         owned.sort_by_key(|i| i.state != State::Running);
@@ -217,19 +223,22 @@ impl Cloud {
     }
 
     pub async fn instance(&self, id: &str) -> Result<Instance> {
-        let found = self
-            .ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .explain(format_args!("describe instance {id}"))?;
-        found
+        self.lookup(id)
+            .await?
+            .with_context(|| format!("instance {id} no longer exists in {}", self.region))
+    }
+
+    /// The instance, or `None` if AWS does not know it (or does not show it yet).
+    async fn lookup(&self, id: &str) -> Result<Option<Instance>, AwsError> {
+        let found = match self.ec2.describe_instances().instance_ids(id).send().await {
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => return Ok(None),
+            found => found.explain(format_args!("describe instance {id}"))?,
+        };
+        Ok(found
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .find_map(Instance::from_sdk)
-            .with_context(|| format!("instance {id} no longer exists in {}", self.region))
+            .find_map(Instance::from_sdk))
     }
 
     pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Instance> {
@@ -269,7 +278,7 @@ impl Cloud {
             }
             None => None,
         };
-        let launched = self
+        let run = self
             .ec2
             .run_instances()
             .image_id(&request.image.id)
@@ -297,18 +306,23 @@ impl Cloud {
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
-            .client_token(request.client_token)
-            .send()
-            .await
-            .explain(format_args!(
-                "launch a {} instance of {} in {}",
-                request.instance_type, request.image.id, self.region
-            ))?;
-        launched
+            .client_token(request.client_token);
+        let group = request.security_group;
+        let launched = self
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                run.clone().send().await.explain(format_args!(
+                    "launch a {} instance of {} in {}",
+                    request.instance_type, request.image.id, self.region
+                ))
+            })
+            .await?;
+        let instance = launched
             .instances()
             .first()
             .and_then(Instance::from_sdk)
-            .context("EC2 accepted the launch but returned no instance: check the EC2 console")
+            .context("EC2 accepted the launch but returned no instance: check the EC2 console")?;
+        self.note_created(&instance.id);
+        Ok(instance)
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -332,41 +346,53 @@ impl Cloud {
     }
 
     pub async fn terminate(&self, id: &str) -> Result<()> {
-        self.ec2
-            .terminate_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .explain(format_args!("terminate instance {id}"))?;
+        self.despite_lag(id, "InvalidInstanceID.NotFound", async || {
+            self.ec2
+                .terminate_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .explain(format_args!("terminate instance {id}"))
+        })
+        .await?;
         Ok(())
     }
 
     /// Polls until the instance reaches `target`, or fails once `deadline` has passed or it
-    /// lands somewhere it cannot come back from.
+    /// lands somewhere it cannot come back from. A failed poll (throttled, or a new instance
+    /// that AWS does not show yet) does not end the wait.
     pub async fn wait_until(&self, id: &str, target: State, deadline: Instant) -> Result<Instance> {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
-            let instance = self.instance(id).await?;
-            if instance.state == target {
-                return Ok(instance);
-            }
-            let dead_end = match target {
-                State::Running | State::Stopped => {
-                    matches!(instance.state, State::ShuttingDown | State::Terminated)
+            let state = match self.lookup(id).await {
+                Ok(Some(instance)) if instance.state == target => return Ok(instance),
+                Ok(Some(instance)) => {
+                    let dead_end = match target {
+                        State::Running | State::Stopped => !instance.state.is_live(),
+                        _ => false,
+                    };
+                    if dead_end {
+                        bail!(
+                            "instance {id} is {} instead of {}: look at its state reason in the \
+                             EC2 console",
+                            instance.state.as_str(),
+                            target.as_str()
+                        );
+                    }
+                    instance.state.as_str().to_string()
                 }
-                _ => false,
+                Ok(None) if self.may_be_invisible(id) => "not visible yet".to_string(),
+                Ok(None) => bail!("instance {id} no longer exists in {}", self.region),
+                Err(e) if e.inconclusive => {
+                    tracing::debug!("polling {id}: {e}");
+                    format!("unknown ({e})")
+                }
+                Err(e) => return Err(e.into()),
             };
-            if dead_end {
-                bail!(
-                    "instance {id} is {} instead of {}: look at its state reason in the EC2 console",
-                    instance.state.as_str(),
-                    target.as_str()
-                );
-            }
             if Instant::now() >= deadline {
                 bail!(
-                    "instance {id} is still {}, not {}, after waiting: check it in the EC2 console",
-                    instance.state.as_str(),
+                    "instance {id} is still {state}, not {}, after waiting: check it in the EC2 \
+                     console",
                     target.as_str()
                 );
             }

@@ -72,6 +72,7 @@ impl Cloud {
         let group = created
             .group_id()
             .context("EC2 created a security group without an id")?;
+        self.note_created(group);
         if let Err(e) = self.allow_ssh_from(group, cidr).await {
             return Err(match self.delete_ssh_group(group).await {
                 Ok(()) => e,
@@ -84,15 +85,18 @@ impl Cloud {
     /// Lets `cidr` in on tcp/22.
     async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
         let result = self
-            .ec2
-            .authorize_security_group_ingress()
-            .group_id(group)
-            .ip_permissions(ssh_permission(&[cidr]))
-            .send()
-            .await
-            .explain(format_args!(
-                "allow SSH from {cidr} in security group {group}"
-            ));
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                self.ec2
+                    .authorize_security_group_ingress()
+                    .group_id(group)
+                    .ip_permissions(ssh_permission(&[cidr]))
+                    .send()
+                    .await
+                    .explain(format_args!(
+                        "allow SSH from {cidr} in security group {group}"
+                    ))
+            })
+            .await;
         match result {
             Err(e) if e.code.as_deref() == Some("InvalidPermission.Duplicate") => Ok(()),
             other => other.map(drop).map_err(Into::into),
@@ -154,13 +158,17 @@ impl Cloud {
         let deadline = Instant::now() + Duration::from_secs(180);
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
+            // A group made moments ago that AWS does not show yet is not gone.
             let result = self
-                .ec2
-                .delete_security_group()
-                .group_id(group)
-                .send()
-                .await
-                .explain(format_args!("delete security group {group}"));
+                .despite_lag(group, "InvalidGroup.NotFound", async || {
+                    self.ec2
+                        .delete_security_group()
+                        .group_id(group)
+                        .send()
+                        .await
+                        .explain(format_args!("delete security group {group}"))
+                })
+                .await;
             match result {
                 Ok(_) => return Ok(()),
                 Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => return Ok(()),

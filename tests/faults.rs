@@ -1,0 +1,142 @@
+//! Nothing leaks, even when AWS misbehaves: throttling, eventual consistency, a group still in
+//! use. ssh-ec2 talks to moto through the fault-injecting proxy (tests/testbed/faults.py); each
+//! test asserts moto's final state, the exit status, and the AWS calls where their number or
+//! order matters.
+
+mod common;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{CloudOptions, Project, Run, TestCloud, state_of};
+use serde_json::json;
+
+fn faulty_cloud() -> TestCloud {
+    TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    })
+}
+
+/// No live instance, no security group, no key pair, no keys kept.
+fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
+    let alive: Vec<_> = cloud
+        .instances()
+        .into_iter()
+        .filter(|i| state_of(i) != InstanceStateName::Terminated)
+        .collect();
+    assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
+    assert!(
+        cloud.run_security_groups().is_empty(),
+        "security groups left\n{run}"
+    );
+    assert!(cloud.key_pair_names().is_empty(), "{run}");
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "keys kept: {:?}\n{run}",
+        project.kept_instance_keys()
+    );
+}
+
+fn count(outcomes: &[String], outcome: &str) -> usize {
+    outcomes.iter().filter(|o| *o == outcome).count()
+}
+
+#[test]
+fn throttling_bursts_on_lookups_launch_and_teardown_do_not_fail_the_run() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    let burst = |action: &str, times: usize| json!({"action": action, "error": "RequestLimitExceeded", "times": times});
+    cloud.set_faults(json!([
+        burst("DescribeInstances", 6),
+        burst("RunInstances", 6),
+        burst("TerminateInstances", 3),
+        burst("DeleteSecurityGroup", 3),
+    ]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo through"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "through\n", "{run}");
+    for (action, times) in [
+        ("DescribeInstances", 6),
+        ("RunInstances", 6),
+        ("TerminateInstances", 3),
+        ("DeleteSecurityGroup", 3),
+    ] {
+        let outcomes = cloud.outcomes(action);
+        assert_eq!(
+            outcomes[..=times].last().map(String::as_str),
+            Some("forwarded 200"),
+            "{action} went through after {times} throttles: {outcomes:?}"
+        );
+        assert_eq!(count(&outcomes, "error RequestLimitExceeded"), times);
+    }
+    assert_eq!(cloud.instances().len(), 1, "{run}");
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(
+        json!([{"action": "DescribeInstances", "after": "RunInstances",
+                             "error": "RequestLimitExceeded", "times": 3}]),
+    );
+
+    // One attempt per request: each throttled poll fails, and the wait goes on.
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .arg("true"),
+    );
+    run.assert_code(0);
+    let polls = cloud.outcomes("DescribeInstances");
+    assert_eq!(count(&polls, "error RequestLimitExceeded"), 3, "{polls:?}");
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn not_found_right_after_a_creation_is_not_taken_as_gone() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(json!([
+        {"action": "AuthorizeSecurityGroupIngress", "error": "InvalidGroup.NotFound", "times": 2},
+        {"action": "DescribeInstances", "after": "RunInstances",
+         "error": "InvalidInstanceID.NotFound", "times": 3},
+        {"action": "TerminateInstances", "error": "InvalidInstanceID.NotFound", "times": 1},
+    ]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo visible"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "visible\n", "{run}");
+    assert_eq!(
+        count(&cloud.outcomes("TerminateInstances"), "forwarded 200"),
+        1,
+        "{run}"
+    );
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(
+        json!([{"action": "DeleteSecurityGroup", "error": "DependencyViolation",
+                             "times": 4}]),
+    );
+
+    let run = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    run.assert_code(0);
+    assert_eq!(
+        cloud.outcomes("DeleteSecurityGroup"),
+        [
+            "error DependencyViolation",
+            "error DependencyViolation",
+            "error DependencyViolation",
+            "error DependencyViolation",
+            "forwarded 200"
+        ]
+    );
+    assert_nothing_left(&cloud, &project, &run);
+}
