@@ -1,12 +1,15 @@
-//! Nothing leaks, even when AWS misbehaves: throttling, eventual consistency, a group still in
-//! use. ssh-ec2 talks to moto through the fault-injecting proxy (tests/testbed/faults.py); each
-//! test asserts moto's final state, the exit status, and the AWS calls where their number or
-//! order matters.
+//! Nothing leaks, even when AWS misbehaves or ssh-ec2 is killed: lost answers, throttling,
+//! eventual consistency, a group still in use. ssh-ec2 talks to moto through the
+//! fault-injecting proxy (tests/testbed/faults.py); each test asserts moto's final state, the
+//! exit status, and the AWS calls where their number or order matters.
 
 mod common;
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{CloudOptions, Project, Run, TestCloud, state_of};
+use common::{CloudOptions, Project, Run, TestCloud, state_of, wait_or_kill};
 use serde_json::json;
 
 fn faulty_cloud() -> TestCloud {
@@ -16,7 +19,7 @@ fn faulty_cloud() -> TestCloud {
     })
 }
 
-/// No live instance, no security group, no key pair, no keys kept.
+/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
 fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
     let alive: Vec<_> = cloud
         .instances()
@@ -31,13 +34,87 @@ fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
     assert!(cloud.key_pair_names().is_empty(), "{run}");
     assert!(
         project.kept_instance_keys().is_empty(),
-        "keys kept: {:?}\n{run}",
+        "keys or unfinished launches kept: {:?}\n{run}",
         project.kept_instance_keys()
     );
 }
 
 fn count(outcomes: &[String], outcome: &str) -> usize {
     outcomes.iter().filter(|o| *o == outcome).count()
+}
+
+#[test]
+fn every_run_instances_answer_lost_the_instance_is_found_and_used() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(json!([{"action": "RunInstances", "lose": true}]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo hello"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "hello\n", "{run}");
+    let launches = cloud.outcomes("RunInstances");
+    assert!(
+        launches.len() > 3,
+        "retried beyond 3 attempts: {launches:?}"
+    );
+    assert_eq!(launches[0], "lost (forwarded 200)", "{launches:?}");
+    assert!(
+        launches[1..].iter().all(|o| o == "lost (replayed)"),
+        "the retries carried the same client token: {launches:?}"
+    );
+    assert_eq!(cloud.instances().len(), 1, "launched once\n{run}");
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated
+    );
+    assert_nothing_left(&cloud, &project, &run);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn killed_right_after_run_instances_the_next_run_adopts_the_instance() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    // RunInstances happens, but its answer waits until the rules change.
+    cloud.set_faults(json!([{"action": "RunInstances", "hold": true}]));
+    let mut child = project
+        .ssh_ec2(&cloud)
+        .arg("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cloud.outcomes("RunInstances").is_empty() {
+        assert!(Instant::now() < deadline, "RunInstances never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    cloud.set_faults(json!([]));
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+    assert!(
+        project
+            .kept_instance_keys()
+            .iter()
+            .any(|k| k.starts_with("pending-")),
+        "the launch is in the journal: {:?}",
+        project.kept_instance_keys()
+    );
+
+    let next = Run::of(project.ssh_ec2(&cloud).arg("echo adopted"));
+    next.assert_code(0);
+    assert_eq!(next.stdout, "adopted\n", "{next}");
+    assert!(next.stderr.contains("adopted i-"), "{next}");
+    assert_eq!(
+        cloud.outcomes("RunInstances"),
+        ["held (forwarded 200)"],
+        "the next run launched nothing"
+    );
+    assert_eq!(cloud.instances().len(), 1, "{next}");
+    assert_nothing_left(&cloud, &project, &next);
+    cloud.assert_no_bed_errors();
 }
 
 #[test]

@@ -26,6 +26,8 @@ const TAG_DIR: &str = "ssh-ec2:dir";
 const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 /// The login user, so a later run need not guess it again.
 const TAG_USER: &str = "ssh-ec2:user";
+/// The launch that made the instance (see fleet::journal): found by it after a lost answer.
+const TAG_LAUNCH: &str = "ssh-ec2:launch";
 
 /// Who and what an instance belongs to: a directory on a machine, for an owner.
 #[derive(Debug, Clone)]
@@ -171,6 +173,8 @@ pub struct LaunchRequest<'a> {
     pub tags: &'a [(String, String)],
     /// Makes a retried RunInstances idempotent.
     pub client_token: &'a str,
+    /// Its launch in the journal, tagged so that the instance is found if the answer is lost.
+    pub launch_id: &'a str,
 }
 
 pub(super) fn tag_specification(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
@@ -222,6 +226,30 @@ impl Cloud {
         Ok(owned.into_iter().next())
     }
 
+    /// The instance a launch made, by its tag, in whatever state; preferably a live one.
+    pub async fn find_launched(&self, launch_id: &str) -> Result<Option<Instance>, AwsError> {
+        let found = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{TAG_LAUNCH}"))
+                    .values(filter_value(launch_id))
+                    .build(),
+            )
+            .send()
+            .await
+            .explain(format_args!("look for the instance of launch {launch_id}"))?;
+        let mut launched: Vec<Instance> = found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(Instance::from_sdk)
+            .collect();
+        launched.sort_by_key(|i| !i.state.is_live());
+        Ok(launched.into_iter().next())
+    }
+
     pub async fn instance(&self, id: &str) -> Result<Instance> {
         self.lookup(id)
             .await?
@@ -246,6 +274,7 @@ impl Cloud {
         let mut tags = request.tags.to_vec();
         tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
         tags.push((TAG_USER.into(), request.login_user.into()));
+        tags.push((TAG_LAUNCH.into(), request.launch_id.into()));
         // The image's own root volume, made deletable on termination (and resized if asked).
         let root_volume = match &request.image.root_volume {
             Some(root) => {

@@ -19,7 +19,7 @@ use aws_sdk_ec2::config::Region;
 
 use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
-pub use image::guess_user;
+pub use image::{Image, guess_user};
 pub use instance::{Instance, LaunchRequest, Ownership, State};
 pub use network::caller_cidr;
 
@@ -28,7 +28,7 @@ pub const FALLBACK_REGION: &str = "eu-central-1";
 
 /// How long AWS may take to show what was just created: its answers are eventually consistent,
 /// so until then a "not found" is no proof that something is gone.
-const VISIBILITY_LAG: Duration = Duration::from_secs(120);
+pub const VISIBILITY_LAG: Duration = Duration::from_secs(120);
 
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,

@@ -13,7 +13,7 @@ use crate::backoff::Backoff;
 
 impl Cloud {
     /// The VPC to launch in: the subnet's, else the region's default VPC.
-    async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
+    pub async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
         if let Some(subnet) = subnet_id {
             let found = self
                 .ec2
@@ -50,36 +50,61 @@ impl Cloud {
         }
     }
 
-    /// Creates the security group of a new instance: inbound tcp/22 from `cidr` only.
+    /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from `cidr`
+    /// only. The name is the launch's own, so a retried creation whose first answer was lost
+    /// finds the group it made.
     pub async fn create_ssh_group(
         &self,
-        subnet_id: Option<&str>,
+        name: &str,
+        vpc: &str,
         cidr: IpNet,
         tags: &[(String, String)],
     ) -> Result<String> {
-        let vpc = self.vpc_for(subnet_id).await?;
-        let name = format!("ssh-ec2-{:016x}", rand::random::<u64>());
         let created = self
             .ec2
             .create_security_group()
-            .group_name(&name)
+            .group_name(name)
             .description("ssh-ec2: SSH from the launching machine only; deleted with the instance")
-            .vpc_id(&vpc)
+            .vpc_id(vpc)
             .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags))
             .send()
             .await
-            .explain(format_args!("create security group {name} in {vpc}"))?;
-        let group = created
-            .group_id()
-            .context("EC2 created a security group without an id")?;
-        self.note_created(group);
-        if let Err(e) = self.allow_ssh_from(group, cidr).await {
-            return Err(match self.delete_ssh_group(group).await {
+            .explain(format_args!("create security group {name} in {vpc}"));
+        let group = match created {
+            Ok(created) => created
+                .group_id()
+                .context("EC2 created a security group without an id")?
+                .to_string(),
+            Err(e) if e.code.as_deref() == Some("InvalidGroup.Duplicate") => self
+                .group_named(name)
+                .await?
+                .with_context(|| format!("security group {name} exists but cannot be found"))?,
+            Err(e) => return Err(e.into()),
+        };
+        self.note_created(&group);
+        if let Err(e) = self.allow_ssh_from(&group, cidr).await {
+            return Err(match self.delete_ssh_group(&group).await {
                 Ok(()) => e,
                 Err(leak) => e.context(format!("{leak:#}")),
             });
         }
-        Ok(group.to_string())
+        Ok(group)
+    }
+
+    /// The id of the security group called `name`, if there is one.
+    pub async fn group_named(&self, name: &str) -> Result<Option<String>> {
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-name").values(name).build())
+            .send()
+            .await
+            .explain(format_args!("look for security group {name}"))?;
+        Ok(found
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(str::to_string))
     }
 
     /// Lets `cidr` in on tcp/22.
