@@ -134,6 +134,23 @@ impl FromStr for Tags {
     }
 }
 
+/// Instance types to fall back on, in order (`T1,T2` in a flag or variable, a list in TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct InstanceTypes(pub Vec<String>);
+
+impl FromStr for InstanceTypes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let types: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
+        if types.iter().any(String::is_empty) {
+            return Err(format!(
+                "`{s}` is not a list of instance types: write e.g. g5.xlarge,g6.xlarge"
+            ));
+        }
+        Ok(Self(types))
+    }
+}
+
 /// The original tool's session multiplexer setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -208,6 +225,7 @@ macro_rules! layer {
 layer! {
     region: String = ["AWS_REGION", "AWS_DEFAULT_REGION"],
     instance_type: String = ["AWS_INSTANCE_TYPE"],
+    fallback_types: InstanceTypes = ["SSH_EC2_FALLBACK_TYPES"],
     image_id: String = ["AWS_IMAGE_ID"],
     image_name: String = ["AWS_IMAGE_NAME"],
     user: String = ["AWS_INSTANCE_USER"],
@@ -254,6 +272,7 @@ impl Layer {
         Layer {
             region: i.region.clone(),
             instance_type: i.instance_type.clone(),
+            fallback_types: i.fallback_types.clone(),
             image_id: i.image_id.clone(),
             image_name: i.image_name.clone(),
             user: i.user.clone(),
@@ -440,5 +459,10 @@ mod tests {
         assert!("h:0".parse::<HostPort>().is_err());
         assert!("aws:x=1".parse::<Tag>().is_err());
         assert_eq!("a=1, b=2".parse::<Tags>().unwrap().0.len(), 2);
+        assert_eq!(
+            "g5.xlarge, g6.xlarge".parse::<InstanceTypes>().unwrap().0,
+            ["g5.xlarge", "g6.xlarge"]
+        );
+        assert!("g5.xlarge,".parse::<InstanceTypes>().is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Nothing leaks, even when AWS misbehaves or ssh-ec2 is killed: lost answers, throttling,
-//! eventual consistency, a group still in use. ssh-ec2 talks to moto through the
+//! no capacity, eventual consistency, a group still in use. ssh-ec2 talks to moto through the
 //! fault-injecting proxy (tests/testbed/faults.py); each test asserts moto's final state, the
 //! exit status, and the AWS calls where their number or order matters.
 
@@ -173,6 +173,97 @@ fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
 }
 
 #[test]
+fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    let default_subnets = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_subnets()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("default-for-az")
+                        .values("true")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let mut zones: Vec<(String, String)> = default_subnets
+        .subnets()
+        .iter()
+        .map(|s| {
+            let zone = s.availability_zone().unwrap().to_string();
+            (zone, s.subnet_id().unwrap().to_string())
+        })
+        .collect();
+    zones.sort();
+    let no_capacity = |params: serde_json::Value| json!({"action": "RunInstances", "params": params, "error": "InsufficientInstanceCapacity"});
+    // Neither where EC2 places it, nor in the first zone.
+    cloud.set_faults(json!([
+        no_capacity(json!({"SubnetId": null})),
+        no_capacity(json!({"SubnetId": zones[0].1})),
+    ]));
+
+    let moved = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    moved.assert_code(0);
+    assert_eq!(
+        cloud.instances()[0].subnet_id(),
+        Some(zones[1].1.as_str()),
+        "{moved}"
+    );
+    assert_eq!(
+        moved.stderr.matches("no capacity for g4dn.xlarge").count(),
+        2,
+        "one line per move\n{moved}"
+    );
+    assert!(moved.stderr.contains(&zones[1].0), "{moved}");
+    assert_eq!(
+        cloud.outcomes("RunInstances"),
+        [
+            "error InsufficientInstanceCapacity",
+            "error InsufficientInstanceCapacity",
+            "forwarded 200"
+        ],
+        "no retry in a zone without capacity"
+    );
+    assert_nothing_left(&cloud, &project, &moved);
+
+    // No g4dn.xlarge anywhere.
+    cloud.set_faults(json!([no_capacity(json!({"InstanceType": "g4dn.xlarge"}))]));
+    let fallback = Run::of(project.ssh_ec2(&cloud).args([
+        "--fallback-types",
+        "t3.micro",
+        "--no-rsync",
+        "true",
+    ]));
+    fallback.assert_code(0);
+    assert!(
+        fallback
+            .stderr
+            .contains("no capacity for g4dn.xlarge in eu-central-1: trying t3.micro"),
+        "{fallback}"
+    );
+    let types: Vec<_> = cloud
+        .instances()
+        .iter()
+        .map(|i| i.instance_type().unwrap().as_str().to_string())
+        .collect();
+    assert_eq!(types, ["g4dn.xlarge", "t3.micro"], "{fallback}");
+    assert_nothing_left(&cloud, &project, &fallback);
+
+    // Nothing anywhere: the run fails, and what the launch made is gone.
+    cloud.set_faults(json!([no_capacity(json!({}))]));
+    let none = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    none.assert_code(255);
+    assert!(none.stderr.contains("--fallback-types"), "{none}");
+    assert_eq!(cloud.instances().len(), 2, "{none}");
+    assert_nothing_left(&cloud, &project, &none);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
 fn not_found_right_after_a_creation_is_not_taken_as_gone() {
     let cloud = faulty_cloud();
     let project = Project::new();
@@ -216,4 +307,52 @@ fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
         ]
     );
     assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(
+        json!([{"action": "RunInstances", "error": "VcpuLimitExceeded",
+                             "message": "You have requested more vCPU capacity than allowed"}]),
+    );
+
+    let quota = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    quota.assert_code(255);
+    assert!(
+        quota
+            .stderr
+            .contains("\"Running On-Demand G and VT instances\""),
+        "names the quota to raise\n{quota}"
+    );
+    assert_eq!(cloud.outcomes("RunInstances").len(), 1, "{quota}");
+    assert!(cloud.instances().is_empty());
+    assert_nothing_left(&cloud, &project, &quota);
+
+    cloud.set_faults(
+        json!([{"action": "CreateSecurityGroup", "error": "UnauthorizedOperation",
+                             "message": "You are not authorized to perform this operation."}]),
+    );
+    let denied = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    denied.assert_code(255);
+    assert!(
+        denied.stderr.contains("UnauthorizedOperation")
+            && denied.stderr.contains("policies/ssh-ec2-user.json"),
+        "{denied}"
+    );
+    assert_eq!(
+        count(
+            &cloud.outcomes("CreateSecurityGroup"),
+            "error UnauthorizedOperation"
+        ),
+        1,
+        "not retried\n{denied}"
+    );
+    assert_eq!(
+        cloud.outcomes("RunInstances").len(),
+        1,
+        "no launch\n{denied}"
+    );
+    assert_nothing_left(&cloud, &project, &denied);
 }

@@ -158,8 +158,7 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
             "this region is not enabled for your account: pick another with --region"
         }
         "InsufficientInstanceCapacity" | "InsufficientCapacity" => {
-            "AWS has no capacity for this instance type here right now: retry later, or pick \
-             another --instance-type, or a --subnet-id in another availability zone"
+            "AWS has no spare capacity for this instance type in this availability zone right now"
         }
         "VcpuLimitExceeded" | "InstanceLimitExceeded" | "MaxSpotInstanceCountExceeded" => {
             "your account's vCPU quota for this instance family is used up: terminate idle \

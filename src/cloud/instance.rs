@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
@@ -28,6 +31,35 @@ const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 const TAG_USER: &str = "ssh-ec2:user";
 /// The launch that made the instance (see fleet::journal): found by it after a lost answer.
 const TAG_LAUNCH: &str = "ssh-ec2:launch";
+
+/// RunInstances errors that say "not here, not now": the launch may work in another zone or
+/// with another type.
+pub const CAPACITY_CODES: &[&str] = &["InsufficientInstanceCapacity", "Unsupported"];
+
+/// EC2 answers InsufficientInstanceCapacity with HTTP 500, which the SDK would retry in the same
+/// zone for a minute; it is an answer, and the launch moves on to another zone or type instead.
+#[derive(Debug)]
+pub(super) struct CapacityIsAnAnswer;
+
+impl ClassifyRetry for CapacityIsAnAnswer {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let code = match ctx.output_or_error() {
+            Some(Err(error)) => error
+                .as_operation_error()
+                .and_then(|e| e.downcast_ref::<RunInstancesError>())
+                .and_then(|e| e.code()),
+            _ => None,
+        };
+        match code {
+            Some(code) if CAPACITY_CODES.contains(&code) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "capacity errors are answers"
+    }
+}
 
 /// Who and what an instance belongs to: a directory on a machine, for an owner.
 #[derive(Debug, Clone)]

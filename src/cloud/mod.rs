@@ -20,8 +20,8 @@ use aws_sdk_ec2::config::Region;
 use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
 pub use image::{Image, guess_user};
-pub use instance::{Instance, LaunchRequest, Ownership, State};
-pub use network::caller_cidr;
+pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Ownership, State};
+pub use network::{Subnet, caller_cidr};
 
 /// Used when neither ssh-ec2's settings nor the AWS config chain name a region.
 pub const FALLBACK_REGION: &str = "eu-central-1";
@@ -70,8 +70,11 @@ impl Cloud {
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
+        let ec2 = aws_sdk_ec2::config::Builder::from(&config)
+            .retry_classifier(instance::CapacityIsAnAnswer)
+            .build();
         Cloud {
-            ec2: aws_sdk_ec2::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::from_conf(ec2),
             iam: aws_sdk_iam::Client::new(&config),
             region,
             created: Mutex::default(),

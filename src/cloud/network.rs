@@ -11,6 +11,13 @@ use super::instance::tag_specification;
 use super::{AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
+/// A subnet to launch in, and its availability zone.
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub id: String,
+    pub zone: String,
+}
+
 impl Cloud {
     /// The VPC to launch in: the subnet's, else the region's default VPC.
     pub async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
@@ -48,6 +55,34 @@ impl Cloud {
                 self.region
             ),
         }
+    }
+
+    /// The default subnet of each availability zone of the default VPC, by zone name.
+    pub async fn default_subnets(&self) -> Result<Vec<Subnet>> {
+        let found = self
+            .ec2
+            .describe_subnets()
+            .filters(
+                Filter::builder()
+                    .name("default-for-az")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .explain(format_args!("list the default subnets of {}", self.region))?;
+        let mut subnets: Vec<Subnet> = found
+            .subnets()
+            .iter()
+            .filter_map(|s| {
+                Some(Subnet {
+                    id: s.subnet_id()?.to_string(),
+                    zone: s.availability_zone()?.to_string(),
+                })
+            })
+            .collect();
+        subnets.sort_by(|a, b| a.zone.cmp(&b.zone));
+        Ok(subnets)
     }
 
     /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from `cidr`
