@@ -330,15 +330,21 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
     assert!(cloud.instances().is_empty());
     assert_nothing_left(&cloud, &project, &quota);
 
-    cloud.set_faults(
-        json!([{"action": "CreateSecurityGroup", "error": "UnauthorizedOperation",
-                             "message": "You are not authorized to perform this operation."}]),
-    );
+    // Not allowed to create the group, nor to decode why.
+    let refused = "You are not authorized to perform this operation. Encoded authorization \
+                   failure message: ENCODED-REASON";
+    cloud.set_faults(json!([
+        {"action": "CreateSecurityGroup", "error": "UnauthorizedOperation", "message": refused},
+        {"action": "DecodeAuthorizationMessage", "error": "AccessDenied"},
+    ]));
     let denied = Run::of(project.ssh_ec2(&cloud).arg("true"));
     denied.assert_code(255);
     assert!(
         denied.stderr.contains("UnauthorizedOperation")
-            && denied.stderr.contains("policies/ssh-ec2-user.json"),
+            && denied.stderr.contains("policies/ssh-ec2-user.json")
+            && denied
+                .stderr
+                .contains("aws sts decode-authorization-message --encoded-message ENCODED-REASON"),
         "{denied}"
     );
     assert_eq!(
@@ -355,4 +361,28 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
         "no launch\n{denied}"
     );
     assert_nothing_left(&cloud, &project, &denied);
+
+    // Not allowed to launch; allowed to decode why.
+    let decoded = r#"{"allowed":false,"explicitDeny":true,"context":{"action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-central-1:123456789012:instance/*"}}"#;
+    let answer = format!(
+        "<DecodeAuthorizationMessageResponse><DecodeAuthorizationMessageResult>\
+         <DecodedMessage>{decoded}</DecodedMessage>\
+         </DecodeAuthorizationMessageResult></DecodeAuthorizationMessageResponse>"
+    );
+    cloud.set_faults(json!([
+        {"action": "RunInstances", "error": "UnauthorizedOperation", "message": refused},
+        {"action": "DecodeAuthorizationMessage", "params": {"EncodedMessage": "ENCODED-REASON"},
+         "answer": answer},
+    ]));
+    let explained = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    explained.assert_code(255);
+    assert!(
+        explained.stderr.contains(
+            "AWS refused ec2:RunInstances on arn:aws:ec2:eu-central-1:123456789012:instance/*: \
+             a policy denies it explicitly"
+        ) && !explained.stderr.contains("ENCODED-REASON"),
+        "{explained}"
+    );
+    assert_eq!(cloud.outcomes("DecodeAuthorizationMessage").len(), 2);
+    assert_nothing_left(&cloud, &project, &explained);
 }

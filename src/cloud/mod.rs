@@ -33,6 +33,8 @@ pub const VISIBILITY_LAG: Duration = Duration::from_secs(120);
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
+    /// Only to decode why AWS refused something.
+    sts: aws_sdk_sts::Client,
     pub region: String,
     /// What this process created (or found after a lost answer), and when.
     created: Mutex<HashMap<String, Instant>>,
@@ -76,6 +78,7 @@ impl Cloud {
         Cloud {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             iam: aws_sdk_iam::Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
             region,
             created: Mutex::default(),
         }

@@ -39,6 +39,19 @@ pub async fn acquire(
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
+    match find_or_launch(cloud, plan, store, printer, interrupt).await {
+        Err(e) => Err(cloud.explain_denial(e).await),
+        found => found,
+    }
+}
+
+async fn find_or_launch(
+    cloud: &Cloud,
+    plan: &Plan,
+    store: &KeyStore,
+    printer: &Printer,
+    interrupt: &Interrupt,
+) -> Result<Machine> {
     // First what an earlier run here launched but never used (killed, or its answer lost).
     let adopted = journal::settle(cloud, &plan.ownership.dir, store, printer).await?;
     let phase = printer.phase(format!(

@@ -31,6 +31,7 @@ class Rule:
     after    only once an answer to this Action has come back from moto ("right after a create")
     times    how many matching requests it hits (default: all)
     error    answer this AWS error code (with "status" and "message" if given), or
+    answer   answer this XML body with 200, for what moto lacks (DecodeAuthorizationMessage), or
     lose     true: forward, then answer 500 InternalError, or
     hold     true: forward, then keep the answer until the rules are replaced
     """
@@ -145,6 +146,10 @@ def start(moto_endpoint):
                 faults.record(action, params, f"error {code}")
                 self.reply(error_answer(service, code, rule.get("status", STATUS.get(code, 400)),
                                         rule.get("message", f"injected {code}")))
+                return
+            if rule.get("answer"):
+                faults.record(action, params, "answered")
+                self.reply((200, "text/xml", rule["answer"].encode()))
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("host", "content-length", "connection")}
