@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::end_of_life::{self, Origin};
 use super::journal::Launch;
@@ -105,7 +105,7 @@ pub async fn launch(
         .await
     {
         Ok(group) => {
-            launch.group = Some(group);
+            launch.group = Some(group.clone());
             let user_data = UserData {
                 host_private_openssh: &new_keys.host_private_openssh,
                 host_public_openssh: &new_keys.host_public_openssh,
@@ -119,6 +119,7 @@ pub async fn launch(
                 store,
                 printer,
                 interrupt,
+                group: &group,
                 user_data: &user_data,
             };
             attempts.run(&mut launch, &types, &places).await
@@ -177,6 +178,7 @@ struct Attempts<'a> {
     store: &'a KeyStore,
     printer: &'a Printer,
     interrupt: &'a Interrupt,
+    group: &'a str,
     user_data: &'a str,
 }
 
@@ -210,7 +212,7 @@ impl Attempts<'_> {
                 }
             }
         }
-        let e = no_capacity.unwrap_or_else(|| anyhow::anyhow!("no instance type to launch"));
+        let e = no_capacity.expect("there is at least one type and one place");
         Outcome::Failed(e.context(format!(
             "no capacity for {} in {tried} right now: try again later, or name other types to \
              try with --fallback-types T1,T2",
@@ -234,14 +236,13 @@ impl Attempts<'_> {
             .user
             .clone()
             .unwrap_or_else(|| guess_user(&image.name).into());
-        let group = launch.group.as_deref().context("the launch has no group")?;
         let launched = self
             .cloud
             .launch(&LaunchRequest {
                 image,
                 instance_type,
                 user_data: self.user_data,
-                security_group: group,
+                security_group: self.group,
                 login_user: &user,
                 subnet_id: place.subnet_id(),
                 key_name: match &self.plan.login {
