@@ -464,5 +464,7 @@ mod tests {
             ["g5.xlarge", "g6.xlarge"]
         );
         assert!("g5.xlarge,".parse::<InstanceTypes>().is_err());
+        let layer: Layer = toml::from_str("fallback_types = [\"g5.xlarge\"]\n").unwrap();
+        assert_eq!(layer.fallback_types.unwrap().0, ["g5.xlarge"]);
     }
 }
