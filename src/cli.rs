@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, ValueEnum};
 
-use crate::config::{EndOfLife, HostPort, Tag};
+use crate::config::{EndOfLife, HostPort, InstanceTypes, Tag};
 use crate::ssh::forward::Forward;
 
 #[derive(Debug, Parser)]
@@ -168,6 +168,9 @@ pub struct InstanceFlags {
     /// EC2 instance type.
     #[arg(long, value_name = "TYPE")]
     pub instance_type: Option<String>,
+    /// Instance types to try, in order, when no zone has capacity for --instance-type.
+    #[arg(long, value_name = "T1,T2")]
+    pub fallback_types: Option<InstanceTypes>,
     /// AMI id to launch (wins over --image-name).
     #[arg(long, value_name = "AMI")]
     pub image_id: Option<String>,

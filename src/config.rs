@@ -149,6 +149,23 @@ impl FromStr for Tags {
     }
 }
 
+/// Instance types to fall back on, in order (`T1,T2` in a flag or variable, a list in TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct InstanceTypes(pub Vec<String>);
+
+impl FromStr for InstanceTypes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let types: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
+        if types.iter().any(String::is_empty) {
+            return Err(format!(
+                "`{s}` is not a list of instance types: write e.g. g5.xlarge,g6.xlarge"
+            ));
+        }
+        Ok(Self(types))
+    }
+}
+
 /// The original tool's session multiplexer setting (`""` is none, as its recipes set it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -220,6 +237,12 @@ shown_by_display!(
     ipnet::IpNet,
     Multiplex
 );
+
+impl Shown for InstanceTypes {
+    fn shown(&self) -> String {
+        self.0.join(",")
+    }
+}
 
 impl Shown for PathBuf {
     fn shown(&self) -> String {
@@ -353,6 +376,8 @@ layer! {
     /// The AWS profile whose region and credentials are used.
     aws_profile: String = ["AWS_PROFILE"] => computed("the AWS default profile"),
     instance_type: String = ["AWS_INSTANCE_TYPE"] => value(DEFAULT_INSTANCE_TYPE),
+    /// Types to try in turn when AWS has no capacity for `instance_type`.
+    fallback_types: InstanceTypes = ["SSH_EC2_FALLBACK_TYPES"] => computed("none"),
     image_id: String = ["AWS_IMAGE_ID"],
     image_name: String = ["AWS_IMAGE_NAME"] => value(DEFAULT_IMAGE_NAME),
     user: String = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
@@ -407,6 +432,7 @@ impl Layer {
             region: i.region.clone(),
             aws_profile: None,
             instance_type: i.instance_type.clone(),
+            fallback_types: i.fallback_types.clone(),
             image_id: i.image_id.clone(),
             image_name: i.image_name.clone(),
             user: i.user.clone(),
@@ -867,5 +893,12 @@ mod tests {
         assert!("h:0".parse::<HostPort>().is_err());
         assert!("aws:x=1".parse::<Tag>().is_err());
         assert_eq!("a=1, b=2".parse::<Tags>().unwrap().0.len(), 2);
+        assert_eq!(
+            "g5.xlarge, g6.xlarge".parse::<InstanceTypes>().unwrap().0,
+            ["g5.xlarge", "g6.xlarge"]
+        );
+        assert!("g5.xlarge,".parse::<InstanceTypes>().is_err());
+        let layer: Layer = toml::from_str("fallback_types = [\"g5.xlarge\"]\n").unwrap();
+        assert_eq!(layer.fallback_types.unwrap().0, ["g5.xlarge"]);
     }
 }

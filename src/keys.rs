@@ -1,7 +1,9 @@
 //! The SSH keys of each instance, kept under the XDG state directory:
 //! `instances/<id>/login_ed25519` (0600, only for per-run keys) and
 //! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance, and
-//! `instances/<id>/manifest`, what its last sync left on both sides.
+//! `instances/<id>/manifest`, what its last sync left on both sides. Before the instance exists
+//! they wait in `instances/pending-<launch id>/`, beside the launch's record (`launch.json`, see
+//! `fleet::journal`); adopting the instance renames that directory in one step.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -30,7 +32,7 @@ pub struct InstanceKeys {
 
 /// Keys made for an instance about to be launched; moved under its id once it exists.
 pub struct NewKeys {
-    dir: PathBuf,
+    launch: String,
     pub keys: InstanceKeys,
     /// The login public key to install through user-data, for per-run keys.
     pub authorized_key: Option<String>,
@@ -46,6 +48,9 @@ const LOGIN_FILE: &str = "login_ed25519";
 const HOST_FILE: &str = "host_ed25519.pub";
 /// The EC2 key pair an instance was launched with, instead of a per-run key.
 const KEY_PAIR_FILE: &str = "key_pair";
+/// The record of the launch the keys are waiting for.
+const LAUNCH_FILE: &str = "launch.json";
+const PENDING: &str = "pending-";
 
 impl KeyStore {
     pub fn new(state_dir: &Path) -> Self {
@@ -63,11 +68,13 @@ impl KeyStore {
         self.instance_dir(instance_id).join("manifest")
     }
 
-    /// Generates the host key (and a per-run login key) into a private pending directory.
-    pub fn generate(&self, login: &LoginKey) -> Result<NewKeys> {
-        let dir = self
-            .root
-            .join(format!("pending-{:016x}", rand::random::<u64>()));
+    fn pending_dir(&self, launch: &str) -> PathBuf {
+        self.root.join(format!("{PENDING}{launch}"))
+    }
+
+    /// Generates the host key (and a per-run login key) into the private directory of `launch`.
+    pub fn generate(&self, login: &LoginKey, launch: &str) -> Result<NewKeys> {
+        let dir = self.pending_dir(launch);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -91,7 +98,7 @@ impl KeyStore {
             }
         };
         Ok(NewKeys {
-            dir,
+            launch: launch.to_string(),
             keys: InstanceKeys {
                 login,
                 host: host.public_key().clone(),
@@ -104,19 +111,54 @@ impl KeyStore {
 
     /// Files the keys under the instance that now exists.
     pub fn adopt(&self, new: NewKeys, instance_id: &str) -> Result<InstanceKeys> {
+        self.adopt_launch(&new.launch, instance_id)?;
+        Ok(new.keys)
+    }
+
+    /// Files the keys of `launch` under its instance, which now exists; its record goes.
+    pub fn adopt_launch(&self, launch: &str, instance_id: &str) -> Result<()> {
         let target = self.instance_dir(instance_id);
-        fs::rename(&new.dir, &target).with_context(|| {
+        fs::rename(self.pending_dir(launch), &target).with_context(|| {
             format!(
                 "cannot keep the keys of {instance_id} in {}",
                 target.display()
             )
         })?;
-        Ok(new.keys)
+        let _ = fs::remove_file(target.join(LAUNCH_FILE));
+        Ok(())
     }
 
     /// Drops keys whose instance was never launched.
     pub fn discard(&self, new: NewKeys) {
-        let _ = fs::remove_dir_all(&new.dir);
+        self.discard_launch(&new.launch);
+    }
+
+    /// Drops the keys and the record of a launch that made no instance (or whose instance ended).
+    pub fn discard_launch(&self, launch: &str) {
+        let _ = fs::remove_dir_all(self.pending_dir(launch));
+    }
+
+    /// Writes (or replaces) the record of `launch` beside its keys, whole or not at all.
+    pub fn record_launch(&self, launch: &str, record: &str) -> Result<()> {
+        let path = self.pending_dir(launch).join(LAUNCH_FILE);
+        let aside = path.with_extension("new");
+        fs::write(&aside, record)
+            .and_then(|()| fs::rename(&aside, &path))
+            .with_context(|| format!("cannot write the launch record {}", path.display()))
+    }
+
+    /// The records of the launches whose instances were never adopted, as written.
+    pub fn launch_records(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                entry.file_name().to_str()?.strip_prefix(PENDING)?;
+                fs::read_to_string(entry.path().join(LAUNCH_FILE)).ok()
+            })
+            .collect()
     }
 
     /// The keys of an instance launched earlier from this machine.
@@ -199,7 +241,9 @@ mod tests {
     fn keys_survive_adoption_and_reload() {
         let dir = std::env::temp_dir().join(format!("ssh-ec2-keys-{}", std::process::id()));
         let store = KeyStore::new(&dir);
-        let new = store.generate(&LoginKey::PerRun).unwrap();
+        let new = store.generate(&LoginKey::PerRun, "0abc").unwrap();
+        store.record_launch("0abc", "{}").unwrap();
+        assert_eq!(store.launch_records(), ["{}"]);
         assert!(new.host_private_openssh.contains("OPENSSH PRIVATE KEY"));
         assert!(
             new.authorized_key
@@ -208,6 +252,11 @@ mod tests {
                 .starts_with("ssh-ed25519 ")
         );
         let made = store.adopt(new, "i-0123").unwrap();
+        assert!(
+            store.launch_records().is_empty(),
+            "adopted: no longer pending"
+        );
+        assert!(!dir.join("instances/i-0123").join(LAUNCH_FILE).exists());
         let loaded = store.load("i-0123", &LoginKey::PerRun).unwrap();
         assert_eq!(loaded.host, made.host);
         assert_eq!(loaded.login.public_key(), made.login.public_key());

@@ -1,18 +1,18 @@
 //! ssh-ec2: run a command on a throw-away AWS EC2 machine as if it were local.
 //!
-//! The story, in order: `cli` (flags) → `config` (files < preset < `.env` < environment <
-//! flags) → `plan` (validated) → `run` (the phases): `acquire` (find or launch the instance
-//! through `cloud`), `ssh` (the session, the command, rsync's transport), `sync` (rsync),
-//! `remote` (the remote command line) → `end_of_life`.
+//! The story, in order: `cli` (flags, and the mode they choose) → `config` (files < preset <
+//! `.env` < environment < flags) → `plan` (validated) → `commands` (one file per mode):
+//! `fleet` (find or launch the instance through `cloud`, and its end of life), `ssh` (the
+//! session, the command, forwards, rsync's transport), `sync` (rsync and the manifest),
+//! `remote` (how things are spelled on the instance: the command line, jobs, leases).
 
-mod acquire;
 mod backoff;
 mod cli;
 mod cloud;
 mod commands;
 mod config;
 mod dotenv;
-mod end_of_life;
+mod fleet;
 mod interrupt;
 mod keys;
 mod lock;

@@ -62,6 +62,8 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct LaunchPlan {
     pub instance_type: String,
+    /// Tried in order when no zone has capacity for `instance_type`.
+    pub fallback_types: Vec<String>,
     pub image: ImageChoice,
     /// `None`: guessed from the image name.
     pub user: Option<String>,
@@ -316,6 +318,7 @@ impl Plan {
                 instance_type: settings
                     .instance_type
                     .unwrap_or(DEFAULT_INSTANCE_TYPE.into()),
+                fallback_types: settings.fallback_types.unwrap_or_default().0,
                 image,
                 user: settings.user,
                 instance_profile: settings.instance_profile,

@@ -6,6 +6,8 @@ use std::fmt;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
+use super::Cloud;
+
 /// An AWS call that failed, with the user's next step when the cause is a known one.
 #[derive(Debug)]
 pub struct AwsError {
@@ -14,7 +16,27 @@ pub struct AwsError {
     hint: Option<&'static str>,
     /// The AWS error code, for callers that handle some codes themselves.
     pub code: Option<String>,
+    /// AWS gave no decision on the request: throttled, failed inside, or never answered (after
+    /// the SDK's retries). It may have happened, and asking again later may work.
+    pub inconclusive: bool,
+    /// Why AWS refused, encoded (UnauthorizedOperation): sts:DecodeAuthorizationMessage reads it.
+    pub denial: Option<String>,
 }
+
+/// What precedes the encoded reason in an UnauthorizedOperation message.
+const ENCODED_DENIAL: &str = "Encoded authorization failure message:";
+
+/// Codes that are no answer to the request itself: AWS was busy or failed inside.
+const INCONCLUSIVE_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "EC2ThrottledException",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+];
 
 impl fmt::Display for AwsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,18 +72,29 @@ where
 {
     let code = err.code().map(str::to_string);
     if let SdkError::ServiceError(_) = err {
-        let detail = match err.message() {
+        // The encoded reason is a long blob: kept aside, to be decoded.
+        let (message, denial) = match err.message().map(|m| m.split_once(ENCODED_DENIAL)) {
+            Some(Some((plain, encoded))) => (Some(plain.trim()), Some(encoded.trim().to_string())),
+            Some(None) => (err.message(), None),
+            None => (None, None),
+        };
+        let detail = match message {
             Some(message) => format!("{} ({message})", code.as_deref().unwrap_or("error")),
             None => code
                 .clone()
                 .unwrap_or_else(|| "unknown service error".into()),
         };
         let hint = code.as_deref().and_then(hint_for_code);
+        let inconclusive = code
+            .as_deref()
+            .is_none_or(|c| INCONCLUSIVE_CODES.contains(&c));
         return AwsError {
             doing,
             detail,
             hint,
             code,
+            inconclusive,
+            denial,
         };
     }
     if let Some(problem) = credentials_problem(err) {
@@ -77,6 +110,8 @@ where
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
             ),
             code,
+            inconclusive: false,
+            denial: None,
         };
     }
     let (detail, hint) = match err {
@@ -92,10 +127,57 @@ where
         detail,
         hint: Some(hint),
         code,
+        // Only a request that could not even be built was surely never sent.
+        inconclusive: !matches!(err, SdkError::ConstructionFailure(_)),
+        denial: None,
     }
 }
 
 const NETWORK_HINT: &str = "check your network connection and proxy settings, the region (--region, AWS_REGION) and AWS_ENDPOINT_URL";
+
+impl Cloud {
+    /// Adds why AWS refused to an error that holds an encoded UnauthorizedOperation reason:
+    /// decoded, when the user may (sts:DecodeAuthorizationMessage), else how an admin can.
+    pub async fn explain_denial(&self, error: anyhow::Error) -> anyhow::Error {
+        let encoded = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<AwsError>())
+            .and_then(|e| e.denial.clone());
+        let Some(encoded) = encoded else {
+            return error;
+        };
+        let decoded = self
+            .sts
+            .decode_authorization_message()
+            .encoded_message(&encoded)
+            .send()
+            .await;
+        match decoded.ok().as_ref().and_then(|d| d.decoded_message()) {
+            Some(decoded) => match denial_summary(decoded) {
+                Some(summary) => error.context(summary),
+                None => error.context(format!("AWS says why: {decoded}")),
+            },
+            None => error.context(format!(
+                "to see why, an admin runs `aws sts decode-authorization-message \
+                 --encoded-message {encoded}` (ssh-ec2 does it itself if you are allowed \
+                 sts:DecodeAuthorizationMessage)"
+            )),
+        }
+    }
+}
+
+/// The action and resource refused, from a decoded authorization message.
+fn denial_summary(decoded: &str) -> Option<String> {
+    let message: serde_json::Value = serde_json::from_str(decoded).ok()?;
+    let context = &message["context"];
+    let action = context["action"].as_str()?;
+    let resource = context["resource"].as_str().unwrap_or("*");
+    let why = match message["explicitDeny"].as_bool() {
+        Some(true) => "a policy denies it explicitly",
+        _ => "no policy allows it",
+    };
+    Some(format!("AWS refused {action} on {resource}: {why}"))
+}
 
 fn credentials_problem<'e>(err: &'e (dyn StdError + 'static)) -> Option<&'e CredentialsError> {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
@@ -136,8 +218,7 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
             "this region is not enabled for your account: pick another with --region"
         }
         "InsufficientInstanceCapacity" | "InsufficientCapacity" => {
-            "AWS has no capacity for this instance type here right now: retry later, or pick \
-             another --instance-type, or a --subnet-id in another availability zone"
+            "AWS has no spare capacity for this instance type in this availability zone right now"
         }
         "VcpuLimitExceeded" | "InstanceLimitExceeded" | "MaxSpotInstanceCountExceeded" => {
             "your account's vCPU quota for this instance family is used up: terminate idle \
@@ -161,4 +242,24 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::denial_summary;
+
+    #[test]
+    fn a_decoded_denial_names_the_action_and_resource() {
+        let decoded = r#"{"allowed":false,"explicitDeny":false,"matchedStatements":{"items":[]},
+            "failures":{"items":[]},"context":{"principal":{"id":"AIDA","name":"me"},
+            "action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-central-1:1:instance/*"}}"#;
+        assert_eq!(
+            denial_summary(decoded).as_deref(),
+            Some(
+                "AWS refused ec2:RunInstances on arn:aws:ec2:eu-central-1:1:instance/*: no policy \
+                 allows it"
+            )
+        );
+        assert_eq!(denial_summary("not json"), None);
+    }
 }

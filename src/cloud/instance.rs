@@ -4,6 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
@@ -12,7 +16,7 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 
 use super::image::Image;
-use super::{AwsResultExt, Cloud};
+use super::{AwsError, AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
 const TAG_OWNER: &str = "ssh-ec2:owner";
@@ -25,6 +29,37 @@ const TAG_DIR: &str = "ssh-ec2:dir";
 const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 /// The login user, so a later run need not guess it again.
 const TAG_USER: &str = "ssh-ec2:user";
+/// The launch that made the instance (see fleet::journal): found by it after a lost answer.
+const TAG_LAUNCH: &str = "ssh-ec2:launch";
+
+/// RunInstances errors that say "not here, not now": the launch may work in another zone or
+/// with another type.
+pub const CAPACITY_CODES: &[&str] = &["InsufficientInstanceCapacity", "Unsupported"];
+
+/// EC2 answers InsufficientInstanceCapacity with HTTP 500, which the SDK would retry in the same
+/// zone for a minute; it is an answer, and the launch moves on to another zone or type instead.
+#[derive(Debug)]
+pub(super) struct CapacityIsAnAnswer;
+
+impl ClassifyRetry for CapacityIsAnAnswer {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let code = match ctx.output_or_error() {
+            Some(Err(error)) => error
+                .as_operation_error()
+                .and_then(|e| e.downcast_ref::<RunInstancesError>())
+                .and_then(|e| e.code()),
+            _ => None,
+        };
+        match code {
+            Some(code) if CAPACITY_CODES.contains(&code) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "capacity errors are answers"
+    }
+}
 
 /// Who and what an instance belongs to: a directory on a machine, for an owner.
 #[derive(Debug, Clone)]
@@ -98,6 +133,11 @@ impl State {
         }
     }
 
+    /// Not (being) terminated.
+    pub fn is_live(self) -> bool {
+        !matches!(self, State::ShuttingDown | State::Terminated)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",
@@ -165,6 +205,8 @@ pub struct LaunchRequest<'a> {
     pub tags: &'a [(String, String)],
     /// Makes a retried RunInstances idempotent.
     pub client_token: &'a str,
+    /// Its launch in the journal, tagged so that the instance is found if the answer is lost.
+    pub launch_id: &'a str,
 }
 
 pub(super) fn tag_specification(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
@@ -209,27 +251,54 @@ impl Cloud {
             .flat_map(|r| r.instances())
             .filter(|i| owner.owns(i.tags()))
             .filter_map(Instance::from_sdk)
-            .filter(|i| !matches!(i.state, State::ShuttingDown | State::Terminated))
+            .filter(|i| i.state.is_live())
             .collect();
         // A running one is the cheapest to reuse.
         owned.sort_by_key(|i| i.state != State::Running);
         Ok(owned.into_iter().next())
     }
 
-    pub async fn instance(&self, id: &str) -> Result<Instance> {
+    /// The instance a launch made, by its tag, in whatever state; preferably a live one.
+    pub async fn find_launched(&self, launch_id: &str) -> Result<Option<Instance>, AwsError> {
         let found = self
             .ec2
             .describe_instances()
-            .instance_ids(id)
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{TAG_LAUNCH}"))
+                    .values(filter_value(launch_id))
+                    .build(),
+            )
             .send()
             .await
-            .explain(format_args!("describe instance {id}"))?;
-        found
+            .explain(format_args!("look for the instance of launch {launch_id}"))?;
+        let mut launched: Vec<Instance> = found
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .find_map(Instance::from_sdk)
+            .filter_map(Instance::from_sdk)
+            .collect();
+        launched.sort_by_key(|i| !i.state.is_live());
+        Ok(launched.into_iter().next())
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Instance> {
+        self.lookup(id)
+            .await?
             .with_context(|| format!("instance {id} no longer exists in {}", self.region))
+    }
+
+    /// The instance, or `None` if AWS does not know it (or does not show it yet).
+    async fn lookup(&self, id: &str) -> Result<Option<Instance>, AwsError> {
+        let found = match self.ec2.describe_instances().instance_ids(id).send().await {
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => return Ok(None),
+            found => found.explain(format_args!("describe instance {id}"))?,
+        };
+        Ok(found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(Instance::from_sdk))
     }
 
     pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Instance> {
@@ -237,6 +306,7 @@ impl Cloud {
         let mut tags = request.tags.to_vec();
         tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
         tags.push((TAG_USER.into(), request.login_user.into()));
+        tags.push((TAG_LAUNCH.into(), request.launch_id.into()));
         // The image's own root volume, made deletable on termination (and resized if asked).
         let root_volume = match &request.image.root_volume {
             Some(root) => {
@@ -269,7 +339,7 @@ impl Cloud {
             }
             None => None,
         };
-        let launched = self
+        let run = self
             .ec2
             .run_instances()
             .image_id(&request.image.id)
@@ -297,18 +367,23 @@ impl Cloud {
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
-            .client_token(request.client_token)
-            .send()
-            .await
-            .explain(format_args!(
-                "launch a {} instance of {} in {}",
-                request.instance_type, request.image.id, self.region
-            ))?;
-        launched
+            .client_token(request.client_token);
+        let group = request.security_group;
+        let launched = self
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                run.clone().send().await.explain(format_args!(
+                    "launch a {} instance of {} in {}",
+                    request.instance_type, request.image.id, self.region
+                ))
+            })
+            .await?;
+        let instance = launched
             .instances()
             .first()
             .and_then(Instance::from_sdk)
-            .context("EC2 accepted the launch but returned no instance: check the EC2 console")
+            .context("EC2 accepted the launch but returned no instance: check the EC2 console")?;
+        self.note_created(&instance.id);
+        Ok(instance)
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -332,41 +407,53 @@ impl Cloud {
     }
 
     pub async fn terminate(&self, id: &str) -> Result<()> {
-        self.ec2
-            .terminate_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .explain(format_args!("terminate instance {id}"))?;
+        self.despite_lag(id, "InvalidInstanceID.NotFound", async || {
+            self.ec2
+                .terminate_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .explain(format_args!("terminate instance {id}"))
+        })
+        .await?;
         Ok(())
     }
 
     /// Polls until the instance reaches `target`, or fails once `deadline` has passed or it
-    /// lands somewhere it cannot come back from.
+    /// lands somewhere it cannot come back from. A failed poll (throttled, or a new instance
+    /// that AWS does not show yet) does not end the wait.
     pub async fn wait_until(&self, id: &str, target: State, deadline: Instant) -> Result<Instance> {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
-            let instance = self.instance(id).await?;
-            if instance.state == target {
-                return Ok(instance);
-            }
-            let dead_end = match target {
-                State::Running | State::Stopped => {
-                    matches!(instance.state, State::ShuttingDown | State::Terminated)
+            let state = match self.lookup(id).await {
+                Ok(Some(instance)) if instance.state == target => return Ok(instance),
+                Ok(Some(instance)) => {
+                    let dead_end = match target {
+                        State::Running | State::Stopped => !instance.state.is_live(),
+                        _ => false,
+                    };
+                    if dead_end {
+                        bail!(
+                            "instance {id} is {} instead of {}: look at its state reason in the \
+                             EC2 console",
+                            instance.state.as_str(),
+                            target.as_str()
+                        );
+                    }
+                    instance.state.as_str().to_string()
                 }
-                _ => false,
+                Ok(None) if self.may_be_invisible(id) => "not visible yet".to_string(),
+                Ok(None) => bail!("instance {id} no longer exists in {}", self.region),
+                Err(e) if e.inconclusive => {
+                    tracing::debug!("polling {id}: {e}");
+                    format!("unknown ({e})")
+                }
+                Err(e) => return Err(e.into()),
             };
-            if dead_end {
-                bail!(
-                    "instance {id} is {} instead of {}: look at its state reason in the EC2 console",
-                    instance.state.as_str(),
-                    target.as_str()
-                );
-            }
             if Instant::now() >= deadline {
                 bail!(
-                    "instance {id} is still {}, not {}, after waiting: check it in the EC2 console",
-                    instance.state.as_str(),
+                    "instance {id} is still {state}, not {}, after waiting: check it in the EC2 \
+                     console",
                     target.as_str()
                 );
             }

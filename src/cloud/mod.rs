@@ -8,23 +8,50 @@ mod instance;
 mod network;
 pub mod userdata;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use aws_config::BehaviorVersion;
 use aws_config::default_provider::region::DefaultRegionChain;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
 use aws_sdk_ec2::config::Region;
 
+use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
-pub use image::guess_user;
-pub use instance::{Instance, LaunchRequest, Ownership, State};
-pub use network::caller_cidr;
+pub use image::{Image, guess_user};
+pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Ownership, State};
+pub use network::{Subnet, caller_cidr};
 
 /// Used when neither ssh-ec2's settings nor the AWS config chain name a region.
 pub const FALLBACK_REGION: &str = "eu-central-1";
 
+/// How long AWS may take to show what was just created: its answers are eventually consistent,
+/// so until then a "not found" is no proof that something is gone.
+pub const VISIBILITY_LAG: Duration = Duration::from_secs(120);
+
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
+    /// Only to decode why AWS refused something.
+    sts: aws_sdk_sts::Client,
     pub region: String,
+    /// What this process created (or found after a lost answer), and when.
+    created: Mutex<HashMap<String, Instant>>,
+    /// The AWS profile in use, for a connection to another region.
+    profile: Option<String>,
+}
+
+/// Throttling, AWS-side failures and network errors are retried with jittered exponential
+/// backoff, from 0.25 s doubling up to 20 s, for 10 attempts: at most about 70 s per request,
+/// so a burst of throttling does not fail the run. The SDK's default, 3 attempts, gives up
+/// within a second or two.
+fn patient_retries() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(10)
+        .with_initial_backoff(Duration::from_millis(250))
+        .with_max_backoff(Duration::from_secs(20))
 }
 
 impl Cloud {
@@ -40,15 +67,34 @@ impl Cloud {
         let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string())))
             .or_else(chain.build())
             .or_else(FALLBACK_REGION);
-        let config = loader.region(region).load().await;
+        let mut config = loader.region(region).load().await;
+        // The user's own AWS retry settings (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, or max_attempts
+        // and retry_mode in the profile) win; only the SDK's default is replaced.
+        if config.retry_config() == Some(&RetryConfig::standard()) {
+            config = config
+                .into_builder()
+                .retry_config(patient_retries())
+                .build();
+        }
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
+        let ec2 = aws_sdk_ec2::config::Builder::from(&config)
+            .retry_classifier(instance::CapacityIsAnAnswer)
+            .build();
         Cloud {
-            ec2: aws_sdk_ec2::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::from_conf(ec2),
             iam: aws_sdk_iam::Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
             region,
+            created: Mutex::default(),
+            profile: profile.map(str::to_string),
         }
+    }
+
+    /// The same account and profile, in another region.
+    pub async fn in_region(&self, region: &str) -> Cloud {
+        Cloud::connect(Some(region), self.profile.as_deref()).await
     }
 
     /// Fails early, with the admin's next step, when the instance profile does not exist.
@@ -60,5 +106,39 @@ impl Cloud {
             .await
             .explain(format_args!("find the IAM instance profile `{name}`"))?;
         Ok(())
+    }
+
+    /// Remembers that `id` exists from now on, whatever AWS says in the next moments.
+    pub fn note_created(&self, id: &str) {
+        let mut created = self.created.lock().expect("not poisoned");
+        created.insert(id.to_string(), Instant::now());
+    }
+
+    /// Whether `id` was created so recently that AWS may not show it yet.
+    fn may_be_invisible(&self, id: &str) -> bool {
+        let created = self.created.lock().expect("not poisoned");
+        created
+            .get(id)
+            .is_some_and(|when| when.elapsed() < VISIBILITY_LAG)
+    }
+
+    /// Calls again while AWS answers `not_found` (e.g. InvalidGroup.NotFound) about `id`,
+    /// created moments ago.
+    async fn despite_lag<T>(
+        &self,
+        id: &str,
+        not_found: &str,
+        mut call: impl AsyncFnMut() -> Result<T, AwsError>,
+    ) -> Result<T, AwsError> {
+        let mut backoff = Backoff::new(Duration::from_secs(2));
+        loop {
+            match call().await {
+                Err(e) if e.code.as_deref() == Some(not_found) && self.may_be_invisible(id) => {
+                    tracing::debug!("{id} is not visible yet: {e}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => return other,
+            }
+        }
     }
 }

@@ -11,9 +11,16 @@ use super::instance::tag_specification;
 use super::{AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
+/// A subnet to launch in, and its availability zone.
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub id: String,
+    pub zone: String,
+}
+
 impl Cloud {
     /// The VPC to launch in: the subnet's, else the region's default VPC.
-    async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
+    pub async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
         if let Some(subnet) = subnet_id {
             let found = self
                 .ec2
@@ -50,49 +57,106 @@ impl Cloud {
         }
     }
 
-    /// Creates the security group of a new instance: inbound tcp/22 from `cidr` only.
+    /// The default subnet of each availability zone of the default VPC, by zone name.
+    pub async fn default_subnets(&self) -> Result<Vec<Subnet>> {
+        let found = self
+            .ec2
+            .describe_subnets()
+            .filters(
+                Filter::builder()
+                    .name("default-for-az")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .explain(format_args!("list the default subnets of {}", self.region))?;
+        let mut subnets: Vec<Subnet> = found
+            .subnets()
+            .iter()
+            .filter_map(|s| {
+                Some(Subnet {
+                    id: s.subnet_id()?.to_string(),
+                    zone: s.availability_zone()?.to_string(),
+                })
+            })
+            .collect();
+        subnets.sort_by(|a, b| a.zone.cmp(&b.zone));
+        Ok(subnets)
+    }
+
+    /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from `cidr`
+    /// only. The name is the launch's own, so a retried creation whose first answer was lost
+    /// finds the group it made.
     pub async fn create_ssh_group(
         &self,
-        subnet_id: Option<&str>,
+        name: &str,
+        vpc: &str,
         cidr: IpNet,
         tags: &[(String, String)],
     ) -> Result<String> {
-        let vpc = self.vpc_for(subnet_id).await?;
-        let name = format!("ssh-ec2-{:016x}", rand::random::<u64>());
         let created = self
             .ec2
             .create_security_group()
-            .group_name(&name)
+            .group_name(name)
             .description("ssh-ec2: SSH from the launching machine only; deleted with the instance")
-            .vpc_id(&vpc)
+            .vpc_id(vpc)
             .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags))
             .send()
             .await
-            .explain(format_args!("create security group {name} in {vpc}"))?;
-        let group = created
-            .group_id()
-            .context("EC2 created a security group without an id")?;
-        if let Err(e) = self.allow_ssh_from(group, cidr).await {
-            return Err(match self.delete_ssh_group(group).await {
+            .explain(format_args!("create security group {name} in {vpc}"));
+        let group = match created {
+            Ok(created) => created
+                .group_id()
+                .context("EC2 created a security group without an id")?
+                .to_string(),
+            Err(e) if e.code.as_deref() == Some("InvalidGroup.Duplicate") => self
+                .group_named(name)
+                .await?
+                .with_context(|| format!("security group {name} exists but cannot be found"))?,
+            Err(e) => return Err(e.into()),
+        };
+        self.note_created(&group);
+        if let Err(e) = self.allow_ssh_from(&group, cidr).await {
+            return Err(match self.delete_ssh_group(&group).await {
                 Ok(()) => e,
                 Err(leak) => e.context(format!("{leak:#}")),
             });
         }
-        Ok(group.to_string())
+        Ok(group)
+    }
+
+    /// The id of the security group called `name`, if there is one.
+    pub async fn group_named(&self, name: &str) -> Result<Option<String>> {
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-name").values(name).build())
+            .send()
+            .await
+            .explain(format_args!("look for security group {name}"))?;
+        Ok(found
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(str::to_string))
     }
 
     /// Lets `cidr` in on tcp/22.
     async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
         let result = self
-            .ec2
-            .authorize_security_group_ingress()
-            .group_id(group)
-            .ip_permissions(ssh_permission(&[cidr]))
-            .send()
-            .await
-            .explain(format_args!(
-                "allow SSH from {cidr} in security group {group}"
-            ));
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                self.ec2
+                    .authorize_security_group_ingress()
+                    .group_id(group)
+                    .ip_permissions(ssh_permission(&[cidr]))
+                    .send()
+                    .await
+                    .explain(format_args!(
+                        "allow SSH from {cidr} in security group {group}"
+                    ))
+            })
+            .await;
         match result {
             Err(e) if e.code.as_deref() == Some("InvalidPermission.Duplicate") => Ok(()),
             other => other.map(drop).map_err(Into::into),
@@ -154,13 +218,17 @@ impl Cloud {
         let deadline = Instant::now() + Duration::from_secs(180);
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
+            // A group made moments ago that AWS does not show yet is not gone.
             let result = self
-                .ec2
-                .delete_security_group()
-                .group_id(group)
-                .send()
-                .await
-                .explain(format_args!("delete security group {group}"));
+                .despite_lag(group, "InvalidGroup.NotFound", async || {
+                    self.ec2
+                        .delete_security_group()
+                        .group_id(group)
+                        .send()
+                        .await
+                        .explain(format_args!("delete security group {group}"))
+                })
+                .await;
             match result {
                 Ok(_) => return Ok(()),
                 Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => return Ok(()),

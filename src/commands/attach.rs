@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 
 use super::{Followed, Ground, come_back_hint, follow_job, job_state, reach};
-use crate::acquire;
+use crate::fleet;
 use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
@@ -18,7 +18,7 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
     }
     let ground = Ground::open(plan).await?;
     // Never launches, and leaves a stopped instance stopped: no job runs there.
-    let machine = acquire::find(&ground.cloud, plan, &ground.store, printer, false).await?;
+    let machine = fleet::find(&ground.cloud, plan, &ground.store, printer, false).await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut reached = reach(&scene).await?;
     let job = Job::for_dir(&plan.local_dir);

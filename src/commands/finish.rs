@@ -9,7 +9,7 @@ use super::{
     Followed, Ground, NoteSignals, Presence, Progress, Scene, come_back_hint, end_of_run,
     follow_job, job_state, pull_results, reach,
 };
-use crate::acquire;
+use crate::fleet;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -23,7 +23,7 @@ pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32>
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
     // Never launches; a stopped instance is started to bring its results home.
-    let machine = acquire::find(&ground.cloud, plan, &ground.store, printer, true).await?;
+    let machine = fleet::find(&ground.cloud, plan, &ground.store, printer, true).await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = work(&scene, attach && plan.pty, lock, &mut progress).await;

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::acquire::Machine;
+use crate::fleet::Machine;
 use crate::backoff::Backoff;
 use crate::cli::{Cli, Mode};
 use crate::cloud::{Cloud, State};
 use crate::config::{EndOfLife, HostPort, Sources};
-use crate::end_of_life;
+use crate::fleet::end_of_life;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;
 use crate::lock::DirLock;

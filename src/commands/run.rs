@@ -11,10 +11,10 @@ use super::{
     Followed, Ground, NoteSignals, Presence, Progress, Reached, Scene, come_back_hint, end_of_run,
     follow_job, job_state, pull_results, reach, reconnect_if_closed, rsync,
 };
-use crate::acquire::acquire;
+use crate::fleet::acquire;
 use crate::backoff::Backoff;
 use crate::config::Multiplex;
-use crate::end_of_life::Origin;
+use crate::fleet::end_of_life::Origin;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;

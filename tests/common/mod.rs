@@ -34,12 +34,17 @@ pub struct CloudOptions {
     pub wrong_host_key: bool,
     /// The instances' login user (default: ubuntu).
     pub user: Option<&'static str>,
+    /// ssh-ec2 talks to moto through the fault-injecting proxy (tests/testbed/faults.py):
+    /// see `TestCloud::set_faults`.
+    pub faults: bool,
 }
 
 pub struct TestCloud {
     process: CloudProcess,
     state: tempfile::TempDir,
+    /// What ssh-ec2 talks to: moto, or the fault-injecting proxy in front of it.
     pub endpoint: String,
+    faults: bool,
     pub checkip_url: String,
     pub connect: String,
     pub region: String,
@@ -110,6 +115,9 @@ impl TestCloud {
         if let Some(user) = options.user {
             command.arg("--user").arg(user);
         }
+        if options.faults {
+            command.arg("--faults");
+        }
         let mut child = command
             .spawn()
             .expect("cannot start tests/testbed/cloud.py");
@@ -135,9 +143,10 @@ impl TestCloud {
         });
         let text = |key: &str| ready[key].as_str().unwrap().to_string();
         let (endpoint, region) = (text("endpoint"), text("region"));
+        // The test's own look at the cloud goes past the proxy.
         let sdk = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
+            .endpoint_url(text("moto_endpoint"))
             .region(aws_config::Region::new(region.clone()))
             .credentials_provider(
                 aws_credential_types::provider::SharedCredentialsProvider::new(
@@ -158,6 +167,7 @@ impl TestCloud {
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
                 .collect(),
             endpoint,
+            faults: options.faults,
             region,
             state,
             runtime: tokio::runtime::Builder::new_current_thread()
@@ -166,6 +176,49 @@ impl TestCloud {
                 .unwrap(),
             sdk,
         }
+    }
+
+    /// Replaces the proxy's rules (see tests/testbed/README.md), which also releases the
+    /// answers it holds.
+    pub fn set_faults(&self, rules: Value) {
+        self.faults_request("POST", "/_faults", &rules.to_string());
+    }
+
+    /// Every AWS request ssh-ec2 made through the proxy, in order: `action`, `outcome`
+    /// ("forwarded 200", "error CODE", "lost (…)", "held (…)", "replayed") and `params`.
+    pub fn aws_calls(&self) -> Vec<Value> {
+        serde_json::from_str(&self.faults_request("GET", "/_log", "")).unwrap()
+    }
+
+    /// The outcomes of the calls of `action`, in order.
+    pub fn outcomes(&self, action: &str) -> Vec<String> {
+        self.aws_calls()
+            .iter()
+            .filter(|call| call["action"] == action)
+            .map(|call| call["outcome"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn faults_request(&self, method: &str, path: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        assert!(
+            self.faults,
+            "start the cloud with CloudOptions {{ faults: true }}"
+        );
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(" 200 "), "{method} {path}: {head}");
+        body.to_string()
     }
 
     pub fn stderr_log(&self) -> String {

@@ -3,7 +3,8 @@
 moto_server answers the EC2/IAM API; a boot simulator watches moto's instances and gives each
 running one a real OpenSSH server on 127.0.0.1:--sshd-port, set up from the instance's
 #cloud-config user-data the way cloud-init would (host key, authorized keys); a tiny HTTP
-server stands in for https://checkip.amazonaws.com. Prints one JSON "ready" line on stdout, logs
+server stands in for https://checkip.amazonaws.com. With --faults, a fault-injecting proxy
+(faults.py) stands between the product and moto. Prints one JSON "ready" line on stdout, logs
 events to STATE_DIR/events.jsonl, and exits, stopping everything it started, when stdin reaches
 EOF or on SIGTERM. See README.md beside this file.
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 import boto3
 import yaml
 from botocore.exceptions import ClientError
+
+import faults
 
 # Ready-line key -> (AMI id, name, creation date). The Ubuntu DLAMI name pattern matches the
 # first two; the newest of them (20261015) is the one the product must pick.
@@ -354,6 +357,8 @@ def parse_args():
                         help="seconds from 'running' to sshd listening")
     parser.add_argument("--wrong-host-key", action="store_true",
                         help="sshd uses a fresh host key, not the one in the user-data")
+    parser.add_argument("--faults", action="store_true",
+                        help="put the fault-injecting proxy (faults.py) in front of moto")
     return parser.parse_args()
 
 
@@ -403,7 +408,9 @@ def main():
         simulator = Simulator(args, ec2, events)
         simulator.start()
         ready = {
-            "endpoint": endpoint,
+            # The product's endpoint; the simulator and the tests' own checks use moto's.
+            "endpoint": faults.start(endpoint) if args.faults else endpoint,
+            "moto_endpoint": endpoint,
             "checkip_url": "http://127.0.0.1:%d/" % checkip.server_address[1],
             "connect": f"127.0.0.1:{args.sshd_port}",
             "region": args.region,

@@ -62,6 +62,19 @@ pub async fn apply(
     action: EndOfLife,
     printer: &Printer,
 ) -> Result<()> {
+    match end(cloud, store, instance, action, printer).await {
+        Err(e) => Err(cloud.explain_denial(e).await),
+        ended => ended,
+    }
+}
+
+async fn end(
+    cloud: &Cloud,
+    store: &KeyStore,
+    instance: &Instance,
+    action: EndOfLife,
+    printer: &Printer,
+) -> Result<()> {
     let id = &instance.id;
     match action {
         EndOfLife::Terminate => {

@@ -1,0 +1,201 @@
+//! The launch journal. Before a launch creates anything, its record is written to the state
+//! directory, beside the new instance's keys (`instances/pending-<launch id>/launch.json`). It
+//! stays until the instance is adopted (the directory becomes `instances/<instance id>`) or
+//! until everything the launch made is gone. So a lost RunInstances answer, a crash or a
+//! SIGKILL never orphans an instance or its security group: the same run, or the next run in
+//! the same directory, finds the instance by its `ssh-ec2:launch` tag, then adopts or ends it.
+//! The records hold all it takes to do that without the run's settings (for a later `--gc`).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::end_of_life::TRANSITION_TIMEOUT;
+use crate::backoff::Backoff;
+use crate::cloud::{Cloud, Instance, State, VISIBILITY_LAG};
+use crate::keys::KeyStore;
+use crate::printer::Printer;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Launch {
+    /// Random. The instance's `ssh-ec2:launch` tag, and part of its client tokens and of its
+    /// security group's name.
+    pub id: String,
+    pub region: String,
+    /// The local directory the instance is for (its `ssh-ec2:dir` tag).
+    pub dir: String,
+    /// The security group's id, once it is created.
+    pub group: Option<String>,
+    /// When RunInstances was last sent, in seconds since the Unix epoch: until VISIBILITY_LAG
+    /// after it, AWS may not show the instance yet. `None`: never sent, so no instance exists.
+    pub sent: Option<u64>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Launch {
+    pub fn new(region: &str, dir: &str) -> Launch {
+        Launch {
+            id: format!("{:032x}", rand::random::<u128>()),
+            region: region.to_string(),
+            dir: dir.to_string(),
+            group: None,
+            sent: None,
+        }
+    }
+
+    /// Ours alone, so that a creation retried after a lost answer finds the group it made.
+    pub fn group_name(&self) -> String {
+        format!("ssh-ec2-{}", self.id)
+    }
+
+    /// RunInstances' idempotency token for the attempt `n`: each attempt (another zone or type)
+    /// needs its own, since EC2 refuses a token again with other parameters.
+    pub fn client_token(&self, n: usize) -> String {
+        format!("ssh-ec2-{}-{n}", self.id)
+    }
+
+    pub fn save(&self, store: &KeyStore) -> Result<()> {
+        let record = serde_json::to_string_pretty(self).context("cannot encode a launch record")?;
+        store.record_launch(&self.id, &record)
+    }
+
+    /// Records that RunInstances is about to be sent (again).
+    pub fn sending(&mut self, store: &KeyStore) -> Result<()> {
+        self.sent = Some(now());
+        self.save(store)
+    }
+
+    /// Its instance, in whatever state. AWS may not show a new instance at once, so "none" is
+    /// only the answer once VISIBILITY_LAG has passed since the launch was sent; a failed look
+    /// (throttled, network) is tried again meanwhile.
+    pub async fn find_instance(&self, cloud: &Cloud) -> Result<Option<Instance>> {
+        let Some(sent) = self.sent else {
+            return Ok(None);
+        };
+        let settled = Instant::now()
+            + VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            let past = Instant::now() >= settled;
+            match cloud.find_launched(&self.id).await {
+                Ok(Some(instance)) => {
+                    cloud.note_created(&instance.id);
+                    return Ok(Some(instance));
+                }
+                Ok(None) if past => return Ok(None),
+                Err(e) if past || !e.inconclusive => return Err(e.into()),
+                _ => tokio::time::sleep(backoff.next_delay()).await,
+            }
+        }
+    }
+
+    /// Deletes its security group (if it made one), then its keys and record. If the group
+    /// cannot be deleted, the record stays, for the next run here to try again.
+    pub async fn abandon(&self, cloud: &Cloud, store: &KeyStore) -> Result<()> {
+        let group = match &self.group {
+            Some(group) => Some(group.clone()),
+            // Its creation may have happened with the answer lost, or a crash right after.
+            None => cloud.group_named(&self.group_name()).await?,
+        };
+        if let Some(group) = group {
+            cloud.delete_ssh_group(&group).await?;
+        }
+        store.discard_launch(&self.id);
+        Ok(())
+    }
+}
+
+/// Settles the launches of earlier runs in this directory that never adopted their instance
+/// (killed, or their answer lost). An instance in this run's region is adopted and returned: it
+/// never ran anything, so the run uses it as if it had launched it. Any other is terminated,
+/// and each launch's security group deleted.
+pub async fn settle(
+    cloud: &Cloud,
+    dir: &str,
+    store: &KeyStore,
+    printer: &Printer,
+) -> Result<Option<String>> {
+    let pending: Vec<Launch> = store
+        .launch_records()
+        .iter()
+        .filter_map(|record| serde_json::from_str(record).ok())
+        // Other directories' launches may belong to runs going on right now.
+        .filter(|launch: &Launch| launch.dir == dir)
+        .collect();
+    let mut adopted = None;
+    for launch in pending {
+        let elsewhere;
+        let (cloud, here) = if launch.region == cloud.region {
+            (cloud, true)
+        } else {
+            elsewhere = cloud.in_region(&launch.region).await;
+            (&elsewhere, false)
+        };
+        let settled = settle_one(cloud, &launch, here && adopted.is_none(), store, printer)
+            .await
+            .with_context(|| {
+                format!(
+                    "an earlier run here left launch {} in {} unfinished: run again to settle it",
+                    launch.id, launch.region
+                )
+            })?;
+        adopted = adopted.or(settled);
+    }
+    Ok(adopted)
+}
+
+async fn settle_one(
+    cloud: &Cloud,
+    launch: &Launch,
+    may_adopt: bool,
+    store: &KeyStore,
+    printer: &Printer,
+) -> Result<Option<String>> {
+    let phase = printer.phase(format!(
+        "looking for what an earlier run here launched before it ended ({})",
+        launch.id
+    ));
+    let instance = match launch.find_instance(cloud).await? {
+        Some(instance) if instance.state.is_live() && may_adopt => {
+            store.adopt_launch(&launch.id, &instance.id)?;
+            phase.done(format!(
+                "adopted {}, launched by an earlier run here that ended before using it",
+                instance.id
+            ));
+            return Ok(Some(instance.id));
+        }
+        Some(instance) => instance,
+        None => {
+            launch.abandon(cloud, store).await?;
+            phase.done(format!(
+                "an earlier run here ended before its instance existed: removed what it left \
+                 ({})",
+                launch.id
+            ));
+            return Ok(None);
+        }
+    };
+    let id = &instance.id;
+    if instance.state.is_live() {
+        phase.update(format!(
+            "terminating {id} in {}, launched by an earlier run here",
+            cloud.region
+        ));
+        cloud.terminate(id).await?;
+    }
+    cloud
+        .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
+        .await?;
+    launch.abandon(cloud, store).await?;
+    phase.done(format!(
+        "terminated {id} in {}, launched by an earlier run here that ended before using it",
+        cloud.region
+    ));
+    Ok(None)
+}

@@ -1,0 +1,346 @@
+//! A new instance for this directory: fresh keys, its own security group, and RunInstances in
+//! the first zone (then type) that has capacity. The launch is in the journal before anything
+//! exists, so whatever fails (or is lost) half-way is found and cleaned up.
+
+use std::fmt;
+
+use anyhow::Result;
+
+use super::end_of_life::{self, Origin};
+use super::journal::Launch;
+use super::{Machine, ingress_cidr};
+use crate::cloud::userdata::UserData;
+use crate::cloud::{
+    AwsError, CAPACITY_CODES, Cloud, Image, Instance, LaunchRequest, Subnet, guess_user,
+};
+use crate::config::EndOfLife;
+use crate::interrupt::Interrupt;
+use crate::keys::{KeyStore, LoginKey};
+use crate::plan::{ImageChoice, Plan};
+use crate::printer::Printer;
+
+/// Where to try a launch.
+enum Place {
+    /// The default VPC, in the zone EC2 picks (it avoids zones it knows to be short).
+    Anywhere,
+    /// A default subnet, in its zone.
+    Zone(Subnet),
+    /// The user's subnet.
+    Given(String),
+}
+
+impl Place {
+    fn subnet_id(&self) -> Option<&str> {
+        match self {
+            Place::Anywhere => None,
+            Place::Zone(subnet) => Some(&subnet.id),
+            Place::Given(id) => Some(id),
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Anywhere => f.write_str("the zone EC2 picked"),
+            Place::Zone(subnet) => write!(f, "{} ({})", subnet.zone, subnet.id),
+            Place::Given(id) => f.write_str(id),
+        }
+    }
+}
+
+/// How a launch attempt ended.
+enum Outcome {
+    Launched {
+        instance: Instance,
+        user: String,
+    },
+    /// Nothing exists: what the launch made can go.
+    Failed(anyhow::Error),
+    /// The instance may exist but cannot be found yet: the journal keeps the launch.
+    Unknown(anyhow::Error),
+}
+
+pub async fn launch(
+    cloud: &Cloud,
+    plan: &Plan,
+    store: &KeyStore,
+    printer: &Printer,
+    interrupt: &Interrupt,
+) -> Result<Machine> {
+    let spec = &plan.launch;
+    let phase = printer.phase(format!(
+        "launching a {} instance in {}",
+        spec.instance_type, cloud.region
+    ));
+    if let Some(profile) = &spec.instance_profile {
+        cloud.check_instance_profile(profile).await?;
+    }
+    // Every type's image now: a typo in --fallback-types fails before anything is created.
+    let mut types = Vec::new();
+    for instance_type in std::iter::once(&spec.instance_type).chain(&spec.fallback_types) {
+        let image = match &spec.image {
+            ImageChoice::Id(id) => cloud.image_by_id(id, instance_type).await?,
+            ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, instance_type).await?,
+        };
+        types.push((instance_type.as_str(), image));
+    }
+    let vpc = cloud.vpc_for(spec.subnet_id.as_deref()).await?;
+    let places = match &spec.subnet_id {
+        Some(id) => vec![Place::Given(id.clone())],
+        None => std::iter::once(Place::Anywhere)
+            .chain(cloud.default_subnets().await?.into_iter().map(Place::Zone))
+            .collect(),
+    };
+    let cidr = ingress_cidr(&plan.ingress).await?;
+
+    let mut launch = Launch::new(&cloud.region, &plan.ownership.dir);
+    let new_keys = store.generate(&plan.login, &launch.id)?;
+    if let Err(e) = launch.save(store) {
+        store.discard(new_keys);
+        return Err(e);
+    }
+    let outcome = match cloud
+        .create_ssh_group(&launch.group_name(), &vpc, cidr, &spec.tags)
+        .await
+    {
+        Ok(group) => {
+            launch.group = Some(group.clone());
+            let user_data = UserData {
+                host_private_openssh: &new_keys.host_private_openssh,
+                host_public_openssh: &new_keys.host_public_openssh,
+                authorized_key: new_keys.authorized_key.as_deref(),
+                extra_commands: spec.extra_boot_commands.as_deref(),
+            }
+            .render();
+            let attempts = Attempts {
+                cloud,
+                plan,
+                store,
+                printer,
+                interrupt,
+                group: &group,
+                user_data: &user_data,
+            };
+            attempts.run(&mut launch, &types, &places).await
+        }
+        Err(e) => Outcome::Failed(e),
+    };
+    let (instance, user) = match outcome {
+        Outcome::Launched { instance, user } => (instance, user),
+        Outcome::Failed(e) => {
+            if let Err(leak) = launch.abandon(cloud, store).await {
+                printer.warn(&format!(
+                    "{leak:#} (the next run here tries again to delete what the launch made)"
+                ));
+            }
+            return Err(e);
+        }
+        Outcome::Unknown(e) => {
+            return Err(e.context(format!(
+                "the launch's answer was lost and its instance cannot be found yet: the next run \
+                 here looks for it again, then uses it or terminates it (launch {})",
+                launch.id
+            )));
+        }
+    };
+    let keys = match store.adopt(new_keys, &instance.id) {
+        Ok(keys) => keys,
+        Err(e) => {
+            // Unreachable without its keys: it must not run on.
+            let ended =
+                end_of_life::apply(cloud, store, &instance, EndOfLife::Terminate, printer).await;
+            return Err(match ended {
+                Ok(()) => e.context(format!(
+                    "{} was terminated: it could not be reached",
+                    instance.id
+                )),
+                Err(end) => e.context(format!("{end:#}")),
+            });
+        }
+    };
+    phase.done(format!(
+        "launched {} ({})",
+        instance.id, instance.instance_type
+    ));
+    Ok(Machine {
+        instance,
+        keys,
+        user,
+        origin: Origin::Launched,
+    })
+}
+
+/// The RunInstances attempts of one launch, once its keys and group exist.
+struct Attempts<'a> {
+    cloud: &'a Cloud,
+    plan: &'a Plan,
+    store: &'a KeyStore,
+    printer: &'a Printer,
+    interrupt: &'a Interrupt,
+    group: &'a str,
+    user_data: &'a str,
+}
+
+impl Attempts<'_> {
+    /// Each place for the first type, then each place for the next type, until one launches.
+    async fn run(&self, launch: &mut Launch, types: &[(&str, Image)], places: &[Place]) -> Outcome {
+        let tried = match places {
+            [Place::Given(id)] => id.as_str(),
+            _ => &self.cloud.region,
+        };
+        let mut no_capacity = None;
+        for (t, (instance_type, image)) in types.iter().enumerate() {
+            if t > 0 {
+                self.printer.info(&format!(
+                    "no capacity for {} in {tried}: trying {instance_type} (--fallback-types)",
+                    types[t - 1].0
+                ));
+            }
+            for (p, place) in places.iter().enumerate() {
+                if p > 0 {
+                    self.printer.info(&format!(
+                        "no capacity for {instance_type} in {}: trying {place}",
+                        places[p - 1]
+                    ));
+                }
+                let n = t * places.len() + p;
+                match self.attempt(launch, n, instance_type, image, place).await {
+                    Err(e) if is_capacity(&e) => no_capacity = Some(e),
+                    Err(e) => return Outcome::Failed(e),
+                    Ok(outcome) => return outcome,
+                }
+            }
+        }
+        let e = no_capacity.expect("there is at least one type and one place");
+        Outcome::Failed(e.context(format!(
+            "no capacity for {} in {tried} right now: try again later, or name other types to \
+             try with --fallback-types T1,T2",
+            types.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+        )))
+    }
+
+    /// One RunInstances. An error is an answer: nothing was launched.
+    async fn attempt(
+        &self,
+        launch: &mut Launch,
+        n: usize,
+        instance_type: &str,
+        image: &Image,
+        place: &Place,
+    ) -> Result<Outcome> {
+        self.interrupt.check()?;
+        launch.sending(self.store)?;
+        let spec = &self.plan.launch;
+        let user = spec
+            .user
+            .clone()
+            .unwrap_or_else(|| guess_user(&image.name).into());
+        let launched = self
+            .cloud
+            .launch(&LaunchRequest {
+                image,
+                instance_type,
+                user_data: self.user_data,
+                security_group: self.group,
+                login_user: &user,
+                subnet_id: place.subnet_id(),
+                key_name: match &self.plan.login {
+                    LoginKey::KeyPair { name, .. } => Some(name.as_str()),
+                    LoginKey::PerRun => None,
+                },
+                instance_profile: spec.instance_profile.as_deref(),
+                volume_size: spec.volume_size,
+                tags: &spec.tags,
+                client_token: &launch.client_token(n),
+                launch_id: &launch.id,
+            })
+            .await;
+        let e = match launched {
+            Ok(instance) => return Ok(Outcome::Launched { instance, user }),
+            Err(e) => e,
+        };
+        let code = match e.downcast_ref::<AwsError>() {
+            // Throttled, failed inside AWS, or no answer: it may have launched all the same.
+            Some(aws) if aws.inconclusive => aws.code.clone().unwrap_or("no answer".into()),
+            Some(aws) if is_quota(aws) => return Err(quota_hint(e, instance_type)),
+            _ => return Err(e),
+        };
+        Ok(match launch.find_instance(self.cloud).await {
+            Ok(Some(instance)) if instance.state.is_live() => {
+                self.printer.info(&format!(
+                    "the launch's answer was lost ({code}), but {} exists: using it",
+                    instance.id
+                ));
+                let user = instance.login_user.clone().unwrap_or(user);
+                Outcome::Launched { instance, user }
+            }
+            Ok(Some(ended)) => Outcome::Failed(e.context(format!(
+                "{} was launched, but is {} already",
+                ended.id,
+                ended.state.as_str()
+            ))),
+            Ok(None) => Outcome::Failed(e),
+            Err(lookup) => Outcome::Unknown(e.context(format!("{lookup:#}"))),
+        })
+    }
+}
+
+fn is_capacity(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<AwsError>()
+        .and_then(|aws| aws.code.as_deref())
+        .is_some_and(|code| CAPACITY_CODES.contains(&code))
+}
+
+fn is_quota(aws: &AwsError) -> bool {
+    matches!(
+        aws.code.as_deref(),
+        Some("VcpuLimitExceeded" | "InstanceLimitExceeded")
+    )
+}
+
+/// Names the quota to raise: there is one per instance family.
+fn quota_hint(e: anyhow::Error, instance_type: &str) -> anyhow::Error {
+    e.context(format!(
+        "your account may run no more {instance_type} instances here: raise the quota \
+         \"Running On-Demand {} instances\" (Service Quotas console, Amazon EC2, in this \
+         region), or end instances you no longer use",
+        quota_family(instance_type)
+    ))
+}
+
+/// The family in the name of a type's On-Demand vCPU quota.
+fn quota_family(instance_type: &str) -> &'static str {
+    let letters: String = instance_type
+        .chars()
+        .take_while(char::is_ascii_lowercase)
+        .collect();
+    match letters.as_str() {
+        "g" | "vt" => "G and VT",
+        "p" => "P",
+        "f" => "F",
+        "inf" => "Inf",
+        "trn" => "Trn",
+        "dl" => "DL",
+        "x" => "X",
+        "hpc" => "HPC",
+        "u" => "High Memory",
+        _ => "Standard (A, C, D, H, I, M, R, T, Z)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quota_family;
+
+    #[test]
+    fn quotas_are_named_by_family() {
+        assert_eq!(quota_family("g4dn.xlarge"), "G and VT");
+        assert_eq!(quota_family("p5.48xlarge"), "P");
+        assert_eq!(quota_family("inf2.xlarge"), "Inf");
+        assert_eq!(
+            quota_family("t3.micro"),
+            "Standard (A, C, D, H, I, M, R, T, Z)"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! Nothing leaks, even when AWS misbehaves or ssh-ec2 is killed: lost answers, throttling,
+//! no capacity, eventual consistency, a group still in use. ssh-ec2 talks to moto through the
+//! fault-injecting proxy (tests/testbed/faults.py); each test asserts moto's final state, the
+//! exit status, and the AWS calls where their number or order matters.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{CloudOptions, Project, Run, TestCloud, state_of, wait_or_kill};
+use serde_json::json;
+
+fn faulty_cloud() -> TestCloud {
+    TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    })
+}
+
+/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
+fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
+    let alive: Vec<_> = cloud
+        .instances()
+        .into_iter()
+        .filter(|i| state_of(i) != InstanceStateName::Terminated)
+        .collect();
+    assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
+    assert!(
+        cloud.run_security_groups().is_empty(),
+        "security groups left\n{run}"
+    );
+    assert!(cloud.key_pair_names().is_empty(), "{run}");
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "keys or unfinished launches kept: {:?}\n{run}",
+        project.kept_instance_keys()
+    );
+}
+
+fn count(outcomes: &[String], outcome: &str) -> usize {
+    outcomes.iter().filter(|o| *o == outcome).count()
+}
+
+#[test]
+fn every_run_instances_answer_lost_the_instance_is_found_and_used() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(json!([{"action": "RunInstances", "lose": true}]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo hello"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "hello\n", "{run}");
+    let launches = cloud.outcomes("RunInstances");
+    assert!(
+        launches.len() > 3,
+        "retried beyond 3 attempts: {launches:?}"
+    );
+    assert_eq!(launches[0], "lost (forwarded 200)", "{launches:?}");
+    assert!(
+        launches[1..].iter().all(|o| o == "lost (replayed)"),
+        "the retries carried the same client token: {launches:?}"
+    );
+    assert_eq!(cloud.instances().len(), 1, "launched once\n{run}");
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated
+    );
+    assert_nothing_left(&cloud, &project, &run);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn killed_right_after_run_instances_the_next_run_adopts_the_instance() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    // RunInstances happens, but its answer waits until the rules change.
+    cloud.set_faults(json!([{"action": "RunInstances", "hold": true}]));
+    let mut child = project
+        .ssh_ec2(&cloud)
+        .arg("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cloud.outcomes("RunInstances").is_empty() {
+        assert!(Instant::now() < deadline, "RunInstances never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    cloud.set_faults(json!([]));
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+    assert!(
+        project
+            .kept_instance_keys()
+            .iter()
+            .any(|k| k.starts_with("pending-")),
+        "the launch is in the journal: {:?}",
+        project.kept_instance_keys()
+    );
+
+    let next = Run::of(project.ssh_ec2(&cloud).arg("echo adopted"));
+    next.assert_code(0);
+    assert_eq!(next.stdout, "adopted\n", "{next}");
+    assert!(next.stderr.contains("adopted i-"), "{next}");
+    assert_eq!(
+        cloud.outcomes("RunInstances"),
+        ["held (forwarded 200)"],
+        "the next run launched nothing"
+    );
+    assert_eq!(cloud.instances().len(), 1, "{next}");
+    assert_nothing_left(&cloud, &project, &next);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn throttling_bursts_on_lookups_launch_and_teardown_do_not_fail_the_run() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    let burst = |action: &str, times: usize| json!({"action": action, "error": "RequestLimitExceeded", "times": times});
+    cloud.set_faults(json!([
+        burst("DescribeInstances", 6),
+        burst("RunInstances", 6),
+        burst("TerminateInstances", 3),
+        burst("DeleteSecurityGroup", 3),
+    ]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo through"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "through\n", "{run}");
+    for (action, times) in [
+        ("DescribeInstances", 6),
+        ("RunInstances", 6),
+        ("TerminateInstances", 3),
+        ("DeleteSecurityGroup", 3),
+    ] {
+        let outcomes = cloud.outcomes(action);
+        assert_eq!(
+            outcomes[..=times].last().map(String::as_str),
+            Some("forwarded 200"),
+            "{action} went through after {times} throttles: {outcomes:?}"
+        );
+        assert_eq!(count(&outcomes, "error RequestLimitExceeded"), times);
+    }
+    assert_eq!(cloud.instances().len(), 1, "{run}");
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(
+        json!([{"action": "DescribeInstances", "after": "RunInstances",
+                             "error": "RequestLimitExceeded", "times": 3}]),
+    );
+
+    // One attempt per request: each throttled poll fails, and the wait goes on.
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .arg("true"),
+    );
+    run.assert_code(0);
+    let polls = cloud.outcomes("DescribeInstances");
+    assert_eq!(count(&polls, "error RequestLimitExceeded"), 3, "{polls:?}");
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    let default_subnets = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_subnets()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("default-for-az")
+                        .values("true")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let mut zones: Vec<(String, String)> = default_subnets
+        .subnets()
+        .iter()
+        .map(|s| {
+            let zone = s.availability_zone().unwrap().to_string();
+            (zone, s.subnet_id().unwrap().to_string())
+        })
+        .collect();
+    zones.sort();
+    let no_capacity = |params: serde_json::Value| json!({"action": "RunInstances", "params": params, "error": "InsufficientInstanceCapacity"});
+    // Neither where EC2 places it, nor in the first zone.
+    cloud.set_faults(json!([
+        no_capacity(json!({"SubnetId": null})),
+        no_capacity(json!({"SubnetId": zones[0].1})),
+    ]));
+
+    let moved = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    moved.assert_code(0);
+    assert_eq!(
+        cloud.instances()[0].subnet_id(),
+        Some(zones[1].1.as_str()),
+        "{moved}"
+    );
+    assert_eq!(
+        moved.stderr.matches("no capacity for g4dn.xlarge").count(),
+        2,
+        "one line per move\n{moved}"
+    );
+    assert!(moved.stderr.contains(&zones[1].0), "{moved}");
+    assert_eq!(
+        cloud.outcomes("RunInstances"),
+        [
+            "error InsufficientInstanceCapacity",
+            "error InsufficientInstanceCapacity",
+            "forwarded 200"
+        ],
+        "no retry in a zone without capacity"
+    );
+    assert_nothing_left(&cloud, &project, &moved);
+
+    // No g4dn.xlarge anywhere.
+    cloud.set_faults(json!([no_capacity(json!({"InstanceType": "g4dn.xlarge"}))]));
+    let fallback = Run::of(project.ssh_ec2(&cloud).args([
+        "--fallback-types",
+        "t3.micro",
+        "--no-rsync",
+        "true",
+    ]));
+    fallback.assert_code(0);
+    assert!(
+        fallback
+            .stderr
+            .contains("no capacity for g4dn.xlarge in eu-central-1: trying t3.micro"),
+        "{fallback}"
+    );
+    let types: Vec<_> = cloud
+        .instances()
+        .iter()
+        .map(|i| i.instance_type().unwrap().as_str().to_string())
+        .collect();
+    assert_eq!(types, ["g4dn.xlarge", "t3.micro"], "{fallback}");
+    assert_nothing_left(&cloud, &project, &fallback);
+
+    // Nothing anywhere: the run fails, and what the launch made is gone.
+    cloud.set_faults(json!([no_capacity(json!({}))]));
+    let none = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    none.assert_code(255);
+    assert!(none.stderr.contains("--fallback-types"), "{none}");
+    assert_eq!(cloud.instances().len(), 2, "{none}");
+    assert_nothing_left(&cloud, &project, &none);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn not_found_right_after_a_creation_is_not_taken_as_gone() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(json!([
+        {"action": "AuthorizeSecurityGroupIngress", "error": "InvalidGroup.NotFound", "times": 2},
+        {"action": "DescribeInstances", "after": "RunInstances",
+         "error": "InvalidInstanceID.NotFound", "times": 3},
+        {"action": "TerminateInstances", "error": "InvalidInstanceID.NotFound", "times": 1},
+    ]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("echo visible"));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "visible\n", "{run}");
+    assert_eq!(
+        count(&cloud.outcomes("TerminateInstances"), "forwarded 200"),
+        1,
+        "{run}"
+    );
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(
+        json!([{"action": "DeleteSecurityGroup", "error": "DependencyViolation",
+                             "times": 4}]),
+    );
+
+    let run = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    run.assert_code(0);
+    assert_eq!(
+        cloud.outcomes("DeleteSecurityGroup"),
+        [
+            "error DependencyViolation",
+            "error DependencyViolation",
+            "error DependencyViolation",
+            "error DependencyViolation",
+            "forwarded 200"
+        ]
+    );
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    cloud.set_faults(
+        json!([{"action": "RunInstances", "error": "VcpuLimitExceeded",
+                             "message": "You have requested more vCPU capacity than allowed"}]),
+    );
+
+    let quota = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    quota.assert_code(255);
+    assert!(
+        quota
+            .stderr
+            .contains("\"Running On-Demand G and VT instances\""),
+        "names the quota to raise\n{quota}"
+    );
+    assert_eq!(cloud.outcomes("RunInstances").len(), 1, "{quota}");
+    assert!(cloud.instances().is_empty());
+    assert_nothing_left(&cloud, &project, &quota);
+
+    // Not allowed to create the group, nor to decode why.
+    let refused = "You are not authorized to perform this operation. Encoded authorization \
+                   failure message: ENCODED-REASON";
+    cloud.set_faults(json!([
+        {"action": "CreateSecurityGroup", "error": "UnauthorizedOperation", "message": refused},
+        {"action": "DecodeAuthorizationMessage", "error": "AccessDenied"},
+    ]));
+    let denied = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    denied.assert_code(255);
+    assert!(
+        denied.stderr.contains("UnauthorizedOperation")
+            && denied.stderr.contains("policies/ssh-ec2-user.json")
+            && denied
+                .stderr
+                .contains("aws sts decode-authorization-message --encoded-message ENCODED-REASON"),
+        "{denied}"
+    );
+    assert_eq!(
+        count(
+            &cloud.outcomes("CreateSecurityGroup"),
+            "error UnauthorizedOperation"
+        ),
+        1,
+        "not retried\n{denied}"
+    );
+    assert_eq!(
+        cloud.outcomes("RunInstances").len(),
+        1,
+        "no launch\n{denied}"
+    );
+    assert_nothing_left(&cloud, &project, &denied);
+
+    // Not allowed to launch; allowed to decode why.
+    let decoded = r#"{"allowed":false,"explicitDeny":true,"context":{"action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-central-1:123456789012:instance/*"}}"#;
+    let answer = format!(
+        "<DecodeAuthorizationMessageResponse><DecodeAuthorizationMessageResult>\
+         <DecodedMessage>{decoded}</DecodedMessage>\
+         </DecodeAuthorizationMessageResult></DecodeAuthorizationMessageResponse>"
+    );
+    cloud.set_faults(json!([
+        {"action": "RunInstances", "error": "UnauthorizedOperation", "message": refused},
+        {"action": "DecodeAuthorizationMessage", "params": {"EncodedMessage": "ENCODED-REASON"},
+         "answer": answer},
+    ]));
+    let explained = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    explained.assert_code(255);
+    assert!(
+        explained.stderr.contains(
+            "AWS refused ec2:RunInstances on arn:aws:ec2:eu-central-1:123456789012:instance/*: \
+             a policy denies it explicitly"
+        ) && !explained.stderr.contains("ENCODED-REASON"),
+        "{explained}"
+    );
+    assert_eq!(cloud.outcomes("DecodeAuthorizationMessage").len(), 2);
+    assert_nothing_left(&cloud, &project, &explained);
+}

@@ -1,0 +1,185 @@
+"""A fault-injecting proxy between ssh-ec2 and moto, for the tests of what ssh-ec2 does when AWS
+misbehaves. See README.md beside this file.
+
+Every AWS request (a form-encoded POST with Action=...) is logged, then either forwarded to moto
+or answered by the first matching rule: an AWS error, a "lost" answer (forwarded, then answered
+500, so the action happened but the caller never learned it), or a held answer (forwarded, then
+kept until the rules are replaced, so a test can kill the caller in between). RunInstances gets
+AWS's ClientToken idempotency, which moto lacks: a repeated token is answered with the first
+answer and launches nothing.
+
+Control, on the same port: POST /_faults with a JSON list of rules replaces them (and releases
+held answers); GET /_log returns the log as a JSON list.
+"""
+
+import http.client
+import json
+import re
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+# The HTTP status AWS answers these codes with; any other code gets 400.
+STATUS = {"RequestLimitExceeded": 503, "InsufficientInstanceCapacity": 500, "InternalError": 500}
+
+
+class Rule:
+    """One rule, from its JSON form:
+    action   the Action it applies to ("*": all)
+    params   {name: value} the request must carry; a null value: the parameter is absent
+    after    only once an answer to this Action has come back from moto ("right after a create")
+    times    how many matching requests it hits (default: all)
+    error    answer this AWS error code (with "status" and "message" if given), or
+    answer   answer this XML body with 200, for what moto lacks (DecodeAuthorizationMessage), or
+    lose     true: forward, then answer 500 InternalError, or
+    hold     true: forward, then keep the answer until the rules are replaced
+    """
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.left = spec.get("times")
+
+    def matches(self, action, params, answered):
+        spec = self.spec
+        if spec.get("action", "*") not in ("*", action) or self.left == 0:
+            return False
+        if spec.get("after") and spec["after"] not in answered:
+            return False
+        return all(params.get(k) == v for k, v in spec.get("params", {}).items())
+
+
+class Faults:
+    def __init__(self, moto_endpoint):
+        self.moto = urlsplit(moto_endpoint)
+        self.lock = threading.Lock()
+        self.rules = []
+        self.log = []
+        self.answered = set()     # actions moto has answered with success
+        self.launches = {}        # ClientToken -> moto's answer to the first RunInstances
+        self.released = threading.Event()
+
+    def set_rules(self, specs):
+        with self.lock:
+            self.rules = [Rule(spec) for spec in specs]
+            self.released.set()  # held answers go out now
+            self.released = threading.Event()
+
+    def pick(self, action, params):
+        """The rule for this request, counted as used, or None."""
+        with self.lock:
+            for rule in self.rules:
+                if rule.matches(action, params, self.answered):
+                    if rule.left is not None:
+                        rule.left -= 1
+                    return rule.spec
+        return None
+
+    def record(self, action, params, outcome):
+        with self.lock:
+            self.log.append({"action": action, "outcome": outcome,
+                             "params": {k: v for k, v in params.items() if k != "UserData"}})
+
+    def forward(self, action, params, path, headers, body):
+        """moto's (status, headers, body); RunInstances with a known ClientToken is replayed."""
+        token = params.get("ClientToken") if action == "RunInstances" else None
+        with self.lock:
+            replay = self.launches.get(token)
+        if replay:
+            return replay, "replayed"
+        connection = http.client.HTTPConnection(self.moto.hostname, self.moto.port, timeout=60)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = (response.status, response.getheader("Content-Type", "text/xml"),
+                      response.read())
+        finally:
+            connection.close()
+        if answer[0] == 200:
+            with self.lock:
+                self.answered.add(action)
+                if token:
+                    self.launches[token] = answer
+        return answer, f"forwarded {answer[0]}"
+
+
+def error_answer(service, code, status, message):
+    request_id = str(uuid.uuid4())
+    if service == "ec2":
+        body = (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+                f"</Errors><RequestID>{request_id}</RequestID></Response>")
+    else:  # IAM and STS
+        body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+                f"<Message>{message}</Message></Error><RequestId>{request_id}</RequestId>"
+                "</ErrorResponse>")
+    return status, "text/xml", ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
+
+
+def start(moto_endpoint):
+    """Starts the proxy on a free loopback port, in daemon threads; returns its URL."""
+    faults = Faults(moto_endpoint)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the SDK expects
+
+        def do_GET(self):
+            if self.path == "/_log":
+                with faults.lock:
+                    self.reply((200, "application/json", json.dumps(faults.log).encode()))
+            else:
+                self.reply((404, "text/plain", b"not found\n"))
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/_faults":
+                faults.set_rules(json.loads(body))
+                self.reply((200, "application/json", b"{}"))
+                return
+            params = dict(parse_qsl(body.decode()))
+            action = params.get("Action", "?")
+            scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/",
+                              self.headers.get("Authorization", ""))
+            service = scope.group(1) if scope else "ec2"
+            rule = faults.pick(action, params) or {}
+            if rule.get("error"):
+                code = rule["error"]
+                faults.record(action, params, f"error {code}")
+                self.reply(error_answer(service, code, rule.get("status", STATUS.get(code, 400)),
+                                        rule.get("message", f"injected {code}")))
+                return
+            if rule.get("answer"):
+                faults.record(action, params, "answered")
+                self.reply((200, "text/xml", rule["answer"].encode()))
+                return
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("host", "content-length", "connection")}
+            answer, outcome = faults.forward(action, params, self.path, headers, body)
+            if rule.get("lose"):
+                faults.record(action, params, f"lost ({outcome})")
+                answer = error_answer(service, "InternalError", 500, "injected: answer lost")
+            elif rule.get("hold"):
+                released = faults.released
+                faults.record(action, params, f"held ({outcome})")
+                released.wait()
+            else:
+                faults.record(action, params, outcome)
+            self.reply(answer)
+
+        def reply(self, answer):
+            status, content_type, body = answer
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # the caller is gone (killed while its answer was held)
+
+        def log_message(self, *args):
+            pass  # stdout is for cloud.py's ready line only
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return "http://127.0.0.1:%d" % server.server_address[1]
