@@ -48,7 +48,7 @@ fn a_second_ctrl_c_during_the_pull_skips_it_and_stops_the_instance() {
     let mut child = start_until_ready(
         project
             .ssh_ec2(&cloud)
-            .arg("echo ready; head -c 400000000 /dev/urandom > big.bin"),
+            .arg("echo ready; head -c 1200000000 /dev/urandom > big.bin"),
     );
     let (lines, seen) = mpsc::channel();
     let stderr = BufReader::new(child.stderr.take().unwrap());
