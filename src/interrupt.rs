@@ -27,13 +27,14 @@ impl Signal {
         }
     }
 
-    /// The same signal for the remote command, as SSH names it.
+    /// The signal to pass on to the remote command, as SSH names it.
     pub fn for_remote(self) -> russh::Sig {
         match self {
             Signal::Interrupt => russh::Sig::INT,
             Signal::Terminate => russh::Sig::TERM,
             Signal::HangUp => russh::Sig::HUP,
-            Signal::Quit => russh::Sig::QUIT,
+            // Like SIGTERM, as the remote command sees it: many ignore SIGQUIT.
+            Signal::Quit => russh::Sig::TERM,
         }
     }
 }

@@ -28,6 +28,10 @@ fn sigquit_is_passed_on_like_sigterm_and_the_run_ends_cleanly() {
     let run = Run::collect(child);
     run.assert_code(131);
     assert!(run.stderr.contains("SIGQUIT: passed on"), "{run}");
+    assert!(
+        run.stderr.contains("killed by signal TERM"),
+        "the command got SIGTERM\n{run}"
+    );
     assert_eq!(
         project.read("log.txt").as_deref(),
         Some("partial\n"),
