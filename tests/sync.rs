@@ -457,3 +457,38 @@ fn a_push_never_overwrites_what_the_instance_changed_since_the_last_pull() {
         "{run}"
     );
 }
+
+#[test]
+fn after_a_lost_connection_the_command_is_ended_through_a_new_one_before_the_pull() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let child = start_until_ready(project.ssh_ec2(&cloud).arg(
+        "trap '' PIPE; trap 'echo last > last.txt; exit 0' TERM; echo ready; \
+         while :; do sleep 0.2; done",
+    ));
+    // A network drop: the connection goes, the instance and the command stay.
+    assert!(
+        cloud.drop_connections() > 0,
+        "there was a connection to cut"
+    );
+    let (code, stderr) = finish(child);
+    assert_eq!(
+        code,
+        Some(255),
+        "a lost connection is ssh-ec2's failure\n{stderr}"
+    );
+    assert!(
+        stderr.contains("ending what is left of the remote command"),
+        "{stderr}"
+    );
+    assert_eq!(
+        project.read("last.txt").as_deref(),
+        Some("last\n"),
+        "ended, then pulled: its last result came home\n{stderr}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "its end is known and its results are home\n{stderr}"
+    );
+}

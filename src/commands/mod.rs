@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::fleet::Machine;
 use crate::backoff::Backoff;
 use crate::cli::{Cli, Mode};
 use crate::cloud::{Cloud, State};
 use crate::config::{EndOfLife, HostPort, Sources};
+use crate::fleet::Machine;
 use crate::fleet::end_of_life;
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;

@@ -11,9 +11,9 @@ use super::{
     Followed, Ground, NoteSignals, Presence, Progress, Reached, Scene, come_back_hint, end_of_run,
     follow_job, job_state, pull_results, reach, reconnect_if_closed, rsync,
 };
-use crate::fleet::acquire;
 use crate::backoff::Backoff;
 use crate::config::Multiplex;
+use crate::fleet::acquire;
 use crate::fleet::end_of_life::Origin;
 use crate::lock::DirLock;
 use crate::plan::Plan;

@@ -268,8 +268,9 @@ impl TestCloud {
         );
     }
 
-    /// Cuts every SSH connection to the running instance, as a network drop would; its sshd
-    /// (and what runs in tmux or screen there) stays. Returns how many processes were killed.
+    /// Cuts every SSH connection to the running instance, as a network drop would: the sshd
+    /// processes serving them die, what they ran (and the listening sshd) stays. Returns how
+    /// many processes were killed.
     pub fn drop_connections(&self) -> usize {
         let listener = self
             .events()
@@ -299,8 +300,11 @@ impl TestCloud {
         let mut killed = 0;
         while let Some(parent) = todo.pop() {
             for &child in children.get(&parent).into_iter().flatten() {
+                let comm = std::fs::read_to_string(format!("/proc/{child}/comm"));
                 let pid = nix::unistd::Pid::from_raw(child);
-                if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                if comm.is_ok_and(|c| c.trim() == "sshd")
+                    && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+                {
                     killed += 1;
                 }
                 todo.push(child);
