@@ -1,14 +1,8 @@
-//! What is refused before any AWS call, what AWS problems look like, and Ctrl-C.
+//! What is refused before any AWS call, and what AWS problems look like.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::time::Duration;
-
-use aws_sdk_ec2::types::InstanceStateName;
-use common::{Project, Run, TestCloud, Tripwire, state_of, wait_or_kill};
-use nix::sys::signal::Signal;
+use common::{Project, Run, TestCloud, Tripwire};
 
 fn refused(project: &Project, setup: impl FnOnce(&mut std::process::Command), expected: &[&str]) {
     let aws = Tripwire::new();
@@ -283,103 +277,6 @@ fn unreachable_aws_says_what_to_check() {
     run.assert_code(255);
     assert!(run.stderr.contains("cannot reach the AWS API"), "{run}");
     assert!(run.stderr.contains("AWS_ENDPOINT_URL"), "{run}");
-}
-
-/// Starts `ssh-ec2 COMMAND` in a process group of its own (like a shell job), and waits until
-/// the remote command printed its first line.
-fn start_job(cloud: &TestCloud, project: &Project, command: &str) -> (std::process::Child, String) {
-    use std::os::unix::process::CommandExt;
-    let mut child = project
-        .ssh_ec2(cloud)
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    (child, line)
-}
-
-/// Sends `signal` to the job's whole process group, as a terminal does, and collects the end.
-fn signal_job(mut child: std::process::Child, signal: Signal) -> (Option<i32>, String) {
-    let stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
-        text
-    });
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::killpg(group, signal).unwrap();
-    let status =
-        wait_or_kill(child, Duration::from_secs(120)).expect("ssh-ec2 hung after the signal");
-    (status.code(), stderr.join().unwrap())
-}
-
-#[test]
-fn ctrl_c_stops_the_command_brings_results_home_terminates_and_exits_130() {
-    let cloud = TestCloud::start();
-    let project = Project::new();
-    let (child, first) = start_job(
-        &cloud,
-        &project,
-        "echo started > started.txt; echo ready; sleep 60",
-    );
-    assert_eq!(first, "ready\n", "the remote command did not start");
-
-    let (code, stderr) = signal_job(child, Signal::SIGINT);
-    assert_eq!(code, Some(130), "{stderr}");
-    assert!(
-        stderr.contains("killed by signal INT"),
-        "Ctrl-C reached the remote command\n{stderr}"
-    );
-    assert_eq!(
-        project.read("started.txt").as_deref(),
-        Some("started\n"),
-        "{stderr}"
-    );
-    assert_eq!(
-        state_of(&cloud.instances()[0]),
-        InstanceStateName::Terminated,
-        "{stderr}"
-    );
-}
-
-#[test]
-fn sigterm_ends_a_run_cleanly() {
-    let cloud = TestCloud::start();
-    let project = Project::new();
-    let (child, first) = start_job(
-        &cloud,
-        &project,
-        "echo ready; echo partial > log.txt; sleep 60",
-    );
-    assert_eq!(first, "ready\n");
-
-    let (code, stderr) = signal_job(child, Signal::SIGTERM);
-    assert_eq!(code, Some(143), "{stderr}");
-    assert!(
-        stderr.contains("killed by signal TERM"),
-        "passed on to the command\n{stderr}"
-    );
-    assert_eq!(
-        project.read("log.txt").as_deref(),
-        Some("partial\n"),
-        "{stderr}"
-    );
-    assert_eq!(
-        state_of(&cloud.instances()[0]),
-        InstanceStateName::Terminated,
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.matches("error:").count(),
-        1,
-        "one error line\n{stderr}"
-    );
 }
 
 #[test]

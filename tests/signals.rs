@@ -1,4 +1,5 @@
-//! SIGQUIT like SIGTERM, and a second Ctrl-C after the command that gives up the pull.
+//! Ctrl-C, SIGTERM and SIGQUIT during the command, and a second Ctrl-C after it that gives up
+//! the pull.
 
 mod common;
 
@@ -88,5 +89,66 @@ fn a_second_ctrl_c_during_the_pull_skips_it_and_stops_the_instance() {
         state_of(&cloud.instances()[0]),
         InstanceStateName::Stopped,
         "stopped, never terminated, with results not home\n{stderr}"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_command_brings_results_home_terminates_and_exits_130() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .arg("echo started > started.txt; echo ready; sleep 60"),
+    );
+    signal(&child, Signal::SIGINT);
+    let Run { code, stderr, .. } = Run::collect(child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains("killed by signal INT"),
+        "Ctrl-C reached the remote command\n{stderr}"
+    );
+    assert_eq!(
+        project.read("started.txt").as_deref(),
+        Some("started\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_ends_a_run_cleanly() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .arg("echo ready; echo partial > log.txt; sleep 60"),
+    );
+    signal(&child, Signal::SIGTERM);
+    let Run { code, stderr, .. } = Run::collect(child);
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(
+        stderr.contains("killed by signal TERM"),
+        "passed on to the command\n{stderr}"
+    );
+    assert_eq!(
+        project.read("log.txt").as_deref(),
+        Some("partial\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error:").count(),
+        1,
+        "one error line\n{stderr}"
     );
 }
