@@ -5,40 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pane, Project, TestCloud, quote, ssh_ec2_binary};
+use common::{Pane, Project, TestCloud};
 
 #[test]
 fn an_interactive_shell_gets_a_pty_and_the_terminal_is_restored() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    let env = [
-        ("PATH", std::env::var("PATH").unwrap()),
-        ("HOME", project.home().display().to_string()),
-        ("USER", "tester".into()),
-        ("TERM", "xterm".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("AWS_ENDPOINT_URL", cloud.endpoint.clone()),
-        ("AWS_REGION", cloud.region.clone()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("SSH_EC2_CONNECT", cloud.connect.clone()),
-        ("SSH_EC2_CHECKIP_URL", cloud.checkip_url.clone()),
-    ];
-    let exports: String = env
-        .iter()
-        .map(|(k, v)| format!("export {k}={}\n", quote(v)))
-        .collect();
-    let script = format!(
-        "{exports}cd {dir}\n{bin}\necho \"exit=$?\"\necho \"after: $(stty -a | grep -o -- '-\\?icanon' | head -n1)\"\nexec sleep 600\n",
-        dir = quote(&project.path().display().to_string()),
-        bin = quote(&ssh_ec2_binary().display().to_string()),
+    let pane = Pane::shell(&project, &cloud);
+    // After ssh-ec2: its exit status, and whether the terminal is back in canonical mode (the
+    // quotes keep the typed line from matching what the test waits for).
+    pane.type_line(
+        "ssh-ec2; echo \"ex\"\"it=$?\"; echo \"aft\"\"er: $(stty -a | grep -o -- '-\\?icanon' | head -n1)\"",
     );
-    let pane = Pane::start(project.home(), &script);
 
     pane.wait_for("opening a shell in");
     // The login shell is interactive on a remote PTY; what we type reaches it.
     pane.type_line("echo \"remote tty: $(tty)\"; echo \"answer=$((6*7))\"; exit 7");
-    // The line the script prints after ssh-ec2 exited, once the exit status is shown.
     let screen = pane.wait_for("after: ");
     assert!(screen.contains("exit=7"), "{screen}");
     assert!(screen.contains("remote tty: /dev/pts/"), "{screen}");
