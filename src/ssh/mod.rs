@@ -107,9 +107,10 @@ impl Session {
                 key: Cow::Borrowed(&[Algorithm::Ed25519]),
                 ..Preferred::default()
             },
+            // What the server may put in one packet to us: fewer, larger packets for pulls.
+            maximum_packet_size: MAX_PACKET,
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 4,
-            nodelay: true,
             ..client::Config::default()
         });
         let mismatch = Arc::new(Mutex::new(None));
@@ -119,7 +120,14 @@ impl Session {
         };
         let address = (target.address.host.as_str(), target.address.port);
         let attempt = async {
-            let mut handle = client::connect(config, address, handler).await?;
+            let socket = tokio::net::TcpStream::connect(address).await?;
+            if let Err(e) = socket.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+            // russh reads each packet with two reads (its length, then the rest): through a
+            // buffer, one read brings in several packets.
+            let stream = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
+            let mut handle = client::connect_stream(config, stream, handler).await?;
             // RSA key pairs must sign with SHA-2: OpenSSH 8.8+ refuses SHA-1 `ssh-rsa`.
             let rsa_hash = match target.keys.login.algorithm().is_rsa() {
                 true => handle.best_supported_rsa_hash().await?.flatten(),
@@ -195,6 +203,11 @@ impl Session {
             .await;
     }
 }
+
+/// What the connection reads from the network at most at a time.
+const READ_BUFFER: usize = 64 * 1024;
+/// The largest packet we accept (russh warns above it; OpenSSH's own default is 32 KiB).
+const MAX_PACKET: u32 = 65535;
 
 fn describe(error: &russh::Error) -> String {
     match error {
