@@ -7,7 +7,7 @@ Starts one simulated cloud (tests/testbed/cloud.py), launches one instance with 
   sync up, run, pull back), as a user runs it;
 - by hand: `rsync -e ssh` up, `ssh HOST 'cd DIR && COMMAND'`, `rsync -e ssh` back: three
   OpenSSH connections, with ssh-ec2's login key and pinned host key, and the rsync options
-  ssh-ec2 uses (src/sync.rs).
+  ssh-ec2 uses (src/sync/mod.rs), one plain rsync each way.
 
 It prints the median wall time of each side, their ratio, and what explains it: the ciphers
 negotiated, the local processes, their CPU time, and ssh-ec2's peak RSS. It never asserts a
@@ -36,9 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLOUD = ROOT / "tests/testbed/cloud.py"
 REMOTE_USER = "ubuntu"
-# The options src/sync.rs gives rsync, both ways (ssh-ec2 adds only its `-e`).
-RSYNC_OPTIONS = ["--archive", "--no-owner", "--no-group", "--compress", "--update",
-                 "--safe-links", "--modify-window=-1"]
+# What src/sync/mod.rs gives rsync each way (ssh-ec2 adds its `-e`, its report format and the
+# secrets rules). By hand, one plain pull stands for ssh-ec2's manifest-checked one (a dry run,
+# then the files it decided on).
+COMMON_OPTIONS = ["--compress", "--secluded-args", "--modify-window=-1", "--safe-links"]
+PUSH_OPTIONS = ["--archive", "--no-owner", "--no-group", *COMMON_OPTIONS]
+PULL_OPTIONS = ["--recursive", "--links", "--times", "--no-perms", "--chmod=ugo=rwX",
+                *COMMON_OPTIONS]
 RUN_TIMEOUT = 600  # seconds, for any one command
 MB = 1 << 20
 
@@ -387,12 +391,12 @@ class Bench:
         rsh = shlex.join(self.ssh_words)
         total = Measure()
         if sync:
-            total.add(run_measured(["rsync", *RSYNC_OPTIONS, "-e", rsh, f"{self.project}/",
+            total.add(run_measured(["rsync", *PUSH_OPTIONS, "-e", rsh, f"{self.project}/",
                                     f"{self.host}:{self.name}/"], log_to=log_to, tree=tree))
         total.add(run_measured([*self.ssh_words, self.host, f"cd {self.name} && {command}"],
                                log_to=log_to, tree=tree))
         if sync:
-            total.add(run_measured(["rsync", *RSYNC_OPTIONS, "-e", rsh,
+            total.add(run_measured(["rsync", *PULL_OPTIONS, "-e", rsh,
                                     f"{self.host}:{self.name}/", f"{self.project}/"],
                                    log_to=log_to, tree=tree))
         return total
