@@ -473,7 +473,10 @@ class Bench:
                      f"head -c 4096 /dev/urandom > {probe_file}", a.repeat, check=check_pulled),
             Scenario("bigup", f"{a.big_mb} MB file: first sync", "big", "true", a.big_repeat,
                      reset=wipe_remote, check=check_big_arrived),
-            Scenario("bigdown", f"{a.big_mb} MB file: pulled back", "big", "mv big.bin out.bin",
+            # touch: a new result each time. The same file renamed back and forth would be, for
+            # ssh-ec2's manifest, a file deleted here and untouched there, which stays deleted.
+            Scenario("bigdown", f"{a.big_mb} MB file: pulled back", "big",
+                     "mv big.bin out.bin && touch out.bin",
                      a.big_repeat, reset=big_back, check=check_big_pulled),
         ]
 
