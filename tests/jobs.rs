@@ -144,6 +144,10 @@ fn a_killed_client_leaves_the_job_running_and_finish_later_brings_its_status() {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_or_kill(child, RUN_TIMEOUT);
+    // Its connection closes with it (and its lease stops counting): as when a laptop dies.
+    wait_until("the killed client's connection to close", || {
+        cloud.connection_pids().is_empty()
+    });
 
     go(&project);
     let finished = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));

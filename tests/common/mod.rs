@@ -272,6 +272,15 @@ impl TestCloud {
     /// processes serving them die, what they ran (and the listening sshd) stays. Returns how
     /// many processes were killed.
     pub fn drop_connections(&self) -> usize {
+        let signal = nix::sys::signal::Signal::SIGKILL;
+        self.connection_pids()
+            .into_iter()
+            .filter(|&pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok())
+            .count()
+    }
+
+    /// The sshd processes serving connections to the running instance (below its listener).
+    pub fn connection_pids(&self) -> Vec<i32> {
         let listener = self
             .events()
             .iter()
@@ -297,20 +306,17 @@ impl TestCloud {
             }
         }
         let mut todo = vec![listener];
-        let mut killed = 0;
+        let mut found = Vec::new();
         while let Some(parent) = todo.pop() {
             for &child in children.get(&parent).into_iter().flatten() {
                 let comm = std::fs::read_to_string(format!("/proc/{child}/comm"));
-                let pid = nix::unistd::Pid::from_raw(child);
-                if comm.is_ok_and(|c| c.trim() == "sshd")
-                    && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
-                {
-                    killed += 1;
+                if comm.is_ok_and(|c| c.trim() == "sshd") {
+                    found.push(child);
                 }
                 todo.push(child);
             }
         }
-        killed
+        found
     }
 
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
