@@ -6,15 +6,14 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Ground, NoteSignals, Presence, Progress, Scene, come_back_hint, end_of_run,
-    follow_job, job_state, pull_results, reach,
+    Followed, Ground, Progress, Scene, conclude_job, end_of_run, follow_job, job_state,
+    reach_and_join,
 };
 use crate::fleet;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
-use crate::ssh::RemoteExit;
 use crate::sync::Manifest;
 
 pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32> {
@@ -42,50 +41,31 @@ async fn work(
         printer,
         ..
     } = *scene;
-    let mut reached = reach(scene).await?;
-    progress.session = Some(reached.session.clone());
-    progress.presence =
-        Some(Presence::take(&reached.session, &Job::for_dir(&scene.plan.local_dir)).await?);
-    drop(lock);
+    let mut reached = reach_and_join(scene, lock, progress).await?;
     let job = Job::for_dir(&scene.plan.local_dir);
-    let status = match job_state(&reached.session, &job).await? {
+    let followed = match job_state(&reached.session, &job).await? {
         JobState::None => bail!(
             "no job of this directory on {}: nothing to finish (`ssh-ec2 --detach COMMAND` \
              starts one)",
             machine.instance.id
         ),
-        JobState::Ended(_, status) => status,
+        JobState::Ended(_, status) => Followed::Ended(status),
         JobState::Lost(multiplexer) => {
             printer.warn(&format!(
                 "job {} ended without an exit status (its {multiplexer} session is gone): \
                  bringing home what it left",
                 job.name()
             ));
-            255
+            Followed::Ended(255)
         }
         JobState::Running(multiplexer) => {
             // From here on, results of the job may be on the instance only.
             progress.command_started = true;
             let followed = follow_job(scene, &mut reached, &job, multiplexer, attach).await;
             progress.session = Some(reached.session.clone());
-            match followed? {
-                Followed::Ended(status) => status,
-                Followed::Detached => {
-                    progress.job_goes_on = true;
-                    progress.exit = Some(RemoteExit::Status(0));
-                    printer.info(&come_back_hint(machine, &job));
-                    return Ok(());
-                }
-            }
+            followed?
         }
     };
-    progress.command_started = true;
-    progress.exit = Some(RemoteExit::Status(status as u32));
     let mut manifest = Manifest::load(&store.manifest_path(&machine.instance.id));
-    let _notes = NoteSignals::start(scene.interrupt, printer);
-    let after_job = scene.interrupt.only_new();
-    pull_results(scene, &reached, &mut manifest, progress, &after_job).await?;
-    progress.results_home = true;
-    reached.session.run_captured(&job.forget_command()).await?;
-    Ok(())
+    conclude_job(scene, &reached, &job, followed, &mut manifest, progress).await
 }

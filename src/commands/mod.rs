@@ -631,6 +631,50 @@ async fn follow_job(
     }
 }
 
+/// Reaches the instance and takes this run's lease on it; the directory's lock, held until a
+/// run that joins can see that lease, is released then.
+async fn reach_and_join(
+    scene: &Scene<'_>,
+    lock: DirLock,
+    progress: &mut Progress,
+) -> Result<Reached> {
+    let reached = reach(scene).await?;
+    progress.session = Some(reached.session.clone());
+    let job = Job::for_dir(&scene.plan.local_dir);
+    progress.presence = Some(Presence::take(&reached.session, &job).await?);
+    drop(lock);
+    Ok(reached)
+}
+
+/// After following a job: one that goes on keeps the instance; one that ended gives the run its
+/// status, and its results come home before its record is forgotten.
+async fn conclude_job(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    job: &Job,
+    followed: Followed,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<()> {
+    let status = match followed {
+        Followed::Detached => {
+            progress.job_goes_on = true;
+            progress.exit = Some(RemoteExit::Status(0));
+            scene.printer.info(&come_back_hint(scene.machine, job));
+            return Ok(());
+        }
+        Followed::Ended(status) => status,
+    };
+    progress.command_started = true;
+    progress.exit = Some(RemoteExit::Status(status as u32));
+    let _notes = NoteSignals::start(scene.interrupt, scene.printer);
+    let after_job = scene.interrupt.only_new();
+    pull_results(scene, reached, manifest, progress, &after_job).await?;
+    progress.results_home = true;
+    reached.session.run_captured(&job.forget_command()).await?;
+    Ok(())
+}
+
 /// How to come back to a job that goes on.
 fn come_back_hint(machine: &Machine, job: &Job) -> String {
     format!(

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::{
-    Followed, Ground, NoteSignals, Presence, Progress, Reached, Scene, come_back_hint, end_of_run,
-    follow_job, job_state, pull_results, reach, reconnect_if_closed, rsync,
+    Followed, Ground, NoteSignals, Progress, Reached, Scene, conclude_job, end_of_run, follow_job,
+    job_state, pull_results, reach_and_join, reconnect_if_closed, rsync,
 };
 use crate::backoff::Backoff;
 use crate::config::Multiplex;
@@ -66,11 +66,7 @@ async fn work(
         printer,
         ..
     } = *scene;
-    let mut reached = reach(scene).await?;
-    progress.session = Some(reached.session.clone());
-    progress.presence =
-        Some(Presence::take(&reached.session, &Job::for_dir(&scene.plan.local_dir)).await?);
-    drop(lock);
+    let mut reached = reach_and_join(scene, lock, progress).await?;
     let job = Job::for_dir(&plan.local_dir);
     // Checked before anything is synced: a job needs its multiplexer, and one at a time.
     let multiplexer = match job_multiplexer(plan, detach) {
@@ -134,21 +130,7 @@ async fn work(
             followed?
         }
     };
-    match followed {
-        Followed::Detached => {
-            progress.job_goes_on = true;
-            progress.exit = Some(RemoteExit::Status(0));
-            printer.info(&come_back_hint(machine, &job));
-            return Ok(());
-        }
-        Followed::Ended(status) => progress.exit = Some(RemoteExit::Status(status as u32)),
-    }
-    let _notes = NoteSignals::start(interrupt, printer);
-    let after_command = interrupt.only_new();
-    pull_results(scene, &reached, &mut manifest, progress, &after_command).await?;
-    progress.results_home = true;
-    reached.session.run_captured(&job.forget_command()).await?;
-    Ok(())
+    conclude_job(scene, &reached, &job, followed, &mut manifest, progress).await
 }
 
 /// The multiplexer the run asks for: none for a foreground run unless set, tmux (else screen)
