@@ -16,12 +16,14 @@ mod manifest;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal::{self as NixSignal, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::plan::SyncPlan;
@@ -393,40 +395,67 @@ impl<'a> Rsync<'a> {
             // Not being in the terminal's group, it must not write there itself either.
             .process_group(0);
         tracing::debug!("running {rsync:?}");
-        let mut child = rsync.spawn().context("cannot start rsync")?;
-        if let (Some(list), Some(mut stdin)) = (files_from, child.stdin.take()) {
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&list).await;
-            });
-        }
-        let mut stderr = child.stderr.take().expect("piped");
-        let errors = tokio::spawn(async move {
-            let mut text = Vec::new();
-            let _ = stderr.read_to_end(&mut text).await;
-            String::from_utf8_lossy(&text).into_owned()
-        });
-        let mut outcome = Outcome {
-            items: Vec::new(),
-            held_back: Vec::new(),
-            failure: None,
-        };
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).split(b'\n');
-        while let Some(line) = lines.next_segment().await? {
-            match itemize::parse(&line) {
-                Line::Item(item) => outcome.items.push(item),
-                Line::Hidden { path, pattern } if SECRETS.contains(&pattern.as_str()) => {
-                    outcome.held_back.push(path)
-                }
-                _ => {}
+        let mut attempts = 1;
+        loop {
+            let (outcome, status) = attempt(&mut rsync, files_from.clone()).await?;
+            // A Ctrl-C sent to the terminal's process group in the instant rsync is being spawned
+            // (forked, not yet in its own group) kills it before it did anything: run it again.
+            // Each run does the same transfer, so a repeat is harmless.
+            let terminal_signal = status
+                .signal()
+                .and_then(|s| NixSignal::try_from(s).ok())
+                .is_some_and(|s| [SIGINT, SIGTERM, SIGHUP, SIGQUIT].contains(&s));
+            if terminal_signal && attempts < SPAWN_RACE_ATTEMPTS {
+                tracing::debug!("rsync was killed by a signal at its start ({status}): again");
+                attempts += 1;
+                continue;
             }
+            return Ok(outcome);
         }
-        let status = child.wait().await?;
-        let errors = errors.await.unwrap_or_default();
-        if !status.success() {
-            outcome.failure = Some(describe_failure(status.code(), &errors));
-        }
-        Ok(outcome)
     }
+}
+
+/// How often a transfer is started when signals keep killing rsync as it starts.
+const SPAWN_RACE_ATTEMPTS: u32 = 3;
+
+/// One run of rsync: what it did, and how it ended.
+async fn attempt(
+    rsync: &mut tokio::process::Command,
+    files_from: Option<Vec<u8>>,
+) -> Result<(Outcome, std::process::ExitStatus)> {
+    let mut child = rsync.spawn().context("cannot start rsync")?;
+    if let (Some(list), Some(mut stdin)) = (files_from, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&list).await;
+        });
+    }
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = tokio::spawn(async move {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text).await;
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let mut outcome = Outcome {
+        items: Vec::new(),
+        held_back: Vec::new(),
+        failure: None,
+    };
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).split(b'\n');
+    while let Some(line) = lines.next_segment().await? {
+        match itemize::parse(&line) {
+            Line::Item(item) => outcome.items.push(item),
+            Line::Hidden { path, pattern } if SECRETS.contains(&pattern.as_str()) => {
+                outcome.held_back.push(path)
+            }
+            _ => {}
+        }
+    }
+    let status = child.wait().await?;
+    let errors = errors.await.unwrap_or_default();
+    if !status.success() {
+        outcome.failure = Some(describe_failure(status.code(), &errors));
+    }
+    Ok((outcome, status))
 }
 
 /// Modes of files that come home: an existing file keeps its own (`--no-perms`); a new one
