@@ -18,7 +18,6 @@ const PROFILE: &str = "--instance-profile=ssh-ec2-s3-read-only";
 
 /// An IAM user's access key.
 struct User {
-    name: String,
     key_id: String,
     secret: String,
 }
@@ -102,7 +101,6 @@ fn create_user(cloud: &TestCloud, name: &str, policy: &Value) -> User {
             .unwrap();
         let key = key.access_key().unwrap();
         User {
-            name: name.to_string(),
             key_id: key.access_key_id().to_string(),
             secret: key.secret_access_key().to_string(),
         }
@@ -534,5 +532,149 @@ fn the_user_policy_lets_a_user_run_and_each_of_its_ec2_actions_is_needed() {
     checked.retain(|a| a.starts_with("ec2:"));
     checked.sort();
     assert_eq!(checked, ec2_actions);
+    cloud.assert_no_bed_errors();
+}
+
+/// The admin's group: its id, and its rules as text (to see that they never change).
+fn admin_group(cloud: &TestCloud, name: &str) -> Option<(String, String)> {
+    let found = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_security_groups()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("group-name")
+                        .values(name)
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let group = found.security_groups().first()?;
+    Some((
+        group.group_id().unwrap().to_string(),
+        format!("{:?}", group.ip_permissions()),
+    ))
+}
+
+#[test]
+fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
+    let cloud = iam_cloud();
+    let project = Project::new();
+    let ec2 = cloud.ec2();
+    let vpc = cloud.block_on(async {
+        let vpcs = ec2
+            .describe_vpcs()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("is-default")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        vpcs.vpcs()[0].vpc_id().unwrap().to_string()
+    });
+    let group_id = cloud.block_on(async {
+        let created = ec2
+            .create_security_group()
+            .group_name("team-ssh")
+            .description("SSH from the office")
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap();
+        let id = created.group_id().unwrap().to_string();
+        ec2.authorize_security_group_ingress()
+            .group_id(&id)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(IpRange::builder().cidr_ip("127.0.0.0/8").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        id
+    });
+    let (_, rules) = admin_group(&cloud, "team-ssh").unwrap();
+    // A locked-down account: users may not make, open or delete security groups.
+    let mut policy = as_moto_checks_it(USER_POLICY);
+    for action in [
+        "ec2:CreateSecurityGroup",
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:RevokeSecurityGroupIngress",
+        "ec2:DeleteSecurityGroup",
+    ] {
+        policy = without(&policy, action);
+    }
+    let user = create_user(&cloud, "locked-down", &policy);
+    let run_as_user = |args: &[&str]| Run::of(as_user(&project, &cloud, &user).args(args));
+
+    let own_group = run_as_user(&["true"]);
+    assert_refused(&own_group, "ec2:CreateSecurityGroup");
+
+    // By name, from the environment (the original's AWS_SECURITY_GROUP); stopped.
+    let stop = Run::of(
+        as_user(&project, &cloud, &user)
+            .env("AWS_SECURITY_GROUP", "team-ssh")
+            .args(["--stop", "echo", "one"]),
+    );
+    stop.assert_code(0);
+    assert_eq!(stop.stdout, "one\n", "{stop}");
+    let instances = live_instances(&cloud);
+    assert_eq!(instances.len(), 1, "{stop}");
+    let groups: Vec<_> = instances[0]
+        .security_groups()
+        .iter()
+        .map(|g| g.group_id().unwrap())
+        .collect();
+    assert_eq!(groups, [group_id.as_str()], "{stop}");
+    assert!(
+        !instances[0]
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("ssh-ec2:security-group")),
+        "the group is not the instance's own: {:?}",
+        instances[0].tags()
+    );
+
+    // Reused (nothing to say about the group), then terminated: the group stays as it was.
+    let reuse = run_as_user(&["echo", "two"]);
+    reuse.assert_code(0);
+    assert_eq!(reuse.stdout, "two\n", "{reuse}");
+    assert!(live_instances(&cloud).is_empty(), "{reuse}");
+    assert_eq!(
+        admin_group(&cloud, "team-ssh"),
+        Some((group_id.clone(), rules.clone())),
+        "the admin's group survives unchanged\n{reuse}"
+    );
+
+    // By id, with the flag; terminated at once.
+    let by_id = run_as_user(&["--security-group", &group_id, "echo", "three"]);
+    by_id.assert_code(0);
+    assert_eq!(by_id.stdout, "three\n", "{by_id}");
+    assert!(live_instances(&cloud).is_empty(), "{by_id}");
+    assert_eq!(
+        admin_group(&cloud, "team-ssh"),
+        Some((group_id.clone(), rules.clone())),
+        "{by_id}"
+    );
+
+    let unknown = run_as_user(&["--security-group", "no-such-group", "true"]);
+    assert_eq!(unknown.code, Some(255), "{unknown}");
+    assert!(
+        unknown
+            .stderr
+            .contains("there is no security group no-such-group in"),
+        "{unknown}"
+    );
+    assert_eq!(cloud.instances().len(), 2, "nothing launched\n{unknown}");
+    assert_eq!(cloud.run_security_groups().len(), 1, "only the admin's");
     cloud.assert_no_bed_errors();
 }

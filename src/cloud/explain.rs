@@ -220,8 +220,9 @@ fn innermost(err: &(dyn StdError + 'static)) -> String {
 fn hint_for_code(code: &str) -> Option<&'static str> {
     Some(match code {
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
-            "your AWS user is not allowed to do this: ask your AWS admin to attach \
-             policies/ssh-ec2-user.json (see README.md, \"Set-up for AWS admins\")"
+            "your AWS user is not allowed to do this: ask your AWS admin to run `ssh-ec2 \
+             --setup` and add you to the group SshEc2, which carries policies/ssh-ec2-user.json \
+             (see README.md, \"For the admin\")"
         }
         "AuthFailure"
         | "InvalidClientTokenId"
@@ -256,7 +257,8 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
         "InvalidInstanceType" => "no such instance type in this region: check --instance-type",
         "NoSuchEntity" => {
             "no such IAM instance profile: check --instance-profile / AWS_IAM_INSTANCE_PROFILE \
-             (see README.md, \"Set-up for AWS admins\")"
+             (`ssh-ec2 --setup` makes ssh-ec2-s3-read-only and ssh-ec2-s3-read-write; see \
+             README.md, \"For the admin\")"
         }
         _ => return None,
     })
