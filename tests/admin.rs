@@ -416,6 +416,14 @@ fn the_user_policy_lets_a_user_run_and_each_of_its_ec2_actions_is_needed() {
     let policy = as_moto_checks_it(USER_POLICY);
     let full = create_user(&cloud, "user-full", &policy);
     let run_as_full = |args: &[&str]| Run::of(as_user(&project, &cloud, &full).args(args));
+    let not_admin = run_as_full(&["--setup", "--dry-run"]);
+    assert_refused(&not_admin, "iam:ListPolicies");
+    assert!(
+        not_admin
+            .stderr
+            .contains("it needs an AWS admin's credentials"),
+        "{not_admin}"
+    );
     let mut checked = Vec::new();
     let mut check = |refusal: Refusal| {
         let run = refusal.check(&cloud, &project, &policy, checked.len());

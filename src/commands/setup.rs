@@ -49,7 +49,12 @@ pub fn setup(cli: &Cli, sources: &Sources, dry_run: bool) -> Result<i32> {
     runtime.block_on(async {
         let cloud =
             Cloud::connect(settings.region.as_deref(), settings.aws_profile.as_deref()).await;
-        apply(&cloud, !dry_run).await
+        apply(&cloud, !dry_run).await.map_err(|e| {
+            e.context(
+                "--setup stopped (what it printed above is done): it needs an AWS admin's \
+                 credentials, allowed to manage IAM policies, groups, roles and instance profiles",
+            )
+        })
     })
 }
 
