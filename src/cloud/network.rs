@@ -171,7 +171,8 @@ impl Cloud {
         };
         found.with_context(|| {
             format!(
-                "there is no security group {id_or_name} in {vpc} ({}): check --security-group                  (AWS_SECURITY_GROUP), and the region and subnet it goes with",
+                "there is no security group {id_or_name} in {vpc} ({}): check --security-group \
+                 (AWS_SECURITY_GROUP), and the region and subnet it goes with",
                 self.region
             )
         })

@@ -1,7 +1,7 @@
 //! The modes, one file each (`run` also detaches; `attach`; `finish`; `setup`, for the admin;
-//! `show_config` and `generate`, which stay local), and what the instance's modes share: reaching the instance,
-//! pulling results home, following a job, and the end of a run (end of life, conflicts, summary
-//! line, exit status).
+//! `show_config` and `generate`, which stay local), and what the instance's modes share:
+//! reaching the instance, pulling results home, following a job, and the end of a run (end of
+//! life, conflicts, summary line, exit status).
 
 mod attach;
 mod finish;
