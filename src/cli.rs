@@ -81,6 +81,9 @@ pub enum Mode {
     ShowConfig,
     /// Print a completion script or the man page; needs no settings at all.
     Generate(Generated),
+    /// Create or update the IAM policy, group, roles and instance profiles of policies/
+    /// (`dry_run`: only say what would change).
+    Setup { dry_run: bool },
 }
 
 /// What `--generate` prints.
@@ -121,6 +124,11 @@ impl Cli {
         }
         if self.config.show_config {
             return Mode::ShowConfig;
+        }
+        if self.config.setup {
+            return Mode::Setup {
+                dry_run: self.config.dry_run,
+            };
         }
         let job = &self.job;
         match (job.detach, job.attach, job.finish) {
@@ -210,6 +218,10 @@ pub struct NetworkFlags {
     /// Allow SSH from this CIDR instead of this machine's public IP /32.
     #[arg(long, value_name = "CIDR")]
     pub ssh_cidr: Option<ipnet::IpNet>,
+    /// Launch into this security group (id or name, in the launch's VPC), made by your admin:
+    /// it is used as it is, never changed nor deleted.
+    #[arg(long, value_name = "ID|NAME")]
+    pub security_group: Option<String>,
     /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<u64>,
@@ -249,6 +261,17 @@ pub struct ConfigFlags {
         conflicts_with_all = ["detach", "attach", "finish", "command", "show_config"]
     )]
     pub generate: Option<Generated>,
+    /// For an AWS admin: create or update the IAM policy SshEc2Access, the group SshEc2 that
+    /// carries it, and the instance roles and profiles ssh-ec2-* (the files of policies/),
+    /// then exit. Running it again changes nothing.
+    #[arg(
+        long,
+        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate"]
+    )]
+    pub setup: bool,
+    /// Change nothing: print what would be done (with --setup).
+    #[arg(long, requires = "setup")]
+    pub dry_run: bool,
 }
 
 #[cfg(test)]

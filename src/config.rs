@@ -383,6 +383,9 @@ layer! {
     user: String = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
     instance_profile: String = ["AWS_IAM_INSTANCE_PROFILE"],
     subnet_id: String = ["SSH_EC2_SUBNET_ID"] => computed("a default subnet of the default VPC"),
+    /// An admin-made security group (id or name) to launch into, instead of one per instance.
+    security_group: String = ["AWS_SECURITY_GROUP"]
+        => computed("a new one per instance, SSH from your IP only"),
     volume_size: u32 = ["SSH_EC2_VOLUME_SIZE"] => computed("the image's"),
     name: String = ["AWS_NAME_INSTANCE"] => computed("ssh-ec2-<owner>-<directory name>"),
     remote_dir: String = ["AWS_RSYNC_DIR"] => computed("~/<directory name>"),
@@ -438,6 +441,7 @@ impl Layer {
             user: i.user.clone(),
             instance_profile: i.instance_profile.clone(),
             subnet_id: i.subnet_id.clone(),
+            security_group: n.security_group.clone(),
             volume_size: i.volume_size,
             name: i.name.clone(),
             remote_dir: i.remote_dir.clone(),

@@ -69,6 +69,9 @@ pub struct LaunchPlan {
     pub user: Option<String>,
     pub instance_profile: Option<String>,
     pub subnet_id: Option<String>,
+    /// An admin-made security group (id or name): used as it is, never changed nor deleted.
+    /// `None`: a group of its own for each instance.
+    pub security_group: Option<String>,
     pub volume_size: Option<u32>,
     /// Ownership, Name and user tags for everything the run creates.
     pub tags: Vec<(String, String)>,
@@ -323,6 +326,7 @@ impl Plan {
                 user: settings.user,
                 instance_profile: settings.instance_profile,
                 subnet_id: settings.subnet_id,
+                security_group: settings.security_group,
                 volume_size: settings.volume_size,
                 tags,
                 extra_boot_commands: settings.user_data,

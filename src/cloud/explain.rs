@@ -1,9 +1,11 @@
 //! Turns AWS SDK errors into messages that say what went wrong and what to do, by root cause.
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
 
 use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 use super::Cloud;
@@ -78,11 +80,10 @@ where
             Some(None) => (err.message(), None),
             None => (None, None),
         };
-        let detail = match message {
-            Some(message) => format!("{} ({message})", code.as_deref().unwrap_or("error")),
-            None => code
-                .clone()
-                .unwrap_or_else(|| "unknown service error".into()),
+        let detail = match (message, &code) {
+            (Some(message), _) => format!("{} ({message})", code.as_deref().unwrap_or("error")),
+            (None, Some(code)) => code.clone(),
+            (None, None) => unreadable_answer(err.raw_response()),
         };
         let hint = code.as_deref().and_then(hint_for_code);
         let inconclusive = code
@@ -131,6 +132,23 @@ where
         inconclusive: !matches!(err, SdkError::ConstructionFailure(_)),
         denial: None,
     }
+}
+
+/// An error answer the SDK could not read (an endpoint or proxy that is not quite AWS): shown
+/// as it came, so the user sees what it says.
+fn unreadable_answer<R: 'static>(raw: Option<&R>) -> String {
+    let Some(response) = raw.and_then(|r| (r as &dyn Any).downcast_ref::<HttpResponse>()) else {
+        return "unknown service error".into();
+    };
+    let body = response.body().bytes().unwrap_or_default();
+    let body = String::from_utf8_lossy(body);
+    let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let cut: String = body.chars().take(400).collect();
+    let more = if cut.len() < body.len() { "…" } else { "" };
+    format!(
+        "an answer ssh-ec2 cannot read (HTTP {}: {cut}{more})",
+        response.status().as_u16()
+    )
 }
 
 const NETWORK_HINT: &str = "check your network connection and proxy settings, the region (--region, AWS_REGION) and AWS_ENDPOINT_URL";
@@ -202,8 +220,9 @@ fn innermost(err: &(dyn StdError + 'static)) -> String {
 fn hint_for_code(code: &str) -> Option<&'static str> {
     Some(match code {
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
-            "your AWS user is not allowed to do this: ask your AWS admin to attach \
-             policies/ssh-ec2-user.json (see README.md, \"Set-up for AWS admins\")"
+            "your AWS user is not allowed to do this: ask your AWS admin to run `ssh-ec2 \
+             --setup` and add you to the group SshEc2, which carries policies/ssh-ec2-user.json \
+             (see README.md, \"For the admin\")"
         }
         "AuthFailure"
         | "InvalidClientTokenId"
@@ -238,7 +257,8 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
         "InvalidInstanceType" => "no such instance type in this region: check --instance-type",
         "NoSuchEntity" => {
             "no such IAM instance profile: check --instance-profile / AWS_IAM_INSTANCE_PROFILE \
-             (see README.md, \"Set-up for AWS admins\")"
+             (`ssh-ec2 --setup` makes ssh-ec2-s3-read-only and ssh-ec2-s3-read-write; see \
+             README.md, \"For the admin\")"
         }
         _ => return None,
     })

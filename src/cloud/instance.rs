@@ -25,7 +25,8 @@ const TAG_MACHINE: &str = "ssh-ec2:machine";
 /// The host name: for people reading the tags, and what the first version went by.
 const TAG_HOST: &str = "ssh-ec2:host";
 const TAG_DIR: &str = "ssh-ec2:dir";
-/// The security group made for this instance, deleted once it is terminated.
+/// The security group made for this instance, deleted once it is terminated (an admin-made
+/// group is not tagged, so it is never changed nor deleted).
 const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 /// The login user, so a later run need not guess it again.
 const TAG_USER: &str = "ssh-ec2:user";
@@ -196,6 +197,9 @@ pub struct LaunchRequest<'a> {
     pub instance_type: &'a str,
     pub user_data: &'a str,
     pub security_group: &'a str,
+    /// The group was made for this instance: tagged on it, to be deleted with it. An
+    /// admin-made group is not.
+    pub own_group: bool,
     pub login_user: &'a str,
     pub subnet_id: Option<&'a str>,
     pub key_name: Option<&'a str>,
@@ -304,7 +308,9 @@ impl Cloud {
     pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Instance> {
         let user_data = base64::engine::general_purpose::STANDARD.encode(request.user_data);
         let mut tags = request.tags.to_vec();
-        tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
+        if request.own_group {
+            tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
+        }
         tags.push((TAG_USER.into(), request.login_user.into()));
         tags.push((TAG_LAUNCH.into(), request.launch_id.into()));
         // The image's own root volume, made deletable on termination (and resized if asked).

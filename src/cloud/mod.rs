@@ -1,8 +1,9 @@
-//! Everything ssh-ec2 asks of AWS: images, instances, the per-run security group, the instance
-//! profile check. The SDK finds its endpoint, region and credentials the standard way
-//! (AWS_ENDPOINT_URL, AWS_PROFILE, …); nothing here knows about tests.
+//! Everything ssh-ec2 asks of AWS: images, instances, the security group, the instance profile
+//! check, and the IAM set-up of `--setup`. The SDK finds its endpoint, region and credentials
+//! the standard way (AWS_ENDPOINT_URL, AWS_PROFILE, …); nothing here knows about tests.
 
 mod explain;
+mod iam;
 mod image;
 mod instance;
 mod network;
@@ -20,6 +21,7 @@ use aws_sdk_ec2::config::Region;
 
 use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
+pub use iam::Change;
 pub use image::{Image, guess_user};
 pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Ownership, State};
 pub use network::{Subnet, caller_cidr};

@@ -1,9 +1,11 @@
-//! The per-run security group: SSH from the caller's address only, deleted after terminate.
+//! The VPC and subnets to launch in, and the security group: the instance's own (SSH from the
+//! caller's address only, deleted after terminate), or an admin-made one, used as it is.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType};
 use ipnet::IpNet;
 
@@ -140,6 +142,40 @@ impl Cloud {
             .first()
             .and_then(|g| g.group_id())
             .map(str::to_string))
+    }
+
+    /// The id of an admin-made security group of `vpc`, given by id (`sg-…`) or by name. It is
+    /// only looked up: ssh-ec2 never changes nor deletes it.
+    pub async fn existing_group(&self, id_or_name: &str, vpc: &str) -> Result<String> {
+        let request = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(vpc).build());
+        let request = match id_or_name.starts_with("sg-") {
+            true => request.group_ids(id_or_name),
+            false => request.filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values(id_or_name)
+                    .build(),
+            ),
+        };
+        let found = match request.send().await {
+            Err(e) if e.code() == Some("InvalidGroup.NotFound") => None,
+            found => found
+                .explain(format_args!("look up security group {id_or_name} in {vpc}"))?
+                .security_groups()
+                .first()
+                .and_then(|g| g.group_id())
+                .map(str::to_string),
+        };
+        found.with_context(|| {
+            format!(
+                "there is no security group {id_or_name} in {vpc} ({}): check --security-group \
+                 (AWS_SECURITY_GROUP), and the region and subnet it goes with",
+                self.region
+            )
+        })
     }
 
     /// Lets `cidr` in on tcp/22.

@@ -1,12 +1,13 @@
-//! The modes, one file each (`run` also detaches; `attach`; `finish`; `show_config` and
-//! `generate`, which stay local), and what the instance's modes share: reaching the instance,
-//! pulling results home, following a job, and the end of a run (end of life, conflicts, summary
-//! line, exit status).
+//! The modes, one file each (`run` also detaches; `attach`; `finish`; `setup`, for the admin;
+//! `show_config` and `generate`, which stay local), and what the instance's modes share:
+//! reaching the instance, pulling results home, following a job, and the end of a run (end of
+//! life, conflicts, summary line, exit status).
 
 mod attach;
 mod finish;
 mod generate;
 mod run;
+mod setup;
 mod show_config;
 
 use std::fmt;
@@ -39,6 +40,7 @@ pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
         // Before anything is looked up: works anywhere, with no settings and no rsync.
         Mode::Generate(what) => generate::generate(what),
         Mode::ShowConfig => show_config::show_config(cli, &sources(&Host::detect()?)),
+        Mode::Setup { dry_run } => setup::setup(cli, &sources(&Host::detect()?), dry_run),
         Mode::Run => on_instance(cli, async |plan| run::run(plan, printer, false).await),
         Mode::Detach => on_instance(cli, async |plan| run::run(plan, printer, true).await),
         Mode::Attach => on_instance(cli, async |plan| attach::attach(plan, printer).await),

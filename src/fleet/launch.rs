@@ -49,6 +49,14 @@ impl fmt::Display for Place {
     }
 }
 
+/// The security group to launch into.
+enum Group {
+    /// An admin-made one, by id: used as it is.
+    Admin(String),
+    /// One of its own, made for the launch, letting this CIDR in on tcp/22.
+    Own(ipnet::IpNet),
+}
+
 /// How a launch attempt ended.
 enum Outcome {
     Launched {
@@ -92,7 +100,11 @@ pub async fn launch(
             .chain(cloud.default_subnets().await?.into_iter().map(Place::Zone))
             .collect(),
     };
-    let cidr = ingress_cidr(&plan.ingress).await?;
+    // An admin-made group is only looked up; no checkip is needed for it.
+    let group = match &spec.security_group {
+        Some(group) => Group::Admin(cloud.existing_group(group, &vpc).await?),
+        None => Group::Own(ingress_cidr(&plan.ingress).await?),
+    };
 
     let mut launch = Launch::new(&cloud.region, &plan.ownership.dir);
     let new_keys = store.generate(&plan.login, &launch.id)?;
@@ -100,12 +112,21 @@ pub async fn launch(
         store.discard(new_keys);
         return Err(e);
     }
-    let outcome = match cloud
-        .create_ssh_group(&launch.group_name(), &vpc, cidr, &spec.tags)
-        .await
-    {
+    let group = match group {
+        Group::Admin(id) => Ok(id),
+        Group::Own(cidr) => {
+            let created = cloud
+                .create_ssh_group(&launch.group_name(), &vpc, cidr, &spec.tags)
+                .await;
+            // Recorded at once: the journal deletes the launch's own group, and only it.
+            if let Ok(group) = &created {
+                launch.group = Some(group.clone());
+            }
+            created
+        }
+    };
+    let outcome = match group {
         Ok(group) => {
-            launch.group = Some(group.clone());
             let user_data = UserData {
                 host_private_openssh: &new_keys.host_private_openssh,
                 host_public_openssh: &new_keys.host_public_openssh,
@@ -243,6 +264,7 @@ impl Attempts<'_> {
                 instance_type,
                 user_data: self.user_data,
                 security_group: self.group,
+                own_group: self.plan.launch.security_group.is_none(),
                 login_user: &user,
                 subnet_id: place.subnet_id(),
                 key_name: match &self.plan.login {

@@ -37,6 +37,10 @@ pub struct CloudOptions {
     /// ssh-ec2 talks to moto through the fault-injecting proxy (tests/testbed/faults.py):
     /// see `TestCloud::set_faults`.
     pub faults: bool,
+    /// moto authorizes every request against the caller's IAM policies; the test's own look at
+    /// the cloud (`ec2()`, `iam()`) goes as an admin allowed everything. ssh-ec2 then needs an
+    /// IAM user's access key: the default `testing` key is refused.
+    pub iam: bool,
 }
 
 pub struct TestCloud {
@@ -118,6 +122,9 @@ impl TestCloud {
         if options.faults {
             command.arg("--faults");
         }
+        if options.iam {
+            command.arg("--iam");
+        }
         let mut child = command
             .spawn()
             .expect("cannot start tests/testbed/cloud.py");
@@ -143,16 +150,18 @@ impl TestCloud {
         });
         let text = |key: &str| ready[key].as_str().unwrap().to_string();
         let (endpoint, region) = (text("endpoint"), text("region"));
-        // The test's own look at the cloud goes past the proxy.
+        // The test's own look at the cloud goes past the proxy, as the admin under --iam.
+        let (key_id, secret) = match options.iam {
+            true => (text("admin_access_key_id"), text("admin_secret_access_key")),
+            false => ("testing".to_string(), "testing".to_string()),
+        };
         let sdk = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .endpoint_url(text("moto_endpoint"))
             .region(aws_config::Region::new(region.clone()))
             .credentials_provider(
                 aws_credential_types::provider::SharedCredentialsProvider::new(
-                    aws_credential_types::Credentials::new(
-                        "testing", "testing", None, None, "test",
-                    ),
+                    aws_credential_types::Credentials::new(key_id, secret, None, None, "test"),
                 ),
             )
             .build();

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -345,6 +346,41 @@ def kill_marked(mark):
         time.sleep(0.02)
 
 
+def enforce_iam(endpoint):
+    """Creates an IAM user allowed everything, then turns on moto's IAM enforcement: from then
+    on every request must be signed by an IAM user's access key and allowed by its policies
+    (moto's /moto-api/reset-auth, what set_initial_no_auth_action_count does in server mode).
+    Returns the admin's key, for the ready line.
+
+    moto checks signatures against the form body as boto3 would re-encode it (werkzeug has
+    consumed the raw body), so it rejects the Rust SDK's valid signature of any value with a
+    space or `*` in it (a policy document, a group description). The caller is still known by
+    its access key id, which must be an IAM user's, and each action is still authorized
+    against that user's policies; only the signature check is skipped."""
+    from moto.iam.access_control import IAMRequestBase
+    IAMRequestBase.check_signature = lambda self: None
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=endpoint)
+    iam.create_user(UserName="admin")
+    iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="admin")["AccessKey"]
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+                                     headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(request) as answer:
+        answer.read()
+    return {"admin_access_key_id": key["AccessKeyId"],
+            "admin_secret_access_key": key["SecretAccessKey"]}
+
+
+def admin_credentials(admin):
+    """boto3 arguments for the admin's key; none (the default test key) without --iam."""
+    if not admin:
+        return {}
+    return {"aws_access_key_id": admin["admin_access_key_id"],
+            "aws_secret_access_key": admin["admin_secret_access_key"]}
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, required=True,
@@ -359,6 +395,9 @@ def parse_args():
                         help="sshd uses a fresh host key, not the one in the user-data")
     parser.add_argument("--faults", action="store_true",
                         help="put the fault-injecting proxy (faults.py) in front of moto")
+    parser.add_argument("--iam", action="store_true",
+                        help="moto authorizes every request against the caller's IAM policies; "
+                             "the ready line gives an admin's access key")
     return parser.parse_args()
 
 
@@ -399,7 +438,9 @@ def main():
     try:
         moto.start()
         endpoint = "http://%s:%d" % moto.get_host_and_port()
-        ec2 = boto3.client("ec2", region_name=args.region, endpoint_url=endpoint)
+        admin = enforce_iam(endpoint) if args.iam else {}
+        ec2 = boto3.client("ec2", region_name=args.region, endpoint_url=endpoint,
+                           **admin_credentials(admin))
         images = ec2.describe_images(Owners=["amazon"])["Images"]
         missing = {ami_id for ami_id, _, _ in AMIS.values()} - {i["ImageId"] for i in images}
         if missing:
@@ -415,6 +456,7 @@ def main():
             "connect": f"127.0.0.1:{args.sshd_port}",
             "region": args.region,
             "amis": {key: ami_id for key, (ami_id, _, _) in AMIS.items()},
+            **admin,
         }
         ready_out.write(json.dumps(ready) + "\n")
         ready_out.flush()

@@ -1,0 +1,688 @@
+//! For the admin: `--setup` (a dry run changes nothing, a second run changes nothing, drift is
+//! repaired), the user policy of policies/ under moto's IAM enforcement (what a user holding it
+//! can do, and that each of its EC2 actions is needed), and `--security-group` for accounts
+//! whose users may not create security groups.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use aws_sdk_ec2::types::{InstanceStateName, IpPermission, IpRange};
+use common::{CloudOptions, Project, Run, TestCloud, instance_id, state_of};
+use serde_json::Value;
+
+const USER_POLICY: &str = include_str!("../policies/ssh-ec2-user.json");
+/// A role `--setup` makes.
+const PROFILE: &str = "--instance-profile=ssh-ec2-s3-read-only";
+
+/// An IAM user's access key.
+struct User {
+    key_id: String,
+    secret: String,
+}
+
+fn iam_cloud() -> TestCloud {
+    TestCloud::start_with(CloudOptions {
+        iam: true,
+        ..Default::default()
+    })
+}
+
+/// The user policy as moto can check it. moto authorizes the action only: it checks an EC2
+/// request against the resource `*`, so a statement limited to ARNs never matches it, and it
+/// ignores the tag conditions. Each statement's resources are widened to `*` (conditions are
+/// kept; moto does not evaluate them): what is proven is the list of actions, not the resource
+/// and tag limits (policies/README.md says so).
+fn as_moto_checks_it(policy: &str) -> Value {
+    let mut policy: Value = serde_json::from_str(policy).unwrap();
+    for statement in policy["Statement"].as_array_mut().unwrap() {
+        statement["Resource"] = Value::from("*");
+    }
+    policy
+}
+
+fn actions(statement: &Value) -> Vec<String> {
+    match &statement["Action"] {
+        Value::String(action) => vec![action.clone()],
+        Value::Array(actions) => actions
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect(),
+        other => panic!("unexpected Action {other}"),
+    }
+}
+
+/// Every action the policy allows, in order, once each.
+fn allowed_actions(policy: &Value) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        for action in actions(statement) {
+            if !all.contains(&action) {
+                all.push(action);
+            }
+        }
+    }
+    all
+}
+
+/// The policy without `action`, in every statement (a statement left with none goes).
+fn without(policy: &Value, action: &str) -> Value {
+    let mut policy = policy.clone();
+    let statements = policy["Statement"].as_array_mut().unwrap();
+    for statement in statements.iter_mut() {
+        let left: Vec<String> = actions(statement)
+            .into_iter()
+            .filter(|a| a != action)
+            .collect();
+        statement["Action"] = Value::from(left);
+    }
+    statements.retain(|s| !s["Action"].as_array().unwrap().is_empty());
+    policy
+}
+
+/// A new IAM user holding only `policy` (inline), with an access key.
+fn create_user(cloud: &TestCloud, name: &str, policy: &Value) -> User {
+    let iam = cloud.iam();
+    cloud.block_on(async {
+        iam.create_user().user_name(name).send().await.unwrap();
+        iam.put_user_policy()
+            .user_name(name)
+            .policy_name("ssh-ec2")
+            .policy_document(policy.to_string())
+            .send()
+            .await
+            .unwrap();
+        let key = iam
+            .create_access_key()
+            .user_name(name)
+            .send()
+            .await
+            .unwrap();
+        let key = key.access_key().unwrap();
+        User {
+            key_id: key.access_key_id().to_string(),
+            secret: key.secret_access_key().to_string(),
+        }
+    })
+}
+
+/// ssh-ec2 in `project` as `user`.
+fn as_user(project: &Project, cloud: &TestCloud, user: &User) -> Command {
+    let mut command = project.ssh_ec2(cloud);
+    command
+        .env("AWS_ACCESS_KEY_ID", &user.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &user.secret);
+    command
+}
+
+fn live_instances(cloud: &TestCloud) -> Vec<aws_sdk_ec2::types::Instance> {
+    cloud
+        .instances()
+        .into_iter()
+        .filter(|i| state_of(i) != InstanceStateName::Terminated)
+        .collect()
+}
+
+/// Asserts that `run` failed and that its error names `action`.
+fn assert_refused(run: &Run, action: &str) {
+    assert_eq!(
+        run.code,
+        Some(255),
+        "expected a failure naming {action}\n{run}"
+    );
+    assert!(
+        run.stderr.contains(action),
+        "the error does not name {action}\n{run}"
+    );
+}
+
+/// What `--setup` manages, as text: the account's own policies (default document and number
+/// of versions), groups and their policies, roles (trust and inline policies), and instance
+/// profiles with their roles.
+fn iam_state(cloud: &TestCloud) -> String {
+    let iam = cloud.iam();
+    let decode = |doc: &str| -> Value {
+        // IAM hands documents back URL-encoded.
+        let text = percent_encoding::percent_decode_str(doc)
+            .decode_utf8_lossy()
+            .into_owned();
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    cloud.block_on(async {
+        let mut state = BTreeMap::new();
+        let policies = iam
+            .list_policies()
+            .scope(aws_sdk_iam::types::PolicyScopeType::Local)
+            .send()
+            .await
+            .unwrap();
+        for policy in policies.policies() {
+            let arn = policy.arn().unwrap();
+            let versions = iam
+                .list_policy_versions()
+                .policy_arn(arn)
+                .send()
+                .await
+                .unwrap();
+            let default = versions
+                .versions()
+                .iter()
+                .find(|v| v.is_default_version())
+                .unwrap();
+            let document = iam
+                .get_policy_version()
+                .policy_arn(arn)
+                .version_id(default.version_id().unwrap())
+                .send()
+                .await
+                .unwrap();
+            let ids: Vec<_> = versions.versions().iter().map(|v| v.version_id()).collect();
+            state.insert(
+                format!("policy {arn}"),
+                format!(
+                    "versions {ids:?}, default {:?}: {}",
+                    default.version_id(),
+                    decode(document.policy_version().unwrap().document().unwrap())
+                ),
+            );
+        }
+        for group in iam.list_groups().send().await.unwrap().groups() {
+            let name = group.group_name();
+            let attached = iam
+                .list_attached_group_policies()
+                .group_name(name)
+                .send()
+                .await
+                .unwrap();
+            let arns: Vec<_> = attached
+                .attached_policies()
+                .iter()
+                .map(|p| p.policy_arn())
+                .collect();
+            state.insert(format!("group {name}"), format!("{arns:?}"));
+        }
+        for role in iam.list_roles().send().await.unwrap().roles() {
+            let name = role.role_name();
+            let full = iam.get_role().role_name(name).send().await.unwrap();
+            let trust = decode(full.role().unwrap().assume_role_policy_document().unwrap());
+            let mut inline = Vec::new();
+            let names = iam
+                .list_role_policies()
+                .role_name(name)
+                .send()
+                .await
+                .unwrap();
+            for policy in names.policy_names() {
+                let found = iam
+                    .get_role_policy()
+                    .role_name(name)
+                    .policy_name(policy)
+                    .send()
+                    .await
+                    .unwrap();
+                inline.push(format!("{policy}: {}", decode(found.policy_document())));
+            }
+            state.insert(format!("role {name}"), format!("trust {trust}; {inline:?}"));
+        }
+        let profiles = iam.list_instance_profiles().send().await.unwrap();
+        for profile in profiles.instance_profiles() {
+            let roles: Vec<_> = profile.roles().iter().map(|r| r.role_name()).collect();
+            state.insert(
+                format!("profile {}", profile.instance_profile_name()),
+                format!("{roles:?}"),
+            );
+        }
+        state
+            .into_iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect()
+    })
+}
+
+/// The lines of a `--setup` output that report a change (or a would-be change).
+fn changes(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .filter(|l| l.contains(": ") && !l.ends_with(": unchanged"))
+        .filter(|l| !l.starts_with("dry run") && !l.starts_with("Users of"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn setup_dry_run_changes_nothing_a_second_setup_changes_nothing_and_drift_is_repaired() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let empty = iam_state(&cloud);
+
+    let dry = Run::of(project.ssh_ec2(&cloud).args(["--setup", "--dry-run"]));
+    dry.assert_code(0);
+    assert_eq!(iam_state(&cloud), empty, "a dry run changed IAM\n{dry}");
+    let expected = [
+        "policy SshEc2Access",
+        "group SshEc2",
+        "policy SshEc2Access attached to group SshEc2",
+        "role ssh-ec2-s3-read-only (trusted by EC2)",
+        "policy s3-read-only of role ssh-ec2-s3-read-only",
+        "instance profile ssh-ec2-s3-read-only (holding role ssh-ec2-s3-read-only)",
+        "role ssh-ec2-s3-read-write (trusted by EC2)",
+        "policy s3-read-write of role ssh-ec2-s3-read-write",
+        "instance profile ssh-ec2-s3-read-write (holding role ssh-ec2-s3-read-write)",
+    ];
+    let would: Vec<String> = expected
+        .iter()
+        .map(|what| format!("{what}: would create"))
+        .collect();
+    assert_eq!(changes(&dry), would, "{dry}");
+
+    let first = Run::of(project.ssh_ec2(&cloud).arg("--setup"));
+    first.assert_code(0);
+    assert_eq!(changes(&first).len(), expected.len(), "{first}");
+    assert!(
+        changes(&first).iter().all(|l| l.ends_with(": created")),
+        "{first}"
+    );
+    let set_up = iam_state(&cloud);
+    assert!(
+        set_up.contains("profile ssh-ec2-s3-read-write = [\"ssh-ec2-s3-read-write\"]"),
+        "{set_up}"
+    );
+    let user_policy: Value = serde_json::from_str(USER_POLICY).unwrap();
+    assert!(
+        set_up.contains(&format!("default Some(\"v1\"): {user_policy}")),
+        "the policy is the file's\n{set_up}"
+    );
+
+    let second = Run::of(project.ssh_ec2(&cloud).arg("--setup"));
+    second.assert_code(0);
+    assert_eq!(changes(&second), Vec::<String>::new(), "{second}");
+    assert_eq!(iam_state(&cloud), set_up, "a second --setup changed IAM");
+
+    // Someone edits the policy four times (IAM keeps five versions at most), the trust of a
+    // role, and removes the other role's permissions and profile's role.
+    let iam = cloud.iam();
+    cloud.block_on(async {
+        let arn = "arn:aws:iam::123456789012:policy/SshEc2Access";
+        for n in 0..4 {
+            let edited = format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"ec2:DescribeRegions","Resource":"*","Sid":"Edit{n}"}}]}}"#
+            );
+            iam.create_policy_version()
+                .policy_arn(arn)
+                .policy_document(edited)
+                .set_as_default(true)
+                .send()
+                .await
+                .unwrap();
+        }
+        iam.update_assume_role_policy()
+            .role_name("ssh-ec2-s3-read-only")
+            .policy_document(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        iam.delete_role_policy()
+            .role_name("ssh-ec2-s3-read-write")
+            .policy_name("s3-read-write")
+            .send()
+            .await
+            .unwrap();
+        iam.remove_role_from_instance_profile()
+            .instance_profile_name("ssh-ec2-s3-read-write")
+            .role_name("ssh-ec2-s3-read-write")
+            .send()
+            .await
+            .unwrap();
+    });
+    let drifted = iam_state(&cloud);
+    let dry = Run::of(project.ssh_ec2(&cloud).args(["--setup", "--dry-run"]));
+    dry.assert_code(0);
+    assert_eq!(iam_state(&cloud), drifted, "a dry run changed IAM\n{dry}");
+    let repairs = [
+        "policy SshEc2Access (arn:aws:iam::123456789012:policy/SshEc2Access): would update",
+        "role ssh-ec2-s3-read-only (trusted by EC2): would update",
+        "policy s3-read-write of role ssh-ec2-s3-read-write: would create",
+        "instance profile ssh-ec2-s3-read-write (holding role ssh-ec2-s3-read-write): would update",
+    ];
+    assert_eq!(changes(&dry), repairs, "{dry}");
+
+    let repair = Run::of(project.ssh_ec2(&cloud).arg("--setup"));
+    repair.assert_code(0);
+    let applied: Vec<String> = repairs.iter().map(|l| l.replace("would ", "")).collect();
+    let applied: Vec<String> = applied
+        .iter()
+        .map(|l| {
+            l.replace(": update", ": updated")
+                .replace(": create", ": created")
+        })
+        .collect();
+    assert_eq!(changes(&repair), applied, "{repair}");
+    let repaired = iam_state(&cloud);
+    // Five versions still: the oldest (v1) made room for v6, the file's again.
+    assert!(
+        repaired.contains(&format!(
+            "versions [Some(\"v2\"), Some(\"v3\"), Some(\"v4\"), Some(\"v5\"), Some(\"v6\")], \
+             default Some(\"v6\"): {user_policy}"
+        )),
+        "{repaired}"
+    );
+    let without_versions = |state: &str| -> String {
+        state
+            .lines()
+            .filter(|l| !l.starts_with("policy "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        without_versions(&repaired),
+        without_versions(&set_up),
+        "roles, profiles and group are as --setup made them"
+    );
+    let again = Run::of(project.ssh_ec2(&cloud).arg("--setup"));
+    assert_eq!(changes(&again), Vec::<String>::new(), "{again}");
+    assert_eq!(iam_state(&cloud), repaired);
+}
+
+/// One user without one action, and the run (from the state the sequence left) that needs it.
+struct Refusal {
+    action: &'static str,
+    args: &'static [&'static str],
+}
+
+impl Refusal {
+    /// Runs it as a user holding `policy` without the action; asserts that it fails naming it.
+    fn check(&self, cloud: &TestCloud, project: &Project, policy: &Value, n: usize) -> Run {
+        // Named by number: the user's ARN is in moto's message, the action must be too.
+        let user = create_user(cloud, &format!("user-{n}"), &without(policy, self.action));
+        let run = Run::of(as_user(project, cloud, &user).args(self.args));
+        assert_refused(&run, self.action);
+        run
+    }
+}
+
+#[test]
+fn the_user_policy_lets_a_user_run_and_each_of_its_ec2_actions_is_needed() {
+    let cloud = iam_cloud();
+    let project = Project::new();
+    let everything = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+    });
+    let admin = create_user(&cloud, "admin-of-the-test", &everything);
+    Run::of(as_user(&project, &cloud, &admin).arg("--setup")).assert_code(0);
+    let policy = as_moto_checks_it(USER_POLICY);
+    let full = create_user(&cloud, "user-full", &policy);
+    let run_as_full = |args: &[&str]| Run::of(as_user(&project, &cloud, &full).args(args));
+    let not_admin = run_as_full(&["--setup", "--dry-run"]);
+    assert_refused(&not_admin, "iam:ListPolicies");
+    assert!(
+        not_admin
+            .stderr
+            .contains("it needs an AWS admin's credentials"),
+        "{not_admin}"
+    );
+    let mut checked = Vec::new();
+    let mut check = |refusal: Refusal| {
+        let run = refusal.check(&cloud, &project, &policy, checked.len());
+        checked.push(refusal.action.to_string());
+        run
+    };
+
+    // A launch (with an instance profile) that stops the instance.
+    let stop = run_as_full(&[PROFILE, "--stop", "echo", "one"]);
+    stop.assert_code(0);
+    assert_eq!(stop.stdout, "one\n", "{stop}");
+    let instances = live_instances(&cloud);
+    assert_eq!(instances.len(), 1, "{stop}");
+    assert_eq!(
+        state_of(&instances[0]),
+        InstanceStateName::Stopped,
+        "{stop}"
+    );
+    let id = instance_id(&instances[0]);
+
+    // Reusing it needs these; each refusal leaves it stopped.
+    for (action, args) in [
+        ("ec2:StartInstances", &["true"][..]),
+        ("ec2:DescribeSecurityGroups", &["true"]),
+        ("ec2:AuthorizeSecurityGroupIngress", &["true"]),
+        // Another address than the launch's: the old one's rule goes.
+        (
+            "ec2:RevokeSecurityGroupIngress",
+            &["--ssh-cidr=10.1.2.3/32", "true"],
+        ),
+    ] {
+        check(Refusal { action, args });
+    }
+    assert_eq!(
+        live_instances(&cloud)
+            .iter()
+            .map(state_of)
+            .collect::<Vec<_>>(),
+        [InstanceStateName::Stopped]
+    );
+
+    // The run that reuses the stopped instance, and terminates it.
+    let reuse = run_as_full(&["echo", "two"]);
+    reuse.assert_code(0);
+    assert_eq!(reuse.stdout, "two\n", "{reuse}");
+    assert!(reuse.stderr.contains(&format!("reusing {id}")), "{reuse}");
+    assert!(live_instances(&cloud).is_empty(), "{reuse}");
+    assert!(cloud.run_security_groups().is_empty(), "{reuse}");
+
+    // A launch needs these: each refusal leaves nothing behind.
+    for (action, args) in [
+        ("ec2:DescribeInstances", &["true"][..]),
+        ("ec2:DescribeImages", &["true"]),
+        ("ec2:DescribeInstanceTypes", &["true"]),
+        ("ec2:DescribeVpcs", &["true"]),
+        ("ec2:DescribeSubnets", &["true"]),
+        ("ec2:CreateSecurityGroup", &["true"]),
+        ("ec2:RunInstances", &["true"]),
+        ("iam:GetInstanceProfile", &[PROFILE, "true"]),
+    ] {
+        let run = check(Refusal { action, args });
+        assert!(live_instances(&cloud).is_empty(), "{run}");
+        assert!(cloud.run_security_groups().is_empty(), "{run}");
+    }
+
+    // The end of life needs these.
+    let run = check(Refusal {
+        action: "ec2:DeleteSecurityGroup",
+        args: &["true"],
+    });
+    assert!(
+        live_instances(&cloud).is_empty(),
+        "terminated all the same\n{run}"
+    );
+    let left = cloud.run_security_groups();
+    assert_eq!(left.len(), 1, "{run}");
+    cloud
+        .block_on(
+            cloud
+                .ec2()
+                .delete_security_group()
+                .group_id(left[0].group_id().unwrap())
+                .send(),
+        )
+        .unwrap();
+    check(Refusal {
+        action: "ec2:TerminateInstances",
+        args: &["true"],
+    });
+    check(Refusal {
+        action: "ec2:StopInstances",
+        args: &["--stop", "true"],
+    });
+    assert_eq!(
+        live_instances(&cloud)
+            .iter()
+            .map(state_of)
+            .collect::<Vec<_>>(),
+        [InstanceStateName::Running],
+        "refused, the end of life left it running"
+    );
+    run_as_full(&["true"]).assert_code(0);
+    assert!(live_instances(&cloud).is_empty());
+    assert!(cloud.run_security_groups().is_empty());
+
+    // Every EC2 action of the policy was shown to be needed, but ec2:CreateTags: ssh-ec2 tags
+    // only through RunInstances and CreateSecurityGroup, and moto does not check that
+    // implicit right (policies/README.md says so).
+    let mut ec2_actions: Vec<String> = allowed_actions(&policy)
+        .into_iter()
+        .filter(|a| a.starts_with("ec2:") && a != "ec2:CreateTags")
+        .collect();
+    ec2_actions.sort();
+    checked.retain(|a| a.starts_with("ec2:"));
+    checked.sort();
+    assert_eq!(checked, ec2_actions);
+    cloud.assert_no_bed_errors();
+}
+
+/// The admin's group: its id, and its rules as text (to see that they never change).
+fn admin_group(cloud: &TestCloud, name: &str) -> Option<(String, String)> {
+    let found = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_security_groups()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("group-name")
+                        .values(name)
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let group = found.security_groups().first()?;
+    Some((
+        group.group_id().unwrap().to_string(),
+        format!("{:?}", group.ip_permissions()),
+    ))
+}
+
+#[test]
+fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
+    let cloud = iam_cloud();
+    let project = Project::new();
+    let ec2 = cloud.ec2();
+    let vpc = cloud.block_on(async {
+        let vpcs = ec2
+            .describe_vpcs()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("is-default")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        vpcs.vpcs()[0].vpc_id().unwrap().to_string()
+    });
+    let group_id = cloud.block_on(async {
+        let created = ec2
+            .create_security_group()
+            .group_name("team-ssh")
+            .description("SSH from the office")
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap();
+        let id = created.group_id().unwrap().to_string();
+        ec2.authorize_security_group_ingress()
+            .group_id(&id)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(IpRange::builder().cidr_ip("127.0.0.0/8").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        id
+    });
+    let (_, rules) = admin_group(&cloud, "team-ssh").unwrap();
+    // A locked-down account: users may not make, open or delete security groups.
+    let mut policy = as_moto_checks_it(USER_POLICY);
+    for action in [
+        "ec2:CreateSecurityGroup",
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:RevokeSecurityGroupIngress",
+        "ec2:DeleteSecurityGroup",
+    ] {
+        policy = without(&policy, action);
+    }
+    let user = create_user(&cloud, "locked-down", &policy);
+    let run_as_user = |args: &[&str]| Run::of(as_user(&project, &cloud, &user).args(args));
+
+    let own_group = run_as_user(&["true"]);
+    assert_refused(&own_group, "ec2:CreateSecurityGroup");
+
+    // By name, from the environment (the original's AWS_SECURITY_GROUP); stopped.
+    let stop = Run::of(
+        as_user(&project, &cloud, &user)
+            .env("AWS_SECURITY_GROUP", "team-ssh")
+            .args(["--stop", "echo", "one"]),
+    );
+    stop.assert_code(0);
+    assert_eq!(stop.stdout, "one\n", "{stop}");
+    let instances = live_instances(&cloud);
+    assert_eq!(instances.len(), 1, "{stop}");
+    let groups: Vec<_> = instances[0]
+        .security_groups()
+        .iter()
+        .map(|g| g.group_id().unwrap())
+        .collect();
+    assert_eq!(groups, [group_id.as_str()], "{stop}");
+    assert!(
+        !instances[0]
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("ssh-ec2:security-group")),
+        "the group is not the instance's own: {:?}",
+        instances[0].tags()
+    );
+
+    // Reused (nothing to say about the group), then terminated: the group stays as it was.
+    let reuse = run_as_user(&["echo", "two"]);
+    reuse.assert_code(0);
+    assert_eq!(reuse.stdout, "two\n", "{reuse}");
+    assert!(live_instances(&cloud).is_empty(), "{reuse}");
+    assert_eq!(
+        admin_group(&cloud, "team-ssh"),
+        Some((group_id.clone(), rules.clone())),
+        "the admin's group survives unchanged\n{reuse}"
+    );
+
+    // By id, with the flag; terminated at once.
+    let by_id = run_as_user(&["--security-group", &group_id, "echo", "three"]);
+    by_id.assert_code(0);
+    assert_eq!(by_id.stdout, "three\n", "{by_id}");
+    assert!(live_instances(&cloud).is_empty(), "{by_id}");
+    assert_eq!(
+        admin_group(&cloud, "team-ssh"),
+        Some((group_id.clone(), rules.clone())),
+        "{by_id}"
+    );
+
+    let unknown = run_as_user(&["--security-group", "no-such-group", "true"]);
+    assert_eq!(unknown.code, Some(255), "{unknown}");
+    assert!(
+        unknown
+            .stderr
+            .contains("there is no security group no-such-group in"),
+        "{unknown}"
+    );
+    assert_eq!(cloud.instances().len(), 2, "nothing launched\n{unknown}");
+    assert_eq!(cloud.run_security_groups().len(), 1, "only the admin's");
+    cloud.assert_no_bed_errors();
+}
