@@ -171,6 +171,11 @@ impl Plan {
             }
             _ => {}
         }
+        if cli.fleet.all_regions && !matches!(mode, Mode::List { .. } | Mode::Gc { .. }) {
+            bail!("--all-regions goes with --list or --gc");
+        }
+        // --list and --gc look at all your instances, from any directory: nothing is synced.
+        let whole_fleet = matches!(mode, Mode::List { .. } | Mode::Gc { .. });
         if mode == Mode::Detach && settings.multiplex == Some(Multiplex::None) {
             bail!(
                 "--detach runs the command in tmux or screen: drop --multi none (or MULTIPLEX=none)"
@@ -187,7 +192,10 @@ impl Plan {
             .canonicalize()
             .unwrap_or_else(|_| host.home.clone());
         let credentials = [".aws", ".ssh"].map(|dir| home.join(dir));
-        if home.starts_with(&local_dir) || credentials.iter().any(|c| local_dir.starts_with(c)) {
+        if !whole_fleet
+            && (home.starts_with(&local_dir)
+                || credentials.iter().any(|c| local_dir.starts_with(c)))
+        {
             bail!(
                 "ssh-ec2 would copy {} to the instance, with your credentials (~/.aws, ~/.ssh): \
                  run it from a project directory",
@@ -221,7 +229,7 @@ impl Plan {
             Some(dir) => RemoteDir::parse(dir)?,
             None => RemoteDir::default_for(&local_dir)?,
         };
-        let sync = if cli.no_rsync {
+        let sync = if cli.no_rsync || whole_fleet {
             None
         } else {
             let rsync = find_program("rsync", host.path_var.as_deref()).context(
@@ -309,7 +317,11 @@ impl Plan {
             multiplex: settings.multiplex,
             local_dir,
             command,
-            end_of_life: settings.final_state.unwrap_or(EndOfLife::Terminate),
+            end_of_life: match mode {
+                // What --down is for; --stop and --leave are refused with it.
+                Mode::Down => EndOfLife::Terminate,
+                _ => settings.final_state.unwrap_or(EndOfLife::Terminate),
+            },
             sync,
             remote_dir,
             region: settings.region,

@@ -4,8 +4,11 @@
 //! line, exit status).
 
 mod attach;
+mod down;
 mod finish;
+mod gc;
 mod generate;
+mod list;
 mod run;
 mod show_config;
 
@@ -44,6 +47,13 @@ pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
         Mode::Attach => on_instance(cli, async |plan| attach::attach(plan, printer).await),
         Mode::Finish { attach } => on_instance(cli, async |plan| {
             finish::finish(plan, printer, attach).await
+        }),
+        Mode::List { json, all_regions } => on_instance(cli, async |plan| {
+            list::list(plan, printer, json, all_regions).await
+        }),
+        Mode::Down => on_instance(cli, async |plan| down::down(plan, printer).await),
+        Mode::Gc { yes, all_regions } => on_instance(cli, async |plan| {
+            gc::gc(plan, printer, yes, all_regions).await
         }),
     }
 }
