@@ -265,3 +265,33 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
     assert!(down.stderr.contains("pulled results back"), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 }
+
+#[test]
+fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_command() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    });
+    let project = Project::new();
+    let child = start_until_ready(project.ssh_ec2(&cloud).arg("echo ready; sleep 60"));
+    let id = instance_id(&cloud.instances()[0]);
+    cloud.set_faults(json!([{"action": "TerminateInstances", "error": "UnauthorizedOperation"}]));
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let run = Run::collect(child);
+    run.assert_code(255);
+    assert!(
+        run.stderr
+            .contains(&format!("aws ec2 terminate-instances --instance-ids {id}")),
+        "{run}"
+    );
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+
+    cloud.set_faults(json!([]));
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_nothing_left(&cloud, &project, &down);
+}

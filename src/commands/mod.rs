@@ -297,10 +297,8 @@ async fn end_of_run(
         format_duration(started.elapsed()),
     ));
     match (interrupted, work, ended) {
-        (Some(signal), _, Err(end)) => {
-            printer.error(&end);
-            Err(Interrupted(signal).into())
-        }
+        // Something the run made is still alive against the policy: that outweighs the signal.
+        (Some(_), _, Err(end)) => Err(end),
         (Some(signal), _, Ok(())) => Err(Interrupted(signal).into()),
         (None, _, Err(end)) => Err(end),
         (None, Err(reported), Ok(())) => Err(reported.into()),

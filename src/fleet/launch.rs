@@ -129,10 +129,12 @@ pub async fn launch(
     let (instance, user) = match outcome {
         Outcome::Launched { instance, user } => (instance, user),
         Outcome::Failed(e) => {
+            // Something left alive outweighs the failure (or the signal) that led here.
             if let Err(leak) = launch.abandon(cloud, store).await {
-                printer.warn(&format!(
-                    "{leak:#} (the next run here tries again to delete what the launch made)"
-                ));
+                return Err(leak.context(format!(
+                    "{e:#}; then what the launch made could not all be deleted (the next run \
+                     here, or `ssh-ec2 --gc --yes`, tries again)"
+                )));
             }
             return Err(e);
         }
