@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, ValueEnum};
 
-use crate::config::{EndOfLife, HostPort, InstanceTypes, Tag};
+use crate::config::{EndOfLife, HostPort, InstanceTypes, SubnetIds, Tag};
 use crate::ssh::forward::Forward;
 
 #[derive(Debug, Parser)]
@@ -211,6 +211,9 @@ pub struct InstanceFlags {
     /// Subnet to launch in (default: the default VPC).
     #[arg(long, value_name = "ID")]
     pub subnet_id: Option<String>,
+    /// Subnets to try in turn (after --subnet-id) when one has no capacity; all in one VPC.
+    #[arg(long, value_name = "S1,S2")]
+    pub subnet_ids: Option<SubnetIds>,
     /// Root volume size in GiB (default: the image's).
     #[arg(long, value_name = "GIB")]
     pub volume_size: Option<u32>,

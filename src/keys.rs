@@ -168,7 +168,8 @@ impl KeyStore {
             format!(
                 "instance {instance_id} belongs to this directory, but its SSH keys are not in {} \
                  (was it launched from another machine?): terminate it \
-                 (`aws ec2 terminate-instances --instance-ids {instance_id}`) and run again",
+                 (`ssh-ec2 --gc --yes`, or `aws ec2 terminate-instances --instance-ids \
+                 {instance_id}`) and run again",
                 dir.display()
             )
         };

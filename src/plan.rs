@@ -68,7 +68,8 @@ pub struct LaunchPlan {
     /// `None`: guessed from the image name.
     pub user: Option<String>,
     pub instance_profile: Option<String>,
-    pub subnet_id: Option<String>,
+    /// The subnets to try in turn (`subnet_id`, then `subnet_ids`); none: the default VPC.
+    pub subnets: Vec<String>,
     pub volume_size: Option<u32>,
     /// Ownership, Name and user tags for everything the run creates.
     pub tags: Vec<(String, String)>,
@@ -334,7 +335,16 @@ impl Plan {
                 image,
                 user: settings.user,
                 instance_profile: settings.instance_profile,
-                subnet_id: settings.subnet_id,
+                subnets: settings
+                    .subnet_id
+                    .into_iter()
+                    .chain(settings.subnet_ids.unwrap_or_default().0)
+                    .fold(Vec::new(), |mut subnets, id| {
+                        if !subnets.contains(&id) {
+                            subnets.push(id);
+                        }
+                        subnets
+                    }),
                 volume_size: settings.volume_size,
                 tags,
                 extra_boot_commands: settings.user_data,

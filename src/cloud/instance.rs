@@ -603,6 +603,34 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_in_the_past_has_passed_and_an_unreadable_one_has_not() {
+        let instance = Instance {
+            id: "i-1".into(),
+            state: State::Stopped,
+            instance_type: "g5.xlarge".into(),
+            public_ip: None,
+            private_ip: None,
+            security_group: None,
+            login_user: None,
+        };
+        let at = |expires_at: Option<&str>| Owned {
+            instance: instance.clone(),
+            region: "eu-central-1".into(),
+            dir: None,
+            host: None,
+            this_machine: true,
+            spot: false,
+            launched: None,
+            expires_at: expires_at.map(str::to_string),
+            launch: None,
+        };
+        assert!(at(Some("2020-01-01T00:00:00Z")).expired());
+        assert!(!at(Some("2999-01-01T00:00:00Z")).expired());
+        assert!(!at(Some("tomorrow")).expired());
+        assert!(!at(None).expired());
+    }
+
+    #[test]
     fn ssh_goes_to_the_public_ip_else_the_private_one() {
         let mut instance = Instance {
             id: "i-1".into(),

@@ -21,10 +21,19 @@ use crate::printer::Printer;
 /// Keys waiting without a launch record for this long belong to no run any more.
 const UNRECORDED_AFTER: Duration = Duration::from_secs(600);
 
+/// Why an instance is a leftover.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Nothing here can reach it.
+    KeysGone,
+    /// Its `ssh-ec2:expires-at` has passed.
+    Expired,
+}
+
 /// What --gc found.
 #[derive(Default)]
 struct Leftovers {
-    instances: Vec<(Owned, String)>,
+    instances: Vec<(Owned, Why)>,
     groups: Vec<(String, SshGroup)>,
     launches: Vec<Launch>,
     /// Local paths to remove, and why.
@@ -37,6 +46,35 @@ struct Leftovers {
 
 pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) -> Result<i32> {
     let ground = Ground::open(plan).await?;
+    // Looking may be cut short by a signal; removing, once begun, finishes.
+    let found = ground
+        .interrupt
+        .cancel(find(&ground, plan, all_regions))
+        .await?;
+    let nothing = found.instances.is_empty()
+        && found.groups.is_empty()
+        && found.launches.is_empty()
+        && found.local.is_empty()
+        && found.locks == 0;
+    if nothing {
+        printer.info("nothing to clean up");
+        return Ok(0);
+    }
+    if !yes {
+        printer.info("run `ssh-ec2 --gc --yes` to remove these");
+        return Ok(0);
+    }
+    match remove(&found, &ground.cloud, plan, printer).await {
+        0 => {
+            printer.info("cleaned up");
+            Ok(0)
+        }
+        _ => Err(AlreadyReported.into()),
+    }
+}
+
+/// Finds the leftovers, and reports them on stdout.
+async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftovers> {
     let (cloud, store) = (&ground.cloud, &ground.store);
     let busy = |dir: &Option<String>| {
         dir.as_deref()
@@ -63,8 +101,8 @@ pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) ->
             continue;
         }
         let why = match (store.holds(id), owned.expired()) {
-            (false, _) => "its keys are gone from this machine",
-            (true, true) => "its expiry passed",
+            (false, _) => Why::KeysGone,
+            (true, true) => Why::Expired,
             (true, false) => continue,
         };
         if busy(&owned.dir) {
@@ -73,7 +111,7 @@ pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) ->
                 .push(format!("{id}: a run in {} goes on", show(&owned.dir)));
             continue;
         }
-        found.instances.push((owned.clone(), why.to_string()));
+        found.instances.push((owned.clone(), why));
     }
 
     fleet::for_each_region(cloud, all_regions, async |cloud| {
@@ -115,27 +153,7 @@ pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) ->
     found.locks = lock::sweep(&plan.state_dir, true);
 
     report(&found, &plan.ownership.owner, from_elsewhere);
-    let nothing = found.instances.is_empty()
-        && found.groups.is_empty()
-        && found.launches.is_empty()
-        && found.local.is_empty()
-        && found.locks == 0;
-    if nothing {
-        printer.info("nothing to clean up");
-        return Ok(0);
-    }
-    if !yes {
-        printer.info("run `ssh-ec2 --gc --yes` to remove these");
-        return Ok(0);
-    }
-    let failed = remove(&found, cloud, plan, printer).await;
-    match failed {
-        0 => {
-            printer.info("cleaned up");
-            Ok(0)
-        }
-        _ => Err(AlreadyReported.into()),
-    }
+    Ok(found)
 }
 
 fn show(dir: &Option<String>) -> &str {
@@ -146,10 +164,14 @@ fn show(dir: &Option<String>) -> &str {
 fn report(found: &Leftovers, owner: &str, from_elsewhere: usize) {
     for (owned, why) in &found.instances {
         let i = &owned.instance;
+        let reason = match why {
+            Why::KeysGone => "its keys are gone from this machine",
+            Why::Expired => "its expiry passed",
+        };
         let results = match i.state {
             State::Pending | State::ShuttingDown | State::Terminated => String::new(),
-            _ => match (&owned.dir, why.starts_with("its keys")) {
-                (Some(dir), false) => format!(
+            _ => match (&owned.dir, why) {
+                (Some(dir), Why::Expired) => format!(
                     "; may hold results not brought home: `ssh-ec2 --down` in {dir} brings them \
                      home first"
                 ),
@@ -158,7 +180,7 @@ fn report(found: &Leftovers, owner: &str, from_elsewhere: usize) {
             },
         };
         println!(
-            "instance {} ({}, {}) of {}: {why}{results}",
+            "instance {} ({}, {}) of {}: {reason}{results}",
             i.id,
             owned.region,
             i.state.as_str(),
@@ -211,18 +233,25 @@ async fn stale_local_state(
     let mut stale = Vec::new();
     let mut regions = None;
     for id in store.instance_ids() {
-        let gone = match cloud.lookup(&id).await? {
-            Some(instance) => instance.state == State::Terminated,
-            None => {
+        // Whatever AWS cannot answer now is kept: only a clear "gone" removes keys.
+        let gone = match cloud.lookup(&id).await {
+            Ok(Some(instance)) => instance.state == State::Terminated,
+            Ok(None) => {
                 if regions.is_none() {
                     regions = Some(cloud.enabled_regions().await?);
                 }
                 let mut anywhere = false;
                 for region in regions.iter().flatten().filter(|r| **r != cloud.region) {
-                    let found = cloud.in_region(region).await.lookup(&id).await?;
-                    anywhere |= found.is_some_and(|i| i.state != State::Terminated);
+                    anywhere |= match cloud.in_region(region).await.lookup(&id).await {
+                        Ok(found) => found.is_some_and(|i| i.state != State::Terminated),
+                        Err(_) => true,
+                    };
                 }
                 !anywhere
+            }
+            Err(e) => {
+                tracing::debug!("keeping the keys of {id}: {e}");
+                false
             }
         };
         if gone {
@@ -271,7 +300,13 @@ async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer
         if let Some(dir) = &owned.dir {
             match lock::DirLock::try_take(&plan.state_dir, Path::new(dir)) {
                 Ok(Some(held)) => locks.push(held),
-                _ => continue,
+                _ => {
+                    printer.warn(&format!(
+                        "{}: a run in {dir} began meanwhile: left alone",
+                        owned.instance.id
+                    ));
+                    continue;
+                }
             }
         }
         let there = in_region(cloud, &owned.region).await;
@@ -290,7 +325,13 @@ async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer
     for launch in &found.launches {
         match lock::DirLock::try_take(&plan.state_dir, Path::new(&launch.dir)) {
             Ok(Some(held)) => locks.push(held),
-            _ => continue,
+            _ => {
+                printer.warn(&format!(
+                    "launch {}: a run in {} began meanwhile: left alone",
+                    launch.id, launch.dir
+                ));
+                continue;
+            }
         }
         let there = in_region(cloud, &launch.region).await;
         if let Err(e) = journal::end(there.as_ref().unwrap_or(cloud), launch, &store, printer).await

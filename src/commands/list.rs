@@ -44,6 +44,35 @@ struct Row {
 
 pub async fn list(plan: &Plan, printer: &Printer, json: bool, all_regions: bool) -> Result<i32> {
     let ground = Ground::open(plan).await?;
+    // It only looks: a signal ends it at once.
+    let rows = ground
+        .interrupt
+        .cancel(rows(&ground, plan, printer, all_regions))
+        .await?;
+    if json {
+        let text = serde_json::to_string_pretty(&rows).context("cannot encode the listing")?;
+        println!("{text}");
+    } else if rows.is_empty() {
+        let place = match all_regions {
+            true => "any enabled region".to_string(),
+            false => ground.cloud.region.clone(),
+        };
+        printer.info(&format!(
+            "no instance of {} in {place}",
+            plan.ownership.owner
+        ));
+    } else {
+        print!("{}", table(&rows));
+    }
+    Ok(0)
+}
+
+async fn rows(
+    ground: &Ground,
+    plan: &Plan,
+    printer: &Printer,
+    all_regions: bool,
+) -> Result<Vec<Row>> {
     let owned = fleet::owner_instances(&ground.cloud, &plan.ownership, all_regions).await?;
     let mut rows = Vec::new();
     for owned in owned {
@@ -66,22 +95,7 @@ pub async fn list(plan: &Plan, printer: &Printer, json: bool, all_regions: bool)
             job,
         });
     }
-    if json {
-        let text = serde_json::to_string_pretty(&rows).context("cannot encode the listing")?;
-        println!("{text}");
-    } else if rows.is_empty() {
-        let place = match all_regions {
-            true => "any enabled region".to_string(),
-            false => ground.cloud.region.clone(),
-        };
-        printer.info(&format!(
-            "no instance of {} in {place}",
-            plan.ownership.owner
-        ));
-    } else {
-        print!("{}", table(&rows));
-    }
-    Ok(0)
+    Ok(rows)
 }
 
 /// The job's state in the instance's directory, over a pinned session; `unknown` when the
