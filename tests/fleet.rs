@@ -295,3 +295,69 @@ fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_com
     down.assert_code(0);
     assert_nothing_left(&cloud, &project, &down);
 }
+
+#[test]
+fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let id = instance_id(&cloud.instances()[0]);
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key("ssh-ec2:expires-at")
+        .value("2020-01-01T00:00:00Z")
+        .build();
+    cloud
+        .block_on(cloud.ec2().create_tags().resources(&id).tags(tag).send())
+        .unwrap();
+
+    let listed = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    listed.assert_code(0);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("JSON on stdout");
+    assert_eq!(rows[0]["expires_at"], "2020-01-01T00:00:00Z", "{listed}");
+
+    let shown = Run::of(project.ssh_ec2(&cloud).arg("--gc"));
+    shown.assert_code(0);
+    assert!(
+        shown.stdout.contains(&format!("instance {id}")) && shown.stdout.contains("expiry passed"),
+        "{shown}"
+    );
+    assert!(
+        shown.stdout.contains("`ssh-ec2 --down` in"),
+        "says how to bring its results home first\n{shown}"
+    );
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+    let removed = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    removed.assert_code(0);
+    assert_nothing_left(&cloud, &project, &removed);
+}
+
+#[test]
+fn down_leaves_a_running_job_alone_and_list_shows_it() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--detach", "sleep 120"])).assert_code(0);
+
+    let listed = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    listed.assert_code(0);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("JSON on stdout");
+    assert_eq!(rows[0]["job"], "running (tmux)", "{listed}");
+
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(255);
+    assert!(down.stderr.contains("still runs"), "{down}");
+    assert!(down.stderr.contains("--finish"), "{down}");
+    assert_eq!(
+        cloud.instances_in(InstanceStateName::Running).len(),
+        1,
+        "left as it is\n{down}"
+    );
+
+    // Ended behind ssh-ec2's back: --gc removes its group and keys.
+    let id = instance_id(&cloud.instances()[0]);
+    cloud
+        .block_on(cloud.ec2().terminate_instances().instance_ids(&id).send())
+        .unwrap();
+    let removed = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    removed.assert_code(0);
+    assert_nothing_left(&cloud, &project, &removed);
+}
