@@ -1,7 +1,8 @@
 //! The instance of a run: this directory's own, found by its tags (and started if stopped), or
 //! a new one launched with fresh keys and its own security group; then, at the end, its fate.
 //! Whatever fails half-way is cleaned up, and what a launch creates is in the journal before
-//! it exists, so nothing is left behind, even when AWS or the laptop misbehaves.
+//! it exists, so nothing is left behind, even when AWS or the laptop misbehaves. Also the
+//! owner's instances across directories and regions, for `--list` and `--gc`.
 //!
 //! - `journal`: the record of each launch until its instance is adopted;
 //! - `launch`: where and what to launch, moving on when a zone has no capacity;
