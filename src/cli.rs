@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, ValueEnum};
 
-use crate::config::{EndOfLife, HostPort, InstanceTypes, Tag};
+use crate::config::{EndOfLife, HostPort, InstanceTypes, SubnetIds, Tag};
 use crate::ssh::forward::Forward;
 
 #[derive(Debug, Parser)]
@@ -61,6 +61,9 @@ pub struct Cli {
     #[command(flatten)]
     pub config: ConfigFlags,
 
+    #[command(flatten)]
+    pub fleet: FleetFlags,
+
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -84,6 +87,12 @@ pub enum Mode {
     /// Create or update the IAM policy, group, roles and instance profiles of policies/
     /// (`dry_run`: only say what would change).
     Setup { dry_run: bool },
+    /// List this owner's instances (in every enabled region with `all_regions`).
+    List { json: bool, all_regions: bool },
+    /// Pull this directory's results, then terminate its instance; never launches.
+    Down,
+    /// Show (and with `yes`, remove) what ssh-ec2 left behind.
+    Gc { yes: bool, all_regions: bool },
 }
 
 /// What `--generate` prints.
@@ -128,6 +137,22 @@ impl Cli {
         if self.config.setup {
             return Mode::Setup {
                 dry_run: self.config.dry_run,
+            };
+        }
+        let fleet = &self.fleet;
+        if fleet.list {
+            return Mode::List {
+                json: fleet.json,
+                all_regions: fleet.all_regions,
+            };
+        }
+        if fleet.down {
+            return Mode::Down;
+        }
+        if fleet.gc {
+            return Mode::Gc {
+                yes: fleet.yes,
+                all_regions: fleet.all_regions,
             };
         }
         let job = &self.job;
@@ -194,6 +219,9 @@ pub struct InstanceFlags {
     /// Subnet to launch in (default: the default VPC).
     #[arg(long, value_name = "ID")]
     pub subnet_id: Option<String>,
+    /// Subnets to try in turn (after --subnet-id) when one has no capacity; all in one VPC.
+    #[arg(long, value_name = "S1,S2")]
+    pub subnet_ids: Option<SubnetIds>,
     /// Root volume size in GiB (default: the image's).
     #[arg(long, value_name = "GIB")]
     pub volume_size: Option<u32>,
@@ -272,6 +300,42 @@ pub struct ConfigFlags {
     /// Change nothing: print what would be done (with --setup).
     #[arg(long, requires = "setup")]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Your instances")]
+pub struct FleetFlags {
+    /// List your instances in the region: directory, host, state, type, market, launch time,
+    /// expiry, whether this machine holds their keys, and their job's state.
+    #[arg(
+        long,
+        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate", "down", "gc"]
+    )]
+    pub list: bool,
+    /// With --list: print JSON instead of a table.
+    #[arg(long, requires = "list")]
+    pub json: bool,
+    /// With --list or --gc: every enabled region, not only the current one.
+    #[arg(long)]
+    pub all_regions: bool,
+    /// Bring this directory's results home (starting its instance if stopped), then terminate
+    /// it and remove its security group and keys. Launches nothing; no instance is no error.
+    #[arg(
+        long,
+        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate", "gc", "stop", "leave"]
+    )]
+    pub down: bool,
+    /// Show what ssh-ec2 left behind: instances whose keys are gone from this machine or whose
+    /// expiry passed, security groups and launches without an instance, stale local state.
+    /// With --yes, remove them.
+    #[arg(
+        long,
+        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate"]
+    )]
+    pub gc: bool,
+    /// With --gc: remove what it shows (terminating those instances).
+    #[arg(long, requires = "gc")]
+    pub yes: bool,
 }
 
 #[cfg(test)]

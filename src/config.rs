@@ -156,14 +156,31 @@ pub struct InstanceTypes(pub Vec<String>);
 impl FromStr for InstanceTypes {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let types: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
-        if types.iter().any(String::is_empty) {
-            return Err(format!(
-                "`{s}` is not a list of instance types: write e.g. g5.xlarge,g6.xlarge"
-            ));
-        }
-        Ok(Self(types))
+        comma_list(s, "instance types", "g5.xlarge,g6.xlarge").map(Self)
     }
+}
+
+/// Subnets to launch in, in order, moving on when one has no capacity (`S1,S2` in a flag or
+/// variable, a list in TOML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SubnetIds(pub Vec<String>);
+
+impl FromStr for SubnetIds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        comma_list(s, "subnet ids", "subnet-0a1b,subnet-2c3d").map(Self)
+    }
+}
+
+/// `A,B` (spaces around items ignored), none of them empty.
+fn comma_list(s: &str, what: &str, example: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
+    if items.iter().any(String::is_empty) {
+        return Err(format!(
+            "`{s}` is not a list of {what}: write e.g. {example}"
+        ));
+    }
+    Ok(items)
 }
 
 /// The original tool's session multiplexer setting (`""` is none, as its recipes set it).
@@ -239,6 +256,12 @@ shown_by_display!(
 );
 
 impl Shown for InstanceTypes {
+    fn shown(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+impl Shown for SubnetIds {
     fn shown(&self) -> String {
         self.0.join(",")
     }
@@ -386,6 +409,8 @@ layer! {
     /// An admin-made security group (id or name) to launch into, instead of one per instance.
     security_group: String = ["AWS_SECURITY_GROUP"]
         => computed("a new one per instance, SSH from your IP only"),
+    /// Subnets to try in turn when one has no capacity (after `subnet_id`, if set).
+    subnet_ids: SubnetIds = ["SSH_EC2_SUBNET_IDS"] => computed("none"),
     volume_size: u32 = ["SSH_EC2_VOLUME_SIZE"] => computed("the image's"),
     name: String = ["AWS_NAME_INSTANCE"] => computed("ssh-ec2-<owner>-<directory name>"),
     remote_dir: String = ["AWS_RSYNC_DIR"] => computed("~/<directory name>"),
@@ -442,6 +467,7 @@ impl Layer {
             instance_profile: i.instance_profile.clone(),
             subnet_id: i.subnet_id.clone(),
             security_group: n.security_group.clone(),
+            subnet_ids: i.subnet_ids.clone(),
             volume_size: i.volume_size,
             name: i.name.clone(),
             remote_dir: i.remote_dir.clone(),

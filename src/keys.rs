@@ -168,7 +168,8 @@ impl KeyStore {
             format!(
                 "instance {instance_id} belongs to this directory, but its SSH keys are not in {} \
                  (was it launched from another machine?): terminate it \
-                 (`aws ec2 terminate-instances --instance-ids {instance_id}`) and run again",
+                 (`ssh-ec2 --gc --yes`, or `aws ec2 terminate-instances --instance-ids \
+                 {instance_id}`) and run again",
                 dir.display()
             )
         };
@@ -192,6 +193,44 @@ impl KeyStore {
             ),
         };
         Ok(InstanceKeys { login, host })
+    }
+
+    /// Whether this machine holds the keys of `instance_id`.
+    pub fn holds(&self, instance_id: &str) -> bool {
+        self.instance_dir(instance_id).join(HOST_FILE).is_file()
+    }
+
+    /// The instances whose keys (or manifest) are kept here.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter(|name| !name.starts_with(PENDING))
+            .collect()
+    }
+
+    /// Launches whose keys wait without a record, untouched for `quiet`: their run ended
+    /// between generating the keys and writing the record, before anything was created.
+    pub fn unrecorded_launches(&self, quiet: std::time::Duration) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter_map(|name| name.strip_prefix(PENDING).map(str::to_string))
+            .filter(|launch| {
+                let dir = self.pending_dir(launch);
+                !dir.join(LAUNCH_FILE).exists()
+                    && fs::metadata(&dir)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= quiet))
+            })
+            .collect()
+    }
+
+    fn entries(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect()
     }
 
     /// Forgets a terminated instance.

@@ -32,13 +32,7 @@ impl DirLock {
         printer: &Printer,
         interrupt: Option<&Interrupt>,
     ) -> Result<DirLock> {
-        let dir = state_dir.join("locks");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(lock_file_name(local_dir));
+        let path = lock_path(state_dir, local_dir)?;
         let mut backoff = Backoff::new(Duration::from_millis(500));
         let mut phase = None;
         loop {
@@ -59,10 +53,57 @@ impl DirLock {
             }
         }
     }
+
+    /// The lock if nobody holds it (for `--gc`, which leaves busy directories alone).
+    pub fn try_take(state_dir: &Path, local_dir: &Path) -> Result<Option<DirLock>> {
+        Ok(try_lock(&lock_path(state_dir, local_dir)?)?.ok())
+    }
+}
+
+/// The lock file of `local_dir`, in a directory that exists.
+fn lock_path(state_dir: &Path, local_dir: &Path) -> Result<PathBuf> {
+    let dir = state_dir.join("locks");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.join(lock_file_name(local_dir)))
+}
+
+/// Whether a run holds the lock of `local_dir`.
+pub fn busy(state_dir: &Path, local_dir: &Path) -> bool {
+    let path = state_dir.join("locks").join(lock_file_name(local_dir));
+    path.exists() && matches!(try_lock(&path), Ok(Err(_)))
+}
+
+/// The lock files in `state_dir` that no run holds, removed unless `dry_run`; how many.
+pub fn sweep(state_dir: &Path, dry_run: bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("locks")) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            let path = entry.path();
+            // Unlinked while held: a run that opened it before sees that and opens a new one.
+            matches!(try_lock(&path), Ok(Ok(_held)) if dry_run || std::fs::remove_file(&path).is_ok())
+        })
+        .count()
 }
 
 /// The lock, or the pid of the run that holds it.
 fn try_lock(path: &PathBuf) -> Result<Result<DirLock, String>> {
+    loop {
+        if let Some(taken) = try_lock_once(path)? {
+            return Ok(taken);
+        }
+    }
+}
+
+/// `None`: the file was removed (by `--gc`) between its opening and its locking.
+fn try_lock_once(path: &PathBuf) -> Result<Option<Result<DirLock, String>>> {
+    use std::os::unix::fs::MetadataExt;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -72,16 +113,21 @@ fn try_lock(path: &PathBuf) -> Result<Result<DirLock, String>> {
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
+            let linked = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+            let held = lock.metadata()?;
+            if linked != Some((held.dev(), held.ino())) {
+                return Ok(None);
+            }
             // The holder's pid, for the message another run prints.
             lock.set_len(0)?;
             lock.rewind()?;
             write!(lock, "{}", std::process::id())?;
-            Ok(Ok(DirLock { _held: lock }))
+            Ok(Some(Ok(DirLock { _held: lock })))
         }
         Err((mut file, Errno::EWOULDBLOCK)) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            Ok(Err(holder.trim().to_string()))
+            Ok(Some(Err(holder.trim().to_string())))
         }
         Err((_, errno)) => Err(errno).with_context(|| format!("cannot lock {}", path.display())),
     }

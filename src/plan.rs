@@ -68,7 +68,8 @@ pub struct LaunchPlan {
     /// `None`: guessed from the image name.
     pub user: Option<String>,
     pub instance_profile: Option<String>,
-    pub subnet_id: Option<String>,
+    /// The subnets to try in turn (`subnet_id`, then `subnet_ids`); none: the default VPC.
+    pub subnets: Vec<String>,
     /// An admin-made security group (id or name): used as it is, never changed nor deleted.
     /// `None`: a group of its own for each instance.
     pub security_group: Option<String>,
@@ -174,6 +175,11 @@ impl Plan {
             }
             _ => {}
         }
+        if cli.fleet.all_regions && !matches!(mode, Mode::List { .. } | Mode::Gc { .. }) {
+            bail!("--all-regions goes with --list or --gc");
+        }
+        // --list and --gc look at all your instances, from any directory: nothing is synced.
+        let whole_fleet = matches!(mode, Mode::List { .. } | Mode::Gc { .. });
         if mode == Mode::Detach && settings.multiplex == Some(Multiplex::None) {
             bail!(
                 "--detach runs the command in tmux or screen: drop --multi none (or MULTIPLEX=none)"
@@ -190,7 +196,10 @@ impl Plan {
             .canonicalize()
             .unwrap_or_else(|_| host.home.clone());
         let credentials = [".aws", ".ssh"].map(|dir| home.join(dir));
-        if home.starts_with(&local_dir) || credentials.iter().any(|c| local_dir.starts_with(c)) {
+        if !whole_fleet
+            && (home.starts_with(&local_dir)
+                || credentials.iter().any(|c| local_dir.starts_with(c)))
+        {
             bail!(
                 "ssh-ec2 would copy {} to the instance, with your credentials (~/.aws, ~/.ssh): \
                  run it from a project directory",
@@ -224,7 +233,7 @@ impl Plan {
             Some(dir) => RemoteDir::parse(dir)?,
             None => RemoteDir::default_for(&local_dir)?,
         };
-        let sync = if cli.no_rsync {
+        let sync = if cli.no_rsync || whole_fleet {
             None
         } else {
             let rsync = find_program("rsync", host.path_var.as_deref()).context(
@@ -312,7 +321,11 @@ impl Plan {
             multiplex: settings.multiplex,
             local_dir,
             command,
-            end_of_life: settings.final_state.unwrap_or(EndOfLife::Terminate),
+            end_of_life: match mode {
+                // What --down is for; --stop and --leave are refused with it.
+                Mode::Down => EndOfLife::Terminate,
+                _ => settings.final_state.unwrap_or(EndOfLife::Terminate),
+            },
             sync,
             remote_dir,
             region: settings.region,
@@ -325,7 +338,16 @@ impl Plan {
                 image,
                 user: settings.user,
                 instance_profile: settings.instance_profile,
-                subnet_id: settings.subnet_id,
+                subnets: settings
+                    .subnet_id
+                    .into_iter()
+                    .chain(settings.subnet_ids.unwrap_or_default().0)
+                    .fold(Vec::new(), |mut subnets, id| {
+                        if !subnets.contains(&id) {
+                            subnets.push(id);
+                        }
+                        subnets
+                    }),
                 security_group: settings.security_group,
                 volume_size: settings.volume_size,
                 tags,

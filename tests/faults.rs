@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{CloudOptions, Project, Run, TestCloud, state_of, wait_or_kill};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn faulty_cloud() -> TestCloud {
     TestCloud::start_with(CloudOptions {
@@ -385,4 +385,93 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
     );
     assert_eq!(cloud.outcomes("DecodeAuthorizationMessage").len(), 2);
     assert_nothing_left(&cloud, &project, &explained);
+}
+
+#[test]
+fn no_capacity_in_the_first_of_subnet_ids_moves_to_the_next() {
+    let cloud = faulty_cloud();
+    let project = Project::new();
+    let default_subnets = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_subnets()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("default-for-az")
+                        .values("true")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let subnets: Vec<String> = default_subnets
+        .subnets()
+        .iter()
+        .take(2)
+        .map(|s| s.subnet_id().unwrap().to_string())
+        .collect();
+    project.write(
+        ".ssh-ec2.toml",
+        &format!("subnet_ids = [\"{}\", \"{}\"]\n", subnets[0], subnets[1]),
+    );
+    cloud.set_faults(json!([{"action": "RunInstances", "params": {"SubnetId": subnets[0]}, "error": "InsufficientInstanceCapacity"}]));
+
+    let moved = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    moved.assert_code(0);
+    assert_eq!(
+        cloud.instances()[0].subnet_id(),
+        Some(subnets[1].as_str()),
+        "{moved}"
+    );
+    assert!(
+        moved.stderr.contains(&format!(
+            "no capacity for g4dn.xlarge in {}: trying {}",
+            subnets[0], subnets[1]
+        )),
+        "{moved}"
+    );
+    let tried: Vec<Value> = cloud
+        .aws_calls()
+        .into_iter()
+        .filter(|call| call["action"] == "RunInstances")
+        .map(|call| call["params"]["SubnetId"].clone())
+        .collect();
+    assert_eq!(
+        tried,
+        [json!(subnets[0]), json!(subnets[1])],
+        "in order, nowhere else"
+    );
+    assert_nothing_left(&cloud, &project, &moved);
+
+    // A subnet of another VPC: the security group could not serve both.
+    let ec2 = cloud.ec2();
+    let vpc = cloud
+        .block_on(ec2.create_vpc().cidr_block("10.9.0.0/16").send())
+        .unwrap();
+    let elsewhere = cloud
+        .block_on(
+            ec2.create_subnet()
+                .vpc_id(vpc.vpc().unwrap().vpc_id().unwrap())
+                .cidr_block("10.9.1.0/24")
+                .send(),
+        )
+        .unwrap();
+    let elsewhere = elsewhere.subnet().unwrap().subnet_id().unwrap();
+    project.write(
+        ".ssh-ec2.toml",
+        &format!("subnet_ids = [\"{}\", \"{elsewhere}\"]\n", subnets[0]),
+    );
+    let refused = Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    refused.assert_code(255);
+    assert!(
+        refused.stderr.contains("list subnets of one VPC"),
+        "{refused}"
+    );
+    assert_eq!(
+        cloud.instances().len(),
+        1,
+        "nothing more launched\n{refused}"
+    );
+    assert_nothing_left(&cloud, &project, &refused);
 }

@@ -10,8 +10,8 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    ResourceType, ShutdownBehavior, TagSpecification, VolumeType,
+    InstanceLifecycleType, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceStateName, InstanceType, ResourceType, ShutdownBehavior, TagSpecification, VolumeType,
 };
 use base64::Engine;
 
@@ -19,12 +19,12 @@ use super::image::Image;
 use super::{AwsError, AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
-const TAG_OWNER: &str = "ssh-ec2:owner";
+pub(super) const TAG_OWNER: &str = "ssh-ec2:owner";
 /// This machine's id (src/machine.rs); instances of the first version have none.
 const TAG_MACHINE: &str = "ssh-ec2:machine";
 /// The host name: for people reading the tags, and what the first version went by.
 const TAG_HOST: &str = "ssh-ec2:host";
-const TAG_DIR: &str = "ssh-ec2:dir";
+pub(super) const TAG_DIR: &str = "ssh-ec2:dir";
 /// The security group made for this instance, deleted once it is terminated (an admin-made
 /// group is not tagged, so it is never changed nor deleted).
 const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
@@ -32,6 +32,8 @@ const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 const TAG_USER: &str = "ssh-ec2:user";
 /// The launch that made the instance (see fleet::journal): found by it after a lost answer.
 const TAG_LAUNCH: &str = "ssh-ec2:launch";
+/// When the instance ends itself (ISO 8601, UTC): shown by --list, acted on by --gc.
+const TAG_EXPIRES_AT: &str = "ssh-ec2:expires-at";
 
 /// RunInstances errors that say "not here, not now": the launch may work in another zone or
 /// with another type.
@@ -85,18 +87,24 @@ impl Ownership {
     /// Compares the tags exactly (EC2 filters treat `*` and `?` as wildcards). An instance
     /// without a machine tag was launched by the first version, which went by the host name.
     fn owns(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
-        let tag = |key: &str| {
-            tags.iter()
-                .find(|t| t.key() == Some(key))
-                .and_then(|t| t.value())
-        };
-        tag(TAG_OWNER) == Some(&self.owner)
-            && tag(TAG_DIR) == Some(&self.dir)
-            && match tag(TAG_MACHINE) {
-                Some(machine) => machine == self.machine,
-                None => tag(TAG_HOST) == Some(&self.host),
-            }
+        tag_of(tags, TAG_OWNER) == Some(&self.owner)
+            && tag_of(tags, TAG_DIR) == Some(&self.dir)
+            && self.same_machine(tags)
     }
+
+    /// Launched from this machine (whatever the owner and directory).
+    pub(super) fn same_machine(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+        match tag_of(tags, TAG_MACHINE) {
+            Some(machine) => machine == self.machine,
+            None => tag_of(tags, TAG_HOST) == Some(&self.host),
+        }
+    }
+}
+
+pub(super) fn tag_of<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 /// An EC2 filter value that matches `text` only: `*` and `?` are wildcards there, and `\`
@@ -191,6 +199,37 @@ impl Instance {
     }
 }
 
+/// An instance of the owner, with what `--list` and `--gc` tell about it.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub instance: Instance,
+    pub region: String,
+    /// The directory it belongs to (its `ssh-ec2:dir` tag).
+    pub dir: Option<String>,
+    /// The host name it was launched from.
+    pub host: Option<String>,
+    /// Launched from this machine (the others hold its keys, if anyone does).
+    pub this_machine: bool,
+    pub spot: bool,
+    /// Its launch time, ISO 8601.
+    pub launched: Option<String>,
+    /// When it ends itself, ISO 8601 (its `ssh-ec2:expires-at` tag).
+    pub expires_at: Option<String>,
+    /// The launch that made it (see fleet::journal).
+    pub launch: Option<String>,
+}
+
+impl Owned {
+    /// Its `ssh-ec2:expires-at` is in the past (an unreadable one is not).
+    pub fn expired(&self) -> bool {
+        use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
+        self.expires_at
+            .as_deref()
+            .and_then(|at| DateTime::from_str(at, DateTimeFormat::DateTime).ok())
+            .is_some_and(|at| at < DateTime::from(std::time::SystemTime::now()))
+    }
+}
+
 /// Everything RunInstances needs, already decided by the plan.
 pub struct LaunchRequest<'a> {
     pub image: &'a Image,
@@ -262,6 +301,46 @@ impl Cloud {
         Ok(owned.into_iter().next())
     }
 
+    /// Every instance of `owner` not terminated yet, from any machine and directory.
+    pub async fn owner_instances(&self, ownership: &Ownership) -> Result<Vec<Owned>> {
+        let found = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{TAG_OWNER}"))
+                    .values(filter_value(&ownership.owner))
+                    .build(),
+            )
+            .send()
+            .await
+            .explain(format_args!("list your instances in {}", self.region))?;
+        Ok(found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| tag_of(i.tags(), TAG_OWNER) == Some(&ownership.owner))
+            .filter_map(|i| {
+                let tag = |key| tag_of(i.tags(), key).map(str::to_string);
+                Some(Owned {
+                    instance: Instance::from_sdk(i)?,
+                    region: self.region.clone(),
+                    dir: tag(TAG_DIR),
+                    host: tag(TAG_HOST),
+                    this_machine: ownership.same_machine(i.tags()),
+                    spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+                    launched: i.launch_time().and_then(|t| {
+                        t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
+                            .ok()
+                    }),
+                    expires_at: tag(TAG_EXPIRES_AT),
+                    launch: tag(TAG_LAUNCH),
+                })
+            })
+            .filter(|o| o.instance.state != State::Terminated)
+            .collect())
+    }
+
     /// The instance a launch made, by its tag, in whatever state; preferably a live one.
     pub async fn find_launched(&self, launch_id: &str) -> Result<Option<Instance>, AwsError> {
         let found = self
@@ -293,7 +372,7 @@ impl Cloud {
     }
 
     /// The instance, or `None` if AWS does not know it (or does not show it yet).
-    async fn lookup(&self, id: &str) -> Result<Option<Instance>, AwsError> {
+    pub async fn lookup(&self, id: &str) -> Result<Option<Instance>, AwsError> {
         let found = match self.ec2.describe_instances().instance_ids(id).send().await {
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => return Ok(None),
             found => found.explain(format_args!("describe instance {id}"))?,
@@ -527,6 +606,34 @@ mod tests {
         ]);
         assert!(!ours.owns(&wildcard_match));
         assert_eq!(filter_value(r"/w/a*b?c\d"), r"/w/a\*b\?c\\d");
+    }
+
+    #[test]
+    fn an_expiry_in_the_past_has_passed_and_an_unreadable_one_has_not() {
+        let instance = Instance {
+            id: "i-1".into(),
+            state: State::Stopped,
+            instance_type: "g5.xlarge".into(),
+            public_ip: None,
+            private_ip: None,
+            security_group: None,
+            login_user: None,
+        };
+        let at = |expires_at: Option<&str>| Owned {
+            instance: instance.clone(),
+            region: "eu-central-1".into(),
+            dir: None,
+            host: None,
+            this_machine: true,
+            spot: false,
+            launched: None,
+            expires_at: expires_at.map(str::to_string),
+            launch: None,
+        };
+        assert!(at(Some("2020-01-01T00:00:00Z")).expired());
+        assert!(!at(Some("2999-01-01T00:00:00Z")).expired());
+        assert!(!at(Some("tomorrow")).expired());
+        assert!(!at(None).expired());
     }
 
     #[test]

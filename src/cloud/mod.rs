@@ -23,8 +23,8 @@ use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, guess_user};
-pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Ownership, State};
-pub use network::{Subnet, caller_cidr};
+pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Owned, Ownership, State};
+pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
 
 /// Used when neither ssh-ec2's settings nor the AWS config chain name a region.
 pub const FALLBACK_REGION: &str = "eu-central-1";
@@ -97,6 +97,24 @@ impl Cloud {
     /// The same account and profile, in another region.
     pub async fn in_region(&self, region: &str) -> Cloud {
         Cloud::connect(Some(region), self.profile.as_deref()).await
+    }
+
+    /// The regions enabled for the account (those it may launch in).
+    pub async fn enabled_regions(&self) -> Result<Vec<String>, AwsError> {
+        let found = self
+            .ec2
+            .describe_regions()
+            .send()
+            .await
+            .explain("list the regions enabled for your account")?;
+        let mut regions: Vec<String> = found
+            .regions()
+            .iter()
+            .filter_map(|r| r.region_name())
+            .map(str::to_string)
+            .collect();
+        regions.sort();
+        Ok(regions)
     }
 
     /// Fails early, with the admin's next step, when the instance profile does not exist.

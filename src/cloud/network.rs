@@ -9,7 +9,7 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType};
 use ipnet::IpNet;
 
-use super::instance::tag_specification;
+use super::instance::{Ownership, TAG_DIR, TAG_OWNER, tag_of, tag_specification};
 use super::{AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
@@ -20,7 +20,57 @@ pub struct Subnet {
     pub zone: String,
 }
 
+/// A security group ssh-ec2 made for one of the owner's instances.
+#[derive(Debug, Clone)]
+pub struct SshGroup {
+    pub id: String,
+    pub name: String,
+    /// The directory of the instance it was made for.
+    pub dir: Option<String>,
+    /// Made from this machine.
+    pub this_machine: bool,
+}
+
 impl Cloud {
+    /// The security groups ssh-ec2 made for `ownership.owner`'s instances, from any machine.
+    pub async fn owner_ssh_groups(&self, ownership: &Ownership) -> Result<Vec<SshGroup>> {
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{TAG_OWNER}"))
+                    .values(&ownership.owner)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values(format!("{GROUP_PREFIX}*"))
+                    .build(),
+            )
+            .send()
+            .await
+            .explain(format_args!(
+                "list your ssh-ec2 security groups in {}",
+                self.region
+            ))?;
+        Ok(found
+            .security_groups()
+            .iter()
+            .filter(|g| tag_of(g.tags(), TAG_OWNER) == Some(&ownership.owner))
+            .filter(|g| g.group_name().is_some_and(|n| n.starts_with(GROUP_PREFIX)))
+            .filter_map(|g| {
+                Some(SshGroup {
+                    id: g.group_id()?.to_string(),
+                    name: g.group_name()?.to_string(),
+                    dir: tag_of(g.tags(), TAG_DIR).map(str::to_string),
+                    this_machine: ownership.same_machine(g.tags()),
+                })
+            })
+            .collect())
+    }
+
     /// The VPC to launch in: the subnet's, else the region's default VPC.
     pub async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
         if let Some(subnet) = subnet_id {
@@ -284,6 +334,9 @@ impl Cloud {
         }
     }
 }
+
+/// How the names of ssh-ec2's security groups start (see fleet::journal).
+pub const GROUP_PREFIX: &str = "ssh-ec2-";
 
 /// The description that marks ssh-ec2's own tcp/22 rules.
 const CALLER_RULE: &str = "ssh-ec2 caller";

@@ -18,7 +18,15 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
     }
     let ground = Ground::open(plan).await?;
     // Never launches, and leaves a stopped instance stopped: no job runs there.
-    let machine = fleet::find(&ground.cloud, plan, &ground.store, printer, false).await?;
+    let machine = fleet::find(
+        &ground.cloud,
+        plan,
+        &ground.store,
+        printer,
+        &ground.interrupt,
+        false,
+    )
+    .await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut reached = reach(&scene).await?;
     let job = Job::for_dir(&plan.local_dir);

@@ -22,7 +22,15 @@ pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32>
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
     // Never launches; a stopped instance is started to bring its results home.
-    let machine = fleet::find(&ground.cloud, plan, &ground.store, printer, true).await?;
+    let machine = fleet::find(
+        &ground.cloud,
+        plan,
+        &ground.store,
+        printer,
+        &ground.interrupt,
+        true,
+    )
+    .await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = work(&scene, attach && plan.pty, lock, &mut progress).await;

@@ -4,8 +4,11 @@
 //! life, conflicts, summary line, exit status).
 
 mod attach;
+mod down;
 mod finish;
+mod gc;
 mod generate;
+mod list;
 mod run;
 mod setup;
 mod show_config;
@@ -46,6 +49,13 @@ pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
         Mode::Attach => on_instance(cli, async |plan| attach::attach(plan, printer).await),
         Mode::Finish { attach } => on_instance(cli, async |plan| {
             finish::finish(plan, printer, attach).await
+        }),
+        Mode::List { json, all_regions } => on_instance(cli, async |plan| {
+            list::list(plan, printer, json, all_regions).await
+        }),
+        Mode::Down => on_instance(cli, async |plan| down::down(plan, printer).await),
+        Mode::Gc { yes, all_regions } => on_instance(cli, async |plan| {
+            gc::gc(plan, printer, yes, all_regions).await
         }),
     }
 }
@@ -289,10 +299,8 @@ async fn end_of_run(
         format_duration(started.elapsed()),
     ));
     match (interrupted, work, ended) {
-        (Some(signal), _, Err(end)) => {
-            printer.error(&end);
-            Err(Interrupted(signal).into())
-        }
+        // Something the run made is still alive against the policy: that outweighs the signal.
+        (Some(_), _, Err(end)) => Err(end),
         (Some(signal), _, Ok(())) => Err(Interrupted(signal).into()),
         (None, _, Err(end)) => Err(end),
         (None, Err(reported), Ok(())) => Err(reported.into()),

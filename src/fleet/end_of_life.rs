@@ -79,7 +79,12 @@ async fn end(
     match action {
         EndOfLife::Terminate => {
             let phase = printer.phase(format!("terminating {id}"));
-            cloud.terminate(id).await?;
+            cloud.terminate(id).await.with_context(|| {
+                format!(
+                    "{id} may still run (and be billed): end it with `aws ec2 \
+                     terminate-instances --instance-ids {id}`"
+                )
+            })?;
             // Its keys are useless from here on, whatever happens next.
             store.forget(id);
             let leftover = instance
@@ -102,11 +107,17 @@ async fn end(
         }
         EndOfLife::Stop => {
             let phase = printer.phase(format!("stopping {id}"));
-            cloud.stop(id).await?;
+            let still_runs = || {
+                format!(
+                    "{id} may still run (and be billed): stop it with `aws ec2 stop-instances \
+                     --instance-ids {id}`, or check the EC2 console"
+                )
+            };
+            cloud.stop(id).await.with_context(still_runs)?;
             cloud
                 .wait_until(id, State::Stopped, Instant::now() + TRANSITION_TIMEOUT)
                 .await
-                .context("it may still be stopping; check the EC2 console")?;
+                .with_context(still_runs)?;
             phase.done(format!("stopped {id}; run ssh-ec2 here again to start it"));
         }
         EndOfLife::Leave => {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::end_of_life::TRANSITION_TIMEOUT;
 use crate::backoff::Backoff;
-use crate::cloud::{Cloud, Instance, State, VISIBILITY_LAG};
+use crate::cloud::{Cloud, GROUP_PREFIX, Instance, State, VISIBILITY_LAG};
 use crate::keys::KeyStore;
 use crate::printer::Printer;
 
@@ -51,7 +51,7 @@ impl Launch {
 
     /// Ours alone, so that a creation retried after a lost answer finds the group it made.
     pub fn group_name(&self) -> String {
-        format!("ssh-ec2-{}", self.id)
+        format!("{GROUP_PREFIX}{}", self.id)
     }
 
     /// RunInstances' idempotency token for the attempt `n`: each attempt (another zone or type)
@@ -121,12 +121,10 @@ pub async fn settle(
     store: &KeyStore,
     printer: &Printer,
 ) -> Result<Option<String>> {
-    let pending: Vec<Launch> = store
-        .launch_records()
-        .iter()
-        .filter_map(|record| serde_json::from_str(record).ok())
+    let pending: Vec<Launch> = unfinished(store)
+        .into_iter()
         // Other directories' launches may belong to runs going on right now.
-        .filter(|launch: &Launch| launch.dir == dir)
+        .filter(|launch| launch.dir == dir)
         .collect();
     let mut adopted = None;
     for launch in pending {
@@ -148,6 +146,28 @@ pub async fn settle(
         adopted = adopted.or(settled);
     }
     Ok(adopted)
+}
+
+/// The launches recorded here whose instances were never adopted, from every directory.
+pub fn unfinished(store: &KeyStore) -> Vec<Launch> {
+    store
+        .launch_records()
+        .iter()
+        .filter_map(|record| serde_json::from_str(record).ok())
+        .collect()
+}
+
+/// Ends what an unfinished launch made (for `--gc`): its instance, if any, is terminated, and
+/// its security group, keys and record removed. `cloud` is in the launch's region.
+pub async fn end(
+    cloud: &Cloud,
+    launch: &Launch,
+    store: &KeyStore,
+    printer: &Printer,
+) -> Result<()> {
+    settle_one(cloud, launch, false, store, printer)
+        .await
+        .map(drop)
 }
 
 async fn settle_one(

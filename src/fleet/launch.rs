@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use super::end_of_life::{self, Origin};
 use super::journal::Launch;
@@ -93,10 +93,10 @@ pub async fn launch(
         };
         types.push((instance_type.as_str(), image));
     }
-    let vpc = cloud.vpc_for(spec.subnet_id.as_deref()).await?;
-    let places = match &spec.subnet_id {
-        Some(id) => vec![Place::Given(id.clone())],
-        None => std::iter::once(Place::Anywhere)
+    let vpc = vpc_of(cloud, &spec.subnets).await?;
+    let places: Vec<Place> = match spec.subnets.is_empty() {
+        false => spec.subnets.iter().cloned().map(Place::Given).collect(),
+        true => std::iter::once(Place::Anywhere)
             .chain(cloud.default_subnets().await?.into_iter().map(Place::Zone))
             .collect(),
     };
@@ -150,10 +150,12 @@ pub async fn launch(
     let (instance, user) = match outcome {
         Outcome::Launched { instance, user } => (instance, user),
         Outcome::Failed(e) => {
+            // Something left alive outweighs the failure (or the signal) that led here.
             if let Err(leak) = launch.abandon(cloud, store).await {
-                printer.warn(&format!(
-                    "{leak:#} (the next run here tries again to delete what the launch made)"
-                ));
+                return Err(leak.context(format!(
+                    "{e:#}; then what the launch made could not all be deleted (the next run \
+                     here, or `ssh-ec2 --gc --yes`, tries again)"
+                )));
             }
             return Err(e);
         }
@@ -192,6 +194,25 @@ pub async fn launch(
     })
 }
 
+/// The VPC of the user's subnets (the default VPC without them): the security group belongs
+/// to one VPC, so they must all be in it.
+async fn vpc_of(cloud: &Cloud, subnets: &[String]) -> Result<String> {
+    let Some((first, others)) = subnets.split_first() else {
+        return cloud.vpc_for(None).await;
+    };
+    let vpc = cloud.vpc_for(Some(first)).await?;
+    for other in others {
+        let theirs = cloud.vpc_for(Some(other)).await?;
+        if theirs != vpc {
+            bail!(
+                "subnet {first} is in {vpc} but {other} is in {theirs}: the instance's security \
+                 group belongs to one VPC, so list subnets of one VPC (subnet_id, subnet_ids)"
+            );
+        }
+    }
+    Ok(vpc)
+}
+
 /// The RunInstances attempts of one launch, once its keys and group exist.
 struct Attempts<'a> {
     cloud: &'a Cloud,
@@ -206,9 +227,16 @@ struct Attempts<'a> {
 impl Attempts<'_> {
     /// Each place for the first type, then each place for the next type, until one launches.
     async fn run(&self, launch: &mut Launch, types: &[(&str, Image)], places: &[Place]) -> Outcome {
-        let tried = match places {
-            [Place::Given(id)] => id.as_str(),
-            _ => &self.cloud.region,
+        let given: Vec<&str> = places
+            .iter()
+            .filter_map(|p| match p {
+                Place::Given(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let tried = match given.is_empty() {
+            true => self.cloud.region.clone(),
+            false => given.join(", "),
         };
         let mut no_capacity = None;
         for (t, (instance_type, image)) in types.iter().enumerate() {

@@ -1,14 +1,15 @@
 //! The instance of a run: this directory's own, found by its tags (and started if stopped), or
 //! a new one launched with fresh keys and its own security group; then, at the end, its fate.
 //! Whatever fails half-way is cleaned up, and what a launch creates is in the journal before
-//! it exists, so nothing is left behind, even when AWS or the laptop misbehaves.
+//! it exists, so nothing is left behind, even when AWS or the laptop misbehaves. Also the
+//! owner's instances across directories and regions, for `--list` and `--gc`.
 //!
 //! - `journal`: the record of each launch until its instance is adopted;
 //! - `launch`: where and what to launch, moving on when a zone has no capacity;
 //! - `end_of_life`: terminate, stop or leave.
 
 pub mod end_of_life;
-mod journal;
+pub mod journal;
 mod launch;
 
 use std::time::Instant;
@@ -16,11 +17,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
-use crate::cloud::{Cloud, Instance, State, caller_cidr, guess_user};
-use crate::interrupt::Interrupt;
+use crate::cloud::{Cloud, Instance, Owned, Ownership, State, caller_cidr, guess_user};
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
-use crate::printer::Printer;
+use crate::printer::{Phase, Printer};
 use end_of_life::Origin;
 
 /// The instance of this run and how to log in to it.
@@ -52,6 +53,7 @@ pub async fn find(
     plan: &Plan,
     store: &KeyStore,
     printer: &Printer,
+    interrupt: &Interrupt,
     start: bool,
 ) -> Result<Machine> {
     let instance = cloud.find_owned(&plan.ownership).await?.with_context(|| {
@@ -70,7 +72,60 @@ pub async fn find(
         ),
         _ => Origin::FoundStopped,
     };
-    reuse(cloud, plan, store, instance, origin, printer).await
+    reuse(cloud, plan, store, instance, origin, printer, interrupt).await
+}
+
+/// This directory's instance, to end it (`--down`): what earlier runs here left unfinished is
+/// settled first; a stopped instance is started, so that its results can come home. `None`:
+/// there is none.
+pub async fn find_to_end(
+    cloud: &Cloud,
+    plan: &Plan,
+    store: &KeyStore,
+    printer: &Printer,
+    interrupt: &Interrupt,
+) -> Result<Option<Machine>> {
+    match find_here(cloud, plan, store, printer, interrupt).await? {
+        Some((instance, origin)) => reuse(cloud, plan, store, instance, origin, printer, interrupt)
+            .await
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Calls `visit` with the region's connection, or with one to each enabled region.
+pub async fn for_each_region(
+    cloud: &Cloud,
+    all_regions: bool,
+    mut visit: impl AsyncFnMut(&Cloud) -> Result<()>,
+) -> Result<()> {
+    let regions = match all_regions {
+        true => cloud.enabled_regions().await?,
+        false => vec![cloud.region.clone()],
+    };
+    for region in regions {
+        match region == cloud.region {
+            true => visit(cloud).await?,
+            false => visit(&cloud.in_region(&region).await).await?,
+        }
+    }
+    Ok(())
+}
+
+/// The owner's instances, from every machine and directory, by region and directory.
+pub async fn owner_instances(
+    cloud: &Cloud,
+    ownership: &Ownership,
+    all_regions: bool,
+) -> Result<Vec<Owned>> {
+    let mut owned = Vec::new();
+    for_each_region(cloud, all_regions, async |cloud| {
+        owned.extend(cloud.owner_instances(ownership).await?);
+        Ok(())
+    })
+    .await?;
+    owned.sort_by(|a, b| (&a.region, &a.dir).cmp(&(&b.region, &b.dir)));
+    Ok(owned)
 }
 
 async fn find_or_launch(
@@ -80,6 +135,23 @@ async fn find_or_launch(
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
+    match find_here(cloud, plan, store, printer, interrupt).await? {
+        Some((instance, origin)) => {
+            reuse(cloud, plan, store, instance, origin, printer, interrupt).await
+        }
+        None => launch::launch(cloud, plan, store, printer, interrupt).await,
+    }
+}
+
+/// This directory's instance and where it comes from, once the launches of earlier runs here
+/// are settled.
+async fn find_here(
+    cloud: &Cloud,
+    plan: &Plan,
+    store: &KeyStore,
+    printer: &Printer,
+    interrupt: &Interrupt,
+) -> Result<Option<(Instance, Origin)>> {
     // First what an earlier run here launched but never used (killed, or its answer lost).
     let adopted = journal::settle(cloud, &plan.ownership.dir, store, printer).await?;
     let phase = printer.phase(format!(
@@ -89,17 +161,14 @@ async fn find_or_launch(
     let found = cloud.find_owned(&plan.ownership).await?;
     drop(phase);
     interrupt.check()?;
-    match found {
-        Some(instance) => {
-            let origin = match instance.state {
-                _ if adopted.as_ref() == Some(&instance.id) => Origin::Launched,
-                State::Pending | State::Running => Origin::FoundRunning,
-                _ => Origin::FoundStopped,
-            };
-            reuse(cloud, plan, store, instance, origin, printer).await
-        }
-        None => launch::launch(cloud, plan, store, printer, interrupt).await,
-    }
+    Ok(found.map(|instance| {
+        let origin = match instance.state {
+            _ if adopted.as_ref() == Some(&instance.id) => Origin::Launched,
+            State::Pending | State::Running => Origin::FoundRunning,
+            _ => Origin::FoundStopped,
+        };
+        (instance, origin)
+    }))
 }
 
 async fn reuse(
@@ -109,6 +178,7 @@ async fn reuse(
     instance: Instance,
     origin: Origin,
     printer: &Printer,
+    interrupt: &Interrupt,
 ) -> Result<Machine> {
     let keys = store.load(&instance.id, &plan.login)?;
     let user = plan
@@ -129,6 +199,26 @@ async fn reuse(
             .allow_ssh_only_from(group, ingress_cidr(&plan.ingress).await?)
             .await?;
     }
+    // A signal ends the wait for a stopping instance, or its start: the end of life follows.
+    if let Err(e) = interrupt.cancel(start(cloud, &instance, &phase)).await {
+        drop(phase);
+        if e.is::<Interrupted>() {
+            let (action, _) = end_of_life::safe_action(plan.end_of_life, origin, false, false);
+            end_of_life::apply(cloud, store, &instance, action, printer).await?;
+        }
+        return Err(e);
+    }
+    phase.done(format!("reusing {}", instance.id));
+    Ok(Machine {
+        instance,
+        keys,
+        user,
+        origin,
+    })
+}
+
+/// Starts a stopped (or stopping) instance.
+async fn start(cloud: &Cloud, instance: &Instance, phase: &Phase) -> Result<()> {
     if instance.state == State::Stopping {
         phase.update(format!("waiting for {} to finish stopping", instance.id));
         let deadline = Instant::now() + end_of_life::TRANSITION_TIMEOUT;
@@ -140,13 +230,7 @@ async fn reuse(
         phase.update(format!("starting {}", instance.id));
         cloud.start(&instance.id).await?;
     }
-    phase.done(format!("reusing {}", instance.id));
-    Ok(Machine {
-        instance,
-        keys,
-        user,
-        origin,
-    })
+    Ok(())
 }
 
 async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {

@@ -1,0 +1,70 @@
+//! `ssh-ec2 --down`: this directory's instance, ended: its results come home (it is started if
+//! stopped), then it is terminated with its security group and keys. Never launches; no
+//! instance is no error, so it can be run again. A failed pull stops it instead, as a run does.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use super::{
+    Ground, NoteSignals, Progress, Scene, end_of_run, job_state, pull_results, reach_and_join,
+};
+use crate::fleet;
+use crate::lock::DirLock;
+use crate::plan::Plan;
+use crate::printer::Printer;
+use crate::remote::job::{Job, JobState};
+use crate::ssh::RemoteExit;
+use crate::sync::Manifest;
+
+pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
+    let started = Instant::now();
+    let ground = Ground::open(plan).await?;
+    // Held until this run's lease is on the instance: a run that joins must see it.
+    let lock = ground.lock(plan, printer).await?;
+    let found = fleet::find_to_end(
+        &ground.cloud,
+        plan,
+        &ground.store,
+        printer,
+        &ground.interrupt,
+    )
+    .await?;
+    let Some(machine) = found else {
+        printer.info(&format!(
+            "this directory has no instance in {}: nothing to end",
+            ground.cloud.region
+        ));
+        return Ok(0);
+    };
+    let scene = ground.scene(plan, &machine, printer);
+    // Anything on it may be results not home yet: unless they come home, it is stopped.
+    let mut progress = Progress {
+        command_started: true,
+        ..Progress::default()
+    };
+    let work = work(&scene, lock, &mut progress).await;
+    end_of_run(&scene, work, progress, started).await
+}
+
+async fn work(scene: &Scene<'_>, lock: DirLock, progress: &mut Progress) -> Result<()> {
+    let reached = reach_and_join(scene, lock, progress).await?;
+    let job = Job::for_dir(&scene.plan.local_dir);
+    if let JobState::Running(multiplexer) = job_state(&reached.session, &job).await? {
+        // Ending the instance would kill it: it is left as it is.
+        progress.job_goes_on = true;
+        bail!(
+            "job {} of this directory still runs (in {multiplexer}) on {}: `ssh-ec2 --finish` \
+             waits for it, brings its results home and ends the instance",
+            job.name(),
+            scene.machine.instance.id
+        );
+    }
+    let mut manifest = Manifest::load(&scene.store.manifest_path(&scene.machine.instance.id));
+    let _notes = NoteSignals::start(scene.interrupt, scene.printer);
+    let after = scene.interrupt.only_new();
+    pull_results(scene, &reached, &mut manifest, progress, &after).await?;
+    progress.results_home = true;
+    progress.exit = Some(RemoteExit::Status(0));
+    Ok(())
+}

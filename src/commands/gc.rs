@@ -1,0 +1,381 @@
+//! `ssh-ec2 --gc [--yes] [--all-regions]`: what ssh-ec2 left behind, shown, and with --yes
+//! removed: this machine's instances whose keys are gone or whose expiry passed, security
+//! groups and launches without an instance, and local state of instances that no longer exist.
+//! Directories where a run goes on are left alone. Running it again finds nothing more.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{AlreadyReported, Ground};
+use crate::cloud::{Cloud, Owned, SshGroup, State};
+use crate::config::EndOfLife;
+use crate::fleet::journal::{self, Launch};
+use crate::fleet::{self, end_of_life};
+use crate::lock;
+use crate::plan::Plan;
+use crate::printer::Printer;
+
+/// Keys waiting without a launch record for this long belong to no run any more.
+const UNRECORDED_AFTER: Duration = Duration::from_secs(600);
+
+/// Why an instance is a leftover.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Nothing here can reach it.
+    KeysGone,
+    /// Its `ssh-ec2:expires-at` has passed.
+    Expired,
+}
+
+/// What --gc found.
+#[derive(Default)]
+struct Leftovers {
+    instances: Vec<(Owned, Why)>,
+    groups: Vec<(String, SshGroup)>,
+    launches: Vec<Launch>,
+    /// Local paths to remove, and why.
+    local: Vec<(PathBuf, String)>,
+    /// Lock files no run holds.
+    locks: usize,
+    /// Left alone, and why.
+    skipped: Vec<String>,
+}
+
+pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) -> Result<i32> {
+    let ground = Ground::open(plan).await?;
+    // Looking may be cut short by a signal; removing, once begun, finishes.
+    let found = ground
+        .interrupt
+        .cancel(find(&ground, plan, all_regions))
+        .await?;
+    let nothing = found.instances.is_empty()
+        && found.groups.is_empty()
+        && found.launches.is_empty()
+        && found.local.is_empty()
+        && found.locks == 0;
+    if nothing {
+        printer.info("nothing to clean up");
+        return Ok(0);
+    }
+    if !yes {
+        printer.info("run `ssh-ec2 --gc --yes` to remove these");
+        return Ok(0);
+    }
+    match remove(&found, &ground.cloud, plan, printer).await {
+        0 => {
+            printer.info("cleaned up");
+            Ok(0)
+        }
+        _ => Err(AlreadyReported.into()),
+    }
+}
+
+/// Finds the leftovers, and reports them on stdout.
+async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftovers> {
+    let (cloud, store) = (&ground.cloud, &ground.store);
+    let busy = |dir: &Option<String>| {
+        dir.as_deref()
+            .is_some_and(|dir| lock::busy(&plan.state_dir, Path::new(dir)))
+    };
+    let mut found = Leftovers::default();
+    let launches = journal::unfinished(store);
+    let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
+
+    let owned = fleet::owner_instances(cloud, &plan.ownership, all_regions).await?;
+    let mut from_elsewhere = 0;
+    for owned in &owned {
+        let id = &owned.instance.id;
+        if !owned.this_machine {
+            from_elsewhere += 1;
+            continue;
+        }
+        // Not adopted yet: its launch is settled below.
+        if owned
+            .launch
+            .as_deref()
+            .is_some_and(|l| launch_ids.contains(l))
+        {
+            continue;
+        }
+        let why = match (store.holds(id), owned.expired()) {
+            (false, _) => Why::KeysGone,
+            (true, true) => Why::Expired,
+            (true, false) => continue,
+        };
+        if busy(&owned.dir) {
+            found
+                .skipped
+                .push(format!("{id}: a run in {} goes on", show(&owned.dir)));
+            continue;
+        }
+        found.instances.push((owned.clone(), why));
+    }
+
+    fleet::for_each_region(cloud, all_regions, async |cloud| {
+        for group in cloud.owner_ssh_groups(&plan.ownership).await? {
+            let used = owned
+                .iter()
+                .any(|o| o.instance.security_group.as_deref() == Some(&group.id));
+            let launched = launches
+                .iter()
+                .any(|l| l.group.as_deref() == Some(&group.id) || l.group_name() == group.name);
+            if used || launched || !group.this_machine {
+                continue;
+            }
+            if busy(&group.dir) {
+                found.skipped.push(format!(
+                    "{}: a run in {} goes on",
+                    group.id,
+                    show(&group.dir)
+                ));
+                continue;
+            }
+            found.groups.push((cloud.region.clone(), group));
+        }
+        Ok(())
+    })
+    .await?;
+
+    for launch in launches {
+        match lock::busy(&plan.state_dir, Path::new(&launch.dir)) {
+            true => found.skipped.push(format!(
+                "launch {}: a run in {} goes on",
+                launch.id, launch.dir
+            )),
+            false => found.launches.push(launch),
+        }
+    }
+
+    found.local = stale_local_state(cloud, plan, store).await?;
+    found.locks = lock::sweep(&plan.state_dir, true);
+
+    report(&found, &plan.ownership.owner, from_elsewhere);
+    Ok(found)
+}
+
+fn show(dir: &Option<String>) -> &str {
+    dir.as_deref().unwrap_or("an unknown directory")
+}
+
+/// One line per leftover, on stdout.
+fn report(found: &Leftovers, owner: &str, from_elsewhere: usize) {
+    for (owned, why) in &found.instances {
+        let i = &owned.instance;
+        let reason = match why {
+            Why::KeysGone => "its keys are gone from this machine",
+            Why::Expired => "its expiry passed",
+        };
+        let results = match i.state {
+            State::Pending | State::ShuttingDown | State::Terminated => String::new(),
+            _ => match (&owned.dir, why) {
+                (Some(dir), Why::Expired) => format!(
+                    "; may hold results not brought home: `ssh-ec2 --down` in {dir} brings them \
+                     home first"
+                ),
+                _ => "; may hold results not brought home, which cannot be pulled from here"
+                    .to_string(),
+            },
+        };
+        println!(
+            "instance {} ({}, {}) of {}: {reason}{results}",
+            i.id,
+            owned.region,
+            i.state.as_str(),
+            show(&owned.dir)
+        );
+    }
+    for (region, group) in &found.groups {
+        println!(
+            "security group {} ({}, {region}) of {}: no instance uses it",
+            group.id,
+            group.name,
+            show(&group.dir)
+        );
+    }
+    for launch in &found.launches {
+        let sent = match launch.sent {
+            Some(_) => "its instance, if any, is terminated",
+            None => "it launched nothing",
+        };
+        println!(
+            "launch {} ({}) of {}: unfinished (its run ended first); {sent}",
+            launch.id, launch.region, launch.dir
+        );
+    }
+    for (path, why) in &found.local {
+        println!("local state {}: {why}", path.display());
+    }
+    if found.locks > 0 {
+        println!("{} lock files that no run holds", found.locks);
+    }
+    for skipped in &found.skipped {
+        println!("left alone: {skipped}");
+    }
+    if from_elsewhere > 0 {
+        println!(
+            "left alone: {from_elsewhere} instances of {owner} launched from other machines \
+             (`ssh-ec2 --list` shows them; --gc there cleans them)"
+        );
+    }
+}
+
+/// Instance directories whose instance is gone (terminated, or unknown in every enabled
+/// region), keys that wait for a launch no run recorded, and rsync relays of dead runs.
+async fn stale_local_state(
+    cloud: &Cloud,
+    plan: &Plan,
+    store: &crate::keys::KeyStore,
+) -> Result<Vec<(PathBuf, String)>> {
+    let instances = plan.state_dir.join("instances");
+    let mut stale = Vec::new();
+    let mut regions = None;
+    for id in store.instance_ids() {
+        // Whatever AWS cannot answer now is kept: only a clear "gone" removes keys.
+        let gone = match cloud.lookup(&id).await {
+            Ok(Some(instance)) => instance.state == State::Terminated,
+            Ok(None) => {
+                if regions.is_none() {
+                    regions = Some(cloud.enabled_regions().await?);
+                }
+                let mut anywhere = false;
+                for region in regions.iter().flatten().filter(|r| **r != cloud.region) {
+                    anywhere |= match cloud.in_region(region).await.lookup(&id).await {
+                        Ok(found) => found.is_some_and(|i| i.state != State::Terminated),
+                        Err(_) => true,
+                    };
+                }
+                !anywhere
+            }
+            Err(e) => {
+                tracing::debug!("keeping the keys of {id}: {e}");
+                false
+            }
+        };
+        if gone {
+            stale.push((
+                instances.join(&id),
+                format!("keys of {id}, which no longer exists"),
+            ));
+        }
+    }
+    for launch in store.unrecorded_launches(UNRECORDED_AFTER) {
+        stale.push((
+            instances.join(format!("pending-{launch}")),
+            "keys of a launch that never started".to_string(),
+        ));
+    }
+    if let Ok(entries) = std::fs::read_dir(&plan.socket_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("relay-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<i32>().ok());
+            let dead = pid.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            });
+            if dead {
+                stale.push((entry.path(), "rsync relay of a run that ended".to_string()));
+            }
+        }
+    }
+    Ok(stale)
+}
+
+/// Removes what was found; how many could not be.
+async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer) -> usize {
+    let store = crate::keys::KeyStore::new(&plan.state_dir);
+    let mut failed = 0;
+    let mut fail = |e: anyhow::Error| {
+        printer.error(&e);
+        failed += 1;
+    };
+    // Held while acting, so that no run starts there meanwhile.
+    let mut locks = Vec::new();
+    for (owned, _) in &found.instances {
+        if let Some(dir) = &owned.dir {
+            match lock::DirLock::try_take(&plan.state_dir, Path::new(dir)) {
+                Ok(Some(held)) => locks.push(held),
+                _ => {
+                    printer.warn(&format!(
+                        "{}: a run in {dir} began meanwhile: left alone",
+                        owned.instance.id
+                    ));
+                    continue;
+                }
+            }
+        }
+        let there = in_region(cloud, &owned.region).await;
+        let ended = end_of_life::apply(
+            there.as_ref().unwrap_or(cloud),
+            &store,
+            &owned.instance,
+            EndOfLife::Terminate,
+            printer,
+        )
+        .await;
+        if let Err(e) = ended {
+            fail(e);
+        }
+    }
+    for launch in &found.launches {
+        match lock::DirLock::try_take(&plan.state_dir, Path::new(&launch.dir)) {
+            Ok(Some(held)) => locks.push(held),
+            _ => {
+                printer.warn(&format!(
+                    "launch {}: a run in {} began meanwhile: left alone",
+                    launch.id, launch.dir
+                ));
+                continue;
+            }
+        }
+        let there = in_region(cloud, &launch.region).await;
+        if let Err(e) = journal::end(there.as_ref().unwrap_or(cloud), launch, &store, printer).await
+        {
+            fail(e);
+        }
+    }
+    for (region, group) in &found.groups {
+        let there = in_region(cloud, region).await;
+        let phase = printer.phase(format!("deleting security group {}", group.id));
+        match there
+            .as_ref()
+            .unwrap_or(cloud)
+            .delete_ssh_group(&group.id)
+            .await
+        {
+            Ok(()) => phase.done(format!("deleted security group {}", group.id)),
+            Err(e) => {
+                drop(phase);
+                fail(e);
+            }
+        }
+    }
+    for (path, _) in &found.local {
+        let removed = match path.is_dir() {
+            true => std::fs::remove_dir_all(path),
+            false => std::fs::remove_file(path),
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                fail(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+            }
+            _ => {}
+        }
+    }
+    drop(locks);
+    lock::sweep(&plan.state_dir, false);
+    failed
+}
+
+/// A connection to `region`, unless it is `cloud`'s own.
+async fn in_region(cloud: &Cloud, region: &str) -> Option<Cloud> {
+    match region == cloud.region {
+        true => None,
+        false => Some(cloud.in_region(region).await),
+    }
+}

@@ -1,0 +1,200 @@
+//! `ssh-ec2 --list [--json] [--all-regions]`: this owner's instances, from every machine and
+//! directory, with their job's state when this machine can ask (it runs and its keys are here).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{Ground, job_state};
+use crate::cloud::{Owned, State, guess_user};
+use crate::config::HostPort;
+use crate::fleet;
+use crate::keys::KeyStore;
+use crate::plan::Plan;
+use crate::printer::Printer;
+use crate::remote::job::{Job, JobState};
+use crate::ssh::{Session, Target};
+
+/// How long a listing waits for one instance's SSH: a listing must stay quick, and an
+/// instance that does not answer by then is "unknown".
+const ASK_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// One line of the listing; the JSON form is the same fields.
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    region: String,
+    directory: Option<String>,
+    host: Option<String>,
+    state: &'static str,
+    #[serde(rename = "type")]
+    instance_type: String,
+    /// "spot" or "on-demand".
+    market: &'static str,
+    launched: Option<String>,
+    expires_at: Option<String>,
+    /// This machine holds its keys (so it can reach it).
+    keys_here: bool,
+    /// `none`, `running (tmux)`, `ended (exit N)`, `lost` or `unknown`; `null` when it is not
+    /// running or its keys are not here.
+    job: Option<String>,
+}
+
+pub async fn list(plan: &Plan, printer: &Printer, json: bool, all_regions: bool) -> Result<i32> {
+    let ground = Ground::open(plan).await?;
+    // It only looks: a signal ends it at once.
+    let rows = ground
+        .interrupt
+        .cancel(rows(&ground, plan, printer, all_regions))
+        .await?;
+    if json {
+        let text = serde_json::to_string_pretty(&rows).context("cannot encode the listing")?;
+        println!("{text}");
+    } else if rows.is_empty() {
+        let place = match all_regions {
+            true => "any enabled region".to_string(),
+            false => ground.cloud.region.clone(),
+        };
+        printer.info(&format!(
+            "no instance of {} in {place}",
+            plan.ownership.owner
+        ));
+    } else {
+        print!("{}", table(&rows));
+    }
+    Ok(0)
+}
+
+async fn rows(
+    ground: &Ground,
+    plan: &Plan,
+    printer: &Printer,
+    all_regions: bool,
+) -> Result<Vec<Row>> {
+    let owned = fleet::owner_instances(&ground.cloud, &plan.ownership, all_regions).await?;
+    let mut rows = Vec::new();
+    for owned in owned {
+        let keys_here = ground.store.holds(&owned.instance.id);
+        let job = match owned.instance.state == State::Running && keys_here {
+            true => Some(ask_job(plan, &ground.store, &owned, printer).await),
+            false => None,
+        };
+        rows.push(Row {
+            id: owned.instance.id.clone(),
+            region: owned.region,
+            directory: owned.dir,
+            host: owned.host,
+            state: owned.instance.state.as_str(),
+            instance_type: owned.instance.instance_type,
+            market: if owned.spot { "spot" } else { "on-demand" },
+            launched: owned.launched,
+            expires_at: owned.expires_at,
+            keys_here,
+            job,
+        });
+    }
+    Ok(rows)
+}
+
+/// The job's state in the instance's directory, over a pinned session; `unknown` when the
+/// instance does not answer in time.
+async fn ask_job(plan: &Plan, store: &KeyStore, owned: &Owned, printer: &Printer) -> String {
+    let asked = async {
+        let id = &owned.instance.id;
+        let dir = owned.dir.as_deref().context("no directory tag")?;
+        let target = Target {
+            address: match &plan.connect {
+                Some(address) => address.clone(),
+                None => HostPort {
+                    host: owned.instance.address().context("no address")?.to_string(),
+                    port: 22,
+                },
+            },
+            user: owned
+                .instance
+                .login_user
+                .clone()
+                .unwrap_or_else(|| guess_user("").into()),
+            keys: store.load(id, &plan.login)?,
+        };
+        let phase = printer.phase(format!("asking {id} for its job"));
+        let session = Session::connect(&target, Instant::now() + ASK_TIMEOUT, &phase).await?;
+        let state = job_state(&session, &Job::for_dir(Path::new(dir))).await;
+        session.close().await;
+        state
+    };
+    match tokio::time::timeout(ASK_TIMEOUT * 2, asked).await {
+        Ok(Ok(state)) => describe(&state),
+        Ok(Err(e)) => {
+            tracing::debug!("job of {}: {e:#}", owned.instance.id);
+            "unknown".into()
+        }
+        Err(_) => "unknown".into(),
+    }
+}
+
+fn describe(state: &JobState) -> String {
+    match state {
+        JobState::None => "none".into(),
+        JobState::Running(multiplexer) => format!("running ({multiplexer})"),
+        JobState::Ended(_, status) => format!("ended (exit {status})"),
+        JobState::Lost(_) => "lost".into(),
+    }
+}
+
+/// Aligned columns, the directory last (it is the longest).
+fn table(rows: &[Row]) -> String {
+    let dash = || "-".to_string();
+    let cells: Vec<[String; 11]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.region.clone(),
+                r.state.into(),
+                r.instance_type.clone(),
+                r.market.into(),
+                r.launched.clone().unwrap_or_else(dash),
+                r.expires_at.clone().unwrap_or_else(dash),
+                if r.keys_here { "yes" } else { "no" }.into(),
+                r.job.clone().unwrap_or_else(dash),
+                r.host.clone().unwrap_or_else(dash),
+                r.directory.clone().unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let header = [
+        "INSTANCE",
+        "REGION",
+        "STATE",
+        "TYPE",
+        "MARKET",
+        "LAUNCHED",
+        "EXPIRES",
+        "KEYS",
+        "JOB",
+        "HOST",
+        "DIRECTORY",
+    ]
+    .map(str::to_string);
+    let mut widths = header.clone().map(|h| h.len());
+    for line in &cells {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for line in std::iter::once(&header).chain(&cells) {
+        let last = line.len() - 1;
+        for (i, (cell, width)) in line.iter().zip(widths).enumerate() {
+            match i == last {
+                true => text.push_str(cell),
+                false => text.push_str(&format!("{cell:width$}  ")),
+            }
+        }
+        text.push('\n');
+    }
+    text
+}

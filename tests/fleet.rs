@@ -1,0 +1,363 @@
+//! Your instances at a glance and their clean-up: `--list`, `--down`, `--gc`; and a signal
+//! while a stopped instance starts.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{
+    CloudOptions, Project, Run, TestCloud, instance_id, start_until_ready, state_of, wait_or_kill,
+};
+use serde_json::{Value, json};
+
+/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
+fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
+    let alive: Vec<_> = cloud
+        .instances()
+        .into_iter()
+        .filter(|i| state_of(i) != InstanceStateName::Terminated)
+        .collect();
+    assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
+    assert!(
+        cloud.run_security_groups().is_empty(),
+        "security groups left\n{run}"
+    );
+    assert!(cloud.key_pair_names().is_empty(), "{run}");
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "keys or unfinished launches kept: {:?}\n{run}",
+        project.kept_instance_keys()
+    );
+}
+
+/// Starts ssh-ec2 in a process group of its own, and waits until the proxy holds the answer
+/// to `action`.
+fn start_until_held(cloud: &TestCloud, command: &mut std::process::Command, action: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cloud.outcomes(action).iter().any(|o| o.starts_with("held")) {
+        assert!(Instant::now() < deadline, "{action} never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn list_json_names_the_instance_its_directory_and_its_job() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+
+    let listed = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    listed.assert_code(0);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("JSON on stdout");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    let row = &rows[0];
+    assert_eq!(row["id"], instance_id(&cloud.instances()[0]), "{listed}");
+    let dir = project.path().canonicalize().unwrap();
+    assert_eq!(row["directory"], dir.to_str().unwrap(), "{listed}");
+    assert_eq!(row["state"], "running", "{listed}");
+    assert_eq!(row["market"], "on-demand", "{listed}");
+    assert_eq!(row["region"], cloud.region.as_str(), "{listed}");
+    assert_eq!(row["keys_here"], true, "{listed}");
+    assert_eq!(row["job"], "none", "asked over SSH\n{listed}");
+    assert!(row["launched"].as_str().is_some(), "{listed}");
+
+    // A table on a terminal (or anywhere without --json).
+    let table = Run::of(project.ssh_ec2(&cloud).arg("--list"));
+    table.assert_code(0);
+    assert!(table.stdout.starts_with("INSTANCE"), "{table}");
+    assert!(table.stdout.contains(dir.to_str().unwrap()), "{table}");
+
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_nothing_left(&cloud, &project, &down);
+    let empty = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    empty.assert_code(0);
+    assert_eq!(empty.stdout.trim(), "[]", "{empty}");
+}
+
+#[test]
+fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let mut child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .arg("echo result > out.txt; echo ready; sleep 60"),
+    );
+    child.kill().unwrap(); // SIGKILL: no end of life, no pull
+    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    assert_eq!(project.read("out.txt"), None, "not pulled yet");
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_eq!(
+        project.read("out.txt").as_deref(),
+        Some("result\n"),
+        "{down}"
+    );
+    assert!(down.stderr.contains("pulled results back"), "{down}");
+    assert!(down.stderr.contains("terminated"), "{down}");
+    assert_nothing_left(&cloud, &project, &down);
+
+    let again = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    again.assert_code(0);
+    assert!(again.stderr.contains("no instance"), "{again}");
+    assert_eq!(cloud.instances().len(), 1, "nothing launched\n{again}");
+    assert_nothing_left(&cloud, &project, &again);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn down_without_an_instance_says_so_and_launches_nothing() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert!(down.stderr.contains("no instance"), "{down}");
+    assert!(cloud.instances().is_empty(), "{down}");
+    assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    });
+    let project = Project::new();
+    // An instance ended behind ssh-ec2's back: its group and keys stay.
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let first = instance_id(&cloud.instances()[0]);
+    cloud
+        .block_on(
+            cloud
+                .ec2()
+                .terminate_instances()
+                .instance_ids(&first)
+                .send(),
+        )
+        .unwrap();
+    cloud.wait_for_events("sshd-stopped", 1);
+    // A run killed while its security group was being created: a launch with no instance.
+    cloud.set_faults(json!([{"action": "CreateSecurityGroup", "hold": true}]));
+    let mut child = start_until_held(
+        &cloud,
+        project.ssh_ec2(&cloud).arg("true"),
+        "CreateSecurityGroup",
+    );
+    child.kill().unwrap();
+    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    cloud.set_faults(json!([]));
+    // An instance whose keys this machine lost.
+    let other = Project::new();
+    Run::of(other.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let keyless = cloud
+        .instances_in(InstanceStateName::Running)
+        .iter()
+        .map(instance_id)
+        .next()
+        .unwrap();
+    std::fs::remove_dir_all(
+        other
+            .home()
+            .join(".local/state/ssh-ec2/instances")
+            .join(&keyless),
+    )
+    .unwrap();
+    // `other` has its own HOME: gc there sees only its own state; the project's, here.
+    assert_eq!(cloud.run_security_groups().len(), 3);
+
+    let shown = Run::of(project.ssh_ec2(&cloud).arg("--gc"));
+    shown.assert_code(0);
+    assert!(
+        shown.stdout.contains("no instance uses it"),
+        "the first instance's group\n{shown}"
+    );
+    assert!(
+        shown.stdout.contains("unfinished"),
+        "the killed launch\n{shown}"
+    );
+    assert!(
+        shown
+            .stdout
+            .contains(&format!("keys of {first}, which no longer exists")),
+        "{shown}"
+    );
+    assert!(shown.stderr.contains("--gc --yes"), "{shown}");
+    assert_eq!(cloud.run_security_groups().len(), 3, "only shown\n{shown}");
+
+    let removed = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    removed.assert_code(0);
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "{:?}\n{removed}",
+        project.kept_instance_keys()
+    );
+    let again = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing to clean up"), "{again}");
+
+    // From the other machine's state: the instance whose keys are gone.
+    let shown = Run::of(other.ssh_ec2(&cloud).arg("--gc"));
+    shown.assert_code(0);
+    assert!(
+        shown
+            .stdout
+            .contains(&format!("instance {keyless} ({}, running)", cloud.region)),
+        "{shown}"
+    );
+    assert!(shown.stdout.contains("its keys are gone"), "{shown}");
+    let removed = Run::of(other.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    removed.assert_code(0);
+    assert_nothing_left(&cloud, &other, &removed);
+    assert_nothing_left(&cloud, &project, &removed);
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    });
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
+    cloud.wait_for_events("sshd-stopped", 1);
+
+    // StartInstances happens, but its answer never comes while the rule holds.
+    cloud.set_faults(json!([{"action": "StartInstances", "hold": true}]));
+    let child = start_until_held(
+        &cloud,
+        project.ssh_ec2(&cloud).arg("true"),
+        "StartInstances",
+    );
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let run = Run::collect(child);
+    run.assert_code(130);
+    assert!(run.stderr.contains("stopped"), "{run}");
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Stopped,
+        "stopped again, as it was found\n{run}"
+    );
+    cloud.set_faults(json!([]));
+
+    // --down starts it, brings its results home, then ends it.
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert!(down.stderr.contains("pulled results back"), "{down}");
+    assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_command() {
+    let cloud = TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    });
+    let project = Project::new();
+    let child = start_until_ready(project.ssh_ec2(&cloud).arg("echo ready; sleep 60"));
+    let id = instance_id(&cloud.instances()[0]);
+    cloud.set_faults(json!([{"action": "TerminateInstances", "error": "UnauthorizedOperation"}]));
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let run = Run::collect(child);
+    run.assert_code(255);
+    assert!(
+        run.stderr
+            .contains(&format!("aws ec2 terminate-instances --instance-ids {id}")),
+        "{run}"
+    );
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+
+    cloud.set_faults(json!([]));
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let id = instance_id(&cloud.instances()[0]);
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key("ssh-ec2:expires-at")
+        .value("2020-01-01T00:00:00Z")
+        .build();
+    cloud
+        .block_on(cloud.ec2().create_tags().resources(&id).tags(tag).send())
+        .unwrap();
+
+    let listed = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    listed.assert_code(0);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("JSON on stdout");
+    assert_eq!(rows[0]["expires_at"], "2020-01-01T00:00:00Z", "{listed}");
+
+    let shown = Run::of(project.ssh_ec2(&cloud).arg("--gc"));
+    shown.assert_code(0);
+    assert!(
+        shown.stdout.contains(&format!("instance {id}")) && shown.stdout.contains("expiry passed"),
+        "{shown}"
+    );
+    assert!(
+        shown.stdout.contains("`ssh-ec2 --down` in"),
+        "says how to bring its results home first\n{shown}"
+    );
+    assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
+    let removed = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    removed.assert_code(0);
+    assert_nothing_left(&cloud, &project, &removed);
+}
+
+#[test]
+fn down_leaves_a_running_job_alone_and_list_shows_it() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--detach", "sleep 120"])).assert_code(0);
+
+    let listed = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    listed.assert_code(0);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("JSON on stdout");
+    assert_eq!(rows[0]["job"], "running (tmux)", "{listed}");
+
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(255);
+    assert!(down.stderr.contains("still runs"), "{down}");
+    assert!(down.stderr.contains("--finish"), "{down}");
+    assert_eq!(
+        cloud.instances_in(InstanceStateName::Running).len(),
+        1,
+        "left as it is\n{down}"
+    );
+
+    // Ended behind ssh-ec2's back: --gc removes its group and keys.
+    let id = instance_id(&cloud.instances()[0]);
+    cloud
+        .block_on(cloud.ec2().terminate_instances().instance_ids(&id).send())
+        .unwrap();
+    let removed = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    removed.assert_code(0);
+    assert_nothing_left(&cloud, &project, &removed);
+}
