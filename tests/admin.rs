@@ -404,7 +404,7 @@ impl Refusal {
 }
 
 #[test]
-fn the_user_policy_lets_a_user_run_and_each_of_its_ec2_actions_is_needed() {
+fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_needed() {
     let cloud = iam_cloud();
     let project = Project::new();
     let everything = serde_json::json!({
@@ -525,7 +525,12 @@ fn the_user_policy_lets_a_user_run_and_each_of_its_ec2_actions_is_needed() {
         [InstanceStateName::Running],
         "refused, the end of life left it running"
     );
-    run_as_full(&["true"]).assert_code(0);
+    // The user sees it with --list, and ends it with --down.
+    let list = run_as_full(&["--list", "--json"]);
+    list.assert_code(0);
+    let running = instance_id(&live_instances(&cloud)[0]);
+    assert!(list.stdout.contains(&running), "{list}");
+    run_as_full(&["--down"]).assert_code(0);
     assert!(live_instances(&cloud).is_empty());
     assert!(cloud.run_security_groups().is_empty());
 
