@@ -61,6 +61,9 @@ pub struct Cli {
     #[command(flatten)]
     pub config: ConfigFlags,
 
+    #[command(flatten)]
+    pub look: LookFlags,
+
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -81,6 +84,10 @@ pub enum Mode {
     ShowConfig,
     /// Print a completion script or the man page; needs no settings at all.
     Generate(Generated),
+    /// Resolve what a run would do and what it would cost; create nothing.
+    DryRun { json: bool },
+    /// Print (or install) an OpenSSH config block for this directory's instance.
+    SshConfig { install: bool },
 }
 
 /// What `--generate` prints.
@@ -121,6 +128,16 @@ impl Cli {
         }
         if self.config.show_config {
             return Mode::ShowConfig;
+        }
+        if self.look.dry_run {
+            return Mode::DryRun {
+                json: self.look.json,
+            };
+        }
+        if self.look.ssh_config {
+            return Mode::SshConfig {
+                install: self.look.install,
+            };
         }
         let job = &self.job;
         match (job.detach, job.attach, job.finish) {
@@ -249,6 +266,30 @@ pub struct ConfigFlags {
         conflicts_with_all = ["detach", "attach", "finish", "command", "show_config"]
     )]
     pub generate: Option<Generated>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Before and beside a run")]
+pub struct LookFlags {
+    /// Change nothing: say what would be done (with a run: the region, image, type, subnet,
+    /// SSH rule, user-data, what would be synced, the price, and whether AWS would allow the
+    /// launch), then exit.
+    #[arg(long, conflicts_with_all = ["attach", "finish"])]
+    pub dry_run: bool,
+    /// With --dry-run: print it as JSON, for scripts.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    /// Print an OpenSSH config block (Host alias, key, pinned host key) for this directory's
+    /// instance, for ssh, scp, sftp and VS Code Remote-SSH.
+    #[arg(
+        long,
+        conflicts_with_all = ["detach", "attach", "finish", "command", "dry_run"]
+    )]
+    pub ssh_config: bool,
+    /// With --ssh-config: write it where ~/.ssh/config includes it (removed when the instance
+    /// is terminated).
+    #[arg(long, requires = "ssh_config")]
+    pub install: bool,
 }
 
 #[cfg(test)]

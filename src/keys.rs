@@ -20,7 +20,12 @@ pub enum LoginKey {
     /// A fresh ed25519 key per instance, handed over in user-data: nothing left in EC2.
     PerRun,
     /// An existing EC2 key pair and its private key (`-i`, AWS_KEY_NAME).
-    KeyPair { name: String, key: Arc<PrivateKey> },
+    KeyPair {
+        name: String,
+        key: Arc<PrivateKey>,
+        /// Where it was read from, for OpenSSH (`--ssh-config`).
+        path: PathBuf,
+    },
 }
 
 /// What ssh-ec2 needs to reach one instance.
@@ -51,6 +56,10 @@ const KEY_PAIR_FILE: &str = "key_pair";
 /// The record of the launch the keys are waiting for.
 const LAUNCH_FILE: &str = "launch.json";
 const PENDING: &str = "pending-";
+/// The pinned host key in OpenSSH's known_hosts form, for `--ssh-config`.
+const KNOWN_HOSTS_FILE: &str = "known_hosts";
+/// Where `--ssh-config --install` wrote the instance's entry, removed when it is forgotten.
+const SSH_CONFIG_ENTRY_FILE: &str = "ssh_config_entry";
 
 impl KeyStore {
     pub fn new(state_dir: &Path) -> Self {
@@ -85,7 +94,7 @@ impl KeyStore {
         let host_public_openssh = host.public_key().to_openssh()?;
         write_private(&dir.join(HOST_FILE), &host_public_openssh)?;
         let (login, authorized_key) = match login {
-            LoginKey::KeyPair { name, key } => {
+            LoginKey::KeyPair { name, key, .. } => {
                 write_private(&dir.join(KEY_PAIR_FILE), name)?;
                 (key.clone(), None)
             }
@@ -176,7 +185,7 @@ impl KeyStore {
         let host = PublicKey::from_openssh(host.trim()).with_context(missing)?;
         let launched_with = fs::read_to_string(dir.join(KEY_PAIR_FILE)).ok();
         let login = match (login, launched_with) {
-            (LoginKey::KeyPair { name, key }, Some(pair)) if *name == pair => key.clone(),
+            (LoginKey::KeyPair { name, key, .. }, Some(pair)) if *name == pair => key.clone(),
             (LoginKey::PerRun, None) => {
                 let text = fs::read_to_string(dir.join(LOGIN_FILE)).with_context(missing)?;
                 Arc::new(PrivateKey::from_openssh(text).with_context(missing)?)
@@ -194,9 +203,42 @@ impl KeyStore {
         Ok(InstanceKeys { login, host })
     }
 
-    /// Forgets a terminated instance.
+    /// Forgets a terminated instance, and the OpenSSH entry installed for it.
     pub fn forget(&self, instance_id: &str) {
-        let _ = fs::remove_dir_all(self.instance_dir(instance_id));
+        let dir = self.instance_dir(instance_id);
+        if let Ok(entry) = fs::read_to_string(dir.join(SSH_CONFIG_ENTRY_FILE)) {
+            let _ = fs::remove_file(entry.trim_end_matches('\n'));
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// What OpenSSH needs to log in to the instance as ssh-ec2 does: the login key's file, and
+    /// a known_hosts file (written here) that holds the pinned host key under `host_alias`.
+    pub fn openssh_files(
+        &self,
+        instance_id: &str,
+        login: &LoginKey,
+        host_alias: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let keys = self.load(instance_id, login)?;
+        let dir = self.instance_dir(instance_id);
+        let identity = match login {
+            LoginKey::PerRun => dir.join(LOGIN_FILE),
+            LoginKey::KeyPair { path, .. } => path.clone(),
+        };
+        let known_hosts = dir.join(KNOWN_HOSTS_FILE);
+        let line = format!("{host_alias} {}\n", keys.host.to_openssh()?);
+        fs::write(&known_hosts, line)
+            .with_context(|| format!("cannot write {}", known_hosts.display()))?;
+        Ok((identity, known_hosts))
+    }
+
+    /// Remembers that `entry` (an OpenSSH config file) belongs to the instance: it goes when
+    /// the instance is forgotten.
+    pub fn note_ssh_config_entry(&self, instance_id: &str, entry: &Path) -> Result<()> {
+        let marker = self.instance_dir(instance_id).join(SSH_CONFIG_ENTRY_FILE);
+        fs::write(&marker, format!("{}\n", entry.display()))
+            .with_context(|| format!("cannot write {}", marker.display()))
     }
 }
 

@@ -251,6 +251,7 @@ impl Plan {
                 LoginKey::KeyPair {
                     name,
                     key: Arc::new(key),
+                    path,
                 }
             }
         };

@@ -20,7 +20,7 @@ use aws_sdk_ec2::config::Region;
 
 use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
-pub use image::{Image, guess_user};
+pub use image::{Image, TypeInfo, guess_user};
 pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Ownership, State};
 pub use network::{Subnet, caller_cidr};
 

@@ -1,13 +1,15 @@
-//! The modes, one file each (`run` also detaches; `attach`; `finish`; `show_config` and
-//! `generate`, which stay local), and what the instance's modes share: reaching the instance,
+//! The modes, one file each (`run` also detaches; `attach`; `finish`; `dry_run` and
+//! `ssh_config`, which launch nothing; `show_config` and `generate`, which stay local), and what the instance's modes share: reaching the instance,
 //! pulling results home, following a job, and the end of a run (end of life, conflicts, summary
 //! line, exit status).
 
 mod attach;
+mod dry_run;
 mod finish;
 mod generate;
 mod run;
 mod show_config;
+mod ssh_config;
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +47,13 @@ pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
         Mode::Finish { attach } => on_instance(cli, async |plan| {
             finish::finish(plan, printer, attach).await
         }),
+        Mode::DryRun { json } => on_instance(cli, async |plan| dry_run::dry_run(plan, json).await),
+        Mode::SshConfig { install } => {
+            let home = Host::detect()?.home;
+            on_instance(cli, async |plan| {
+                ssh_config::ssh_config(plan, &home, install, printer).await
+            })
+        }
     }
 }
 
@@ -262,6 +271,14 @@ async fn end_of_run(
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }
+    // Read before the end of life: a terminated instance's volumes go with it.
+    let volume_gib = match cloud.volume_gib(&machine.instance.id).await {
+        Ok(gib) => Some(gib).filter(|&gib| gib > 0),
+        Err(e) => {
+            tracing::debug!("the run's cost leaves the volume out: {e}");
+            None
+        }
+    };
     let ended = {
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instance, action, printer).await
@@ -279,12 +296,19 @@ async fn end_of_run(
         (Ok(()), EndOfLife::Stop) => "stopped",
         (Ok(()), EndOfLife::Leave) => "left running",
     };
+    let elapsed = started.elapsed();
     printer.info(&format!(
-        "{} ({}, {}): {}, {fate}",
+        "{} ({}, {}): {}, {fate}, {}",
         machine.instance.id,
         machine.instance.instance_type,
         cloud.region,
-        format_duration(started.elapsed()),
+        format_duration(elapsed),
+        crate::price::run_cost(
+            &machine.instance.instance_type,
+            &cloud.region,
+            elapsed,
+            volume_gib
+        ),
     ));
     match (interrupted, work, ended) {
         (Some(signal), _, Err(end)) => {

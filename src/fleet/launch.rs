@@ -69,6 +69,11 @@ pub async fn launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let spec = &plan.launch;
+    // Before anything is paid for.
+    printer.info(&crate::price::price_line(
+        &spec.instance_type,
+        &cloud.region,
+    ));
     let phase = printer.phase(format!(
         "launching a {} instance in {}",
         spec.instance_type, cloud.region
@@ -79,10 +84,7 @@ pub async fn launch(
     // Every type's image now: a typo in --fallback-types fails before anything is created.
     let mut types = Vec::new();
     for instance_type in std::iter::once(&spec.instance_type).chain(&spec.fallback_types) {
-        let image = match &spec.image {
-            ImageChoice::Id(id) => cloud.image_by_id(id, instance_type).await?,
-            ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, instance_type).await?,
-        };
+        let image = image_for(cloud, &spec.image, instance_type).await?;
         types.push((instance_type.as_str(), image));
     }
     let vpc = cloud.vpc_for(spec.subnet_id.as_deref()).await?;
@@ -171,6 +173,15 @@ pub async fn launch(
     })
 }
 
+/// The image to launch for `instance_type`: the one named by id, else the newest match that
+/// the type can run.
+pub async fn image_for(cloud: &Cloud, choice: &ImageChoice, instance_type: &str) -> Result<Image> {
+    match choice {
+        ImageChoice::Id(id) => cloud.image_by_id(id, instance_type).await,
+        ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, instance_type).await,
+    }
+}
+
 /// The RunInstances attempts of one launch, once its keys and group exist.
 struct Attempts<'a> {
     cloud: &'a Cloud,
@@ -242,7 +253,7 @@ impl Attempts<'_> {
                 image,
                 instance_type,
                 user_data: self.user_data,
-                security_group: self.group,
+                security_group: Some(self.group),
                 login_user: &user,
                 subnet_id: place.subnet_id(),
                 key_name: match &self.plan.login {

@@ -22,6 +22,7 @@ use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
 use crate::printer::Printer;
 use end_of_life::Origin;
+pub use launch::image_for;
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
@@ -149,7 +150,8 @@ async fn reuse(
     })
 }
 
-async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
+/// The CIDR the SSH rule lets in.
+pub async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
     match ingress {
         Ingress::Cidr(cidr) => Ok(*cidr),
         Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,
