@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{Project, Run, TestCloud, instance_id, state_of};
-use serde_json::Value;
+use common::{CloudOptions, Project, Run, TestCloud, instance_id, state_of};
+use serde_json::{Value, json};
 
 /// eu-central-1 in data/prices.toml, the test bed's region.
 const G4DN_PRICE: &str = "$0.6580/hour";
@@ -66,6 +66,61 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
     assert!(project.kept_instance_keys().is_empty(), "no keys made");
     assert!(project.read_remote("train.py").is_none(), "nothing synced");
     cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn dry_run_shows_what_aws_refuses_and_why() {
+    // The refusal AWS gives a user without ec2:RunInstances, and its decoding by STS.
+    let cloud = TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..CloudOptions::default()
+    });
+    let project = Project::new();
+    let decoded = r#"{"allowed":false,"explicitDeny":false,"context":{"action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-central-1:123456789012:instance/*"}}"#;
+    cloud.set_faults(json!([
+        {"action": "RunInstances", "params": {"DryRun": "true"}, "error": "UnauthorizedOperation",
+         "message": "You are not authorized to perform this operation. Encoded authorization \
+                     failure message: ENCODED-REASON"},
+        {"action": "DecodeAuthorizationMessage", "params": {"EncodedMessage": "ENCODED-REASON"},
+         "answer": format!(
+             "<DecodeAuthorizationMessageResponse><DecodeAuthorizationMessageResult>\
+              <DecodedMessage>{decoded}</DecodedMessage>\
+              </DecodeAuthorizationMessageResult></DecodeAuthorizationMessageResponse>")},
+    ]));
+
+    let run = Run::of(project.ssh_ec2(&cloud).arg("--dry-run"));
+    run.assert_code(1);
+    let verdict = run
+        .stdout
+        .split_once("AWS allows it     NO\n")
+        .unwrap_or_else(|| panic!("{run}"))
+        .1;
+    assert!(
+        verdict.contains("UnauthorizedOperation")
+            && verdict.contains(
+                "AWS refused ec2:RunInstances on arn:aws:ec2:eu-central-1:123456789012:\
+                 instance/*: no policy allows it"
+            ),
+        "{run}"
+    );
+    let json = Run::of(project.ssh_ec2(&cloud).args(["--dry-run", "--json"]));
+    json.assert_code(1);
+    let report: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(report["launch"]["allowed"], false, "{json}");
+    assert!(
+        report["launch"]["refusal"]
+            .as_str()
+            .unwrap()
+            .contains("AWS refused ec2:RunInstances")
+    );
+    let asked: Vec<_> = cloud
+        .aws_calls()
+        .into_iter()
+        .filter(|c| c["action"] == "RunInstances")
+        .collect();
+    assert_eq!(asked.len(), 2, "one DryRun request per dry run");
+    assert!(asked.iter().all(|c| c["params"]["DryRun"] == "true"));
+    assert!(cloud.instances().is_empty());
 }
 
 #[test]

@@ -69,6 +69,9 @@ struct Launch {
     /// RunInstances with DryRun: whether AWS would allow it, and else why not.
     allowed: bool,
     refusal: Option<String>,
+    /// The refusal's causes, one per line, for the text form.
+    #[serde(skip)]
+    refusal_lines: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -217,7 +220,19 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
         instance_profile: spec.instance_profile.clone(),
         user_data,
         allowed: asked.is_ok(),
-        refusal: asked.err().map(|e| format!("{e:#}")),
+        refusal: asked.as_ref().err().map(|e| format!("{e:#}")),
+        refusal_lines: asked
+            .err()
+            .iter()
+            .flat_map(|e| e.chain())
+            .flat_map(|cause| {
+                let cause = cause.to_string();
+                cause
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
     })
 }
 
@@ -265,7 +280,8 @@ fn text(report: &Report) -> String {
             (Some(subnet), _) => format!("subnet {subnet} of {}", launch.vpc),
             (None, []) => format!("the zone EC2 picks in {}", launch.vpc),
             (None, zones) => format!(
-                "the zone EC2 picks in {}, then {} if it has no capacity",
+                "the zone EC2 picks in {}, then the default subnet of {} in turn when it has \
+                 no capacity",
                 launch.vpc,
                 zones.join(", ")
             ),
@@ -312,13 +328,18 @@ fn text(report: &Report) -> String {
         },
     );
     if let Some(launch) = &report.launch {
-        row(
-            "AWS allows it",
-            &match &launch.refusal {
-                None => "yes (RunInstances with DryRun answered DryRunOperation)".to_string(),
-                Some(why) => format!("NO: {}", why.replace('\n', " ")),
-            },
-        );
+        match launch.allowed {
+            true => row(
+                "AWS allows it",
+                "yes (RunInstances with DryRun answered DryRunOperation)",
+            ),
+            false => {
+                row("AWS allows it", "NO");
+                for line in &launch.refusal_lines {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
         out.push_str("\nuser-data, secrets elided:\n");
         for line in launch.user_data.lines() {
             let _ = writeln!(out, "  {line}");
