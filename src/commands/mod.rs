@@ -1,7 +1,7 @@
 //! The modes, one file each (`run` also detaches; `attach`; `finish`; `dry_run` and
-//! `ssh_config`, which launch nothing; `show_config` and `generate`, which stay local), and what the instance's modes share: reaching the instance,
-//! pulling results home, following a job, and the end of a run (end of life, conflicts, summary
-//! line, exit status).
+//! `ssh_config`, which launch nothing; `show_config` and `generate`, which stay local), and
+//! what the instance's modes share: reaching the instance, pulling results home, following a
+//! job, and the end of a run (end of life, conflicts, summary line with the cost, exit status).
 
 mod attach;
 mod dry_run;
