@@ -206,8 +206,8 @@ impl KeyStore {
     /// Forgets a terminated instance, and the OpenSSH entry installed for it.
     pub fn forget(&self, instance_id: &str) {
         let dir = self.instance_dir(instance_id);
-        if let Ok(entry) = fs::read_to_string(dir.join(SSH_CONFIG_ENTRY_FILE)) {
-            let _ = fs::remove_file(entry.trim_end_matches('\n'));
+        if let Some(entry) = self.ssh_config_entry(instance_id) {
+            let _ = fs::remove_file(entry);
         }
         let _ = fs::remove_dir_all(dir);
     }
@@ -231,6 +231,13 @@ impl KeyStore {
         fs::write(&known_hosts, line)
             .with_context(|| format!("cannot write {}", known_hosts.display()))?;
         Ok((identity, known_hosts))
+    }
+
+    /// The OpenSSH config entry installed for the instance, if there is one.
+    pub fn ssh_config_entry(&self, instance_id: &str) -> Option<PathBuf> {
+        let marker = self.instance_dir(instance_id).join(SSH_CONFIG_ENTRY_FILE);
+        let entry = fs::read_to_string(marker).ok()?;
+        Some(PathBuf::from(entry.trim_end_matches('\n'))).filter(|e| e.exists())
     }
 
     /// Remembers that `entry` (an OpenSSH config file) belongs to the instance: it goes when

@@ -275,7 +275,19 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
         "kept: {text}"
     );
     let entry = ssh_dir.join("ssh-ec2").join(format!("{id}.conf"));
-    assert!(entry.exists());
+    // An address gone stale (a stopped instance starts with a new one): the next run that
+    // reaches the instance writes the one it reached.
+    let installed = std::fs::read_to_string(&entry).unwrap();
+    let stale = installed.replace("HostName 127.0.0.1", "HostName 192.0.2.1");
+    assert_ne!(stale, installed);
+    std::fs::write(&entry, stale).unwrap();
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--leave", "--no-rsync", "true"]),
+    )
+    .assert_code(0);
+    assert_eq!(std::fs::read_to_string(&entry).unwrap(), installed);
     let out = ssh(&user_config, &alias, "echo in");
     assert!(
         out.status.success(),

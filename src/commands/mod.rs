@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::backoff::Backoff;
 use crate::cli::{Cli, Mode};
-use crate::cloud::{Cloud, State};
+use crate::cloud::{Cloud, Instance, State};
 use crate::config::{EndOfLife, HostPort, Sources};
 use crate::fleet::Machine;
 use crate::fleet::end_of_life;
@@ -374,6 +374,14 @@ async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let target = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
+    let id = &scene.machine.instance.id;
+    if let Err(e) =
+        ssh_config::refresh_installed(plan, scene.store, id, &target.user, &target.address)
+    {
+        printer.warn(&format!(
+            "{e:#}: `ssh-ec2 --ssh-config --install` writes the OpenSSH entry of {id} again"
+        ));
+    }
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
@@ -407,23 +415,29 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
     let id = &machine.instance.id;
     let phase = printer.phase(format!("waiting for {id} to run"));
     let running = cloud.wait_until(id, State::Running, deadline).await?;
-    let address = match &plan.connect {
-        Some(address) => address.clone(),
-        None => HostPort {
-            host: running
-                .address()
-                .with_context(|| {
-                    format!("{id} has no IP address: pass --connect HOST:PORT (e.g. an SSM tunnel)")
-                })?
-                .to_string(),
-            port: 22,
-        },
-    };
+    let address = ssh_address(plan, &running)?;
     phase.done(format!("{id} is running"));
     Ok(Target {
         address,
         user: machine.user.clone(),
         keys: machine.keys.clone(),
+    })
+}
+
+/// Where the instance's sshd is reached: --connect, else its address, port 22.
+fn ssh_address(plan: &Plan, instance: &Instance) -> Result<HostPort> {
+    if let Some(address) = &plan.connect {
+        return Ok(address.clone());
+    }
+    let host = instance.address().with_context(|| {
+        format!(
+            "{} has no IP address: pass --connect HOST:PORT (e.g. an SSM tunnel)",
+            instance.id
+        )
+    })?;
+    Ok(HostPort {
+        host: host.to_string(),
+        port: 22,
     })
 }
 

@@ -1,8 +1,8 @@
 //! `ssh-ec2 --ssh-config [--install]`: an OpenSSH config block for this directory's instance,
 //! so that ssh, scp, sftp and VS Code Remote-SSH reach it with its pinned host key required
 //! (`StrictHostKeyChecking yes`), as ssh-ec2 does. `--install` writes it to its own file under
-//! `~/.ssh/ssh-ec2/`, which `~/.ssh/config` includes; that file goes when the instance is
-//! terminated.
+//! `~/.ssh/ssh-ec2/`, which `~/.ssh/config` includes; every run that reaches the instance
+//! updates its address there, and the file goes when the instance is terminated.
 
 use std::fs;
 use std::io::Write as _;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cloud::{Cloud, State, guess_user};
+use crate::cloud::{Cloud, State};
 use crate::config::HostPort;
 use crate::keys::KeyStore;
 use crate::plan::Plan;
@@ -37,44 +37,10 @@ pub async fn ssh_config(plan: &Plan, home: &Path, install: bool, printer: &Print
             instance.state.as_str()
         );
     }
-    let address = match &plan.connect {
-        Some(address) => address.clone(),
-        None => HostPort {
-            host: instance
-                .address()
-                .with_context(|| {
-                    format!("{id} has no IP address: pass --connect HOST:PORT (e.g. an SSM tunnel)")
-                })?
-                .to_string(),
-            port: 22,
-        },
-    };
-    let user = plan
-        .launch
-        .user
-        .clone()
-        .or(instance.login_user.clone())
-        .unwrap_or_else(|| guess_user("").into());
-    // The host key is pinned under the instance's id: its address changes, it does not.
-    let (identity, known_hosts) = store.openssh_files(id, &plan.login, id)?;
+    let address = super::ssh_address(plan, &instance)?;
+    let user = crate::fleet::login_user(plan, &instance);
+    let block = entry(plan, &store, id, &user, &address)?;
     let alias = alias_for(&plan.local_dir);
-    let block = format!(
-        "# ssh-ec2: instance {id} of {dir}\n\
-         Host {alias}\n    \
-             HostName {host}\n    \
-             Port {port}\n    \
-             User {user}\n    \
-             IdentityFile {identity}\n    \
-             IdentitiesOnly yes\n    \
-             UserKnownHostsFile {known_hosts}\n    \
-             HostKeyAlias {id}\n    \
-             StrictHostKeyChecking yes\n",
-        dir = plan.local_dir.display(),
-        host = address.host,
-        port = address.port,
-        identity = config_path(&identity),
-        known_hosts = config_path(&known_hosts),
-    );
     if !install {
         std::io::stdout()
             .lock()
@@ -99,6 +65,55 @@ pub async fn ssh_config(plan: &Plan, home: &Path, install: bool, printer: &Print
         config.display()
     ));
     Ok(0)
+}
+
+/// Points the entry installed for instance `id`, if any, at `address`: a stopped instance
+/// that starts again has a new one.
+pub fn refresh_installed(
+    plan: &Plan,
+    store: &KeyStore,
+    id: &str,
+    user: &str,
+    address: &HostPort,
+) -> Result<()> {
+    let Some(installed) = store.ssh_config_entry(id) else {
+        return Ok(());
+    };
+    let block = entry(plan, store, id, user, address)?;
+    if fs::read_to_string(&installed).ok().as_deref() != Some(block.as_str()) {
+        write_private(&installed, &block)?;
+    }
+    Ok(())
+}
+
+/// The config block for instance `id` of this directory, reached at `address` as `user`.
+fn entry(
+    plan: &Plan,
+    store: &KeyStore,
+    id: &str,
+    user: &str,
+    address: &HostPort,
+) -> Result<String> {
+    // The host key is pinned under the instance's id: its address changes, it does not.
+    let (identity, known_hosts) = store.openssh_files(id, &plan.login, id)?;
+    Ok(format!(
+        "# ssh-ec2: instance {id} of {dir}\n\
+         Host {alias}\n    \
+             HostName {host}\n    \
+             Port {port}\n    \
+             User {user}\n    \
+             IdentityFile {identity}\n    \
+             IdentitiesOnly yes\n    \
+             UserKnownHostsFile {known_hosts}\n    \
+             HostKeyAlias {id}\n    \
+             StrictHostKeyChecking yes\n",
+        dir = plan.local_dir.display(),
+        alias = alias_for(&plan.local_dir),
+        host = address.host,
+        port = address.port,
+        identity = config_path(&identity),
+        known_hosts = config_path(&known_hosts),
+    ))
 }
 
 /// `ssh-ec2-<directory name>`, with only the characters a Host pattern takes literally.

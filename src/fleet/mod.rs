@@ -112,12 +112,7 @@ async fn reuse(
     printer: &Printer,
 ) -> Result<Machine> {
     let keys = store.load(&instance.id, &plan.login)?;
-    let user = plan
-        .launch
-        .user
-        .clone()
-        .or(instance.login_user.clone())
-        .unwrap_or_else(|| guess_user("").into());
+    let user = login_user(plan, &instance);
     let phase = printer.phase(format!(
         "reusing {} ({})",
         instance.id,
@@ -148,6 +143,15 @@ async fn reuse(
         user,
         origin,
     })
+}
+
+/// Who logs in to an instance launched earlier: as set, else as recorded at its launch.
+pub fn login_user(plan: &Plan, instance: &Instance) -> String {
+    plan.launch
+        .user
+        .clone()
+        .or(instance.login_user.clone())
+        .unwrap_or_else(|| guess_user("").into())
 }
 
 /// The CIDR the SSH rule lets in.
