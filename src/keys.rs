@@ -1,7 +1,9 @@
 //! The SSH keys of each instance, kept under the XDG state directory:
 //! `instances/<id>/login_ed25519` (0600, only for per-run keys) and
 //! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance, and
-//! `instances/<id>/manifest`, what its last sync left on both sides. Before the instance exists
+//! `instances/<id>/manifest`, what its last sync left on both sides; `--ssh-config` adds
+//! `known_hosts` (that host key, for OpenSSH) and `ssh_config_entry` (where `--install` wrote
+//! its OpenSSH entry, which goes with the keys). Before the instance exists
 //! they wait in `instances/pending-<launch id>/`, beside the launch's record (`launch.json`, see
 //! `fleet::journal`); adopting the instance renames that directory in one step.
 
