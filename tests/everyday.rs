@@ -397,3 +397,51 @@ fn try_it_starts_a_cloud_that_ssh_ec2_uses_and_stops_all_of_it() {
     );
     assert!(!try_it.dir.exists(), "its files are gone");
 }
+
+#[test]
+fn ssh_config_without_a_running_instance_says_how_to_get_one_and_flags_go_together() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let none = Run::of(project.ssh_ec2(&cloud).arg("--ssh-config"));
+    none.assert_code(255);
+    assert!(
+        none.stderr.contains("has no instance") && none.stderr.contains("ssh-ec2 --leave true"),
+        "{none}"
+    );
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--stop", "--no-rsync", "true"]),
+    )
+    .assert_code(0);
+    let stopped = Run::of(project.ssh_ec2(&cloud).args(["--ssh-config", "--install"]));
+    stopped.assert_code(255);
+    assert!(stopped.stderr.contains("is stopped"), "{stopped}");
+    assert!(
+        !project.home().join(".ssh").exists(),
+        "nothing installed\n{stopped}"
+    );
+
+    for (flags, says) in [
+        (&["--json"][..], "--dry-run"),
+        (&["--install"][..], "--ssh-config"),
+        (&["--ssh-config", "--dry-run"][..], "cannot be used with"),
+        (&["--dry-run", "--finish"][..], "cannot be used with"),
+    ] {
+        let refused = Run::of(project.ssh_ec2_without_cloud().args(flags));
+        refused.assert_code(255);
+        assert!(refused.stderr.contains(says), "{flags:?}\n{refused}");
+    }
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--terminate", "--no-rsync", "true"]),
+    )
+    .assert_code(0);
+    assert!(
+        cloud
+            .instances()
+            .iter()
+            .all(|i| state_of(i) == InstanceStateName::Terminated)
+    );
+}
