@@ -3,7 +3,8 @@
 //! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance, and
 //! `instances/<id>/manifest`, what its last sync left on both sides; `--ssh-config` adds
 //! `known_hosts` (that host key, for OpenSSH) and `ssh_config_entry` (where `--install` wrote
-//! its OpenSSH entry, which goes with the keys). Before the instance exists
+//! its OpenSSH entry, which goes with the keys); `volume_gib`, its root volume's size, prices
+//! it. Before the instance exists
 //! they wait in `instances/pending-<launch id>/`, beside the launch's record (`launch.json`, see
 //! `fleet::journal`); adopting the instance renames that directory in one step.
 
@@ -62,6 +63,8 @@ const PENDING: &str = "pending-";
 const KNOWN_HOSTS_FILE: &str = "known_hosts";
 /// Where `--ssh-config --install` wrote the instance's entry, removed when it is forgotten.
 const SSH_CONFIG_ENTRY_FILE: &str = "ssh_config_entry";
+/// The GiB of the root volume it was launched with, to price it.
+const VOLUME_FILE: &str = "volume_gib";
 
 impl KeyStore {
     pub fn new(state_dir: &Path) -> Self {
@@ -233,6 +236,21 @@ impl KeyStore {
         fs::write(&known_hosts, line)
             .with_context(|| format!("cannot write {}", known_hosts.display()))?;
         Ok((identity, known_hosts))
+    }
+
+    /// Remembers the size of the root volume the instance was launched with; a price without
+    /// it only lacks the volume, so a failure to write is no error.
+    pub fn note_volume(&self, instance_id: &str, gib: u32) {
+        let _ = fs::write(
+            self.instance_dir(instance_id).join(VOLUME_FILE),
+            gib.to_string(),
+        );
+    }
+
+    /// The size of the root volume the instance was launched with, if it was noted.
+    pub fn volume(&self, instance_id: &str) -> Option<u32> {
+        let text = fs::read_to_string(self.instance_dir(instance_id).join(VOLUME_FILE)).ok()?;
+        text.trim().parse().ok()
     }
 
     /// The OpenSSH config entry installed for the instance, if there is one.

@@ -141,12 +141,16 @@ fn dry_run_says_which_instance_it_would_reuse() {
         InstanceStateName::Stopped,
         "left as it was"
     );
-    Run::of(
+    let ended = Run::of(
         project
             .ssh_ec2(&cloud)
             .args(["--terminate", "--no-rsync", "true"]),
-    )
-    .assert_code(0);
+    );
+    ended.assert_code(0);
+    assert!(
+        ended.stderr.contains("for its 15 GiB volume"),
+        "a reused instance's volume is priced from its launch\n{ended}"
+    );
 }
 
 #[test]
@@ -174,8 +178,10 @@ fn a_launch_says_its_price_first_and_the_run_its_cost_last() {
         .find(|l| l.contains("terminated, "))
         .unwrap_or_else(|| panic!("{run}"));
     assert!(
-        summary.contains(", about $") && summary.contains("instance at $0.6580/hour"),
-        "{run}"
+        summary.contains(", about $")
+            && summary.contains("instance at $0.6580/hour + $")
+            && summary.contains("for its 15 GiB volume"),
+        "the image's root volume is priced too\n{run}"
     );
 
     let unknown = Run::of(

@@ -459,28 +459,6 @@ impl Cloud {
         Ok(())
     }
 
-    /// The GiB of the EBS volumes attached to instance `id`, to price them.
-    pub async fn volume_gib(&self, id: &str) -> Result<u32, AwsError> {
-        let found = self
-            .ec2
-            .describe_volumes()
-            .filters(
-                Filter::builder()
-                    .name("attachment.instance-id")
-                    .values(id)
-                    .build(),
-            )
-            .send()
-            .await
-            .explain(format_args!("list the volumes of {id}"))?;
-        Ok(found
-            .volumes()
-            .iter()
-            .filter_map(|v| v.size())
-            .map(|gib| gib.max(0) as u32)
-            .sum())
-    }
-
     /// Polls until the instance reaches `target`, or fails once `deadline` has passed or it
     /// lands somewhere it cannot come back from. A failed poll (throttled, or a new instance
     /// that AWS does not show yet) does not end the wait.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cloud::userdata::UserData;
 use crate::cloud::{Cloud, LaunchRequest, TypeInfo, guess_user};
-use crate::fleet::{image_for, ingress_cidr};
+use crate::fleet::{image_for, ingress_cidr, root_volume_gib};
 use crate::keys::LoginKey;
 use crate::plan::{Ingress, Plan};
 use crate::price::{self, Hourly};
@@ -62,7 +62,7 @@ struct Launch {
     subnet: Option<String>,
     /// Without a subnet: EC2's pick first, then these zones' default subnets.
     zones: Vec<String>,
-    volume_gib: Option<i32>,
+    volume_gib: Option<u32>,
     instance_profile: Option<String>,
     /// The user-data, its secrets elided.
     user_data: String,
@@ -213,10 +213,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
         vpc,
         subnet: spec.subnet_id.clone(),
         zones,
-        volume_gib: spec
-            .volume_size
-            .map(|gib| gib as i32)
-            .or(image.root_volume.as_ref().map(|r| r.size_gib)),
+        volume_gib: root_volume_gib(plan, &image),
         instance_profile: spec.instance_profile.clone(),
         user_data,
         allowed: asked.is_ok(),

@@ -271,14 +271,6 @@ async fn end_of_run(
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }
-    // Read before the end of life: a terminated instance's volumes go with it.
-    let volume_gib = match cloud.volume_gib(&machine.instance.id).await {
-        Ok(gib) => Some(gib).filter(|&gib| gib > 0),
-        Err(e) => {
-            tracing::debug!("the run's cost leaves the volume out: {e}");
-            None
-        }
-    };
     let ended = {
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instance, action, printer).await
@@ -307,7 +299,7 @@ async fn end_of_run(
             &machine.instance.instance_type,
             &cloud.region,
             elapsed,
-            volume_gib
+            machine.volume_gib
         ),
     ));
     match (interrupted, work, ended) {

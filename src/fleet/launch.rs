@@ -165,12 +165,28 @@ pub async fn launch(
         "launched {} ({})",
         instance.id, instance.instance_type
     ));
+    let volume_gib = types
+        .iter()
+        .find(|(instance_type, _)| *instance_type == instance.instance_type)
+        .and_then(|(_, image)| root_volume_gib(plan, image));
+    if let Some(gib) = volume_gib {
+        store.note_volume(&instance.id, gib);
+    }
     Ok(Machine {
         instance,
         keys,
         user,
         origin: Origin::Launched,
+        volume_gib,
     })
+}
+
+/// The size of the root volume of an instance launched from `image`.
+pub fn root_volume_gib(plan: &Plan, image: &Image) -> Option<u32> {
+    plan.launch.volume_size.or(image
+        .root_volume
+        .as_ref()
+        .map(|root| root.size_gib.max(0) as u32))
 }
 
 /// The image to launch for `instance_type`: the one named by id, else the newest match that

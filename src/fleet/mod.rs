@@ -22,7 +22,7 @@ use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
 use crate::printer::Printer;
 use end_of_life::Origin;
-pub use launch::image_for;
+pub use launch::{image_for, root_volume_gib};
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
@@ -30,6 +30,8 @@ pub struct Machine {
     pub keys: InstanceKeys,
     pub user: String,
     pub origin: Origin,
+    /// Its root volume's size, when known (to price it).
+    pub volume_gib: Option<u32>,
 }
 
 /// Finds this directory's instance (starting it if stopped), or launches one.
@@ -138,6 +140,7 @@ async fn reuse(
     }
     phase.done(format!("reusing {}", instance.id));
     Ok(Machine {
+        volume_gib: store.volume(&instance.id),
         instance,
         keys,
         user,
