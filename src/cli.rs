@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, ValueEnum};
+use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
 use crate::config::{EndOfLife, HostPort, InstanceTypes, SubnetIds, Tag};
 use crate::ssh::forward::Forward;
@@ -21,6 +21,7 @@ use crate::ssh::forward::Forward;
                   preset of theirs, ./.env and the environment (see README.md); flags win. \
                   --show-config shows where each one came from."
 )]
+#[command(group(ArgGroup::new("json_modes").args(["list", "dry_run"]).multiple(true)))]
 pub struct Cli {
     #[command(flatten)]
     pub job: JobFlags,
@@ -64,6 +65,9 @@ pub struct Cli {
     #[command(flatten)]
     pub fleet: FleetFlags,
 
+    #[command(flatten)]
+    pub look: LookFlags,
+
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -93,6 +97,10 @@ pub enum Mode {
     Down,
     /// Show (and with `yes`, remove) what ssh-ec2 left behind.
     Gc { yes: bool, all_regions: bool },
+    /// Resolve what a run would do and what it would cost; create nothing.
+    DryRun { json: bool },
+    /// Print (or install) an OpenSSH config block for this directory's instance.
+    SshConfig { install: bool },
 }
 
 /// What `--generate` prints.
@@ -136,13 +144,13 @@ impl Cli {
         }
         if self.config.setup {
             return Mode::Setup {
-                dry_run: self.config.dry_run,
+                dry_run: self.look.dry_run,
             };
         }
         let fleet = &self.fleet;
         if fleet.list {
             return Mode::List {
-                json: fleet.json,
+                json: self.look.json,
                 all_regions: fleet.all_regions,
             };
         }
@@ -153,6 +161,16 @@ impl Cli {
             return Mode::Gc {
                 yes: fleet.yes,
                 all_regions: fleet.all_regions,
+            };
+        }
+        if self.look.dry_run {
+            return Mode::DryRun {
+                json: self.look.json,
+            };
+        }
+        if self.look.ssh_config {
+            return Mode::SshConfig {
+                install: self.look.install,
             };
         }
         let job = &self.job;
@@ -297,9 +315,6 @@ pub struct ConfigFlags {
         conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate"]
     )]
     pub setup: bool,
-    /// Change nothing: print what would be done (with --setup).
-    #[arg(long, requires = "setup")]
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -312,9 +327,6 @@ pub struct FleetFlags {
         conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate", "down", "gc"]
     )]
     pub list: bool,
-    /// With --list: print JSON instead of a table.
-    #[arg(long, requires = "list")]
-    pub json: bool,
     /// With --list or --gc: every enabled region, not only the current one.
     #[arg(long)]
     pub all_regions: bool,
@@ -336,6 +348,30 @@ pub struct FleetFlags {
     /// With --gc: remove what it shows (terminating those instances).
     #[arg(long, requires = "gc")]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Before and beside a run")]
+pub struct LookFlags {
+    /// Change nothing: say what would be done (with a run: the region, image, type, subnet,
+    /// SSH rule, user-data, what would be synced, the price, and whether AWS would allow the
+    /// launch; with --setup: what it would create or update), then exit.
+    #[arg(long, conflicts_with_all = ["attach", "finish"])]
+    pub dry_run: bool,
+    /// With --dry-run or --list: print JSON, for scripts.
+    #[arg(long, requires = "json_modes")]
+    pub json: bool,
+    /// Print an OpenSSH config block (Host alias, key, pinned host key) for this directory's
+    /// instance, for ssh, scp, sftp and VS Code Remote-SSH.
+    #[arg(
+        long,
+        conflicts_with_all = ["detach", "attach", "finish", "command", "dry_run"]
+    )]
+    pub ssh_config: bool,
+    /// With --ssh-config: write it where ~/.ssh/config includes it (removed when the instance
+    /// is terminated).
+    #[arg(long, requires = "ssh_config")]
+    pub install: bool,
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The SSH keys of each instance, kept under the XDG state directory:
 //! `instances/<id>/login_ed25519` (0600, only for per-run keys) and
 //! `instances/<id>/host_ed25519.pub`, the only host key ssh-ec2 accepts from that instance, and
-//! `instances/<id>/manifest`, what its last sync left on both sides. Before the instance exists
+//! `instances/<id>/manifest`, what its last sync left on both sides; `--ssh-config` adds
+//! `known_hosts` (that host key, for OpenSSH) and `ssh_config_entry` (where `--install` wrote
+//! its OpenSSH entry, which goes with the keys); `volume_gib`, its root volume's size, prices
+//! it. Before the instance exists
 //! they wait in `instances/pending-<launch id>/`, beside the launch's record (`launch.json`, see
 //! `fleet::journal`); adopting the instance renames that directory in one step.
 
@@ -20,7 +23,12 @@ pub enum LoginKey {
     /// A fresh ed25519 key per instance, handed over in user-data: nothing left in EC2.
     PerRun,
     /// An existing EC2 key pair and its private key (`-i`, AWS_KEY_NAME).
-    KeyPair { name: String, key: Arc<PrivateKey> },
+    KeyPair {
+        name: String,
+        key: Arc<PrivateKey>,
+        /// Where it was read from, for OpenSSH (`--ssh-config`).
+        path: PathBuf,
+    },
 }
 
 /// What ssh-ec2 needs to reach one instance.
@@ -51,6 +59,12 @@ const KEY_PAIR_FILE: &str = "key_pair";
 /// The record of the launch the keys are waiting for.
 const LAUNCH_FILE: &str = "launch.json";
 const PENDING: &str = "pending-";
+/// The pinned host key in OpenSSH's known_hosts form, for `--ssh-config`.
+const KNOWN_HOSTS_FILE: &str = "known_hosts";
+/// Where `--ssh-config --install` wrote the instance's entry, removed when it is forgotten.
+const SSH_CONFIG_ENTRY_FILE: &str = "ssh_config_entry";
+/// The GiB of the root volume it was launched with, to price it.
+const VOLUME_FILE: &str = "volume_gib";
 
 impl KeyStore {
     pub fn new(state_dir: &Path) -> Self {
@@ -85,7 +99,7 @@ impl KeyStore {
         let host_public_openssh = host.public_key().to_openssh()?;
         write_private(&dir.join(HOST_FILE), &host_public_openssh)?;
         let (login, authorized_key) = match login {
-            LoginKey::KeyPair { name, key } => {
+            LoginKey::KeyPair { name, key, .. } => {
                 write_private(&dir.join(KEY_PAIR_FILE), name)?;
                 (key.clone(), None)
             }
@@ -177,7 +191,7 @@ impl KeyStore {
         let host = PublicKey::from_openssh(host.trim()).with_context(missing)?;
         let launched_with = fs::read_to_string(dir.join(KEY_PAIR_FILE)).ok();
         let login = match (login, launched_with) {
-            (LoginKey::KeyPair { name, key }, Some(pair)) if *name == pair => key.clone(),
+            (LoginKey::KeyPair { name, key, .. }, Some(pair)) if *name == pair => key.clone(),
             (LoginKey::PerRun, None) => {
                 let text = fs::read_to_string(dir.join(LOGIN_FILE)).with_context(missing)?;
                 Arc::new(PrivateKey::from_openssh(text).with_context(missing)?)
@@ -233,9 +247,64 @@ impl KeyStore {
             .collect()
     }
 
-    /// Forgets a terminated instance.
+    /// Forgets a terminated instance, and the OpenSSH entry installed for it.
     pub fn forget(&self, instance_id: &str) {
-        let _ = fs::remove_dir_all(self.instance_dir(instance_id));
+        let dir = self.instance_dir(instance_id);
+        if let Some(entry) = self.ssh_config_entry(instance_id) {
+            let _ = fs::remove_file(entry);
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// What OpenSSH needs to log in to the instance as ssh-ec2 does: the login key's file, and
+    /// a known_hosts file (written here) that holds the pinned host key under `host_alias`.
+    pub fn openssh_files(
+        &self,
+        instance_id: &str,
+        login: &LoginKey,
+        host_alias: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let keys = self.load(instance_id, login)?;
+        let dir = self.instance_dir(instance_id);
+        let identity = match login {
+            LoginKey::PerRun => dir.join(LOGIN_FILE),
+            LoginKey::KeyPair { path, .. } => path.clone(),
+        };
+        let known_hosts = dir.join(KNOWN_HOSTS_FILE);
+        let line = format!("{host_alias} {}\n", keys.host.to_openssh()?);
+        fs::write(&known_hosts, line)
+            .with_context(|| format!("cannot write {}", known_hosts.display()))?;
+        Ok((identity, known_hosts))
+    }
+
+    /// Remembers the size of the root volume the instance was launched with; a price without
+    /// it only lacks the volume, so a failure to write is no error.
+    pub fn note_volume(&self, instance_id: &str, gib: u32) {
+        let _ = fs::write(
+            self.instance_dir(instance_id).join(VOLUME_FILE),
+            gib.to_string(),
+        );
+    }
+
+    /// The size of the root volume the instance was launched with, if it was noted.
+    pub fn volume(&self, instance_id: &str) -> Option<u32> {
+        let text = fs::read_to_string(self.instance_dir(instance_id).join(VOLUME_FILE)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// The OpenSSH config entry installed for the instance, if there is one.
+    pub fn ssh_config_entry(&self, instance_id: &str) -> Option<PathBuf> {
+        let marker = self.instance_dir(instance_id).join(SSH_CONFIG_ENTRY_FILE);
+        let entry = fs::read_to_string(marker).ok()?;
+        Some(PathBuf::from(entry.trim_end_matches('\n'))).filter(|e| e.exists())
+    }
+
+    /// Remembers that `entry` (an OpenSSH config file) belongs to the instance: it goes when
+    /// the instance is forgotten.
+    pub fn note_ssh_config_entry(&self, instance_id: &str, entry: &Path) -> Result<()> {
+        let marker = self.instance_dir(instance_id).join(SSH_CONFIG_ENTRY_FILE);
+        fs::write(&marker, format!("{}\n", entry.display()))
+            .with_context(|| format!("cannot write {}", marker.display()))
     }
 }
 

@@ -18,6 +18,7 @@ mod keys;
 mod lock;
 mod machine;
 mod plan;
+mod price;
 mod printer;
 mod remote;
 mod ssh;

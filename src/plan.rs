@@ -263,6 +263,7 @@ impl Plan {
                 LoginKey::KeyPair {
                     name,
                     key: Arc::new(key),
+                    path,
                 }
             }
         };

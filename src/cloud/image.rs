@@ -116,6 +116,11 @@ impl Cloud {
 
     /// The processor architectures `instance_type` runs; also checks that it exists here.
     async fn architectures_of(&self, instance_type: &str) -> Result<Vec<String>> {
+        Ok(self.instance_type(instance_type).await?.architectures)
+    }
+
+    /// What an instance of `instance_type` has; fails when the type is not offered here.
+    pub async fn instance_type(&self, instance_type: &str) -> Result<TypeInfo> {
         let found = self
             .ec2
             .describe_instance_types()
@@ -126,21 +131,60 @@ impl Cloud {
                 "look up instance type {instance_type} in {}",
                 self.region
             ))?;
-        let architectures: Vec<String> = found
-            .instance_types()
+        let info = found.instance_types().first();
+        let architectures: Vec<String> = info
+            .and_then(|t| t.processor_info())
+            .map(|p| p.supported_architectures())
+            .unwrap_or_default()
             .iter()
-            .filter_map(|t| t.processor_info())
-            .flat_map(|p| p.supported_architectures())
             .map(|a| a.as_str().to_string())
             .collect();
-        if architectures.is_empty() {
+        let Some(info) = info.filter(|_| !architectures.is_empty()) else {
             bail!(
                 "instance type {instance_type} is not offered in {}: check --instance-type",
                 self.region
             );
-        }
-        Ok(architectures)
+        };
+        let gpus = info
+            .gpu_info()
+            .map(|g| g.gpus())
+            .unwrap_or_default()
+            .iter()
+            .map(|gpu| Gpus {
+                count: gpu.count().unwrap_or(0),
+                maker: gpu.manufacturer().unwrap_or_default().to_string(),
+                model: gpu.name().unwrap_or_default().to_string(),
+                memory_mib: gpu.memory_info().and_then(|m| m.size_in_mib()),
+            })
+            .collect();
+        Ok(TypeInfo {
+            name: instance_type.to_string(),
+            architectures,
+            vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()),
+            memory_mib: info.memory_info().and_then(|m| m.size_in_mib()),
+            gpus,
+        })
     }
+}
+
+/// What an instance type offers, as DescribeInstanceTypes says.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TypeInfo {
+    pub name: String,
+    pub architectures: Vec<String>,
+    pub vcpus: Option<i32>,
+    pub memory_mib: Option<i64>,
+    pub gpus: Vec<Gpus>,
+}
+
+/// GPUs of one model in an instance type.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Gpus {
+    pub count: i32,
+    pub maker: String,
+    pub model: String,
+    /// Each GPU's own.
+    pub memory_mib: Option<i32>,
 }
 
 /// The default login user of well-known images, from the image name (as the original tool did).

@@ -235,7 +235,8 @@ pub struct LaunchRequest<'a> {
     pub image: &'a Image,
     pub instance_type: &'a str,
     pub user_data: &'a str,
-    pub security_group: &'a str,
+    /// `None`: the VPC's default group (only to ask whether a launch would be allowed).
+    pub security_group: Option<&'a str>,
     /// The group was made for this instance: tagged on it, to be deleted with it. An
     /// admin-made group is not.
     pub own_group: bool,
@@ -385,10 +386,62 @@ impl Cloud {
     }
 
     pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Instance> {
+        let run = self.run_instances(request)?;
+        let group = request.security_group.unwrap_or_default();
+        let launched = self
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                run.clone().send().await.explain(format_args!(
+                    "launch a {} instance of {} in {}",
+                    request.instance_type, request.image.id, self.region
+                ))
+            })
+            .await?;
+        let instance = launched
+            .instances()
+            .first()
+            .and_then(Instance::from_sdk)
+            .context("EC2 accepted the launch but returned no instance: check the EC2 console")?;
+        self.note_created(&instance.id);
+        Ok(instance)
+    }
+
+    /// Asks EC2 whether `request` would be allowed, with its own DryRun flag: nothing is
+    /// launched. `Ok(())` means yes; the error says what AWS refused (the missing right, an
+    /// image it cannot use…).
+    pub async fn may_launch(&self, request: &LaunchRequest<'_>) -> Result<()> {
+        let asked = self.run_instances(request)?.dry_run(true).send().await;
+        let e = match asked {
+            Err(e) if e.code() == Some("DryRunOperation") => return Ok(()),
+            Err(e) => e,
+            Ok(launched) => {
+                // An endpoint that ignores DryRun launched it: it must not run on.
+                for instance in launched.instances() {
+                    if let Some(id) = instance.instance_id() {
+                        self.terminate(id).await?;
+                    }
+                }
+                bail!(
+                    "the EC2 endpoint ignored DryRun and launched an instance (now terminated): \
+                     check AWS_ENDPOINT_URL"
+                );
+            }
+        };
+        let refused = Err::<(), _>(e).explain(format_args!(
+            "launch a {} instance of {} in {}",
+            request.instance_type, request.image.id, self.region
+        ));
+        Err(self.explain_denial(refused.unwrap_err().into()).await)
+    }
+
+    /// The RunInstances request of a launch, ready to send.
+    fn run_instances(
+        &self,
+        request: &LaunchRequest<'_>,
+    ) -> Result<aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder> {
         let user_data = base64::engine::general_purpose::STANDARD.encode(request.user_data);
         let mut tags = request.tags.to_vec();
-        if request.own_group {
-            tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
+        if let Some(group) = request.security_group.filter(|_| request.own_group) {
+            tags.push((TAG_SECURITY_GROUP.into(), group.into()));
         }
         tags.push((TAG_USER.into(), request.login_user.into()));
         tags.push((TAG_LAUNCH.into(), request.launch_id.into()));
@@ -432,7 +485,7 @@ impl Cloud {
             .min_count(1)
             .max_count(1)
             .user_data(user_data)
-            .security_group_ids(request.security_group)
+            .set_security_group_ids(request.security_group.map(|g| vec![g.to_string()]))
             .set_subnet_id(request.subnet_id.map(str::to_string))
             .set_key_name(request.key_name.map(str::to_string))
             .set_iam_instance_profile(request.instance_profile.map(|name| {
@@ -453,22 +506,7 @@ impl Cloud {
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
             .client_token(request.client_token);
-        let group = request.security_group;
-        let launched = self
-            .despite_lag(group, "InvalidGroup.NotFound", async || {
-                run.clone().send().await.explain(format_args!(
-                    "launch a {} instance of {} in {}",
-                    request.instance_type, request.image.id, self.region
-                ))
-            })
-            .await?;
-        let instance = launched
-            .instances()
-            .first()
-            .and_then(Instance::from_sdk)
-            .context("EC2 accepted the launch but returned no instance: check the EC2 console")?;
-        self.note_created(&instance.id);
-        Ok(instance)
+        Ok(run)
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {

@@ -22,7 +22,7 @@ use aws_sdk_ec2::config::Region;
 use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
-pub use image::{Image, guess_user};
+pub use image::{Image, TypeInfo, guess_user};
 pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Owned, Ownership, State};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
 

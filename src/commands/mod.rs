@@ -1,10 +1,12 @@
-//! The modes, one file each (`run` also detaches; `attach`; `finish`; `setup`, for the admin;
-//! `show_config` and `generate`, which stay local), and what the instance's modes share:
+//! The modes, one file each (`run` also detaches; `attach`; `finish`; `list`, `down` and `gc`
+//! for what ssh-ec2 made; `dry_run` and `ssh_config`, which launch nothing; `setup`, for the
+//! admin; `show_config` and `generate`, which stay local), and what the instance's modes share:
 //! reaching the instance, pulling results home, following a job, and the end of a run (end of
-//! life, conflicts, summary line, exit status).
+//! life, conflicts, summary line with the cost, exit status).
 
 mod attach;
 mod down;
+mod dry_run;
 mod finish;
 mod gc;
 mod generate;
@@ -12,6 +14,7 @@ mod list;
 mod run;
 mod setup;
 mod show_config;
+mod ssh_config;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::backoff::Backoff;
 use crate::cli::{Cli, Mode};
-use crate::cloud::{Cloud, State};
+use crate::cloud::{Cloud, Instance, State};
 use crate::config::{EndOfLife, HostPort, Sources};
 use crate::fleet::Machine;
 use crate::fleet::end_of_life;
@@ -57,6 +60,13 @@ pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
         Mode::Gc { yes, all_regions } => on_instance(cli, async |plan| {
             gc::gc(plan, printer, yes, all_regions).await
         }),
+        Mode::DryRun { json } => on_instance(cli, async |plan| dry_run::dry_run(plan, json).await),
+        Mode::SshConfig { install } => {
+            let home = Host::detect()?.home;
+            on_instance(cli, async |plan| {
+                ssh_config::ssh_config(plan, &home, install, printer).await
+            })
+        }
     }
 }
 
@@ -291,12 +301,19 @@ async fn end_of_run(
         (Ok(()), EndOfLife::Stop) => "stopped",
         (Ok(()), EndOfLife::Leave) => "left running",
     };
+    let elapsed = started.elapsed();
     printer.info(&format!(
-        "{} ({}, {}): {}, {fate}",
+        "{} ({}, {}): {}, {fate}, {}",
         machine.instance.id,
         machine.instance.instance_type,
         cloud.region,
-        format_duration(started.elapsed()),
+        format_duration(elapsed),
+        crate::price::run_cost(
+            &machine.instance.instance_type,
+            &cloud.region,
+            elapsed,
+            machine.volume_gib
+        ),
     ));
     match (interrupted, work, ended) {
         // Something the run made is still alive against the policy: that outweighs the signal.
@@ -360,6 +377,14 @@ async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let target = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
+    let id = &scene.machine.instance.id;
+    if let Err(e) =
+        ssh_config::refresh_installed(plan, scene.store, id, &target.user, &target.address)
+    {
+        printer.warn(&format!(
+            "{e:#}: `ssh-ec2 --ssh-config --install` writes the OpenSSH entry of {id} again"
+        ));
+    }
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
@@ -393,23 +418,29 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
     let id = &machine.instance.id;
     let phase = printer.phase(format!("waiting for {id} to run"));
     let running = cloud.wait_until(id, State::Running, deadline).await?;
-    let address = match &plan.connect {
-        Some(address) => address.clone(),
-        None => HostPort {
-            host: running
-                .address()
-                .with_context(|| {
-                    format!("{id} has no IP address: pass --connect HOST:PORT (e.g. an SSM tunnel)")
-                })?
-                .to_string(),
-            port: 22,
-        },
-    };
+    let address = ssh_address(plan, &running)?;
     phase.done(format!("{id} is running"));
     Ok(Target {
         address,
         user: machine.user.clone(),
         keys: machine.keys.clone(),
+    })
+}
+
+/// Where the instance's sshd is reached: --connect, else its address, port 22.
+fn ssh_address(plan: &Plan, instance: &Instance) -> Result<HostPort> {
+    if let Some(address) = &plan.connect {
+        return Ok(address.clone());
+    }
+    let host = instance.address().with_context(|| {
+        format!(
+            "{} has no IP address: pass --connect HOST:PORT (e.g. an SSM tunnel)",
+            instance.id
+        )
+    })?;
+    Ok(HostPort {
+        host: host.to_string(),
+        port: 22,
     })
 }
 

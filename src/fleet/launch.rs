@@ -77,6 +77,11 @@ pub async fn launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let spec = &plan.launch;
+    // Before anything is paid for.
+    printer.info(&crate::price::price_line(
+        &spec.instance_type,
+        &cloud.region,
+    ));
     let phase = printer.phase(format!(
         "launching a {} instance in {}",
         spec.instance_type, cloud.region
@@ -87,10 +92,7 @@ pub async fn launch(
     // Every type's image now: a typo in --fallback-types fails before anything is created.
     let mut types = Vec::new();
     for instance_type in std::iter::once(&spec.instance_type).chain(&spec.fallback_types) {
-        let image = match &spec.image {
-            ImageChoice::Id(id) => cloud.image_by_id(id, instance_type).await?,
-            ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, instance_type).await?,
-        };
+        let image = image_for(cloud, &spec.image, instance_type).await?;
         types.push((instance_type.as_str(), image));
     }
     let vpc = vpc_of(cloud, &spec.subnets).await?;
@@ -186,17 +188,25 @@ pub async fn launch(
         "launched {} ({})",
         instance.id, instance.instance_type
     ));
+    let volume_gib = types
+        .iter()
+        .find(|(instance_type, _)| *instance_type == instance.instance_type)
+        .and_then(|(_, image)| root_volume_gib(plan, image));
+    if let Some(gib) = volume_gib {
+        store.note_volume(&instance.id, gib);
+    }
     Ok(Machine {
         instance,
         keys,
         user,
         origin: Origin::Launched,
+        volume_gib,
     })
 }
 
 /// The VPC of the user's subnets (the default VPC without them): the security group belongs
 /// to one VPC, so they must all be in it.
-async fn vpc_of(cloud: &Cloud, subnets: &[String]) -> Result<String> {
+pub async fn vpc_of(cloud: &Cloud, subnets: &[String]) -> Result<String> {
     let Some((first, others)) = subnets.split_first() else {
         return cloud.vpc_for(None).await;
     };
@@ -211,6 +221,23 @@ async fn vpc_of(cloud: &Cloud, subnets: &[String]) -> Result<String> {
         }
     }
     Ok(vpc)
+}
+
+/// The size of the root volume of an instance launched from `image`.
+pub fn root_volume_gib(plan: &Plan, image: &Image) -> Option<u32> {
+    plan.launch.volume_size.or(image
+        .root_volume
+        .as_ref()
+        .map(|root| root.size_gib.max(0) as u32))
+}
+
+/// The image to launch for `instance_type`: the one named by id, else the newest match that
+/// the type can run.
+pub async fn image_for(cloud: &Cloud, choice: &ImageChoice, instance_type: &str) -> Result<Image> {
+    match choice {
+        ImageChoice::Id(id) => cloud.image_by_id(id, instance_type).await,
+        ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, instance_type).await,
+    }
 }
 
 /// The RunInstances attempts of one launch, once its keys and group exist.
@@ -291,7 +318,7 @@ impl Attempts<'_> {
                 image,
                 instance_type,
                 user_data: self.user_data,
-                security_group: self.group,
+                security_group: Some(self.group),
                 own_group: self.plan.launch.security_group.is_none(),
                 login_user: &user,
                 subnet_id: place.subnet_id(),

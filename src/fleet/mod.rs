@@ -23,6 +23,7 @@ use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
 use crate::printer::{Phase, Printer};
 use end_of_life::Origin;
+pub use launch::{image_for, root_volume_gib, vpc_of};
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
@@ -30,6 +31,8 @@ pub struct Machine {
     pub keys: InstanceKeys,
     pub user: String,
     pub origin: Origin,
+    /// Its root volume's size, when known (to price it).
+    pub volume_gib: Option<u32>,
 }
 
 /// Finds this directory's instance (starting it if stopped), or launches one.
@@ -181,12 +184,7 @@ async fn reuse(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let keys = store.load(&instance.id, &plan.login)?;
-    let user = plan
-        .launch
-        .user
-        .clone()
-        .or(instance.login_user.clone())
-        .unwrap_or_else(|| guess_user("").into());
+    let user = login_user(plan, &instance);
     let phase = printer.phase(format!(
         "reusing {} ({})",
         instance.id,
@@ -210,6 +208,7 @@ async fn reuse(
     }
     phase.done(format!("reusing {}", instance.id));
     Ok(Machine {
+        volume_gib: store.volume(&instance.id),
         instance,
         keys,
         user,
@@ -233,7 +232,17 @@ async fn start(cloud: &Cloud, instance: &Instance, phase: &Phase) -> Result<()> 
     Ok(())
 }
 
-async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
+/// Who logs in to an instance launched earlier: as set, else as recorded at its launch.
+pub fn login_user(plan: &Plan, instance: &Instance) -> String {
+    plan.launch
+        .user
+        .clone()
+        .or(instance.login_user.clone())
+        .unwrap_or_else(|| guess_user("").into())
+}
+
+/// The CIDR the SSH rule lets in.
+pub async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
     match ingress {
         Ingress::Cidr(cidr) => Ok(*cidr),
         Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,

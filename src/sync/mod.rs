@@ -361,14 +361,7 @@ impl<'a> Rsync<'a> {
             "--modify-window=-1",
         ]);
         rsync.arg(itemize::out_format());
-        if let Some(ignore) = &self.plan.ignore_file {
-            let mut option = OsString::from("--exclude-from=");
-            option.push(ignore);
-            rsync.arg(option);
-        }
-        for secret in SECRETS {
-            rsync.arg(format!("--filter=- {secret}"));
-        }
+        rsync.args(filters(self.plan));
         rsync
     }
 
@@ -413,6 +406,64 @@ impl<'a> Rsync<'a> {
             return Ok(outcome);
         }
     }
+}
+
+/// What every transfer leaves out: `.rsyncignore`, then the secrets.
+fn filters(plan: &SyncPlan) -> Vec<OsString> {
+    let mut args = Vec::new();
+    if let Some(ignore) = &plan.ignore_file {
+        let mut option = OsString::from("--exclude-from=");
+        option.push(ignore);
+        args.push(option);
+    }
+    for secret in SECRETS {
+        args.push(format!("--filter=- {secret}").into());
+    }
+    args
+}
+
+/// How much a first push of `local_dir` sends: files and their bytes, as rsync itself counts
+/// them with the push's options and filters, without a transfer and without an instance.
+pub async fn first_push_size(plan: &SyncPlan, local_dir: &Path) -> Result<(u64, u64)> {
+    let mut root = local_dir.as_os_str().to_os_string();
+    root.push("/");
+    // Never created: rsync --dry-run only pretends to fill it.
+    let nowhere = std::env::temp_dir().join(format!(
+        "ssh-ec2-dry-run-{}-never-created",
+        std::process::id()
+    ));
+    let output = tokio::process::Command::new(&plan.rsync)
+        .args(["--archive", "--no-owner", "--no-group", "--safe-links"])
+        .args(["--dry-run", "--stats"])
+        .args(filters(plan))
+        .arg(root)
+        .arg(&nowhere)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", plan.rsync.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "rsync could not list {} ({}): {}",
+            local_dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let stat = |label: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+            // Thousands separators, whatever the locale.
+            .and_then(|n| n.replace([',', '.', '\''], "").parse::<u64>().ok())
+            .with_context(|| format!("rsync --stats did not say `{label}`:\n{stdout}"))
+    };
+    Ok((
+        stat("Number of regular files transferred: ")?,
+        stat("Total transferred file size: ")?,
+    ))
 }
 
 /// How often a transfer is started when signals keep killing rsync as it starts.
