@@ -198,6 +198,14 @@ pub struct InstanceFlags {
     /// Remote directory to sync into and run in (default: ~/<this directory's name>).
     #[arg(long, value_name = "DIR")]
     pub remote_dir: Option<String>,
+    /// The instance stops itself this long after the last run began, whatever it does
+    /// (e.g. 24h, 90m, 1h30m; default 24h); off: never (not recommended).
+    #[arg(long, value_name = "DURATION")]
+    pub max_lifetime: Option<crate::remote::watchdog::Limit>,
+    /// The instance stops itself once no run, job or SSH login has used it for this long
+    /// (default 60m); off: never.
+    #[arg(long, value_name = "DURATION")]
+    pub idle_stop: Option<crate::remote::watchdog::Limit>,
 }
 
 #[derive(Debug, Args)]

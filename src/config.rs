@@ -15,6 +15,8 @@ use crate::plan::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_CHECKIP_URL, DEFAULT_IMAGE_NAME, DEFAULT_INSTANCE_TYPE,
     DEFAULT_RECONNECT_TIMEOUT,
 };
+use crate::plan::{DEFAULT_IDLE_STOP, DEFAULT_MAX_LIFETIME};
+use crate::remote::watchdog::Limit;
 
 /// What happens to the instance once the command is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -211,7 +213,7 @@ impl fmt::Display for Multiplex {
     }
 }
 
-deserialize_from_str!(EndOfLife, HostPort, Multiplex);
+deserialize_from_str!(EndOfLife, HostPort, Multiplex, Limit);
 
 /// A setting's value as `--show-config` prints it.
 trait Shown {
@@ -235,7 +237,8 @@ shown_by_display!(
     EndOfLife,
     HostPort,
     ipnet::IpNet,
-    Multiplex
+    Multiplex,
+    Limit
 );
 
 impl Shown for InstanceTypes {
@@ -389,6 +392,10 @@ layer! {
     key_name: String = ["AWS_KEY_NAME"] => computed("a fresh key per instance; with -i, the owner"),
     identity_file: PathBuf = ["AWS_PEM"] => computed("with a key pair name, ~/.ssh/<name>.pem"),
     final_state: EndOfLife = ["AWS_FINAL_STATE"] => value(EndOfLife::Terminate),
+    /// The instance stops itself this long after the last run began (its dead-man switch).
+    max_lifetime: Limit = ["SSH_EC2_MAX_LIFETIME"] => value(DEFAULT_MAX_LIFETIME),
+    /// The instance stops itself once nothing has used it for this long.
+    idle_stop: Limit = ["SSH_EC2_IDLE_STOP"] => value(DEFAULT_IDLE_STOP),
     connect: HostPort = ["SSH_EC2_CONNECT"] => computed("the instance's IP, port 22"),
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"] => computed("this machine's public IP"),
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"] => value(DEFAULT_CHECKIP_URL),
@@ -444,6 +451,8 @@ impl Layer {
             key_name: cli.key_name.clone(),
             identity_file: cli.identity_file.clone(),
             final_state: cli.end_of_life.chosen(),
+            max_lifetime: i.max_lifetime,
+            idle_stop: i.idle_stop,
             connect: n.connect.clone(),
             ssh_cidr: n.ssh_cidr,
             checkip_url: None,

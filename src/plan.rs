@@ -13,6 +13,7 @@ use crate::cloud::Ownership;
 use crate::config::{EndOfLife, HostPort, Layer, Multiplex};
 use crate::keys::{LoginKey, load_identity};
 use crate::remote::RemoteDir;
+use crate::remote::watchdog::{Arming, Limit};
 use crate::ssh::forward::{Forward, LocalForward};
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "g4dn.xlarge";
@@ -21,6 +22,9 @@ pub const DEFAULT_CHECKIP_URL: &str = "https://checkip.amazonaws.com";
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Long enough for a laptop to wake up or change networks.
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+/// A day: a forgotten instance costs at most that; a longer job asks for more.
+pub const DEFAULT_MAX_LIFETIME: Limit = Limit::hours(24);
+pub const DEFAULT_IDLE_STOP: Limit = Limit::hours(1);
 /// EC2 tag values hold at most 256 characters.
 const MAX_TAG_VALUE: usize = 256;
 
@@ -57,6 +61,8 @@ pub struct Plan {
     /// `-L`, their local ports already bound, and `-R`.
     pub local_forwards: Vec<LocalForward>,
     pub remote_forwards: Vec<Forward>,
+    /// The instance's dead-man switch, as this run arms it.
+    pub watchdog: Arming,
 }
 
 #[derive(Debug)]
@@ -342,6 +348,11 @@ impl Plan {
                 .map_or(host.state_dir.clone(), |d| d.join("ssh-ec2")),
             local_forwards,
             remote_forwards: cli.forwards.remote.clone(),
+            watchdog: Arming::new(
+                std::time::SystemTime::now(),
+                settings.max_lifetime.unwrap_or(DEFAULT_MAX_LIFETIME),
+                settings.idle_stop.unwrap_or(DEFAULT_IDLE_STOP),
+            ),
         })
     }
 }

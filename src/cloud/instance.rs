@@ -31,6 +31,9 @@ const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 const TAG_USER: &str = "ssh-ec2:user";
 /// The launch that made the instance (see fleet::journal): found by it after a lost answer.
 const TAG_LAUNCH: &str = "ssh-ec2:launch";
+/// When the instance stops itself (its dead-man switch, see `remote::watchdog`), ISO 8601 UTC;
+/// kept current by every run.
+const TAG_EXPIRES_AT: &str = "ssh-ec2:expires-at";
 
 /// RunInstances errors that say "not here, not now": the launch may work in another zone or
 /// with another type.
@@ -207,6 +210,8 @@ pub struct LaunchRequest<'a> {
     pub client_token: &'a str,
     /// Its launch in the journal, tagged so that the instance is found if the answer is lost.
     pub launch_id: &'a str,
+    /// The `ssh-ec2:expires-at` tag; `None`: the instance has no maximum lifetime.
+    pub expires_at: Option<&'a str>,
 }
 
 pub(super) fn tag_specification(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
@@ -307,6 +312,9 @@ impl Cloud {
         tags.push((TAG_SECURITY_GROUP.into(), request.security_group.into()));
         tags.push((TAG_USER.into(), request.login_user.into()));
         tags.push((TAG_LAUNCH.into(), request.launch_id.into()));
+        if let Some(at) = request.expires_at {
+            tags.push((TAG_EXPIRES_AT.into(), at.into()));
+        }
         // The image's own root volume, made deletable on termination (and resized if asked).
         let root_volume = match &request.image.root_volume {
             Some(root) => {
@@ -384,6 +392,42 @@ impl Cloud {
             .context("EC2 accepted the launch but returned no instance: check the EC2 console")?;
         self.note_created(&instance.id);
         Ok(instance)
+    }
+
+    /// Keeps the `ssh-ec2:expires-at` tag in step with the dead-man switch a run re-arms;
+    /// `None` removes it (no maximum lifetime).
+    pub async fn set_expiry(&self, id: &str, expires_at: Option<&str>) -> Result<()> {
+        let what = format_args!("update the {TAG_EXPIRES_AT} tag of instance {id}");
+        match expires_at {
+            Some(at) => {
+                self.ec2
+                    .create_tags()
+                    .resources(id)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(TAG_EXPIRES_AT)
+                            .value(at)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .explain(what)?;
+            }
+            None => {
+                self.ec2
+                    .delete_tags()
+                    .resources(id)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(TAG_EXPIRES_AT)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .explain(what)?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {

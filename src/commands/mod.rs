@@ -28,6 +28,7 @@ use crate::plan::{Host, Plan};
 use crate::printer::{Printer, format_duration};
 use crate::remote::job::{Job, JobState, Multiplexer};
 use crate::remote::lease::{self, Lease};
+use crate::remote::watchdog::Limit;
 use crate::remote::{self, RemoteDir};
 use crate::ssh::forward::Forwarding;
 use crate::ssh::{RemoteExit, Session, Target, run_command};
@@ -353,6 +354,22 @@ async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
+    // Every connection re-arms the dead-man switch with this run's settings.
+    let job = Job::for_dir(&plan.local_dir);
+    session
+        .run_captured(&plan.watchdog.arm_command(&job))
+        .await
+        .context("cannot re-arm the instance's dead-man switch (~/.ssh-ec2/watchdog)")?;
+    if plan.watchdog.max_lifetime == Limit::Off {
+        let until = match plan.watchdog.idle_stop {
+            Limit::Off => "never stops by itself".to_string(),
+            idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
+        };
+        printer.warn(&format!(
+            "--max-lifetime off: {} {until}; end it yourself with `ssh-ec2 --terminate true` here",
+            scene.machine.instance.id
+        ));
+    }
     let pwd = session
         .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
         .await?;

@@ -111,6 +111,7 @@ pub async fn launch(
                 host_public_openssh: &new_keys.host_public_openssh,
                 authorized_key: new_keys.authorized_key.as_deref(),
                 extra_commands: spec.extra_boot_commands.as_deref(),
+                watchdog: &plan.watchdog,
             }
             .render();
             let attempts = Attempts {
@@ -160,8 +161,10 @@ pub async fn launch(
         }
     };
     phase.done(format!(
-        "launched {} ({})",
-        instance.id, instance.instance_type
+        "launched {} ({}); {}",
+        instance.id,
+        instance.instance_type,
+        plan.watchdog.describe()
     ));
     Ok(Machine {
         instance,
@@ -254,6 +257,7 @@ impl Attempts<'_> {
                 tags: &spec.tags,
                 client_token: &launch.client_token(n),
                 launch_id: &launch.id,
+                expires_at: self.plan.watchdog.expires_at().as_deref(),
             })
             .await;
         let e = match launched {

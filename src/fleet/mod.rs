@@ -129,6 +129,10 @@ async fn reuse(
             .allow_ssh_only_from(group, ingress_cidr(&plan.ingress).await?)
             .await?;
     }
+    // This run's settings of the dead-man switch, which `reach` re-arms on the instance.
+    cloud
+        .set_expiry(&instance.id, plan.watchdog.expires_at().as_deref())
+        .await?;
     if instance.state == State::Stopping {
         phase.update(format!("waiting for {} to finish stopping", instance.id));
         let deadline = Instant::now() + end_of_life::TRANSITION_TIMEOUT;
@@ -140,7 +144,11 @@ async fn reuse(
         phase.update(format!("starting {}", instance.id));
         cloud.start(&instance.id).await?;
     }
-    phase.done(format!("reusing {}", instance.id));
+    phase.done(format!(
+        "reusing {}; {}",
+        instance.id,
+        plan.watchdog.describe()
+    ));
     Ok(Machine {
         instance,
         keys,

@@ -1,7 +1,7 @@
 //! A job: the command run inside tmux or screen on the instance, so that it outlives the
 //! connection. Its record, `~/.ssh-ec2/jobs/<name>/`, holds the command, directory, multiplexer
 //! and start time, and, written by a wrapper around the command (so it is kept even when nobody
-//! is attached), its exit status and end time.
+//! is attached), its pid while it runs, then its exit status and end time.
 
 use std::fmt;
 use std::path::Path;
@@ -143,8 +143,9 @@ impl Job {
         let record = self.record();
         let stamp = "date -u +%Y-%m-%dT%H:%M:%SZ";
         // The wrapper outlives any connection: it keeps the status even when nobody attaches.
+        // Its pid tells the instance's dead-man switch (see `watchdog`) that the job lives.
         let wrapper = format!(
-            "cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
+            "echo $$ > {record}/pid; cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
              echo $s > {record}/exit.new && mv {record}/exit.new {record}/exit; {stamp} > {record}/ended",
             dir = dir.for_shell(),
             command = shell_quote(command),

@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod lease;
+pub mod watchdog;
 
 use std::fmt;
 use std::path::Path;

@@ -553,10 +553,32 @@ impl Project {
     }
 }
 
+impl Project {
+    /// The dead-man switch settings the runs here armed on the instance (see
+    /// src/remote/watchdog.rs), named after this directory's job.
+    pub fn remote_watchdog_files(&self, user: &str) -> Vec<PathBuf> {
+        let name = self.path().file_name().unwrap().to_string_lossy();
+        let prefix = format!("ssh-ec2-{name}-");
+        let dir = Path::new("/home").join(user).join(".ssh-ec2/watchdog");
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
         for user in [REMOTE_USER, "ec2-user"] {
             let _ = std::fs::remove_dir_all(self.remote_of(user));
+            for file in self.remote_watchdog_files(user) {
+                let _ = std::fs::remove_file(file);
+            }
         }
     }
 }
