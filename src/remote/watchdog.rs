@@ -65,8 +65,13 @@ impl FromStr for Limit {
                 .ok_or_else(hint)?;
             number.clear();
         }
-        if !number.is_empty() || total == 0 {
+        if !number.is_empty() || s.trim().is_empty() {
             return Err(hint());
+        }
+        if total == 0 {
+            return Err(format!(
+                "`{s}` would stop the instance at once: give a longer duration, or off"
+            ));
         }
         Ok(Limit::After(Duration::from_secs(total)))
     }
@@ -355,6 +360,12 @@ mod tests {
         }
         assert_eq!(after(5_400).to_string(), "1h30m");
         assert_eq!(after(86_400).to_string(), "1d");
+        let err = "0m".parse::<Limit>().unwrap_err();
+        assert!(err.contains("at once"), "{err}");
+        let file: crate::config::Layer =
+            toml::from_str("max_lifetime = \"3d\"\nidle_stop = \"off\"\n").unwrap();
+        assert_eq!(file.max_lifetime, Some(after(3 * 86_400)));
+        assert_eq!(file.idle_stop, Some(Limit::Off));
     }
 
     #[test]
