@@ -162,7 +162,7 @@ impl Arming {
         }
     }
 
-    /// The files cloud-init writes at first boot (path, mode, content), then the command that
+    /// The files cloud-init writes at first boot (path, mode, content); `START_COMMAND` then
     /// starts the switch.
     pub fn boot_files(&self) -> Vec<(&'static str, &'static str, String)> {
         vec![
