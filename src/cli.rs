@@ -206,6 +206,16 @@ pub struct InstanceFlags {
     /// (default 60m); off: never.
     #[arg(long, value_name = "DURATION")]
     pub idle_stop: Option<crate::remote::watchdog::Limit>,
+    /// Launch a spot instance (one-time: it cannot be stopped); on-demand when there is no
+    /// spot capacity.
+    #[arg(long)]
+    pub spot: bool,
+    /// With --spot: the most to pay per hour, in USD (default: the on-demand price).
+    #[arg(long, value_name = "USD")]
+    pub max_price: Option<String>,
+    /// Spot or nothing: fail rather than launch on-demand when there is no spot capacity.
+    #[arg(long)]
+    pub spot_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -238,7 +238,8 @@ shown_by_display!(
     HostPort,
     ipnet::IpNet,
     Multiplex,
-    Limit
+    Limit,
+    bool
 );
 
 impl Shown for InstanceTypes {
@@ -396,6 +397,12 @@ layer! {
     max_lifetime: Limit = ["SSH_EC2_MAX_LIFETIME"] => value(DEFAULT_MAX_LIFETIME),
     /// The instance stops itself once nothing has used it for this long.
     idle_stop: Limit = ["SSH_EC2_IDLE_STOP"] => value(DEFAULT_IDLE_STOP),
+    /// Launch a one-time spot instance; on-demand when there is no spot capacity.
+    spot: bool = ["SSH_EC2_SPOT"] => value(false),
+    /// The most to pay per hour for a spot instance, in USD.
+    max_price: String = ["SSH_EC2_MAX_PRICE"] => computed("the on-demand price"),
+    /// Spot or nothing: no on-demand fallback.
+    spot_only: bool = ["SSH_EC2_SPOT_ONLY"] => value(false),
     connect: HostPort = ["SSH_EC2_CONNECT"] => computed("the instance's IP, port 22"),
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"] => computed("this machine's public IP"),
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"] => value(DEFAULT_CHECKIP_URL),
@@ -453,6 +460,9 @@ impl Layer {
             final_state: cli.end_of_life.chosen(),
             max_lifetime: i.max_lifetime,
             idle_stop: i.idle_stop,
+            spot: i.spot.then_some(true),
+            max_price: i.max_price.clone(),
+            spot_only: i.spot_only.then_some(true),
             connect: n.connect.clone(),
             ssh_cidr: n.ssh_cidr,
             checkip_url: None,

@@ -79,6 +79,17 @@ pub struct LaunchPlan {
     /// Ownership, Name and user tags for everything the run creates.
     pub tags: Vec<(String, String)>,
     pub extra_boot_commands: Option<String>,
+    /// `None`: on-demand.
+    pub spot: Option<SpotPlan>,
+}
+
+/// A one-time spot instance: interrupted (terminated) when AWS needs the capacity back.
+#[derive(Debug, Clone)]
+pub struct SpotPlan {
+    /// USD per hour; `None`: up to the on-demand price.
+    pub max_price: Option<String>,
+    /// No on-demand fallback.
+    pub only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +313,8 @@ impl Plan {
                     .unwrap_or(DEFAULT_CHECKIP_URL.into()),
             },
         };
+        let end_of_life = settings.final_state.unwrap_or(EndOfLife::Terminate);
+        let spot = spot_plan(&settings, end_of_life)?;
         let command = (!cli.command.is_empty()).then(|| cli.command.join(" "));
         // Bound now: a taken port is refused before anything is launched.
         let local_forwards = cli
@@ -315,7 +328,7 @@ impl Plan {
             multiplex: settings.multiplex,
             local_dir,
             command,
-            end_of_life: settings.final_state.unwrap_or(EndOfLife::Terminate),
+            end_of_life,
             sync,
             remote_dir,
             region: settings.region,
@@ -332,6 +345,7 @@ impl Plan {
                 volume_size: settings.volume_size,
                 tags,
                 extra_boot_commands: settings.user_data,
+                spot,
             },
             ownership,
             login,
@@ -355,6 +369,32 @@ impl Plan {
             ),
         })
     }
+}
+
+/// Spot settings, checked: `spot_only` implies `spot`.
+fn spot_plan(settings: &Layer, end_of_life: EndOfLife) -> Result<Option<SpotPlan>> {
+    let only = settings.spot_only == Some(true);
+    if settings.spot != Some(true) && !only {
+        if settings.max_price.is_some() {
+            bail!("--max-price (SSH_EC2_MAX_PRICE, max_price) is for spot instances: add --spot");
+        }
+        return Ok(None);
+    }
+    if end_of_life == EndOfLife::Stop {
+        bail!(
+            "--stop cannot work with --spot: AWS cannot stop a one-time spot instance; use \
+             --terminate or --leave, or drop --spot (and spot = true, SSH_EC2_SPOT)"
+        );
+    }
+    if let Some(price) = &settings.max_price
+        && !price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0)
+    {
+        bail!("--max-price {price}: give a price per hour in USD, e.g. 0.50");
+    }
+    Ok(Some(SpotPlan {
+        max_price: settings.max_price.clone(),
+        only,
+    }))
 }
 
 /// Looks `program` up in PATH, like a shell would.

@@ -13,6 +13,10 @@ use aws_sdk_ec2::types::{
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
     ResourceType, ShutdownBehavior, TagSpecification, VolumeType,
 };
+use aws_sdk_ec2::types::{
+    InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest, MarketType,
+    SpotInstanceType, SpotMarketOptions,
+};
 use base64::Engine;
 
 use super::image::Image;
@@ -38,6 +42,14 @@ const TAG_EXPIRES_AT: &str = "ssh-ec2:expires-at";
 /// RunInstances errors that say "not here, not now": the launch may work in another zone or
 /// with another type.
 pub const CAPACITY_CODES: &[&str] = &["InsufficientInstanceCapacity", "Unsupported"];
+
+/// RunInstances errors that say "no spot instance here, now" (besides `CAPACITY_CODES`): an
+/// on-demand one may still be launched.
+pub const SPOT_CAPACITY_CODES: &[&str] = &[
+    "InsufficientSpotInstanceCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+];
 
 /// EC2 answers InsufficientInstanceCapacity with HTTP 500, which the SDK would retry in the same
 /// zone for a minute; it is an answer, and the launch moves on to another zone or type instead.
@@ -162,6 +174,8 @@ pub struct Instance {
     pub private_ip: Option<String>,
     pub security_group: Option<String>,
     pub login_user: Option<String>,
+    /// A (one-time) spot instance: it cannot be stopped.
+    pub spot: bool,
 }
 
 impl Instance {
@@ -184,6 +198,7 @@ impl Instance {
             private_ip: instance.private_ip_address().map(str::to_string),
             security_group: tag(TAG_SECURITY_GROUP).map(str::to_string),
             login_user: tag(TAG_USER).map(str::to_string),
+            spot: instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
         })
     }
 
@@ -212,6 +227,8 @@ pub struct LaunchRequest<'a> {
     pub launch_id: &'a str,
     /// The `ssh-ec2:expires-at` tag; `None`: the instance has no maximum lifetime.
     pub expires_at: Option<&'a str>,
+    /// A one-time spot instance, up to this price per hour (`Some(None)`: the on-demand price).
+    pub spot: Option<Option<&'a str>>,
 }
 
 pub(super) fn tag_specification(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
@@ -371,8 +388,24 @@ impl Cloud {
                     .build(),
             )
             // Whatever the end of life: a shutdown from inside must not destroy results that are
-            // not home yet. Only ssh-ec2 terminates, once they are.
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
+            // not home yet. Only ssh-ec2 terminates, once they are. A one-time spot instance
+            // cannot stop: AWS only takes "terminate" for it.
+            .instance_initiated_shutdown_behavior(match request.spot {
+                Some(_) => ShutdownBehavior::Terminate,
+                None => ShutdownBehavior::Stop,
+            })
+            .set_instance_market_options(request.spot.map(|max_price| {
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .set_max_price(max_price.map(str::to_string))
+                            .build(),
+                    )
+                    .build()
+            }))
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
             .client_token(request.client_token);
@@ -577,6 +610,7 @@ mod tests {
             private_ip: Some("172.31.0.9".into()),
             security_group: None,
             login_user: None,
+            spot: false,
         };
         assert_eq!(instance.address(), Some("54.1.2.3"));
         instance.public_ip = None;

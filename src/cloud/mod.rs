@@ -21,7 +21,9 @@ use aws_sdk_ec2::config::Region;
 use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
 pub use image::{Image, guess_user};
-pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Ownership, State};
+pub use instance::{
+    CAPACITY_CODES, Instance, LaunchRequest, Ownership, SPOT_CAPACITY_CODES, State,
+};
 pub use network::{Subnet, caller_cidr};
 
 /// Used when neither ssh-ec2's settings nor the AWS config chain name a region.

@@ -260,6 +260,7 @@ async fn end_of_run(
             (action, why.map(str::to_string))
         }
     };
+    let (action, why) = end_of_life::for_spot(&machine.instance, action, why);
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }

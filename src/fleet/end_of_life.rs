@@ -52,6 +52,26 @@ pub fn safe_action(
     }
 }
 
+/// A one-time spot instance cannot be stopped: where stopping was the safe end of life, it is
+/// left running instead (its dead-man switch ends it later), with the reason.
+pub fn for_spot(
+    instance: &Instance,
+    action: EndOfLife,
+    why: Option<String>,
+) -> (EndOfLife, Option<String>) {
+    if !instance.spot || action != EndOfLife::Stop {
+        return (action, why);
+    }
+    let why = why.map_or(String::new(), |why| format!("{why}; but "));
+    (
+        EndOfLife::Leave,
+        Some(format!(
+            "{why}a spot instance cannot be stopped: leaving it running; `ssh-ec2 true` here \
+             brings its results home (its dead-man switch terminates it when it ends itself)"
+        )),
+    )
+}
+
 /// Stopping a GPU instance can take minutes; past this it is stuck.
 pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(900);
 
