@@ -10,8 +10,9 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
-use common::{Project, REMOTE_USER, Run, TestCloud, instance_id, state_of};
-use serde_json::Value;
+use common::{
+    Project, REMOTE_USER, Run, TestCloud, cloud_config, instance_id, state_of, written_file,
+};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -45,41 +46,6 @@ fn unix_of(iso: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
-}
-
-/// The cloud-config as cloud-init reads it (YAML), through the test bed's Python.
-fn cloud_config(user_data: &str) -> Value {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/.venv/bin/python");
-    let mut child = Command::new(&python)
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): run tests/testbed/install",
-                python.display()
-            )
-        });
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), user_data.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the user-data is not YAML");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn written_file(config: &Value, path: &str) -> String {
-    config["write_files"]
-        .as_array()
-        .expect("write_files")
-        .iter()
-        .find(|f| f["path"] == path)
-        .unwrap_or_else(|| panic!("the user-data writes no {path}"))["content"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// A value of a settings file (`key=value` lines).

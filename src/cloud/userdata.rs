@@ -1,7 +1,9 @@
 //! The instance's user-data: one `#cloud-config` document that installs the host key ssh-ec2
 //! will demand and the login key it will use, before sshd first starts, and the dead-man
-//! switch that ends the instance when nobody uses it (see `remote::watchdog`).
+//! switch that ends the instance when nobody uses it (see `remote::watchdog`), and the watch
+//! for spot interruption notices (`remote::spot_watch`).
 
+use crate::remote::spot_watch;
 use crate::remote::watchdog::{self, Arming};
 
 /// Free text is written as JSON strings, which YAML reads as double-quoted scalars.
@@ -37,14 +39,20 @@ impl UserData<'_> {
             doc.push_str(&format!("ssh_authorized_keys:\n  - {}\n", yaml_string(key)));
         }
         doc.push_str("write_files:\n");
-        for (path, mode, content) in self.watchdog.boot_files() {
+        let files = self.watchdog.boot_files().into_iter();
+        for (path, mode, content) in files.chain(spot_watch::boot_files()) {
             doc.push_str(&format!(
                 "  - path: {path}\n    permissions: '{mode}'\n    content: {}\n",
                 yaml_string(&content)
             ));
         }
         doc.push_str("runcmd:\n");
-        for command in std::iter::once(watchdog::START_COMMAND).chain(self.extra_commands) {
+        let start = format!(
+            "systemctl daemon-reload && systemctl enable --now {} {}",
+            watchdog::UNITS,
+            spot_watch::TIMER_UNIT
+        );
+        for command in std::iter::once(start.as_str()).chain(self.extra_commands) {
             doc.push_str(&format!("  - [sh, -c, {}]\n", yaml_string(command)));
         }
         doc

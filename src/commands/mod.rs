@@ -555,6 +555,8 @@ enum Followed {
     Ended(i32),
     /// The user detached (or a signal came): the job goes on.
     Detached,
+    /// AWS is taking the spot instance back: the job will not end by itself.
+    Interrupted,
 }
 
 /// The job's state, from its record on the instance.
@@ -599,17 +601,29 @@ async fn follow_job(
     let mut poll = Backoff::new(Duration::from_secs(5));
     loop {
         let watched = match attach {
-            true => run_command(
-                &reached.session,
-                &job.attach_command(multiplexer),
-                None,
-                true,
-                true,
-                interrupt,
-                printer,
-            )
-            .await
-            .map(drop),
+            true => {
+                let attach_line = job.attach_command(multiplexer);
+                let attached = run_command(
+                    &reached.session,
+                    &attach_line,
+                    None,
+                    true,
+                    true,
+                    interrupt,
+                    printer,
+                );
+                tokio::pin!(attached);
+                // AWS's interruption notice does not end the view: detach it then, as the
+                // detach keys would, and the state below tells what happened.
+                tokio::select! {
+                    ran = &mut attached => ran.map(drop),
+                    () = until_interrupted(&reached.session, job, machine.instance.spot) => {
+                        let detach = job.detach_command(multiplexer);
+                        let _ = reached.session.run_captured(&detach).await;
+                        attached.await.map(drop)
+                    }
+                }
+            }
             false => interrupt.sleep(poll.next_delay()).await,
         };
         if interrupt.first().is_some() {
@@ -623,6 +637,7 @@ async fn follow_job(
             Ok(JobState::Running(_)) if attach => return Ok(Followed::Detached),
             Ok(JobState::Running(_)) => continue,
             Ok(JobState::Ended(_, status)) => return Ok(Followed::Ended(status)),
+            Ok(JobState::Interrupted(_)) => return Ok(Followed::Interrupted),
             Ok(JobState::Lost(_)) => bail!(
                 "job {} ended without an exit status (its {multiplexer} session was killed, or \
                  the instance restarted)",
@@ -664,6 +679,22 @@ async fn reach_and_join(
     Ok(reached)
 }
 
+/// Returns once the job's record is marked interrupted (see `remote::spot_watch`); a failed
+/// look (a dropped connection, which ends the attach anyway) is tried again. Never, but on a
+/// spot instance.
+async fn until_interrupted(session: &Session, job: &Job, spot: bool) {
+    if !spot {
+        return std::future::pending().await;
+    }
+    let mut poll = Backoff::new(Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(poll.next_delay()).await;
+        if let Ok(JobState::Interrupted(_)) = job_state(session, job).await {
+            return;
+        }
+    }
+}
+
 /// After following a job: one that goes on keeps the instance; one that ended gives the run its
 /// status, and its results come home before its record is forgotten.
 async fn conclude_job(
@@ -681,15 +712,32 @@ async fn conclude_job(
             scene.printer.info(&come_back_hint(scene.machine, job));
             return Ok(());
         }
-        Followed::Ended(status) => status,
+        Followed::Ended(status) => Some(status),
+        Followed::Interrupted => {
+            scene.printer.warn(&format!(
+                "AWS is taking back spot instance {} (interruption notice): bringing home what \
+                 job {} has written so far",
+                scene.machine.instance.id,
+                job.name()
+            ));
+            None
+        }
     };
     progress.command_started = true;
-    progress.exit = Some(RemoteExit::Status(status as u32));
+    progress.exit = status.map(|status| RemoteExit::Status(status as u32));
     let _notes = NoteSignals::start(scene.interrupt, scene.printer);
     let after_job = scene.interrupt.only_new();
     pull_results(scene, reached, manifest, progress, &after_job).await?;
     progress.results_home = true;
     reached.session.run_captured(&job.forget_command()).await?;
+    if status.is_none() {
+        bail!(
+            "job {} was cut short: AWS took back spot instance {}; what it had written is \
+             home (run it again, or without --spot)",
+            job.name(),
+            scene.machine.instance.id
+        );
+    }
     Ok(())
 }
 

@@ -60,6 +60,9 @@ pub enum JobState {
     /// The multiplexer's session is gone without an exit status (killed, or the machine
     /// rebooted).
     Lost(Multiplexer),
+    /// AWS gave notice that it takes the (spot) instance back: the record is marked
+    /// `interrupted` (see `spot_watch`), and the job has no exit status yet.
+    Interrupted(Multiplexer),
 }
 
 /// This directory's job on the instance: one at a time.
@@ -105,12 +108,14 @@ impl Job {
         "for m in tmux screen; do command -v $m >/dev/null 2>&1 && echo $m; done; true"
     }
 
-    /// Prints one line: `none`, `running MUX`, `ended MUX STATUS` or `lost MUX`.
+    /// Prints one line: `none`, `running MUX`, `ended MUX STATUS`, `interrupted MUX` or
+    /// `lost MUX`.
     pub fn status_command(&self) -> String {
         let name = &self.name;
         format!(
             "r={record}; [ -f \"$r/multiplexer\" ] || {{ echo none; exit 0; }}; m=$(cat \"$r/multiplexer\"); \
              if [ -f \"$r/exit\" ]; then echo \"ended $m $(cat \"$r/exit\")\"; \
+             elif [ -f \"$r/interrupted\" ]; then echo \"interrupted $m\"; \
              elif [ \"$m\" = tmux ] && tmux has-session -t ={name} 2>/dev/null; then echo \"running $m\"; \
              elif [ \"$m\" = screen ] && screen -ls 2>/dev/null | grep -q '[0-9]\\.{name}[[:space:]]'; then echo \"running $m\"; \
              else echo \"lost $m\"; fi",
@@ -127,6 +132,7 @@ impl Job {
             "running" => JobState::Running(multiplexer()?),
             "ended" => JobState::Ended(multiplexer()?, words.get(2)?.parse().ok()?),
             "lost" => JobState::Lost(multiplexer()?),
+            "interrupted" => JobState::Interrupted(multiplexer()?),
             _ => return None,
         })
     }
@@ -178,6 +184,14 @@ impl Job {
         }
     }
 
+    /// Detaches every view of the job, as its detach keys would.
+    pub fn detach_command(&self, multiplexer: Multiplexer) -> String {
+        match multiplexer {
+            Multiplexer::Tmux => format!("tmux detach-client -s ={}", self.name),
+            Multiplexer::Screen => format!("screen -d {}", self.name),
+        }
+    }
+
     /// Forgets a finished job, so that the next one can start.
     pub fn forget_command(&self) -> String {
         format!("rm -rf {}", self.record())
@@ -216,6 +230,10 @@ mod tests {
         assert_eq!(
             Job::parse_status("lost tmux"),
             Some(JobState::Lost(Multiplexer::Tmux))
+        );
+        assert_eq!(
+            Job::parse_status("interrupted tmux"),
+            Some(JobState::Interrupted(Multiplexer::Tmux))
         );
         assert_eq!(Job::parse_status("what"), None);
     }

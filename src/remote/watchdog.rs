@@ -162,8 +162,7 @@ impl Arming {
         }
     }
 
-    /// The files cloud-init writes at first boot (path, mode, content); `START_COMMAND` then
-    /// starts the switch.
+    /// The files cloud-init writes at first boot (path, mode, content); then `UNITS` start.
     pub fn boot_files(&self) -> Vec<(&'static str, &'static str, String)> {
         vec![
             (SCRIPT_PATH, "0755", script()),
@@ -187,9 +186,8 @@ impl Arming {
     }
 }
 
-/// Starts the switch at first boot (cloud-init's runcmd, after write_files).
-pub const START_COMMAND: &str = "systemctl daemon-reload && systemctl enable --now \
-                                 ssh-ec2-watchdog-boot.service ssh-ec2-watchdog.timer";
+/// The units that `boot_files` installs, to enable and start at first boot.
+pub const UNITS: &str = "ssh-ec2-watchdog-boot.service ssh-ec2-watchdog.timer";
 
 const SCRIPT_PATH: &str = "/usr/local/sbin/ssh-ec2-watchdog";
 
