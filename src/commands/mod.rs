@@ -509,9 +509,13 @@ async fn pull_results(
         pulled = rsync.pull(manifest, &mut progress.conflicts) => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
             drop(phase);
+            let fate = match machine.instance.spot {
+                true => "left running (a spot instance cannot be stopped)",
+                false => "stopped, not terminated",
+            };
             printer.warn(&format!(
-                "{signal} again: skipping the pull; {id} will be stopped, not terminated: run \
-                 `ssh-ec2 true` here later to bring the results home"
+                "{signal} again: skipping the pull; {id} will be {fate}: run `ssh-ec2 true` \
+                 here later to bring the results home"
             ));
             return Err(Interrupted(signal).into());
         }

@@ -192,4 +192,29 @@ mod tests {
             (Stop, None)
         );
     }
+
+    #[test]
+    fn a_spot_instance_is_left_running_where_another_would_be_stopped() {
+        let mut instance = Instance {
+            id: "i-1".into(),
+            state: State::Running,
+            instance_type: "g5.xlarge".into(),
+            public_ip: None,
+            private_ip: None,
+            security_group: None,
+            login_user: None,
+            spot: true,
+        };
+        let why = Some("its results may not have come home".to_string());
+        let (action, said) = for_spot(&instance, Stop, why.clone());
+        assert_eq!(action, Leave);
+        let said = said.unwrap();
+        assert!(
+            said.starts_with("its results may not have come home; but a spot instance"),
+            "{said}"
+        );
+        assert_eq!(for_spot(&instance, Terminate, None), (Terminate, None));
+        instance.spot = false;
+        assert_eq!(for_spot(&instance, Stop, why.clone()), (Stop, why));
+    }
 }
