@@ -252,6 +252,24 @@ pub struct InstanceFlags {
     /// Remote directory to sync into and run in (default: ~/<this directory's name>).
     #[arg(long, value_name = "DIR")]
     pub remote_dir: Option<String>,
+    /// The instance stops itself this long after the last run began, whatever it does
+    /// (e.g. 24h, 90m, 1h30m; default 24h); off: never (not recommended).
+    #[arg(long, value_name = "DURATION")]
+    pub max_lifetime: Option<crate::remote::watchdog::Limit>,
+    /// The instance stops itself once no run, job or SSH login has used it for this long
+    /// (default 60m); off: never.
+    #[arg(long, value_name = "DURATION")]
+    pub idle_stop: Option<crate::remote::watchdog::Limit>,
+    /// Launch a spot instance (one-time: it cannot be stopped); on-demand when there is no
+    /// spot capacity.
+    #[arg(long)]
+    pub spot: bool,
+    /// With --spot: the most to pay per hour, in USD (default: the on-demand price).
+    #[arg(long, value_name = "USD")]
+    pub max_price: Option<String>,
+    /// Spot or nothing: fail rather than launch on-demand when there is no spot capacity.
+    #[arg(long)]
+    pub spot_only: bool,
 }
 
 #[derive(Debug, Args)]

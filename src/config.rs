@@ -15,6 +15,8 @@ use crate::plan::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_CHECKIP_URL, DEFAULT_IMAGE_NAME, DEFAULT_INSTANCE_TYPE,
     DEFAULT_RECONNECT_TIMEOUT,
 };
+use crate::plan::{DEFAULT_IDLE_STOP, DEFAULT_MAX_LIFETIME};
+use crate::remote::watchdog::Limit;
 
 /// What happens to the instance once the command is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -228,7 +230,7 @@ impl fmt::Display for Multiplex {
     }
 }
 
-deserialize_from_str!(EndOfLife, HostPort, Multiplex);
+deserialize_from_str!(EndOfLife, HostPort, Multiplex, Limit);
 
 /// A setting's value as `--show-config` prints it.
 trait Shown {
@@ -252,7 +254,9 @@ shown_by_display!(
     EndOfLife,
     HostPort,
     ipnet::IpNet,
-    Multiplex
+    Multiplex,
+    Limit,
+    bool
 );
 
 impl Shown for InstanceTypes {
@@ -417,6 +421,16 @@ layer! {
     key_name: String = ["AWS_KEY_NAME"] => computed("a fresh key per instance; with -i, the owner"),
     identity_file: PathBuf = ["AWS_PEM"] => computed("with a key pair name, ~/.ssh/<name>.pem"),
     final_state: EndOfLife = ["AWS_FINAL_STATE"] => value(EndOfLife::Terminate),
+    /// The instance stops itself this long after the last run began (its dead-man switch).
+    max_lifetime: Limit = ["SSH_EC2_MAX_LIFETIME"] => value(DEFAULT_MAX_LIFETIME),
+    /// The instance stops itself once nothing has used it for this long.
+    idle_stop: Limit = ["SSH_EC2_IDLE_STOP"] => value(DEFAULT_IDLE_STOP),
+    /// Launch a one-time spot instance; on-demand when there is no spot capacity.
+    spot: bool = ["SSH_EC2_SPOT"] => value(false),
+    /// The most to pay per hour for a spot instance, in USD.
+    max_price: String = ["SSH_EC2_MAX_PRICE"] => computed("the on-demand price"),
+    /// Spot or nothing: no on-demand fallback.
+    spot_only: bool = ["SSH_EC2_SPOT_ONLY"] => value(false),
     connect: HostPort = ["SSH_EC2_CONNECT"] => computed("the instance's IP, port 22"),
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"] => computed("this machine's public IP"),
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"] => value(DEFAULT_CHECKIP_URL),
@@ -474,6 +488,11 @@ impl Layer {
             key_name: cli.key_name.clone(),
             identity_file: cli.identity_file.clone(),
             final_state: cli.end_of_life.chosen(),
+            max_lifetime: i.max_lifetime,
+            idle_stop: i.idle_stop,
+            spot: i.spot.then_some(true),
+            max_price: i.max_price.clone(),
+            spot_only: i.spot_only.then_some(true),
             connect: n.connect.clone(),
             ssh_cidr: n.ssh_cidr,
             checkip_url: None,

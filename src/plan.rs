@@ -13,6 +13,7 @@ use crate::cloud::Ownership;
 use crate::config::{EndOfLife, HostPort, Layer, Multiplex};
 use crate::keys::{LoginKey, load_identity};
 use crate::remote::RemoteDir;
+use crate::remote::watchdog::{Arming, Limit};
 use crate::ssh::forward::{Forward, LocalForward};
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "g4dn.xlarge";
@@ -21,6 +22,9 @@ pub const DEFAULT_CHECKIP_URL: &str = "https://checkip.amazonaws.com";
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Long enough for a laptop to wake up or change networks.
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+/// A day: a forgotten instance costs at most that; a longer job asks for more.
+pub const DEFAULT_MAX_LIFETIME: Limit = Limit::hours(24);
+pub const DEFAULT_IDLE_STOP: Limit = Limit::hours(1);
 /// EC2 tag values hold at most 256 characters.
 const MAX_TAG_VALUE: usize = 256;
 
@@ -57,6 +61,8 @@ pub struct Plan {
     /// `-L`, their local ports already bound, and `-R`.
     pub local_forwards: Vec<LocalForward>,
     pub remote_forwards: Vec<Forward>,
+    /// The instance's dead-man switch, as this run arms it.
+    pub watchdog: Arming,
 }
 
 #[derive(Debug)]
@@ -77,6 +83,17 @@ pub struct LaunchPlan {
     /// Ownership, Name and user tags for everything the run creates.
     pub tags: Vec<(String, String)>,
     pub extra_boot_commands: Option<String>,
+    /// `None`: on-demand.
+    pub spot: Option<SpotPlan>,
+}
+
+/// A one-time spot instance: interrupted (terminated) when AWS needs the capacity back.
+#[derive(Debug, Clone)]
+pub struct SpotPlan {
+    /// USD per hour; `None`: up to the on-demand price.
+    pub max_price: Option<String>,
+    /// No on-demand fallback.
+    pub only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +326,12 @@ impl Plan {
                     .unwrap_or(DEFAULT_CHECKIP_URL.into()),
             },
         };
+        let end_of_life = match mode {
+            // What --down is for; --stop and --leave are refused with it.
+            Mode::Down => EndOfLife::Terminate,
+            _ => settings.final_state.unwrap_or(EndOfLife::Terminate),
+        };
+        let spot = spot_plan(&settings, end_of_life)?;
         let command = (!cli.command.is_empty()).then(|| cli.command.join(" "));
         // Bound now: a taken port is refused before anything is launched.
         let local_forwards = cli
@@ -322,11 +345,7 @@ impl Plan {
             multiplex: settings.multiplex,
             local_dir,
             command,
-            end_of_life: match mode {
-                // What --down is for; --stop and --leave are refused with it.
-                Mode::Down => EndOfLife::Terminate,
-                _ => settings.final_state.unwrap_or(EndOfLife::Terminate),
-            },
+            end_of_life,
             sync,
             remote_dir,
             region: settings.region,
@@ -353,6 +372,7 @@ impl Plan {
                 volume_size: settings.volume_size,
                 tags,
                 extra_boot_commands: settings.user_data,
+                spot,
             },
             ownership,
             login,
@@ -369,8 +389,39 @@ impl Plan {
                 .map_or(host.state_dir.clone(), |d| d.join("ssh-ec2")),
             local_forwards,
             remote_forwards: cli.forwards.remote.clone(),
+            watchdog: Arming::new(
+                std::time::SystemTime::now(),
+                settings.max_lifetime.unwrap_or(DEFAULT_MAX_LIFETIME),
+                settings.idle_stop.unwrap_or(DEFAULT_IDLE_STOP),
+            ),
         })
     }
+}
+
+/// Spot settings, checked: `spot_only` implies `spot`.
+fn spot_plan(settings: &Layer, end_of_life: EndOfLife) -> Result<Option<SpotPlan>> {
+    let only = settings.spot_only == Some(true);
+    if settings.spot != Some(true) && !only {
+        if settings.max_price.is_some() {
+            bail!("--max-price (SSH_EC2_MAX_PRICE, max_price) is for spot instances: add --spot");
+        }
+        return Ok(None);
+    }
+    if end_of_life == EndOfLife::Stop {
+        bail!(
+            "--stop cannot work with --spot: AWS cannot stop a one-time spot instance; use \
+             --terminate or --leave, or drop --spot (and spot = true, SSH_EC2_SPOT)"
+        );
+    }
+    if let Some(price) = &settings.max_price
+        && !price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0)
+    {
+        bail!("--max-price {price}: give a price per hour in USD, e.g. 0.50");
+    }
+    Ok(Some(SpotPlan {
+        max_price: settings.max_price.clone(),
+        only,
+    }))
 }
 
 /// Looks `program` up in PATH, like a shell would.

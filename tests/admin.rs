@@ -454,6 +454,9 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
             "ec2:RevokeSecurityGroupIngress",
             &["--ssh-cidr=10.1.2.3/32", "true"],
         ),
+        // Each run keeps the ssh-ec2:expires-at tag in step with its --max-lifetime.
+        ("ec2:CreateTags", &["true"]),
+        ("ec2:DeleteTags", &["--max-lifetime=off", "true"]),
     ] {
         check(Refusal { action, args });
     }
@@ -534,12 +537,10 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     assert!(live_instances(&cloud).is_empty());
     assert!(cloud.run_security_groups().is_empty());
 
-    // Every EC2 action of the policy was shown to be needed, but ec2:CreateTags: ssh-ec2 tags
-    // only through RunInstances and CreateSecurityGroup, and moto does not check that
-    // implicit right (policies/README.md says so).
+    // Every EC2 action of the policy was shown to be needed.
     let mut ec2_actions: Vec<String> = allowed_actions(&policy)
         .into_iter()
-        .filter(|a| a.starts_with("ec2:") && a != "ec2:CreateTags")
+        .filter(|a| a.starts_with("ec2:"))
         .collect();
     ec2_actions.sort();
     checked.retain(|a| a.starts_with("ec2:"));

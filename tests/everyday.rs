@@ -33,6 +33,7 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
         "127.0.0.1/32",
         "make train",
         "end of life       terminate",
+        "lifetime          it stops itself at ",
         "2 files",
         G4DN_PRICE,
         "yes (RunInstances with DryRun answered DryRunOperation)",
@@ -56,6 +57,12 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
     assert!(launch["instance_type"]["memory_mib"].as_i64() > Some(0));
     assert_eq!(launch["allowed"], true);
     assert_eq!(report["price"]["usd"], 0.658);
+    assert!(
+        report["lifetime"]
+            .as_str()
+            .is_some_and(|l| l.contains("(--max-lifetime 1d), or after 1h idle")),
+        "{json}"
+    );
     assert_eq!(report["sync"]["files"], 2, "the private key is held back");
     assert_eq!(report["sync"]["bytes"], 20);
     assert_eq!(report["region"], cloud.region.as_str());

@@ -13,6 +13,10 @@ use aws_sdk_ec2::types::{
     InstanceLifecycleType, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
     InstanceStateName, InstanceType, ResourceType, ShutdownBehavior, TagSpecification, VolumeType,
 };
+use aws_sdk_ec2::types::{
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, MarketType, SpotInstanceType,
+    SpotMarketOptions,
+};
 use base64::Engine;
 
 use super::image::Image;
@@ -32,12 +36,21 @@ const TAG_SECURITY_GROUP: &str = "ssh-ec2:security-group";
 const TAG_USER: &str = "ssh-ec2:user";
 /// The launch that made the instance (see fleet::journal): found by it after a lost answer.
 const TAG_LAUNCH: &str = "ssh-ec2:launch";
-/// When the instance ends itself (ISO 8601, UTC): shown by --list, acted on by --gc.
+/// When the instance stops itself (its dead-man switch, see `remote::watchdog`), ISO 8601 UTC;
+/// kept current by every run, shown by --list, acted on by --gc.
 const TAG_EXPIRES_AT: &str = "ssh-ec2:expires-at";
 
 /// RunInstances errors that say "not here, not now": the launch may work in another zone or
 /// with another type.
 pub const CAPACITY_CODES: &[&str] = &["InsufficientInstanceCapacity", "Unsupported"];
+
+/// RunInstances errors that say "no spot instance here, now" (besides `CAPACITY_CODES`): an
+/// on-demand one may still be launched.
+pub const SPOT_CAPACITY_CODES: &[&str] = &[
+    "InsufficientSpotInstanceCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+];
 
 /// EC2 answers InsufficientInstanceCapacity with HTTP 500, which the SDK would retry in the same
 /// zone for a minute; it is an answer, and the launch moves on to another zone or type instead.
@@ -168,6 +181,8 @@ pub struct Instance {
     pub private_ip: Option<String>,
     pub security_group: Option<String>,
     pub login_user: Option<String>,
+    /// A (one-time) spot instance: it cannot be stopped.
+    pub spot: bool,
 }
 
 impl Instance {
@@ -190,6 +205,7 @@ impl Instance {
             private_ip: instance.private_ip_address().map(str::to_string),
             security_group: tag(TAG_SECURITY_GROUP).map(str::to_string),
             login_user: tag(TAG_USER).map(str::to_string),
+            spot: instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
         })
     }
 
@@ -210,7 +226,6 @@ pub struct Owned {
     pub host: Option<String>,
     /// Launched from this machine (the others hold its keys, if anyone does).
     pub this_machine: bool,
-    pub spot: bool,
     /// Its launch time, ISO 8601.
     pub launched: Option<String>,
     /// When it ends itself, ISO 8601 (its `ssh-ec2:expires-at` tag).
@@ -251,6 +266,10 @@ pub struct LaunchRequest<'a> {
     pub client_token: &'a str,
     /// Its launch in the journal, tagged so that the instance is found if the answer is lost.
     pub launch_id: &'a str,
+    /// The `ssh-ec2:expires-at` tag; `None`: the instance has no maximum lifetime.
+    pub expires_at: Option<&'a str>,
+    /// A one-time spot instance, up to this price per hour (`Some(None)`: the on-demand price).
+    pub spot: Option<Option<&'a str>>,
 }
 
 pub(super) fn tag_specification(kind: ResourceType, tags: &[(String, String)]) -> TagSpecification {
@@ -329,7 +348,6 @@ impl Cloud {
                     dir: tag(TAG_DIR),
                     host: tag(TAG_HOST),
                     this_machine: ownership.same_machine(i.tags()),
-                    spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
                     launched: i.launch_time().and_then(|t| {
                         t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
                             .ok()
@@ -445,6 +463,9 @@ impl Cloud {
         }
         tags.push((TAG_USER.into(), request.login_user.into()));
         tags.push((TAG_LAUNCH.into(), request.launch_id.into()));
+        if let Some(at) = request.expires_at {
+            tags.push((TAG_EXPIRES_AT.into(), at.into()));
+        }
         // The image's own root volume, made deletable on termination (and resized if asked).
         let root_volume = match &request.image.root_volume {
             Some(root) => {
@@ -501,12 +522,64 @@ impl Cloud {
                     .build(),
             )
             // Whatever the end of life: a shutdown from inside must not destroy results that are
-            // not home yet. Only ssh-ec2 terminates, once they are.
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Stop)
+            // not home yet. Only ssh-ec2 terminates, once they are. A one-time spot instance
+            // cannot stop: AWS only takes "terminate" for it.
+            .instance_initiated_shutdown_behavior(match request.spot {
+                Some(_) => ShutdownBehavior::Terminate,
+                None => ShutdownBehavior::Stop,
+            })
+            .set_instance_market_options(request.spot.map(|max_price| {
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .set_max_price(max_price.map(str::to_string))
+                            .build(),
+                    )
+                    .build()
+            }))
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
             .client_token(request.client_token);
         Ok(run)
+    }
+
+    /// Keeps the `ssh-ec2:expires-at` tag in step with the dead-man switch a run re-arms;
+    /// `None` removes it (no maximum lifetime).
+    pub async fn set_expiry(&self, id: &str, expires_at: Option<&str>) -> Result<()> {
+        let what = format_args!("update the {TAG_EXPIRES_AT} tag of instance {id}");
+        match expires_at {
+            Some(at) => {
+                self.ec2
+                    .create_tags()
+                    .resources(id)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(TAG_EXPIRES_AT)
+                            .value(at)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .explain(what)?;
+            }
+            None => {
+                self.ec2
+                    .delete_tags()
+                    .resources(id)
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(TAG_EXPIRES_AT)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .explain(what)?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -656,6 +729,7 @@ mod tests {
             private_ip: None,
             security_group: None,
             login_user: None,
+            spot: false,
         };
         let at = |expires_at: Option<&str>| Owned {
             instance: instance.clone(),
@@ -663,7 +737,6 @@ mod tests {
             dir: None,
             host: None,
             this_machine: true,
-            spot: false,
             launched: None,
             expires_at: expires_at.map(str::to_string),
             launch: None,
@@ -684,6 +757,7 @@ mod tests {
             private_ip: Some("172.31.0.9".into()),
             security_group: None,
             login_user: None,
+            spot: false,
         };
         assert_eq!(instance.address(), Some("54.1.2.3"));
         instance.public_ip = None;

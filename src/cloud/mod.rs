@@ -23,7 +23,9 @@ use crate::backoff::Backoff;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, TypeInfo, guess_user};
-pub use instance::{CAPACITY_CODES, Instance, LaunchRequest, Owned, Ownership, State};
+pub use instance::{
+    CAPACITY_CODES, Instance, LaunchRequest, Owned, Ownership, SPOT_CAPACITY_CODES, State,
+};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
 
 /// Used when neither ssh-ec2's settings nor the AWS config chain name a region.

@@ -1,5 +1,10 @@
 //! The instance's user-data: one `#cloud-config` document that installs the host key ssh-ec2
-//! will demand and the login key it will use, before sshd first starts.
+//! will demand and the login key it will use, before sshd first starts, and the dead-man
+//! switch that ends the instance when nobody uses it (see `remote::watchdog`), and the watch
+//! for spot interruption notices (`remote::spot_watch`).
+
+use crate::remote::spot_watch;
+use crate::remote::watchdog::{self, Arming};
 
 /// Free text is written as JSON strings, which YAML reads as double-quoted scalars.
 fn yaml_string(text: &str) -> String {
@@ -13,6 +18,8 @@ pub struct UserData<'a> {
     pub authorized_key: Option<&'a str>,
     /// The user's own boot commands (AWS_USER_DATA), run by cloud-init after ours.
     pub extra_commands: Option<&'a str>,
+    /// The dead-man switch, armed with the launch's settings.
+    pub watchdog: &'a Arming,
 }
 
 impl UserData<'_> {
@@ -31,11 +38,22 @@ impl UserData<'_> {
         if let Some(key) = self.authorized_key {
             doc.push_str(&format!("ssh_authorized_keys:\n  - {}\n", yaml_string(key)));
         }
-        if let Some(commands) = self.extra_commands {
+        doc.push_str("write_files:\n");
+        let files = self.watchdog.boot_files().into_iter();
+        for (path, mode, content) in files.chain(spot_watch::boot_files()) {
             doc.push_str(&format!(
-                "runcmd:\n  - [sh, -c, {}]\n",
-                yaml_string(commands)
+                "  - path: {path}\n    permissions: '{mode}'\n    content: {}\n",
+                yaml_string(&content)
             ));
+        }
+        doc.push_str("runcmd:\n");
+        let start = format!(
+            "systemctl daemon-reload && systemctl enable --now {} {}",
+            watchdog::UNITS,
+            spot_watch::TIMER_UNIT
+        );
+        for command in std::iter::once(start.as_str()).chain(self.extra_commands) {
+            doc.push_str(&format!("  - [sh, -c, {}]\n", yaml_string(command)));
         }
         doc
     }
@@ -52,6 +70,11 @@ mod tests {
             host_public_openssh: "ssh-ed25519 AAAA host",
             authorized_key: Some("ssh-ed25519 BBBB login"),
             extra_commands: Some("echo \"hi\"\nexit 0"),
+            watchdog: &Arming::new(
+                std::time::SystemTime::now(),
+                watchdog::Limit::Off,
+                watchdog::Limit::Off,
+            ),
         }
         .render();
         assert!(doc.starts_with("#cloud-config\n"));
@@ -62,5 +85,13 @@ mod tests {
         );
         assert!(doc.contains("ssh_authorized_keys:\n  - \"ssh-ed25519 BBBB login\"\n"));
         assert!(doc.contains(r#"  - [sh, -c, "echo \"hi\"\nexit 0"]"#));
+        assert!(
+            doc.contains("  - path: /usr/local/sbin/ssh-ec2-watchdog\n    permissions: '0755'\n")
+        );
+        let runcmd = doc.split("runcmd:\n").nth(1).unwrap();
+        assert!(
+            runcmd.starts_with("  - [sh, -c, \"systemctl daemon-reload"),
+            "the switch starts before the user's commands: {runcmd}"
+        );
     }
 }

@@ -37,6 +37,7 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
             machine.instance.id
         ),
         JobState::Ended(_, status) => return Ok(ended(&job, status, printer)),
+        JobState::Interrupted(_) => bail!(interrupted(&job, &machine.instance.id)),
         JobState::Lost(multiplexer) => bail!(
             "job {} ended without an exit status (its {multiplexer} session is gone): \
              `ssh-ec2 --finish` brings its results home",
@@ -47,11 +48,20 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
     reached.session.close().await;
     Ok(match followed {
         Followed::Ended(status) => ended(&job, status, printer),
+        Followed::Interrupted => bail!(interrupted(&job, &machine.instance.id)),
         Followed::Detached => {
             printer.info(&come_back_hint(&machine, &job));
             0
         }
     })
+}
+
+fn interrupted(job: &Job, id: &str) -> String {
+    format!(
+        "job {} is cut short: AWS is taking back spot instance {id} (interruption notice); \
+         `ssh-ec2 --finish` now brings home what it has written",
+        job.name()
+    )
 }
 
 fn ended(job: &Job, status: i32, printer: &Printer) -> i32 {

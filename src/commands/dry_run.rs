@@ -37,6 +37,10 @@ struct Report {
     /// --connect: where ssh-ec2 would dial instead of the instance's address.
     connect: Option<String>,
     end_of_life: String,
+    /// The dead-man switch: when the instance would stop itself.
+    lifetime: String,
+    /// `Some(max price)` for a spot launch (`None` inside: up to the on-demand price).
+    spot: Option<Option<String>>,
     /// `None` with --no-rsync.
     sync: Option<SyncSize>,
     /// `None`: price unknown.
@@ -143,6 +147,8 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
         ssh_cidr_from,
         connect: plan.connect.as_ref().map(ToString::to_string),
         end_of_life: plan.end_of_life.to_string(),
+        lifetime: plan.watchdog.describe(),
+        spot: plan.launch.spot.as_ref().map(|spot| spot.max_price.clone()),
         sync,
         price: price::on_demand(&instance_type, &cloud.region),
     })
@@ -182,6 +188,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
         host_public_openssh: MADE_AT_LAUNCH,
         authorized_key: login_key,
         extra_commands: spec.extra_boot_commands.as_deref(),
+        watchdog: &plan.watchdog,
     }
     .render();
     let asked = cloud
@@ -203,6 +210,8 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             tags: &spec.tags,
             client_token: &format!("ssh-ec2-dry-run-{}", std::process::id()),
             launch_id: "dry-run",
+            expires_at: plan.watchdog.expires_at().as_deref(),
+            spot: spec.spot.as_ref().map(|spot| spot.max_price.as_deref()),
         })
         .await;
     Ok(Launch {
@@ -312,6 +321,18 @@ fn text(report: &Report) -> String {
         row("connect to", connect);
     }
     row("end of life", &report.end_of_life);
+    row("lifetime", &report.lifetime);
+    if let Some(max_price) = &report.spot {
+        row(
+            "market",
+            &format!(
+                "spot, up to {}",
+                max_price
+                    .as_deref()
+                    .map_or("the on-demand price".into(), |p| format!("${p}/hour"))
+            ),
+        );
+    }
     row(
         "sync",
         &match &report.sync {

@@ -58,6 +58,7 @@ async fn work(
             machine.instance.id
         ),
         JobState::Ended(_, status) => Followed::Ended(status),
+        JobState::Interrupted(_) => Followed::Interrupted,
         JobState::Lost(multiplexer) => {
             printer.warn(&format!(
                 "job {} ended without an exit status (its {multiplexer} session is gone): \

@@ -88,7 +88,11 @@ async fn rows(
             host: owned.host,
             state: owned.instance.state.as_str(),
             instance_type: owned.instance.instance_type,
-            market: if owned.spot { "spot" } else { "on-demand" },
+            market: if owned.instance.spot {
+                "spot"
+            } else {
+                "on-demand"
+            },
             launched: owned.launched,
             expires_at: owned.expires_at,
             keys_here,
@@ -141,6 +145,7 @@ fn describe(state: &JobState) -> String {
         JobState::Running(multiplexer) => format!("running ({multiplexer})"),
         JobState::Ended(_, status) => format!("ended (exit {status})"),
         JobState::Lost(_) => "lost".into(),
+        JobState::Interrupted(_) => "interrupted (spot)".into(),
     }
 }
 

@@ -35,6 +35,7 @@ use crate::plan::{Host, Plan};
 use crate::printer::{Printer, format_duration};
 use crate::remote::job::{Job, JobState, Multiplexer};
 use crate::remote::lease::{self, Lease};
+use crate::remote::watchdog::Limit;
 use crate::remote::{self, RemoteDir};
 use crate::ssh::forward::Forwarding;
 use crate::ssh::{RemoteExit, Session, Target, run_command};
@@ -281,6 +282,7 @@ async fn end_of_run(
             (action, why.map(str::to_string))
         }
     };
+    let (action, why) = end_of_life::for_spot(&machine.instance, action, why);
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }
@@ -388,6 +390,22 @@ async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
+    // Every connection re-arms the dead-man switch with this run's settings.
+    let job = Job::for_dir(&plan.local_dir);
+    session
+        .run_captured(&plan.watchdog.arm_command(&job))
+        .await
+        .context("cannot re-arm the instance's dead-man switch (~/.ssh-ec2/watchdog)")?;
+    if plan.watchdog.max_lifetime == Limit::Off {
+        let until = match plan.watchdog.idle_stop {
+            Limit::Off => "never stops by itself".to_string(),
+            idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
+        };
+        printer.warn(&format!(
+            "--max-lifetime off: {} {until}; end it yourself with `ssh-ec2 --terminate true` here",
+            scene.machine.instance.id
+        ));
+    }
     let pwd = session
         .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
         .await?;
@@ -532,9 +550,13 @@ async fn pull_results(
         pulled = rsync.pull(manifest, &mut progress.conflicts) => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
             drop(phase);
+            let fate = match machine.instance.spot {
+                true => "left running (a spot instance cannot be stopped)",
+                false => "stopped, not terminated",
+            };
             printer.warn(&format!(
-                "{signal} again: skipping the pull; {id} will be stopped, not terminated: run \
-                 `ssh-ec2 true` here later to bring the results home"
+                "{signal} again: skipping the pull; {id} will be {fate}: run `ssh-ec2 true` \
+                 here later to bring the results home"
             ));
             return Err(Interrupted(signal).into());
         }
@@ -578,6 +600,8 @@ enum Followed {
     Ended(i32),
     /// The user detached (or a signal came): the job goes on.
     Detached,
+    /// AWS is taking the spot instance back: the job will not end by itself.
+    Interrupted,
 }
 
 /// The job's state, from its record on the instance.
@@ -622,17 +646,29 @@ async fn follow_job(
     let mut poll = Backoff::new(Duration::from_secs(5));
     loop {
         let watched = match attach {
-            true => run_command(
-                &reached.session,
-                &job.attach_command(multiplexer),
-                None,
-                true,
-                true,
-                interrupt,
-                printer,
-            )
-            .await
-            .map(drop),
+            true => {
+                let attach_line = job.attach_command(multiplexer);
+                let attached = run_command(
+                    &reached.session,
+                    &attach_line,
+                    None,
+                    true,
+                    true,
+                    interrupt,
+                    printer,
+                );
+                tokio::pin!(attached);
+                // AWS's interruption notice does not end the view: detach it then, as the
+                // detach keys would, and the state below tells what happened.
+                tokio::select! {
+                    ran = &mut attached => ran.map(drop),
+                    () = until_interrupted(&reached.session, job, machine.instance.spot) => {
+                        let detach = job.detach_command(multiplexer);
+                        let _ = reached.session.run_captured(&detach).await;
+                        attached.await.map(drop)
+                    }
+                }
+            }
             false => interrupt.sleep(poll.next_delay()).await,
         };
         if interrupt.first().is_some() {
@@ -646,6 +682,7 @@ async fn follow_job(
             Ok(JobState::Running(_)) if attach => return Ok(Followed::Detached),
             Ok(JobState::Running(_)) => continue,
             Ok(JobState::Ended(_, status)) => return Ok(Followed::Ended(status)),
+            Ok(JobState::Interrupted(_)) => return Ok(Followed::Interrupted),
             Ok(JobState::Lost(_)) => bail!(
                 "job {} ended without an exit status (its {multiplexer} session was killed, or \
                  the instance restarted)",
@@ -687,6 +724,22 @@ async fn reach_and_join(
     Ok(reached)
 }
 
+/// Returns once the job's record is marked interrupted (see `remote::spot_watch`); a failed
+/// look (a dropped connection, which ends the attach anyway) is tried again. Never, but on a
+/// spot instance.
+async fn until_interrupted(session: &Session, job: &Job, spot: bool) {
+    if !spot {
+        return std::future::pending().await;
+    }
+    let mut poll = Backoff::new(Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(poll.next_delay()).await;
+        if let Ok(JobState::Interrupted(_)) = job_state(session, job).await {
+            return;
+        }
+    }
+}
+
 /// After following a job: one that goes on keeps the instance; one that ended gives the run its
 /// status, and its results come home before its record is forgotten.
 async fn conclude_job(
@@ -704,15 +757,32 @@ async fn conclude_job(
             scene.printer.info(&come_back_hint(scene.machine, job));
             return Ok(());
         }
-        Followed::Ended(status) => status,
+        Followed::Ended(status) => Some(status),
+        Followed::Interrupted => {
+            scene.printer.warn(&format!(
+                "AWS is taking back spot instance {} (interruption notice): bringing home what \
+                 job {} has written so far",
+                scene.machine.instance.id,
+                job.name()
+            ));
+            None
+        }
     };
     progress.command_started = true;
-    progress.exit = Some(RemoteExit::Status(status as u32));
+    progress.exit = status.map(|status| RemoteExit::Status(status as u32));
     let _notes = NoteSignals::start(scene.interrupt, scene.printer);
     let after_job = scene.interrupt.only_new();
     pull_results(scene, reached, manifest, progress, &after_job).await?;
     progress.results_home = true;
     reached.session.run_captured(&job.forget_command()).await?;
+    if status.is_none() {
+        bail!(
+            "job {} was cut short: AWS took back spot instance {}; what it had written is \
+             home (run it again, or without --spot)",
+            job.name(),
+            scene.machine.instance.id
+        );
+    }
     Ok(())
 }
 

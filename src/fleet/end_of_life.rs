@@ -52,6 +52,26 @@ pub fn safe_action(
     }
 }
 
+/// A one-time spot instance cannot be stopped: where stopping was the safe end of life, it is
+/// left running instead (its dead-man switch ends it later), with the reason.
+pub fn for_spot(
+    instance: &Instance,
+    action: EndOfLife,
+    why: Option<String>,
+) -> (EndOfLife, Option<String>) {
+    if !instance.spot || action != EndOfLife::Stop {
+        return (action, why);
+    }
+    let why = why.map_or(String::new(), |why| format!("{why}; but "));
+    (
+        EndOfLife::Leave,
+        Some(format!(
+            "{why}a spot instance cannot be stopped: leaving it running; `ssh-ec2 true` here \
+             brings its results home (its dead-man switch terminates it when it ends itself)"
+        )),
+    )
+}
+
 /// Stopping a GPU instance can take minutes; past this it is stuck.
 pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -182,5 +202,30 @@ mod tests {
             safe_action(Stop, Origin::FoundRunning, false, false),
             (Stop, None)
         );
+    }
+
+    #[test]
+    fn a_spot_instance_is_left_running_where_another_would_be_stopped() {
+        let mut instance = Instance {
+            id: "i-1".into(),
+            state: State::Running,
+            instance_type: "g5.xlarge".into(),
+            public_ip: None,
+            private_ip: None,
+            security_group: None,
+            login_user: None,
+            spot: true,
+        };
+        let why = Some("its results may not have come home".to_string());
+        let (action, said) = for_spot(&instance, Stop, why.clone());
+        assert_eq!(action, Leave);
+        let said = said.unwrap();
+        assert!(
+            said.starts_with("its results may not have come home; but a spot instance"),
+            "{said}"
+        );
+        assert_eq!(for_spot(&instance, Terminate, None), (Terminate, None));
+        instance.spot = false;
+        assert_eq!(for_spot(&instance, Stop, why.clone()), (Stop, why));
     }
 }

@@ -11,12 +11,13 @@ use super::journal::Launch;
 use super::{Machine, ingress_cidr};
 use crate::cloud::userdata::UserData;
 use crate::cloud::{
-    AwsError, CAPACITY_CODES, Cloud, Image, Instance, LaunchRequest, Subnet, guess_user,
+    AwsError, CAPACITY_CODES, Cloud, Image, Instance, LaunchRequest, SPOT_CAPACITY_CODES, Subnet,
+    guess_user,
 };
 use crate::config::EndOfLife;
 use crate::interrupt::Interrupt;
 use crate::keys::{KeyStore, LoginKey};
-use crate::plan::{ImageChoice, Plan};
+use crate::plan::{ImageChoice, Plan, SpotPlan};
 use crate::printer::Printer;
 
 /// Where to try a launch.
@@ -134,6 +135,7 @@ pub async fn launch(
                 host_public_openssh: &new_keys.host_public_openssh,
                 authorized_key: new_keys.authorized_key.as_deref(),
                 extra_commands: spec.extra_boot_commands.as_deref(),
+                watchdog: &plan.watchdog,
             }
             .render();
             let attempts = Attempts {
@@ -184,9 +186,15 @@ pub async fn launch(
             });
         }
     };
+    let market = match instance.spot {
+        true => "spot; terminated, not stopped, when it ends itself or AWS interrupts it",
+        false => "on-demand",
+    };
     phase.done(format!(
-        "launched {} ({})",
-        instance.id, instance.instance_type
+        "launched {} ({}, {market}); {}",
+        instance.id,
+        instance.instance_type,
+        plan.watchdog.describe()
     ));
     let volume_gib = types
         .iter()
@@ -252,7 +260,8 @@ struct Attempts<'a> {
 }
 
 impl Attempts<'_> {
-    /// Each place for the first type, then each place for the next type, until one launches.
+    /// Each place for the first type, then each place for the next type, until one launches;
+    /// with --spot, all of that as spot first, then on-demand (unless --spot-only).
     async fn run(&self, launch: &mut Launch, types: &[(&str, Image)], places: &[Place]) -> Outcome {
         let given: Vec<&str> = places
             .iter()
@@ -265,34 +274,54 @@ impl Attempts<'_> {
             true => self.cloud.region.clone(),
             false => given.join(", "),
         };
+        let names = types.iter().map(|t| t.0).collect::<Vec<_>>().join(", ");
+        let markets: &[Option<&SpotPlan>] = match &self.plan.launch.spot {
+            Some(spot) if spot.only => &[Some(spot)],
+            Some(spot) => &[Some(spot), None],
+            None => &[None],
+        };
         let mut no_capacity = None;
-        for (t, (instance_type, image)) in types.iter().enumerate() {
-            if t > 0 {
+        for (m, market) in markets.iter().enumerate() {
+            let kind = market.map_or("", |_| "spot ");
+            if m > 0 {
                 self.printer.info(&format!(
-                    "no capacity for {} in {tried}: trying {instance_type} (--fallback-types)",
-                    types[t - 1].0
+                    "no spot capacity for {names} in {tried}: launching on-demand instead \
+                     (--spot-only forbids that)"
                 ));
             }
-            for (p, place) in places.iter().enumerate() {
-                if p > 0 {
+            for (t, (instance_type, image)) in types.iter().enumerate() {
+                if t > 0 {
                     self.printer.info(&format!(
-                        "no capacity for {instance_type} in {}: trying {place}",
-                        places[p - 1]
+                        "no {kind}capacity for {} in {tried}: trying {instance_type} \
+                         (--fallback-types)",
+                        types[t - 1].0
                     ));
                 }
-                let n = t * places.len() + p;
-                match self.attempt(launch, n, instance_type, image, place).await {
-                    Err(e) if is_capacity(&e) => no_capacity = Some(e),
-                    Err(e) => return Outcome::Failed(e),
-                    Ok(outcome) => return outcome,
+                for (p, place) in places.iter().enumerate() {
+                    if p > 0 {
+                        self.printer.info(&format!(
+                            "no {kind}capacity for {instance_type} in {}: trying {place}",
+                            places[p - 1]
+                        ));
+                    }
+                    let n = (m * types.len() + t) * places.len() + p;
+                    let attempt = self.attempt(launch, n, instance_type, image, place, *market);
+                    match attempt.await {
+                        Err(e) if is_capacity(&e, market.is_some()) => no_capacity = Some(e),
+                        Err(e) => return Outcome::Failed(e),
+                        Ok(outcome) => return outcome,
+                    }
                 }
             }
         }
         let e = no_capacity.expect("there is at least one type and one place");
+        let spot_only = match markets {
+            [Some(_)] => "drop --spot-only to take an on-demand instance, ",
+            _ => "",
+        };
         Outcome::Failed(e.context(format!(
-            "no capacity for {} in {tried} right now: try again later, or name other types to \
-             try with --fallback-types T1,T2",
-            types.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+            "no capacity for {names} in {tried} right now: try again later, {spot_only}or name \
+             other types to try with --fallback-types T1,T2",
         )))
     }
 
@@ -304,6 +333,7 @@ impl Attempts<'_> {
         instance_type: &str,
         image: &Image,
         place: &Place,
+        spot: Option<&SpotPlan>,
     ) -> Result<Outcome> {
         self.interrupt.check()?;
         launch.sending(self.store)?;
@@ -331,6 +361,8 @@ impl Attempts<'_> {
                 tags: &spec.tags,
                 client_token: &launch.client_token(n),
                 launch_id: &launch.id,
+                expires_at: self.plan.watchdog.expires_at().as_deref(),
+                spot: spot.map(|spot| spot.max_price.as_deref()),
             })
             .await;
         let e = match launched {
@@ -363,10 +395,13 @@ impl Attempts<'_> {
     }
 }
 
-fn is_capacity(e: &anyhow::Error) -> bool {
+/// No capacity for this attempt (for a spot one: no spot capacity, or not at this price).
+fn is_capacity(e: &anyhow::Error, spot: bool) -> bool {
     e.downcast_ref::<AwsError>()
         .and_then(|aws| aws.code.as_deref())
-        .is_some_and(|code| CAPACITY_CODES.contains(&code))
+        .is_some_and(|code| {
+            CAPACITY_CODES.contains(&code) || (spot && SPOT_CAPACITY_CODES.contains(&code))
+        })
 }
 
 fn is_quota(aws: &AwsError) -> bool {

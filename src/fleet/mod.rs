@@ -197,6 +197,10 @@ async fn reuse(
             .allow_ssh_only_from(group, ingress_cidr(&plan.ingress).await?)
             .await?;
     }
+    // This run's settings of the dead-man switch, which `reach` re-arms on the instance.
+    cloud
+        .set_expiry(&instance.id, plan.watchdog.expires_at().as_deref())
+        .await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
     if let Err(e) = interrupt.cancel(start(cloud, &instance, &phase)).await {
         drop(phase);
@@ -206,7 +210,11 @@ async fn reuse(
         }
         return Err(e);
     }
-    phase.done(format!("reusing {}", instance.id));
+    phase.done(format!(
+        "reusing {}; {}",
+        instance.id,
+        plan.watchdog.describe()
+    ));
     Ok(Machine {
         volume_gib: store.volume(&instance.id),
         instance,

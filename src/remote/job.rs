@@ -1,7 +1,7 @@
 //! A job: the command run inside tmux or screen on the instance, so that it outlives the
 //! connection. Its record, `~/.ssh-ec2/jobs/<name>/`, holds the command, directory, multiplexer
 //! and start time, and, written by a wrapper around the command (so it is kept even when nobody
-//! is attached), its exit status and end time.
+//! is attached), its pid while it runs, then its exit status and end time.
 
 use std::fmt;
 use std::path::Path;
@@ -60,6 +60,9 @@ pub enum JobState {
     /// The multiplexer's session is gone without an exit status (killed, or the machine
     /// rebooted).
     Lost(Multiplexer),
+    /// AWS gave notice that it takes the (spot) instance back: the record is marked
+    /// `interrupted` (see `spot_watch`), and the job has no exit status yet.
+    Interrupted(Multiplexer),
 }
 
 /// This directory's job on the instance: one at a time.
@@ -105,12 +108,14 @@ impl Job {
         "for m in tmux screen; do command -v $m >/dev/null 2>&1 && echo $m; done; true"
     }
 
-    /// Prints one line: `none`, `running MUX`, `ended MUX STATUS` or `lost MUX`.
+    /// Prints one line: `none`, `running MUX`, `ended MUX STATUS`, `interrupted MUX` or
+    /// `lost MUX`.
     pub fn status_command(&self) -> String {
         let name = &self.name;
         format!(
             "r={record}; [ -f \"$r/multiplexer\" ] || {{ echo none; exit 0; }}; m=$(cat \"$r/multiplexer\"); \
              if [ -f \"$r/exit\" ]; then echo \"ended $m $(cat \"$r/exit\")\"; \
+             elif [ -f \"$r/interrupted\" ]; then echo \"interrupted $m\"; \
              elif [ \"$m\" = tmux ] && tmux has-session -t ={name} 2>/dev/null; then echo \"running $m\"; \
              elif [ \"$m\" = screen ] && screen -ls 2>/dev/null | grep -q '[0-9]\\.{name}[[:space:]]'; then echo \"running $m\"; \
              else echo \"lost $m\"; fi",
@@ -127,6 +132,7 @@ impl Job {
             "running" => JobState::Running(multiplexer()?),
             "ended" => JobState::Ended(multiplexer()?, words.get(2)?.parse().ok()?),
             "lost" => JobState::Lost(multiplexer()?),
+            "interrupted" => JobState::Interrupted(multiplexer()?),
             _ => return None,
         })
     }
@@ -143,8 +149,9 @@ impl Job {
         let record = self.record();
         let stamp = "date -u +%Y-%m-%dT%H:%M:%SZ";
         // The wrapper outlives any connection: it keeps the status even when nobody attaches.
+        // Its pid tells the instance's dead-man switch (see `watchdog`) that the job lives.
         let wrapper = format!(
-            "cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
+            "echo $$ > {record}/pid; cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
              echo $s > {record}/exit.new && mv {record}/exit.new {record}/exit; {stamp} > {record}/ended",
             dir = dir.for_shell(),
             command = shell_quote(command),
@@ -174,6 +181,14 @@ impl Job {
             Multiplexer::Tmux => format!("exec tmux attach-session -t ={}", self.name),
             // -x: also when it is attached elsewhere, as tmux allows.
             Multiplexer::Screen => format!("exec screen -x {}", self.name),
+        }
+    }
+
+    /// Detaches every view of the job, as its detach keys would.
+    pub fn detach_command(&self, multiplexer: Multiplexer) -> String {
+        match multiplexer {
+            Multiplexer::Tmux => format!("tmux detach-client -s ={}", self.name),
+            Multiplexer::Screen => format!("screen -d {}", self.name),
         }
     }
 
@@ -215,6 +230,10 @@ mod tests {
         assert_eq!(
             Job::parse_status("lost tmux"),
             Some(JobState::Lost(Multiplexer::Tmux))
+        );
+        assert_eq!(
+            Job::parse_status("interrupted tmux"),
+            Some(JobState::Interrupted(Multiplexer::Tmux))
         );
         assert_eq!(Job::parse_status("what"), None);
     }

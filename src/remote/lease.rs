@@ -7,7 +7,7 @@
 /// How often a live holder touches its lease; well under the expiry below.
 pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// Minutes after which an untouched lease no longer counts (find's `-mmin`).
-const EXPIRES_AFTER_MINUTES: u32 = 2;
+pub(super) const EXPIRES_AFTER_MINUTES: u32 = 2;
 
 pub struct Lease {
     /// The directory the instance belongs to (a job name), so leases never mix.

@@ -3,6 +3,8 @@
 
 pub mod job;
 pub mod lease;
+pub mod spot_watch;
+pub mod watchdog;
 
 use std::fmt;
 use std::path::Path;

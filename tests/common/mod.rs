@@ -562,10 +562,32 @@ impl Project {
     }
 }
 
+impl Project {
+    /// The dead-man switch settings the runs here armed on the instance (see
+    /// src/remote/watchdog.rs), named after this directory's job.
+    pub fn remote_watchdog_files(&self, user: &str) -> Vec<PathBuf> {
+        let name = self.path().file_name().unwrap().to_string_lossy();
+        let prefix = format!("ssh-ec2-{name}-");
+        let dir = Path::new("/home").join(user).join(".ssh-ec2/watchdog");
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Project {
     fn drop(&mut self) {
         for user in [REMOTE_USER, "ec2-user"] {
             let _ = std::fs::remove_dir_all(self.remote_of(user));
+            for file in self.remote_watchdog_files(user) {
+                let _ = std::fs::remove_file(file);
+            }
         }
     }
 }
@@ -815,4 +837,39 @@ impl Tripwire {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
     }
+}
+
+/// The cloud-config as cloud-init reads it (YAML), through the test bed's Python.
+pub fn cloud_config(user_data: &str) -> Value {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/.venv/bin/python");
+    let mut child = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): run tests/testbed/install",
+                python.display()
+            )
+        });
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), user_data.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the user-data is not YAML");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn written_file(config: &Value, path: &str) -> String {
+    config["write_files"]
+        .as_array()
+        .expect("write_files")
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("the user-data writes no {path}"))["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

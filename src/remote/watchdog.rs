@@ -1,0 +1,385 @@
+//! The instance's dead-man switch: it stops the instance by itself once its maximum lifetime is
+//! over, or once nothing has used it for the idle time, so a laptop that is gone never leaves
+//! it running (and billed). Installed at first boot through user-data (a script, a systemd timer
+//! that runs it every minute, and a unit that starts the idle time at each boot); each run
+//! re-arms it with its own settings, so a reused instance follows the current run's.
+//!
+//! The settings are small files: the launch's in `/etc/ssh-ec2/watchdog`, each directory's run
+//! in `~/.ssh-ec2/watchdog/<job name>`; the one armed last wins. `shutdown -h` stops the
+//! instance (it is launched with the "stop" shutdown behaviour), so unpulled results survive.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::job::Job;
+
+/// A duration setting that `off` disables: `--max-lifetime`, `--idle-stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Limit {
+    Off,
+    After(Duration),
+}
+
+impl Limit {
+    pub const fn hours(n: u64) -> Limit {
+        Limit::After(Duration::from_secs(n * 3_600))
+    }
+
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Limit::Off => None,
+            Limit::After(d) => Some(d),
+        }
+    }
+}
+
+impl FromStr for Limit {
+    type Err = String;
+    /// `off`, or a sum of `<number><unit>` with units d, h, m, s: `24h`, `90m`, `1h30m`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint =
+            || format!("`{s}` is not a duration: write e.g. 24h, 90m, 1h30m, 2d or 45s, or off");
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Limit::Off);
+        }
+        let mut total: u64 = 0;
+        let mut number = String::new();
+        for c in s.trim().chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let unit = match c {
+                'd' => 86_400,
+                'h' => 3_600,
+                'm' => 60,
+                's' => 1,
+                _ => return Err(hint()),
+            };
+            let n: u64 = number.parse().map_err(|_| hint())?;
+            total = n
+                .checked_mul(unit)
+                .and_then(|secs| total.checked_add(secs))
+                .ok_or_else(hint)?;
+            number.clear();
+        }
+        if !number.is_empty() || s.trim().is_empty() {
+            return Err(hint());
+        }
+        if total == 0 {
+            return Err(format!(
+                "`{s}` would stop the instance at once: give a longer duration, or off"
+            ));
+        }
+        Ok(Limit::After(Duration::from_secs(total)))
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Limit::After(d) = self else {
+            return f.write_str("off");
+        };
+        let mut secs = d.as_secs();
+        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+            if secs >= size {
+                write!(f, "{}{unit}", secs / size)?;
+                secs %= size;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The switch's settings as one run arms them: when, until when, and how long idle.
+#[derive(Debug, Clone)]
+pub struct Arming {
+    /// Unix seconds.
+    armed: u64,
+    pub max_lifetime: Limit,
+    pub idle_stop: Limit,
+}
+
+impl Arming {
+    pub fn new(now: SystemTime, max_lifetime: Limit, idle_stop: Limit) -> Arming {
+        Arming {
+            armed: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            max_lifetime,
+            idle_stop,
+        }
+    }
+
+    /// Unix seconds after which the instance stops itself, whatever it does.
+    fn deadline(&self) -> Option<u64> {
+        Some(self.armed + self.max_lifetime.duration()?.as_secs())
+    }
+
+    /// The deadline in ISO 8601, UTC: the `ssh-ec2:expires-at` tag.
+    pub fn expires_at(&self) -> Option<String> {
+        self.deadline().map(iso8601)
+    }
+
+    /// What the settings file says; the script reads nothing else.
+    fn settings(&self) -> String {
+        let or_off = |v: Option<u64>| v.map_or("off".to_string(), |v| v.to_string());
+        format!(
+            "armed={}\ndeadline={}\nidle={}\n",
+            self.armed,
+            or_off(self.deadline()),
+            or_off(self.idle_stop.duration().map(|d| d.as_secs()))
+        )
+    }
+
+    /// Re-arms the switch from a connection, in the login user's home, for this directory.
+    pub fn arm_command(&self, job: &Job) -> String {
+        format!(
+            "d=\"$HOME\"/.ssh-ec2/watchdog && mkdir -p \"$d\" && printf '%s' '{}' > \"$d/{name}.new\" \
+             && mv \"$d/{name}.new\" \"$d/{name}\"",
+            self.settings(),
+            name = job.name()
+        )
+    }
+
+    /// When the instance will end itself, for the launch line.
+    pub fn describe(&self) -> String {
+        match (self.expires_at(), self.idle_stop) {
+            (Some(at), Limit::After(_)) => format!(
+                "it stops itself at {at} (--max-lifetime {}), or after {} idle",
+                self.max_lifetime, self.idle_stop
+            ),
+            (Some(at), Limit::Off) => {
+                format!(
+                    "it stops itself at {at} (--max-lifetime {})",
+                    self.max_lifetime
+                )
+            }
+            (None, Limit::After(_)) => format!("it stops itself after {} idle", self.idle_stop),
+            (None, Limit::Off) => {
+                "it never stops itself (--max-lifetime and --idle-stop are off)".to_string()
+            }
+        }
+    }
+
+    /// The files cloud-init writes at first boot (path, mode, content); then `UNITS` start.
+    pub fn boot_files(&self) -> Vec<(&'static str, &'static str, String)> {
+        vec![
+            (SCRIPT_PATH, "0755", script()),
+            ("/etc/ssh-ec2/watchdog", "0644", self.settings()),
+            (
+                "/etc/systemd/system/ssh-ec2-watchdog.service",
+                "0644",
+                CHECK_UNIT.to_string(),
+            ),
+            (
+                "/etc/systemd/system/ssh-ec2-watchdog.timer",
+                "0644",
+                TIMER_UNIT.to_string(),
+            ),
+            (
+                "/etc/systemd/system/ssh-ec2-watchdog-boot.service",
+                "0644",
+                BOOT_UNIT.to_string(),
+            ),
+        ]
+    }
+}
+
+/// The units that `boot_files` installs, to enable and start at first boot.
+pub const UNITS: &str = "ssh-ec2-watchdog-boot.service ssh-ec2-watchdog.timer";
+
+const SCRIPT_PATH: &str = "/usr/local/sbin/ssh-ec2-watchdog";
+
+/// Every minute; the first check comes 15 minutes after boot, so a run that started a stopped
+/// instance whose deadline has passed has the time to re-arm it (the boot timeout's default
+/// is 10 minutes).
+const TIMER_UNIT: &str = "[Unit]
+Description=ssh-ec2 dead-man switch, every minute
+
+[Timer]
+OnBootSec=15min
+OnUnitActiveSec=1min
+AccuracySec=10s
+
+[Install]
+WantedBy=timers.target
+";
+
+const CHECK_UNIT: &str = "[Unit]
+Description=ssh-ec2 dead-man switch: stop this instance once its lifetime is over or it is idle
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/ssh-ec2-watchdog check
+";
+
+const BOOT_UNIT: &str = "[Unit]
+Description=ssh-ec2 dead-man switch: the idle time starts at boot
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/ssh-ec2-watchdog boot
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The script, with the age after which a lease no longer counts.
+fn script() -> String {
+    let seconds = super::lease::EXPIRES_AFTER_MINUTES * 60;
+    SCRIPT.replace("@LEASE_SECONDS@", &seconds.to_string())
+}
+
+/// The switch itself, run as root. Its paths can be moved through the environment (for a test
+/// of the script); the clock is `date +%s`. Active means: an SSH login (sshd names its session
+/// processes `user@tty`), a run's lease that still counts (see `lease`), or a job
+/// with no exit status whose wrapper lives (see `job`; a record without the wrapper's pid, from
+/// an older version, counts as running).
+const SCRIPT: &str = r#"#!/bin/sh
+# ssh-ec2's dead-man switch: `check` (every minute, ssh-ec2-watchdog.timer) shuts this
+# instance down once its deadline has passed or it has been idle for too long; it stops, and
+# its disk keeps the results. `boot` starts the idle time. Settings: the newest `armed` of
+# /etc/ssh-ec2/watchdog and ~/.ssh-ec2/watchdog/* (written by each ssh-ec2 run).
+set -u
+state=${SSH_EC2_WATCHDOG_STATE:-/var/lib/ssh-ec2}
+homes=${SSH_EC2_WATCHDOG_HOMES:-/root /home/*}
+launch_settings=${SSH_EC2_WATCHDOG_SETTINGS:-/etc/ssh-ec2/watchdog}
+now=$(date +%s)
+
+number() { case $1 in ''|*[!0-9]*) return 1;; esac; }
+mark() {
+    mkdir -p "$state" && echo "$now" > "$state/active.new" && mv "$state/active.new" "$state/active"
+}
+
+armed=0 deadline=off idle=off
+consider() {
+    [ -f "$1" ] || return 0
+    a= d= i=
+    while IFS='=' read -r key value; do
+        case $key in armed) a=$value;; deadline) d=$value;; idle) i=$value;; esac
+    done < "$1"
+    number "$a" && [ "$a" -ge "$armed" ] || return 0
+    { [ "$d" = off ] || number "$d"; } && { [ "$i" = off ] || number "$i"; } || return 0
+    armed=$a deadline=$d idle=$i
+}
+
+active() {
+    ps -eo args= 2>/dev/null | grep -Eq '^sshd(-session)?: [^ ]+@' && return 0
+    for home in $homes; do
+        for lease in "$home"/.ssh-ec2/leases/*/*; do
+            [ -f "$lease" ] || continue
+            touched=$(stat -c %Y "$lease" 2>/dev/null) || continue
+            [ $((now - touched)) -lt @LEASE_SECONDS@ ] && return 0
+        done
+        for job in "$home"/.ssh-ec2/jobs/*; do
+            [ -d "$job" ] && [ ! -f "$job/exit" ] || continue
+            pid=$(cat "$job/pid" 2>/dev/null) || return 0
+            [ -d "/proc/$pid" ] && return 0
+        done
+    done
+    return 1
+}
+
+end() {
+    echo "ssh-ec2-watchdog: $1: shutting down (the instance stops; its disk is kept)"
+    shutdown -h now "ssh-ec2: $1" || systemctl poweroff
+    exit 0
+}
+
+case ${1:-check} in
+    boot) mark; exit 0;;
+    check) ;;
+    *) echo "usage: $0 check|boot" >&2; exit 2;;
+esac
+
+consider "$launch_settings"
+for home in $homes; do
+    for file in "$home"/.ssh-ec2/watchdog/*; do consider "$file"; done
+done
+
+if [ "$deadline" != off ] && [ "$now" -ge "$deadline" ]; then
+    end "its maximum lifetime is over"
+fi
+if active; then
+    mark
+    exit 0
+fi
+if [ "$idle" != off ]; then
+    last=$(cat "$state/active" 2>/dev/null)
+    number "$last" || last=0
+    [ "$armed" -gt "$last" ] && last=$armed
+    if [ $((now - last)) -ge "$idle" ]; then
+        end "idle for $((now - last)) seconds"
+    fi
+fi
+exit 0
+"#;
+
+/// `2026-11-22T08:00:00Z` for Unix seconds (days to civil date: H. Hinnant's algorithm).
+fn iso8601(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_counts_leases_as_long_as_they_count() {
+        assert!(script().contains("-lt 120 ]"));
+        assert!(!script().contains("@LEASE"));
+    }
+
+    #[test]
+    fn limits_read_and_print() {
+        let after = |s: u64| Limit::After(Duration::from_secs(s));
+        assert_eq!("24h".parse(), Ok(after(86_400)));
+        assert_eq!("1h30m".parse(), Ok(after(5_400)));
+        assert_eq!("OFF".parse(), Ok(Limit::Off));
+        for bad in ["", "0m", "24", "h", "1x", "-1h", "99999999999999999999d"] {
+            assert!(bad.parse::<Limit>().is_err(), "{bad}");
+        }
+        assert_eq!(after(5_400).to_string(), "1h30m");
+        assert_eq!(after(86_400).to_string(), "1d");
+        let err = "0m".parse::<Limit>().unwrap_err();
+        assert!(err.contains("at once"), "{err}");
+        let file: crate::config::Layer =
+            toml::from_str("max_lifetime = \"3d\"\nidle_stop = \"off\"\n").unwrap();
+        assert_eq!(file.max_lifetime, Some(after(3 * 86_400)));
+        assert_eq!(file.idle_stop, Some(Limit::Off));
+    }
+
+    #[test]
+    fn deadlines_are_tagged_in_utc() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(951_827_696), "2000-02-29T12:34:56Z");
+        assert_eq!(iso8601(1_795_305_600), "2026-11-22T00:00:00Z");
+        let arming = Arming::new(
+            UNIX_EPOCH + Duration::from_secs(1_795_305_600),
+            Limit::After(Duration::from_secs(3_600)),
+            Limit::Off,
+        );
+        assert_eq!(arming.expires_at().as_deref(), Some("2026-11-22T01:00:00Z"));
+        assert_eq!(
+            arming.settings(),
+            "armed=1795305600\ndeadline=1795309200\nidle=off\n"
+        );
+    }
+}

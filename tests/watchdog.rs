@@ -1,0 +1,339 @@
+//! The instance ends itself: the dead-man switch in its user-data, the `ssh-ec2:expires-at`
+//! tag, and the re-arming by each run. The switch needs systemd and root, so the script that
+//! the user-data installs runs here, on the test side, with a fake `shutdown`, `date` (the
+//! clock) and `ps` first in PATH, against a home directory of its own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_ec2::types::{Instance, InstanceStateName};
+use common::{
+    Project, REMOTE_USER, Run, TestCloud, cloud_config, instance_id, state_of, written_file,
+};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn tag(instance: &Instance, key: &str) -> Option<String> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+        .map(str::to_string)
+}
+
+/// Unix seconds of an ISO 8601 UTC time, as GNU date reads it.
+fn unix_of(iso: &str) -> u64 {
+    assert!(
+        iso.ends_with('Z') && iso.contains('T'),
+        "not ISO 8601 UTC: {iso}"
+    );
+    let out = Command::new("date")
+        .args(["-u", "-d", iso, "+%s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "date cannot read {iso}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A value of a settings file (`key=value` lines).
+fn setting(settings: &str, key: &str) -> String {
+    settings
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {settings}"))
+        .to_string()
+}
+
+/// The switch's script in a world of its own: a clock, a process list, a home, and a
+/// `shutdown` that only writes down that it was called.
+struct Bench {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+}
+
+impl Bench {
+    fn new(script: &str, launch_settings: &str) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        let fake = |name: &str, body: &str| {
+            let path = bin.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            std::fs::set_permissions(&path, executable).unwrap();
+        };
+        let r = root.display();
+        fake("date", &format!("cat '{r}/now'"));
+        fake("ps", &format!("cat '{r}/ps' 2>/dev/null; true"));
+        fake("shutdown", &format!("echo \"$*\" >> '{r}/shutdown'"));
+        std::fs::write(root.join("etc-watchdog"), launch_settings).unwrap();
+        let path = root.join("ssh-ec2-watchdog");
+        std::fs::write(&path, script).unwrap();
+        Bench { dir, script: path }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the script at `now` with `what` (`boot` or `check`); whether it shut down.
+    fn run(&self, what: &str, now: u64) -> bool {
+        let root = self.root();
+        std::fs::write(root.join("now"), format!("{now}\n")).unwrap();
+        let _ = std::fs::remove_file(root.join("shutdown"));
+        let path = format!(
+            "{}:{}",
+            root.join("bin").display(),
+            std::env::var("PATH").unwrap()
+        );
+        let out = Command::new("/bin/sh")
+            .arg(&self.script)
+            .arg(what)
+            .env("PATH", path)
+            .env("SSH_EC2_WATCHDOG_STATE", root.join("state"))
+            .env("SSH_EC2_WATCHDOG_HOMES", root.join("home"))
+            .env("SSH_EC2_WATCHDOG_SETTINGS", root.join("etc-watchdog"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the watchdog failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match std::fs::read_to_string(root.join("shutdown")) {
+            Ok(args) => {
+                assert!(args.starts_with("-h now"), "shutdown {args}");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn home_file(&self, relative: &str, content: &str) -> PathBuf {
+        let path = self.root().join("home/.ssh-ec2").join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn processes(&self, list: &str) {
+        std::fs::write(self.root().join("ps"), list).unwrap();
+    }
+}
+
+/// Sets a file's modification time (a lease's last renewal).
+fn touch_at(path: &Path, unix: u64) {
+    let ok = Command::new("touch")
+        .arg("-d")
+        .arg(format!("@{unix}"))
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let before = unix_now();
+    let run = Run::of(project.ssh_ec2(&cloud).args([
+        "--leave",
+        "--max-lifetime",
+        "2h",
+        "--idle-stop",
+        "5m",
+        "true",
+    ]));
+    let after = unix_now();
+    run.assert_code(0);
+    let instance = cloud.instances().remove(0);
+    let id = instance_id(&instance);
+    let expires = tag(&instance, "ssh-ec2:expires-at").expect("ssh-ec2:expires-at tag");
+    let deadline = unix_of(&expires);
+    assert!(
+        (before + 7_200..=after + 7_200).contains(&deadline),
+        "--max-lifetime 2h: {expires}\n{run}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "it stops itself at {expires} (--max-lifetime 2h), or after 5m idle"
+        )),
+        "the launch line says when\n{run}"
+    );
+
+    // What cloud-init would install and start.
+    let config = cloud_config(&cloud.user_data(&id));
+    let script = written_file(&config, "/usr/local/sbin/ssh-ec2-watchdog");
+    let launch_settings = written_file(&config, "/etc/ssh-ec2/watchdog");
+    assert_eq!(setting(&launch_settings, "deadline"), deadline.to_string());
+    assert_eq!(setting(&launch_settings, "idle"), "300");
+    let timer = written_file(&config, "/etc/systemd/system/ssh-ec2-watchdog.timer");
+    assert!(timer.contains("OnUnitActiveSec=1min"), "{timer}");
+    let service = written_file(&config, "/etc/systemd/system/ssh-ec2-watchdog.service");
+    assert!(service.contains("ssh-ec2-watchdog check"), "{service}");
+    let start = config["runcmd"][0].to_string();
+    assert!(
+        start.contains("enable --now ssh-ec2-watchdog-boot.service ssh-ec2-watchdog.timer"),
+        "{start}"
+    );
+
+    // The run armed it too, in the login's home, with the same deadline.
+    let armed = project.remote_watchdog_files(REMOTE_USER);
+    assert_eq!(armed.len(), 1, "{armed:?}");
+    let armed = std::fs::read_to_string(&armed[0]).unwrap();
+    assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
+
+    let armed_at: u64 = setting(&launch_settings, "armed").parse().unwrap();
+    let t = |secs: u64| armed_at + secs;
+
+    // Idle: nothing uses it for 5 minutes from boot.
+    let bench = Bench::new(&script, &launch_settings);
+    assert!(!bench.run("boot", t(10)));
+    assert!(!bench.run("check", t(309)), "idle for 299 s only");
+    assert!(bench.run("check", t(310)), "idle for 5 minutes: it stops");
+
+    // A run's lease, renewed in the last two minutes, keeps it; so does a later one.
+    let bench = Bench::new(&script, &launch_settings);
+    assert!(!bench.run("boot", t(0)));
+    let lease = bench.home_file("leases/ssh-ec2-x/0123", "1 2\n");
+    touch_at(&lease, t(280));
+    assert!(!bench.run("check", t(390)), "a fresh lease keeps it");
+    assert!(
+        !bench.run("check", t(600)),
+        "idle since the last check that saw the lease: 210 s"
+    );
+    assert!(
+        bench.run("check", t(690)),
+        "the lease is stale: idle for 300 s"
+    );
+
+    // A job without an exit status whose wrapper lives keeps it; once it ended, it is idle.
+    let bench = Bench::new(&script, &launch_settings);
+    assert!(!bench.run("boot", t(0)));
+    bench.home_file("jobs/ssh-ec2-x/pid", &format!("{}\n", std::process::id()));
+    assert!(!bench.run("check", t(1_000)), "the job runs");
+    bench.home_file("jobs/ssh-ec2-x/exit", "0\n");
+    assert!(!bench.run("check", t(1_299)));
+    assert!(bench.run("check", t(1_300)), "the job ended 5 minutes ago");
+
+    // An SSH login keeps it, as long as it lasts.
+    let bench = Bench::new(&script, &launch_settings);
+    assert!(!bench.run("boot", t(0)));
+    bench.processes("/usr/sbin/sshd -D\nsshd: ubuntu [priv]\nsshd: ubuntu@pts/0\n-bash\n");
+    assert!(!bench.run("check", t(3_000)), "someone is logged in");
+    bench.processes("/usr/sbin/sshd -D\n");
+    assert!(bench.run("check", t(3_300)));
+
+    // The maximum lifetime ends it, even in use...
+    let bench = Bench::new(&script, &launch_settings);
+    assert!(!bench.run("boot", t(0)));
+    bench.processes("sshd: ubuntu@notty\n");
+    assert!(!bench.run("check", t(7_199)));
+    assert!(
+        bench.run("check", t(7_200)),
+        "2 hours: its lifetime is over"
+    );
+    // ...unless a later run re-armed it with other settings.
+    bench.home_file(
+        "watchdog/ssh-ec2-x",
+        &format!("armed={}\ndeadline=off\nidle=off\n", t(100)),
+    );
+    assert!(!bench.run("check", t(100_000)), "re-armed: no limits");
+
+    let end = Run::of(project.ssh_ec2(&cloud).args(["--terminate", "true"]));
+    end.assert_code(0);
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated
+    );
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let first = cloud.instances().remove(0);
+    let first_expiry = unix_of(&tag(&first, "ssh-ec2:expires-at").unwrap());
+    assert!(
+        first_expiry >= unix_now() + 86_400 - 300,
+        "the default is 24h: {first_expiry}"
+    );
+
+    let before = unix_now();
+    let second = Run::of(project.ssh_ec2(&cloud).args([
+        "--leave",
+        "--max-lifetime",
+        "3d",
+        "--idle-stop",
+        "off",
+        "true",
+    ]));
+    let after = unix_now();
+    second.assert_code(0);
+    let instances = cloud.instances();
+    assert_eq!(instances.len(), 1, "reused\n{second}");
+    let expires = tag(&instances[0], "ssh-ec2:expires-at").unwrap();
+    let deadline = unix_of(&expires);
+    assert!(
+        (before + 3 * 86_400..=after + 3 * 86_400).contains(&deadline),
+        "the tag follows this run's --max-lifetime: {expires}\n{second}"
+    );
+    assert!(
+        second.stderr.contains(&format!(
+            "it stops itself at {expires} (--max-lifetime 3d) ("
+        )),
+        "{second}"
+    );
+    let armed = std::fs::read_to_string(&project.remote_watchdog_files(REMOTE_USER)[0]).unwrap();
+    assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
+    assert_eq!(setting(&armed, "idle"), "off", "{armed}");
+
+    let third = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("SSH_EC2_MAX_LIFETIME", "off")
+            .args(["--leave", "true"]),
+    );
+    third.assert_code(0);
+    assert!(
+        third.stderr.contains("--max-lifetime off:"),
+        "a switch without a lifetime is warned about\n{third}"
+    );
+    assert_eq!(
+        tag(&cloud.instances()[0], "ssh-ec2:expires-at"),
+        None,
+        "no lifetime, no expiry tag\n{third}"
+    );
+    let armed = std::fs::read_to_string(&project.remote_watchdog_files(REMOTE_USER)[0]).unwrap();
+    assert_eq!(setting(&armed, "deadline"), "off", "{armed}");
+    assert_eq!(
+        setting(&armed, "idle"),
+        "3600",
+        "the default idle stop: {armed}"
+    );
+
+    Run::of(project.ssh_ec2(&cloud).args(["--terminate", "true"])).assert_code(0);
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated
+    );
+    cloud.assert_no_bed_errors();
+}
