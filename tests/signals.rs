@@ -127,7 +127,7 @@ fn sigterm_ends_a_run_cleanly() {
     let child = start_until_ready(
         project
             .ssh_ec2(&cloud)
-            .arg("echo ready; echo partial > log.txt; sleep 60"),
+            .arg("echo partial > log.txt; echo ready; sleep 60"),
     );
     signal(&child, Signal::SIGTERM);
     let Run { code, stderr, .. } = Run::collect(child);
