@@ -9,34 +9,42 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{CloudOptions, Project, Run, TestCloud, state_of, wait_or_kill};
+use common::{CloudOptions, Project, Run, TestCloud, assert_nothing_left, state_of, wait_or_kill};
 use serde_json::{Value, json};
+
+/// The default VPC's subnets, as (zone, subnet id), by zone.
+fn default_subnets(cloud: &TestCloud) -> Vec<(String, String)> {
+    let found = cloud
+        .block_on(
+            cloud
+                .ec2()
+                .describe_subnets()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("default-for-az")
+                        .values("true")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let mut zones: Vec<(String, String)> = found
+        .subnets()
+        .iter()
+        .map(|s| {
+            let zone = s.availability_zone().unwrap().to_string();
+            (zone, s.subnet_id().unwrap().to_string())
+        })
+        .collect();
+    zones.sort();
+    zones
+}
 
 fn faulty_cloud() -> TestCloud {
     TestCloud::start_with(CloudOptions {
         faults: true,
         ..Default::default()
     })
-}
-
-/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
-fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
-    let alive: Vec<_> = cloud
-        .instances()
-        .into_iter()
-        .filter(|i| state_of(i) != InstanceStateName::Terminated)
-        .collect();
-    assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
-    assert!(
-        cloud.run_security_groups().is_empty(),
-        "security groups left\n{run}"
-    );
-    assert!(cloud.key_pair_names().is_empty(), "{run}");
-    assert!(
-        project.kept_instance_keys().is_empty(),
-        "keys or unfinished launches kept: {:?}\n{run}",
-        project.kept_instance_keys()
-    );
 }
 
 fn count(outcomes: &[String], outcome: &str) -> usize {
@@ -176,29 +184,7 @@ fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
 fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
     let cloud = faulty_cloud();
     let project = Project::new();
-    let default_subnets = cloud
-        .block_on(
-            cloud
-                .ec2()
-                .describe_subnets()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("default-for-az")
-                        .values("true")
-                        .build(),
-                )
-                .send(),
-        )
-        .unwrap();
-    let mut zones: Vec<(String, String)> = default_subnets
-        .subnets()
-        .iter()
-        .map(|s| {
-            let zone = s.availability_zone().unwrap().to_string();
-            (zone, s.subnet_id().unwrap().to_string())
-        })
-        .collect();
-    zones.sort();
+    let zones = default_subnets(&cloud);
     let no_capacity = |params: serde_json::Value| json!({"action": "RunInstances", "params": params, "error": "InsufficientInstanceCapacity"});
     // Neither where EC2 places it, nor in the first zone.
     cloud.set_faults(json!([
@@ -391,25 +377,10 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
 fn no_capacity_in_the_first_of_subnet_ids_moves_to_the_next() {
     let cloud = faulty_cloud();
     let project = Project::new();
-    let default_subnets = cloud
-        .block_on(
-            cloud
-                .ec2()
-                .describe_subnets()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("default-for-az")
-                        .values("true")
-                        .build(),
-                )
-                .send(),
-        )
-        .unwrap();
-    let subnets: Vec<String> = default_subnets
-        .subnets()
-        .iter()
+    let subnets: Vec<String> = default_subnets(&cloud)
+        .into_iter()
         .take(2)
-        .map(|s| s.subnet_id().unwrap().to_string())
+        .map(|(_, subnet)| subnet)
         .collect();
     project.write(
         ".ssh-ec2.toml",

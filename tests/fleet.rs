@@ -8,29 +8,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    CloudOptions, Project, Run, TestCloud, instance_id, start_until_ready, state_of, wait_or_kill,
+    CloudOptions, Project, Run, TestCloud, assert_nothing_left, instance_id, start_until_ready,
+    state_of, wait_or_kill,
 };
 use serde_json::{Value, json};
-
-/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
-fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
-    let alive: Vec<_> = cloud
-        .instances()
-        .into_iter()
-        .filter(|i| state_of(i) != InstanceStateName::Terminated)
-        .collect();
-    assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
-    assert!(
-        cloud.run_security_groups().is_empty(),
-        "security groups left\n{run}"
-    );
-    assert!(cloud.key_pair_names().is_empty(), "{run}");
-    assert!(
-        project.kept_instance_keys().is_empty(),
-        "keys or unfinished launches kept: {:?}\n{run}",
-        project.kept_instance_keys()
-    );
-}
 
 /// Starts ssh-ec2 in a process group of its own, and waits until the proxy holds the answer
 /// to `action`.

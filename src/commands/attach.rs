@@ -4,7 +4,6 @@
 use anyhow::{Result, bail};
 
 use super::{Followed, Ground, come_back_hint, follow_job, job_state, reach};
-use crate::fleet;
 use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
@@ -18,15 +17,7 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
     }
     let ground = Ground::open(plan).await?;
     // Never launches, and leaves a stopped instance stopped: no job runs there.
-    let machine = fleet::find(
-        &ground.cloud,
-        plan,
-        &ground.store,
-        printer,
-        &ground.interrupt,
-        false,
-    )
-    .await?;
+    let machine = ground.find(plan, printer, false).await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut reached = reach(&scene).await?;
     let job = Job::for_dir(&plan.local_dir);

@@ -9,7 +9,6 @@ use anyhow::{Result, bail};
 use super::{
     Ground, NoteSignals, Progress, Scene, end_of_run, job_state, pull_results, reach_and_join,
 };
-use crate::fleet;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -22,14 +21,7 @@ pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
     let ground = Ground::open(plan).await?;
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
-    let found = fleet::find_to_end(
-        &ground.cloud,
-        plan,
-        &ground.store,
-        printer,
-        &ground.interrupt,
-    )
-    .await?;
+    let found = ground.find_to_end(plan, printer).await?;
     let Some(machine) = found else {
         printer.info(&format!(
             "this directory has no instance in {}: nothing to end",

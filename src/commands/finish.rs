@@ -9,7 +9,6 @@ use super::{
     Followed, Ground, Progress, Scene, conclude_job, end_of_run, follow_job, job_state,
     reach_and_join,
 };
-use crate::fleet;
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -22,15 +21,7 @@ pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32>
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
     // Never launches; a stopped instance is started to bring its results home.
-    let machine = fleet::find(
-        &ground.cloud,
-        plan,
-        &ground.store,
-        printer,
-        &ground.interrupt,
-        true,
-    )
-    .await?;
+    let machine = ground.find(plan, printer, true).await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = work(&scene, attach && plan.pty, lock, &mut progress).await;

@@ -26,8 +26,8 @@ use crate::backoff::Backoff;
 use crate::cli::{Cli, Mode};
 use crate::cloud::{Cloud, Instance, State};
 use crate::config::{EndOfLife, HostPort, Sources};
-use crate::fleet::Machine;
 use crate::fleet::end_of_life;
+use crate::fleet::{self, Machine};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::KeyStore;
 use crate::lock::DirLock;
@@ -188,6 +188,29 @@ impl Ground {
             Some(&self.interrupt),
         )
         .await
+    }
+
+    /// This directory's instance, reused or launched.
+    async fn acquire(&self, plan: &Plan, printer: &Printer) -> Result<Machine> {
+        fleet::acquire(&self.cloud, plan, &self.store, printer, &self.interrupt).await
+    }
+
+    /// This directory's instance, never launched; a stopped one is started if `start`.
+    async fn find(&self, plan: &Plan, printer: &Printer, start: bool) -> Result<Machine> {
+        fleet::find(
+            &self.cloud,
+            plan,
+            &self.store,
+            printer,
+            &self.interrupt,
+            start,
+        )
+        .await
+    }
+
+    /// This directory's instance to end, if it has one (started if stopped, to pull from it).
+    async fn find_to_end(&self, plan: &Plan, printer: &Printer) -> Result<Option<Machine>> {
+        fleet::find_to_end(&self.cloud, plan, &self.store, printer, &self.interrupt).await
     }
 
     fn scene<'a>(

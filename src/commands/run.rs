@@ -13,7 +13,6 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::config::Multiplex;
-use crate::fleet::acquire;
 use crate::fleet::end_of_life::Origin;
 use crate::lock::DirLock;
 use crate::plan::Plan;
@@ -37,14 +36,7 @@ pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<i32> {
         plan.end_of_life,
         plan.pty
     );
-    let machine = acquire(
-        &ground.cloud,
-        plan,
-        &ground.store,
-        printer,
-        &ground.interrupt,
-    )
-    .await?;
+    let machine = ground.acquire(plan, printer).await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = work(&scene, detach, lock, &mut progress).await;

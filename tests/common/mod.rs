@@ -690,6 +690,26 @@ pub fn instance_id(instance: &Instance) -> String {
     instance.instance_id().unwrap().to_string()
 }
 
+/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
+pub fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
+    let alive: Vec<_> = cloud
+        .instances()
+        .into_iter()
+        .filter(|i| state_of(i) != InstanceStateName::Terminated)
+        .collect();
+    assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
+    assert!(
+        cloud.run_security_groups().is_empty(),
+        "security groups left\n{run}"
+    );
+    assert!(cloud.key_pair_names().is_empty(), "{run}");
+    assert!(
+        project.kept_instance_keys().is_empty(),
+        "keys or unfinished launches kept: {:?}\n{run}",
+        project.kept_instance_keys()
+    );
+}
+
 pub fn state_of(instance: &Instance) -> InstanceStateName {
     instance.state().and_then(|s| s.name()).cloned().unwrap()
 }
