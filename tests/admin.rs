@@ -424,6 +424,20 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
             .contains("it needs an AWS admin's credentials"),
         "{not_admin}"
     );
+    // --dry-run asks EC2 itself, with its DryRun flag, whether the launch would be allowed.
+    let allowed = run_as_full(&[PROFILE, "--dry-run", "true"]);
+    allowed.assert_code(0);
+    assert!(allowed.stdout.contains("DryRunOperation"), "{allowed}");
+    let cannot_launch = create_user(
+        &cloud,
+        "user-dry-run",
+        &without(&policy, "ec2:RunInstances"),
+    );
+    let denied = Run::of(as_user(&project, &cloud, &cannot_launch).args(["--dry-run", "true"]));
+    denied.assert_code(1);
+    assert!(denied.stdout.contains("ec2:RunInstances"), "{denied}");
+    assert!(live_instances(&cloud).is_empty(), "{denied}");
+
     let mut checked = Vec::new();
     let mut check = |refusal: Refusal| {
         let run = refusal.check(&cloud, &project, &policy, checked.len());
