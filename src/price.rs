@@ -1,6 +1,7 @@
-//! What an instance costs: the hourly on-demand price of a type in a region, from the price
-//! table shipped with ssh-ec2 (`data/prices.toml`, read at build time, with its date), and a
-//! run's cost from it. A price that is not known is said so; it never stops a run.
+//! What an instance costs: the hourly price of a type in a region (for a spot instance the
+//! current spot price; else, or when that is unknown, on demand from the AWS Price List, else
+//! from the price table shipped with ssh-ec2, `data/prices.toml`, read at build time, with its
+//! date), and a run's cost from it. A price that is not known is said so; it never stops a run.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +9,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::cloud::Cloud;
 
 const TABLE: &str = include_str!("../data/prices.toml");
 /// AWS prorates monthly storage prices over 730 hours.
@@ -38,8 +41,39 @@ impl fmt::Display for Hourly {
     }
 }
 
-/// The on-demand price of `instance_type` in `region`, if the table has it.
-pub fn on_demand(instance_type: &str, region: &str) -> Option<Hourly> {
+/// What an hour of `instance_type` costs in `cloud`'s region: for a `spot` instance the spot
+/// price now (in `zone` when known, else the lowest across zones), else or failing that the
+/// on-demand price.
+pub async fn hourly(
+    cloud: &Cloud,
+    instance_type: &str,
+    spot: bool,
+    zone: Option<&str>,
+) -> Option<Hourly> {
+    if spot && let Some((usd, zone)) = cloud.spot_price(instance_type, zone).await {
+        return Some(Hourly {
+            usd,
+            source: format!("spot in {zone}, EC2's current spot price"),
+        });
+    }
+    let on_demand = match cloud.on_demand_price(instance_type).await {
+        Some(usd) => Some(Hourly {
+            usd,
+            source: "on demand, AWS Price List".to_string(),
+        }),
+        None => from_table(instance_type, &cloud.region),
+    };
+    match spot {
+        true => on_demand.map(|hourly| Hourly {
+            source: format!("spot price unknown: {}", hourly.source),
+            ..hourly
+        }),
+        false => on_demand,
+    }
+}
+
+/// The on-demand price of `instance_type` in `region`, if the shipped table has it.
+fn from_table(instance_type: &str, region: &str) -> Option<Hourly> {
     let prices = &*PRICES;
     let usd = *prices.on_demand.get(region)?.get(instance_type)?;
     Some(Hourly {
@@ -49,8 +83,8 @@ pub fn on_demand(instance_type: &str, region: &str) -> Option<Hourly> {
 }
 
 /// The line said before a launch: the type's hourly price here, or that it is unknown.
-pub fn price_line(instance_type: &str, region: &str) -> String {
-    match on_demand(instance_type, region) {
+pub fn price_line(hourly: Option<&Hourly>, instance_type: &str, region: &str) -> String {
+    match hourly {
         Some(hourly) => format!("{instance_type} in {region}: {hourly}"),
         None => format!("{instance_type} in {region}: {}", unknown()),
     }
@@ -58,7 +92,8 @@ pub fn price_line(instance_type: &str, region: &str) -> String {
 
 fn unknown() -> String {
     format!(
-        "price unknown (not in ssh-ec2's price table of {}; see the EC2 pricing page)",
+        "price unknown (no answer from the AWS Price List, and not in ssh-ec2's price table of \
+         {}; see the EC2 pricing page)",
         PRICES.as_of
     )
 }
@@ -66,12 +101,13 @@ fn unknown() -> String {
 /// What an instance of `instance_type` costs for `elapsed`, with its EBS volume of
 /// `volume_gib` (gp3) when known, for the summary line.
 pub fn run_cost(
+    hourly: Option<&Hourly>,
     instance_type: &str,
     region: &str,
     elapsed: Duration,
     volume_gib: Option<u32>,
 ) -> String {
-    let Some(hourly) = on_demand(instance_type, region) else {
+    let Some(hourly) = hourly else {
         return format!("cost unknown ({instance_type} in {region}: {})", unknown());
     };
     let hours = elapsed.as_secs_f64() / 3600.0;
@@ -118,19 +154,20 @@ mod tests {
             );
             assert!(types.values().all(|&p| p > 0.0));
         }
-        let hourly = on_demand("g4dn.xlarge", "us-east-1").unwrap();
+        let hourly = from_table("g4dn.xlarge", "us-east-1").unwrap();
         assert_eq!(hourly.usd, 0.526);
         assert!(hourly.to_string().starts_with("$0.5260/hour (on demand, "));
-        assert_eq!(on_demand("g4dn.xlarge", "mars-north-1"), None);
-        assert!(price_line("x9.huge", "us-east-1").contains("price unknown"));
+        assert_eq!(from_table("g4dn.xlarge", "mars-north-1"), None);
+        assert!(price_line(None, "x9.huge", "us-east-1").contains("price unknown"));
         // Two hours of a g4dn.xlarge with 100 GiB: 1.052 + 100 * 0.08 * 2 / 730.
         let cost = run_cost(
+            Some(&hourly),
             "g4dn.xlarge",
             "us-east-1",
             Duration::from_secs(7200),
             Some(100),
         );
         assert!(cost.starts_with("about $1.07 ($1.05 instance"), "{cost}");
-        assert!(run_cost("x9.huge", "us-east-1", Duration::ZERO, None).contains("unknown"));
+        assert!(run_cost(None, "x9.huge", "us-east-1", Duration::ZERO, None).contains("unknown"));
     }
 }

@@ -551,6 +551,26 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     assert!(live_instances(&cloud).is_empty());
     assert!(cloud.run_security_groups().is_empty());
 
+    // Prices are only shown: without the spot price a spot run is priced on demand, says so,
+    // and goes on.
+    let spot_dry_run = |user: &User| {
+        Run::of(as_user(&project, &cloud, user).args(["--dry-run", "--spot", "true"]))
+    };
+    let priced = spot_dry_run(&full);
+    priced.assert_code(0);
+    assert!(priced.stdout.contains("/hour (spot in "), "{priced}");
+    let action = "ec2:DescribeSpotPriceHistory";
+    let blind = create_user(&cloud, "user-no-spot-price", &without(&policy, action));
+    let unpriced = spot_dry_run(&blind);
+    unpriced.assert_code(0);
+    assert!(
+        unpriced
+            .stdout
+            .contains("/hour (spot price unknown: on demand"),
+        "{unpriced}"
+    );
+    checked.push(action.to_string());
+
     // Every EC2 action of the policy was shown to be needed.
     let mut ec2_actions: Vec<String> = allowed_actions(&policy)
         .into_iter()

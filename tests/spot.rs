@@ -1,5 +1,6 @@
 //! Spot instances: `--spot` launches a one-time spot instance, falls back to on-demand (and says
-//! so) when there is no spot capacity, unless `--spot-only`; `--stop` with `--spot` is refused.
+//! so) when there is no spot capacity, unless `--spot-only`; `--stop` with `--spot` is refused;
+//! a spot run is priced at the spot price.
 
 mod common;
 
@@ -79,17 +80,51 @@ fn spot_gives_a_one_time_spot_instance_at_most_at_the_max_price() {
         run.stderr.contains(", spot; terminated, not stopped"),
         "{run}"
     );
+    // moto's spot price is a fixed $0.00001, far below the on-demand $0.658.
+    let price_line = format!("g4dn.xlarge in {}: $0.0000/hour (spot in ", cloud.region);
+    assert!(run.stderr.contains(&price_line), "{run}");
+    assert!(
+        summary(&run).contains("instance at $0.0000/hour"),
+        "the run is priced at the spot price\n{run}"
+    );
     assert_nothing_left(&cloud, &run);
+}
+
+/// The last line of a run: its instance, fate and cost.
+fn summary(run: &Run) -> &str {
+    run.stderr
+        .lines()
+        .rfind(|l| l.contains(", terminated, "))
+        .unwrap_or_else(|| panic!("no summary line\n{run}"))
 }
 
 #[test]
 fn spot_without_spot_capacity_launches_on_demand_and_says_so() {
     let cloud = cloud_with_faults();
     let project = Project::new();
-    cloud.set_faults(no_spot_capacity());
+    let mut faults = no_spot_capacity();
+    faults.as_array_mut().unwrap().push(json!({
+        "action": "DescribeSpotPriceHistory",
+        "error": "InternalError",
+    }));
+    cloud.set_faults(faults);
     let run = Run::of(project.ssh_ec2(&cloud).args(["--spot", "echo anyway"]));
     run.assert_code(0);
     assert_eq!(run.stdout, "anyway\n", "{run}");
+    assert!(
+        run.stderr
+            .contains("$0.6580/hour (spot price unknown: on demand, "),
+        "no spot price: the on-demand one, said so\n{run}"
+    );
+    assert_eq!(
+        cloud.outcomes("DescribeSpotPriceHistory"),
+        ["error InternalError"],
+        "a price is asked for once, never retried"
+    );
+    assert!(
+        summary(&run).contains("instance at $0.6580/hour"),
+        "an on-demand instance is priced on demand\n{run}"
+    );
     let said: Vec<&str> = run
         .stderr
         .lines()

@@ -183,6 +183,8 @@ pub struct Instance {
     pub login_user: Option<String>,
     /// A (one-time) spot instance: it cannot be stopped.
     pub spot: bool,
+    /// Its availability zone, when known (a spot price is per zone).
+    pub zone: Option<String>,
 }
 
 impl Instance {
@@ -206,6 +208,10 @@ impl Instance {
             security_group: tag(TAG_SECURITY_GROUP).map(str::to_string),
             login_user: tag(TAG_USER).map(str::to_string),
             spot: instance.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+            zone: instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_string),
         })
     }
 
@@ -730,6 +736,7 @@ mod tests {
             security_group: None,
             login_user: None,
             spot: false,
+            zone: None,
         };
         let at = |expires_at: Option<&str>| Owned {
             instance: instance.clone(),
@@ -758,6 +765,7 @@ mod tests {
             security_group: None,
             login_user: None,
             spot: false,
+            zone: None,
         };
         assert_eq!(instance.address(), Some("54.1.2.3"));
         instance.public_ip = None;

@@ -1,12 +1,14 @@
 //! Everything ssh-ec2 asks of AWS: images, instances, the security group, the instance profile
-//! check, and the IAM set-up of `--setup`. The SDK finds its endpoint, region and credentials
-//! the standard way (AWS_ENDPOINT_URL, AWS_PROFILE, …); nothing here knows about tests.
+//! check, the IAM set-up of `--setup`, and prices. The SDK finds its endpoint, region and
+//! credentials the standard way (AWS_ENDPOINT_URL, AWS_PROFILE, …); nothing here knows about
+//! tests.
 
 mod explain;
 mod iam;
 mod image;
 mod instance;
 mod network;
+mod pricing;
 pub mod userdata;
 
 use std::collections::HashMap;
@@ -38,6 +40,9 @@ pub const VISIBILITY_LAG: Duration = Duration::from_secs(120);
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
+    /// The AWS Price List, asked briefly, once per instance type (`prices`).
+    pricing: aws_sdk_pricing::Client,
+    prices: Mutex<HashMap<String, Option<f64>>>,
     /// Only to decode why AWS refused something.
     sts: aws_sdk_sts::Client,
     pub region: String,
@@ -86,9 +91,17 @@ impl Cloud {
         let ec2 = aws_sdk_ec2::config::Builder::from(&config)
             .retry_classifier(instance::CapacityIsAnAnswer)
             .build();
+        let (retry, timeout) = pricing::brief();
+        let pricing = aws_sdk_pricing::config::Builder::from(&config)
+            .region(Region::new(pricing::PRICE_LIST_REGION))
+            .retry_config(retry)
+            .timeout_config(timeout)
+            .build();
         Cloud {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             iam: aws_sdk_iam::Client::new(&config),
+            pricing: aws_sdk_pricing::Client::from_conf(pricing),
+            prices: Mutex::default(),
             sts: aws_sdk_sts::Client::new(&config),
             region,
             created: Mutex::default(),

@@ -120,7 +120,17 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
         }
         None => None,
     };
-    let (reuse, launch, instance_type) = match found {
+    let price = match &found {
+        Some(instance) => {
+            let zone = instance.zone.as_deref();
+            price::hourly(cloud, &instance.instance_type, instance.spot, zone).await
+        }
+        None => {
+            let spot = plan.launch.spot.is_some();
+            price::hourly(cloud, &plan.launch.instance_type, spot, None).await
+        }
+    };
+    let (reuse, launch) = match found {
         Some(instance) => (
             Some(Reused {
                 id: instance.id.clone(),
@@ -128,13 +138,8 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
                 instance_type: instance.instance_type.clone(),
             }),
             None,
-            instance.instance_type,
         ),
-        None => (
-            None,
-            Some(preview_launch(cloud, plan).await?),
-            plan.launch.instance_type.clone(),
-        ),
+        None => (None, Some(preview_launch(cloud, plan).await?)),
     };
     Ok(Report {
         region: cloud.region.clone(),
@@ -150,7 +155,7 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
         lifetime: plan.watchdog.describe(),
         spot: plan.launch.spot.as_ref().map(|spot| spot.max_price.clone()),
         sync,
-        price: price::on_demand(&instance_type, &cloud.region),
+        price,
     })
 }
 

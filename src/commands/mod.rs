@@ -327,6 +327,13 @@ async fn end_of_run(
         (Ok(()), EndOfLife::Leave) => "left running",
     };
     let elapsed = started.elapsed();
+    let hourly = crate::price::hourly(
+        cloud,
+        &machine.instance.instance_type,
+        machine.instance.spot,
+        machine.instance.zone.as_deref(),
+    )
+    .await;
     printer.info(&format!(
         "{} ({}, {}): {}, {fate}, {}",
         machine.instance.id,
@@ -334,6 +341,7 @@ async fn end_of_run(
         cloud.region,
         format_duration(elapsed),
         crate::price::run_cost(
+            hourly.as_ref(),
             &machine.instance.instance_type,
             &cloud.region,
             elapsed,

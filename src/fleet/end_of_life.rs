@@ -215,6 +215,7 @@ mod tests {
             security_group: None,
             login_user: None,
             spot: true,
+            zone: None,
         };
         let why = Some("its results may not have come home".to_string());
         let (action, said) = for_spot(&instance, Stop, why.clone());

@@ -18,6 +18,7 @@ use crate::config::EndOfLife;
 use crate::interrupt::Interrupt;
 use crate::keys::{KeyStore, LoginKey};
 use crate::plan::{ImageChoice, Plan, SpotPlan};
+use crate::price;
 use crate::printer::Printer;
 
 /// Where to try a launch.
@@ -79,7 +80,9 @@ pub async fn launch(
 ) -> Result<Machine> {
     let spec = &plan.launch;
     // Before anything is paid for.
-    printer.info(&crate::price::price_line(
+    let hourly = price::hourly(cloud, &spec.instance_type, spec.spot.is_some(), None).await;
+    printer.info(&price::price_line(
+        hourly.as_ref(),
         &spec.instance_type,
         &cloud.region,
     ));
