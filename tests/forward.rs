@@ -166,3 +166,84 @@ fn a_real_jupyter_server_on_the_instance_answers_through_the_tunnel() {
     // --stop, as the recipe: clean up.
     Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
 }
+
+/// What the flood server sends: a pattern the test can check byte by byte.
+fn flood_pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// Serves one connection with SIZE bytes of the pattern, then leaves `sent` behind.
+const FLOOD: &str = "import pathlib, socket, sys
+port, size = int(sys.argv[1]), int(sys.argv[2])
+server = socket.create_server(('127.0.0.1', port))
+pathlib.Path('listening').touch()
+client, _ = server.accept()
+client.sendall((bytes(range(251)) * (size // 251 + 1))[:size])
+client.close()
+pathlib.Path('sent').touch()
+";
+
+#[test]
+fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forward() {
+    // More than every buffer between the flood and the idle client holds (sockets, sshd,
+    // russh's channel queue): a session that waited for that client would stop here.
+    const SIZE: usize = 48 << 20;
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("flood.py", FLOOD);
+    project.write("page.txt", "the other forward answers\n");
+    // Laptop and instance share this machine's loopback: each end its own port.
+    let (flood, flood_there, web, web_there) = (free_port(), free_port(), free_port(), free_port());
+
+    let mut child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-L", &format!("{flood}:localhost:{flood_there}")])
+            .args(["-L", &format!("{web}:localhost:{web_there}")])
+            .arg(format!(
+                "python3 flood.py {flood_there} {SIZE} & \
+                 python3 -m http.server {web_there} --bind 127.0.0.1 >/dev/null 2>&1 & web=$!; \
+                 while [ ! -e listening ]; do sleep 0.1; done; echo ready; \
+                 while [ ! -e sent ]; do sleep 0.1; done; echo the-command-still-speaks; \
+                 while [ ! -e done ]; do sleep 0.1; done; kill $web; wait"
+            )),
+    );
+    // The command's output, line by line, as it comes.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+
+    // Connects and reads nothing until the rest is checked.
+    let mut idle = TcpStream::connect(("127.0.0.1", flood)).unwrap();
+    let said = lines.recv_timeout(Duration::from_secs(60));
+    // (Only when the session goes on: a failing test must still stop ssh-ec2 below.)
+    let answer = match said {
+        Ok(_) => http_get(web, "/page.txt"),
+        Err(_) => String::new(),
+    };
+    let mut flooded = Vec::new();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let read = idle.read_to_end(&mut flooded);
+    std::fs::write(project.remote().join("done"), "").unwrap();
+    let status = wait_or_kill(child, RUN_TIMEOUT).expect("ssh-ec2 hung");
+
+    assert_eq!(
+        said.as_deref(),
+        Ok("the-command-still-speaks"),
+        "the command's output went on while the idle client held {SIZE} bytes unread"
+    );
+    assert!(answer.ends_with("the other forward answers\n"), "{answer}");
+    assert!(read.is_ok(), "{read:?}");
+    assert_eq!(
+        flooded.len(),
+        SIZE,
+        "the idle client gets everything once it reads"
+    );
+    assert!(flooded == flood_pattern(SIZE), "and unchanged");
+    assert_eq!(status.code(), Some(0));
+}
