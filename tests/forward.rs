@@ -6,7 +6,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, wait_or_kill};
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{
+    Pane, Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, state_of, wait_or_kill,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -246,4 +249,84 @@ fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forwa
     );
     assert!(flooded == flood_pattern(SIZE), "and unchanged");
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_local_forward_works_while_attached_while_finishing_and_again_after_a_reconnect() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("page.txt", "served by the job\n");
+    // The job serves this directory until the test's go, then ends with 5.
+    project.write(
+        "job.sh",
+        "python3 -m http.server \"$1\" --bind 127.0.0.1 >/dev/null 2>&1 & echo job-started; \
+         while [ ! -e go ]; do sleep 0.1; done; kill $!; echo result > result.txt; exit 5",
+    );
+    let there = free_port();
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--detach", &format!("sh job.sh {there}")]),
+    )
+    .assert_code(0);
+
+    // --attach, in a terminal: the forward lasts while attached, and ends with it.
+    let here = free_port();
+    let pane = Pane::shell(&project, &cloud);
+    pane.type_line(&format!(
+        "ssh-ec2 --attach -L {here}:localhost:{there}; echo \"attach=$?\""
+    ));
+    pane.wait_for("job-started");
+    let attached = http_get(here, "/page.txt");
+    pane.tmux(&["send-keys", "C-b", "d"]);
+    pane.wait_for("attach=0");
+    assert!(attached.ends_with("served by the job\n"), "{attached}");
+    assert!(
+        TcpListener::bind(("127.0.0.1", here)).is_ok(),
+        "the local port is free again after --attach"
+    );
+
+    // --finish: the forward while it waits, and again once a dropped connection is back.
+    let here = free_port();
+    let child = project
+        .ssh_ec2(&cloud)
+        .args([
+            "--finish",
+            "--no-attach",
+            "-L",
+            &format!("{here}:localhost:{there}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finishing = http_get(here, "/page.txt");
+    let dropped = cloud.drop_connections();
+    // Served by a new connection: the old one's sshd is gone.
+    let reconnected = http_get(here, "/page.txt");
+    std::fs::write(project.remote().join("go"), "").unwrap();
+    let run = Run::collect(child);
+
+    run.assert_code(5);
+    assert!(
+        finishing.ends_with("served by the job\n"),
+        "{finishing}\n{run}"
+    );
+    assert!(dropped > 0, "there was a connection to cut\n{run}");
+    assert!(run.stderr.contains("reconnecting"), "{run}");
+    assert!(
+        reconnected.ends_with("served by the job\n"),
+        "{reconnected}\n{run}"
+    );
+    assert_eq!(
+        project.read("result.txt").as_deref(),
+        Some("result\n"),
+        "{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
 }
