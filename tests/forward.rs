@@ -175,22 +175,36 @@ fn flood_pattern(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8).collect()
 }
 
-/// Serves one connection with SIZE bytes of the pattern, then leaves `sent` behind.
+/// Serves one connection with SIZE bytes of the pattern (as much as it takes, if that
+/// connection is cut), then leaves `sent` behind.
 const FLOOD: &str = "import pathlib, socket, sys
 port, size = int(sys.argv[1]), int(sys.argv[2])
 server = socket.create_server(('127.0.0.1', port))
 pathlib.Path('listening').touch()
 client, _ = server.accept()
-client.sendall((bytes(range(251)) * (size // 251 + 1))[:size])
-client.close()
+try:
+    client.sendall((bytes(range(251)) * (size // 251 + 1))[:size])
+    client.close()
+except OSError:
+    pass
 pathlib.Path('sent').touch()
 ";
 
-#[test]
-fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forward() {
-    // More than every buffer between the flood and the idle client holds (sockets, sshd,
-    // russh's channel queue): a session that waited for that client would stop here.
-    const SIZE: usize = 48 << 20;
+/// What came of a flood sent to a local client that read nothing until the end.
+struct Flooded {
+    /// The command's line once the flood was sent.
+    said: Result<String, std::sync::mpsc::RecvTimeoutError>,
+    /// Through a second forward, meanwhile.
+    answer: String,
+    /// What the idle client read at last.
+    flooded: Vec<u8>,
+    status: Option<std::process::ExitStatus>,
+    stderr: String,
+}
+
+/// Runs a command that floods a `-L` client with `size` bytes, while a second `-L` serves
+/// HTTP; the client connects, reads nothing until the rest is checked, then reads it all.
+fn flood_an_idle_client(size: usize) -> Flooded {
     let cloud = TestCloud::start();
     let project = Project::new();
     project.write("flood.py", FLOOD);
@@ -204,7 +218,7 @@ fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forwa
             .args(["-L", &format!("{flood}:localhost:{flood_there}")])
             .args(["-L", &format!("{web}:localhost:{web_there}")])
             .arg(format!(
-                "python3 flood.py {flood_there} {SIZE} & \
+                "python3 flood.py {flood_there} {size} & \
                  python3 -m http.server {web_there} --bind 127.0.0.1 >/dev/null 2>&1 & web=$!; \
                  while [ ! -e listening ]; do sleep 0.1; done; echo ready; \
                  while [ ! -e sent ]; do sleep 0.1; done; echo the-command-still-speaks; \
@@ -219,8 +233,13 @@ fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forwa
             let _ = lines_tx.send(line);
         }
     });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
 
-    // Connects and reads nothing until the rest is checked.
     let mut idle = TcpStream::connect(("127.0.0.1", flood)).unwrap();
     let said = lines.recv_timeout(Duration::from_secs(60));
     // (Only when the session goes on: a failing test must still stop ssh-ec2 below.)
@@ -231,24 +250,75 @@ fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forwa
     let mut flooded = Vec::new();
     idle.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let read = idle.read_to_end(&mut flooded);
+    // A cut connection ends in a reset: what came before it counts.
+    let _ = idle.read_to_end(&mut flooded);
     std::fs::write(project.remote().join("done"), "").unwrap();
-    let status = wait_or_kill(child, RUN_TIMEOUT).expect("ssh-ec2 hung");
+    let status = wait_or_kill(child, RUN_TIMEOUT);
+    Flooded {
+        said,
+        answer,
+        flooded,
+        status,
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+#[test]
+fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forward() {
+    // More than every buffer between the flood and the idle client holds (sockets, sshd,
+    // russh's channel queue): a session that waited for that client would stop here.
+    const SIZE: usize = 48 << 20;
+    let f = flood_an_idle_client(SIZE);
 
     assert_eq!(
-        said.as_deref(),
+        f.said.as_deref(),
         Ok("the-command-still-speaks"),
-        "the command's output went on while the idle client held {SIZE} bytes unread"
+        "the command's output went on while the idle client held {SIZE} bytes unread\n{}",
+        f.stderr
     );
-    assert!(answer.ends_with("the other forward answers\n"), "{answer}");
-    assert!(read.is_ok(), "{read:?}");
+    assert!(
+        f.answer.ends_with("the other forward answers\n"),
+        "{}",
+        f.answer
+    );
     assert_eq!(
-        flooded.len(),
+        f.flooded.len(),
         SIZE,
-        "the idle client gets everything once it reads"
+        "the idle client gets everything once it reads\n{}",
+        f.stderr
     );
-    assert!(flooded == flood_pattern(SIZE), "and unchanged");
-    assert_eq!(status.code(), Some(0));
+    assert!(f.flooded == flood_pattern(SIZE), "and unchanged");
+    assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{}", f.stderr);
+}
+
+#[test]
+fn a_local_client_that_never_reads_is_cut_off_past_its_backlog_and_the_session_goes_on() {
+    // Past the 64 MiB one connection may hold, with room for every buffer on the way.
+    const SIZE: usize = 160 << 20;
+    let f = flood_an_idle_client(SIZE);
+
+    assert_eq!(
+        f.said.as_deref(),
+        Ok("the-command-still-speaks"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.answer.ends_with("the other forward answers\n"),
+        "{}",
+        f.answer
+    );
+    assert!(
+        f.stderr.contains("stopped reading with 64 MiB waiting"),
+        "says which connection was closed and why\n{}",
+        f.stderr
+    );
+    assert!(
+        f.flooded.len() < SIZE && f.flooded[..] == flood_pattern(f.flooded.len())[..],
+        "the idle client got {} bytes, the start of the flood, then the end",
+        f.flooded.len()
+    );
+    assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{}", f.stderr);
 }
 
 #[test]
