@@ -6,7 +6,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, wait_or_kill};
+use aws_sdk_ec2::types::InstanceStateName;
+use common::{
+    Pane, Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, state_of, wait_or_kill,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -165,4 +168,235 @@ fn a_real_jupyter_server_on_the_instance_answers_through_the_tunnel() {
     );
     // --stop, as the recipe: clean up.
     Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
+}
+
+/// What the flood server sends: a pattern the test can check byte by byte.
+fn flood_pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// Serves one connection with SIZE bytes of the pattern (as much as it takes, if that
+/// connection is cut), then leaves `sent` behind.
+const FLOOD: &str = "import pathlib, socket, sys
+port, size = int(sys.argv[1]), int(sys.argv[2])
+server = socket.create_server(('127.0.0.1', port))
+pathlib.Path('listening').touch()
+client, _ = server.accept()
+try:
+    client.sendall((bytes(range(251)) * (size // 251 + 1))[:size])
+    client.close()
+except OSError:
+    pass
+pathlib.Path('sent').touch()
+";
+
+/// What came of a flood sent to a local client that read nothing until the end.
+struct Flooded {
+    /// The command's line once the flood was sent.
+    said: Result<String, std::sync::mpsc::RecvTimeoutError>,
+    /// Through a second forward, meanwhile.
+    answer: String,
+    /// What the idle client read at last.
+    flooded: Vec<u8>,
+    status: Option<std::process::ExitStatus>,
+    stderr: String,
+}
+
+/// Runs a command that floods a `-L` client with `size` bytes, while a second `-L` serves
+/// HTTP; the client connects, reads nothing until the rest is checked, then reads it all.
+fn flood_an_idle_client(size: usize) -> Flooded {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("flood.py", FLOOD);
+    project.write("page.txt", "the other forward answers\n");
+    // Laptop and instance share this machine's loopback: each end its own port.
+    let (flood, flood_there, web, web_there) = (free_port(), free_port(), free_port(), free_port());
+
+    let mut child = start_until_ready(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-L", &format!("{flood}:localhost:{flood_there}")])
+            .args(["-L", &format!("{web}:localhost:{web_there}")])
+            .arg(format!(
+                "python3 flood.py {flood_there} {size} & \
+                 python3 -m http.server {web_there} --bind 127.0.0.1 >/dev/null 2>&1 & web=$!; \
+                 while [ ! -e listening ]; do sleep 0.1; done; echo ready; \
+                 while [ ! -e sent ]; do sleep 0.1; done; echo the-command-still-speaks; \
+                 while [ ! -e done ]; do sleep 0.1; done; kill $web; wait"
+            )),
+    );
+    // The command's output, line by line, as it comes.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    let mut idle = TcpStream::connect(("127.0.0.1", flood)).unwrap();
+    let said = lines.recv_timeout(Duration::from_secs(60));
+    // (Only when the session goes on: a failing test must still stop ssh-ec2 below.)
+    let answer = match said {
+        Ok(_) => http_get(web, "/page.txt"),
+        Err(_) => String::new(),
+    };
+    let mut flooded = Vec::new();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // A cut connection ends in a reset: what came before it counts.
+    let _ = idle.read_to_end(&mut flooded);
+    std::fs::write(project.remote().join("done"), "").unwrap();
+    let status = wait_or_kill(child, RUN_TIMEOUT);
+    Flooded {
+        said,
+        answer,
+        flooded,
+        status,
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+#[test]
+fn a_local_client_that_does_not_read_stalls_neither_the_output_nor_another_forward() {
+    // More than every buffer between the flood and the idle client holds (sockets, sshd,
+    // russh's channel queue): a session that waited for that client would stop here.
+    const SIZE: usize = 48 << 20;
+    let f = flood_an_idle_client(SIZE);
+
+    assert_eq!(
+        f.said.as_deref(),
+        Ok("the-command-still-speaks"),
+        "the command's output went on while the idle client held {SIZE} bytes unread\n{}",
+        f.stderr
+    );
+    assert!(
+        f.answer.ends_with("the other forward answers\n"),
+        "{}",
+        f.answer
+    );
+    assert_eq!(
+        f.flooded.len(),
+        SIZE,
+        "the idle client gets everything once it reads\n{}",
+        f.stderr
+    );
+    assert!(f.flooded == flood_pattern(SIZE), "and unchanged");
+    assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{}", f.stderr);
+}
+
+#[test]
+fn a_local_client_that_never_reads_is_cut_off_past_its_backlog_and_the_session_goes_on() {
+    // Past the 64 MiB one connection may hold, with room for every buffer on the way.
+    const SIZE: usize = 160 << 20;
+    let f = flood_an_idle_client(SIZE);
+
+    assert_eq!(
+        f.said.as_deref(),
+        Ok("the-command-still-speaks"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.answer.ends_with("the other forward answers\n"),
+        "{}",
+        f.answer
+    );
+    assert!(
+        f.stderr.contains("stopped reading with 64 MiB waiting"),
+        "says which connection was closed and why\n{}",
+        f.stderr
+    );
+    assert!(
+        f.flooded.len() < SIZE && f.flooded[..] == flood_pattern(f.flooded.len())[..],
+        "the idle client got {} bytes, the start of the flood, then the end",
+        f.flooded.len()
+    );
+    assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{}", f.stderr);
+}
+
+#[test]
+fn a_local_forward_works_while_attached_while_finishing_and_again_after_a_reconnect() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("page.txt", "served by the job\n");
+    // The job serves this directory until the test's go, then ends with 5.
+    project.write(
+        "job.sh",
+        "python3 -m http.server \"$1\" --bind 127.0.0.1 >/dev/null 2>&1 & echo job-started; \
+         while [ ! -e go ]; do sleep 0.1; done; kill $!; echo result > result.txt; exit 5",
+    );
+    let there = free_port();
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--detach", &format!("sh job.sh {there}")]),
+    )
+    .assert_code(0);
+
+    // --attach, in a terminal: the forward lasts while attached, and ends with it.
+    let here = free_port();
+    let pane = Pane::shell(&project, &cloud);
+    pane.type_line(&format!(
+        "ssh-ec2 --attach -L {here}:localhost:{there}; echo \"attach=$?\""
+    ));
+    pane.wait_for("job-started");
+    let attached = http_get(here, "/page.txt");
+    pane.tmux(&["send-keys", "C-b", "d"]);
+    pane.wait_for("attach=0");
+    assert!(attached.ends_with("served by the job\n"), "{attached}");
+    assert!(
+        TcpListener::bind(("127.0.0.1", here)).is_ok(),
+        "the local port is free again after --attach"
+    );
+
+    // --finish: the forward while it waits, and again once a dropped connection is back.
+    let here = free_port();
+    let child = project
+        .ssh_ec2(&cloud)
+        .args([
+            "--finish",
+            "--no-attach",
+            "-L",
+            &format!("{here}:localhost:{there}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finishing = http_get(here, "/page.txt");
+    let dropped = cloud.drop_connections();
+    // Served by a new connection: the old one's sshd is gone.
+    let reconnected = http_get(here, "/page.txt");
+    std::fs::write(project.remote().join("go"), "").unwrap();
+    let run = Run::collect(child);
+
+    run.assert_code(5);
+    assert!(
+        finishing.ends_with("served by the job\n"),
+        "{finishing}\n{run}"
+    );
+    assert!(dropped > 0, "there was a connection to cut\n{run}");
+    assert!(run.stderr.contains("reconnecting"), "{run}");
+    assert!(
+        reconnected.ends_with("served by the job\n"),
+        "{reconnected}\n{run}"
+    );
+    assert_eq!(
+        project.read("result.txt").as_deref(),
+        Some("result\n"),
+        "{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
+    );
 }

@@ -227,3 +227,32 @@ fn attach_and_finish_without_a_job_or_an_instance_say_so_and_launch_nothing() {
     // Clean up what the test left running.
     Run::of(project.ssh_ec2(&cloud).args(["--no-rsync", "true"])).assert_code(0);
 }
+
+#[test]
+fn ctrl_c_typed_in_a_foreground_tmux_run_reaches_the_job_whose_status_is_the_runs() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write(
+        "job.sh",
+        "trap 'echo got-int > int.txt; exit 7' INT; echo job-ready; \
+         while :; do sleep 0.1; done",
+    );
+    let pane = Pane::shell(&project, &cloud);
+
+    pane.type_line("ssh-ec2 --multi tmux 'sh job.sh'; echo \"run=$?\"");
+    pane.wait_for("job-ready");
+    // A keystroke in the terminal, as a person would type it.
+    pane.tmux(&["send-keys", "C-c"]);
+    let screen = pane.wait_for("run=7");
+    // The job's trap ran, and what it wrote came home.
+    assert_eq!(
+        project.read("int.txt").as_deref(),
+        Some("got-int\n"),
+        "{screen}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{screen}"
+    );
+}

@@ -612,7 +612,7 @@ async fn open_forwards(
     first_time: bool,
 ) -> Result<Forwarding> {
     let forwarding = session
-        .forward(&plan.local_forwards, &plan.remote_forwards)
+        .forward(&plan.local_forwards, &plan.remote_forwards, printer)
         .await?;
     if first_time {
         for forward in &plan.local_forwards {

@@ -6,10 +6,16 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail};
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
 use super::Session;
+use crate::printer::Printer;
 
 /// `[bind_address:]port:host:hostport`, as ssh writes it (IPv6 addresses in brackets).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +113,13 @@ impl LocalForward {
 }
 
 /// Where the connections of each `-R` remote port go: read by the SSH handler.
-pub type RemoteTargets = Arc<Mutex<HashMap<u32, (String, u16)>>>;
+pub type RemoteTargets = Arc<Mutex<HashMap<u32, RemoteTarget>>>;
+
+#[derive(Clone)]
+pub struct RemoteTarget {
+    spec: Forward,
+    printer: Printer,
+}
 
 /// The forwards of a session; they stop when this is dropped.
 pub struct Forwarding {
@@ -128,18 +140,23 @@ impl Session {
         self: &Arc<Self>,
         local: &[LocalForward],
         remote: &[Forward],
+        printer: &Printer,
     ) -> Result<Forwarding> {
         let mut tasks = Vec::new();
         for forward in local {
             let listener = tokio::net::TcpListener::from_std(forward.listener.try_clone()?)?;
             let (session, spec) = (self.clone(), forward.spec.clone());
+            let printer = printer.clone();
             tasks.push(tokio::spawn(async move {
                 while let Ok((stream, peer)) = listener.accept().await {
                     let (session, spec) = (session.clone(), spec.clone());
+                    let printer = printer.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = carry_local(&session, &spec, stream, peer).await {
-                            tracing::debug!("-L {spec}: {e:#}");
-                        }
+                        let carried = match open_local(&session, &spec, peer).await {
+                            Ok(channel) => carry(channel, stream).await,
+                            Err(e) => Err(e),
+                        };
+                        report(carried, &format!("-L {spec}"), &printer);
                     });
                 }
             }));
@@ -163,22 +180,24 @@ impl Session {
             } else {
                 forward.port.into()
             };
-            self.remote_targets
-                .lock()
-                .expect("not poisoned")
-                .insert(port, (forward.host.clone(), forward.host_port));
+            self.remote_targets.lock().expect("not poisoned").insert(
+                port,
+                RemoteTarget {
+                    spec: forward.clone(),
+                    printer: printer.clone(),
+                },
+            );
         }
         Ok(Forwarding { tasks })
     }
 }
 
-async fn carry_local(
+async fn open_local(
     session: &Session,
     spec: &Forward,
-    mut stream: TcpStream,
     peer: std::net::SocketAddr,
-) -> Result<()> {
-    let channel = session
+) -> Result<russh::Channel<Msg>> {
+    session
         .handle
         .channel_open_direct_tcpip(
             spec.host.clone(),
@@ -192,21 +211,105 @@ async fn carry_local(
                 "the instance could not connect to {}:{}",
                 spec.host, spec.host_port
             )
-        })?;
-    tokio::io::copy_bidirectional(&mut stream, &mut channel.into_stream()).await?;
-    Ok(())
+        })
 }
 
 /// A connection the instance's sshd forwards back for `-R`: to its local target.
-pub async fn carry_remote(
-    channel: russh::Channel<russh::client::Msg>,
-    target: (String, u16),
-) -> Result<()> {
-    let mut stream = TcpStream::connect((target.0.as_str(), target.1))
-        .await
-        .with_context(|| format!("cannot connect to {}:{}", target.0, target.1))?;
-    tokio::io::copy_bidirectional(&mut stream, &mut channel.into_stream()).await?;
-    Ok(())
+pub async fn carry_remote(channel: russh::Channel<Msg>, target: RemoteTarget) {
+    let spec = &target.spec;
+    let carried = match TcpStream::connect((spec.host.as_str(), spec.host_port)).await {
+        Ok(stream) => carry(channel, stream).await,
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot connect to {}:{}",
+            spec.host, spec.host_port
+        ))),
+    };
+    report(carried, &format!("-R {spec}"), &target.printer);
+}
+
+/// How much one forwarded connection may hold for a local end that does not read.
+const BACKLOG_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Why a forwarded connection was cut to keep the session going.
+#[derive(Debug)]
+struct Overflow;
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a local end stopped reading with {} MiB waiting for it: closed that connection so \
+             the command and the other forwards go on",
+            BACKLOG_LIMIT >> 20
+        )
+    }
+}
+
+/// Carries one forwarded connection both ways until both ends are done.
+///
+/// russh re-opens a channel's window as soon as data arrives, not when it is read, and its one
+/// session loop waits while a channel's queue is full: a local end that stops reading would
+/// stall the whole connection (the command's output, every other forward). So what the
+/// instance sends is taken off the channel at once into a backlog of this connection, written
+/// to the local socket by its own loop; a backlog past [`BACKLOG_LIMIT`] closes this
+/// connection rather than the session.
+async fn carry(channel: russh::Channel<Msg>, stream: TcpStream) -> Result<()> {
+    let (mut from_instance, to_instance) = channel.split();
+    let (mut from_local, to_local) = stream.into_split();
+    let (backlog, mut queued) = tokio::sync::mpsc::unbounded_channel();
+    let waiting = AtomicUsize::new(0);
+
+    let drain = async {
+        while let Some(message) = from_instance.wait().await {
+            match message {
+                ChannelMsg::Data { data } => {
+                    if waiting.fetch_add(data.len(), Ordering::Relaxed) + data.len() > BACKLOG_LIMIT
+                    {
+                        bail!(Overflow);
+                    }
+                    // Gone only when the local end failed; the writer says why.
+                    if backlog.send(data).is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        drop(backlog);
+        Ok(())
+    };
+    let write = async {
+        let mut to_local = BufWriter::new(to_local);
+        while let Some(data) = queued.recv().await {
+            to_local.write_all(&data).await?;
+            waiting.fetch_sub(data.len(), Ordering::Relaxed);
+            // Flush once the backlog is empty: several small packets, one write.
+            if queued.is_empty() {
+                to_local.flush().await?;
+            }
+        }
+        to_local.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    let send = async {
+        tokio::io::copy(&mut from_local, &mut to_instance.make_writer()).await?;
+        to_instance.eof().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    let carried = tokio::try_join!(drain, write, send).map(drop);
+    // The halves of a split channel do not close it when dropped.
+    let _ = to_instance.close().await;
+    carried
+}
+
+/// A forwarded connection's failure is its own: a warning for a cut one, a debug line otherwise.
+fn report(carried: Result<()>, forward: &str, printer: &Printer) {
+    match carried {
+        Ok(()) => {}
+        Err(e) if e.is::<Overflow>() => printer.warn(&format!("{forward}: {e}")),
+        Err(e) => tracing::debug!("{forward}: {e:#}"),
+    }
 }
 
 #[cfg(test)]

@@ -79,11 +79,7 @@ impl client::Handler for PinnedHostKey {
         // Not asked for: dropping the reply refuses it.
         if let Some(target) = target {
             reply.accept().await;
-            tokio::spawn(async move {
-                if let Err(e) = forward::carry_remote(channel, target).await {
-                    tracing::debug!("-R port {connected_port}: {e:#}");
-                }
-            });
+            tokio::spawn(forward::carry_remote(channel, target));
         }
         Ok(())
     }
