@@ -2,7 +2,7 @@
 //! On a terminal each phase is a spinner with its elapsed time; otherwise plain lines; with `-q`
 //! nothing but errors and warnings.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,8 +104,11 @@ impl Printer {
     }
 
     fn line(&self, message: &str) {
+        let raw = std::io::stderr().is_terminal()
+            && crossterm::terminal::is_raw_mode_enabled().unwrap_or(false);
+        let text = terminal_text(message, raw);
         let print = || {
-            let _ = writeln!(std::io::stderr().lock(), "ssh-ec2: {message}");
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
         };
         match &*self.spinning.lock().expect("not poisoned") {
             Some(bar) => bar.suspend(print),
@@ -151,6 +154,16 @@ impl Drop for Phase {
     }
 }
 
+/// A message as written to stderr. A terminal in raw mode (during a PTY session) does not go
+/// back to the first column on `\n`, so each line then ends with `\r\n`.
+fn terminal_text(message: &str, raw: bool) -> String {
+    let text = format!("ssh-ec2: {message}\n");
+    match raw {
+        true => text.replace('\n', "\r\n"),
+        false => text,
+    }
+}
+
 /// `4.2s`, `3m12s`, `1h05m`: short enough for a summary line.
 pub fn format_duration(elapsed: Duration) -> String {
     let secs = elapsed.as_secs();
@@ -164,6 +177,12 @@ pub fn format_duration(elapsed: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_return_to_the_first_column_in_raw_mode() {
+        assert_eq!(terminal_text("a\n  b", false), "ssh-ec2: a\n  b\n");
+        assert_eq!(terminal_text("a\n  b", true), "ssh-ec2: a\r\n  b\r\n");
+    }
 
     #[test]
     fn durations_read_well() {
