@@ -31,6 +31,16 @@ pub enum LoginKey {
     },
 }
 
+impl LoginKey {
+    /// The EC2 key pair to launch with, if one is used.
+    pub fn key_pair_name(&self) -> Option<&str> {
+        match self {
+            LoginKey::KeyPair { name, .. } => Some(name),
+            LoginKey::PerRun => None,
+        }
+    }
+}
+
 /// What ssh-ec2 needs to reach one instance.
 #[derive(Clone)]
 pub struct InstanceKeys {
@@ -163,14 +173,11 @@ impl KeyStore {
 
     /// The records of the launches whose instances were never adopted, as written.
     pub fn launch_records(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                entry.file_name().to_str()?.strip_prefix(PENDING)?;
-                fs::read_to_string(entry.path().join(LAUNCH_FILE)).ok()
+        self.entries()
+            .iter()
+            .filter_map(|name| name.strip_prefix(PENDING))
+            .filter_map(|launch| {
+                fs::read_to_string(self.pending_dir(launch).join(LAUNCH_FILE)).ok()
             })
             .collect()
     }

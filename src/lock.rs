@@ -60,9 +60,14 @@ impl DirLock {
     }
 }
 
+/// Where the lock files are.
+fn locks_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("locks")
+}
+
 /// The lock file of `local_dir`, in a directory that exists.
 fn lock_path(state_dir: &Path, local_dir: &Path) -> Result<PathBuf> {
-    let dir = state_dir.join("locks");
+    let dir = locks_dir(state_dir);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -73,13 +78,13 @@ fn lock_path(state_dir: &Path, local_dir: &Path) -> Result<PathBuf> {
 
 /// Whether a run holds the lock of `local_dir`.
 pub fn busy(state_dir: &Path, local_dir: &Path) -> bool {
-    let path = state_dir.join("locks").join(lock_file_name(local_dir));
+    let path = locks_dir(state_dir).join(lock_file_name(local_dir));
     path.exists() && matches!(try_lock(&path), Ok(Err(_)))
 }
 
 /// The lock files in `state_dir` that no run holds, removed unless `dry_run`; how many.
 pub fn sweep(state_dir: &Path, dry_run: bool) -> usize {
-    let Ok(entries) = std::fs::read_dir(state_dir.join("locks")) else {
+    let Ok(entries) = std::fs::read_dir(locks_dir(state_dir)) else {
         return 0;
     };
     entries

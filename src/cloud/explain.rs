@@ -157,6 +157,10 @@ impl Cloud {
     /// Adds why AWS refused to an error that holds an encoded UnauthorizedOperation reason:
     /// decoded, when the user may (sts:DecodeAuthorizationMessage), else how an admin can.
     pub async fn explain_denial(&self, error: anyhow::Error) -> anyhow::Error {
+        // Several layers ask (a launch and the end of life it may apply): once is enough.
+        if error.downcast_ref::<DenialExplained>().is_some() {
+            return error;
+        }
         let encoded = error
             .chain()
             .find_map(|e| e.downcast_ref::<AwsError>())
@@ -170,17 +174,28 @@ impl Cloud {
             .encoded_message(&encoded)
             .send()
             .await;
-        match decoded.ok().as_ref().and_then(|d| d.decoded_message()) {
+        let why = match decoded.ok().as_ref().and_then(|d| d.decoded_message()) {
             Some(decoded) => match denial_summary(decoded) {
-                Some(summary) => error.context(summary),
-                None => error.context(format!("AWS says why: {decoded}")),
+                Some(summary) => summary,
+                None => format!("AWS says why: {decoded}"),
             },
-            None => error.context(format!(
+            None => format!(
                 "to see why, an admin runs `aws sts decode-authorization-message \
                  --encoded-message {encoded}` (ssh-ec2 does it itself if you are allowed \
                  sts:DecodeAuthorizationMessage)"
-            )),
-        }
+            ),
+        };
+        error.context(DenialExplained(why))
+    }
+}
+
+/// Why AWS refused, as the context of the refusal: it is explained once.
+#[derive(Debug)]
+struct DenialExplained(String);
+
+impl std::fmt::Display for DenialExplained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -266,7 +281,20 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::denial_summary;
+    use super::{DenialExplained, denial_summary};
+
+    #[test]
+    fn an_explained_denial_is_seen_under_later_contexts() {
+        let explained = anyhow::anyhow!("refused")
+            .context(DenialExplained("AWS refused ec2:RunInstances".into()))
+            .context("launch an instance");
+        assert!(explained.downcast_ref::<DenialExplained>().is_some());
+        assert!(
+            anyhow::anyhow!("refused")
+                .downcast_ref::<DenialExplained>()
+                .is_none()
+        );
+    }
 
     #[test]
     fn a_decoded_denial_names_the_action_and_resource() {

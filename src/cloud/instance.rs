@@ -100,9 +100,12 @@ impl Ownership {
     /// Compares the tags exactly (EC2 filters treat `*` and `?` as wildcards). An instance
     /// without a machine tag was launched by the first version, which went by the host name.
     fn owns(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+        self.same_owner(tags) && tag_of(tags, TAG_DIR) == Some(&self.dir) && self.same_machine(tags)
+    }
+
+    /// Carries exactly this owner's tag (EC2's tag filters match by pattern).
+    pub(super) fn same_owner(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
         tag_of(tags, TAG_OWNER) == Some(&self.owner)
-            && tag_of(tags, TAG_DIR) == Some(&self.dir)
-            && self.same_machine(tags)
     }
 
     /// Launched from this machine (whatever the owner and directory).
@@ -118,6 +121,14 @@ pub(super) fn tag_of<'a>(tags: &'a [aws_sdk_ec2::types::Tag], key: &str) -> Opti
     tags.iter()
         .find(|t| t.key() == Some(key))
         .and_then(|t| t.value())
+}
+
+/// The EC2 filter on tag `key` that matches `value` only.
+pub(super) fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(filter_value(value))
+        .build()
 }
 
 /// An EC2 filter value that matches `text` only: `*` and `?` are wildcards there, and `\`
@@ -189,13 +200,7 @@ pub struct Instance {
 
 impl Instance {
     fn from_sdk(instance: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
-        let tag = |key: &str| {
-            instance
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(key))
-                .and_then(|t| t.value())
-        };
+        let tag = |key: &str| tag_of(instance.tags(), key);
         Some(Instance {
             id: instance.instance_id()?.to_string(),
             state: State::from_sdk(instance.state().and_then(|s| s.name())),
@@ -303,12 +308,7 @@ impl Cloud {
         // Owner and directory only: the first version's instances have no machine tag, and
         // this version's may carry an old host name. `owns` decides which are ours.
         for (key, value) in [(TAG_OWNER, &owner.owner), (TAG_DIR, &owner.dir)] {
-            request = request.filters(
-                Filter::builder()
-                    .name(format!("tag:{key}"))
-                    .values(filter_value(value))
-                    .build(),
-            );
+            request = request.filters(tag_filter(key, value));
         }
         let found = request
             .send()
@@ -332,12 +332,7 @@ impl Cloud {
         let found = self
             .ec2
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{TAG_OWNER}"))
-                    .values(filter_value(&ownership.owner))
-                    .build(),
-            )
+            .filters(tag_filter(TAG_OWNER, &ownership.owner))
             .send()
             .await
             .explain(format_args!("list your instances in {}", self.region))?;
@@ -345,7 +340,7 @@ impl Cloud {
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .filter(|i| tag_of(i.tags(), TAG_OWNER) == Some(&ownership.owner))
+            .filter(|i| ownership.same_owner(i.tags()))
             .filter_map(|i| {
                 let tag = |key| tag_of(i.tags(), key).map(str::to_string);
                 Some(Owned {
@@ -371,12 +366,7 @@ impl Cloud {
         let found = self
             .ec2
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{TAG_LAUNCH}"))
-                    .values(filter_value(launch_id))
-                    .build(),
-            )
+            .filters(tag_filter(TAG_LAUNCH, launch_id))
             .send()
             .await
             .explain(format_args!("look for the instance of launch {launch_id}"))?;

@@ -37,6 +37,23 @@ pub const FALLBACK_REGION: &str = "eu-central-1";
 /// so until then a "not found" is no proof that something is gone.
 pub const VISIBILITY_LAG: Duration = Duration::from_secs(120);
 
+/// A connection to a region: the one at hand when it is that region's, else a new one.
+pub enum InRegion<'a> {
+    This(&'a Cloud),
+    Other(Box<Cloud>),
+}
+
+impl std::ops::Deref for InRegion<'_> {
+    type Target = Cloud;
+
+    fn deref(&self) -> &Cloud {
+        match self {
+            InRegion::This(cloud) => cloud,
+            InRegion::Other(cloud) => cloud,
+        }
+    }
+}
+
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
@@ -110,8 +127,13 @@ impl Cloud {
     }
 
     /// The same account and profile, in another region.
-    pub async fn in_region(&self, region: &str) -> Cloud {
-        Cloud::connect(Some(region), self.profile.as_deref()).await
+    pub async fn in_region(&self, region: &str) -> InRegion<'_> {
+        match region == self.region {
+            true => InRegion::This(self),
+            false => InRegion::Other(Box::new(
+                Cloud::connect(Some(region), self.profile.as_deref()).await,
+            )),
+        }
     }
 
     /// The regions enabled for the account (those it may launch in).

@@ -9,7 +9,7 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType};
 use ipnet::IpNet;
 
-use super::instance::{Ownership, TAG_DIR, TAG_OWNER, tag_of, tag_specification};
+use super::instance::{Ownership, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
 use super::{AwsResultExt, Cloud};
 use crate::backoff::Backoff;
 
@@ -37,12 +37,7 @@ impl Cloud {
         let found = self
             .ec2
             .describe_security_groups()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{TAG_OWNER}"))
-                    .values(&ownership.owner)
-                    .build(),
-            )
+            .filters(tag_filter(TAG_OWNER, &ownership.owner))
             .filters(
                 Filter::builder()
                     .name("group-name")
@@ -58,7 +53,7 @@ impl Cloud {
         Ok(found
             .security_groups()
             .iter()
-            .filter(|g| tag_of(g.tags(), TAG_OWNER) == Some(&ownership.owner))
+            .filter(|g| ownership.same_owner(g.tags()))
             .filter(|g| g.group_name().is_some_and(|n| n.starts_with(GROUP_PREFIX)))
             .filter_map(|g| {
                 Some(SshGroup {

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cloud::userdata::UserData;
-use crate::cloud::{Cloud, LaunchRequest, TypeInfo, guess_user};
-use crate::fleet::{image_for, ingress_cidr, root_volume_gib, vpc_of};
+use crate::cloud::{Cloud, LaunchRequest, TypeInfo};
+use crate::fleet::{self, image_for, ingress_cidr, root_volume_gib, vpc_of};
 use crate::keys::LoginKey;
 use crate::plan::{Ingress, Plan};
 use crate::price::{self, Hourly};
@@ -180,10 +180,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             .map(|s| s.zone)
             .collect(),
     };
-    let user = spec
-        .user
-        .clone()
-        .unwrap_or_else(|| guess_user(&image.name).into());
+    let user = fleet::launch_user(plan, &image);
     let login_key = match &plan.login {
         LoginKey::PerRun => Some(MADE_AT_LAUNCH),
         LoginKey::KeyPair { .. } => None,
@@ -206,10 +203,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             own_group: false,
             login_user: &user,
             subnet_id: spec.subnets.first().map(String::as_str),
-            key_name: match &plan.login {
-                LoginKey::KeyPair { name, .. } => Some(name.as_str()),
-                LoginKey::PerRun => None,
-            },
+            key_name: plan.login.key_pair_name(),
             instance_profile: spec.instance_profile.as_deref(),
             volume_size: spec.volume_size,
             tags: &spec.tags,

@@ -14,6 +14,7 @@ use crate::cloud::{Cloud, Owned, SshGroup, State};
 use crate::config::EndOfLife;
 use crate::fleet::journal::{self, Launch};
 use crate::fleet::{self, end_of_life};
+use crate::keys::KeyStore;
 use crate::lock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -64,7 +65,7 @@ pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) ->
         printer.info("run `ssh-ec2 --gc --yes` to remove these");
         return Ok(0);
     }
-    match remove(&found, &ground.cloud, plan, printer).await {
+    match remove(&found, &ground.cloud, &ground.store, plan, printer).await {
         0 => {
             printer.info("cleaned up");
             Ok(0)
@@ -227,7 +228,7 @@ fn report(found: &Leftovers, owner: &str, from_elsewhere: usize) {
 async fn stale_local_state(
     cloud: &Cloud,
     plan: &Plan,
-    store: &crate::keys::KeyStore,
+    store: &KeyStore,
 ) -> Result<Vec<(PathBuf, String)>> {
     let instances = plan.state_dir.join("instances");
     let mut stale = Vec::new();
@@ -287,8 +288,13 @@ async fn stale_local_state(
 }
 
 /// Removes what was found; how many could not be.
-async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer) -> usize {
-    let store = crate::keys::KeyStore::new(&plan.state_dir);
+async fn remove(
+    found: &Leftovers,
+    cloud: &Cloud,
+    store: &KeyStore,
+    plan: &Plan,
+    printer: &Printer,
+) -> usize {
     let mut failed = 0;
     let mut fail = |e: anyhow::Error| {
         printer.error(&e);
@@ -309,10 +315,10 @@ async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer
                 }
             }
         }
-        let there = in_region(cloud, &owned.region).await;
+        let there = cloud.in_region(&owned.region).await;
         let ended = end_of_life::apply(
-            there.as_ref().unwrap_or(cloud),
-            &store,
+            &there,
+            store,
             &owned.instance,
             EndOfLife::Terminate,
             printer,
@@ -333,21 +339,15 @@ async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer
                 continue;
             }
         }
-        let there = in_region(cloud, &launch.region).await;
-        if let Err(e) = journal::end(there.as_ref().unwrap_or(cloud), launch, &store, printer).await
-        {
+        let there = cloud.in_region(&launch.region).await;
+        if let Err(e) = journal::end(&there, launch, store, printer).await {
             fail(e);
         }
     }
     for (region, group) in &found.groups {
-        let there = in_region(cloud, region).await;
+        let there = cloud.in_region(region).await;
         let phase = printer.phase(format!("deleting security group {}", group.id));
-        match there
-            .as_ref()
-            .unwrap_or(cloud)
-            .delete_ssh_group(&group.id)
-            .await
-        {
+        match there.delete_ssh_group(&group.id).await {
             Ok(()) => phase.done(format!("deleted security group {}", group.id)),
             Err(e) => {
                 drop(phase);
@@ -370,12 +370,4 @@ async fn remove(found: &Leftovers, cloud: &Cloud, plan: &Plan, printer: &Printer
     drop(locks);
     lock::sweep(&plan.state_dir, false);
     failed
-}
-
-/// A connection to `region`, unless it is `cloud`'s own.
-async fn in_region(cloud: &Cloud, region: &str) -> Option<Cloud> {
-    match region == cloud.region {
-        true => None,
-        false => Some(cloud.in_region(region).await),
-    }
 }

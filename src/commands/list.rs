@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::{Ground, job_state};
 use crate::cloud::{Owned, State, guess_user};
-use crate::config::HostPort;
 use crate::fleet;
 use crate::keys::KeyStore;
 use crate::plan::Plan;
@@ -109,13 +108,7 @@ async fn ask_job(plan: &Plan, store: &KeyStore, owned: &Owned, printer: &Printer
         let id = &owned.instance.id;
         let dir = owned.dir.as_deref().context("no directory tag")?;
         let target = Target {
-            address: match &plan.connect {
-                Some(address) => address.clone(),
-                None => HostPort {
-                    host: owned.instance.address().context("no address")?.to_string(),
-                    port: 22,
-                },
-            },
+            address: super::ssh_address(plan, &owned.instance)?,
             user: owned
                 .instance
                 .login_user

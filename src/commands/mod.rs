@@ -43,31 +43,37 @@ use crate::sync::{Conflict, Manifest, Rsync};
 
 /// Runs the mode `cli` asks for; returns the exit status to use.
 pub fn start(cli: &Cli, printer: &Printer) -> Result<i32> {
-    match cli.mode() {
-        // Before anything is looked up: works anywhere, with no settings and no rsync.
-        Mode::Generate(what) => generate::generate(what),
-        Mode::ShowConfig => show_config::show_config(cli, &sources(&Host::detect()?)),
-        Mode::Setup { dry_run } => setup::setup(cli, &sources(&Host::detect()?), dry_run),
-        Mode::Run => on_instance(cli, async |plan| run::run(plan, printer, false).await),
-        Mode::Detach => on_instance(cli, async |plan| run::run(plan, printer, true).await),
-        Mode::Attach => on_instance(cli, async |plan| attach::attach(plan, printer).await),
-        Mode::Finish { attach } => on_instance(cli, async |plan| {
+    let mode = cli.mode();
+    // Before anything is looked up: works anywhere, with no settings and no rsync.
+    if let Mode::Generate(what) = mode {
+        return generate::generate(what);
+    }
+    let host = Host::detect()?;
+    match mode {
+        Mode::Generate(_) => unreachable!("handled above"),
+        Mode::ShowConfig => show_config::show_config(cli, &sources(&host)),
+        Mode::Setup { dry_run } => setup::setup(cli, &sources(&host), dry_run),
+        Mode::Run => on_instance(cli, &host, async |plan| {
+            run::run(plan, printer, false).await
+        }),
+        Mode::Detach => on_instance(cli, &host, async |plan| run::run(plan, printer, true).await),
+        Mode::Attach => on_instance(cli, &host, async |plan| attach::attach(plan, printer).await),
+        Mode::Finish { attach } => on_instance(cli, &host, async |plan| {
             finish::finish(plan, printer, attach).await
         }),
-        Mode::List { json, all_regions } => on_instance(cli, async |plan| {
+        Mode::List { json, all_regions } => on_instance(cli, &host, async |plan| {
             list::list(plan, printer, json, all_regions).await
         }),
-        Mode::Down => on_instance(cli, async |plan| down::down(plan, printer).await),
-        Mode::Gc { yes, all_regions } => on_instance(cli, async |plan| {
+        Mode::Down => on_instance(cli, &host, async |plan| down::down(plan, printer).await),
+        Mode::Gc { yes, all_regions } => on_instance(cli, &host, async |plan| {
             gc::gc(plan, printer, yes, all_regions).await
         }),
-        Mode::DryRun { json } => on_instance(cli, async |plan| dry_run::dry_run(plan, json).await),
-        Mode::SshConfig { install } => {
-            let home = Host::detect()?.home;
-            on_instance(cli, async |plan| {
-                ssh_config::ssh_config(plan, &home, install, printer).await
-            })
+        Mode::DryRun { json } => {
+            on_instance(cli, &host, async |plan| dry_run::dry_run(plan, json).await)
         }
+        Mode::SshConfig { install } => on_instance(cli, &host, async |plan| {
+            ssh_config::ssh_config(plan, &host.home, install, printer).await
+        }),
     }
 }
 
@@ -86,9 +92,12 @@ fn sources(host: &Host) -> Sources<'static> {
 }
 
 /// Reads the settings, validates them into a plan, and runs `mode` with it.
-fn on_instance(cli: &Cli, mode: impl AsyncFnOnce(&Plan) -> Result<i32>) -> Result<i32> {
-    let host = Host::detect()?;
-    let plan = Plan::new(cli, sources(&host).load(cli)?.values, &host)?;
+fn on_instance(
+    cli: &Cli,
+    host: &Host,
+    mode: impl AsyncFnOnce(&Plan) -> Result<i32>,
+) -> Result<i32> {
+    let plan = Plan::new(cli, sources(host).load(cli)?.values, host)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let code = runtime.block_on(mode(&plan));
     // A blocked read of local stdin must not hold the exit.

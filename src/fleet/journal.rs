@@ -128,14 +128,9 @@ pub async fn settle(
         .collect();
     let mut adopted = None;
     for launch in pending {
-        let elsewhere;
-        let (cloud, here) = if launch.region == cloud.region {
-            (cloud, true)
-        } else {
-            elsewhere = cloud.in_region(&launch.region).await;
-            (&elsewhere, false)
-        };
-        let settled = settle_one(cloud, &launch, here && adopted.is_none(), store, printer)
+        let here = launch.region == cloud.region;
+        let there = cloud.in_region(&launch.region).await;
+        let settled = settle_one(&there, &launch, here && adopted.is_none(), store, printer)
             .await
             .with_context(|| {
                 format!(

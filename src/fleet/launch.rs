@@ -12,11 +12,10 @@ use super::{Machine, ingress_cidr};
 use crate::cloud::userdata::UserData;
 use crate::cloud::{
     AwsError, CAPACITY_CODES, Cloud, Image, Instance, LaunchRequest, SPOT_CAPACITY_CODES, Subnet,
-    guess_user,
 };
 use crate::config::EndOfLife;
 use crate::interrupt::Interrupt;
-use crate::keys::{KeyStore, LoginKey};
+use crate::keys::KeyStore;
 use crate::plan::{ImageChoice, Plan, SpotPlan};
 use crate::price;
 use crate::printer::Printer;
@@ -341,10 +340,7 @@ impl Attempts<'_> {
         self.interrupt.check()?;
         launch.sending(self.store)?;
         let spec = &self.plan.launch;
-        let user = spec
-            .user
-            .clone()
-            .unwrap_or_else(|| guess_user(&image.name).into());
+        let user = super::launch_user(self.plan, image);
         let launched = self
             .cloud
             .launch(&LaunchRequest {
@@ -355,10 +351,7 @@ impl Attempts<'_> {
                 own_group: self.plan.launch.security_group.is_none(),
                 login_user: &user,
                 subnet_id: place.subnet_id(),
-                key_name: match &self.plan.login {
-                    LoginKey::KeyPair { name, .. } => Some(name.as_str()),
-                    LoginKey::PerRun => None,
-                },
+                key_name: self.plan.login.key_pair_name(),
                 instance_profile: spec.instance_profile.as_deref(),
                 volume_size: spec.volume_size,
                 tags: &spec.tags,

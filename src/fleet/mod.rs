@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
-use crate::cloud::{Cloud, Instance, Owned, Ownership, State, caller_cidr, guess_user};
+use crate::cloud::{Cloud, Image, Instance, Owned, Ownership, State, caller_cidr, guess_user};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
@@ -107,10 +107,7 @@ pub async fn for_each_region(
         false => vec![cloud.region.clone()],
     };
     for region in regions {
-        match region == cloud.region {
-            true => visit(cloud).await?,
-            false => visit(&cloud.in_region(&region).await).await?,
-        }
+        visit(&*cloud.in_region(&region).await).await?;
     }
     Ok(())
 }
@@ -247,6 +244,14 @@ pub fn login_user(plan: &Plan, instance: &Instance) -> String {
         .clone()
         .or(instance.login_user.clone())
         .unwrap_or_else(|| guess_user("").into())
+}
+
+/// Who logs in to an instance launched from `image`: as set, else guessed from its name.
+pub fn launch_user(plan: &Plan, image: &Image) -> String {
+    plan.launch
+        .user
+        .clone()
+        .unwrap_or_else(|| guess_user(&image.name).into())
 }
 
 /// The CIDR the SSH rule lets in.

@@ -100,7 +100,7 @@ impl Job {
     }
 
     fn record(&self) -> String {
-        format!("\"$HOME\"/.ssh-ec2/jobs/{}", self.name)
+        format!("{}/{}", super::state_dir("jobs"), self.name)
     }
 
     /// Prints `tmux` and/or `screen`, whichever the instance has.

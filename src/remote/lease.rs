@@ -19,12 +19,12 @@ impl Lease {
     pub fn new(scope: &str) -> Lease {
         Lease {
             scope: scope.to_string(),
-            token: format!("{:016x}", rand::random::<u64>()),
+            token: super::new_token(),
         }
     }
 
     fn dir(&self) -> String {
-        format!("\"$HOME\"/.ssh-ec2/leases/{}", self.scope)
+        format!("{}/{}", super::state_dir("leases"), self.scope)
     }
 
     fn path(&self) -> String {

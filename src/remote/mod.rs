@@ -150,6 +150,17 @@ pub fn prepare_dir_command(dir: &RemoteDir) -> String {
     format!("mkdir -p {dir} && cd {dir} && pwd")
 }
 
+/// ssh-ec2's own state in the login user's home on the instance, for the shell: `kind` is
+/// `runs`, `jobs`, `leases` or `watchdog`.
+fn state_dir(kind: &str) -> String {
+    format!("\"$HOME\"/.ssh-ec2/{kind}")
+}
+
+/// A name no other run picks.
+fn new_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// A foreground run's bookkeeping on the instance, `~/.ssh-ec2/runs/<token>/`: the id of the
 /// command's process group (so a fresh session can end it after a hang-up or a lost
 /// connection), and the FIFO its stdout goes through (so it can be told its output is gone).
@@ -159,13 +170,11 @@ pub struct RunRecord {
 
 impl RunRecord {
     pub fn new() -> RunRecord {
-        RunRecord {
-            token: format!("{:016x}", rand::random::<u64>()),
-        }
+        RunRecord { token: new_token() }
     }
 
     fn dir(&self) -> String {
-        format!("\"$HOME\"/.ssh-ec2/runs/{}", self.token)
+        format!("{}/{}", state_dir("runs"), self.token)
     }
 
     /// The command line sent to sshd: in the remote directory, the user's login shell runs the

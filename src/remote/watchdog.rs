@@ -135,8 +135,9 @@ impl Arming {
     /// Re-arms the switch from a connection, in the login user's home, for this directory.
     pub fn arm_command(&self, job: &Job) -> String {
         format!(
-            "d=\"$HOME\"/.ssh-ec2/watchdog && mkdir -p \"$d\" && printf '%s' '{}' > \"$d/{name}.new\" \
+            "d={} && mkdir -p \"$d\" && printf '%s' '{}' > \"$d/{name}.new\" \
              && mv \"$d/{name}.new\" \"$d/{name}\"",
+            super::state_dir("watchdog"),
             self.settings(),
             name = job.name()
         )

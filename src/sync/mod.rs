@@ -182,7 +182,7 @@ impl<'a> Rsync<'a> {
         let started = SystemTime::now();
         let mut rsync = self.command();
         rsync
-            .args(["--archive", "--no-owner", "--no-group", "--safe-links"])
+            .args(PUSH_OPTIONS)
             // Twice: unchanged files are listed too, so the manifest covers everything synced.
             .args(["-ii", "--debug=FILTER1"])
             .arg(self.local_root())
@@ -335,9 +335,7 @@ impl<'a> Rsync<'a> {
     }
 
     fn local_root(&self) -> OsString {
-        let mut root = self.local_dir.as_os_str().to_os_string();
-        root.push("/");
-        root
+        contents_of(self.local_dir)
     }
 
     /// `ec2:DIR/PATH`: verbatim thanks to `--secluded-args`, whatever PATH holds.
@@ -422,21 +420,30 @@ fn filters(plan: &SyncPlan) -> Vec<OsString> {
     args
 }
 
+/// What a push keeps of local files: their times, modes and links, never their owners; symlinks
+/// that lead outside the tree are skipped.
+const PUSH_OPTIONS: [&str; 4] = ["--archive", "--no-owner", "--no-group", "--safe-links"];
+
+/// `dir/`: to rsync, the directory's contents rather than the directory itself.
+fn contents_of(dir: &Path) -> OsString {
+    let mut root = dir.as_os_str().to_os_string();
+    root.push("/");
+    root
+}
+
 /// How much a first push of `local_dir` sends: files and their bytes, as rsync itself counts
 /// them with the push's options and filters, without a transfer and without an instance.
 pub async fn first_push_size(plan: &SyncPlan, local_dir: &Path) -> Result<(u64, u64)> {
-    let mut root = local_dir.as_os_str().to_os_string();
-    root.push("/");
     // Never created: rsync --dry-run only pretends to fill it.
     let nowhere = std::env::temp_dir().join(format!(
         "ssh-ec2-dry-run-{}-never-created",
         std::process::id()
     ));
     let output = tokio::process::Command::new(&plan.rsync)
-        .args(["--archive", "--no-owner", "--no-group", "--safe-links"])
+        .args(PUSH_OPTIONS)
         .args(["--dry-run", "--stats"])
         .args(filters(plan))
-        .arg(root)
+        .arg(contents_of(local_dir))
         .arg(&nowhere)
         .stdin(Stdio::null())
         .output()
