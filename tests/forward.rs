@@ -8,16 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    Pane, Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, state_of, wait_or_kill,
+    Pane, Project, RUN_TIMEOUT, Run, TestCloud, free_port, start_until_ready, state_of,
+    wait_or_kill,
 };
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET path` on 127.0.0.1:port, retried until the server answers (it starts with the command).
 fn http_get(port: u16, path: &str) -> String {

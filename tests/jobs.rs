@@ -5,22 +5,13 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{Pane, Project, RUN_TIMEOUT, Run, TestCloud, state_of, wait_or_kill};
+use common::{Pane, Project, RUN_TIMEOUT, Run, TestCloud, state_of, wait_or_kill, wait_until};
 
 /// A job that says it started, waits for the test's go, leaves a result and exits with 5.
 const JOB: &str = "echo job-started; while [ ! -e go ]; do sleep 0.1; done; \
                    echo result > result.txt; exit 5";
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn go(project: &Project) {
     std::fs::write(project.remote().join("go"), "").unwrap();
@@ -124,22 +115,11 @@ fn a_killed_client_leaves_the_job_running_and_finish_later_brings_its_status() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // This project's own job record (the instances of parallel tests share the remote home).
-    let name = project
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
     wait_until("the job to start", || {
-        std::fs::read_dir("/home/ubuntu/.ssh-ec2/jobs")
-            .map(|jobs| {
-                jobs.flatten().any(|job| {
-                    job.file_name().to_string_lossy().contains(&name)
-                        && job.path().join("started").exists()
-                })
-            })
-            .unwrap_or(false)
+        project
+            .remote_state_entries("ubuntu", "jobs")
+            .iter()
+            .any(|job| job.join("started").exists())
     });
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();

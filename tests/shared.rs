@@ -60,19 +60,13 @@ fn a_killed_clients_lease_expires_and_a_running_job_keeps_the_instance() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_or_kill(first, RUN_TIMEOUT);
     // Time passes: its lease is no longer renewed.
-    let name = project
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let scopes = std::fs::read_dir("/home/ubuntu/.ssh-ec2/leases").unwrap();
-    let ours = scopes
-        .flatten()
-        .find(|scope| scope.file_name().to_string_lossy().contains(&name))
+    let ours = project
+        .remote_state_entries("ubuntu", "leases")
+        .into_iter()
+        .next()
         .expect("the killed run held a lease");
     let long_ago = SystemTime::now() - Duration::from_secs(600);
-    for lease in std::fs::read_dir(ours.path()).unwrap().flatten() {
+    for lease in std::fs::read_dir(ours).unwrap().flatten() {
         let file = std::fs::File::options()
             .write(true)
             .open(lease.path())

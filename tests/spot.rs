@@ -251,19 +251,11 @@ impl FakeMetadata {
 
 /// This directory's job record on the instance (see src/remote/job.rs).
 fn job_record(project: &Project) -> std::path::PathBuf {
-    let jobs = std::path::Path::new("/home")
-        .join(common::REMOTE_USER)
-        .join(".ssh-ec2/jobs");
-    let prefix = format!(
-        "ssh-ec2-{}-",
-        project.path().file_name().unwrap().to_string_lossy()
-    );
-    std::fs::read_dir(&jobs)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    project
+        .remote_state_entries(common::REMOTE_USER, "jobs")
+        .into_iter()
+        .next()
         .expect("this directory's job record")
-        .path()
 }
 
 /// Runs the watch script against `metadata`, with `home` as the only home directory.

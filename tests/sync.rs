@@ -7,11 +7,11 @@ mod common;
 use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
     Project, RUN_TIMEOUT, Run, TestCloud, instance_id, start_until_ready, state_of, wait_or_kill,
+    wait_until,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -20,14 +20,6 @@ fn mode(path: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o7777
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits for the end of a started run and returns its exit status and stderr.

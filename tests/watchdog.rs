@@ -194,7 +194,7 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
     );
 
     // The run armed it too, in the login's home, with the same deadline.
-    let armed = project.remote_watchdog_files(REMOTE_USER);
+    let armed = project.remote_state_entries(REMOTE_USER, "watchdog");
     assert_eq!(armed.len(), 1, "{armed:?}");
     let armed = std::fs::read_to_string(&armed[0]).unwrap();
     assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
@@ -302,7 +302,8 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
         )),
         "{second}"
     );
-    let armed = std::fs::read_to_string(&project.remote_watchdog_files(REMOTE_USER)[0]).unwrap();
+    let armed =
+        std::fs::read_to_string(&project.remote_state_entries(REMOTE_USER, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
     assert_eq!(setting(&armed, "idle"), "off", "{armed}");
 
@@ -322,7 +323,8 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
         None,
         "no lifetime, no expiry tag\n{third}"
     );
-    let armed = std::fs::read_to_string(&project.remote_watchdog_files(REMOTE_USER)[0]).unwrap();
+    let armed =
+        std::fs::read_to_string(&project.remote_state_entries(REMOTE_USER, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "deadline"), "off", "{armed}");
     assert_eq!(
         setting(&armed, "idle"),

@@ -430,7 +430,7 @@ fn read_log(state: &Path) -> String {
     std::fs::read_to_string(state.join("cloud.stderr")).unwrap_or_default()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -563,12 +563,13 @@ impl Project {
 }
 
 impl Project {
-    /// The dead-man switch settings the runs here armed on the instance (see
-    /// src/remote/watchdog.rs), named after this directory's job.
-    pub fn remote_watchdog_files(&self, user: &str) -> Vec<PathBuf> {
+    /// This directory's entries in ssh-ec2's state on the instance (`kind`: `jobs`, `leases`,
+    /// `watchdog`; see src/remote/), named after its job: the instances of parallel tests
+    /// share the remote home.
+    pub fn remote_state_entries(&self, user: &str, kind: &str) -> Vec<PathBuf> {
         let name = self.path().file_name().unwrap().to_string_lossy();
         let prefix = format!("ssh-ec2-{name}-");
-        let dir = Path::new("/home").join(user).join(".ssh-ec2/watchdog");
+        let dir = Path::new("/home").join(user).join(".ssh-ec2").join(kind);
         std::fs::read_dir(dir)
             .map(|entries| {
                 entries
@@ -585,7 +586,7 @@ impl Drop for Project {
     fn drop(&mut self) {
         for user in [REMOTE_USER, "ec2-user"] {
             let _ = std::fs::remove_dir_all(self.remote_of(user));
-            for file in self.remote_watchdog_files(user) {
+            for file in self.remote_state_entries(user, "watchdog") {
                 let _ = std::fs::remove_file(file);
             }
         }
@@ -708,6 +709,15 @@ pub fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
         "keys or unfinished launches kept: {:?}\n{run}",
         project.kept_instance_keys()
     );
+}
+
+/// Polls `done` until it holds; fails the test after a minute, naming `what`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn state_of(instance: &Instance) -> InstanceStateName {
