@@ -6,9 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use super::{
-    Ground, NoteSignals, Progress, Scene, end_of_run, job_state, pull_results, reach_and_join,
-};
+use super::{Ground, Progress, Scene, end_of_run, job_state, pull_home, reach_and_join};
 use crate::lock::DirLock;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -53,10 +51,7 @@ async fn work(scene: &Scene<'_>, lock: DirLock, progress: &mut Progress) -> Resu
         );
     }
     let mut manifest = Manifest::load(&scene.store.manifest_path(&scene.machine.instance.id));
-    let _notes = NoteSignals::start(scene.interrupt, scene.printer);
-    let after = scene.interrupt.only_new();
-    pull_results(scene, &reached, &mut manifest, progress, &after).await?;
-    progress.results_home = true;
+    pull_home(scene, &reached, &mut manifest, progress).await?;
     progress.exit = Some(RemoteExit::Status(0));
     Ok(())
 }

@@ -613,6 +613,21 @@ async fn pull_results(
     }
 }
 
+/// The final pull once nothing runs there any more, signals noted from now on; then the
+/// results are home.
+async fn pull_home(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<()> {
+    let _notes = NoteSignals::start(scene.interrupt, scene.printer);
+    let after = scene.interrupt.only_new();
+    pull_results(scene, reached, manifest, progress, &after).await?;
+    progress.results_home = true;
+    Ok(())
+}
+
 /// Opens the `-L`/`-R` forwards on `session`, for as long as the result lives.
 async fn open_forwards(
     session: &Arc<Session>,
@@ -810,10 +825,7 @@ async fn conclude_job(
     };
     progress.command_started = true;
     progress.exit = status.map(|status| RemoteExit::Status(status as u32));
-    let _notes = NoteSignals::start(scene.interrupt, scene.printer);
-    let after_job = scene.interrupt.only_new();
-    pull_results(scene, reached, manifest, progress, &after_job).await?;
-    progress.results_home = true;
+    pull_home(scene, reached, manifest, progress).await?;
     reached.session.run_captured(&job.forget_command()).await?;
     if status.is_none() {
         bail!(
