@@ -72,6 +72,18 @@ impl Drop for CloudProcess {
     }
 }
 
+impl Drop for TestCloud {
+    fn drop(&mut self) {
+        // A failing test shows what the bed saw go wrong (an sshd that could not start…).
+        if std::thread::panicking() {
+            let errors = self.bed_errors();
+            if !errors.is_empty() {
+                eprintln!("the test bed reported errors: {errors:#?}");
+            }
+        }
+    }
+}
+
 impl TestCloud {
     pub fn start() -> TestCloud {
         TestCloud::start_with(CloudOptions::default())
@@ -263,13 +275,16 @@ impl TestCloud {
         assert_eq!(self.count_events(name), count, "{:#?}", self.events());
     }
 
-    /// Fails the test if the bed itself reported an error (bad user-data, sshd crash…).
-    pub fn assert_no_bed_errors(&self) {
-        let errors: Vec<_> = self
-            .events()
+    fn bed_errors(&self) -> Vec<Value> {
+        self.events()
             .into_iter()
             .filter(|e| e["event"] == "error")
-            .collect();
+            .collect()
+    }
+
+    /// Fails the test if the bed itself reported an error (bad user-data, sshd crash…).
+    pub fn assert_no_bed_errors(&self) {
+        let errors = self.bed_errors();
         assert!(
             errors.is_empty(),
             "the test bed reported errors: {errors:#?}\n{}",
@@ -430,12 +445,33 @@ fn read_log(state: &Path) -> String {
     std::fs::read_to_string(state.join("cloud.stderr")).unwrap_or_default()
 }
 
+/// A loopback port free now and kept free until a server of the test binds it: taken below the
+/// kernel's ephemeral range, which every outgoing connection of the parallel tests draws from
+/// (a port picked with bind(0) can be some connection's source port by the time sshd binds it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    assert!(
+        ephemeral_start > FIRST + 1000,
+        "the ephemeral port range starts at {ephemeral_start}: the test bed needs the ports \
+         {FIRST}..{ephemeral_start} outside it (sysctl net.ipv4.ip_local_port_range)"
+    );
+    let span = ephemeral_start - FIRST;
+    // Each test binary starts elsewhere in the span, in case another runs at the same time.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{ephemeral_start}")
 }
 
 /// A local project directory, an empty HOME for ssh-ec2, and the matching remote directory
