@@ -46,9 +46,8 @@ impl Image {
 }
 
 impl Cloud {
-    /// The image with this id, if `instance_type` can run it.
-    pub async fn image_by_id(&self, id: &str, instance_type: &str) -> Result<Image> {
-        let architectures = self.architectures_of(instance_type).await?;
+    /// The image with this id.
+    pub async fn image_by_id(&self, id: &str) -> Result<Image> {
         let found = self
             .ec2
             .describe_images()
@@ -56,7 +55,7 @@ impl Cloud {
             .send()
             .await
             .explain(format_args!("look up image {id} in {}", self.region))?;
-        let image = found
+        found
             .images()
             .first()
             .and_then(Image::from_sdk)
@@ -65,22 +64,12 @@ impl Cloud {
                     "image {id} does not exist in {}: check --image-id",
                     self.region
                 )
-            })?;
-        if !architectures.contains(&image.architecture) {
-            bail!(
-                "image {id} is built for {}, but a {instance_type} runs {}: pick a matching \
-                 --instance-type or image",
-                image.architecture,
-                architectures.join(", ")
-            );
-        }
-        Ok(image)
+            })
     }
 
-    /// The newest available Amazon-owned image whose name matches `pattern` and that
-    /// `instance_type` can run (the newest match is often built for another architecture).
-    pub async fn newest_image(&self, pattern: &str, instance_type: &str) -> Result<Image> {
-        let architectures = self.architectures_of(instance_type).await?;
+    /// The newest available Amazon-owned image whose name matches `pattern` and that an
+    /// instance of `kind` can run (the newest match is often built for another architecture).
+    pub async fn newest_image(&self, pattern: &str, kind: &TypeInfo) -> Result<Image> {
         let found = self
             .ec2
             .describe_images()
@@ -90,7 +79,7 @@ impl Cloud {
             .filters(
                 Filter::builder()
                     .name("architecture")
-                    .set_values(Some(architectures))
+                    .set_values(Some(kind.architectures.clone()))
                     .build(),
             )
             .send()
@@ -107,16 +96,12 @@ impl Cloud {
         match newest.and_then(Image::from_sdk) {
             Some(image) => Ok(image),
             None => bail!(
-                "no Amazon image named \"{pattern}\" for a {instance_type} in {}: check \
-                 --image-name, or pass --image-id",
+                "no Amazon image named \"{pattern}\" for a {} in {}: check --image-name, or \
+                 pass --image-id",
+                kind.name,
                 self.region
             ),
         }
-    }
-
-    /// The processor architectures `instance_type` runs; also checks that it exists here.
-    async fn architectures_of(&self, instance_type: &str) -> Result<Vec<String>> {
-        Ok(self.instance_type(instance_type).await?.architectures)
     }
 
     /// What an instance of `instance_type` has; fails when the type is not offered here.
@@ -175,6 +160,23 @@ pub struct TypeInfo {
     pub vcpus: Option<i32>,
     pub memory_mib: Option<i64>,
     pub gpus: Vec<Gpus>,
+}
+
+impl TypeInfo {
+    /// Fails, saying what to change, when an instance of this type cannot boot `image`.
+    pub fn check_runs(&self, image: &Image) -> Result<()> {
+        if !self.architectures.contains(&image.architecture) {
+            bail!(
+                "image {} is built for {}, but a {} runs {}: pick a matching --instance-type or \
+                 image",
+                image.id,
+                image.architecture,
+                self.name,
+                self.architectures.join(", ")
+            );
+        }
+        Ok(())
+    }
 }
 
 /// GPUs of one model in an instance type.

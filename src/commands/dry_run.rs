@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cloud::userdata::UserData;
 use crate::cloud::{Cloud, LaunchRequest, TypeInfo};
-use crate::fleet::{self, image_for, ingress_cidr, root_volume_gib, vpc_of};
+use crate::fleet::{self, Resolved, ingress_cidr, root_volume_gib};
 use crate::keys::LoginKey;
 use crate::plan::{Ingress, Plan};
 use crate::price::{self, Hourly};
@@ -162,24 +162,10 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
 /// What `fleet::launch` would launch, resolved the same way, and whether AWS would allow it.
 async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
     let spec = &plan.launch;
-    if let Some(profile) = &spec.instance_profile {
-        cloud.check_instance_profile(profile).await?;
-    }
-    let instance_type = cloud.instance_type(&spec.instance_type).await?;
-    let image = image_for(cloud, &spec.image, &spec.instance_type).await?;
-    for fallback in &spec.fallback_types {
-        image_for(cloud, &spec.image, fallback).await?;
-    }
-    let vpc = vpc_of(cloud, &spec.subnets).await?;
-    let zones = match spec.subnets.is_empty() {
-        false => Vec::new(),
-        true => cloud
-            .default_subnets()
-            .await?
-            .into_iter()
-            .map(|s| s.zone)
-            .collect(),
-    };
+    let resolved = fleet::resolve(cloud, spec).await?;
+    let zones = resolved.zones();
+    let Resolved { mut types, vpc, .. } = resolved;
+    let (instance_type, image) = types.swap_remove(0);
     let user = fleet::launch_user(plan, &image);
     let login_key = match &plan.login {
         LoginKey::PerRun => Some(MADE_AT_LAUNCH),

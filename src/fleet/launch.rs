@@ -12,11 +12,12 @@ use super::{Machine, ingress_cidr};
 use crate::cloud::userdata::UserData;
 use crate::cloud::{
     AwsError, CAPACITY_CODES, Cloud, Image, Instance, LaunchRequest, SPOT_CAPACITY_CODES, Subnet,
+    TypeInfo,
 };
 use crate::config::EndOfLife;
 use crate::interrupt::Interrupt;
 use crate::keys::KeyStore;
-use crate::plan::{ImageChoice, Plan, SpotPlan};
+use crate::plan::{ImageChoice, LaunchPlan, Plan, SpotPlan};
 use crate::price;
 use crate::printer::Printer;
 
@@ -89,22 +90,7 @@ pub async fn launch(
         "launching a {} instance in {}",
         spec.instance_type, cloud.region
     ));
-    if let Some(profile) = &spec.instance_profile {
-        cloud.check_instance_profile(profile).await?;
-    }
-    // Every type's image now: a typo in --fallback-types fails before anything is created.
-    let mut types = Vec::new();
-    for instance_type in std::iter::once(&spec.instance_type).chain(&spec.fallback_types) {
-        let image = image_for(cloud, &spec.image, instance_type).await?;
-        types.push((instance_type.as_str(), image));
-    }
-    let vpc = vpc_of(cloud, &spec.subnets).await?;
-    let places: Vec<Place> = match spec.subnets.is_empty() {
-        false => spec.subnets.iter().cloned().map(Place::Given).collect(),
-        true => std::iter::once(Place::Anywhere)
-            .chain(cloud.default_subnets().await?.into_iter().map(Place::Zone))
-            .collect(),
-    };
+    let Resolved { types, vpc, places } = resolve(cloud, spec).await?;
     // An admin-made group is only looked up; no checkip is needed for it.
     let group = match &spec.security_group {
         Some(group) => Group::Admin(cloud.existing_group(group, &vpc).await?),
@@ -200,7 +186,7 @@ pub async fn launch(
     ));
     let volume_gib = types
         .iter()
-        .find(|(instance_type, _)| *instance_type == instance.instance_type)
+        .find(|(kind, _)| kind.name == instance.instance_type)
         .and_then(|(_, image)| root_volume_gib(plan, image));
     if let Some(gib) = volume_gib {
         store.note_volume(&instance.id, gib);
@@ -214,9 +200,60 @@ pub async fn launch(
     })
 }
 
+/// What a launch needs settled before anything is created (`--dry-run` shows the same).
+pub struct Resolved {
+    /// The type asked for, then the fallback types, each with the image it would boot.
+    pub types: Vec<(TypeInfo, Image)>,
+    pub vpc: String,
+    places: Vec<Place>,
+}
+
+impl Resolved {
+    /// The zones whose default subnets are tried after EC2's own pick (none with subnets given).
+    pub fn zones(&self) -> Vec<String> {
+        self.places
+            .iter()
+            .filter_map(|place| match place {
+                Place::Zone(subnet) => Some(subnet.zone.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Checks the instance profile, every type and its image (a typo in --fallback-types fails
+/// before anything is created), the VPC and where to try.
+pub async fn resolve(cloud: &Cloud, spec: &LaunchPlan) -> Result<Resolved> {
+    if let Some(profile) = &spec.instance_profile {
+        cloud.check_instance_profile(profile).await?;
+    }
+    let mut by_id: Option<Image> = None;
+    let mut types = Vec::new();
+    for name in std::iter::once(&spec.instance_type).chain(&spec.fallback_types) {
+        let kind = cloud.instance_type(name).await?;
+        let image = match &spec.image {
+            ImageChoice::Id(id) => match &by_id {
+                Some(image) => image.clone(),
+                None => by_id.insert(cloud.image_by_id(id).await?).clone(),
+            },
+            ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, &kind).await?,
+        };
+        kind.check_runs(&image)?;
+        types.push((kind, image));
+    }
+    let vpc = vpc_of(cloud, &spec.subnets).await?;
+    let places = match spec.subnets.is_empty() {
+        false => spec.subnets.iter().cloned().map(Place::Given).collect(),
+        true => std::iter::once(Place::Anywhere)
+            .chain(cloud.default_subnets().await?.into_iter().map(Place::Zone))
+            .collect(),
+    };
+    Ok(Resolved { types, vpc, places })
+}
+
 /// The VPC of the user's subnets (the default VPC without them): the security group belongs
 /// to one VPC, so they must all be in it.
-pub async fn vpc_of(cloud: &Cloud, subnets: &[String]) -> Result<String> {
+async fn vpc_of(cloud: &Cloud, subnets: &[String]) -> Result<String> {
     let Some((first, others)) = subnets.split_first() else {
         return cloud.vpc_for(None).await;
     };
@@ -241,15 +278,6 @@ pub fn root_volume_gib(plan: &Plan, image: &Image) -> Option<u32> {
         .map(|root| root.size_gib.max(0) as u32))
 }
 
-/// The image to launch for `instance_type`: the one named by id, else the newest match that
-/// the type can run.
-pub async fn image_for(cloud: &Cloud, choice: &ImageChoice, instance_type: &str) -> Result<Image> {
-    match choice {
-        ImageChoice::Id(id) => cloud.image_by_id(id, instance_type).await,
-        ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, instance_type).await,
-    }
-}
-
 /// The RunInstances attempts of one launch, once its keys and group exist.
 struct Attempts<'a> {
     cloud: &'a Cloud,
@@ -264,7 +292,12 @@ struct Attempts<'a> {
 impl Attempts<'_> {
     /// Each place for the first type, then each place for the next type, until one launches;
     /// with --spot, all of that as spot first, then on-demand (unless --spot-only).
-    async fn run(&self, launch: &mut Launch, types: &[(&str, Image)], places: &[Place]) -> Outcome {
+    async fn run(
+        &self,
+        launch: &mut Launch,
+        types: &[(TypeInfo, Image)],
+        places: &[Place],
+    ) -> Outcome {
         let given: Vec<&str> = places
             .iter()
             .filter_map(|p| match p {
@@ -276,7 +309,11 @@ impl Attempts<'_> {
             true => self.cloud.region.clone(),
             false => given.join(", "),
         };
-        let names = types.iter().map(|t| t.0).collect::<Vec<_>>().join(", ");
+        let names = types
+            .iter()
+            .map(|t| t.0.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let markets: &[Option<&SpotPlan>] = match &self.plan.launch.spot {
             Some(spot) if spot.only => &[Some(spot)],
             Some(spot) => &[Some(spot), None],
@@ -291,12 +328,13 @@ impl Attempts<'_> {
                      (--spot-only forbids that)"
                 ));
             }
-            for (t, (instance_type, image)) in types.iter().enumerate() {
+            for (t, (type_info, image)) in types.iter().enumerate() {
+                let instance_type = type_info.name.as_str();
                 if t > 0 {
                     self.printer.info(&format!(
                         "no {kind}capacity for {} in {tried}: trying {instance_type} \
                          (--fallback-types)",
-                        types[t - 1].0
+                        types[t - 1].0.name
                     ));
                 }
                 for (p, place) in places.iter().enumerate() {

@@ -23,7 +23,7 @@ use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
 use crate::printer::{Phase, Printer};
 use end_of_life::Origin;
-pub use launch::{image_for, root_volume_gib, vpc_of};
+pub use launch::{Resolved, resolve, root_volume_gib};
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
