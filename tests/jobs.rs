@@ -236,3 +236,34 @@ fn ctrl_c_typed_in_a_foreground_tmux_run_reaches_the_job_whose_status_is_the_run
         "{screen}"
     );
 }
+
+#[test]
+fn what_is_typed_after_a_reconnect_reaches_the_job() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write(
+        "job.sh",
+        "echo job-ready; read line; echo \"got:$line\" > got.txt; exit 4",
+    );
+    let pane = Pane::shell(&project, &cloud);
+
+    pane.type_line("ssh-ec2 --multi tmux 'sh job.sh'; echo \"run=$?\"");
+    pane.wait_for("job-ready");
+    assert!(
+        cloud.drop_connections() > 0,
+        "there was a connection to cut"
+    );
+    pane.wait_for("reconnecting");
+    // Attached again once tmux has redrawn the job's screen over the warning.
+    wait_until("tmux to show the job again", || {
+        let screen = pane.screen();
+        screen.contains("job-ready") && !screen.contains("reconnecting")
+    });
+    pane.type_line("typed after the reconnect");
+    let screen = pane.wait_for("run=4");
+    assert_eq!(
+        project.read("got.txt").as_deref(),
+        Some("got:typed after the reconnect\n"),
+        "{screen}"
+    );
+}
