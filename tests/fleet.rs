@@ -342,3 +342,95 @@ fn down_leaves_a_running_job_alone_and_list_shows_it() {
     removed.assert_code(0);
     assert_nothing_left(&cloud, &project, &removed);
 }
+
+#[test]
+fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let here = cloud.instances()[0].clone();
+    // The same owner, machine and directory in another region, its keys not on this machine:
+    // as left by a run there whose state was lost.
+    let elsewhere = "us-west-2";
+    let tags: Vec<_> = here
+        .tags()
+        .iter()
+        .filter(|t| t.key().is_some_and(|k| !k.starts_with("aws:")))
+        .cloned()
+        .collect();
+    let there = cloud.ec2_in(elsewhere);
+    let launched = cloud
+        .block_on(
+            there
+                .run_instances()
+                .image_id(here.image_id().unwrap())
+                .instance_type(here.instance_type().unwrap().clone())
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(
+                    aws_sdk_ec2::types::TagSpecification::builder()
+                        .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                        .set_tags(Some(tags))
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let far = launched.instances()[0].instance_id().unwrap().to_string();
+
+    let regional = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    regional.assert_code(0);
+    let rows: Value = serde_json::from_str(&regional.stdout).expect("JSON on stdout");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{regional}");
+    let everywhere = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--list", "--json", "--all-regions"]),
+    );
+    everywhere.assert_code(0);
+    let rows: Value = serde_json::from_str(&everywhere.stdout).expect("JSON on stdout");
+    let regions: Vec<(&str, &str)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["id"].as_str().unwrap(), row["region"].as_str().unwrap()))
+        .collect();
+    assert!(
+        regions.contains(&(instance_id(&here).as_str(), cloud.region.as_str())),
+        "{everywhere}"
+    );
+    assert!(regions.contains(&(far.as_str(), elsewhere)), "{everywhere}");
+
+    let shown = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--all-regions"]));
+    shown.assert_code(0);
+    assert!(
+        shown.stdout.contains(&format!(
+            "instance {far} ({elsewhere}, running) of {}: its keys are gone",
+            project.path().canonicalize().unwrap().display()
+        )),
+        "{shown}"
+    );
+    let removed = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--gc", "--yes", "--all-regions"]),
+    );
+    removed.assert_code(0);
+    let far_state = cloud
+        .block_on(there.describe_instances().instance_ids(&far).send())
+        .unwrap();
+    assert_eq!(
+        state_of(&far_state.reservations()[0].instances()[0]),
+        InstanceStateName::Terminated,
+        "{removed}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Running,
+        "this machine's instance with its keys is left alone\n{removed}"
+    );
+
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_nothing_left(&cloud, &project, &down);
+}

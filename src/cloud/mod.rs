@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_config::BehaviorVersion;
 use aws_config::default_provider::region::DefaultRegionChain;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::config::Region;
 
 use crate::backoff::Backoff;
@@ -65,8 +65,8 @@ pub struct Cloud {
     pub region: String,
     /// What this process created (or found after a lost answer), and when.
     created: Mutex<HashMap<String, Instant>>,
-    /// The AWS profile in use, for a connection to another region.
-    profile: Option<String>,
+    /// What the clients were made from, for a connection to another region.
+    config: SdkConfig,
 }
 
 /// Throttling, AWS-side failures and network errors are retried with jittered exponential
@@ -102,6 +102,10 @@ impl Cloud {
                 .retry_config(patient_retries())
                 .build();
         }
+        Cloud::from_config(config)
+    }
+
+    fn from_config(config: SdkConfig) -> Cloud {
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
@@ -122,17 +126,21 @@ impl Cloud {
             sts: aws_sdk_sts::Client::new(&config),
             region,
             created: Mutex::default(),
-            profile: profile.map(str::to_string),
+            config,
         }
     }
 
-    /// The same account and profile, in another region.
-    pub async fn in_region(&self, region: &str) -> InRegion<'_> {
+    /// The same account and credentials (resolved once, for every region), in another region.
+    pub fn in_region(&self, region: &str) -> InRegion<'_> {
         match region == self.region {
             true => InRegion::This(self),
-            false => InRegion::Other(Box::new(
-                Cloud::connect(Some(region), self.profile.as_deref()).await,
-            )),
+            false => InRegion::Other(Box::new(Cloud::from_config(
+                self.config
+                    .clone()
+                    .into_builder()
+                    .region(Region::new(region.to_string()))
+                    .build(),
+            ))),
         }
     }
 

@@ -243,7 +243,7 @@ async fn stale_local_state(
                 }
                 let mut anywhere = false;
                 for region in regions.iter().flatten().filter(|r| **r != cloud.region) {
-                    anywhere |= match cloud.in_region(region).await.lookup(&id).await {
+                    anywhere |= match cloud.in_region(region).lookup(&id).await {
                         Ok(found) => found.is_some_and(|i| i.state != State::Terminated),
                         Err(_) => true,
                     };
@@ -315,7 +315,7 @@ async fn remove(
                 }
             }
         }
-        let there = cloud.in_region(&owned.region).await;
+        let there = cloud.in_region(&owned.region);
         let ended = end_of_life::apply(
             &there,
             store,
@@ -339,13 +339,13 @@ async fn remove(
                 continue;
             }
         }
-        let there = cloud.in_region(&launch.region).await;
+        let there = cloud.in_region(&launch.region);
         if let Err(e) = journal::end(&there, launch, store, printer).await {
             fail(e);
         }
     }
     for (region, group) in &found.groups {
-        let there = cloud.in_region(region).await;
+        let there = cloud.in_region(region);
         let phase = printer.phase(format!("deleting security group {}", group.id));
         match there.delete_ssh_group(&group.id).await {
             Ok(()) => phase.done(format!("deleted security group {}", group.id)),

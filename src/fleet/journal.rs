@@ -129,7 +129,7 @@ pub async fn settle(
     let mut adopted = None;
     for launch in pending {
         let here = launch.region == cloud.region;
-        let there = cloud.in_region(&launch.region).await;
+        let there = cloud.in_region(&launch.region);
         let settled = settle_one(&there, &launch, here && adopted.is_none(), store, printer)
             .await
             .with_context(|| {

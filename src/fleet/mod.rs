@@ -107,7 +107,7 @@ pub async fn for_each_region(
         false => vec![cloud.region.clone()],
     };
     for region in regions {
-        visit(&*cloud.in_region(&region).await).await?;
+        visit(&*cloud.in_region(&region)).await?;
     }
     Ok(())
 }

@@ -347,6 +347,15 @@ impl TestCloud {
         aws_sdk_ec2::Client::new(&self.sdk)
     }
 
+    /// An EC2 client on the same simulated account, in another region (the boot simulator
+    /// follows the bed's own region only: instances elsewhere never get an sshd).
+    pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
     /// An IAM client on the same simulated account.
     pub fn iam(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk)
