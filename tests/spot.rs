@@ -305,18 +305,26 @@ fn an_interruption_notice_marks_running_jobs_and_finish_pulls_what_exists_then_f
     let home = bench.path().join("home");
     let running = home.join(".ssh-ec2/jobs/running");
     let ended = home.join(".ssh-ec2/jobs/ended");
-    std::fs::create_dir_all(&running).unwrap();
-    std::fs::create_dir_all(&ended).unwrap();
+    let foreground = home.join(".ssh-ec2/runs/0123456789abcdef");
+    for record in [&running, &ended, &foreground] {
+        std::fs::create_dir_all(record).unwrap();
+    }
     std::fs::write(ended.join("exit"), "0\n").unwrap();
     watch(&script, &FakeMetadata::start(None), &home);
     assert!(!running.join("interrupted").exists(), "no notice, no mark");
+    assert!(
+        !foreground.join("interrupted").exists(),
+        "no notice, no mark"
+    );
     let notice = r#"{"action": "terminate", "time": "2026-11-22T08:22:00Z"}"#;
     watch(&script, &FakeMetadata::start(Some(notice)), &home);
-    assert_eq!(
-        std::fs::read_to_string(running.join("interrupted")).unwrap(),
-        format!("{notice}\n"),
-        "the running job is marked with AWS's notice"
-    );
+    for record in [&running, &foreground] {
+        assert_eq!(
+            std::fs::read_to_string(record.join("interrupted")).unwrap(),
+            format!("{notice}\n"),
+            "the running job and the foreground run are marked with AWS's notice"
+        );
+    }
     assert!(!ended.join("interrupted").exists(), "an ended job is not");
 
     // What the watch does on the instance, to this directory's job: --finish then pulls what
@@ -377,6 +385,53 @@ fn an_attached_finish_sees_the_interruption_pulls_what_exists_and_fails() {
         state_of(&cloud.instances()[0]),
         InstanceStateName::Terminated,
         "{screen}"
+    );
+    cloud.assert_no_bed_errors();
+}
+
+#[test]
+fn a_foreground_run_on_an_interrupted_spot_instance_ends_the_command_and_pulls_what_exists() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let child = common::start_until_ready(project.ssh_ec2(&cloud).args([
+        "--spot",
+        "echo $$ > pid.txt; trap 'echo ended-by-term > term.txt; exit 143' TERM; \
+         echo partial > out.txt; echo ready; while :; do sleep 0.1; done",
+    ]));
+    // What the spot watch does on AWS's notice (its script is tested above), to this run's
+    // record: the one that names the command's process.
+    let pid = std::fs::read_to_string(project.remote().join("pid.txt")).unwrap();
+    let runs = std::path::Path::new("/home")
+        .join(common::REMOTE_USER)
+        .join(".ssh-ec2/runs");
+    let record = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|record| std::fs::read_to_string(record.join("pid")).ok().as_ref() == Some(&pid))
+        .expect("the foreground run's record");
+    std::fs::write(record.join("interrupted"), "{\"action\": \"terminate\"}\n").unwrap();
+    let run = Run::collect(child);
+
+    run.assert_code(255);
+    assert!(
+        run.stderr.contains("AWS is taking back spot instance"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("was cut short"), "{run}");
+    assert_eq!(
+        project.read("out.txt").as_deref(),
+        Some("partial\n"),
+        "what the command wrote came home\n{run}"
+    );
+    assert_eq!(
+        project.read("term.txt").as_deref(),
+        Some("ended-by-term\n"),
+        "the command was ended before the pull\n{run}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{run}"
     );
     cloud.assert_no_bed_errors();
 }

@@ -717,7 +717,10 @@ async fn follow_job(
                 // detach keys would, and the state below tells what happened.
                 tokio::select! {
                     ran = &mut attached => ran.map(drop),
-                    () = until_interrupted(&reached.session, job, machine.instance.spot) => {
+                    () = until_interrupted(machine.instance.spot, async || {
+                        let state = job_state(&reached.session, job).await;
+                        matches!(state, Ok(JobState::Interrupted(_)))
+                    }) => {
                         let detach = job.detach_command(multiplexer);
                         let _ = reached.session.run_captured(&detach).await;
                         attached.await.map(drop)
@@ -779,17 +782,17 @@ async fn reach_and_join(
     Ok(reached)
 }
 
-/// Returns once the job's record is marked interrupted (see `remote::spot_watch`); a failed
-/// look (a dropped connection, which ends the attach anyway) is tried again. Never, but on a
-/// spot instance.
-async fn until_interrupted(session: &Session, job: &Job, spot: bool) {
+/// Returns once `marked` finds the spot watch's interruption mark (see `remote::spot_watch`);
+/// a failed look (a dropped connection, which ends what is watched anyway) is tried again.
+/// Never, but on a spot instance.
+async fn until_interrupted(spot: bool, mut marked: impl AsyncFnMut() -> bool) {
     if !spot {
         return std::future::pending().await;
     }
     let mut poll = Backoff::new(Duration::from_secs(5));
     loop {
         tokio::time::sleep(poll.next_delay()).await;
-        if let Ok(JobState::Interrupted(_)) = job_state(session, job).await {
+        if marked().await {
             return;
         }
     }

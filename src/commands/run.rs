@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use super::{
     Followed, Ground, NoteSignals, Progress, Reached, Scene, conclude_job, end_of_run, follow_job,
-    job_state, pull_results, reach_and_join, reconnect_if_closed, rsync,
+    job_state, pull_results, reach_and_join, reconnect_if_closed, rsync, until_interrupted,
 };
 use crate::backoff::Backoff;
 use crate::config::Multiplex;
@@ -176,6 +176,7 @@ async fn run_directly(
 ) -> Result<()> {
     let Scene {
         plan,
+        machine,
         interrupt,
         printer,
         ..
@@ -185,16 +186,40 @@ async fn run_directly(
     // Without a PTY, stdout is a pipe that `| head` may close: it goes through the record.
     let relay_stdout = !plan.pty;
     let cut_output = record.cut_output_command();
-    let ran = run_command(
-        &reached.session,
-        &record.command_line(&reached.remote_dir, plan.command.as_deref(), relay_stdout),
-        relay_stdout.then_some(cut_output.as_str()),
-        plan.pty,
-        plan.forward_stdin,
-        interrupt,
-        printer,
-    )
-    .await;
+    let command_line =
+        record.command_line(&reached.remote_dir, plan.command.as_deref(), relay_stdout);
+    let id = &machine.instance.id;
+    let (ran, taken_back) = {
+        let session = &reached.session;
+        let ran = run_command(
+            session,
+            &command_line,
+            relay_stdout.then_some(cut_output.as_str()),
+            plan.pty,
+            plan.forward_stdin,
+            interrupt,
+            printer,
+        );
+        tokio::pin!(ran);
+        // On AWS's notice the instance has about two minutes left: the command is ended now,
+        // so that what it has written comes home before AWS takes the instance back.
+        tokio::select! {
+            ran = &mut ran => (ran, false),
+            () = until_interrupted(machine.instance.spot, async || {
+                let answer = session.run_captured(&record.interrupted_command()).await;
+                answer.is_ok_and(|answer| answer.trim() == "interrupted")
+            }) => {
+                printer.warn(&format!(
+                    "AWS is taking back spot instance {id} (interruption notice): ending the \
+                     command to bring home what it has written so far"
+                ));
+                if let Err(e) = end_command(session, &record, printer).await {
+                    printer.warn(&format!("{e:#}"));
+                }
+                (ran.await, true)
+            }
+        }
+    };
     drop(forwarding);
     let _notes = NoteSignals::start(interrupt, printer);
     let after_command = interrupt.only_new();
@@ -228,7 +253,14 @@ async fn run_directly(
     }
     progress.results_home = pulled.is_ok();
     ran?;
-    pulled
+    pulled?;
+    if taken_back {
+        bail!(
+            "the command was cut short: AWS took back spot instance {id}; what it had written is \
+             home (run it again, or without --spot)"
+        );
+    }
+    Ok(())
 }
 
 /// Ends what is left of the command (its whole process group: SIGTERM, then SIGKILL) and

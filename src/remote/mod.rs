@@ -222,6 +222,14 @@ impl RunRecord {
         )
     }
 
+    /// Prints `interrupted` once the spot watch has marked this run (see `spot_watch`).
+    pub fn interrupted_command(&self) -> String {
+        format!(
+            "test -f {}/interrupted && echo interrupted || echo running",
+            self.dir()
+        )
+    }
+
     pub fn cleanup_command(&self) -> String {
         format!("rm -rf {}", self.dir())
     }

@@ -1,8 +1,9 @@
 //! The spot interruption watch on the instance: every 5 seconds it asks the instance metadata
 //! service (IMDSv2, with a token) whether AWS has given notice that it takes this spot instance
-//! back (about two minutes ahead). On notice, it marks each running job's record
-//! `interrupted` (see `job`), so ssh-ec2, attached or at `--finish`, pulls what exists and says
-//! so. Installed with the dead-man switch; on an on-demand instance the notice never comes.
+//! back (about two minutes ahead). On notice, it marks each running job's record and each
+//! foreground run's record `interrupted` (see `job` and `RunRecord`), so ssh-ec2, running the
+//! command, attached or at `--finish`, ends what runs, pulls what exists and says so. Installed
+//! with the dead-man switch; on an on-demand instance the notice never comes.
 
 /// The files cloud-init writes at first boot (path, mode, content).
 pub fn boot_files() -> Vec<(&'static str, &'static str, String)> {
@@ -50,7 +51,7 @@ ExecStart=/usr/local/sbin/ssh-ec2-spot-watch
 /// (for a test of the script); the notice (AWS's JSON) goes into the mark.
 const SCRIPT: &str = r#"#!/bin/sh
 # ssh-ec2's spot interruption watch (ssh-ec2-spot-watch.timer): on AWS's notice that it takes
-# this spot instance back, marks each running ssh-ec2 job `interrupted`.
+# this spot instance back, marks each running ssh-ec2 job and foreground run `interrupted`.
 set -u
 imds=${SSH_EC2_IMDS_URL:-http://169.254.169.254}
 homes=${SSH_EC2_WATCHDOG_HOMES:-/root /home/*}
@@ -59,9 +60,9 @@ token=$(curl -sf -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
 notice=$(curl -sf -m 2 -H "X-aws-ec2-metadata-token: $token" \
     "$imds/latest/meta-data/spot/instance-action") || exit 0
 for home in $homes; do
-    for job in "$home"/.ssh-ec2/jobs/*; do
-        [ -d "$job" ] && [ ! -f "$job/exit" ] && [ ! -f "$job/interrupted" ] || continue
-        printf '%s\n' "$notice" > "$job/interrupted.new" && mv "$job/interrupted.new" "$job/interrupted"
+    for record in "$home"/.ssh-ec2/jobs/* "$home"/.ssh-ec2/runs/*; do
+        [ -d "$record" ] && [ ! -f "$record/exit" ] && [ ! -f "$record/interrupted" ] || continue
+        printf '%s\n' "$notice" > "$record/interrupted.new" && mv "$record/interrupted.new" "$record/interrupted"
     done
 done
 exit 0
