@@ -132,6 +132,16 @@ pub fn run_cost(
     }
 }
 
+/// What a stopped instance goes on costing: its EBS volume (gp3), by the month.
+pub fn stopped_cost(region: &str, volume_gib: Option<u32>) -> Option<String> {
+    let gib = volume_gib?;
+    let rate = PRICES.ebs_gp3_gb_month.get(region)?;
+    Some(format!(
+        "while stopped, its {gib} GiB volume costs about {}/month (`ssh-ec2 --down` here ends it)",
+        usd(f64::from(gib) * rate)
+    ))
+}
+
 /// Dollars, with the digits a small amount needs.
 fn usd(amount: f64) -> String {
     match amount {
@@ -169,5 +179,11 @@ mod tests {
         );
         assert!(cost.starts_with("about $1.07 ($1.05 instance"), "{cost}");
         assert!(run_cost(None, "x9.huge", "us-east-1", Duration::ZERO, None).contains("unknown"));
+        let stopped = stopped_cost("us-east-1", Some(100)).unwrap();
+        assert!(
+            stopped.contains("100 GiB volume costs about $8.00/month"),
+            "{stopped}"
+        );
+        assert_eq!(stopped_cost("us-east-1", None), None);
     }
 }

@@ -134,7 +134,15 @@ fn dry_run_shows_what_aws_refuses_and_why() {
 fn dry_run_says_which_instance_it_would_reuse() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
+    let stopped = Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"]));
+    stopped.assert_code(0);
+    // 15 GiB at eu-central-1's gp3 price of the shipped table, $0.0952 per GiB-month.
+    assert!(
+        stopped
+            .stderr
+            .contains("while stopped, its 15 GiB volume costs about $1.43/month"),
+        "{stopped}"
+    );
     let id = instance_id(&cloud.instances()[0]);
 
     let run = Run::of(project.ssh_ec2(&cloud).args(["--dry-run", "--json"]));

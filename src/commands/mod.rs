@@ -343,8 +343,13 @@ async fn end_of_run(
         machine.instance.zone.as_deref(),
     )
     .await;
+    let stopped = match (&ended, action) {
+        (Ok(()), EndOfLife::Stop) => crate::price::stopped_cost(&cloud.region, machine.volume_gib)
+            .map(|cost| format!("; {cost}")),
+        _ => None,
+    };
     printer.info(&format!(
-        "{} ({}, {}): {}, {fate}, {}",
+        "{} ({}, {}): {}, {fate}, {}{}",
         machine.instance.id,
         machine.instance.instance_type,
         cloud.region,
@@ -356,6 +361,7 @@ async fn end_of_run(
             elapsed,
             machine.volume_gib
         ),
+        stopped.unwrap_or_default(),
     ));
     match (interrupted, work, ended) {
         // Something the run made is still alive against the policy: that outweighs the signal.
