@@ -303,13 +303,65 @@ fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
         "{shown}"
     );
     assert!(
-        shown.stdout.contains("`ssh-ec2 --down` in"),
-        "says how to bring its results home first\n{shown}"
+        shown
+            .stdout
+            .contains("its results come home to its directory first"),
+        "{shown}"
     );
     assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
-    let removed = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    // A result only the instance has: --gc --yes brings it home before it ends the instance,
+    // as --down in its directory does.
+    std::fs::write(project.remote().join("late.txt"), "only there\n").unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let removed = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .current_dir(elsewhere.path())
+            .args(["--gc", "--yes"]),
+    );
     removed.assert_code(0);
+    assert_eq!(
+        project.read("late.txt").as_deref(),
+        Some("only there\n"),
+        "{removed}"
+    );
+    assert!(removed.stderr.contains("pulled results back"), "{removed}");
     assert_nothing_left(&cloud, &project, &removed);
+
+    // Its directory gone from this machine: nothing to bring its results home to.
+    let gone = Project::new();
+    Run::of(gone.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let id = instance_id(&cloud.instances_in(InstanceStateName::Running)[0]);
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key("ssh-ec2:expires-at")
+        .value("2020-01-01T00:00:00Z")
+        .build();
+    cloud
+        .block_on(cloud.ec2().create_tags().resources(&id).tags(tag).send())
+        .unwrap();
+    std::fs::remove_dir_all(gone.path()).unwrap();
+    let shown = Run::of(
+        gone.ssh_ec2(&cloud)
+            .current_dir(elsewhere.path())
+            .arg("--gc"),
+    );
+    shown.assert_code(0);
+    assert!(
+        shown
+            .stdout
+            .contains("its directory is gone from this machine"),
+        "{shown}"
+    );
+    let removed = Run::of(
+        gone.ssh_ec2(&cloud)
+            .current_dir(elsewhere.path())
+            .args(["--gc", "--yes"]),
+    );
+    removed.assert_code(0);
+    assert!(
+        cloud.instances_in(InstanceStateName::Running).is_empty(),
+        "{removed}"
+    );
 }
 
 #[test]

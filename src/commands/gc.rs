@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use super::{AlreadyReported, Ground};
 use crate::cloud::{Cloud, Owned, SshGroup, State};
@@ -27,7 +27,10 @@ const UNRECORDED_AFTER: Duration = Duration::from_secs(600);
 enum Why {
     /// Nothing here can reach it.
     KeysGone,
-    /// Its `ssh-ec2:expires-at` has passed.
+    /// Its `ssh-ec2:expires-at` has passed, and its directory is on this machine: its results
+    /// come home there before it ends.
+    ExpiredWithHome,
+    /// Its `ssh-ec2:expires-at` has passed; its directory is gone from this machine.
     Expired,
 }
 
@@ -101,10 +104,15 @@ async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftove
         {
             continue;
         }
-        let why = match (store.holds(id), owned.expired()) {
-            (false, _) => Why::KeysGone,
-            (true, true) => Why::Expired,
-            (true, false) => continue,
+        let home = owned
+            .dir
+            .as_deref()
+            .is_some_and(|dir| Path::new(dir).is_dir());
+        let why = match (store.holds(id), owned.expired(), home) {
+            (false, _, _) => Why::KeysGone,
+            (true, true, true) => Why::ExpiredWithHome,
+            (true, true, false) => Why::Expired,
+            (true, false, _) => continue,
         };
         if busy(&owned.dir) {
             found
@@ -167,18 +175,19 @@ fn report(found: &Leftovers, owner: &str, from_elsewhere: usize) {
         let i = &owned.instance;
         let reason = match why {
             Why::KeysGone => "its keys are gone from this machine",
-            Why::Expired => "its expiry passed",
+            Why::Expired | Why::ExpiredWithHome => "its expiry passed",
         };
-        let results = match i.state {
-            State::Pending | State::ShuttingDown | State::Terminated => String::new(),
-            _ => match (&owned.dir, why) {
-                (Some(dir), Why::Expired) => format!(
-                    "; may hold results not brought home: `ssh-ec2 --down` in {dir} brings them \
-                     home first"
-                ),
-                _ => "; may hold results not brought home, which cannot be pulled from here"
-                    .to_string(),
-            },
+        let results = match (i.state, why) {
+            (State::Pending | State::ShuttingDown | State::Terminated, _) => "",
+            (_, Why::ExpiredWithHome) => {
+                "; its results come home to its directory first, as `ssh-ec2 --down` there does"
+            }
+            (_, Why::Expired) => {
+                "; may hold results not brought home, and its directory is gone from this machine"
+            }
+            (_, Why::KeysGone) => {
+                "; may hold results not brought home, which cannot be pulled from here"
+            }
         };
         println!(
             "instance {} ({}, {}) of {}: {reason}{results}",
@@ -287,6 +296,38 @@ async fn stale_local_state(
     Ok(stale)
 }
 
+/// Ends `owned` as `ssh-ec2 --down` run in its directory `dir` does, with that directory's
+/// own settings (remote directory, .rsyncignore…): its results come home, then it is
+/// terminated; a pull that fails stops it instead. It takes the directory's lock itself.
+async fn down_in(dir: &Path, owned: &Owned, plan: &Plan, cloud: &Cloud) -> Result<()> {
+    let id = &owned.instance.id;
+    let exe = std::env::current_exe().context("cannot find ssh-ec2's own program")?;
+    let mut down = tokio::process::Command::new(exe);
+    down.arg("--down")
+        .arg("--region")
+        .arg(&owned.region)
+        .current_dir(dir);
+    // The account this --gc looked in, whatever that directory's .env says.
+    if let Some(profile) = &plan.aws_profile {
+        down.env("AWS_PROFILE", profile);
+    }
+    let status = down
+        .status()
+        .await
+        .with_context(|| format!("cannot run `ssh-ec2 --down` in {}", dir.display()))?;
+    let ended = match cloud.in_region(&owned.region).lookup(id).await {
+        Ok(found) => found.is_none_or(|instance| instance.state == State::Terminated),
+        Err(_) => false,
+    };
+    match (status.success(), ended) {
+        (true, true) => Ok(()),
+        _ => bail!(
+            "{id} is not ended: `ssh-ec2 --down` in {} did not finish ({status}; see above)",
+            dir.display()
+        ),
+    }
+}
+
 /// Removes what was found; how many could not be.
 async fn remove(
     found: &Leftovers,
@@ -302,7 +343,18 @@ async fn remove(
     };
     // Held while acting, so that no run starts there meanwhile.
     let mut locks = Vec::new();
-    for (owned, _) in &found.instances {
+    for (owned, why) in &found.instances {
+        if let (Why::ExpiredWithHome, Some(dir)) = (why, &owned.dir) {
+            printer.info(&format!(
+                "{}: its expiry passed; `ssh-ec2 --down` in {dir} brings its results home, \
+                 then ends it",
+                owned.instance.id
+            ));
+            if let Err(e) = down_in(Path::new(dir), owned, plan, cloud).await {
+                fail(e);
+            }
+            continue;
+        }
         if let Some(dir) = &owned.dir {
             match lock::DirLock::try_take(&plan.state_dir, Path::new(dir)) {
                 Ok(Some(held)) => locks.push(held),
