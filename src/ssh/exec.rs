@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use russh::ChannelMsg;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::AsyncWriteExt;
 
@@ -41,6 +41,57 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// The local stdin, read by one thread for the whole process and handed to one session at a
+/// time. A read cannot be taken back: a session that ended (a dropped connection) would
+/// otherwise leave one waiting, which would swallow what is typed while ssh-ec2 reconnects.
+struct LocalInput {
+    chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    /// Read, but not sent by the session that ended: the next one sends it first.
+    unsent: Option<Vec<u8>>,
+}
+
+impl LocalInput {
+    /// The input, once no other session holds it; the first call starts reading stdin.
+    async fn take() -> tokio::sync::MutexGuard<'static, LocalInput> {
+        static INPUT: OnceLock<tokio::sync::Mutex<LocalInput>> = OnceLock::new();
+        let input = INPUT.get_or_init(|| {
+            let (sender, chunks) = tokio::sync::mpsc::channel(16);
+            std::thread::spawn(move || {
+                let mut stdin = std::io::stdin();
+                let mut buffer = vec![0; 32 * 1024];
+                loop {
+                    let read = match std::io::Read::read(&mut stdin, &mut buffer) {
+                        Ok(0) => break,
+                        Ok(read) => read,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    };
+                    if sender.blocking_send(buffer[..read].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::sync::Mutex::new(LocalInput {
+                chunks,
+                unsent: None,
+            })
+        });
+        input.lock().await
+    }
+
+    /// The next chunk of input; `None` at its end.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        match self.unsent.take() {
+            Some(chunk) => Some(chunk),
+            None => self.chunks.recv().await,
+        }
+    }
+
+    fn keep(&mut self, chunk: Vec<u8>) {
+        self.unsent = Some(chunk);
     }
 }
 
@@ -86,22 +137,17 @@ pub async fn run_command(
                 let _ = to_remote.eof().await;
                 return;
             }
-            if !pty {
-                if to_remote.data(tokio::io::stdin()).await.is_ok() {
-                    let _ = to_remote.eof().await;
-                }
-                return;
-            }
-            let mut stdin = tokio::io::stdin();
+            let mut input = LocalInput::take().await;
             let mut escapes = Escapes::default();
-            let mut buffer = vec![0; 4096];
-            loop {
-                let read = match tokio::io::AsyncReadExt::read(&mut stdin, &mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => read,
+            while let Some(chunk) = input.next().await {
+                // Escapes exist on a terminal only, as in ssh.
+                let (forward, hang_up) = match pty {
+                    true => escapes.filter(&chunk),
+                    false => (chunk, false),
                 };
-                let (forward, hang_up) = escapes.filter(&buffer[..read]);
                 if !forward.is_empty() && to_remote.data(&forward[..]).await.is_err() {
+                    // The connection is gone: what was read goes to the next session.
+                    input.keep(forward);
                     return;
                 }
                 if hang_up {
