@@ -136,15 +136,27 @@ fn rsyncignore_is_honoured_both_ways_and_links_out_of_the_tree_are_not_followed(
     std::fs::write(&outside, "private\n").unwrap();
     std::os::unix::fs::symlink(&outside, project.path().join("escape")).unwrap();
 
-    let run = Run::of(
-        project
-            .ssh_ec2(&cloud)
-            .arg("echo scratch > scratch.tmp; echo kept > kept.txt"),
-    );
+    let run = Run::of(project.ssh_ec2(&cloud).arg(
+        "echo scratch > scratch.tmp; echo kept > kept.txt; ln -s kept.txt near; \
+         ln -s /etc/hostname away",
+    ));
     run.assert_code(0);
     assert_eq!(
         project.read_remote("code.py").as_deref(),
         Some("print(1)\n")
+    );
+    assert!(
+        project.remote().join("escape").symlink_metadata().is_err(),
+        "a link out of the tree is not sent\n{run}"
+    );
+    assert_eq!(
+        std::fs::read_link(project.path().join("near")).ok(),
+        Some(std::path::PathBuf::from("kept.txt")),
+        "a link within the tree comes home as a link\n{run}"
+    );
+    assert!(
+        project.path().join("away").symlink_metadata().is_err(),
+        "a link out of the tree does not come home\n{run}"
     );
     assert!(
         !project.remote().join("data").exists(),

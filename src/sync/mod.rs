@@ -230,7 +230,8 @@ impl<'a> Rsync<'a> {
         // What differs, without changing anything.
         let mut rsync = self.command();
         rsync
-            .args(["--recursive", "--links", "--times", "--no-perms"])
+            .args(["--recursive", "--times", "--no-perms"])
+            .args(HOME_LINKS)
             .args(["--dry-run", "-i"])
             .arg(self.remote_root(Path::new("")))
             .arg(self.local_root());
@@ -259,7 +260,8 @@ impl<'a> Rsync<'a> {
                 .collect();
             let mut rsync = self.command();
             rsync
-                .args(["--links", "--times", "--dirs"])
+                .args(["--times", "--dirs"])
+                .args(HOME_LINKS)
                 .args(HOME_MODES)
                 .args(["-i", "--files-from=-", "--from0"])
                 .arg(self.remote_root(Path::new("")))
@@ -282,7 +284,8 @@ impl<'a> Rsync<'a> {
             let saved_as = beside(self.local_dir, &item.path, self.instance_id);
             let mut rsync = self.command();
             rsync
-                .args(["--links", "--times"])
+                .arg("--times")
+                .args(HOME_LINKS)
                 .args(HOME_MODES)
                 .arg(self.remote_root(&item.path))
                 .arg(self.local_dir.join(&saved_as));
@@ -515,6 +518,10 @@ async fn attempt(
     }
     Ok((outcome, status))
 }
+
+/// Links that come home: as links, but not those that lead outside the tree (a compromised or
+/// careless instance could point one at the laptop's own files).
+const HOME_LINKS: [&str; 2] = ["--links", "--safe-links"];
 
 /// Modes of files that come home: an existing file keeps its own (`--no-perms`); a new one
 /// gets rw for everyone, plus x where the remote file has one, masked by the local umask.
