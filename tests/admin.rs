@@ -542,11 +542,18 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         [InstanceStateName::Running],
         "refused, the end of life left it running"
     );
-    // The user sees it with --list, and ends it with --down.
+    // The user sees it with --list (in every region too), and ends it with --down.
     let list = run_as_full(&["--list", "--json"]);
     list.assert_code(0);
     let running = instance_id(&live_instances(&cloud)[0]);
     assert!(list.stdout.contains(&running), "{list}");
+    let everywhere = run_as_full(&["--list", "--json", "--all-regions"]);
+    everywhere.assert_code(0);
+    assert!(everywhere.stdout.contains(&running), "{everywhere}");
+    check(Refusal {
+        action: "ec2:DescribeRegions",
+        args: &["--list", "--all-regions"],
+    });
     run_as_full(&["--down"]).assert_code(0);
     assert!(live_instances(&cloud).is_empty());
     assert!(cloud.run_security_groups().is_empty());

@@ -69,6 +69,17 @@ pub struct Cloud {
     config: SdkConfig,
 }
 
+/// The AWS partition of a region, from its name.
+fn partition(region: &str) -> &'static str {
+    match region {
+        r if r.starts_with("cn-") => "aws-cn",
+        r if r.starts_with("us-gov-") => "aws-us-gov",
+        r if r.starts_with("us-isob-") => "aws-iso-b",
+        r if r.starts_with("us-iso-") => "aws-iso",
+        _ => "aws",
+    }
+}
+
 /// Throttling, AWS-side failures and network errors are retried with jittered exponential
 /// backoff, from 0.25 s doubling up to 20 s, for 10 attempts: at most about 70 s per request,
 /// so a burst of throttling does not fail the run. The SDK's default, 3 attempts, gives up
@@ -144,7 +155,8 @@ impl Cloud {
         }
     }
 
-    /// The regions enabled for the account (those it may launch in).
+    /// The regions enabled for the account (those it may launch in), in this region's partition:
+    /// an account and its credentials belong to one (aws, aws-cn, aws-us-gov…).
     pub async fn enabled_regions(&self) -> Result<Vec<String>, AwsError> {
         let found = self
             .ec2
@@ -156,6 +168,7 @@ impl Cloud {
             .regions()
             .iter()
             .filter_map(|r| r.region_name())
+            .filter(|region| partition(region) == partition(&self.region))
             .map(str::to_string)
             .collect();
         regions.sort();
@@ -205,5 +218,18 @@ impl Cloud {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition;
+
+    #[test]
+    fn regions_are_grouped_by_partition() {
+        assert_eq!(partition("eu-central-1"), "aws");
+        assert_eq!(partition("us-east-1"), "aws");
+        assert_eq!(partition("cn-north-1"), "aws-cn");
+        assert_eq!(partition("us-gov-west-1"), "aws-us-gov");
     }
 }
