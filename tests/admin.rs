@@ -721,6 +721,34 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
         "{by_id}"
     );
 
+    // A dry run shows the group a launch would use, and asks no checkip (a run does not).
+    let checkip = common::Tripwire::new();
+    let dry_run = Run::of(
+        as_user(&project, &cloud, &user)
+            .env("SSH_EC2_CHECKIP_URL", checkip.url())
+            .args(["--security-group", "team-ssh", "--dry-run", "true"]),
+    );
+    dry_run.assert_code(0);
+    assert!(
+        dry_run
+            .stdout
+            .contains(&format!("{group_id} (admin-made, used as it is)")),
+        "{dry_run}"
+    );
+    assert!(
+        dry_run.stdout.contains("its security group's own rules"),
+        "{dry_run}"
+    );
+    assert!(!checkip.was_called(), "{dry_run}");
+    let unknown_dry_run = run_as_user(&["--security-group", "no-such-group", "--dry-run", "true"]);
+    assert_eq!(unknown_dry_run.code, Some(255), "{unknown_dry_run}");
+    assert!(
+        unknown_dry_run
+            .stderr
+            .contains("there is no security group no-such-group in"),
+        "{unknown_dry_run}"
+    );
+
     let unknown = run_as_user(&["--security-group", "no-such-group", "true"]);
     assert_eq!(unknown.code, Some(255), "{unknown}");
     assert!(

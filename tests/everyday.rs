@@ -128,6 +128,25 @@ fn dry_run_shows_what_aws_refuses_and_why() {
     assert_eq!(asked.len(), 2, "one DryRun request per dry run");
     assert!(asked.iter().all(|c| c["params"]["DryRun"] == "true"));
     assert!(cloud.instances().is_empty());
+
+    // Throttled until the (user's) retries run out: no verdict, so not "refused" either.
+    cloud.set_faults(json!([
+        {"action": "RunInstances", "params": {"DryRun": "true"}, "error": "RequestLimitExceeded"},
+    ]));
+    let throttled = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .arg("--dry-run"),
+    );
+    throttled.assert_code(255);
+    assert!(
+        throttled
+            .stderr
+            .contains("AWS gave no verdict on the launch")
+            && throttled.stderr.contains("RequestLimitExceeded"),
+        "{throttled}"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cloud::userdata::UserData;
-use crate::cloud::{Cloud, LaunchRequest, TypeInfo};
+use crate::cloud::{AwsError, Cloud, LaunchRequest, TypeInfo};
 use crate::fleet::{self, Resolved, ingress_cidr, root_volume_gib};
 use crate::keys::LoginKey;
 use crate::plan::{Ingress, Plan};
@@ -61,8 +61,10 @@ struct Launch {
     user: String,
     instance_type: TypeInfo,
     fallback_types: Vec<String>,
-    /// The subnets given, tried in turn; none: the default VPC's.
     vpc: String,
+    /// An admin-made group to launch into (`None`: one of its own, made at launch).
+    security_group: Option<String>,
+    /// The subnets given, tried in turn; none: the default VPC's.
     subnets: Vec<String>,
     /// Without a subnet: EC2's pick first, then these zones' default subnets.
     zones: Vec<String>,
@@ -106,10 +108,20 @@ pub async fn dry_run(plan: &Plan, json: bool) -> Result<i32> {
 
 async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
     let found = cloud.find_owned(&plan.ownership).await?;
-    let (ssh_cidr, ssh_cidr_from) = match &plan.ingress {
-        Ingress::Cidr(cidr) => (*cidr, "the SSH CIDR setting".to_string()),
-        Ingress::CallerIp { checkip_url } => (
-            ingress_cidr(&plan.ingress).await?,
+    // A run opens tcp/22 only in a group of its own (and then asks checkip); an admin-made
+    // group is used as it is.
+    let own_group = match &found {
+        Some(instance) => instance.security_group.is_some(),
+        None => plan.launch.security_group.is_none(),
+    };
+    let (ssh_cidr, ssh_cidr_from) = match (&plan.ingress, own_group) {
+        (_, false) => (
+            "its security group's own rules".to_string(),
+            "an admin-made group, used as it is: ssh-ec2 opens nothing".to_string(),
+        ),
+        (Ingress::Cidr(cidr), true) => (cidr.to_string(), "the SSH CIDR setting".to_string()),
+        (Ingress::CallerIp { checkip_url }, true) => (
+            ingress_cidr(&plan.ingress).await?.to_string(),
             format!("this machine's public IP, as {checkip_url} sees it"),
         ),
     };
@@ -148,7 +160,7 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
         command: plan.command.clone(),
         reuse,
         launch,
-        ssh_cidr: ssh_cidr.to_string(),
+        ssh_cidr,
         ssh_cidr_from,
         connect: plan.connect.as_ref().map(ToString::to_string),
         end_of_life: plan.end_of_life.to_string(),
@@ -166,6 +178,12 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
     let zones = resolved.zones();
     let Resolved { mut types, vpc, .. } = resolved;
     let (instance_type, image) = types.swap_remove(0);
+    // An admin-made group must exist in that VPC, as for a launch; ssh-ec2's own group does
+    // not exist yet.
+    let security_group = match &spec.security_group {
+        Some(group) => Some(cloud.existing_group(group, &vpc).await?),
+        None => None,
+    };
     let user = fleet::launch_user(plan, &image);
     let login_key = match &plan.login {
         LoginKey::PerRun => Some(MADE_AT_LAUNCH),
@@ -184,8 +202,8 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             image: &image,
             instance_type: &spec.instance_type,
             user_data: &user_data,
-            // Its own group does not exist yet: the VPC's default group stands in.
-            security_group: None,
+            // Without an admin-made group, the VPC's default group stands in for its own.
+            security_group: security_group.as_deref(),
             own_group: false,
             login_user: &user,
             subnet_id: spec.subnets.first().map(String::as_str),
@@ -199,6 +217,16 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             spot: spec.spot.as_ref().map(|spot| spot.max_price.as_deref()),
         })
         .await;
+    // Throttled, failing inside AWS, or no answer: that is no verdict on the launch.
+    let asked = match asked {
+        Err(e)
+            if e.downcast_ref::<AwsError>()
+                .is_some_and(|aws| aws.inconclusive) =>
+        {
+            return Err(e.context("AWS gave no verdict on the launch: try again"));
+        }
+        asked => asked,
+    };
     Ok(Launch {
         image_id: image.id.clone(),
         image_name: image.name.clone(),
@@ -206,6 +234,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
         instance_type,
         fallback_types: spec.fallback_types.clone(),
         vpc,
+        security_group,
         subnets: spec.subnets.clone(),
         zones,
         volume_gib: root_volume_gib(plan, &image),
@@ -284,6 +313,13 @@ fn text(report: &Report) -> String {
             ),
         };
         row("subnet", &place);
+        row(
+            "security group",
+            &match &launch.security_group {
+                Some(id) => format!("{id} (admin-made, used as it is)"),
+                None => "its own, made at launch, removed with it".to_string(),
+            },
+        );
         row(
             "root volume",
             &launch
