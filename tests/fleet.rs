@@ -277,19 +277,24 @@ fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_com
     assert_nothing_left(&cloud, &project, &down);
 }
 
+/// Sets the instance's `ssh-ec2:expires-at` in the past.
+fn expire(cloud: &TestCloud, id: &str) {
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key("ssh-ec2:expires-at")
+        .value("2020-01-01T00:00:00Z")
+        .build();
+    cloud
+        .block_on(cloud.ec2().create_tags().resources(id).tags(tag).send())
+        .unwrap();
+}
+
 #[test]
 fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
     let cloud = TestCloud::start();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let id = instance_id(&cloud.instances()[0]);
-    let tag = aws_sdk_ec2::types::Tag::builder()
-        .key("ssh-ec2:expires-at")
-        .value("2020-01-01T00:00:00Z")
-        .build();
-    cloud
-        .block_on(cloud.ec2().create_tags().resources(&id).tags(tag).send())
-        .unwrap();
+    expire(&cloud, &id);
 
     let listed = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
     listed.assert_code(0);
@@ -332,13 +337,7 @@ fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
     let gone = Project::new();
     Run::of(gone.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let id = instance_id(&cloud.instances_in(InstanceStateName::Running)[0]);
-    let tag = aws_sdk_ec2::types::Tag::builder()
-        .key("ssh-ec2:expires-at")
-        .value("2020-01-01T00:00:00Z")
-        .build();
-    cloud
-        .block_on(cloud.ec2().create_tags().resources(&id).tags(tag).send())
-        .unwrap();
+    expire(&cloud, &id);
     std::fs::remove_dir_all(gone.path()).unwrap();
     let shown = Run::of(
         gone.ssh_ec2(&cloud)
