@@ -396,7 +396,10 @@ fn down_leaves_a_running_job_alone_and_list_shows_it() {
 
 #[test]
 fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
-    let cloud = TestCloud::start();
+    let cloud = TestCloud::start_with(CloudOptions {
+        faults: true,
+        ..Default::default()
+    });
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let here = cloud.instances()[0].clone();
@@ -480,6 +483,35 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
         InstanceStateName::Running,
         "this machine's instance with its keys is left alone\n{removed}"
     );
+
+    // A region the account may not look in (an organization's policy, say): the others are
+    // still listed and cleaned, and the run fails naming it.
+    let denied = "ap-south-1";
+    cloud.set_faults(json!([
+        {"action": "DescribeInstances", "region": denied, "error": "UnauthorizedOperation"},
+    ]));
+    let partial = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--list", "--json", "--all-regions"]),
+    );
+    partial.assert_code(255);
+    let rows: Value = serde_json::from_str(&partial.stdout).expect("JSON on stdout");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{partial}");
+    assert!(
+        partial.stderr.contains(&format!("skipping {denied}"))
+            && partial
+                .stderr
+                .contains(&format!("could not look in {denied}")),
+        "{partial}"
+    );
+    let gc = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--all-regions"]));
+    gc.assert_code(255);
+    assert!(
+        gc.stderr.contains(&format!("could not look in {denied}")),
+        "{gc}"
+    );
+    cloud.set_faults(json!([]));
 
     let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
     down.assert_code(0);

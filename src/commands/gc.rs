@@ -13,7 +13,7 @@ use super::{AlreadyReported, Ground};
 use crate::cloud::{Cloud, Owned, SshGroup, State};
 use crate::config::EndOfLife;
 use crate::fleet::journal::{self, Launch};
-use crate::fleet::{self, end_of_life};
+use crate::fleet::{self, Skipped, end_of_life};
 use crate::keys::KeyStore;
 use crate::lock;
 use crate::plan::Plan;
@@ -46,6 +46,8 @@ struct Leftovers {
     locks: usize,
     /// Left alone, and why.
     skipped: Vec<String>,
+    /// Regions that could not be looked in.
+    skipped_regions: Skipped,
 }
 
 pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) -> Result<i32> {
@@ -53,7 +55,7 @@ pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) ->
     // Looking may be cut short by a signal; removing, once begun, finishes.
     let found = ground
         .interrupt
-        .cancel(find(&ground, plan, all_regions))
+        .cancel(find(&ground, plan, printer, all_regions))
         .await?;
     let nothing = found.instances.is_empty()
         && found.groups.is_empty()
@@ -62,23 +64,25 @@ pub async fn gc(plan: &Plan, printer: &Printer, yes: bool, all_regions: bool) ->
         && found.locks == 0;
     if nothing {
         printer.info("nothing to clean up");
-        return Ok(0);
-    }
-    if !yes {
+    } else if !yes {
         printer.info("run `ssh-ec2 --gc --yes` to remove these");
-        return Ok(0);
-    }
-    match remove(&found, &ground.cloud, &ground.store, plan, printer).await {
-        0 => {
-            printer.info("cleaned up");
-            Ok(0)
+    } else {
+        match remove(&found, &ground.cloud, &ground.store, plan, printer).await {
+            0 => printer.info("cleaned up"),
+            _ => return Err(AlreadyReported.into()),
         }
-        _ => Err(AlreadyReported.into()),
     }
+    found.skipped_regions.check()?;
+    Ok(0)
 }
 
 /// Finds the leftovers, and reports them on stdout.
-async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftovers> {
+async fn find(
+    ground: &Ground,
+    plan: &Plan,
+    printer: &Printer,
+    all_regions: bool,
+) -> Result<Leftovers> {
     let (cloud, store) = (&ground.cloud, &ground.store);
     let busy = |dir: &Option<String>| {
         dir.as_deref()
@@ -88,7 +92,9 @@ async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftove
     let launches = journal::unfinished(store);
     let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
 
-    let owned = fleet::owner_instances(cloud, &plan.ownership, all_regions).await?;
+    let (owned, skipped_regions) =
+        fleet::owner_instances(cloud, &plan.ownership, all_regions, printer).await?;
+    found.skipped_regions = skipped_regions;
     let mut from_elsewhere = 0;
     for owned in &owned {
         let id = &owned.instance.id;
@@ -123,7 +129,11 @@ async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftove
         found.instances.push((owned.clone(), why));
     }
 
-    fleet::for_each_region(cloud, all_regions, async |cloud| {
+    let skipped_for_groups = fleet::for_each_region(cloud, all_regions, printer, async |cloud| {
+        // Without its instances, a group there cannot be told unused.
+        if found.skipped_regions.contains(&cloud.region) {
+            return Ok(());
+        }
         for group in cloud.owner_ssh_groups(&plan.ownership).await? {
             let used = owned
                 .iter()
@@ -147,6 +157,7 @@ async fn find(ground: &Ground, plan: &Plan, all_regions: bool) -> Result<Leftove
         Ok(())
     })
     .await?;
+    found.skipped_regions.add(skipped_for_groups);
 
     for launch in launches {
         match lock::busy(&plan.state_dir, Path::new(&launch.dir)) {

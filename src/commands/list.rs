@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{Ground, job_state};
 use crate::cloud::{Owned, State, guess_user};
-use crate::fleet;
+use crate::fleet::{self, Skipped};
 use crate::keys::KeyStore;
 use crate::plan::Plan;
 use crate::printer::Printer;
@@ -44,7 +44,7 @@ struct Row {
 pub async fn list(plan: &Plan, printer: &Printer, json: bool, all_regions: bool) -> Result<i32> {
     let ground = Ground::open(plan).await?;
     // It only looks: a signal ends it at once.
-    let rows = ground
+    let (rows, skipped) = ground
         .interrupt
         .cancel(rows(&ground, plan, printer, all_regions))
         .await?;
@@ -63,6 +63,7 @@ pub async fn list(plan: &Plan, printer: &Printer, json: bool, all_regions: bool)
     } else {
         print!("{}", table(&rows));
     }
+    skipped.check()?;
     Ok(0)
 }
 
@@ -71,8 +72,9 @@ async fn rows(
     plan: &Plan,
     printer: &Printer,
     all_regions: bool,
-) -> Result<Vec<Row>> {
-    let owned = fleet::owner_instances(&ground.cloud, &plan.ownership, all_regions).await?;
+) -> Result<(Vec<Row>, Skipped)> {
+    let (owned, skipped) =
+        fleet::owner_instances(&ground.cloud, &plan.ownership, all_regions, printer).await?;
     let mut rows = Vec::new();
     for owned in owned {
         let keys_here = ground.store.holds(&owned.instance.id);
@@ -98,7 +100,7 @@ async fn rows(
             job,
         });
     }
-    Ok(rows)
+    Ok((rows, skipped))
 }
 
 /// The job's state in the instance's directory, over a pinned session; `unknown` when the

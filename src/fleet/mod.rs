@@ -96,20 +96,54 @@ pub async fn find_to_end(
     }
 }
 
-/// Calls `visit` with the region's connection, or with one to each enabled region.
+/// The regions `for_each_region` could not look in.
+#[derive(Default)]
+pub struct Skipped(Vec<String>);
+
+impl Skipped {
+    pub fn contains(&self, region: &str) -> bool {
+        self.0.iter().any(|r| r == region)
+    }
+
+    pub fn add(&mut self, other: Skipped) {
+        self.0.extend(other.0);
+        self.0.sort();
+        self.0.dedup();
+    }
+
+    /// Fails, once the rest is done, when a region was skipped: what it holds is missing.
+    pub fn check(&self) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "could not look in {} (see above): what is there is not included",
+            self.0.join(", ")
+        )
+    }
+}
+
+/// Calls `visit` with the region's connection, or with one to each enabled region. A region
+/// that fails among all (one an organization's policy denies, say) is said and skipped, so
+/// that the others are still looked in.
 pub async fn for_each_region(
     cloud: &Cloud,
     all_regions: bool,
+    printer: &Printer,
     mut visit: impl AsyncFnMut(&Cloud) -> Result<()>,
-) -> Result<()> {
-    let regions = match all_regions {
-        true => cloud.enabled_regions().await?,
-        false => vec![cloud.region.clone()],
-    };
-    for region in regions {
-        visit(&*cloud.in_region(&region)).await?;
+) -> Result<Skipped> {
+    if !all_regions {
+        visit(cloud).await?;
+        return Ok(Skipped::default());
     }
-    Ok(())
+    let mut skipped = Skipped::default();
+    for region in cloud.enabled_regions().await? {
+        if let Err(e) = visit(&*cloud.in_region(&region)).await {
+            printer.warn(&format!("skipping {region}: {e:#}"));
+            skipped.0.push(region);
+        }
+    }
+    Ok(skipped)
 }
 
 /// The owner's instances, from every machine and directory, by region and directory.
@@ -117,15 +151,16 @@ pub async fn owner_instances(
     cloud: &Cloud,
     ownership: &Ownership,
     all_regions: bool,
-) -> Result<Vec<Owned>> {
+    printer: &Printer,
+) -> Result<(Vec<Owned>, Skipped)> {
     let mut owned = Vec::new();
-    for_each_region(cloud, all_regions, async |cloud| {
+    let skipped = for_each_region(cloud, all_regions, printer, async |cloud| {
         owned.extend(cloud.owner_instances(ownership).await?);
         Ok(())
     })
     .await?;
     owned.sort_by(|a, b| (&a.region, &a.dir).cmp(&(&b.region, &b.dir)));
-    Ok(owned)
+    Ok((owned, skipped))
 }
 
 async fn find_or_launch(

@@ -28,6 +28,7 @@ class Rule:
     """One rule, from its JSON form:
     action   the Action it applies to ("*": all)
     params   {name: value} the request must carry; a null value: the parameter is absent
+    region   only requests signed for this region
     after    only once an answer to this Action has come back from moto ("right after a create")
     times    how many matching requests it hits (default: all)
     error    answer this AWS error code (with "status" and "message" if given), or
@@ -40,9 +41,11 @@ class Rule:
         self.spec = spec
         self.left = spec.get("times")
 
-    def matches(self, action, params, answered):
+    def matches(self, action, params, region, answered):
         spec = self.spec
         if spec.get("action", "*") not in ("*", action) or self.left == 0:
+            return False
+        if spec.get("region", region) != region:
             return False
         if spec.get("after") and spec["after"] not in answered:
             return False
@@ -65,11 +68,11 @@ class Faults:
             self.released.set()  # held answers go out now
             self.released = threading.Event()
 
-    def pick(self, action, params):
+    def pick(self, action, params, region):
         """The rule for this request, counted as used, or None."""
         with self.lock:
             for rule in self.rules:
-                if rule.matches(action, params, self.answered):
+                if rule.matches(action, params, region, self.answered):
                     if rule.left is not None:
                         rule.left -= 1
                     return rule.spec
@@ -137,10 +140,10 @@ def start(moto_endpoint):
                 return
             params = dict(parse_qsl(body.decode()))
             action = params.get("Action", "?")
-            scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/",
+            scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/",
                               self.headers.get("Authorization", ""))
-            service = scope.group(1) if scope else "ec2"
-            rule = faults.pick(action, params) or {}
+            region, service = scope.groups() if scope else (None, "ec2")
+            rule = faults.pick(action, params, region) or {}
             if rule.get("error"):
                 code = rule["error"]
                 faults.record(action, params, f"error {code}")
