@@ -118,6 +118,8 @@ pub struct SyncPlan {
     pub version: crate::sync::Version,
     /// `.rsyncignore`, when the directory has one.
     pub ignore_file: Option<PathBuf>,
+    /// Its top-level `.env` files that hold an AWS access key: never synced.
+    pub env_files_with_aws_keys: Vec<String>,
 }
 
 /// What the plan needs to know about this machine.
@@ -263,6 +265,7 @@ impl Plan {
                 rsync,
                 version,
                 ignore_file: ignore.is_file().then_some(ignore),
+                env_files_with_aws_keys: crate::sync::env_files_with_aws_keys(&local_dir),
             })
         };
 

@@ -215,6 +215,9 @@ fn secrets_are_held_back_unless_re_included_and_the_instance_gets_no_credentials
     project.write("id_ed25519.pub", "ssh-ed25519 AAAA public\n");
     project.write("code.py", "print(1)\n");
     project.write(".rsyncignore", "+ extra.pem\n");
+    // A .env with an AWS access key stays home; one without goes as project files do.
+    project.write(".env", "export AWS_SECRET_ACCESS_KEY=CANARY\n");
+    project.write(".env.local", "WANDB_API_KEY=for-the-job\n");
 
     let run = Run::of(project.ssh_ec2(&cloud).arg("env > env.txt"));
     run.assert_code(0);
@@ -225,6 +228,7 @@ fn secrets_are_held_back_unless_re_included_and_the_instance_gets_no_credentials
         "keys/deploy.pem",
         "id_ed25519",
         "sub/id_rsa",
+        ".env",
     ] {
         assert!(
             !remote.join(held_back).exists(),
@@ -245,6 +249,7 @@ fn secrets_are_held_back_unless_re_included_and_the_instance_gets_no_credentials
         "public keys are not secret\n{run}"
     );
     assert!(remote.join("code.py").exists(), "{run}");
+    assert!(remote.join(".env.local").exists(), "{run}");
     let env = project.read("env.txt").unwrap();
     assert!(
         !env.contains("AWS_SECRET_ACCESS_KEY") && !env.contains("AWS_ACCESS_KEY_ID"),

@@ -52,6 +52,36 @@ const SECRETS: &[&str] = &[
     "id_ed25519_sk",
 ];
 
+/// The variables of an AWS access key: a `.env` file that sets one is held back too.
+const AWS_KEY_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// The `.env` and `.env.*` files at the top of `local_dir` that hold an AWS access key (by
+/// name, sorted): the instance gets its AWS rights from its instance profile, never a copy of
+/// the user's.
+pub fn env_files_with_aws_keys(local_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(local_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name == ".env" || name.starts_with(".env."))
+        .filter(|name| {
+            let text = std::fs::read_to_string(local_dir.join(name)).unwrap_or_default();
+            crate::dotenv::parse(&text)
+                .unwrap_or_default()
+                .iter()
+                .any(|entry| AWS_KEY_VARIABLES.contains(&entry.key.as_str()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// The oldest rsync with everything used here (`--modify-window=-1`, `--secluded-args`,
 /// `--debug=FILTER`, nanosecond times).
 const MINIMUM_VERSION: Version = Version(3, 1, 3);
@@ -150,8 +180,8 @@ pub struct Rsync<'a> {
 /// What one rsync invocation did.
 struct Outcome {
     items: Vec<Item>,
-    /// Files and directories the secrets rules held back.
-    held_back: Vec<PathBuf>,
+    /// Files and directories a filter rule held back, with the rule's pattern.
+    hidden: Vec<(PathBuf, String)>,
     /// rsync's own account of what went wrong, when it did not exit 0.
     failure: Option<String>,
 }
@@ -208,12 +238,16 @@ impl<'a> Rsync<'a> {
             }
         }
         manifest.save()?;
-        if !outcome.held_back.is_empty() {
-            let names: Vec<String> = outcome
-                .held_back
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
+        let env_files: Vec<String> = (self.plan.env_files_with_aws_keys.iter())
+            .map(|name| format!("/{name}"))
+            .collect();
+        let names: Vec<String> = (outcome.hidden.iter())
+            .filter(|(_, pattern)| {
+                SECRETS.contains(&pattern.as_str()) || env_files.contains(pattern)
+            })
+            .map(|(path, _)| path.display().to_string())
+            .collect();
+        if !names.is_empty() {
             self.printer.info(&format!(
                 "held back (credentials and private keys are never synced): {}; to send one, \
                  re-include it in .rsyncignore with `+ NAME`",
@@ -420,6 +454,9 @@ fn filters(plan: &SyncPlan) -> Vec<OsString> {
     for secret in SECRETS {
         args.push(format!("--filter=- {secret}").into());
     }
+    for name in &plan.env_files_with_aws_keys {
+        args.push(format!("--filter=- /{name}").into());
+    }
     args
 }
 
@@ -498,16 +535,14 @@ async fn attempt(
     });
     let mut outcome = Outcome {
         items: Vec::new(),
-        held_back: Vec::new(),
+        hidden: Vec::new(),
         failure: None,
     };
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).split(b'\n');
     while let Some(line) = lines.next_segment().await? {
         match itemize::parse(&line) {
             Line::Item(item) => outcome.items.push(item),
-            Line::Hidden { path, pattern } if SECRETS.contains(&pattern.as_str()) => {
-                outcome.held_back.push(path)
-            }
+            Line::Hidden { path, pattern } => outcome.hidden.push((path, pattern)),
             _ => {}
         }
     }
