@@ -176,14 +176,13 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
     let spec = &plan.launch;
     let resolved = fleet::resolve(cloud, spec).await?;
     let zones = resolved.zones();
-    let Resolved { mut types, vpc, .. } = resolved;
+    let Resolved {
+        mut types,
+        vpc,
+        admin_group: security_group,
+        ..
+    } = resolved;
     let (instance_type, image) = types.swap_remove(0);
-    // An admin-made group must exist in that VPC, as for a launch; ssh-ec2's own group does
-    // not exist yet.
-    let security_group = match &spec.security_group {
-        Some(group) => Some(cloud.existing_group(group, &vpc).await?),
-        None => None,
-    };
     let user = fleet::launch_user(plan, &image);
     let login_key = match &plan.login {
         LoginKey::PerRun => Some(MADE_AT_LAUNCH),

@@ -90,10 +90,15 @@ pub async fn launch(
         "launching a {} instance in {}",
         spec.instance_type, cloud.region
     ));
-    let Resolved { types, vpc, places } = resolve(cloud, spec).await?;
+    let Resolved {
+        types,
+        vpc,
+        admin_group,
+        places,
+    } = resolve(cloud, spec).await?;
     // An admin-made group is only looked up; no checkip is needed for it.
-    let group = match &spec.security_group {
-        Some(group) => Group::Admin(cloud.existing_group(group, &vpc).await?),
+    let group = match admin_group {
+        Some(id) => Group::Admin(id),
         None => Group::Own(ingress_cidr(&plan.ingress).await?),
     };
 
@@ -205,6 +210,9 @@ pub struct Resolved {
     /// The type asked for, then the fallback types, each with the image it would boot.
     pub types: Vec<(TypeInfo, Image)>,
     pub vpc: String,
+    /// The id of the admin-made group to launch into (`--security-group`), checked to be in
+    /// the VPC; `None`: the launch makes its own.
+    pub admin_group: Option<String>,
     places: Vec<Place>,
 }
 
@@ -222,7 +230,7 @@ impl Resolved {
 }
 
 /// Checks the instance profile, every type and its image (a typo in --fallback-types fails
-/// before anything is created), the VPC and where to try.
+/// before anything is created), the VPC, where to try, and an admin-made group.
 pub async fn resolve(cloud: &Cloud, spec: &LaunchPlan) -> Result<Resolved> {
     if let Some(profile) = &spec.instance_profile {
         cloud.check_instance_profile(profile).await?;
@@ -248,7 +256,16 @@ pub async fn resolve(cloud: &Cloud, spec: &LaunchPlan) -> Result<Resolved> {
             .chain(cloud.default_subnets().await?.into_iter().map(Place::Zone))
             .collect(),
     };
-    Ok(Resolved { types, vpc, places })
+    let admin_group = match &spec.security_group {
+        Some(group) => Some(cloud.existing_group(group, &vpc).await?),
+        None => None,
+    };
+    Ok(Resolved {
+        types,
+        vpc,
+        admin_group,
+        places,
+    })
 }
 
 /// The VPC of the user's subnets (the default VPC without them): the security group belongs
