@@ -238,13 +238,9 @@ impl<'a> Rsync<'a> {
             }
         }
         manifest.save()?;
-        let env_files: Vec<String> = (self.plan.env_files_with_aws_keys.iter())
-            .map(|name| format!("/{name}"))
-            .collect();
+        let secrets = secret_patterns(self.plan);
         let names: Vec<String> = (outcome.hidden.iter())
-            .filter(|(_, pattern)| {
-                SECRETS.contains(&pattern.as_str()) || env_files.contains(pattern)
-            })
+            .filter(|(_, pattern)| secrets.contains(pattern))
             .map(|(path, _)| path.display().to_string())
             .collect();
         if !names.is_empty() {
@@ -451,13 +447,18 @@ fn filters(plan: &SyncPlan) -> Vec<OsString> {
         option.push(ignore);
         args.push(option);
     }
-    for secret in SECRETS {
+    for secret in secret_patterns(plan) {
         args.push(format!("--filter=- {secret}").into());
     }
-    for name in &plan.env_files_with_aws_keys {
-        args.push(format!("--filter=- /{name}").into());
-    }
     args
+}
+
+/// The patterns of the secrets rules: the fixed ones, and this directory's `.env` files that
+/// hold an AWS access key (anchored at the top).
+fn secret_patterns(plan: &SyncPlan) -> Vec<String> {
+    let fixed = SECRETS.iter().map(|secret| secret.to_string());
+    let env_files = (plan.env_files_with_aws_keys.iter()).map(|name| format!("/{name}"));
+    fixed.chain(env_files).collect()
 }
 
 /// What a push keeps of local files: their times, modes and links, never their owners; symlinks
