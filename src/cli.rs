@@ -22,6 +22,11 @@ use crate::ssh::forward::Forward;
                   --show-config shows where each one came from."
 )]
 #[command(group(ArgGroup::new("json_modes").args(["list", "dry_run"]).multiple(true)))]
+// One mode per invocation: `mode()` would otherwise pick one and drop the others silently.
+#[command(group(ArgGroup::new("mode").multiple(false).args([
+    "generate", "show_config", "setup", "list", "down", "gc", "ssh_config", "detach", "attach",
+    "finish",
+])))]
 pub struct Cli {
     #[command(flatten)]
     pub job: JobFlags,
@@ -117,10 +122,10 @@ pub enum Generated {
 #[command(next_help_heading = "Jobs (tmux or screen on the instance)")]
 pub struct JobFlags {
     /// Sync up, start COMMAND in tmux (else screen) on the instance, and return at once.
-    #[arg(short, long, conflicts_with_all = ["attach", "finish"])]
+    #[arg(short, long)]
     pub detach: bool,
     /// Attach to this directory's job (detach again with Ctrl-B d, or Ctrl-A d for screen).
-    #[arg(short, long, conflicts_with = "finish")]
+    #[arg(short, long)]
     pub attach: bool,
     /// Wait for this directory's job to end (attached on a terminal), pull its results, apply
     /// the end of life; exit with the job's status.
@@ -316,22 +321,15 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// Print every setting, its value and where it came from, then exit (no AWS call).
-    #[arg(long, conflicts_with_all = ["detach", "attach", "finish", "command"])]
+    #[arg(long, conflicts_with = "command")]
     pub show_config: bool,
     /// Print a shell completion script or the man page, then exit (see README.md, "Install").
-    #[arg(
-        long,
-        value_name = "WHAT",
-        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config"]
-    )]
+    #[arg(long, value_name = "WHAT", conflicts_with = "command")]
     pub generate: Option<Generated>,
     /// For an AWS admin: create or update the IAM policy SshEc2Access, the group SshEc2 that
     /// carries it, and the instance roles and profiles ssh-ec2-* (the files of policies/),
     /// then exit. Running it again changes nothing.
-    #[arg(
-        long,
-        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate"]
-    )]
+    #[arg(long, conflicts_with = "command")]
     pub setup: bool,
 }
 
@@ -340,28 +338,19 @@ pub struct ConfigFlags {
 pub struct FleetFlags {
     /// List your instances in the region: directory, host, state, type, market, launch time,
     /// expiry, whether this machine holds their keys, and their job's state.
-    #[arg(
-        long,
-        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate", "down", "gc"]
-    )]
+    #[arg(long, conflicts_with = "command")]
     pub list: bool,
     /// With --list or --gc: every enabled region, not only the current one.
     #[arg(long)]
     pub all_regions: bool,
     /// Bring this directory's results home (starting its instance if stopped), then terminate
     /// it and remove its security group and keys. Launches nothing; no instance is no error.
-    #[arg(
-        long,
-        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate", "gc", "stop", "leave"]
-    )]
+    #[arg(long, conflicts_with_all = ["command", "stop", "leave"])]
     pub down: bool,
     /// Show what ssh-ec2 left behind: instances whose keys are gone from this machine or whose
     /// expiry passed, security groups and launches without an instance, stale local state.
     /// With --yes, remove them.
-    #[arg(
-        long,
-        conflicts_with_all = ["detach", "attach", "finish", "command", "show_config", "generate"]
-    )]
+    #[arg(long, conflicts_with = "command")]
     pub gc: bool,
     /// With --gc: remove what it shows (terminating those instances).
     #[arg(long, requires = "gc")]
@@ -374,17 +363,14 @@ pub struct LookFlags {
     /// Change nothing: say what would be done (with a run: the region, image, type, subnet,
     /// SSH rule, user-data, what would be synced, the price, and whether AWS would allow the
     /// launch; with --setup: what it would create or update), then exit.
-    #[arg(long, conflicts_with_all = ["attach", "finish"])]
+    #[arg(long, conflicts_with_all = ["attach", "finish", "list", "down", "gc", "ssh_config"])]
     pub dry_run: bool,
     /// With --dry-run or --list: print JSON, for scripts.
     #[arg(long, requires = "json_modes")]
     pub json: bool,
     /// Print an OpenSSH config block (Host alias, key, pinned host key) for this directory's
     /// instance, for ssh, scp, sftp and VS Code Remote-SSH.
-    #[arg(
-        long,
-        conflicts_with_all = ["detach", "attach", "finish", "command", "dry_run"]
-    )]
+    #[arg(long, conflicts_with = "command")]
     pub ssh_config: bool,
     /// With --ssh-config: write it where ~/.ssh/config includes it (removed when the instance
     /// is terminated).

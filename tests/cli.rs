@@ -64,6 +64,24 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         args(&["--stop", "--leave", "true"]),
         &["cannot be used with"],
     );
+    // One mode at a time: a --dry-run beside --down or --gc --yes must not do them.
+    for modes in [
+        &["--down", "--dry-run"][..],
+        &["--gc", "--yes", "--dry-run"],
+        &["--list", "--dry-run"],
+        &["--setup", "--down"],
+        &["--list", "--gc"],
+        &["--down", "--ssh-config"],
+        &["--show-config", "--attach"],
+    ] {
+        refused(
+            &project,
+            |c: &mut std::process::Command| {
+                c.args(modes);
+            },
+            &["cannot be used with"],
+        );
+    }
     refused(
         &project,
         args(&["--boot-timeout", "0", "true"]),
