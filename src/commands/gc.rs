@@ -92,8 +92,8 @@ async fn find(
     let launches = journal::unfinished(store);
     let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
 
-    let (owned, skipped_regions) =
-        fleet::owner_instances(cloud, &plan.ownership, all_regions, printer).await?;
+    let (owned, groups, skipped_regions) =
+        fleet::owner_instances_and_groups(cloud, &plan.ownership, all_regions, printer).await?;
     found.skipped_regions = skipped_regions;
     let mut from_elsewhere = 0;
     for owned in &owned {
@@ -129,35 +129,26 @@ async fn find(
         found.instances.push((owned.clone(), why));
     }
 
-    let skipped_for_groups = fleet::for_each_region(cloud, all_regions, printer, async |cloud| {
-        // Without its instances, a group there cannot be told unused.
-        if found.skipped_regions.contains(&cloud.region) {
-            return Ok(());
+    for (region, group) in groups {
+        let used = owned
+            .iter()
+            .any(|o| o.instance.security_group.as_deref() == Some(&group.id));
+        let launched = launches
+            .iter()
+            .any(|l| l.group.as_deref() == Some(&group.id) || l.group_name() == group.name);
+        if used || launched || !group.this_machine {
+            continue;
         }
-        for group in cloud.owner_ssh_groups(&plan.ownership).await? {
-            let used = owned
-                .iter()
-                .any(|o| o.instance.security_group.as_deref() == Some(&group.id));
-            let launched = launches
-                .iter()
-                .any(|l| l.group.as_deref() == Some(&group.id) || l.group_name() == group.name);
-            if used || launched || !group.this_machine {
-                continue;
-            }
-            if busy(&group.dir) {
-                found.skipped.push(format!(
-                    "{}: a run in {} goes on",
-                    group.id,
-                    show(&group.dir)
-                ));
-                continue;
-            }
-            found.groups.push((cloud.region.clone(), group));
+        if busy(&group.dir) {
+            found.skipped.push(format!(
+                "{}: a run in {} goes on",
+                group.id,
+                show(&group.dir)
+            ));
+            continue;
         }
-        Ok(())
-    })
-    .await?;
-    found.skipped_regions.add(skipped_for_groups);
+        found.groups.push((region, group));
+    }
 
     for launch in launches {
         match lock::busy(&plan.state_dir, Path::new(&launch.dir)) {
@@ -169,7 +160,7 @@ async fn find(
         }
     }
 
-    found.local = stale_local_state(cloud, plan, store).await?;
+    found.local = stale_local_state(cloud, plan, store, &owned).await?;
     found.locks = lock::sweep(&plan.state_dir, true);
 
     report(&found, &plan.ownership.owner, from_elsewhere);
@@ -249,21 +240,31 @@ async fn stale_local_state(
     cloud: &Cloud,
     plan: &Plan,
     store: &KeyStore,
+    owned: &[Owned],
 ) -> Result<Vec<(PathBuf, String)>> {
     let instances = plan.state_dir.join("instances");
     let mut stale = Vec::new();
-    let mut regions = None;
+    // The other regions' connections, made once, when an instance is not found in this one.
+    let mut elsewhere = None;
     for id in store.instance_ids() {
-        // Whatever AWS cannot answer now is kept: only a clear "gone" removes keys.
-        let gone = match cloud.lookup(&id).await {
+        // Already listed: its state is known. Else, whatever AWS cannot answer now is kept:
+        // only a clear "gone" removes keys.
+        let listed = owned.iter().find(|o| o.instance.id == id);
+        let looked_up = match listed {
+            Some(seen) => Ok(Some(seen.instance.clone())),
+            None => cloud.lookup(&id).await,
+        };
+        let gone = match looked_up {
             Ok(Some(instance)) => instance.state == State::Terminated,
             Ok(None) => {
-                if regions.is_none() {
-                    regions = Some(cloud.enabled_regions().await?);
+                if elsewhere.is_none() {
+                    let regions = cloud.enabled_regions().await?;
+                    let others = regions.iter().filter(|r| **r != cloud.region);
+                    elsewhere = Some(others.map(|r| cloud.in_region(r)).collect::<Vec<_>>());
                 }
                 let mut anywhere = false;
-                for region in regions.iter().flatten().filter(|r| **r != cloud.region) {
-                    anywhere |= match cloud.in_region(region).lookup(&id).await {
+                for there in elsewhere.iter().flatten() {
+                    anywhere |= match there.lookup(&id).await {
                         Ok(found) => found.is_some_and(|i| i.state != State::Terminated),
                         Err(_) => true,
                     };

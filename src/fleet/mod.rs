@@ -17,7 +17,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
-use crate::cloud::{Cloud, Image, Instance, Owned, Ownership, State, caller_cidr, guess_user};
+use crate::cloud::{
+    Cloud, Image, Instance, Owned, Ownership, SshGroup, State, caller_cidr, guess_user,
+};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::keys::{InstanceKeys, KeyStore};
 use crate::plan::{Ingress, Plan};
@@ -101,16 +103,6 @@ pub async fn find_to_end(
 pub struct Skipped(Vec<String>);
 
 impl Skipped {
-    pub fn contains(&self, region: &str) -> bool {
-        self.0.iter().any(|r| r == region)
-    }
-
-    pub fn add(&mut self, other: Skipped) {
-        self.0.extend(other.0);
-        self.0.sort();
-        self.0.dedup();
-    }
-
     /// Fails, once the rest is done, when a region was skipped: what it holds is missing.
     pub fn check(&self) -> Result<()> {
         if self.0.is_empty() {
@@ -159,8 +151,34 @@ pub async fn owner_instances(
         Ok(())
     })
     .await?;
-    owned.sort_by(|a, b| (&a.region, &a.dir).cmp(&(&b.region, &b.dir)));
+    sort_by_place(&mut owned);
     Ok((owned, skipped))
+}
+
+/// The owner's instances and ssh-ec2's security groups (with their region), for `--gc`. A
+/// region is looked at whole or skipped whole: a group is never judged without its region's
+/// instances.
+pub async fn owner_instances_and_groups(
+    cloud: &Cloud,
+    ownership: &Ownership,
+    all_regions: bool,
+    printer: &Printer,
+) -> Result<(Vec<Owned>, Vec<(String, SshGroup)>, Skipped)> {
+    let (mut owned, mut groups) = (Vec::new(), Vec::new());
+    let skipped = for_each_region(cloud, all_regions, printer, async |cloud| {
+        let instances = cloud.owner_instances(ownership).await?;
+        let found = cloud.owner_ssh_groups(ownership).await?;
+        owned.extend(instances);
+        groups.extend(found.into_iter().map(|group| (cloud.region.clone(), group)));
+        Ok(())
+    })
+    .await?;
+    sort_by_place(&mut owned);
+    Ok((owned, groups, skipped))
+}
+
+fn sort_by_place(owned: &mut [Owned]) {
+    owned.sort_by(|a, b| (&a.region, &a.dir).cmp(&(&b.region, &b.dir)));
 }
 
 async fn find_or_launch(
