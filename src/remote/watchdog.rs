@@ -135,10 +135,10 @@ impl Arming {
     /// Re-arms the switch from a connection, in the login user's home, for this directory.
     pub fn arm_command(&self, job: &Job) -> String {
         format!(
-            "d={} && mkdir -p \"$d\" && printf '%s' '{}' > \"$d/{name}.new\" \
+            "d={} && mkdir -p \"$d\" && printf '%s' {} > \"$d/{name}.new\" \
              && mv \"$d/{name}.new\" \"$d/{name}\"",
             super::state_dir("watchdog"),
-            self.settings(),
+            super::shell_quote(&self.settings()),
             name = job.name()
         )
     }
@@ -317,25 +317,12 @@ fi
 exit 0
 "#;
 
-/// `2026-11-22T08:00:00Z` for Unix seconds (days to civil date: H. Hinnant's algorithm).
+/// `2026-11-22T08:00:00Z` for Unix seconds: the form EC2 tags and `--list` show.
 fn iso8601(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rest = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
+    use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_secs(secs as i64)
+        .fmt(DateTimeFormat::DateTime)
+        .expect("whole seconds since 1970 always format")
 }
 
 #[cfg(test)]
