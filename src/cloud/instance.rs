@@ -404,10 +404,7 @@ impl Cloud {
         let group = request.security_group.unwrap_or_default();
         let launched = self
             .despite_lag(group, "InvalidGroup.NotFound", async || {
-                run.clone().send().await.explain(format_args!(
-                    "launch a {} instance of {} in {}",
-                    request.instance_type, request.image.id, self.region
-                ))
+                run.clone().send().await.explain(self.launching(request))
             })
             .await?;
         let instance = launched
@@ -424,8 +421,8 @@ impl Cloud {
     /// image it cannot use…).
     pub async fn may_launch(&self, request: &LaunchRequest<'_>) -> Result<()> {
         let asked = self.run_instances(request)?.dry_run(true).send().await;
-        let e = match asked {
-            Err(e) if e.code() == Some("DryRunOperation") => return Ok(()),
+        let refused = match asked.explain(self.launching(request)) {
+            Err(e) if e.code.as_deref() == Some("DryRunOperation") => return Ok(()),
             Err(e) => e,
             Ok(launched) => {
                 // An endpoint that ignores DryRun launched it: it must not run on.
@@ -440,11 +437,15 @@ impl Cloud {
                 );
             }
         };
-        let refused = Err::<(), _>(e).explain(format_args!(
+        Err(self.explain_denial(refused.into()).await)
+    }
+
+    /// What a launch is, for its errors.
+    fn launching(&self, request: &LaunchRequest<'_>) -> String {
+        format!(
             "launch a {} instance of {} in {}",
             request.instance_type, request.image.id, self.region
-        ));
-        Err(self.explain_denial(refused.unwrap_err().into()).await)
+        )
     }
 
     /// The RunInstances request of a launch, ready to send.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{Ground, job_state};
-use crate::cloud::{Owned, State, guess_user};
+use crate::cloud::{Owned, State};
 use crate::fleet::{self, Skipped};
 use crate::keys::KeyStore;
 use crate::plan::Plan;
@@ -111,11 +111,8 @@ async fn ask_job(plan: &Plan, store: &KeyStore, owned: &Owned, printer: &Printer
         let dir = owned.dir.as_deref().context("no directory tag")?;
         let target = Target {
             address: super::ssh_address(plan, &owned.instance)?,
-            user: owned
-                .instance
-                .login_user
-                .clone()
-                .unwrap_or_else(|| guess_user("").into()),
+            // Not this directory's user setting: the instance may be another directory's.
+            user: fleet::recorded_user(&owned.instance),
             keys: store.load(id, &plan.login)?,
         };
         let phase = printer.phase(format!("asking {id} for its job"));

@@ -837,14 +837,21 @@ async fn conclude_job(
     pull_home(scene, reached, manifest, progress).await?;
     reached.session.run_captured(&job.forget_command()).await?;
     if status.is_none() {
-        bail!(
-            "job {} was cut short: AWS took back spot instance {}; what it had written is \
-             home (run it again, or without --spot)",
-            job.name(),
-            scene.machine.instance.id
-        );
+        return Err(taken_back(
+            &format!("job {}", job.name()),
+            &scene.machine.instance.id,
+        ));
     }
     Ok(())
+}
+
+/// The error of a run whose `what` (a job, the command) AWS cut short by taking back its spot
+/// instance, once what it wrote is home.
+fn taken_back(what: &str, id: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} was cut short: AWS took back spot instance {id}; what it had written is home \
+         (run it again, or without --spot)"
+    )
 }
 
 /// How to come back to a job that goes on.

@@ -189,7 +189,7 @@ async fn run_directly(
     let command_line =
         record.command_line(&reached.remote_dir, plan.command.as_deref(), relay_stdout);
     let id = &machine.instance.id;
-    let (ran, taken_back) = {
+    let (ran, spot_notice) = {
         let session = &reached.session;
         let ran = run_command(
             session,
@@ -254,11 +254,8 @@ async fn run_directly(
     progress.results_home = pulled.is_ok();
     ran?;
     pulled?;
-    if taken_back {
-        bail!(
-            "the command was cut short: AWS took back spot instance {id}; what it had written is \
-             home (run it again, or without --spot)"
-        );
+    if spot_notice {
+        return Err(super::taken_back("the command", id));
     }
     Ok(())
 }

@@ -295,7 +295,14 @@ pub fn login_user(plan: &Plan, instance: &Instance) -> String {
     plan.launch
         .user
         .clone()
-        .or(instance.login_user.clone())
+        .unwrap_or_else(|| recorded_user(instance))
+}
+
+/// Who logs in to an instance as its launch recorded it (its tag), else the default user.
+pub fn recorded_user(instance: &Instance) -> String {
+    instance
+        .login_user
+        .clone()
         .unwrap_or_else(|| guess_user("").into())
 }
 
