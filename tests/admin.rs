@@ -116,14 +116,6 @@ fn as_user(project: &Project, cloud: &TestCloud, user: &User) -> Command {
     command
 }
 
-fn live_instances(cloud: &TestCloud) -> Vec<aws_sdk_ec2::types::Instance> {
-    cloud
-        .instances()
-        .into_iter()
-        .filter(|i| state_of(i) != InstanceStateName::Terminated)
-        .collect()
-}
-
 /// Asserts that `run` failed and that its error names `action`.
 fn assert_refused(run: &Run, action: &str) {
     assert_eq!(
@@ -436,7 +428,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     let denied = Run::of(as_user(&project, &cloud, &cannot_launch).args(["--dry-run", "true"]));
     denied.assert_code(1);
     assert!(denied.stdout.contains("ec2:RunInstances"), "{denied}");
-    assert!(live_instances(&cloud).is_empty(), "{denied}");
+    assert!(cloud.live_instances().is_empty(), "{denied}");
 
     let mut checked = Vec::new();
     let mut check = |refusal: Refusal| {
@@ -449,7 +441,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     let stop = run_as_full(&[PROFILE, "--stop", "echo", "one"]);
     stop.assert_code(0);
     assert_eq!(stop.stdout, "one\n", "{stop}");
-    let instances = live_instances(&cloud);
+    let instances = cloud.live_instances();
     assert_eq!(instances.len(), 1, "{stop}");
     assert_eq!(
         state_of(&instances[0]),
@@ -475,7 +467,8 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         check(Refusal { action, args });
     }
     assert_eq!(
-        live_instances(&cloud)
+        cloud
+            .live_instances()
             .iter()
             .map(state_of)
             .collect::<Vec<_>>(),
@@ -487,7 +480,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     reuse.assert_code(0);
     assert_eq!(reuse.stdout, "two\n", "{reuse}");
     assert!(reuse.stderr.contains(&format!("reusing {id}")), "{reuse}");
-    assert!(live_instances(&cloud).is_empty(), "{reuse}");
+    assert!(cloud.live_instances().is_empty(), "{reuse}");
     assert!(cloud.run_security_groups().is_empty(), "{reuse}");
 
     // A launch needs these: each refusal leaves nothing behind.
@@ -502,7 +495,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         ("iam:GetInstanceProfile", &[PROFILE, "true"]),
     ] {
         let run = check(Refusal { action, args });
-        assert!(live_instances(&cloud).is_empty(), "{run}");
+        assert!(cloud.live_instances().is_empty(), "{run}");
         assert!(cloud.run_security_groups().is_empty(), "{run}");
     }
 
@@ -512,7 +505,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         args: &["true"],
     });
     assert!(
-        live_instances(&cloud).is_empty(),
+        cloud.live_instances().is_empty(),
         "terminated all the same\n{run}"
     );
     let left = cloud.run_security_groups();
@@ -535,7 +528,8 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         args: &["--stop", "true"],
     });
     assert_eq!(
-        live_instances(&cloud)
+        cloud
+            .live_instances()
             .iter()
             .map(state_of)
             .collect::<Vec<_>>(),
@@ -545,7 +539,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     // The user sees it with --list (in every region too), and ends it with --down.
     let list = run_as_full(&["--list", "--json"]);
     list.assert_code(0);
-    let running = instance_id(&live_instances(&cloud)[0]);
+    let running = instance_id(&cloud.live_instances()[0]);
     assert!(list.stdout.contains(&running), "{list}");
     let everywhere = run_as_full(&["--list", "--json", "--all-regions"]);
     everywhere.assert_code(0);
@@ -555,7 +549,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         args: &["--list", "--all-regions"],
     });
     run_as_full(&["--down"]).assert_code(0);
-    assert!(live_instances(&cloud).is_empty());
+    assert!(cloud.live_instances().is_empty());
     assert!(cloud.run_security_groups().is_empty());
 
     // Prices are only shown: without the spot price a spot run is priced on demand, says so,
@@ -682,7 +676,7 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
     );
     stop.assert_code(0);
     assert_eq!(stop.stdout, "one\n", "{stop}");
-    let instances = live_instances(&cloud);
+    let instances = cloud.live_instances();
     assert_eq!(instances.len(), 1, "{stop}");
     let groups: Vec<_> = instances[0]
         .security_groups()
@@ -703,7 +697,7 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
     let reuse = run_as_user(&["echo", "two"]);
     reuse.assert_code(0);
     assert_eq!(reuse.stdout, "two\n", "{reuse}");
-    assert!(live_instances(&cloud).is_empty(), "{reuse}");
+    assert!(cloud.live_instances().is_empty(), "{reuse}");
     assert_eq!(
         admin_group(&cloud, "team-ssh"),
         Some((group_id.clone(), rules.clone())),
@@ -714,7 +708,7 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
     let by_id = run_as_user(&["--security-group", &group_id, "echo", "three"]);
     by_id.assert_code(0);
     assert_eq!(by_id.stdout, "three\n", "{by_id}");
-    assert!(live_instances(&cloud).is_empty(), "{by_id}");
+    assert!(cloud.live_instances().is_empty(), "{by_id}");
     assert_eq!(
         admin_group(&cloud, "team-ssh"),
         Some((group_id.clone(), rules.clone())),

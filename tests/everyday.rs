@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{CloudOptions, Project, Run, TestCloud, instance_id, state_of};
+use common::{Project, Run, TestCloud, instance_id, state_of};
 use serde_json::{Value, json};
 
 /// eu-central-1 in data/prices.toml, the test bed's region.
@@ -78,10 +78,7 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
 #[test]
 fn dry_run_shows_what_aws_refuses_and_why() {
     // The refusal AWS gives a user without ec2:RunInstances, and its decoding by STS.
-    let cloud = TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..CloudOptions::default()
-    });
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let decoded = r#"{"allowed":false,"explicitDeny":false,"context":{"action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-central-1:123456789012:instance/*"}}"#;
     cloud.set_faults(json!([
@@ -120,11 +117,7 @@ fn dry_run_shows_what_aws_refuses_and_why() {
             .unwrap()
             .contains("AWS refused ec2:RunInstances")
     );
-    let asked: Vec<_> = cloud
-        .aws_calls()
-        .into_iter()
-        .filter(|c| c["action"] == "RunInstances")
-        .collect();
+    let asked = cloud.calls("RunInstances");
     assert_eq!(asked.len(), 2, "one DryRun request per dry run");
     assert!(asked.iter().all(|c| c["params"]["DryRun"] == "true"));
     assert!(cloud.instances().is_empty());

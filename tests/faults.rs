@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{CloudOptions, Project, Run, TestCloud, assert_nothing_left, state_of, wait_or_kill};
+use common::{
+    Project, Run, TestCloud, assert_nothing_left, start_until_held, state_of, wait_or_kill,
+};
 use serde_json::{Value, json};
 
 /// The default VPC's subnets, as (zone, subnet id), by zone.
@@ -40,20 +41,13 @@ fn default_subnets(cloud: &TestCloud) -> Vec<(String, String)> {
     zones
 }
 
-fn faulty_cloud() -> TestCloud {
-    TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..Default::default()
-    })
-}
-
 fn count(outcomes: &[String], outcome: &str) -> usize {
     outcomes.iter().filter(|o| *o == outcome).count()
 }
 
 #[test]
 fn every_run_instances_answer_lost_the_instance_is_found_and_used() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     cloud.set_faults(json!([{"action": "RunInstances", "lose": true}]));
 
@@ -81,23 +75,11 @@ fn every_run_instances_answer_lost_the_instance_is_found_and_used() {
 
 #[test]
 fn killed_right_after_run_instances_the_next_run_adopts_the_instance() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     // RunInstances happens, but its answer waits until the rules change.
     cloud.set_faults(json!([{"action": "RunInstances", "hold": true}]));
-    let mut child = project
-        .ssh_ec2(&cloud)
-        .arg("true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cloud.outcomes("RunInstances").is_empty() {
-        assert!(Instant::now() < deadline, "RunInstances never came");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_until_held(&cloud, project.ssh_ec2(&cloud).arg("true"), "RunInstances");
     child.kill().unwrap(); // SIGKILL
     wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
     cloud.set_faults(json!([]));
@@ -127,7 +109,7 @@ fn killed_right_after_run_instances_the_next_run_adopts_the_instance() {
 
 #[test]
 fn throttling_bursts_on_lookups_launch_and_teardown_do_not_fail_the_run() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let burst = |action: &str, times: usize| json!({"action": action, "error": "RequestLimitExceeded", "times": times});
     cloud.set_faults(json!([
@@ -160,7 +142,7 @@ fn throttling_bursts_on_lookups_launch_and_teardown_do_not_fail_the_run() {
 
 #[test]
 fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     cloud.set_faults(
         json!([{"action": "DescribeInstances", "after": "RunInstances",
@@ -182,7 +164,7 @@ fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
 
 #[test]
 fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let zones = default_subnets(&cloud);
     let no_capacity = |params: serde_json::Value| json!({"action": "RunInstances", "params": params, "error": "InsufficientInstanceCapacity"});
@@ -251,7 +233,7 @@ fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
 
 #[test]
 fn not_found_right_after_a_creation_is_not_taken_as_gone() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     cloud.set_faults(json!([
         {"action": "AuthorizeSecurityGroupIngress", "error": "InvalidGroup.NotFound", "times": 2},
@@ -273,7 +255,7 @@ fn not_found_right_after_a_creation_is_not_taken_as_gone() {
 
 #[test]
 fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     cloud.set_faults(
         json!([{"action": "DeleteSecurityGroup", "error": "DependencyViolation",
@@ -297,7 +279,7 @@ fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
 
 #[test]
 fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     cloud.set_faults(
         json!([{"action": "RunInstances", "error": "VcpuLimitExceeded",
@@ -375,7 +357,7 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
 
 #[test]
 fn no_capacity_in_the_first_of_subnet_ids_moves_to_the_next() {
-    let cloud = faulty_cloud();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let subnets: Vec<String> = default_subnets(&cloud)
         .into_iter()
@@ -403,9 +385,8 @@ fn no_capacity_in_the_first_of_subnet_ids_moves_to_the_next() {
         "{moved}"
     );
     let tried: Vec<Value> = cloud
-        .aws_calls()
+        .calls("RunInstances")
         .into_iter()
-        .filter(|call| call["action"] == "RunInstances")
         .map(|call| call["params"]["SubnetId"].clone())
         .collect();
     assert_eq!(

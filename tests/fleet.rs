@@ -3,34 +3,14 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    CloudOptions, Project, Run, TestCloud, assert_nothing_left, instance_id, start_until_ready,
-    state_of, wait_or_kill,
+    Project, Run, TestCloud, assert_nothing_left, instance_id, signal, start_until_held,
+    start_until_ready, state_of, wait_or_kill,
 };
 use serde_json::{Value, json};
-
-/// Starts ssh-ec2 in a process group of its own, and waits until the proxy holds the answer
-/// to `action`.
-fn start_until_held(cloud: &TestCloud, command: &mut std::process::Command, action: &str) -> Child {
-    use std::os::unix::process::CommandExt;
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cloud.outcomes(action).iter().any(|o| o.starts_with("held")) {
-        assert!(Instant::now() < deadline, "{action} never came");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 #[test]
 fn list_json_names_the_instance_its_directory_and_its_job() {
@@ -114,10 +94,7 @@ fn down_without_an_instance_says_so_and_launches_nothing() {
 
 #[test]
 fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
-    let cloud = TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..Default::default()
-    });
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     // An instance ended behind ssh-ec2's back: its group and keys stay.
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
@@ -210,10 +187,7 @@ fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
 
 #[test]
 fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
-    let cloud = TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..Default::default()
-    });
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
     cloud.wait_for_events("sshd-stopped", 1);
@@ -225,11 +199,7 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
         project.ssh_ec2(&cloud).arg("true"),
         "StartInstances",
     );
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGINT);
     let run = Run::collect(child);
     run.assert_code(130);
     assert!(run.stderr.contains("stopped"), "{run}");
@@ -249,19 +219,12 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
 
 #[test]
 fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_command() {
-    let cloud = TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..Default::default()
-    });
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let child = start_until_ready(project.ssh_ec2(&cloud).arg("echo ready; sleep 60"));
     let id = instance_id(&cloud.instances()[0]);
     cloud.set_faults(json!([{"action": "TerminateInstances", "error": "UnauthorizedOperation"}]));
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGINT);
     let run = Run::collect(child);
     run.assert_code(255);
     assert!(
@@ -396,10 +359,7 @@ fn down_leaves_a_running_job_alone_and_list_shows_it() {
 
 #[test]
 fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
-    let cloud = TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..Default::default()
-    });
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let here = cloud.instances()[0].clone();

@@ -297,13 +297,9 @@ fn a_host_rename_still_finds_the_stopped_instance() {
     first.assert_code(0);
     let instances = cloud.instances();
     assert_eq!(instances.len(), 1, "{first}");
-    let host_tag = instances[0]
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some("ssh-ec2:host"))
-        .and_then(|t| t.value());
+    let host_tag = common::tag(&instances[0], "ssh-ec2:host");
     assert_eq!(
-        host_tag,
+        host_tag.as_deref(),
         Some("laptop-home"),
         "still a readable tag\n{first}"
     );

@@ -273,14 +273,7 @@ fn launch_shape_is_locked_down() {
         "required",
         "IMDSv2 only"
     );
-    let tag = |key: &str| {
-        instance
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some(key))
-            .and_then(|t| t.value())
-            .map(str::to_string)
-    };
+    let tag = |key: &str| common::tag(instance, key);
     assert_eq!(tag("Name").as_deref(), Some("training-box"));
     assert_eq!(tag("project").as_deref(), Some("demo"));
     assert_eq!(tag("ssh-ec2:owner").as_deref(), Some("tester"));

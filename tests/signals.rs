@@ -7,14 +7,10 @@ use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, state_of, wait_or_kill};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-
-/// Sends `signal` to the run's process group, as a terminal does.
-fn signal(child: &std::process::Child, signal: Signal) {
-    killpg(Pid::from_raw(child.id() as i32), signal).unwrap();
-}
+use common::{
+    Project, RUN_TIMEOUT, Run, TestCloud, signal, start_until_ready, state_of, wait_or_kill,
+};
+use nix::sys::signal::Signal;
 
 #[test]
 fn sigquit_is_passed_on_like_sigterm_and_the_run_ends_cleanly() {

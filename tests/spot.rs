@@ -5,25 +5,10 @@
 mod common;
 
 use aws_sdk_ec2::types::{InstanceLifecycleType, InstanceStateName};
-use common::{CloudOptions, Project, Run, TestCloud, state_of};
+use common::{Project, Run, TestCloud, state_of};
 use serde_json::{Value, json};
 
-fn cloud_with_faults() -> TestCloud {
-    TestCloud::start_with(CloudOptions {
-        faults: true,
-        ..Default::default()
-    })
-}
-
 /// The parameters of each RunInstances ssh-ec2 sent, with what became of it.
-fn launches(cloud: &TestCloud) -> Vec<Value> {
-    cloud
-        .aws_calls()
-        .into_iter()
-        .filter(|call| call["action"] == "RunInstances")
-        .collect()
-}
-
 /// No spot capacity anywhere: every spot RunInstances is answered so.
 fn no_spot_capacity() -> Value {
     json!([{
@@ -43,7 +28,7 @@ fn assert_nothing_left(cloud: &TestCloud, run: &Run) {
 
 #[test]
 fn spot_gives_a_one_time_spot_instance_at_most_at_the_max_price() {
-    let cloud = cloud_with_faults();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let run =
         Run::of(
@@ -60,7 +45,7 @@ fn spot_gives_a_one_time_spot_instance_at_most_at_the_max_price() {
         Some(&InstanceLifecycleType::Spot),
         "{run}"
     );
-    let sent = launches(&cloud);
+    let sent = cloud.calls("RunInstances");
     assert_eq!(sent.len(), 1, "{sent:?}");
     let params = &sent[0]["params"];
     assert_eq!(
@@ -100,7 +85,7 @@ fn summary(run: &Run) -> &str {
 
 #[test]
 fn spot_without_spot_capacity_launches_on_demand_and_says_so() {
-    let cloud = cloud_with_faults();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let mut faults = no_spot_capacity();
     faults.as_array_mut().unwrap().push(json!({
@@ -135,7 +120,7 @@ fn spot_without_spot_capacity_launches_on_demand_and_says_so() {
     let instances = cloud.instances();
     assert_eq!(instances.len(), 1, "{run}");
     assert_eq!(instances[0].instance_lifecycle(), None, "on-demand\n{run}");
-    let sent = launches(&cloud);
+    let sent = cloud.calls("RunInstances");
     let (last, spot) = sent.split_last().unwrap();
     assert!(
         spot.iter().all(
@@ -155,7 +140,7 @@ fn spot_without_spot_capacity_launches_on_demand_and_says_so() {
 
 #[test]
 fn spot_only_without_spot_capacity_fails_and_leaves_nothing() {
-    let cloud = cloud_with_faults();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     cloud.set_faults(no_spot_capacity());
     let run = Run::of(project.ssh_ec2(&cloud).args(["--spot-only", "true"]));
@@ -164,7 +149,8 @@ fn spot_only_without_spot_capacity_fails_and_leaves_nothing() {
     assert!(!run.stderr.contains("on-demand instead"), "{run}");
     assert!(cloud.instances().is_empty(), "{run}");
     assert!(
-        launches(&cloud)
+        cloud
+            .calls("RunInstances")
             .iter()
             .all(|call| call["params"]["InstanceMarketOptions.MarketType"] == "spot"),
         "never on-demand"
@@ -179,7 +165,7 @@ fn spot_only_without_spot_capacity_fails_and_leaves_nothing() {
 
 #[test]
 fn stop_with_spot_is_refused_before_any_aws_call() {
-    let cloud = cloud_with_faults();
+    let cloud = TestCloud::with_faults();
     let project = Project::new();
     let run = Run::of(
         project
@@ -331,12 +317,7 @@ fn an_interruption_notice_marks_running_jobs_and_finish_pulls_what_exists_then_f
     // exists and says that the job was cut short.
     let record = job_record(&project);
     let remote_out = project.remote().join("out.txt");
-    for _ in 0..200 {
-        if remote_out.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::wait_until("the job's out.txt", || remote_out.exists());
     std::fs::write(record.join("interrupted"), format!("{notice}\n")).unwrap();
     let finish = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
     finish.assert_code(255);

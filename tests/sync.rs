@@ -344,7 +344,7 @@ fn a_closed_stdout_tells_the_command_and_the_run_still_ends_as_usual() {
 
 #[test]
 fn after_a_hang_up_the_command_is_ended_before_the_pull() {
-    use nix::sys::signal::{Signal, killpg};
+    use nix::sys::signal::Signal;
     let cloud = TestCloud::start();
     let project = Project::new();
 
@@ -354,11 +354,7 @@ fn after_a_hang_up_the_command_is_ended_before_the_pull() {
         "trap '' PIPE; trap 'echo last > last.txt; exit 0' TERM; echo ready; \
          while :; do sleep 0.2; done",
     ));
-    killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGHUP,
-    )
-    .unwrap();
+    common::signal(&child, Signal::SIGHUP);
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(129), "{stderr}");
     assert_eq!(

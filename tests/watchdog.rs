@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sdk_ec2::types::{Instance, InstanceStateName};
+use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    Project, REMOTE_USER, Run, TestCloud, cloud_config, instance_id, state_of, written_file,
+    Project, REMOTE_USER, Run, TestCloud, cloud_config, instance_id, state_of, tag, written_file,
 };
 
 fn unix_now() -> u64 {
@@ -19,15 +19,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn tag(instance: &Instance, key: &str) -> Option<String> {
-    instance
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-        .map(str::to_string)
 }
 
 /// Unix seconds of an ISO 8601 UTC time, as GNU date reads it.

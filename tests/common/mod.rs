@@ -89,6 +89,14 @@ impl TestCloud {
         TestCloud::start_with(CloudOptions::default())
     }
 
+    /// A cloud whose AWS calls go through the fault-injecting proxy (`set_faults`).
+    pub fn with_faults() -> TestCloud {
+        TestCloud::start_with(CloudOptions {
+            faults: true,
+            ..Default::default()
+        })
+    }
+
     pub fn start_with(options: CloudOptions) -> TestCloud {
         let python = manifest_dir().join("tests/testbed/.venv/bin/python");
         assert!(
@@ -212,11 +220,26 @@ impl TestCloud {
     }
 
     /// The outcomes of the calls of `action`, in order.
-    pub fn outcomes(&self, action: &str) -> Vec<String> {
+    /// The calls of one action, in order, as the proxy logged them.
+    pub fn calls(&self, action: &str) -> Vec<Value> {
         self.aws_calls()
-            .iter()
+            .into_iter()
             .filter(|call| call["action"] == action)
+            .collect()
+    }
+
+    pub fn outcomes(&self, action: &str) -> Vec<String> {
+        self.calls(action)
+            .iter()
             .map(|call| call["outcome"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Instances not terminated.
+    pub fn live_instances(&self) -> Vec<Instance> {
+        self.instances()
+            .into_iter()
+            .filter(|i| state_of(i) != InstanceStateName::Terminated)
             .collect()
     }
 
@@ -665,6 +688,29 @@ pub fn start_until_ready(command: &mut Command) -> Child {
     child
 }
 
+/// Starts ssh-ec2 in a process group of its own, and waits until the proxy holds the answer
+/// to `action` (a `hold` rule of `TestCloud::set_faults`).
+pub fn start_until_held(cloud: &TestCloud, command: &mut Command, action: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("cannot start ssh-ec2");
+    wait_until(&format!("{action} to be held"), || {
+        cloud.outcomes(action).iter().any(|o| o.starts_with("held"))
+    });
+    child
+}
+
+/// Sends `signal` to the run's process group, as a terminal does.
+pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(group, signal).unwrap();
+}
+
 /// The stdout and stderr of a finished run, as text, for assertion messages.
 pub struct Run {
     pub code: Option<i32>,
@@ -738,11 +784,7 @@ pub fn instance_id(instance: &Instance) -> String {
 
 /// No live instance, no security group, no key pair, no keys or unfinished launch kept.
 pub fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
-    let alive: Vec<_> = cloud
-        .instances()
-        .into_iter()
-        .filter(|i| state_of(i) != InstanceStateName::Terminated)
-        .collect();
+    let alive = cloud.live_instances();
     assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
     assert!(
         cloud.run_security_groups().is_empty(),
@@ -763,6 +805,16 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The value of the instance's tag `key`.
+pub fn tag(instance: &Instance, key: &str) -> Option<String> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+        .map(str::to_string)
 }
 
 pub fn state_of(instance: &Instance) -> InstanceStateName {
