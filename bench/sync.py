@@ -23,7 +23,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOUD = ROOT / "tests/testbed/cloud.py"
+sys.path.insert(0, str(ROOT / "tests/testbed"))
+from ports import free_port  # noqa: E402  (the test bed's, for servers that bind later)
 REMOTE_USER = "ubuntu"
 # What src/sync/mod.rs gives rsync each way (ssh-ec2 adds its `-e`, its report format and the
 # secrets rules). By hand, one plain pull stands for ssh-ec2's manifest-checked one (a dry run,
@@ -51,10 +52,6 @@ def log(message):
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def median(values):

@@ -480,6 +480,7 @@ fn read_log(state: &Path) -> String {
 /// A loopback port free now and kept free until a server of the test binds it: taken below the
 /// kernel's ephemeral range, which every outgoing connection of the parallel tests draws from
 /// (a port picked with bind(0) can be some connection's source port by the time sshd binds it).
+/// tests/testbed/ports.py does the same for the bed's Python (try-it, the benchmarks).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

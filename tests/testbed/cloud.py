@@ -29,6 +29,7 @@ import yaml
 from botocore.exceptions import ClientError
 
 import faults
+import ports
 
 # Ready-line key -> (AMI id, name, creation date). The Ubuntu DLAMI name pattern matches the
 # first two; the newest of them (20261015) is the one the product must pick.
@@ -385,8 +386,9 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", type=Path, required=True,
                         help="directory for events.jsonl, the AMI list and one folder per instance")
-    parser.add_argument("--sshd-port", type=int, required=True,
-                        help="127.0.0.1 port the running instance's sshd listens on")
+    parser.add_argument("--sshd-port", type=int,
+                        help="127.0.0.1 port the running instance's sshd listens on "
+                             "(default: a free one below the ephemeral range; see ports.py)")
     parser.add_argument("--user", default="ubuntu", help="the only user sshd lets in")
     parser.add_argument("--region", default="eu-central-1", help="the region whose instances boot")
     parser.add_argument("--boot-delay", type=float, default=0.0,
@@ -398,7 +400,10 @@ def parse_args():
     parser.add_argument("--iam", action="store_true",
                         help="moto authorizes every request against the caller's IAM policies; "
                              "the ready line gives an admin's access key")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.sshd_port is None:
+        args.sshd_port = ports.free_port()
+    return args
 
 
 def main():
