@@ -669,14 +669,7 @@ pub fn ssh_ec2_binary() -> PathBuf {
 /// Starts a run (stdin closed, output piped, in a process group of its own like a shell job)
 /// whose remote command prints `ready` first, and waits for that line.
 pub fn start_until_ready(command: &mut Command) -> Child {
-    use std::os::unix::process::CommandExt;
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("cannot start ssh-ec2");
+    let mut child = spawn_as_job(command);
     let mut stdout = child.stdout.take().unwrap();
     // Byte by byte: nothing after the line may be taken from the pipe.
     let mut line = Vec::new();
@@ -692,18 +685,24 @@ pub fn start_until_ready(command: &mut Command) -> Child {
 /// Starts ssh-ec2 in a process group of its own, and waits until the proxy holds the answer
 /// to `action` (a `hold` rule of `TestCloud::set_faults`).
 pub fn start_until_held(cloud: &TestCloud, command: &mut Command, action: &str) -> Child {
+    let child = spawn_as_job(command);
+    wait_until(&format!("{action} to be held"), || {
+        cloud.outcomes(action).iter().any(|o| o.starts_with("held"))
+    });
+    child
+}
+
+/// Starts a run with stdin closed and output piped, in a process group of its own like a
+/// shell job.
+fn spawn_as_job(command: &mut Command) -> Child {
     use std::os::unix::process::CommandExt;
-    let child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .expect("cannot start ssh-ec2");
-    wait_until(&format!("{action} to be held"), || {
-        cloud.outcomes(action).iter().any(|o| o.starts_with("held"))
-    });
-    child
+        .expect("cannot start ssh-ec2")
 }
 
 /// Sends `signal` to the run's process group, as a terminal does.
