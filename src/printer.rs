@@ -1,6 +1,7 @@
-//! All of ssh-ec2's own output goes through here, to stderr: stdout belongs to the remote command.
-//! On a terminal each phase is a spinner with its elapsed time; otherwise plain lines; with `-q`
-//! nothing but errors and warnings.
+//! All of ssh-ec2's own output goes through here. What it says goes to stderr, since stdout
+//! belongs to the remote command: on a terminal each phase is a spinner with its elapsed time;
+//! otherwise plain lines; with `-q` nothing but errors and warnings. What a mode prints as its
+//! result (a listing, a report, a completion script) goes to stdout, through `out`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,20 @@ impl Printer {
         }
     }
 
+    /// A mode's result on stdout (not hidden by `-q`: it was asked for). A reader that closed
+    /// the pipe (`ssh-ec2 --list | head -1`) gives `StdoutClosed`, which ends ssh-ec2 quietly.
+    pub fn out(&self, text: impl AsRef<[u8]>) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(text.as_ref())
+            .and_then(|()| stdout.flush())
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+            written => written
+                .map_err(|e| anyhow::Error::new(e).context("cannot write to standard output")),
+        }
+    }
+
     /// A line of information (hidden by `-q`).
     pub fn info(&self, message: &str) {
         if self.verbosity > Verbosity::Quiet {
@@ -116,6 +131,18 @@ impl Printer {
         }
     }
 }
+
+/// Whoever reads ssh-ec2's stdout has closed it: nothing more is wanted.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
 
 /// A phase in progress. Dropping it unfinished (an error path) clears its spinner.
 pub struct Phase {

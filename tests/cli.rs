@@ -85,7 +85,7 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
     refused(
         &project,
         args(&["--boot-timeout", "0", "true"]),
-        &["boot timeout"],
+        &["--boot-timeout", "cannot work"],
     );
     refused(&project, args(&["--tag", "aws:x=1", "true"]), &["reserved"]);
     refused(

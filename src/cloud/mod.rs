@@ -7,8 +7,10 @@ mod explain;
 mod iam;
 mod image;
 mod instance;
+mod launch;
 mod network;
 mod pricing;
+mod tags;
 pub mod userdata;
 
 use std::collections::HashMap;
@@ -21,17 +23,25 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::config::Region;
 
-use crate::backoff::Backoff;
+use crate::poll::Poll;
+use crate::settings::defaults::REGION as FALLBACK_REGION;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, TypeInfo, guess_user};
-pub use instance::{
-    CAPACITY_CODES, Instance, LaunchRequest, Owned, Ownership, SPOT_CAPACITY_CODES, State,
-};
+pub use instance::{Instance, Owned, State};
+pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
+pub use tags::{Owner, Ownership};
 
-/// Used when neither ssh-ec2's settings nor the AWS config chain name a region.
-pub const FALLBACK_REGION: &str = "eu-central-1";
+/// Which AWS account and region to talk to, as the settings say.
+#[derive(Debug, Clone, Default)]
+pub struct Account {
+    /// ssh-ec2's own region setting; `None` leaves it to the AWS config chain (else
+    /// `settings::defaults::REGION`).
+    pub region: Option<String>,
+    /// AWS_PROFILE, also from `.env` or a config file; `None`: the AWS default profile.
+    pub profile: Option<String>,
+}
 
 /// How long AWS may take to show what was just created: its answers are eventually consistent,
 /// so until then a "not found" is no proof that something is gone.
@@ -94,7 +104,8 @@ fn patient_retries() -> RetryConfig {
 impl Cloud {
     /// `region` from ssh-ec2's own settings wins over the AWS config chain; `profile` (which may
     /// come from `.env`, which the SDK does not read) picks the chain's profile and credentials.
-    pub async fn connect(region: Option<&str>, profile: Option<&str>) -> Cloud {
+    pub async fn connect(account: &Account) -> Cloud {
+        let (region, profile) = (account.region.as_deref(), account.profile.as_deref());
         let mut chain = DefaultRegionChain::builder();
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(profile) = profile {
@@ -121,7 +132,7 @@ impl Cloud {
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
         let ec2 = aws_sdk_ec2::config::Builder::from(&config)
-            .retry_classifier(instance::CapacityIsAnAnswer)
+            .retry_classifier(launch::CapacityIsAnAnswer)
             .build();
         let (retry, timeout) = pricing::brief();
         let pricing = aws_sdk_pricing::config::Builder::from(&config)
@@ -208,12 +219,13 @@ impl Cloud {
         not_found: &str,
         mut call: impl AsyncFnMut() -> Result<T, AwsError>,
     ) -> Result<T, AwsError> {
-        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let mut poll = Poll::every(Duration::from_secs(2));
         loop {
             match call().await {
                 Err(e) if e.code.as_deref() == Some(not_found) && self.may_be_invisible(id) => {
                     tracing::debug!("{id} is not visible yet: {e}");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    // No deadline of its own (`may_be_invisible` ends the wait), so no error.
+                    let _ = poll.wait().await;
                 }
                 other => return other,
             }

@@ -6,17 +6,17 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use super::{Ground, Progress, Scene, end_of_run, job_state, pull_home, reach_and_join};
-use crate::lock::DirLock;
-use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
+use crate::session::{self, Ground, Plan, Progress, Scene, job_state, pull_home, reach_and_join};
 use crate::ssh::RemoteExit;
+use crate::state::lock::DirLock;
+use crate::status::ExitStatus;
 use crate::sync::Manifest;
 
-pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
+pub async fn down(plan: &Plan, printer: &Printer) -> Result<ExitStatus> {
     let started = Instant::now();
-    let ground = Ground::open(plan).await?;
+    let ground = Ground::open(&plan.account, &plan.dirs).await?;
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
     let found = ground.find_to_end(plan, printer).await?;
@@ -25,7 +25,7 @@ pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
             "this directory has no instance in {}: nothing to end",
             ground.cloud.region
         ));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     };
     let scene = ground.scene(plan, &machine, printer);
     // Anything on it may be results not home yet: unless they come home, it is stopped.
@@ -34,7 +34,7 @@ pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
         ..Progress::default()
     };
     let work = work(&scene, lock, &mut progress).await;
-    end_of_run(&scene, work, progress, started).await
+    session::end_of_run(&scene, work, progress, started).await
 }
 
 async fn work(scene: &Scene<'_>, lock: DirLock, progress: &mut Progress) -> Result<()> {

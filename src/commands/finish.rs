@@ -5,27 +5,28 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use super::{
-    Followed, Ground, Progress, Scene, conclude_job, end_of_run, follow_job, job_state,
-    reach_and_join,
-};
-use crate::lock::DirLock;
-use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
+use crate::session::{
+    self, Followed, Ground, Plan, Progress, Scene, conclude_job, follow_job, job_state,
+    reach_and_join,
+};
+use crate::state::lock::DirLock;
+use crate::status::ExitStatus;
 use crate::sync::Manifest;
 
-pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<i32> {
+pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<ExitStatus> {
     let started = Instant::now();
-    let ground = Ground::open(plan).await?;
+    let ground = Ground::open(&plan.account, &plan.dirs).await?;
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
     // Never launches; a stopped instance is started to bring its results home.
     let machine = ground.find(plan, printer, true).await?;
     let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
-    let work = work(&scene, attach && plan.pty, lock, &mut progress).await;
-    end_of_run(&scene, work, progress, started).await
+    let attach = attach && plan.terminal.pty;
+    let work = work(&scene, attach, lock, &mut progress).await;
+    session::end_of_run(&scene, work, progress, started).await
 }
 
 async fn work(

@@ -1,16 +1,15 @@
 //! `ssh-ec2 --generate …`: shell completions and the man page, made from clap's own definition
 //! of the command line, so they cover every flag.
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
-use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::cli::{Cli, Generated};
+use crate::cli::Generated;
+use crate::printer::Printer;
+use crate::status::ExitStatus;
 
-pub fn generate(what: Generated) -> Result<i32> {
-    let mut command = Cli::command();
+pub fn generate(what: Generated, printer: &Printer) -> Result<ExitStatus> {
+    let mut command = crate::cli::command();
     // Made in memory first: clap_complete panics on a write error such as a closed pipe.
     let mut text = Vec::new();
     match shell(what) {
@@ -19,11 +18,8 @@ pub fn generate(what: Generated) -> Result<i32> {
             .render(&mut text)
             .context("cannot render the man page")?,
     }
-    std::io::stdout()
-        .lock()
-        .write_all(&text)
-        .context("cannot write to standard output")?;
-    Ok(0)
+    printer.out(text)?;
+    Ok(ExitStatus::Success)
 }
 
 /// The shell a completion script is for; `None` for the man page.

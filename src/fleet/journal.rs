@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::end_of_life::TRANSITION_TIMEOUT;
-use crate::backoff::Backoff;
 use crate::cloud::{Cloud, GROUP_PREFIX, Instance, State, VISIBILITY_LAG};
-use crate::keys::KeyStore;
+use crate::poll::Poll;
 use crate::printer::Printer;
+use crate::state::Store;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Launch {
@@ -60,13 +60,13 @@ impl Launch {
         format!("ssh-ec2-{}-{n}", self.id)
     }
 
-    pub fn save(&self, store: &KeyStore) -> Result<()> {
+    pub fn save(&self, store: &Store) -> Result<()> {
         let record = serde_json::to_string_pretty(self).context("cannot encode a launch record")?;
         store.record_launch(&self.id, &record)
     }
 
     /// Records that RunInstances is about to be sent (again).
-    pub fn sending(&mut self, store: &KeyStore) -> Result<()> {
+    pub fn sending(&mut self, store: &Store) -> Result<()> {
         self.sent = Some(now());
         self.save(store)
     }
@@ -78,26 +78,25 @@ impl Launch {
         let Some(sent) = self.sent else {
             return Ok(None);
         };
-        let settled = Instant::now()
-            + VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
-        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let settles_in =
+            VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
+        let mut poll = Poll::every(Duration::from_secs(5)).within(settles_in);
         loop {
-            let past = Instant::now() >= settled;
             match cloud.find_launched(&self.id).await {
                 Ok(Some(instance)) => {
                     cloud.note_created(&instance.id);
                     return Ok(Some(instance));
                 }
-                Ok(None) if past => return Ok(None),
-                Err(e) if past || !e.inconclusive => return Err(e.into()),
-                _ => tokio::time::sleep(backoff.next_delay()).await,
+                Ok(None) if !poll.wait().await? => return Ok(None),
+                Err(e) if !e.inconclusive || !poll.wait().await? => return Err(e.into()),
+                _ => {}
             }
         }
     }
 
     /// Deletes its security group (if it made one), then its keys and record. If the group
     /// cannot be deleted, the record stays, for the next run here to try again.
-    pub async fn abandon(&self, cloud: &Cloud, store: &KeyStore) -> Result<()> {
+    pub async fn abandon(&self, cloud: &Cloud, store: &Store) -> Result<()> {
         let group = match &self.group {
             Some(group) => Some(group.clone()),
             // Its creation may have happened with the answer lost, or a crash right after.
@@ -118,7 +117,7 @@ impl Launch {
 pub async fn settle(
     cloud: &Cloud,
     dir: &str,
-    store: &KeyStore,
+    store: &Store,
     printer: &Printer,
 ) -> Result<Option<String>> {
     let pending: Vec<Launch> = unfinished(store)
@@ -144,7 +143,7 @@ pub async fn settle(
 }
 
 /// The launches recorded here whose instances were never adopted, from every directory.
-pub fn unfinished(store: &KeyStore) -> Vec<Launch> {
+pub fn unfinished(store: &Store) -> Vec<Launch> {
     store
         .launch_records()
         .iter()
@@ -154,12 +153,7 @@ pub fn unfinished(store: &KeyStore) -> Vec<Launch> {
 
 /// Ends what an unfinished launch made (for `--gc`): its instance, if any, is terminated, and
 /// its security group, keys and record removed. `cloud` is in the launch's region.
-pub async fn end(
-    cloud: &Cloud,
-    launch: &Launch,
-    store: &KeyStore,
-    printer: &Printer,
-) -> Result<()> {
+pub async fn end(cloud: &Cloud, launch: &Launch, store: &Store, printer: &Printer) -> Result<()> {
     settle_one(cloud, launch, false, store, printer)
         .await
         .map(drop)
@@ -169,7 +163,7 @@ async fn settle_one(
     cloud: &Cloud,
     launch: &Launch,
     may_adopt: bool,
-    store: &KeyStore,
+    store: &Store,
     printer: &Printer,
 ) -> Result<Option<String>> {
     let phase = printer.phase(format!(

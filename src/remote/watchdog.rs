@@ -8,90 +8,10 @@
 //! in `~/.ssh-ec2/watchdog/<job name>`; the one armed last wins. `shutdown -h` stops the
 //! instance (it is launched with the "stop" shutdown behaviour), so unpulled results survive.
 
-use std::fmt;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::job::Job;
-
-/// A duration setting that `off` disables: `--max-lifetime`, `--idle-stop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub enum Limit {
-    Off,
-    After(Duration),
-}
-
-impl Limit {
-    pub const fn hours(n: u64) -> Limit {
-        Limit::After(Duration::from_secs(n * 3_600))
-    }
-
-    pub fn duration(self) -> Option<Duration> {
-        match self {
-            Limit::Off => None,
-            Limit::After(d) => Some(d),
-        }
-    }
-}
-
-impl FromStr for Limit {
-    type Err = String;
-    /// `off`, or a sum of `<number><unit>` with units d, h, m, s: `24h`, `90m`, `1h30m`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let hint =
-            || format!("`{s}` is not a duration: write e.g. 24h, 90m, 1h30m, 2d or 45s, or off");
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(Limit::Off);
-        }
-        let mut total: u64 = 0;
-        let mut number = String::new();
-        for c in s.trim().chars() {
-            if c.is_ascii_digit() {
-                number.push(c);
-                continue;
-            }
-            let unit = match c {
-                'd' => 86_400,
-                'h' => 3_600,
-                'm' => 60,
-                's' => 1,
-                _ => return Err(hint()),
-            };
-            let n: u64 = number.parse().map_err(|_| hint())?;
-            total = n
-                .checked_mul(unit)
-                .and_then(|secs| total.checked_add(secs))
-                .ok_or_else(hint)?;
-            number.clear();
-        }
-        if !number.is_empty() || s.trim().is_empty() {
-            return Err(hint());
-        }
-        if total == 0 {
-            return Err(format!(
-                "`{s}` would stop the instance at once: give a longer duration, or off"
-            ));
-        }
-        Ok(Limit::After(Duration::from_secs(total)))
-    }
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Limit::After(d) = self else {
-            return f.write_str("off");
-        };
-        let mut secs = d.as_secs();
-        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-            if secs >= size {
-                write!(f, "{}{unit}", secs / size)?;
-                secs %= size;
-            }
-        }
-        Ok(())
-    }
-}
+use crate::settings::values::Limit;
 
 /// The switch's settings as one run arms them: when, until when, and how long idle.
 #[derive(Debug, Clone)]
@@ -336,32 +256,13 @@ mod tests {
     }
 
     #[test]
-    fn limits_read_and_print() {
-        let after = |s: u64| Limit::After(Duration::from_secs(s));
-        assert_eq!("24h".parse(), Ok(after(86_400)));
-        assert_eq!("1h30m".parse(), Ok(after(5_400)));
-        assert_eq!("OFF".parse(), Ok(Limit::Off));
-        for bad in ["", "0m", "24", "h", "1x", "-1h", "99999999999999999999d"] {
-            assert!(bad.parse::<Limit>().is_err(), "{bad}");
-        }
-        assert_eq!(after(5_400).to_string(), "1h30m");
-        assert_eq!(after(86_400).to_string(), "1d");
-        let err = "0m".parse::<Limit>().unwrap_err();
-        assert!(err.contains("at once"), "{err}");
-        let file: crate::config::Layer =
-            toml::from_str("max_lifetime = \"3d\"\nidle_stop = \"off\"\n").unwrap();
-        assert_eq!(file.max_lifetime, Some(after(3 * 86_400)));
-        assert_eq!(file.idle_stop, Some(Limit::Off));
-    }
-
-    #[test]
     fn deadlines_are_tagged_in_utc() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso8601(951_827_696), "2000-02-29T12:34:56Z");
         assert_eq!(iso8601(1_795_305_600), "2026-11-22T00:00:00Z");
         let arming = Arming::new(
-            UNIX_EPOCH + Duration::from_secs(1_795_305_600),
-            Limit::After(Duration::from_secs(3_600)),
+            UNIX_EPOCH + std::time::Duration::from_secs(1_795_305_600),
+            Limit::hours(1),
             Limit::Off,
         );
         assert_eq!(arming.expires_at().as_deref(), Some("2026-11-22T01:00:00Z"));

@@ -4,6 +4,7 @@
 mod exec;
 pub mod forward;
 pub mod relay;
+pub mod transport;
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,10 @@ use russh::client::{self, Handle};
 use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Preferred, cipher};
 
-use crate::backoff::Backoff;
-use crate::config::HostPort;
-use crate::keys::InstanceKeys;
+use crate::poll::Poll;
 use crate::printer::Phase;
+use crate::settings::values::HostPort;
+use crate::state::keys::InstanceKeys;
 
 pub use exec::{RemoteExit, run_command};
 
@@ -96,7 +97,7 @@ enum AttemptError {
 impl Session {
     /// Dials `target` until its sshd lets us in, backing off between attempts, until `deadline`.
     pub async fn connect(target: &Target, deadline: Instant, phase: &Phase) -> Result<Session> {
-        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let mut poll = Poll::every(Duration::from_secs(2)).until(deadline);
         loop {
             match Self::attempt(target).await {
                 Ok(session) => return Ok(session),
@@ -112,7 +113,8 @@ impl Session {
                     )
                 }
                 Err(AttemptError::NotYet(why)) => {
-                    if Instant::now() >= deadline {
+                    phase.update(format!("waiting for SSH at {}: {why}", target.address));
+                    if !poll.wait().await? {
                         bail!(
                             "the instance's SSH at {} did not let us in before the boot timeout \
                              (last: {why}); raise --boot-timeout, or check the instance's \
@@ -121,8 +123,6 @@ impl Session {
                         );
                     }
                     tracing::debug!("SSH not ready at {}: {why}", target.address);
-                    phase.update(format!("waiting for SSH at {}: {why}", target.address));
-                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
