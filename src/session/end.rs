@@ -2,41 +2,23 @@
 //! the run did, applied; the conflicts and the summary line said; the exit status. What to do
 //! is decided by `conclude`, a pure function of the run's outcome.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 
 use super::Scene;
-use super::lease::Presence;
+use super::job::job_state;
+use super::progress::Progress;
 use super::pull::NoteSignals;
 use super::reach::stopped_under_the_run;
 use crate::fleet::end_of_life::{self, Origin};
 use crate::interrupt::{Interrupted, Signal};
 use crate::printer::format_duration;
-use crate::remote::job::Job;
+use crate::remote::job::{Job, JobState};
 use crate::settings::values::EndOfLife;
-use crate::ssh::{RemoteExit, Session};
+use crate::ssh::RemoteExit;
 use crate::state::lock::DirLock;
 use crate::status::ExitStatus;
-use crate::sync::Conflict;
-
-/// How far a run got, which decides what end of life is safe.
-#[derive(Default)]
-pub struct Progress {
-    pub command_started: bool,
-    pub exit: Option<RemoteExit>,
-    /// The command is over and its results are home (pulled back, or --no-rsync).
-    pub results_home: bool,
-    /// A job goes on in tmux/screen: the instance stays as it is, whatever the policy.
-    pub job_goes_on: bool,
-    /// Files changed on both sides, whose instance version was saved beside them.
-    pub conflicts: Vec<Conflict>,
-    /// This run's lease on the instance, once it reached it.
-    pub presence: Option<Presence>,
-    /// The last session to the instance, to drop the lease and see who else is there.
-    pub session: Option<Arc<Session>>,
-}
 
 /// Who else uses the instance as the run ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +174,13 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
         return Sharing::NotReached;
     };
     let job = Job::for_dir(&scene.plan.local_dir);
-    let shared = presence.release(&session, &job).await;
+    let shared = match presence.release(&session).await {
+        // This directory's job still running counts as someone else.
+        Ok(0) => job_state(&session, &job)
+            .await
+            .map(|state| matches!(state, JobState::Running(_))),
+        others => others.map(|_| true),
+    };
     session.close().await;
     match shared {
         Ok(true) => Sharing::Shared,

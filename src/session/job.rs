@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::end::Progress;
+use super::progress::Progress;
 use super::pull::pull_home;
 use super::reach::{Reached, open_forwards, reconnect_if_closed};
 use super::{Plan, Scene};

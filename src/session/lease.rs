@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::job::job_state;
-use crate::remote::job::{Job, JobState};
+use crate::remote::job::Job;
 use crate::remote::lease::{self, Lease};
 use crate::ssh::Session;
 
@@ -35,9 +34,8 @@ impl Presence {
         Ok(Presence { lease, renewing })
     }
 
-    /// Drops the lease; whether anyone else still uses the instance: another run's live
-    /// lease, or this directory's job still running.
-    pub async fn release(self, session: &Session, job: &Job) -> Result<bool> {
+    /// Drops the lease; how many other runs still hold a live one.
+    pub async fn release(self, session: &Session) -> Result<u32> {
         self.renewing.abort();
         let answer = session.run_captured(&self.lease.release_command()).await?;
         let others: u32 = answer
@@ -45,7 +43,6 @@ impl Presence {
             .last()
             .and_then(|l| l.trim().parse().ok())
             .context("cannot count the other runs' leases on the instance")?;
-        let job_runs = matches!(job_state(session, job).await?, JobState::Running(_));
-        Ok(others > 0 || job_runs)
+        Ok(others)
     }
 }

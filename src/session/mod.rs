@@ -7,6 +7,7 @@
 mod end;
 mod job;
 mod lease;
+mod progress;
 mod pull;
 mod reach;
 mod run;
@@ -26,7 +27,8 @@ use crate::ssh::forward::{Forward, LocalForward};
 use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
-pub use end::{Progress, end_of_run};
+pub use end::end_of_run;
+pub use progress::Progress;
 pub use job::{Followed, come_back_hint, conclude_job, follow_job, job_state};
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::end::Progress;
+use super::progress::Progress;
 use super::reach::{Reached, stopped_under_the_run};
 use super::{Plan, Scene};
 use crate::interrupt::{Interrupt, Interrupted};

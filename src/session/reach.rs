@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::end::Progress;
+use super::progress::Progress;
 use super::lease::Presence;
 use super::{Plan, Scene};
 use crate::cloud::{Cloud, Instance, State};

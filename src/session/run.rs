@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::Scene;
-use super::end::Progress;
+use super::progress::Progress;
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,

@@ -151,7 +151,7 @@ mod tests {
             .filter(|(name, _)| ["max_lifetime", "idle_stop", "boot_timeout"].contains(name))
             .map(|(_, fallback)| fallback.to_string())
             .collect();
-        assert_eq!(shown, ["1d", "1h", "600"], "spelled as values are");
+        assert_eq!(shown, ["24h", "1h", "600"], "spelled as values are");
     }
 
     #[test]
@@ -165,5 +165,27 @@ mod tests {
         assert_eq!(file.boot_timeout, Some(Timeout::secs(90)));
         let layer: Layer = toml::from_str("fallback_types = [\"g5.xlarge\"]\n").unwrap();
         assert_eq!(layer.fallback_types.unwrap().0, ["g5.xlarge"]);
+    }
+
+    /// README's settings table shows the defaults `--help` and `--show-config` show.
+    #[test]
+    fn the_readme_table_gives_each_default() {
+        let readme = include_str!("../../README.md");
+        for (name, fallback) in fallbacks() {
+            let Fallback::Value(value) = fallback else {
+                continue;
+            };
+            let key = format!("| `{name}`");
+            let row = readme
+                .lines()
+                .find(|line| line.starts_with('|') && line.contains(&key))
+                .unwrap_or_else(|| panic!("README's settings table has no row for `{name}`"));
+            let default = row.trim_end_matches('|').rsplit('|').next().unwrap_or_default();
+            let shown = value.trim_end_matches('*');
+            assert!(
+                default.contains(&format!("`{value}`")) || default.contains(shown),
+                "README gives `{name}` the default {default:?}, not `{value}`"
+            );
+        }
     }
 }

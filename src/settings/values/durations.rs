@@ -80,10 +80,15 @@ impl fmt::Display for Limit {
     }
 }
 
-/// `1d`, `1h30m`, `45s`: how durations are written back, as they are read.
+/// `24h`, `1h30m`, `45s`, `3d`: as people write lifetimes, and as they are read back. Days only
+/// for several whole ones: a day is "24h" to most.
 fn write_duration(f: &mut fmt::Formatter<'_>, d: Duration) -> fmt::Result {
     let mut secs = d.as_secs();
-    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+    let days = match secs % 86_400 == 0 && secs >= 2 * 86_400 {
+        true => 86_400,
+        false => u64::MAX,
+    };
+    for (unit, size) in [("d", days), ("h", 3_600), ("m", 60), ("s", 1)] {
         if secs >= size {
             write!(f, "{}{unit}", secs / size)?;
             secs %= size;
@@ -149,7 +154,9 @@ mod tests {
             assert!(bad.parse::<Limit>().is_err(), "{bad}");
         }
         assert_eq!(after(5_400).to_string(), "1h30m");
-        assert_eq!(after(86_400).to_string(), "1d");
+        assert_eq!(after(86_400).to_string(), "24h");
+        assert_eq!(after(3 * 86_400).to_string(), "3d");
+        assert_eq!(after(90_000).to_string(), "25h");
         let err = "0m".parse::<Limit>().unwrap_err();
         assert!(err.contains("at once"), "{err}");
     }

@@ -1,0 +1,24 @@
+//! How far a run got, recorded as it goes: what decides the end of life that is safe.
+
+use std::sync::Arc;
+
+use super::lease::Presence;
+use crate::ssh::{RemoteExit, Session};
+use crate::sync::Conflict;
+
+/// How far a run got, which decides what end of life is safe.
+#[derive(Default)]
+pub struct Progress {
+    pub command_started: bool,
+    pub exit: Option<RemoteExit>,
+    /// The command is over and its results are home (pulled back, or --no-rsync).
+    pub results_home: bool,
+    /// A job goes on in tmux/screen: the instance stays as it is, whatever the policy.
+    pub job_goes_on: bool,
+    /// Files changed on both sides, whose instance version was saved beside them.
+    pub conflicts: Vec<Conflict>,
+    /// This run's lease on the instance, once it reached it.
+    pub presence: Option<Presence>,
+    /// The last session to the instance, to drop the lease and see who else is there.
+    pub session: Option<Arc<Session>>,
+}
