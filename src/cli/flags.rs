@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
-use crate::settings::values::{HostPort, InstanceTypes, Limit, Multiplex, SubnetIds, Tag, Timeout};
+use crate::settings::values::{
+    Address, HostPort, InstanceTypes, Limit, Multiplex, SubnetIds, Tag, Timeout,
+};
 use crate::ssh::forward::Forward;
 
 /// The flags that choose a mode: at most one of them. `--dry-run` is a mode of its own, but
@@ -225,6 +227,10 @@ pub struct InstanceFlags {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Network")]
 pub struct NetworkFlags {
+    /// Which of the instance's addresses to dial: public, private (from inside its VPC, over a
+    /// VPN or Direct Connect) or auto (the public one, else the private one).
+    #[arg(long, value_name = "public|private|auto")]
+    pub address: Option<Address>,
     /// Dial this address instead of the instance's IP (SSM port forward, bastion tunnel).
     /// The instance's host key is still required.
     #[arg(long, value_name = "HOST:PORT")]

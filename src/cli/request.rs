@@ -219,6 +219,7 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         spot_only,
     } = instance;
     let NetworkFlags {
+        address,
         connect,
         ssh_cidr,
         security_group,
@@ -249,6 +250,7 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         spot: spot.then_some(true),
         max_price,
         spot_only: spot_only.then_some(true),
+        address,
         connect,
         ssh_cidr,
         checkip_url: None,

@@ -88,11 +88,6 @@ impl Instance {
                 .map(str::to_string),
         })
     }
-
-    /// Where its sshd listens: the public IP, else the private one (VPN, peered networks).
-    pub fn address(&self) -> Option<&str> {
-        self.public_ip.as_deref().or(self.private_ip.as_deref())
-    }
 }
 
 /// An instance of the owner, with what `--list` and `--gc` tell about it.
@@ -373,27 +368,5 @@ mod tests {
         assert!(!at(Some("2999-01-01T00:00:00Z")).expired());
         assert!(!at(Some("tomorrow")).expired());
         assert!(!at(None).expired());
-    }
-
-    #[test]
-    fn ssh_goes_to_the_public_ip_else_the_private_one() {
-        let mut instance = Instance {
-            id: "i-1".into(),
-            state: State::Running,
-            instance_type: "g4dn.xlarge".into(),
-            public_ip: Some("54.1.2.3".into()),
-            private_ip: Some("172.31.0.9".into()),
-            security_group: None,
-            login_user: None,
-            spot: false,
-            zone: None,
-        };
-        assert_eq!(instance.address(), Some("54.1.2.3"));
-        instance.public_ip = None;
-        assert_eq!(
-            instance.address(),
-            Some("172.31.0.9"),
-            "a private subnet, over a VPN"
-        );
     }
 }

@@ -114,7 +114,7 @@ async fn ask_job(plan: &FleetPlan, store: &Store, owned: &Owned, printer: &Print
         let id = &owned.instance.id;
         let dir = owned.dir.as_deref().context("no directory tag")?;
         let target = Target {
-            address: ssh_address(plan.connect.as_ref(), &owned.instance)?,
+            address: ssh_address(&plan.dial, &owned.instance)?,
             // Not this directory's user setting: the instance may be another directory's.
             user: fleet::recorded_user(&owned.instance),
             keys: store.load(id, &plan.login)?,

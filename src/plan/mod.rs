@@ -20,9 +20,9 @@ use crate::cli::{InstanceMode, Request};
 use crate::cloud::{Account, Owner, Ownership};
 use crate::fleet::{Ingress, MachineSpec};
 use crate::remote::watchdog::Arming;
-use crate::session::{Forwards, Plan, Reach, Terminal};
+use crate::session::{Dial, Forwards, Plan, Reach, Terminal};
 use crate::settings::Values;
-use crate::settings::values::{EndOfLife, HostPort, Multiplex};
+use crate::settings::values::{EndOfLife, Multiplex};
 use crate::ssh::forward::LocalForward;
 use crate::state::keys::LoginKey;
 use crate::state::{Dirs, machine};
@@ -42,7 +42,7 @@ pub struct FleetPlan {
     pub dirs: Dirs,
     pub owner: Owner,
     pub login: LoginKey,
-    pub connect: Option<HostPort>,
+    pub dial: Dial,
 }
 
 pub fn for_fleet(values: Values, host: &Host) -> Result<FleetPlan> {
@@ -52,7 +52,7 @@ pub fn for_fleet(values: Values, host: &Host) -> Result<FleetPlan> {
         account: account(&values),
         dirs: dirs(host),
         owner,
-        connect: values.connect,
+        dial: dial(&values),
     })
 }
 
@@ -114,7 +114,7 @@ pub fn for_instance(
             end_of_life,
         },
         reach: Reach {
-            connect: values.connect,
+            dial: dial(&values),
             boot_timeout: values.boot_timeout.duration(),
             reconnect_timeout: values.reconnect_timeout.duration(),
         },
@@ -142,6 +142,13 @@ fn syncs(mode: InstanceMode) -> bool {
 fn forwards(mode: InstanceMode) -> bool {
     use InstanceMode::*;
     matches!(mode, Run | Detach | Attach | Finish { .. })
+}
+
+fn dial(values: &Values) -> Dial {
+    Dial {
+        address: values.address,
+        connect: values.connect.clone(),
+    }
 }
 
 fn account(values: &Values) -> Account {

@@ -22,14 +22,14 @@ use crate::fleet::{self, Machine, MachineSpec};
 use crate::interrupt::Interrupt;
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
-use crate::settings::values::{HostPort, Multiplex};
+use crate::settings::values::{Address, HostPort, Multiplex};
 use crate::ssh::forward::{Forward, LocalForward};
 use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
 pub use end::end_of_run;
-pub use progress::Progress;
 pub use job::{Followed, come_back_hint, conclude_job, follow_job, job_state};
+pub use progress::Progress;
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};
 pub use run::run;
@@ -54,11 +54,19 @@ pub struct Plan {
     pub multiplex: Option<Multiplex>,
 }
 
+/// Where the instance's sshd is dialled.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Which of the instance's addresses.
+    pub address: Address,
+    /// Dialled instead of the instance's address (a tunnel).
+    pub connect: Option<HostPort>,
+}
+
 /// How the instance's sshd is reached.
 #[derive(Debug)]
 pub struct Reach {
-    /// Dialled instead of the instance's address (a tunnel).
-    pub connect: Option<HostPort>,
+    pub dial: Dial,
     /// For the instance to run with its SSH letting us in.
     pub boot_timeout: Duration,
     /// How long to try to reconnect to a running job after the connection dropped.

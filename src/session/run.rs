@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::Scene;
-use super::progress::Progress;
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,
 };
+use super::progress::Progress;
 use super::pull::{NoteSignals, pull_results, rsync};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
 use crate::fleet::end_of_life::Origin;

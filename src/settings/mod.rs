@@ -26,7 +26,7 @@ use anyhow::{Result, bail};
 pub use files::expand_home;
 pub use layers::{Effective, Sources};
 use values::{
-    EndOfLife, HostPort, InstanceTypes, Limit, Multiplex, Shown, SubnetIds, Tags, Timeout,
+    Address, EndOfLife, HostPort, InstanceTypes, Limit, Multiplex, Shown, SubnetIds, Tags, Timeout,
 };
 
 /// SSH_EC2_TAGS: `KEY=VALUE,KEY=VALUE`, merged key by key like the `[tags]` tables.
@@ -68,7 +68,11 @@ settings! {
     max_price: String = ["SSH_EC2_MAX_PRICE"] => computed("the on-demand price"),
     /// Spot or nothing: no on-demand fallback.
     spot_only: bool = ["SSH_EC2_SPOT_ONLY"] => default(false),
-    connect: HostPort = ["SSH_EC2_CONNECT"] => computed("the instance's IP, port 22"),
+    /// Which of the instance's addresses to dial: public, private (inside its VPC, a VPN) or
+    /// auto (the public one, else the private one).
+    address: Address = ["SSH_EC2_ADDRESS"] => default(Address::Auto),
+    /// Dial this instead (a tunnel), port and all.
+    connect: HostPort = ["SSH_EC2_CONNECT"] => computed("the instance's address, port 22"),
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"] => computed("this machine's public IP"),
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"] => default(defaults::CHECKIP_URL.to_string()),
     boot_timeout: Timeout = ["SSH_EC2_BOOT_TIMEOUT"] => default(defaults::BOOT_TIMEOUT),
@@ -180,7 +184,11 @@ mod tests {
                 .lines()
                 .find(|line| line.starts_with('|') && line.contains(&key))
                 .unwrap_or_else(|| panic!("README's settings table has no row for `{name}`"));
-            let default = row.trim_end_matches('|').rsplit('|').next().unwrap_or_default();
+            let default = row
+                .trim_end_matches('|')
+                .rsplit('|')
+                .next()
+                .unwrap_or_default();
             let shown = value.trim_end_matches('*');
             assert!(
                 default.contains(&format!("`{value}`")) || default.contains(shown),

@@ -34,6 +34,8 @@ pub(super) struct Report {
     ssh_cidr_from: String,
     /// --connect: where ssh-ec2 would dial instead of the instance's address.
     connect: Option<String>,
+    /// Which of the instance's addresses it would dial (without --connect).
+    address: String,
     end_of_life: String,
     /// The dead-man switch: when the instance would stop itself.
     lifetime: String,
@@ -158,7 +160,8 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
         launch,
         ssh_cidr,
         ssh_cidr_from,
-        connect: plan.reach.connect.as_ref().map(ToString::to_string),
+        connect: plan.reach.dial.connect.as_ref().map(ToString::to_string),
+        address: plan.reach.dial.address.to_string(),
         end_of_life: spec.end_of_life.to_string(),
         lifetime: spec.watchdog.describe(),
         spot: spec.launch.spot.as_ref().map(|spot| spot.max_price.clone()),

@@ -114,8 +114,12 @@ fn run_rows(out: &mut Rows, report: &Report) {
         "SSH allowed from",
         &format!("{} ({})", report.ssh_cidr, report.ssh_cidr_from),
     );
-    if let Some(connect) = &report.connect {
-        out.row("connect to", connect);
+    match &report.connect {
+        Some(connect) => out.row("connect to", connect),
+        None => out.row(
+            "address",
+            &format!("the instance's {} address", report.address),
+        ),
     }
     out.row("end of life", &report.end_of_life);
     out.row("lifetime", &report.lifetime);

@@ -84,7 +84,7 @@ impl fmt::Display for Limit {
 /// for several whole ones: a day is "24h" to most.
 fn write_duration(f: &mut fmt::Formatter<'_>, d: Duration) -> fmt::Result {
     let mut secs = d.as_secs();
-    let days = match secs % 86_400 == 0 && secs >= 2 * 86_400 {
+    let days = match secs.is_multiple_of(86_400) && secs >= 2 * 86_400 {
         true => 86_400,
         false => u64::MAX,
     };

@@ -119,6 +119,41 @@ impl fmt::Display for Multiplex {
     }
 }
 
+/// Which of the instance's addresses ssh-ec2 dials (`--connect` aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Address {
+    Public,
+    /// From inside its VPC, over a VPN or Direct Connect.
+    Private,
+    /// The public one, else the private one.
+    Auto,
+}
+
+impl FromStr for Address {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "public" => Ok(Self::Public),
+            "private" => Ok(Self::Private),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!(
+                "`{s}` is not an address to dial: write public, private or auto"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Auto => "auto",
+        })
+    }
+}
+
 /// Config-file values that are read like their environment-variable form, through `FromStr`.
 macro_rules! deserialize_from_str {
     ($($ty:ty),*) => {$(
@@ -131,7 +166,7 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(EndOfLife, HostPort, Multiplex, Limit);
+deserialize_from_str!(Address, EndOfLife, HostPort, Multiplex, Limit);
 
 /// A setting's value as `--show-config` and `--help` print it.
 pub trait Shown {
@@ -149,6 +184,7 @@ macro_rules! shown_by_display {
 }
 
 shown_by_display!(
+    Address,
     String,
     u32,
     EndOfLife,
