@@ -16,6 +16,8 @@ pub(super) fn read_config_file(
     let Some(text) = read_if_present(path)? else {
         return Ok(Default::default());
     };
+    check_keys(&text)
+        .with_context(|| format!("{} is not a valid ssh-ec2 config file", path.display()))?;
     let file: ConfigFile = toml::from_str(&text).with_context(|| {
         format!(
             "{} is not a valid ssh-ec2 config file (see README.md, \"Configuration\")",
@@ -30,6 +32,72 @@ pub(super) fn read_config_file(
         }
     }
     Ok((layer, presets))
+}
+
+/// Refuses a key that is no setting, suggesting the one it most likely meant, as clap does for
+/// flags. What is not TOML at all is left to the parser's own message.
+fn check_keys(text: &str) -> Result<()> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let settings: Vec<&str> = super::fallbacks()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let known = |key: &str, in_preset: bool| {
+        settings.contains(&key) || key == "tags" || (!in_preset && key == "preset")
+    };
+    let presets = table.get("preset").and_then(|p| p.as_table());
+    let preset_keys = presets
+        .into_iter()
+        .flat_map(|presets| presets.iter())
+        .filter_map(|(name, preset)| Some((name, preset.as_table()?)))
+        .flat_map(|(name, preset)| preset.keys().map(move |key| (Some(name), key)));
+    let keys = table.keys().map(|key| (None, key)).chain(preset_keys);
+    for (preset, key) in keys {
+        if known(key, preset.is_some()) {
+            continue;
+        }
+        let place = preset.map_or(String::new(), |name| format!(" in [preset.{name}]"));
+        let suggestion = closest(key, &settings)
+            .map_or(String::new(), |close| format!(": did you mean `{close}`?"));
+        anyhow::bail!(
+            "unknown setting `{key}`{place}{suggestion} (`ssh-ec2 --show-config` lists them all)"
+        );
+    }
+    Ok(())
+}
+
+/// The name `word` is most likely a typo or a shortening of, if any is close enough.
+fn closest<'a>(word: &str, names: &[&'a str]) -> Option<&'a str> {
+    let typo = names
+        .iter()
+        .map(|name| (edit_distance(word, name), *name))
+        .filter(|(distance, name)| *distance <= name.len().max(3) / 3)
+        .min()
+        .map(|(_, name)| name);
+    let shortening = || {
+        (names.iter().copied())
+            .filter(|name| word.len() >= 3 && name.starts_with(word))
+            .min_by_key(|name| name.len())
+    };
+    typo.or_else(shortening)
+}
+
+/// Levenshtein's distance: the fewest insertions, deletions and substitutions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Reads ssh-ec2's own variables from a `.env` file (its other keys belong to the project); a
@@ -92,6 +160,17 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn an_unknown_key_gets_the_closest_setting() {
+        let err = |text: &str| format!("{:#}", check_keys(text).unwrap_err());
+        assert!(err("instance_typ = \"x\"").contains("did you mean `instance_type`?"));
+        assert!(err("[preset.gpu]\nvolume = 3").contains("`volume` in [preset.gpu]"));
+        assert!(err("[preset.gpu]\nvolume = 3").contains("did you mean `volume_size`?"));
+        assert!(!err("frobnicate = 1").contains("did you mean"));
+        assert!(check_keys("region = \"x\"\n[tags]\na = \"b\"\n[preset.p]\nspot = true").is_ok());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
