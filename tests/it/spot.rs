@@ -2,7 +2,7 @@
 //! so) when there is no spot capacity, unless `--spot-only`; `--stop` with `--spot` is refused;
 //! a spot run is priced at the spot price.
 
-mod common;
+use crate::common;
 
 use aws_sdk_ec2::types::{InstanceLifecycleType, InstanceStateName};
 use common::{Project, Run, TestCloud, state_of};

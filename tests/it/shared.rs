@@ -2,7 +2,7 @@
 //! and only the last one out applies the end of life. Presence is a lease on the instance that
 //! expires with its holder.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

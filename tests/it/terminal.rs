@@ -1,7 +1,7 @@
 //! On a terminal: a remote PTY, raw mode while it runs, the terminal restored afterwards.
 //! The terminal is a real one: a tmux pane, driven with send-keys and read with capture-pane.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! can do, and that each of its EC2 actions is needed), and `--security-group` for accounts
 //! whose users may not create security groups.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::{InstanceStateName, IpPermission, IpRange};
 use common::{CloudOptions, Project, Run, TestCloud, instance_id, state_of};
 use serde_json::Value;
 
-const USER_POLICY: &str = include_str!("../policies/ssh-ec2-user.json");
+const USER_POLICY: &str = include_str!("../../policies/ssh-ec2-user.json");
 /// A role `--setup` makes.
 const PROFILE: &str = "--instance-profile=ssh-ec2-s3-read-only";
 

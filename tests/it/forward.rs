@@ -1,6 +1,6 @@
 //! -L and -R: ports forwarded over the run's one SSH connection.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! Everyday use beside a run: `--dry-run` (and `--json`), the price before a launch and the
 //! cost after it, `--ssh-config` used by the real OpenSSH client, and the try-it cloud.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

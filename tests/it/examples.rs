@@ -1,7 +1,7 @@
 //! examples/ runs end to end: its Makefile's on-ec2-% recipe on the test bed, make's exit
 //! status kept.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

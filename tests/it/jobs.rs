@@ -2,7 +2,7 @@
 //! foreground --multi run, a killed client, a dropped connection. Driven through a real
 //! terminal (a tmux pane of the test's own) where a person would use one.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

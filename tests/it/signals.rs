@@ -1,7 +1,7 @@
 //! Ctrl-C, SIGTERM and SIGQUIT during the command, and a second Ctrl-C after it that gives up
 //! the pull.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;

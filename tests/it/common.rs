@@ -4,8 +4,6 @@
 //! (AWS_ENDPOINT_URL, SSH_EC2_CONNECT, SSH_EC2_CHECKIP_URL). Only loopback; every process
 //! started here is stopped when its guard drops.
 
-#![allow(dead_code)] // each test binary uses its own part of the bed
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -44,7 +42,8 @@ pub struct CloudOptions {
 }
 
 pub struct TestCloud {
-    process: CloudProcess,
+    /// Held, never read: dropping it stops the cloud.
+    _process: CloudProcess,
     state: tempfile::TempDir,
     /// What ssh-ec2 talks to: moto, or the fault-injecting proxy in front of it.
     pub endpoint: String,
@@ -186,7 +185,7 @@ impl TestCloud {
             )
             .build();
         TestCloud {
-            process,
+            _process: process,
             checkip_url: text("checkip_url"),
             connect: text("connect"),
             amis: ready["amis"]
@@ -219,7 +218,6 @@ impl TestCloud {
         serde_json::from_str(&self.faults_request("GET", "/_log", "")).unwrap()
     }
 
-    /// The outcomes of the calls of `action`, in order.
     /// The calls of one action, in order, as the proxy logged them.
     pub fn calls(&self, action: &str) -> Vec<Value> {
         self.aws_calls()
@@ -228,6 +226,7 @@ impl TestCloud {
             .collect()
     }
 
+    /// The outcomes of the calls of `action`, in order.
     pub fn outcomes(&self, action: &str) -> Vec<String> {
         self.calls(action)
             .iter()
@@ -495,7 +494,7 @@ pub fn free_port() -> u16 {
          {FIRST}..{ephemeral_start} outside it (sysctl net.ipv4.ip_local_port_range)"
     );
     let span = ephemeral_start - FIRST;
-    // Each test binary starts elsewhere in the span, in case another runs at the same time.
+    // Each test process starts elsewhere in the span, in case another runs at the same time.
     let start = std::process::id().wrapping_mul(7919) % span;
     for _ in 0..span {
         let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;

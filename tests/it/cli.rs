@@ -1,6 +1,6 @@
 //! What is refused before any AWS call, and what AWS problems look like.
 
-mod common;
+use crate::common;
 
 use common::{Project, Run, TestCloud, Tripwire};
 

@@ -2,7 +2,7 @@
 //! failed pulls that stop the instance and a recovery that works, local modes kept, secrets held
 //! back, any file name verbatim, a closed stdout, and the end of the command before the pull.
 
-mod common;
+use crate::common;
 
 use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;

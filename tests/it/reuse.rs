@@ -1,6 +1,6 @@
 //! An instance belongs to its directory: a stopped or left one is reused by the next run there.
 
-mod common;
+use crate::common;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{Project, Run, TestCloud, instance_id, state_of};

@@ -3,7 +3,7 @@
 //! fault-injecting proxy (tests/testbed/faults.py); each test asserts moto's final state, the
 //! exit status, and the AWS calls where their number or order matters.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! `--show-config` tells it and as a run uses it; and what `--generate` prints. Only the
 //! profile test reaches the (simulated) cloud; everything else must make no AWS call.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! the user-data installs runs here, on the test side, with a fake `shutdown`, `date` (the
 //! clock) and `ps` first in PATH, against a home directory of its own.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The main run, end to end: launch, sync, run, pull back, terminate.
 
-mod common;
+use crate::common;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{CloudOptions, Project, Run, TestCloud, instance_id, state_of};

@@ -1,7 +1,7 @@
 //! Your instances at a glance and their clean-up: `--list`, `--down`, `--gc`; and a signal
 //! while a stopped instance starts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
