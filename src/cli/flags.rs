@@ -57,51 +57,34 @@ const WITHOUT_COMMAND: [&str; 7] = [
                   new and changed files back, then terminates, stops or leaves the instance.",
     after_help = "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
                   Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml, a \
-                  preset of theirs, ./.env and the environment (see README.md); flags win. \
-                  --show-config shows where each one came from."
+                  preset of theirs, ./.env and the environment; flags win. --show-config shows \
+                  where each one came from; --help adds examples and the variables."
 )]
 #[command(group(ArgGroup::new("mode").multiple(false).args(MODE_FLAGS)))]
 #[command(group(
     ArgGroup::new("without_command").multiple(true).args(WITHOUT_COMMAND).conflicts_with("command")
 ))]
+#[command(group(ArgGroup::new("final_state").multiple(false).args(["terminate", "stop", "leave"])))]
 #[command(group(ArgGroup::new("json_modes").args(["list", "dry_run"]).multiple(true)))]
 #[command(group(ArgGroup::new("region_modes").args(["list", "gc"]).multiple(true)))]
 pub struct Cli {
     #[command(flatten)]
+    pub end_of_life: EndOfLifeFlags,
+
+    #[command(flatten)]
+    pub sync: SyncFlags,
+
+    #[command(flatten)]
     pub job: JobFlags,
 
     #[command(flatten)]
-    pub end_of_life: EndOfLifeFlags,
-
-    /// Do not sync the directory up before the command, nor pull results back after it.
-    #[arg(long)]
-    pub no_rsync: bool,
-
-    /// List the files rsync transfers; twice (-vv) for debug logs.
-    #[arg(short, long, action = ArgAction::Count, alias = "no-quiet", conflicts_with = "quiet")]
-    pub verbose: u8,
-
-    /// Print nothing but errors and warnings (and the remote command's own output).
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
-    #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
-    pub identity_file: Option<PathBuf>,
-
-    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER); without -i its
-    /// private key is read from ~/.ssh/NAME.pem.
-    #[arg(long, value_name = "NAME")]
-    pub key_name: Option<String>,
+    pub forwards: ForwardFlags,
 
     #[command(flatten)]
     pub instance: InstanceFlags,
 
     #[command(flatten)]
     pub network: NetworkFlags,
-
-    #[command(flatten)]
-    pub forwards: ForwardFlags,
 
     #[command(flatten)]
     pub config: ConfigFlags,
@@ -111,6 +94,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub look: LookFlags,
+
+    #[command(flatten)]
+    pub output: OutputFlags,
 
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -128,7 +114,7 @@ pub enum Generated {
 }
 
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Jobs (tmux or screen on the instance)")]
+#[command(next_help_heading = "Jobs: sessions in tmux or screen on the instance")]
 pub struct JobFlags {
     /// Sync up, start COMMAND in tmux (else screen) on the instance, and return at once.
     #[arg(short, long)]
@@ -146,10 +132,13 @@ pub struct JobFlags {
     /// Run the command inside tmux or screen (none: directly). Default: none, tmux with --detach.
     #[arg(long = "multi", alias = "multiplex", value_name = "tmux|screen|none")]
     pub multiplex: Option<Multiplex>,
+    /// How long to keep trying to reconnect to a tmux/screen job after the connection dropped.
+    #[arg(long, value_name = "SECONDS")]
+    pub reconnect_timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Args)]
-#[group(multiple = false)]
+#[command(next_help_heading = "End of life")]
 pub struct EndOfLifeFlags {
     /// Terminate the instance at the end (the default).
     #[arg(short, long)]
@@ -160,6 +149,14 @@ pub struct EndOfLifeFlags {
     /// Leave the instance running at the end.
     #[arg(short, long, conflicts_with = "down")]
     pub leave: bool,
+    /// The instance stops itself this long after the last run began, whatever it does
+    /// (e.g. 24h, 90m, 1h30m); off: never (not recommended).
+    #[arg(long, value_name = "DURATION")]
+    pub max_lifetime: Option<Limit>,
+    /// The instance stops itself once no run, job or SSH login has used it for this long;
+    /// off: never.
+    #[arg(long, value_name = "DURATION")]
+    pub idle_stop: Option<Limit>,
 }
 
 #[derive(Debug, Args)]
@@ -204,14 +201,6 @@ pub struct InstanceFlags {
     /// Remote directory to sync into and run in (default: ~/<this directory's name>).
     #[arg(long, value_name = "DIR")]
     pub remote_dir: Option<String>,
-    /// The instance stops itself this long after the last run began, whatever it does
-    /// (e.g. 24h, 90m, 1h30m); off: never (not recommended).
-    #[arg(long, value_name = "DURATION")]
-    pub max_lifetime: Option<Limit>,
-    /// The instance stops itself once no run, job or SSH login has used it for this long;
-    /// off: never.
-    #[arg(long, value_name = "DURATION")]
-    pub idle_stop: Option<Limit>,
     /// Launch a spot instance (one-time: it cannot be stopped); on-demand when there is no
     /// spot capacity.
     #[arg(long)]
@@ -222,6 +211,13 @@ pub struct InstanceFlags {
     /// Spot or nothing: fail rather than launch on-demand when there is no spot capacity.
     #[arg(long)]
     pub spot_only: bool,
+    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
+    #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER); without -i its
+    /// private key is read from ~/.ssh/NAME.pem.
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -245,9 +241,6 @@ pub struct NetworkFlags {
     /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<Timeout>,
-    /// How long to keep trying to reconnect to a tmux/screen job after the connection dropped.
-    #[arg(long, value_name = "SECONDS")]
-    pub reconnect_timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Args)]
@@ -326,4 +319,23 @@ pub struct LookFlags {
     /// is terminated).
     #[arg(long, requires = "ssh_config")]
     pub install: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sync")]
+pub struct SyncFlags {
+    /// Do not sync the directory up before the command, nor pull results back after it.
+    #[arg(long)]
+    pub no_rsync: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputFlags {
+    /// List the files rsync transfers; twice (-vv) for debug logs.
+    #[arg(short, long, action = ArgAction::Count, alias = "no-quiet", conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Print nothing but errors and warnings (and the remote command's own output).
+    #[arg(short, long)]
+    pub quiet: bool,
 }

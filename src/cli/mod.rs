@@ -2,6 +2,7 @@
 //! choose, the settings layer of their values, and the rest. Nothing else of ssh-ec2 reads the
 //! flags.
 
+pub mod about;
 mod flags;
 mod request;
 
@@ -15,7 +16,7 @@ use crate::settings::{self, Fallback};
 /// The command line ssh-ec2 parses (and `--generate` describes): clap's, with each setting's
 /// default in its help, as `--show-config` shows it.
 pub fn command() -> clap::Command {
-    let mut command = Cli::command();
+    let mut command = Cli::command().after_long_help(about::long_help());
     for (name, fallback) in settings::fallbacks() {
         let Fallback::Value(value) = fallback else {
             continue;

@@ -3,11 +3,11 @@
 
 use super::flags::{
     Cli, ConfigFlags, EndOfLifeFlags, FleetFlags, ForwardFlags, Generated, InstanceFlags, JobFlags,
-    LookFlags, NetworkFlags,
+    LookFlags, NetworkFlags, OutputFlags, SyncFlags,
 };
 use crate::printer::Verbosity;
 use crate::settings::Layer;
-use crate::settings::values::{EndOfLife, Multiplex};
+use crate::settings::values::{EndOfLife, Limit, Multiplex, Timeout};
 use crate::ssh::forward::Forward;
 
 /// What ssh-ec2 is asked to do.
@@ -72,29 +72,27 @@ pub struct Request {
 /// Every flag is named here, so one that is added and not mapped does not compile.
 pub fn from_cli(cli: Cli) -> Result<Request, String> {
     let Cli {
-        job,
         end_of_life,
-        no_rsync,
-        verbose,
-        quiet,
-        identity_file,
-        key_name,
+        sync: SyncFlags { no_rsync },
+        job,
+        forwards: ForwardFlags { local, remote },
         instance,
         network,
-        forwards: ForwardFlags { local, remote },
         config,
         fleet,
         look,
+        output: OutputFlags { verbose, quiet },
         command,
     } = cli;
-    let (mode, multiplex, preset) = choose_mode(job, config, fleet, look);
+    let (mode, job_layer, preset) = choose_mode(job, config, fleet, look);
     let command = (!command.is_empty()).then(|| command.join(" "));
     check_command(mode, command.is_some())?;
     let mut flags = instance_layer(instance, network);
-    flags.final_state = chosen_end_of_life(end_of_life);
-    flags.multiplex = multiplex;
-    flags.identity_file = identity_file;
-    flags.key_name = key_name;
+    let (final_state, max_lifetime, idle_stop) = end_of_life_layer(end_of_life);
+    flags.final_state = final_state;
+    flags.max_lifetime = max_lifetime;
+    flags.idle_stop = idle_stop;
+    (flags.multiplex, flags.reconnect_timeout) = job_layer;
     Ok(Request {
         mode,
         flags,
@@ -108,19 +106,20 @@ pub fn from_cli(cli: Cli) -> Result<Request, String> {
 }
 
 /// The mode the flags choose (clap lets at most one of them through, `flags::MODE_FLAGS`, and
-/// `--dry-run` only beside `--setup`); also the multiplexer and preset flags of those groups.
+/// `--dry-run` only beside `--setup`); also the settings and the preset of those groups.
 fn choose_mode(
     job: JobFlags,
     config: ConfigFlags,
     fleet: FleetFlags,
     look: LookFlags,
-) -> (Mode, Option<Multiplex>, Option<String>) {
+) -> (Mode, (Option<Multiplex>, Option<Timeout>), Option<String>) {
     let JobFlags {
         detach,
         attach,
         finish,
         no_attach,
         multiplex,
+        reconnect_timeout,
     } = job;
     let ConfigFlags {
         preset,
@@ -160,7 +159,7 @@ fn choose_mode(
         None if gc => Mode::Fleet(FleetMode::Gc { yes, all_regions }),
         None => instance(),
     };
-    (mode, multiplex, preset)
+    (mode, (multiplex, reconnect_timeout), preset)
 }
 
 /// Refuses a command where the mode runs none, or none where it needs one.
@@ -182,21 +181,25 @@ fn check_command(mode: Mode, has_command: bool) -> Result<(), String> {
     }
 }
 
-fn chosen_end_of_life(flags: EndOfLifeFlags) -> Option<EndOfLife> {
+/// The end of life chosen (clap lets one through), and the instance's own limits.
+fn end_of_life_layer(flags: EndOfLifeFlags) -> (Option<EndOfLife>, Option<Limit>, Option<Limit>) {
     let EndOfLifeFlags {
         terminate,
         stop,
         leave,
+        max_lifetime,
+        idle_stop,
     } = flags;
-    match (terminate, stop, leave) {
+    let chosen = match (terminate, stop, leave) {
         (true, _, _) => Some(EndOfLife::Terminate),
         (_, true, _) => Some(EndOfLife::Stop),
         (_, _, true) => Some(EndOfLife::Leave),
         _ => None,
-    }
+    };
+    (chosen, max_lifetime, idle_stop)
 }
 
-/// The settings of the instance and network flags; the others are set by the caller.
+/// The settings of the instance and network flags; the other groups' are set by the caller.
 fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
     let InstanceFlags {
         region,
@@ -212,11 +215,11 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         tags,
         name,
         remote_dir,
-        max_lifetime,
-        idle_stop,
         spot,
         max_price,
         spot_only,
+        identity_file,
+        key_name,
     } = instance;
     let NetworkFlags {
         address,
@@ -224,7 +227,6 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         ssh_cidr,
         security_group,
         boot_timeout,
-        reconnect_timeout,
     } = network;
     // Every field listed: a setting added to the table must be mapped (or set to None) here.
     Layer {
@@ -242,11 +244,11 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         volume_size,
         name,
         remote_dir,
-        key_name: None,
-        identity_file: None,
+        key_name,
+        identity_file,
         final_state: None,
-        max_lifetime,
-        idle_stop,
+        max_lifetime: None,
+        idle_stop: None,
         spot: spot.then_some(true),
         max_price,
         spot_only: spot_only.then_some(true),
@@ -255,7 +257,7 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         ssh_cidr,
         checkip_url: None,
         boot_timeout,
-        reconnect_timeout,
+        reconnect_timeout: None,
         multiplex: None,
         trigram: None,
         user_data: None,

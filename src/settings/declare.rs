@@ -33,18 +33,20 @@ macro_rules! fallback {
     };
 }
 
-/// Declares `Layer`, `ConfigFile` and `Values` from one table. Each entry:
+/// Declares `Layer`, `ConfigFile` and `Values` from one table. Each entry, documented (its first
+/// line is what `--help` and the man page say of its variables):
 /// `name: Type = ["VARIABLE", ...] => default(value) | computed("how") | none`.
 macro_rules! settings {
     ($(
-        $(#[$doc:meta])*
+        #[doc = $about:literal]
+        $(#[doc = $more:literal])*
         $field:ident : $ty:ty = [$($env:literal),*] => $kind:ident $(($fallback:expr))?
     ),* $(,)?) => {
         /// One source of settings; every field is optional so layers can be stacked.
         #[derive(Debug, Default, Clone, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct Layer {
-            $( $(#[$doc])* pub $field: Option<$ty>, )*
+            $( #[doc = $about] $(#[doc = $more])* pub $field: Option<$ty>, )*
             /// Tags merge key by key instead of replacing each other.
             #[serde(default)]
             pub tags: Tags,
@@ -53,7 +55,7 @@ macro_rules! settings {
         /// Every setting, the layers stacked and the defaults applied.
         #[derive(Debug, Clone)]
         pub struct Values {
-            $( $(#[$doc])* pub $field: resolved_type!($kind, $ty), )*
+            $( #[doc = $about] $(#[doc = $more])* pub $field: resolved_type!($kind, $ty), )*
             pub tags: Tags,
         }
 
@@ -78,6 +80,11 @@ macro_rules! settings {
             /// Every variable ssh-ec2 reads settings from, in the environment or in `.env`.
             pub(super) const VARIABLES: &[&str] =
                 &[$($($env,)*)* TAGS_VARIABLE, PRESET_VARIABLE];
+
+            /// Each setting: its name, its variables, and its first line of documentation.
+            fn settings() -> Vec<(&'static str, &'static [&'static str], &'static str)> {
+                vec![$( (stringify!($field), &[$($env),*], $about.trim_start()), )*]
+            }
 
             /// The defaults applied where no layer set a value.
             pub fn resolve(self) -> Values {

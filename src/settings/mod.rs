@@ -35,28 +35,41 @@ const TAGS_VARIABLE: &str = "SSH_EC2_TAGS";
 pub const PRESET_VARIABLE: &str = "SSH_EC2_PRESET";
 
 settings! {
+    /// The AWS region.
     region: String = ["AWS_REGION", "AWS_DEFAULT_REGION"]
         => computed(format!("the AWS profile's, else {}", defaults::REGION)),
     /// The AWS profile whose region and credentials are used.
     aws_profile: String = ["AWS_PROFILE"] => computed("the AWS default profile"),
+    /// The EC2 instance type.
     instance_type: String = ["AWS_INSTANCE_TYPE"] => default(defaults::INSTANCE_TYPE.to_string()),
     /// Types to try in turn when AWS has no capacity for `instance_type`.
     fallback_types: InstanceTypes = ["SSH_EC2_FALLBACK_TYPES"] => none,
+    /// The AMI to launch (wins over `image_name`).
     image_id: String = ["AWS_IMAGE_ID"] => none,
+    /// The newest Amazon image whose name matches this pattern.
     image_name: String = ["AWS_IMAGE_NAME"] => default(defaults::IMAGE_NAME.to_string()),
+    /// The remote login user.
     user: String = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
+    /// The IAM instance profile the instance gets its AWS rights from.
     instance_profile: String = ["AWS_IAM_INSTANCE_PROFILE"] => none,
+    /// The subnet to launch in.
     subnet_id: String = ["SSH_EC2_SUBNET_ID"] => computed("a default subnet of the default VPC"),
     /// An admin-made security group (id or name) to launch into, instead of one per instance.
     security_group: String = ["AWS_SECURITY_GROUP"]
         => computed("a new one per instance, SSH from your IP only"),
     /// Subnets to try in turn when one has no capacity (after `subnet_id`, if set).
     subnet_ids: SubnetIds = ["SSH_EC2_SUBNET_IDS"] => none,
+    /// The root volume's size in GiB.
     volume_size: u32 = ["SSH_EC2_VOLUME_SIZE"] => computed("the image's"),
+    /// The instance's Name tag.
     name: String = ["AWS_NAME_INSTANCE"] => computed("ssh-ec2-<owner>-<directory name>"),
+    /// The directory on the instance to sync into and run in.
     remote_dir: String = ["AWS_RSYNC_DIR"] => computed("~/<directory name>"),
+    /// The EC2 key pair to launch with, instead of a fresh key per instance.
     key_name: String = ["AWS_KEY_NAME"] => computed("a fresh key per instance; with -i, the owner"),
+    /// The private key of that key pair.
     identity_file: PathBuf = ["AWS_PEM"] => computed("with a key pair name, ~/.ssh/<name>.pem"),
+    /// What happens to the instance at the end: terminate, stop or leave.
     final_state: EndOfLife = ["AWS_FINAL_STATE"] => default(defaults::END_OF_LIFE),
     /// The instance stops itself this long after the last run began (its dead-man switch).
     max_lifetime: Limit = ["SSH_EC2_MAX_LIFETIME"] => default(defaults::MAX_LIFETIME),
@@ -68,16 +81,20 @@ settings! {
     max_price: String = ["SSH_EC2_MAX_PRICE"] => computed("the on-demand price"),
     /// Spot or nothing: no on-demand fallback.
     spot_only: bool = ["SSH_EC2_SPOT_ONLY"] => default(false),
-    /// Which of the instance's addresses to dial: public, private (inside its VPC, a VPN) or
-    /// auto (the public one, else the private one).
+    /// Which of the instance's addresses to dial: public, private or auto.
     address: Address = ["SSH_EC2_ADDRESS"] => default(Address::Auto),
-    /// Dial this instead (a tunnel), port and all.
+    /// Dial this HOST:PORT instead of the instance's address (a tunnel).
     connect: HostPort = ["SSH_EC2_CONNECT"] => computed("the instance's address, port 22"),
+    /// Allow SSH from this CIDR instead of this machine's public IP.
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"] => computed("this machine's public IP"),
+    /// Where this machine's public IP is asked.
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"] => default(defaults::CHECKIP_URL.to_string()),
+    /// Seconds for the instance to run with its SSH letting ssh-ec2 in.
     boot_timeout: Timeout = ["SSH_EC2_BOOT_TIMEOUT"] => default(defaults::BOOT_TIMEOUT),
+    /// Seconds to keep reconnecting to a job after the connection dropped.
     reconnect_timeout: Timeout = ["SSH_EC2_RECONNECT_TIMEOUT"]
         => default(defaults::RECONNECT_TIMEOUT),
+    /// Run the command in tmux, screen or none.
     multiplex: Multiplex = ["MULTIPLEX"] => computed("none; tmux, else screen, for --detach"),
     /// Owner name for tags and the default key pair (the original tool's TRIGRAM).
     trigram: String = ["TRIGRAM"] => computed("$USER, else the account's name"),
@@ -93,6 +110,39 @@ pub enum Fallback {
     Value(String),
     /// Worked out during the run, as described.
     Computed(String),
+}
+
+/// An environment variable ssh-ec2 reads (in the environment or `.env`): what it sets.
+pub struct Variable {
+    pub name: &'static str,
+    /// The config key of its setting (`None`: it is no setting, e.g. the preset's choice).
+    pub key: Option<&'static str>,
+    pub about: &'static str,
+}
+
+/// Every variable, in the table's order, then the tags' and the preset's.
+pub fn variables() -> Vec<Variable> {
+    let tags = Variable {
+        name: TAGS_VARIABLE,
+        key: Some("tags"),
+        about: "Extra tags, KEY=VALUE,KEY=VALUE, merged key by key.",
+    };
+    let preset = Variable {
+        name: PRESET_VARIABLE,
+        key: None,
+        about: "The preset to use, like --preset.",
+    };
+    Layer::settings()
+        .into_iter()
+        .flat_map(|(key, names, about)| {
+            names.iter().map(move |&name| Variable {
+                name,
+                key: Some(key),
+                about,
+            })
+        })
+        .chain([tags, preset])
+        .collect()
 }
 
 /// Every setting's name with what it is when no layer sets it, in declaration order.
