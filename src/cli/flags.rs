@@ -211,6 +211,13 @@ pub struct InstanceFlags {
     /// Spot or nothing: fail rather than launch on-demand when there is no spot capacity.
     #[arg(long)]
     pub spot_only: bool,
+    /// Launch N instances as one cluster (one zone, a placement group where the type takes
+    /// one) and run the command on each, with torchrun's and MPI's variables set.
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u32>,
+    /// Give each node an Elastic Fabric Adapter, for types that have one (p4d, p5, g5.12xlarge…).
+    #[arg(long)]
+    pub efa: bool,
     /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
     #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
     pub identity_file: Option<PathBuf>,

@@ -218,6 +218,8 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         spot,
         max_price,
         spot_only,
+        nodes,
+        efa,
         identity_file,
         key_name,
     } = instance;
@@ -252,6 +254,8 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         spot: spot.then_some(true),
         max_price,
         spot_only: spot_only.then_some(true),
+        nodes,
+        efa: efa.then_some(true),
         address,
         connect,
         ssh_cidr,

@@ -1,7 +1,7 @@
 //! Which machine image to launch, and who logs in to it.
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_ec2::types::{Filter, InstanceType};
+use aws_sdk_ec2::types::{Filter, InstanceType, PlacementGroupStrategy};
 
 use super::{AwsResultExt, Cloud};
 
@@ -148,6 +148,14 @@ impl Cloud {
             vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()),
             memory_mib: info.memory_info().and_then(|m| m.size_in_mib()),
             gpus,
+            cluster_placement: info.placement_group_info().is_some_and(|p| {
+                p.supported_strategies()
+                    .contains(&PlacementGroupStrategy::Cluster)
+            }),
+            efa: info
+                .network_info()
+                .and_then(|n| n.efa_supported())
+                .unwrap_or(false),
         })
     }
 }
@@ -160,9 +168,19 @@ pub struct TypeInfo {
     pub vcpus: Option<i32>,
     pub memory_mib: Option<i64>,
     pub gpus: Vec<Gpus>,
+    /// Instances of it can share a cluster placement group (low latency between them).
+    pub cluster_placement: bool,
+    /// It takes an Elastic Fabric Adapter.
+    pub efa: bool,
 }
 
 impl TypeInfo {
+    /// Its GPUs, all models together.
+    pub fn gpu_count(&self) -> u32 {
+        let count: i32 = self.gpus.iter().map(|g| g.count.max(0)).sum();
+        count.max(0) as u32
+    }
+
     /// Fails, saying what to change, when an instance of this type cannot boot `image`.
     pub fn check_runs(&self, image: &Image) -> Result<()> {
         if !self.architectures.contains(&image.architecture) {

@@ -7,8 +7,8 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, InstanceLifecycleType, InstanceStateName};
 
 use super::tags::{
-    Owner, Ownership, TAG_DIR, TAG_EXPIRES_AT, TAG_HOST, TAG_LAUNCH, TAG_OWNER, TAG_SECURITY_GROUP,
-    TAG_USER, tag_filter, tag_of,
+    Owner, Ownership, TAG_DIR, TAG_EXPIRES_AT, TAG_HOST, TAG_LAUNCH, TAG_NODE_GROUP, TAG_NODES,
+    TAG_OWNER, TAG_SECURITY_GROUP, TAG_USER, tag_filter, tag_of,
 };
 use super::{AwsError, AwsResultExt, Cloud};
 use crate::poll::Poll;
@@ -65,6 +65,25 @@ pub struct Instance {
     pub spot: bool,
     /// Its availability zone, when known (a spot price is per zone).
     pub zone: Option<String>,
+    /// The launch that made it (see fleet::journal): a cluster's nodes share it.
+    pub launch: Option<String>,
+    /// Which node of its launch it is: rank 0 of 1 alone, else a cluster's.
+    pub node: Node,
+    /// A cluster's own security group, on every node.
+    pub node_group: Option<String>,
+    /// A cluster's placement group.
+    pub placement_group: Option<String>,
+}
+
+/// An instance's place in the launch that made it: EC2's launch index among the launch's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub rank: u32,
+    pub of: u32,
+}
+
+impl Node {
+    pub const ALONE: Node = Node { rank: 0, of: 1 };
 }
 
 impl Instance {
@@ -85,6 +104,16 @@ impl Instance {
             zone: instance
                 .placement()
                 .and_then(|p| p.availability_zone())
+                .map(str::to_string),
+            launch: tag(TAG_LAUNCH).map(str::to_string),
+            node: Node {
+                rank: instance.ami_launch_index().unwrap_or(0).max(0) as u32,
+                of: tag(TAG_NODES).and_then(|n| n.parse().ok()).unwrap_or(1),
+            },
+            node_group: tag(TAG_NODE_GROUP).map(str::to_string),
+            placement_group: (instance.placement())
+                .and_then(|p| p.group_name())
+                .filter(|name| !name.is_empty())
                 .map(str::to_string),
         })
     }
@@ -122,7 +151,9 @@ impl Owned {
 
 impl Cloud {
     /// The live (not terminated) instance tagged as this directory's, if any.
-    pub async fn find_owned(&self, owner: &Ownership) -> Result<Option<Instance>> {
+    /// The nodes of this directory's instance (one, or a cluster's), in rank order; none when it
+    /// has none.
+    pub async fn find_owned(&self, owner: &Ownership) -> Result<Vec<Instance>> {
         let mut request = self.ec2.describe_instances().filters(
             Filter::builder()
                 .name("instance-state-name")
@@ -149,9 +180,14 @@ impl Cloud {
             .filter_map(Instance::from_sdk)
             .filter(|i| i.state.is_live())
             .collect();
-        // A running one is the cheapest to reuse.
-        owned.sort_by_key(|i| i.state != State::Running);
-        Ok(owned.into_iter().next())
+        // A running one is the cheapest to reuse; a cluster is reused whole.
+        owned.sort_by_key(|i| (i.state != State::Running, i.node.rank));
+        let Some(chosen) = owned.first().map(|i| i.launch.clone()) else {
+            return Ok(Vec::new());
+        };
+        owned.retain(|i| i.launch == chosen);
+        owned.sort_by_key(|i| i.node.rank);
+        Ok(owned)
     }
 
     /// Every instance of `owner` not terminated yet, from any machine and directory.
@@ -189,7 +225,8 @@ impl Cloud {
     }
 
     /// The instance a launch made, by its tag, in whatever state; preferably a live one.
-    pub async fn find_launched(&self, launch_id: &str) -> Result<Option<Instance>, AwsError> {
+    /// The instances of launch `launch_id` (a cluster's nodes), live ones in rank order first.
+    pub async fn find_launched(&self, launch_id: &str) -> Result<Vec<Instance>, AwsError> {
         let found = self
             .ec2
             .describe_instances()
@@ -203,8 +240,8 @@ impl Cloud {
             .flat_map(|r| r.instances())
             .filter_map(Instance::from_sdk)
             .collect();
-        launched.sort_by_key(|i| !i.state.is_live());
-        Ok(launched.into_iter().next())
+        launched.sort_by_key(|i| (!i.state.is_live(), i.node.rank));
+        Ok(launched)
     }
 
     pub async fn instance(&self, id: &str) -> Result<Instance> {
@@ -228,32 +265,22 @@ impl Cloud {
 
     /// Keeps the `ssh-ec2:expires-at` tag in step with the dead-man switch a run re-arms;
     /// `None` removes it (no maximum lifetime).
-    pub async fn set_expiry(&self, id: &str, expires_at: Option<&str>) -> Result<()> {
-        let what = format_args!("update the {TAG_EXPIRES_AT} tag of instance {id}");
+    pub async fn set_expiry(&self, ids: &[&str], expires_at: Option<&str>) -> Result<()> {
+        let names = ids.join(", ");
+        let what = format_args!("update the {TAG_EXPIRES_AT} tag of {names}");
+        let ids = Some(ids.iter().map(|id| id.to_string()).collect());
+        let tag = aws_sdk_ec2::types::Tag::builder().key(TAG_EXPIRES_AT);
         match expires_at {
             Some(at) => {
-                self.ec2
-                    .create_tags()
-                    .resources(id)
-                    .tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key(TAG_EXPIRES_AT)
-                            .value(at)
-                            .build(),
-                    )
+                (self.ec2.create_tags().set_resources(ids))
+                    .tags(tag.value(at).build())
                     .send()
                     .await
                     .explain(what)?;
             }
             None => {
-                self.ec2
-                    .delete_tags()
-                    .resources(id)
-                    .tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key(TAG_EXPIRES_AT)
-                            .build(),
-                    )
+                (self.ec2.delete_tags().set_resources(ids))
+                    .tags(tag.build())
                     .send()
                     .await
                     .explain(what)?;
@@ -262,34 +289,35 @@ impl Cloud {
         Ok(())
     }
 
-    pub async fn start(&self, id: &str) -> Result<()> {
+    pub async fn start(&self, ids: &[&str]) -> Result<()> {
         self.ec2
             .start_instances()
-            .instance_ids(id)
+            .set_instance_ids(Some(owned(ids)))
             .send()
             .await
-            .explain(format_args!("start instance {id}"))?;
+            .explain(format_args!("start {}", ids.join(", ")))?;
         Ok(())
     }
 
-    pub async fn stop(&self, id: &str) -> Result<()> {
+    pub async fn stop(&self, ids: &[&str]) -> Result<()> {
         self.ec2
             .stop_instances()
-            .instance_ids(id)
+            .set_instance_ids(Some(owned(ids)))
             .send()
             .await
-            .explain(format_args!("stop instance {id}"))?;
+            .explain(format_args!("stop {}", ids.join(", ")))?;
         Ok(())
     }
 
-    pub async fn terminate(&self, id: &str) -> Result<()> {
-        self.despite_lag(id, "InvalidInstanceID.NotFound", async || {
+    pub async fn terminate(&self, ids: &[&str]) -> Result<()> {
+        let first = ids.first().copied().unwrap_or_default();
+        self.despite_lag(first, "InvalidInstanceID.NotFound", async || {
             self.ec2
                 .terminate_instances()
-                .instance_ids(id)
+                .set_instance_ids(Some(owned(ids)))
                 .send()
                 .await
-                .explain(format_args!("terminate instance {id}"))
+                .explain(format_args!("terminate {}", ids.join(", ")))
         })
         .await?;
         Ok(())
@@ -337,6 +365,10 @@ impl Cloud {
     }
 }
 
+fn owned(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|id| id.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +385,10 @@ mod tests {
             login_user: None,
             spot: false,
             zone: None,
+            launch: None,
+            node: crate::cloud::Node::ALONE,
+            node_group: None,
+            placement_group: None,
         };
         let at = |expires_at: Option<&str>| Owned {
             instance: instance.clone(),

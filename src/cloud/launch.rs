@@ -9,14 +9,18 @@ use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceType, MarketType, ResourceType, ShutdownBehavior,
-    SpotInstanceType, SpotMarketOptions, VolumeType,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
+    MarketType, Placement, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
+    VolumeType,
 };
 use base64::Engine;
 
 use super::image::Image;
 use super::instance::Instance;
-use super::tags::{TAG_EXPIRES_AT, TAG_LAUNCH, TAG_SECURITY_GROUP, TAG_USER, tag_specification};
+use super::tags::{
+    TAG_EXPIRES_AT, TAG_LAUNCH, TAG_NODE_GROUP, TAG_NODES, TAG_SECURITY_GROUP, TAG_USER,
+    tag_specification,
+};
 use super::{AwsResultExt, Cloud};
 
 /// RunInstances errors that say "not here, not now": the launch may work in another zone or
@@ -81,24 +85,45 @@ pub struct LaunchRequest<'a> {
     pub expires_at: Option<&'a str>,
     /// A one-time spot instance, up to this price per hour (`Some(None)`: the on-demand price).
     pub spot: Option<Option<&'a str>>,
+    /// How many instances: all of them, or none (MinCount = MaxCount); more than one is a
+    /// cluster, each node known by its launch index.
+    pub count: u32,
+    /// A cluster's own security group: the nodes are launched in it alone (they reach each
+    /// other through it), and `security_group` is given to the head afterwards.
+    pub node_group: Option<&'a str>,
+    /// A cluster's placement group (strategy `cluster`), when its type takes one.
+    pub placement_group: Option<&'a str>,
+    /// With an Elastic Fabric Adapter as its network interface.
+    pub efa: bool,
 }
 
 impl Cloud {
-    pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Instance> {
+    /// The instances launched, in launch-index order (a cluster's ranks).
+    pub async fn launch(&self, request: &LaunchRequest<'_>) -> Result<Vec<Instance>> {
         let run = self.run_instances(request)?;
-        let group = request.security_group.unwrap_or_default();
+        let group = (request.node_group)
+            .or(request.security_group)
+            .unwrap_or_default();
         let launched = self
             .despite_lag(group, "InvalidGroup.NotFound", async || {
                 run.clone().send().await.explain(self.launching(request))
             })
             .await?;
-        let instance = launched
-            .instances()
-            .first()
-            .and_then(Instance::from_sdk)
-            .context("EC2 accepted the launch but returned no instance: check the EC2 console")?;
-        self.note_created(&instance.id);
-        Ok(instance)
+        let mut instances: Vec<Instance> = (launched.instances().iter())
+            .filter_map(Instance::from_sdk)
+            .collect();
+        if instances.len() != request.count as usize {
+            bail!(
+                "EC2 accepted the launch of {} but returned {} instances: check the EC2 console",
+                request.count,
+                instances.len()
+            );
+        }
+        instances.sort_by_key(|instance| instance.node.rank);
+        for instance in &instances {
+            self.note_created(&instance.id);
+        }
+        Ok(instances)
     }
 
     /// Asks EC2 whether `request` would be allowed, with its own DryRun flag: nothing is
@@ -111,10 +136,11 @@ impl Cloud {
             Err(e) => e,
             Ok(launched) => {
                 // An endpoint that ignores DryRun launched it: it must not run on.
-                for instance in launched.instances() {
-                    if let Some(id) = instance.instance_id() {
-                        self.terminate(id).await?;
-                    }
+                let ids: Vec<&str> = (launched.instances().iter())
+                    .filter_map(|instance| instance.instance_id())
+                    .collect();
+                if !ids.is_empty() {
+                    self.terminate(&ids).await?;
                 }
                 bail!(
                     "the EC2 endpoint ignored DryRun and launched an instance (now terminated): \
@@ -127,9 +153,16 @@ impl Cloud {
 
     /// What a launch is, for its errors.
     fn launching(&self, request: &LaunchRequest<'_>) -> String {
+        let count = match request.count {
+            1 => "a".to_string(),
+            n => format!("{n}"),
+        };
         format!(
-            "launch a {} instance of {} in {}",
-            request.instance_type, request.image.id, self.region
+            "launch {count} {} instance{} of {} in {}",
+            request.instance_type,
+            if request.count == 1 { "" } else { "s" },
+            request.image.id,
+            self.region
         )
     }
 
@@ -148,17 +181,27 @@ impl Cloud {
         if let Some(at) = request.expires_at {
             tags.push((TAG_EXPIRES_AT.into(), at.into()));
         }
+        if let Some(group) = request.node_group {
+            tags.push((TAG_NODE_GROUP.into(), group.into()));
+        }
+        if request.count > 1 {
+            tags.push((TAG_NODES.into(), request.count.to_string()));
+        }
         let root_volume = root_volume(request)?;
+        let groups: Vec<String> = (request.node_group)
+            .or(request.security_group)
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        let count = i32::try_from(request.count).context("too many nodes")?;
         let run = self
             .ec2
             .run_instances()
             .image_id(&request.image.id)
             .instance_type(InstanceType::from(request.instance_type))
-            .min_count(1)
-            .max_count(1)
+            .min_count(count)
+            .max_count(count)
             .user_data(user_data)
-            .set_security_group_ids(request.security_group.map(|g| vec![g.to_string()]))
-            .set_subnet_id(request.subnet_id.map(str::to_string))
             .set_key_name(request.key_name.map(str::to_string))
             .set_iam_instance_profile(request.instance_profile.map(|name| {
                 IamInstanceProfileSpecification::builder()
@@ -180,10 +223,21 @@ impl Cloud {
                 None => ShutdownBehavior::Stop,
             })
             .set_instance_market_options(request.spot.map(one_time_spot))
+            .set_placement(
+                request
+                    .placement_group
+                    .map(|group| Placement::builder().group_name(group).build()),
+            )
             .tag_specifications(tag_specification(ResourceType::Instance, &tags))
             .tag_specifications(tag_specification(ResourceType::Volume, request.tags))
             .client_token(request.client_token);
-        Ok(run)
+        // With a network interface of its own, the groups and subnet go on the interface.
+        Ok(match request.efa {
+            true => run.network_interfaces(efa_interface(groups, request.subnet_id)),
+            false => run
+                .set_security_group_ids((!groups.is_empty()).then_some(groups))
+                .set_subnet_id(request.subnet_id.map(str::to_string)),
+        })
     }
 }
 
@@ -232,5 +286,19 @@ fn one_time_spot(max_price: Option<&str>) -> InstanceMarketOptionsRequest {
                 .set_max_price(max_price.map(str::to_string))
                 .build(),
         )
+        .build()
+}
+
+/// The instance's first network interface as an Elastic Fabric Adapter.
+fn efa_interface(
+    groups: Vec<String>,
+    subnet_id: Option<&str>,
+) -> InstanceNetworkInterfaceSpecification {
+    InstanceNetworkInterfaceSpecification::builder()
+        .device_index(0)
+        .interface_type("efa")
+        .set_groups((!groups.is_empty()).then_some(groups))
+        .set_subnet_id(subnet_id.map(str::to_string))
+        .delete_on_termination(true)
         .build()
 }

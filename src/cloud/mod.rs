@@ -3,6 +3,7 @@
 //! credentials the standard way (AWS_ENDPOINT_URL, AWS_PROFILE, …); nothing here knows about
 //! tests.
 
+mod cluster;
 mod explain;
 mod iam;
 mod image;
@@ -25,10 +26,11 @@ use aws_sdk_ec2::config::Region;
 
 use crate::poll::Poll;
 use crate::settings::defaults::REGION as FALLBACK_REGION;
+pub use cluster::OwnedPlacementGroup;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, TypeInfo, guess_user};
-pub use instance::{Instance, Owned, State};
+pub use instance::{Instance, Node, Owned, State};
 pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
 pub use tags::{Owner, Ownership};

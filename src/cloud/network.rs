@@ -133,8 +133,7 @@ impl Cloud {
     }
 
     /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from `cidr`
-    /// only. The name is the launch's own, so a retried creation whose first answer was lost
-    /// finds the group it made.
+    /// only.
     pub async fn create_ssh_group(
         &self,
         name: &str,
@@ -142,11 +141,31 @@ impl Cloud {
         cidr: IpNet,
         tags: &[(String, String)],
     ) -> Result<String> {
+        let purpose = "ssh-ec2: SSH from the launching machine only; deleted with the instance";
+        let group = self.create_group(name, vpc, tags, purpose).await?;
+        if let Err(e) = self.allow_ssh_from(&group, cidr).await {
+            return Err(match self.delete_ssh_group(&group).await {
+                Ok(()) => e,
+                Err(leak) => e.context(format!("{leak:#}")),
+            });
+        }
+        Ok(group)
+    }
+
+    /// Creates the group `name` in `vpc`, with no rule yet. The name is the launch's own, so a
+    /// retried creation whose first answer was lost finds the group it made.
+    pub(super) async fn create_group(
+        &self,
+        name: &str,
+        vpc: &str,
+        tags: &[(String, String)],
+        purpose: &str,
+    ) -> Result<String> {
         let created = self
             .ec2
             .create_security_group()
             .group_name(name)
-            .description("ssh-ec2: SSH from the launching machine only; deleted with the instance")
+            .description(purpose)
             .vpc_id(vpc)
             .tag_specifications(tag_specification(ResourceType::SecurityGroup, tags))
             .send()
@@ -164,12 +183,6 @@ impl Cloud {
             Err(e) => return Err(e.into()),
         };
         self.note_created(&group);
-        if let Err(e) = self.allow_ssh_from(&group, cidr).await {
-            return Err(match self.delete_ssh_group(&group).await {
-                Ok(()) => e,
-                Err(leak) => e.context(format!("{leak:#}")),
-            });
-        }
         Ok(group)
     }
 

@@ -19,6 +19,10 @@ pub(super) const TAG_LAUNCH: &str = "ssh-ec2:launch";
 /// When the instance stops itself (its dead-man switch, see `remote::watchdog`), ISO 8601 UTC;
 /// kept current by every run, shown by --list, acted on by --gc.
 pub(super) const TAG_EXPIRES_AT: &str = "ssh-ec2:expires-at";
+/// How many nodes the launch made (a cluster's): each is known by its launch index.
+pub(super) const TAG_NODES: &str = "ssh-ec2:nodes";
+/// A cluster's own security group, which lets its nodes reach each other, deleted with them.
+pub(super) const TAG_NODE_GROUP: &str = "ssh-ec2:node-group";
 
 /// Whose instances: an owner's, launched from this machine (known by its id, and by its host
 /// name for the first version's instances).

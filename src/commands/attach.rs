@@ -25,10 +25,10 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<ExitStatus> {
         JobState::Running(multiplexer) => multiplexer,
         JobState::None => bail!(
             "no job of this directory on {}: `ssh-ec2 --detach COMMAND` starts one",
-            machine.instance.id
+            machine.head().instance.id
         ),
         JobState::Ended(_, status) => return Ok(ended(&job, status, printer)),
-        JobState::Interrupted(_) => bail!(interrupted(&job, &machine.instance.id)),
+        JobState::Interrupted(_) => bail!(interrupted(&job, &machine.head().instance.id)),
         JobState::Lost(multiplexer) => bail!(
             "job {} ended without an exit status (its {multiplexer} session is gone): \
              `ssh-ec2 --finish` brings its results home",
@@ -39,7 +39,7 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<ExitStatus> {
     reached.session.close().await;
     Ok(match followed {
         Followed::Ended(status) => ended(&job, status, printer),
-        Followed::Interrupted => bail!(interrupted(&job, &machine.instance.id)),
+        Followed::Interrupted => bail!(interrupted(&job, &machine.head().instance.id)),
         Followed::Detached => {
             printer.info(&come_back_hint(&machine, &job));
             ExitStatus::Success

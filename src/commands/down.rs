@@ -47,10 +47,11 @@ async fn work(scene: &Scene<'_>, lock: DirLock, progress: &mut Progress) -> Resu
             "job {} of this directory still runs (in {multiplexer}) on {}: `ssh-ec2 --finish` \
              waits for it, brings its results home and ends the instance",
             job.name(),
-            scene.machine.instance.id
+            scene.machine.head().instance.id
         );
     }
-    let mut manifest = Manifest::load(&scene.store.manifest_path(&scene.machine.instance.id));
+    let mut manifest =
+        Manifest::load(&scene.store.manifest_path(&scene.machine.head().instance.id));
     pull_home(scene, &reached, &mut manifest, progress).await?;
     progress.exit = Some(RemoteExit::Status(0));
     Ok(())

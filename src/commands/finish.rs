@@ -47,7 +47,7 @@ async fn work(
         JobState::None => bail!(
             "no job of this directory on {}: nothing to finish (`ssh-ec2 --detach COMMAND` \
              starts one)",
-            machine.instance.id
+            machine.head().instance.id
         ),
         JobState::Ended(_, status) => Followed::Ended(status),
         JobState::Interrupted(_) => Followed::Interrupted,
@@ -67,6 +67,6 @@ async fn work(
             followed?
         }
     };
-    let mut manifest = Manifest::load(&store.manifest_path(&machine.instance.id));
+    let mut manifest = Manifest::load(&store.manifest_path(&machine.head().instance.id));
     conclude_job(scene, &reached, &job, followed, &mut manifest, progress).await
 }

@@ -24,7 +24,8 @@ pub async fn ssh_config(
     let cloud = Cloud::connect(&plan.account).await;
     let store = Store::new(&plan.dirs.root);
     let spec = &plan.machine;
-    let instance = cloud.find_owned(&spec.ownership).await?.with_context(|| {
+    let nodes = cloud.find_owned(&spec.ownership).await?;
+    let instance = nodes.first().with_context(|| {
         format!(
             "this directory has no instance in {}: `ssh-ec2 --leave true` launches one and leaves \
              it running",

@@ -71,79 +71,110 @@ pub fn for_spot(spot: bool, action: EndOfLife, why: Option<String>) -> (EndOfLif
 /// Stopping a GPU instance can take minutes; past this it is stuck.
 pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// Applies `action` to every node of an instance (one, or a cluster's, the head first).
 pub async fn apply(
     cloud: &Cloud,
     store: &Store,
-    instance: &Instance,
+    nodes: &[Instance],
     action: EndOfLife,
     printer: &Printer,
 ) -> Result<()> {
-    match end(cloud, store, instance, action, printer).await {
+    let ids: Vec<&str> = nodes.iter().map(|node| node.id.as_str()).collect();
+    let ended = match action {
+        EndOfLife::Terminate => terminate(cloud, store, nodes, &ids, printer).await,
+        EndOfLife::Stop => stop(cloud, &ids, printer).await,
+        EndOfLife::Leave => {
+            printer.warn(&format!(
+                "{} left running (and billed): run ssh-ec2 here again to reuse it; `ssh-ec2 \
+                 --down` here ends it",
+                said(&ids)
+            ));
+            Ok(())
+        }
+    };
+    match ended {
         Err(e) => Err(cloud.explain_denial(e).await),
         ended => ended,
     }
 }
 
-async fn end(
+/// "i-1 is" / "i-1, i-2 and i-3 are".
+fn said(ids: &[&str]) -> String {
+    match ids {
+        [one] => format!("{one} is"),
+        [first @ .., last] => format!("{} and {last} are", first.join(", ")),
+        [] => "nothing is".to_string(),
+    }
+}
+
+async fn terminate(
     cloud: &Cloud,
     store: &Store,
-    instance: &Instance,
-    action: EndOfLife,
+    nodes: &[Instance],
+    ids: &[&str],
     printer: &Printer,
 ) -> Result<()> {
-    let id = &instance.id;
-    match action {
-        EndOfLife::Terminate => {
-            let phase = printer.phase(format!("terminating {id}"));
-            cloud.terminate(id).await.with_context(|| {
-                format!(
-                    "{id} may still run (and be billed): end it with `aws ec2 \
-                     terminate-instances --instance-ids {id}`"
-                )
-            })?;
-            // Its keys are useless from here on, whatever happens next.
-            store.forget(id);
-            let leftover = instance
-                .security_group
-                .as_deref()
-                .map_or(String::new(), |group| {
-                    format!(", then `aws ec2 delete-security-group --group-id {group}`")
-                });
-            cloud
-                .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-                .await
-                .with_context(|| {
-                    format!("check that {id} terminates in the EC2 console{leftover}")
-                })?;
-            if let Some(group) = &instance.security_group {
-                phase.update(format!("deleting security group {group}"));
-                cloud.delete_ssh_group(group).await?;
-            }
-            phase.done(format!("terminated {id}"));
-        }
-        EndOfLife::Stop => {
-            let phase = printer.phase(format!("stopping {id}"));
-            let still_runs = || {
-                format!(
-                    "{id} may still run (and be billed): stop it with `aws ec2 stop-instances \
-                     --instance-ids {id}`, or check the EC2 console"
-                )
-            };
-            cloud.stop(id).await.with_context(still_runs)?;
-            cloud
-                .wait_until(id, State::Stopped, Instant::now() + TRANSITION_TIMEOUT)
-                .await
-                .with_context(still_runs)?;
-            phase.done(format!("stopped {id}; run ssh-ec2 here again to start it"));
-        }
-        EndOfLife::Leave => {
-            printer.warn(&format!(
-                "{id} is left running (and billed): run ssh-ec2 here again to reuse it; end it \
-                 with `ssh-ec2 --terminate true` here or `aws ec2 terminate-instances \
-                 --instance-ids {id}`"
-            ));
-        }
+    let names = ids.join(" ");
+    let phase = printer.phase(format!("terminating {}", ids.join(", ")));
+    cloud.terminate(ids).await.with_context(|| {
+        format!(
+            "{} may still run (and be billed): end it with `aws ec2 terminate-instances \
+             --instance-ids {names}`",
+            ids.join(", ")
+        )
+    })?;
+    // Their keys are useless from here on, whatever happens next.
+    for id in ids {
+        store.forget(id);
     }
+    let head = &nodes[0];
+    let groups: Vec<&str> = [&head.security_group, &head.node_group]
+        .into_iter()
+        .filter_map(|group| group.as_deref())
+        .collect();
+    let leftover = groups
+        .iter()
+        .map(|group| format!(", then `aws ec2 delete-security-group --group-id {group}`"))
+        .collect::<String>();
+    for id in ids {
+        cloud
+            .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
+            .await
+            .with_context(|| format!("check that {id} terminates in the EC2 console{leftover}"))?;
+    }
+    for group in groups {
+        phase.update(format!("deleting security group {group}"));
+        cloud.delete_ssh_group(group).await?;
+    }
+    if let Some(placement) = &head.placement_group {
+        phase.update(format!("deleting placement group {placement}"));
+        cloud.delete_placement_group(placement).await?;
+    }
+    phase.done(format!("terminated {}", ids.join(", ")));
+    Ok(())
+}
+
+async fn stop(cloud: &Cloud, ids: &[&str], printer: &Printer) -> Result<()> {
+    let phase = printer.phase(format!("stopping {}", ids.join(", ")));
+    let still_runs = || {
+        format!(
+            "{} may still run (and be billed): stop it with `aws ec2 stop-instances \
+             --instance-ids {}`, or check the EC2 console",
+            ids.join(", "),
+            ids.join(" ")
+        )
+    };
+    cloud.stop(ids).await.with_context(still_runs)?;
+    for id in ids {
+        cloud
+            .wait_until(id, State::Stopped, Instant::now() + TRANSITION_TIMEOUT)
+            .await
+            .with_context(still_runs)?;
+    }
+    phase.done(format!(
+        "stopped {}; run ssh-ec2 here again to start it",
+        ids.join(", ")
+    ));
     Ok(())
 }
 

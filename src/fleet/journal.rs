@@ -27,9 +27,22 @@ pub struct Launch {
     pub dir: String,
     /// The security group's id, once it is created.
     pub group: Option<String>,
+    /// How many nodes it launches together (a cluster's).
+    #[serde(default = "one")]
+    pub nodes: u32,
+    /// A cluster's own security group, once it is created.
+    #[serde(default)]
+    pub node_group: Option<String>,
+    /// A cluster's placement group, once it is created.
+    #[serde(default)]
+    pub placement_group: Option<String>,
     /// When RunInstances was last sent, in seconds since the Unix epoch: until VISIBILITY_LAG
     /// after it, AWS may not show the instance yet. `None`: never sent, so no instance exists.
     pub sent: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn now() -> u64 {
@@ -39,18 +52,31 @@ fn now() -> u64 {
 }
 
 impl Launch {
-    pub fn new(region: &str, dir: &str) -> Launch {
+    pub fn new(region: &str, dir: &str, nodes: u32) -> Launch {
         Launch {
             id: format!("{:032x}", rand::random::<u128>()),
             region: region.to_string(),
             dir: dir.to_string(),
             group: None,
+            nodes,
+            node_group: None,
+            placement_group: None,
             sent: None,
         }
     }
 
     /// Ours alone, so that a creation retried after a lost answer finds the group it made.
     pub fn group_name(&self) -> String {
+        format!("{GROUP_PREFIX}{}", self.id)
+    }
+
+    /// A cluster's own security group: its name, ours alone.
+    pub fn node_group_name(&self) -> String {
+        format!("{GROUP_PREFIX}{}-nodes", self.id)
+    }
+
+    /// A cluster's placement group: its name, ours alone.
+    pub fn placement_group_name(&self) -> String {
         format!("{GROUP_PREFIX}{}", self.id)
     }
 
@@ -71,39 +97,52 @@ impl Launch {
         self.save(store)
     }
 
-    /// Its instance, in whatever state. AWS may not show a new instance at once, so "none" is
-    /// only the answer once VISIBILITY_LAG has passed since the launch was sent; a failed look
-    /// (throttled, network) is tried again meanwhile.
-    pub async fn find_instance(&self, cloud: &Cloud) -> Result<Option<Instance>> {
+    /// Its instances (a cluster's nodes), in whatever state. AWS may not show a new instance at
+    /// once, so "none" is only the answer once VISIBILITY_LAG has passed since the launch was
+    /// sent; a failed look (throttled, network) is tried again meanwhile.
+    pub async fn find_instances(&self, cloud: &Cloud) -> Result<Vec<Instance>> {
         let Some(sent) = self.sent else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let settles_in =
             VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
         let mut poll = Poll::every(Duration::from_secs(5)).within(settles_in);
         loop {
             match cloud.find_launched(&self.id).await {
-                Ok(Some(instance)) => {
-                    cloud.note_created(&instance.id);
-                    return Ok(Some(instance));
+                Ok(instances) if !instances.is_empty() => {
+                    for instance in &instances {
+                        cloud.note_created(&instance.id);
+                    }
+                    return Ok(instances);
                 }
-                Ok(None) if !poll.wait().await? => return Ok(None),
+                Ok(_) if !poll.wait().await? => return Ok(Vec::new()),
                 Err(e) if !e.inconclusive || !poll.wait().await? => return Err(e.into()),
                 _ => {}
             }
         }
     }
 
-    /// Deletes its security group (if it made one), then its keys and record. If the group
-    /// cannot be deleted, the record stays, for the next run here to try again.
+    /// Deletes its security groups and placement group (those it made), then its keys and
+    /// record. If one cannot be deleted, the record stays, for the next run here to try again.
     pub async fn abandon(&self, cloud: &Cloud, store: &Store) -> Result<()> {
-        let group = match &self.group {
-            Some(group) => Some(group.clone()),
-            // Its creation may have happened with the answer lost, or a crash right after.
-            None => cloud.group_named(&self.group_name()).await?,
-        };
-        if let Some(group) = group {
-            cloud.delete_ssh_group(&group).await?;
+        // A creation may have happened with the answer lost, or a crash right after.
+        let made = [
+            (&self.group, self.group_name()),
+            (&self.node_group, self.node_group_name()),
+        ];
+        for (recorded, name) in made {
+            let group = match recorded {
+                Some(group) => Some(group.clone()),
+                None => cloud.group_named(&name).await?,
+            };
+            if let Some(group) = group {
+                cloud.delete_ssh_group(&group).await?;
+            }
+        }
+        if self.nodes > 1 {
+            cloud
+                .delete_placement_group(&self.placement_group_name())
+                .await?;
         }
         store.discard_launch(&self.id);
         Ok(())
@@ -112,24 +151,24 @@ impl Launch {
 
 /// Settles the launches of earlier runs in this directory that never adopted their instance
 /// (killed, or their answer lost). An instance in this run's region is adopted and returned: it
-/// never ran anything, so the run uses it as if it had launched it. Any other is terminated,
-/// and each launch's security group deleted.
+/// never ran anything, so the run uses it as if it had launched it (its ids are returned). Any
+/// other is terminated, and what each launch made deleted.
 pub async fn settle(
     cloud: &Cloud,
     dir: &str,
     store: &Store,
     printer: &Printer,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let pending: Vec<Launch> = unfinished(store)
         .into_iter()
         // Other directories' launches may belong to runs going on right now.
         .filter(|launch| launch.dir == dir)
         .collect();
-    let mut adopted = None;
+    let mut adopted = Vec::new();
     for launch in pending {
         let here = launch.region == cloud.region;
         let there = cloud.in_region(&launch.region);
-        let settled = settle_one(&there, &launch, here && adopted.is_none(), store, printer)
+        let settled = settle_one(&there, &launch, here && adopted.is_empty(), store, printer)
             .await
             .with_context(|| {
                 format!(
@@ -137,7 +176,7 @@ pub async fn settle(
                     launch.id, launch.region
                 )
             })?;
-        adopted = adopted.or(settled);
+        adopted.extend(settled);
     }
     Ok(adopted)
 }
@@ -165,46 +204,52 @@ async fn settle_one(
     may_adopt: bool,
     store: &Store,
     printer: &Printer,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let phase = printer.phase(format!(
         "looking for what an earlier run here launched before it ended ({})",
         launch.id
     ));
-    let instance = match launch.find_instance(cloud).await? {
-        Some(instance) if instance.state.is_live() && may_adopt => {
-            store.adopt_launch(&launch.id, &instance.id)?;
-            phase.done(format!(
-                "adopted {}, launched by an earlier run here that ended before using it",
-                instance.id
-            ));
-            return Ok(Some(instance.id));
-        }
-        Some(instance) => instance,
-        None => {
-            launch.abandon(cloud, store).await?;
-            phase.done(format!(
-                "an earlier run here ended before its instance existed: removed what it left \
-                 ({})",
-                launch.id
-            ));
-            return Ok(None);
-        }
-    };
-    let id = &instance.id;
-    if instance.state.is_live() {
+    let instances = launch.find_instances(cloud).await?;
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    let whole = instances.len() == launch.nodes as usize;
+    if instances.is_empty() {
+        launch.abandon(cloud, store).await?;
+        phase.done(format!(
+            "an earlier run here ended before its instance existed: removed what it left ({})",
+            launch.id
+        ));
+        return Ok(Vec::new());
+    }
+    if may_adopt && whole && instances.iter().all(|i| i.state.is_live()) {
+        store.adopt_launch(&launch.id, &ids)?;
+        phase.done(format!(
+            "adopted {}, launched by an earlier run here that ended before using it",
+            ids.join(", ")
+        ));
+        return Ok(ids.iter().map(|id| id.to_string()).collect());
+    }
+    let live: Vec<&str> = (instances.iter())
+        .filter(|i| i.state.is_live())
+        .map(|i| i.id.as_str())
+        .collect();
+    if !live.is_empty() {
         phase.update(format!(
-            "terminating {id} in {}, launched by an earlier run here",
+            "terminating {} in {}, launched by an earlier run here",
+            live.join(", "),
             cloud.region
         ));
-        cloud.terminate(id).await?;
+        cloud.terminate(&live).await?;
     }
-    cloud
-        .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-        .await?;
+    for id in &ids {
+        cloud
+            .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
+            .await?;
+    }
     launch.abandon(cloud, store).await?;
     phase.done(format!(
-        "terminated {id} in {}, launched by an earlier run here that ended before using it",
+        "terminated {} in {}, launched by an earlier run here that ended before using it",
+        ids.join(", "),
         cloud.region
     ));
-    Ok(None)
+    Ok(Vec::new())
 }

@@ -31,14 +31,35 @@ pub use launch::{Resolved, resolve, root_volume_gib};
 pub use regions::{Skipped, owner_instances, owner_instances_and_groups};
 pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec};
 
-/// The instance of this run and how to log in to it.
-pub struct Machine {
+/// One node of a run's machine: its instance and how to log in to it.
+pub struct Node {
     pub instance: Instance,
     pub keys: InstanceKeys,
+}
+
+/// The machine of this run: one instance, or a cluster's nodes in rank order (the head first).
+pub struct Machine {
+    /// Never empty.
+    pub nodes: Vec<Node>,
     pub user: String,
     pub origin: Origin,
-    /// Its root volume's size, when known (to price it).
+    /// Each node's root volume's size, when known (to price it).
     pub volume_gib: Option<u32>,
+}
+
+impl Machine {
+    /// The node the laptop talks to; the only one, or a cluster's rank 0.
+    pub fn head(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// Every node's instance, the head first.
+    pub fn instances(&self) -> Vec<Instance> {
+        self.nodes
+            .iter()
+            .map(|node| node.instance.clone())
+            .collect()
+    }
 }
 
 /// Finds this directory's instance (starting it if stopped), or launches one.
@@ -65,23 +86,24 @@ pub async fn find(
     interrupt: &Interrupt,
     start: bool,
 ) -> Result<Machine> {
-    let instance = cloud.find_owned(&spec.ownership).await?.with_context(|| {
-        format!(
+    let nodes = cloud.find_owned(&spec.ownership).await?;
+    let Some(head) = nodes.first() else {
+        bail!(
             "this directory has no instance in {}: nothing to do (`ssh-ec2 --detach COMMAND` \
              starts a job)",
             cloud.region
-        )
-    })?;
-    let origin = match instance.state {
+        );
+    };
+    let origin = match head.state {
         State::Pending | State::Running => Origin::FoundRunning,
         _ if !start => bail!(
             "{} is {}: no job runs there; `ssh-ec2 --finish` starts it and brings the results home",
-            instance.id,
-            instance.state.as_str()
+            head.id,
+            head.state.as_str()
         ),
         _ => Origin::FoundStopped,
     };
-    reuse(cloud, spec, store, instance, origin, printer, interrupt).await
+    reuse(cloud, spec, store, nodes, origin, printer, interrupt).await
 }
 
 /// This directory's instance, to end it (`--down`): what earlier runs here left unfinished is
@@ -95,7 +117,7 @@ pub async fn find_to_end(
     interrupt: &Interrupt,
 ) -> Result<Option<Machine>> {
     match find_here(cloud, spec, store, printer, interrupt).await? {
-        Some((instance, origin)) => reuse(cloud, spec, store, instance, origin, printer, interrupt)
+        Some((nodes, origin)) => reuse(cloud, spec, store, nodes, origin, printer, interrupt)
             .await
             .map(Some),
         None => Ok(None),
@@ -110,22 +132,37 @@ async fn find_or_launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     match find_here(cloud, spec, store, printer, interrupt).await? {
-        Some((instance, origin)) => {
-            reuse(cloud, spec, store, instance, origin, printer, interrupt).await
+        Some((nodes, origin)) => {
+            check_nodes(spec, &nodes)?;
+            reuse(cloud, spec, store, nodes, origin, printer, interrupt).await
         }
         None => launch::launch(cloud, spec, store, printer, interrupt).await,
     }
 }
 
-/// This directory's instance and where it comes from, once the launches of earlier runs here
-/// are settled.
+/// A reused cluster keeps its size: another `--nodes` is refused with what to do.
+fn check_nodes(spec: &MachineSpec, nodes: &[Instance]) -> Result<()> {
+    let (wanted, found) = (spec.launch.nodes, nodes.len() as u32);
+    if wanted != found {
+        bail!(
+            "this directory's instance has {found} node{}, not the {wanted} asked (--nodes, \
+             SSH_EC2_NODES): `ssh-ec2 --down` here ends it (its results come home first), then \
+             run again; or ask for --nodes {found}",
+            if found == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// This directory's instance (its nodes) and where it comes from, once the launches of earlier
+/// runs here are settled.
 async fn find_here(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
     printer: &Printer,
     interrupt: &Interrupt,
-) -> Result<Option<(Instance, Origin)>> {
+) -> Result<Option<(Vec<Instance>, Origin)>> {
     // First what an earlier run here launched but never used (killed, or its answer lost).
     let adopted = journal::settle(cloud, &spec.ownership.dir, store, printer).await?;
     let phase = printer.phase(format!(
@@ -135,33 +172,44 @@ async fn find_here(
     let found = cloud.find_owned(&spec.ownership).await?;
     drop(phase);
     interrupt.check()?;
-    Ok(found.map(|instance| {
-        let origin = match instance.state {
-            _ if adopted.as_ref() == Some(&instance.id) => Origin::Launched,
-            State::Pending | State::Running => Origin::FoundRunning,
-            _ => Origin::FoundStopped,
-        };
-        (instance, origin)
-    }))
+    let Some(head) = found.first() else {
+        return Ok(None);
+    };
+    let origin = match head.state {
+        _ if adopted.contains(&head.id) => Origin::Launched,
+        State::Pending | State::Running => Origin::FoundRunning,
+        _ => Origin::FoundStopped,
+    };
+    Ok(Some((found, origin)))
 }
 
 async fn reuse(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
-    instance: Instance,
+    instances: Vec<Instance>,
     origin: Origin,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
-    let keys = store.load(&instance.id, &spec.login)?;
-    let user = login_user(spec, &instance);
+    let nodes = (instances.iter())
+        .map(|instance| {
+            let keys = store.load(&instance.id, &spec.login)?;
+            Ok(Node {
+                instance: instance.clone(),
+                keys,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let head = &instances[0];
+    let user = login_user(spec, head);
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     let phase = printer.phase(format!(
         "reusing {} ({})",
-        instance.id,
-        instance.state.as_str()
+        ids.join(", "),
+        head.state.as_str()
     ));
-    if let Some(group) = &instance.security_group {
+    if let Some(group) = &head.security_group {
         // This machine's address may have changed since the launch. Done before starting it,
         // so a failure here leaves the instance as it was.
         cloud
@@ -170,43 +218,44 @@ async fn reuse(
     }
     // This run's settings of the dead-man switch, which `reach` re-arms on the instance.
     cloud
-        .set_expiry(&instance.id, spec.watchdog.expires_at().as_deref())
+        .set_expiry(&ids, spec.watchdog.expires_at().as_deref())
         .await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
-    if let Err(e) = interrupt.cancel(start(cloud, &instance, &phase)).await {
+    if let Err(e) = interrupt.cancel(start(cloud, &instances, &phase)).await {
         drop(phase);
         if e.is::<Interrupted>() {
             let (action, _) = end_of_life::safe_action(spec.end_of_life, origin, false, false);
-            end_of_life::apply(cloud, store, &instance, action, printer).await?;
+            end_of_life::apply(cloud, store, &instances, action, printer).await?;
         }
         return Err(e);
     }
     phase.done(format!(
         "reusing {}; {}",
-        instance.id,
+        ids.join(", "),
         spec.watchdog.describe()
     ));
     Ok(Machine {
-        volume_gib: store.volume(&instance.id),
-        instance,
-        keys,
+        volume_gib: store.volume(&head.id),
+        nodes,
         user,
         origin,
     })
 }
 
-/// Starts a stopped (or stopping) instance.
-async fn start(cloud: &Cloud, instance: &Instance, phase: &Phase) -> Result<()> {
-    if instance.state == State::Stopping {
-        phase.update(format!("waiting for {} to finish stopping", instance.id));
+/// Starts the stopped (or stopping) nodes.
+async fn start(cloud: &Cloud, nodes: &[Instance], phase: &Phase) -> Result<()> {
+    for node in nodes.iter().filter(|n| n.state == State::Stopping) {
+        phase.update(format!("waiting for {} to finish stopping", node.id));
         let deadline = Instant::now() + end_of_life::TRANSITION_TIMEOUT;
-        cloud
-            .wait_until(&instance.id, State::Stopped, deadline)
-            .await?;
+        cloud.wait_until(&node.id, State::Stopped, deadline).await?;
     }
-    if matches!(instance.state, State::Stopping | State::Stopped) {
-        phase.update(format!("starting {}", instance.id));
-        cloud.start(&instance.id).await?;
+    let stopped: Vec<&str> = (nodes.iter())
+        .filter(|n| matches!(n.state, State::Stopping | State::Stopped))
+        .map(|n| n.id.as_str())
+        .collect();
+    if !stopped.is_empty() {
+        phase.update(format!("starting {}", stopped.join(", ")));
+        cloud.start(&stopped).await?;
     }
     Ok(())
 }

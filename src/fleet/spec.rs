@@ -42,6 +42,10 @@ pub struct LaunchSpec {
     pub extra_boot_commands: Option<String>,
     /// `None`: on-demand.
     pub spot: Option<SpotSpec>,
+    /// How many instances, launched together in one zone: more than one is a cluster.
+    pub nodes: u32,
+    /// With an Elastic Fabric Adapter (types that have one).
+    pub efa: bool,
 }
 
 /// A one-time spot instance: interrupted (terminated) when AWS needs the capacity back.

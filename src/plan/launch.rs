@@ -51,7 +51,20 @@ pub fn spec(values: &Values, ownership: &Ownership, end_of_life: EndOfLife) -> R
         tags,
         extra_boot_commands: values.user_data.clone(),
         spot: spot(values, end_of_life)?,
+        nodes: nodes(values.nodes)?,
+        efa: values.efa,
     })
+}
+
+/// The most nodes of one cluster: RunInstances launches at most this many at once in a
+/// placement group, and a bigger cluster is a job for a scheduler.
+const MAX_NODES: u32 = 64;
+
+fn nodes(nodes: u32) -> Result<u32> {
+    if !(1..=MAX_NODES).contains(&nodes) {
+        bail!("--nodes {nodes}: a cluster has 1 to {MAX_NODES} nodes (SSH_EC2_NODES, nodes)");
+    }
+    Ok(nodes)
 }
 
 /// Spot settings, checked: `spot_only` implies `spot`.
@@ -157,6 +170,11 @@ mod tests {
             ..spot()
         };
         assert!(refused(bad_price, EndOfLife::Terminate).contains("price per hour"));
+        let none = Layer {
+            nodes: Some(0),
+            ..Layer::default()
+        };
+        assert!(refused(none, EndOfLife::Terminate).contains("1 to 64 nodes"));
         let only = Layer {
             spot_only: Some(true),
             ..Layer::default()

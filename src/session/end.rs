@@ -130,7 +130,7 @@ pub async fn end_of_run(
     let conclusion = conclude(&Outcome {
         policy: plan.machine.end_of_life,
         origin: machine.origin,
-        spot: machine.instance.spot,
+        spot: machine.head().instance.spot,
         command_started: progress.command_started,
         results_home: progress.results_home,
         job_goes_on: progress.job_goes_on,
@@ -145,11 +145,11 @@ pub async fn end_of_run(
         status,
     } = conclusion;
     if let Some(why) = why {
-        printer.warn(&format!("{}: {why}", machine.instance.id));
+        printer.warn(&format!("{}: {why}", machine.head().instance.id));
     }
     let ended = {
         let _notes = NoteSignals::start(interrupt, printer);
-        end_of_life::apply(cloud, store, &machine.instance, action, printer).await
+        end_of_life::apply(cloud, store, &machine.instances(), action, printer).await
     };
     for conflict in &progress.conflicts {
         printer.warn(&format!(
@@ -186,7 +186,8 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
         Ok(true) => Sharing::Shared,
         Ok(false) => Sharing::Alone,
         // A stopped instance runs nobody's work: its end of life cannot hurt another run.
-        Err(e) => match stopped_under_the_run(scene.cloud, &scene.machine.instance.id).await {
+        Err(e) => match stopped_under_the_run(scene.cloud, &scene.machine.head().instance.id).await
+        {
             Some(_) => Sharing::NotReached,
             None => Sharing::Unknown(format!("{e:#}")),
         },
@@ -196,7 +197,7 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
 /// The run's last line: the instance, how long, its fate, and what it cost.
 async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started: Instant) {
     let Scene { cloud, machine, .. } = *scene;
-    let instance = &machine.instance;
+    let instance = &machine.head().instance;
     let elapsed = started.elapsed();
     let hourly = crate::price::hourly(
         cloud,

@@ -142,7 +142,7 @@ pub async fn follow_job(
                 format!(
                     "the job goes on on {}: come back with `ssh-ec2 --attach`, or `ssh-ec2 \
                      --finish` to wait for it and bring its results home",
-                    machine.instance.id
+                    machine.head().instance.id
                 )
             })?;
         reached.session = session;
@@ -171,7 +171,7 @@ async fn watch_attached(
     tokio::pin!(attached);
     tokio::select! {
         ran = &mut attached => ran.map(drop),
-        () = until_interrupted(scene.machine.instance.spot, async || {
+        () = until_interrupted(scene.machine.head().instance.spot, async || {
             let state = job_state(&reached.session, job).await;
             matches!(state, Ok(JobState::Interrupted(_)))
         }) => {
@@ -220,7 +220,7 @@ pub async fn conclude_job(
             scene.printer.warn(&format!(
                 "AWS is taking back spot instance {} (interruption notice): bringing home what \
                  job {} has written so far",
-                scene.machine.instance.id,
+                scene.machine.head().instance.id,
                 job.name()
             ));
             None
@@ -233,7 +233,7 @@ pub async fn conclude_job(
     if status.is_none() {
         return Err(taken_back(
             &format!("job {}", job.name()),
-            &scene.machine.instance.id,
+            &scene.machine.head().instance.id,
         ));
     }
     Ok(())
@@ -254,6 +254,6 @@ pub fn come_back_hint(machine: &Machine, job: &Job) -> String {
         "job {} goes on on {}: `ssh-ec2 --attach` to watch it, `ssh-ec2 --finish` to wait for \
          it, bring its results home and end the instance",
         job.name(),
-        machine.instance.id
+        machine.head().instance.id
     )
 }

@@ -89,7 +89,7 @@ pub async fn pull_results(
     if plan.sync.is_none() {
         return Ok(());
     }
-    let id = &machine.instance.id;
+    let id = &machine.head().instance.id;
     let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     // A second signal in all gives up the pull: the instance is then stopped, not terminated.
@@ -97,7 +97,7 @@ pub async fn pull_results(
         pulled = rsync.pull(manifest, &mut progress.conflicts) => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
             drop(phase);
-            let fate = match machine.instance.spot {
+            let fate = match machine.head().instance.spot {
                 true => "left running (a spot instance cannot be stopped)",
                 false => "stopped, not terminated",
             };

@@ -40,7 +40,7 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let target = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
-    let id = &scene.machine.instance.id;
+    let id = &scene.machine.head().instance.id;
     let entry = Entry {
         local_dir: &plan.local_dir,
         login: &plan.machine.login,
@@ -90,7 +90,7 @@ async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
         };
         scene.printer.warn(&format!(
             "--max-lifetime off: {} {until}; end it yourself with `ssh-ec2 --terminate true` here",
-            scene.machine.instance.id
+            scene.machine.head().instance.id
         ));
     }
     Ok(())
@@ -120,7 +120,7 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         printer,
         ..
     } = *scene;
-    let id = &machine.instance.id;
+    let id = &machine.head().instance.id;
     let phase = printer.phase(format!("waiting for {id} to run"));
     let running = cloud.wait_until(id, State::Running, deadline).await?;
     let address = ssh_address(&plan.reach.dial, &running)?;
@@ -128,7 +128,7 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
     Ok(Target {
         address,
         user: machine.user.clone(),
-        keys: machine.keys.clone(),
+        keys: machine.head().keys.clone(),
     })
 }
 
@@ -186,7 +186,8 @@ pub async fn reconnect_if_closed(
     if !session.is_closed() {
         return Ok(session);
     }
-    if let Some(gone) = stopped_under_the_run(scene.cloud, &scene.machine.instance.id).await {
+    if let Some(gone) = stopped_under_the_run(scene.cloud, &scene.machine.head().instance.id).await
+    {
         return Err(gone);
     }
     let deadline = Instant::now() + scene.plan.reach.reconnect_timeout;
@@ -246,6 +247,10 @@ mod tests {
             login_user: None,
             spot: false,
             zone: None,
+            launch: None,
+            node: crate::cloud::Node::ALONE,
+            node_group: None,
+            placement_group: None,
         }
     }
 

@@ -45,7 +45,7 @@ pub async fn run(
         None => None,
         Some(wanted) => Some(choose_multiplexer(&reached.session, wanted, &job).await?),
     };
-    let mut manifest = Manifest::load(&store.manifest_path(&machine.instance.id));
+    let mut manifest = Manifest::load(&store.manifest_path(&machine.head().instance.id));
     sync_up(scene, &reached, &mut manifest, progress).await?;
 
     let command = plan.command.as_deref();
@@ -71,7 +71,7 @@ pub async fn run(
     printer.info(&format!(
         "started job {} in {multiplexer} on {}",
         job.name(),
-        machine.instance.id
+        machine.head().instance.id
     ));
     let followed = match detach {
         true => Followed::Detached,
@@ -106,7 +106,7 @@ async fn sync_up(
     if let Some(warning) = crate::sync::outdated_warning(sync.version, &plan.dirs.root) {
         printer.warn(&warning);
     }
-    let id = &machine.instance.id;
+    let id = &machine.head().instance.id;
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     if machine.origin != Origin::Launched {
         let phase = printer.phase(format!(
@@ -176,7 +176,7 @@ async fn run_directly(
     ran?;
     pulled?;
     if spot_notice {
-        return Err(taken_back("the command", &machine.instance.id));
+        return Err(taken_back("the command", &machine.head().instance.id));
     }
     Ok(())
 }
@@ -216,14 +216,14 @@ async fn stream_command(
     tokio::pin!(ran);
     tokio::select! {
         ran = &mut ran => (ran, false),
-        () = until_interrupted(machine.instance.spot, async || {
+        () = until_interrupted(machine.head().instance.spot, async || {
             let answer = session.run_captured(&record.interrupted_command()).await;
             answer.is_ok_and(|answer| answer.trim() == "interrupted")
         }) => {
             printer.warn(&format!(
                 "AWS is taking back spot instance {} (interruption notice): ending the \
                  command to bring home what it has written so far",
-                machine.instance.id
+                machine.head().instance.id
             ));
             if let Err(e) = end_command(session, record, printer).await {
                 printer.warn(&format!("{e:#}"));

@@ -81,6 +81,10 @@ settings! {
     max_price: String = ["SSH_EC2_MAX_PRICE"] => computed("the on-demand price"),
     /// Spot or nothing: no on-demand fallback.
     spot_only: bool = ["SSH_EC2_SPOT_ONLY"] => default(false),
+    /// How many instances, one cluster in one zone, the command run on each.
+    nodes: u32 = ["SSH_EC2_NODES"] => default(1),
+    /// Give each node an Elastic Fabric Adapter (types that have one).
+    efa: bool = ["SSH_EC2_EFA"] => default(false),
     /// Which of the instance's addresses to dial: public, private or auto.
     address: Address = ["SSH_EC2_ADDRESS"] => default(Address::Auto),
     /// Dial this HOST:PORT instead of the instance's address (a tunnel).

@@ -121,9 +121,9 @@ impl Store {
         })
     }
 
-    /// Files the keys under the instance that now exists.
-    pub fn adopt(&self, new: NewKeys, instance_id: &str) -> Result<InstanceKeys> {
-        self.adopt_launch(&new.launch, instance_id)?;
+    /// Files the keys under the instances (a cluster's nodes, the head first) that now exist.
+    pub fn adopt(&self, new: NewKeys, instance_ids: &[&str]) -> Result<InstanceKeys> {
+        self.adopt_launch(&new.launch, instance_ids)?;
         Ok(new.keys)
     }
 
@@ -213,7 +213,7 @@ mod tests {
                 .unwrap()
                 .starts_with("ssh-ed25519 ")
         );
-        let made = store.adopt(new, "i-0123").unwrap();
+        let made = store.adopt(new, &["i-0123"]).unwrap();
         assert!(
             store.launch_records().is_empty(),
             "adopted: no longer pending"

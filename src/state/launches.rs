@@ -11,17 +11,23 @@ use super::Store;
 const LAUNCH_FILE: &str = "launch.json";
 
 impl Store {
-    /// Files the keys of `launch` under its instance, which now exists; its record goes.
-    pub fn adopt_launch(&self, launch: &str, instance_id: &str) -> Result<()> {
-        let target = self.instance_dir(instance_id);
-        fs::rename(self.pending_dir(launch), &target).with_context(|| {
-            format!(
-                "cannot keep the keys of {instance_id} in {}",
-                target.display()
-            )
-        })?;
-        let _ = fs::remove_file(target.join(LAUNCH_FILE));
-        Ok(())
+    /// Files the keys of `launch` under its instances (a cluster's nodes, the head first),
+    /// which now exist; its record goes. The head's directory is the launch's, renamed in one
+    /// step; the others are copies of it.
+    pub fn adopt_launch(&self, launch: &str, instance_ids: &[&str]) -> Result<()> {
+        let pending = self.pending_dir(launch);
+        let _ = fs::remove_file(pending.join(LAUNCH_FILE));
+        let Some((head, others)) = instance_ids.split_first() else {
+            return Ok(());
+        };
+        for id in others {
+            let target = self.instance_dir(id);
+            copy_dir(&pending, &target)
+                .with_context(|| format!("cannot keep the keys of {id} in {}", target.display()))?;
+        }
+        let target = self.instance_dir(head);
+        fs::rename(&pending, &target)
+            .with_context(|| format!("cannot keep the keys of {head} in {}", target.display()))
     }
 
     /// Drops the keys and the record of a launch that made no instance (or whose instance ended).
@@ -66,4 +72,15 @@ impl Store {
             .filter_map(|name| name.strip_prefix(super::PENDING).map(str::to_string))
             .collect()
     }
+}
+
+/// Copies the files of `from` into a new private directory `to`, keeping their modes.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(0o700).create(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
 }

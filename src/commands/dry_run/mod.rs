@@ -105,10 +105,11 @@ pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitS
 
 async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
     let spec = &plan.machine;
-    let found = cloud.find_owned(&spec.ownership).await?;
+    let nodes = cloud.find_owned(&spec.ownership).await?;
+    let found = nodes.first();
     // A run opens tcp/22 only in a group of its own (and then asks checkip); an admin-made
     // group is used as it is.
-    let own_group = match &found {
+    let own_group = match found {
         Some(instance) => instance.security_group.is_some(),
         None => spec.launch.security_group.is_none(),
     };
@@ -130,7 +131,7 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
         }
         None => None,
     };
-    let price = match &found {
+    let price = match found {
         Some(instance) => {
             let zone = instance.zone.as_deref();
             price::hourly(cloud, &instance.instance_type, instance.spot, zone).await
@@ -143,7 +144,9 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
     let (reuse, launch) = match found {
         Some(instance) => (
             Some(Reused {
-                id: instance.id.clone(),
+                id: (nodes.iter().map(|n| n.id.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 state: instance.state.as_str().to_string(),
                 instance_type: instance.instance_type.clone(),
             }),
@@ -213,6 +216,11 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             launch_id: "dry-run",
             expires_at: plan.machine.watchdog.expires_at().as_deref(),
             spot: spec.spot.as_ref().map(|spot| spot.max_price.as_deref()),
+            count: spec.nodes,
+            // Neither exists before the launch: the request is asked without them.
+            node_group: None,
+            placement_group: None,
+            efa: spec.efa,
         })
         .await;
     // Throttled, failing inside AWS, or no answer: that is no verdict on the launch.

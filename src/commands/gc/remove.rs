@@ -148,7 +148,7 @@ impl Removal<'_> {
             return Ok(());
         }
         let there = self.cloud.in_region(&owned.region);
-        let instance = &owned.instance;
+        let instance = std::slice::from_ref(&owned.instance);
         end_of_life::apply(
             &there,
             self.store,

@@ -52,6 +52,9 @@ impl Launcher<'_> {
                 }
             }
         };
+        if let Err(e) = self.cluster_groups(launch, resolved).await {
+            return Outcome::Failed(e);
+        }
         let user_data = UserData {
             host_private_openssh: &keys.host_private_openssh,
             host_public_openssh: &keys.host_public_openssh,
@@ -63,6 +66,8 @@ impl Launcher<'_> {
         let attempts = Attempts {
             by: self,
             group: &group,
+            node_group: launch.node_group.clone(),
+            placement_group: launch.placement_group.clone(),
             user_data: &user_data,
         };
         attempts
@@ -71,10 +76,42 @@ impl Launcher<'_> {
     }
 }
 
-/// The RunInstances attempts of one launch, once its keys and group exist.
+impl Launcher<'_> {
+    /// A cluster's own security group, and its placement group when one of its types takes
+    /// it; each recorded at once, so that the journal deletes them.
+    async fn cluster_groups(&self, launch: &mut Launch, resolved: &Resolved) -> anyhow::Result<()> {
+        if launch.nodes < 2 {
+            return Ok(());
+        }
+        let tags = &self.spec.launch.tags;
+        let name = launch.node_group_name();
+        let group = self
+            .cloud
+            .create_node_group(&name, &resolved.vpc, tags)
+            .await?;
+        launch.node_group = Some(group);
+        launch.save(self.store)?;
+        if resolved
+            .types
+            .iter()
+            .any(|(kind, _)| kind.cluster_placement)
+        {
+            let name = launch.placement_group_name();
+            self.cloud.create_placement_group(&name, tags).await?;
+            launch.placement_group = Some(name);
+            launch.save(self.store)?;
+        }
+        Ok(())
+    }
+}
+
+/// The RunInstances attempts of one launch, once its keys and groups exist.
 struct Attempts<'a> {
     by: &'a Launcher<'a>,
     group: &'a str,
+    /// A cluster's own security group and placement group.
+    node_group: Option<String>,
+    placement_group: Option<String>,
     user_data: &'a str,
 }
 
@@ -134,7 +171,7 @@ impl Attempts<'_> {
                         ));
                     }
                     let n = (m * types.len() + t) * places.len() + p;
-                    let attempt = self.attempt(launch, n, instance_type, image, place, *market);
+                    let attempt = self.attempt(launch, n, type_info, image, place, *market);
                     match attempt.await {
                         Err(e) if is_capacity(&e, market.is_some()) => no_capacity = Some(e),
                         Err(e) => return Outcome::Failed(e),
@@ -159,11 +196,12 @@ impl Attempts<'_> {
         &self,
         launch: &mut Launch,
         n: usize,
-        instance_type: &str,
+        kind: &TypeInfo,
         image: &Image,
         place: &Place,
         spot: Option<&SpotSpec>,
     ) -> Result<Outcome> {
+        let instance_type = kind.name.as_str();
         self.by.interrupt.check()?;
         launch.sending(self.by.store)?;
         let wanted = &self.by.spec.launch;
@@ -176,7 +214,7 @@ impl Attempts<'_> {
                 instance_type,
                 user_data: self.user_data,
                 security_group: Some(self.group),
-                own_group: self.by.spec.launch.security_group.is_none(),
+                own_group: wanted.security_group.is_none(),
                 login_user: &user,
                 subnet_id: place.subnet_id(),
                 key_name: self.by.spec.login.key_pair_name(),
@@ -187,10 +225,17 @@ impl Attempts<'_> {
                 launch_id: &launch.id,
                 expires_at: self.by.spec.watchdog.expires_at().as_deref(),
                 spot: spot.map(|spot| spot.max_price.as_deref()),
+                count: wanted.nodes,
+                node_group: self.node_group.as_deref(),
+                placement_group: self
+                    .placement_group
+                    .as_deref()
+                    .filter(|_| kind.cluster_placement),
+                efa: wanted.efa,
             })
             .await;
         let e = match launched {
-            Ok(instance) => return Ok(Outcome::Launched { instance, user }),
+            Ok(instances) => return Ok(Outcome::Launched { instances, user }),
             Err(e) => e,
         };
         let code = match e.downcast_ref::<AwsError>() {
@@ -199,22 +244,33 @@ impl Attempts<'_> {
             Some(aws) if is_quota(aws) => return Err(quota_hint(e, instance_type)),
             _ => return Err(e),
         };
-        Ok(match launch.find_instance(self.by.cloud).await {
-            Ok(Some(instance)) if instance.state.is_live() => {
+        let found = match launch.find_instances(self.by.cloud).await {
+            Ok(found) => found,
+            Err(lookup) => return Ok(Outcome::Unknown(e.context(format!("{lookup:#}")))),
+        };
+        let whole = found.len() == wanted.nodes as usize;
+        Ok(match found.first() {
+            None => Outcome::Failed(e),
+            Some(head) if whole && found.iter().all(|i| i.state.is_live()) => {
+                let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
                 self.by.printer.info(&format!(
-                    "the launch's answer was lost ({code}), but {} exists: using it",
-                    instance.id
+                    "the launch's answer was lost ({code}), but {} exist{}: using {}",
+                    ids.join(", "),
+                    if ids.len() == 1 { "s" } else { "" },
+                    if ids.len() == 1 { "it" } else { "them" },
                 ));
-                let user = instance.login_user.clone().unwrap_or(user);
-                Outcome::Launched { instance, user }
+                let user = head.login_user.clone().unwrap_or(user);
+                Outcome::Launched {
+                    instances: found,
+                    user,
+                }
             }
-            Ok(Some(ended)) => Outcome::Failed(e.context(format!(
+            // Some of it ended already: the journal ends the rest, the next run here settles it.
+            Some(head) => Outcome::Unknown(e.context(format!(
                 "{} was launched, but is {} already",
-                ended.id,
-                ended.state.as_str()
+                head.id,
+                head.state.as_str()
             ))),
-            Ok(None) => Outcome::Failed(e),
-            Err(lookup) => Outcome::Unknown(e.context(format!("{lookup:#}"))),
         })
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::end_of_life::{self, Origin};
 use super::journal::Launch;
 use super::spec::MachineSpec;
-use super::{Machine, ingress_cidr};
+use super::{Machine, Node, ingress_cidr};
 use crate::cloud::{Cloud, Image, Instance};
 use crate::interrupt::Interrupt;
 use crate::price;
@@ -31,8 +31,9 @@ enum Group {
 
 /// How a launch attempt ended.
 enum Outcome {
+    /// Every node, in rank order.
     Launched {
-        instance: Instance,
+        instances: Vec<Instance>,
         user: String,
     },
     /// Nothing exists: what the launch made can go.
@@ -56,17 +57,34 @@ pub async fn launch(
         &wanted.instance_type,
         &cloud.region,
     ));
-    let phase = printer.phase(format!(
-        "launching a {} instance in {}",
-        wanted.instance_type, cloud.region
-    ));
+    let phase = printer.phase(match wanted.nodes {
+        1 => format!(
+            "launching a {} instance in {}",
+            wanted.instance_type, cloud.region
+        ),
+        n => format!(
+            "launching {n} {} instances as one cluster in {}",
+            wanted.instance_type, cloud.region
+        ),
+    });
     let resolved = resolve(cloud, wanted).await?;
+    for (kind, _) in resolved
+        .types
+        .iter()
+        .filter(|(k, _)| wanted.nodes > 1 && !k.cluster_placement)
+    {
+        printer.info(&format!(
+            "{} takes no cluster placement group: its nodes are launched in one zone, but \
+             maybe not close together",
+            kind.name
+        ));
+    }
     // An admin-made group is only looked up; no checkip is needed for it.
     let group = match &resolved.admin_group {
         Some(id) => Group::Admin(id.clone()),
         None => Group::Own(ingress_cidr(&spec.ingress).await?),
     };
-    let mut launch = Launch::new(&cloud.region, &spec.ownership.dir);
+    let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
         store.discard(new_keys);
@@ -82,27 +100,35 @@ pub async fn launch(
     let outcome = launcher
         .send(&mut launch, group, &new_keys, &resolved)
         .await;
-    let (instance, user) = settle(cloud, store, &launch, outcome).await?;
-    let keys = adopt(cloud, store, printer, new_keys, &instance).await?;
-    let market = match instance.spot {
+    let (instances, user) = settle(cloud, store, &launch, outcome).await?;
+    let keys = adopt(cloud, store, printer, new_keys, &launch, &instances).await?;
+    let head = &instances[0];
+    let market = match head.spot {
         true => "spot; terminated, not stopped, when it ends itself or AWS interrupts it",
         false => "on-demand",
     };
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     phase.done(format!(
         "launched {} ({}, {market}); {}",
-        instance.id,
-        instance.instance_type,
+        ids.join(", "),
+        head.instance_type,
         spec.watchdog.describe()
     ));
     let volume_gib = (resolved.types.iter())
-        .find(|(kind, _)| kind.name == instance.instance_type)
+        .find(|(kind, _)| kind.name == head.instance_type)
         .and_then(|(_, image)| root_volume_gib(spec, image));
     if let Some(gib) = volume_gib {
-        store.note_volume(&instance.id, gib);
+        for id in &ids {
+            store.note_volume(id, gib);
+        }
     }
     Ok(Machine {
-        instance,
-        keys,
+        nodes: (instances.into_iter())
+            .map(|instance| Node {
+                instance,
+                keys: keys.clone(),
+            })
+            .collect(),
         user,
         origin: Origin::Launched,
         volume_gib,
@@ -116,9 +142,9 @@ async fn settle(
     store: &Store,
     launch: &Launch,
     outcome: Outcome,
-) -> Result<(Instance, String)> {
+) -> Result<(Vec<Instance>, String)> {
     match outcome {
-        Outcome::Launched { instance, user } => Ok((instance, user)),
+        Outcome::Launched { instances, user } => Ok((instances, user)),
         Outcome::Failed(e) => {
             // Something left alive outweighs the failure (or the signal) that led here.
             if let Err(leak) = launch.abandon(cloud, store).await {
@@ -137,24 +163,33 @@ async fn settle(
     }
 }
 
-/// Files the keys under the instance; one that could not be kept is unreachable, so the
-/// instance must not run on.
+/// Files the keys under the nodes, and gives a cluster's head its SSH group (its nodes were
+/// launched in their own group alone). What cannot be done leaves the nodes unreachable, so they
+/// must not run on.
 async fn adopt(
     cloud: &Cloud,
     store: &Store,
     printer: &Printer,
     new_keys: NewKeys,
-    instance: &Instance,
+    launch: &Launch,
+    instances: &[Instance],
 ) -> Result<InstanceKeys> {
-    let e = match store.adopt(new_keys, &instance.id) {
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    let opened = async {
+        if let (Some(nodes), Some(ssh)) = (&launch.node_group, &launch.group) {
+            cloud.set_groups(ids[0], &[nodes, ssh]).await?;
+        }
+        store.adopt(new_keys, &ids)
+    };
+    let e = match opened.await {
         Ok(keys) => return Ok(keys),
         Err(e) => e,
     };
-    let ended = end_of_life::apply(cloud, store, instance, EndOfLife::Terminate, printer).await;
+    let ended = end_of_life::apply(cloud, store, instances, EndOfLife::Terminate, printer).await;
     Err(match ended {
         Ok(()) => e.context(format!(
-            "{} was terminated: it could not be reached",
-            instance.id
+            "{} terminated: it could not be reached",
+            ids.join(", ")
         )),
         Err(end) => e.context(format!("{end:#}")),
     })
