@@ -118,6 +118,7 @@ async fn ask_job(plan: &FleetPlan, store: &Store, owned: &Owned, printer: &Print
             // Not this directory's user setting: the instance may be another directory's.
             user: fleet::recorded_user(&owned.instance),
             keys: store.load(id, &plan.login)?,
+            via: None,
         };
         let phase = printer.phase(format!("asking {id} for its job"));
         let session = Session::connect(&target, Instant::now() + ASK_TIMEOUT, &phase).await?;

@@ -4,6 +4,7 @@
 //! (`run`) or as a job (`job`), the final pull (`pull`), and the end of the run: the end of
 //! life, the summary line and the exit status (`end`).
 
+mod cluster;
 mod end;
 mod job;
 mod lease;

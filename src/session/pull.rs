@@ -47,13 +47,14 @@ impl Drop for NoteSignals {
     }
 }
 
-/// rsync between this directory and `remote_dir`, over `session`.
+/// rsync between this directory and `remote_dir`, over `session`; `label` names the copies
+/// of files both sides changed (the instance's id, or a cluster node's `node-K`).
 pub fn rsync<'a>(
     plan: &'a Plan,
     session: &Arc<Session>,
     remote_dir: &RemoteDir,
     printer: &'a Printer,
-    instance_id: &'a str,
+    label: &'a str,
 ) -> Result<Rsync<'a>> {
     let sync = plan
         .sync
@@ -66,7 +67,7 @@ pub fn rsync<'a>(
         session.clone(),
         &plan.dirs.sockets,
         printer,
-        instance_id,
+        label,
     )
 }
 
@@ -109,15 +110,43 @@ pub async fn pull_results(
         }
     };
     match pulled {
-        Ok(()) => {
-            phase.done("pulled results back");
-            Ok(())
-        }
+        Ok(()) => {}
         Err(e) if reached.session.is_closed() => {
-            Err(stopped_under_the_run(cloud, id).await.unwrap_or(e))
+            return Err(stopped_under_the_run(cloud, id).await.unwrap_or(e));
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
     }
+    pull_workers(scene, reached, progress).await?;
+    phase.done("pulled results back");
+    Ok(())
+}
+
+/// What a cluster's other nodes wrote that the head did not comes home too; what they changed
+/// otherwise stays beside the head's version, named after the node (`node-K`). After the head.
+pub async fn pull_workers(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    progress: &mut Progress,
+) -> Result<()> {
+    let Scene {
+        plan,
+        store,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    for worker in &reached.workers {
+        let node = &machine.nodes[worker.rank].instance.id;
+        let label = format!("node-{}", worker.rank);
+        let mut theirs = Manifest::load(&store.manifest_path(node));
+        rsync(plan, &worker.session, &reached.remote_dir, printer, &label)?
+            .pull(&mut theirs, &mut progress.conflicts)
+            .await
+            .with_context(|| {
+                format!("cannot bring home what node {} ({node}) wrote", worker.rank)
+            })?;
+    }
+    Ok(())
 }
 
 /// The final pull once nothing runs there any more, signals noted from now on; then the

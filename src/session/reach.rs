@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::cluster::{Cluster, Worker, reach_workers, set_up};
 use super::lease::Presence;
 use super::progress::Progress;
 use super::{Dial, Plan, Scene};
@@ -25,6 +26,10 @@ pub struct Reached {
     pub target: Target,
     pub session: Arc<Session>,
     pub remote_dir: RemoteDir,
+    /// A cluster's other nodes, reached through the head (none for one instance).
+    pub workers: Vec<Worker>,
+    /// How the nodes (one, or a cluster's) see each other.
+    pub cluster: Cluster,
 }
 
 /// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
@@ -68,15 +73,27 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
                 plan.remote_dir
             )
         })?;
+    let (workers, cluster) = match scene.machine.nodes.len() {
+        1 => (Vec::new(), Cluster::of(scene.machine)),
+        n => {
+            let phase = printer.phase(format!("reaching the {} other nodes", n - 1));
+            let workers = reach_workers(scene, &session, deadline).await?;
+            let cluster = set_up(scene, &session, &workers).await?;
+            phase.done(format!("reached the {n} nodes of the cluster"));
+            (workers, cluster)
+        }
+    };
     Ok(Reached {
         target,
         session,
         remote_dir,
+        workers,
+        cluster,
     })
 }
 
 /// Every connection re-arms the dead-man switch with this run's settings.
-async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
+pub(super) async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
     let watchdog = &scene.plan.machine.watchdog;
     let job = Job::for_dir(&scene.plan.local_dir);
     session
@@ -129,6 +146,7 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         address,
         user: machine.user.clone(),
         keys: machine.head().keys.clone(),
+        via: None,
     })
 }
 
@@ -169,7 +187,11 @@ fn missing_address(address: Address, id: &str, private: Option<&str>) -> String 
     }
 }
 
-async fn connect(target: &Target, deadline: Instant, printer: &Printer) -> Result<Arc<Session>> {
+pub(super) async fn connect(
+    target: &Target,
+    deadline: Instant,
+    printer: &Printer,
+) -> Result<Arc<Session>> {
     let phase = printer.phase(format!("connecting to {}@{}", target.user, target.address));
     let session = Session::connect(target, deadline, &phase).await?;
     phase.done(format!("connected to {}@{}", target.user, target.address));

@@ -2,18 +2,21 @@
 //! `ssh host command`, or as this directory's job in tmux/screen), pull the results back. How
 //! far it got is recorded in `Progress`, which decides the end of life.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 
 use super::Scene;
+use super::cluster::{
+    Ended, WorkerCommands, fan_out, finish_workers, first_failure, how_it_ended, node_failed,
+    start_workers,
+};
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,
 };
 use super::progress::Progress;
-use super::pull::{NoteSignals, pull_results, rsync};
+use super::pull::{NoteSignals, pull_results, pull_workers, rsync};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
 use crate::fleet::end_of_life::Origin;
 use crate::poll::Poll;
@@ -95,6 +98,7 @@ async fn sync_up(
 ) -> Result<()> {
     let Scene {
         plan,
+        store,
         machine,
         interrupt,
         printer,
@@ -116,10 +120,31 @@ async fn sync_up(
         interrupt
             .cancel(rsync.pull(manifest, &mut progress.conflicts))
             .await?;
+        interrupt
+            .cancel(pull_workers(scene, reached, progress))
+            .await?;
         phase.done("up to date with the instance");
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
-    interrupt.cancel(rsync.push(manifest)).await?;
+    let sent = interrupt.cancel(rsync.push(manifest)).await?;
+    if !reached.workers.is_empty() {
+        let others = reached.workers.len();
+        phase.update(format!(
+            "copying it from the head to the other {others} nodes"
+        ));
+        let copied = fan_out(
+            &reached.session,
+            &reached.remote_dir,
+            &reached.cluster,
+            &sent,
+        );
+        interrupt.cancel(copied).await?;
+        // The nodes now hold what the head holds: their manifests are its own.
+        let head = store.manifest_path(id);
+        for node in &machine.nodes[1..] {
+            let _ = std::fs::copy(&head, store.manifest_path(&node.instance.id));
+        }
+    }
     phase.done(format!("synced to {}", plan.remote_dir));
     Ok(())
 }
@@ -140,7 +165,18 @@ async fn run_directly(
     } = *scene;
     let forwarding = open_forwards(&reached.session, plan, printer, true).await?;
     let record = RunRecord::new();
-    let (ran, spot_notice) = stream_command(scene, &reached.session, &record).await;
+    let mut workers = (plan.command.as_deref())
+        .filter(|_| !reached.workers.is_empty())
+        .map(|command| {
+            start_workers(
+                &reached.workers,
+                &reached.remote_dir,
+                &reached.cluster,
+                command,
+            )
+        });
+    let (ran, spot_notice, first) =
+        stream_command(scene, &reached, &record, workers.as_mut()).await;
     drop(forwarding);
     let _notes = NoteSignals::start(interrupt, printer);
     let after_command = interrupt.only_new();
@@ -148,6 +184,19 @@ async fn run_directly(
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
     progress.exit = ran.as_ref().ok().cloned();
+    if let Some(workers) = &mut workers {
+        let head_failed = !ran
+            .as_ref()
+            .is_ok_and(|exit| *exit == RemoteExit::Status(0));
+        let failure = match first {
+            Some(first) => Some(first),
+            None => finish_workers(workers, head_failed, printer).await,
+        };
+        workers.clean_up().await;
+        if let Some(failure) = failure.filter(|_| !head_failed) {
+            progress.exit = Some(node_failed(failure)?);
+        }
+    }
 
     // The pull starts only once the command is known to have ended: after a hang-up or a lost
     // connection, what is left of it is ended first, so that nothing still writes.
@@ -186,9 +235,11 @@ async fn run_directly(
 /// whether that notice came.
 async fn stream_command(
     scene: &Scene<'_>,
-    session: &Arc<Session>,
+    reached: &Reached,
     record: &RunRecord,
-) -> (Result<RemoteExit>, bool) {
+    workers: Option<&mut WorkerCommands>,
+) -> (Result<RemoteExit>, bool, Option<Ended>) {
+    let session = &reached.session;
     let Scene {
         plan,
         machine,
@@ -199,11 +250,10 @@ async fn stream_command(
     // Without a PTY, stdout is a pipe that `| head` may close: it goes through the record.
     let relay_stdout = !plan.terminal.pty;
     let cut_output = record.cut_output_command();
-    let command_line = record.command_line(
-        &scene.plan.remote_dir,
-        plan.command.as_deref(),
-        relay_stdout,
-    );
+    // The nodes' variables (for one instance too: rank 0 of 1).
+    let command = (plan.command.as_deref()).map(|c| reached.cluster.layout().command_for(0, c));
+    let command_line =
+        record.command_line(&scene.plan.remote_dir, command.as_deref(), relay_stdout);
     let ran = run_command(
         session,
         &command_line,
@@ -215,7 +265,18 @@ async fn stream_command(
     );
     tokio::pin!(ran);
     tokio::select! {
-        ran = &mut ran => (ran, false),
+        ran = &mut ran => (ran, false, None),
+        failed = first_failure(workers) => {
+            printer.warn(&format!(
+                "node {} {}: ending the other nodes' commands",
+                failed.rank,
+                how_it_ended(&failed.exit)
+            ));
+            if let Err(e) = end_command(session, record, printer).await {
+                printer.warn(&format!("{e:#}"));
+            }
+            (ran.await, false, Some(failed))
+        }
         () = until_interrupted(machine.head().instance.spot, async || {
             let answer = session.run_captured(&record.interrupted_command()).await;
             answer.is_ok_and(|answer| answer.trim() == "interrupted")
@@ -228,7 +289,7 @@ async fn stream_command(
             if let Err(e) = end_command(session, record, printer).await {
                 printer.warn(&format!("{e:#}"));
             }
-            (ran.await, true)
+            (ran.await, true, None)
         }
     }
 }
@@ -239,7 +300,11 @@ const END_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ends what is left of the command (its whole process group: SIGTERM, then SIGKILL) and
 /// waits until nothing of it runs.
-async fn end_command(session: &Session, record: &RunRecord, printer: &Printer) -> Result<()> {
+pub(super) async fn end_command(
+    session: &Session,
+    record: &RunRecord,
+    printer: &Printer,
+) -> Result<()> {
     let phase = printer.phase("ending what is left of the remote command before the pull");
     for (signal, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
         let mut poll = Poll::every(Duration::from_secs(1)).within(within);

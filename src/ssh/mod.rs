@@ -28,6 +28,9 @@ pub struct Target {
     pub address: HostPort,
     pub user: String,
     pub keys: InstanceKeys,
+    /// Reached through this session (a cluster's head) rather than dialled: its workers take
+    /// SSH from inside the cluster only.
+    pub via: Option<Arc<Session>>,
 }
 
 pub struct Session {
@@ -149,16 +152,17 @@ impl Session {
             mismatch: mismatch.clone(),
             remote_targets: remote_targets.clone(),
         };
-        let address = (target.address.host.as_str(), target.address.port);
         let attempt = async {
-            let socket = tokio::net::TcpStream::connect(address).await?;
-            if let Err(e) = socket.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-            // russh reads each packet with two reads (its length, then the rest): through a
-            // buffer, one read brings in several packets.
-            let stream = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
-            let mut handle = client::connect_stream(config, stream, handler).await?;
+            let mut handle = match &target.via {
+                Some(head) => {
+                    let stream = head.tunnel(&target.address).await?;
+                    client::connect_stream(config, stream, handler).await?
+                }
+                None => {
+                    let stream = dial(&target.address).await?;
+                    client::connect_stream(config, stream, handler).await?
+                }
+            };
             // RSA key pairs must sign with SHA-2: OpenSSH 8.8+ refuses SHA-1 `ssh-rsa`.
             let rsa_hash = match target.keys.login.algorithm().is_rsa() {
                 true => handle.best_supported_rsa_hash().await?.flatten(),
@@ -188,7 +192,23 @@ impl Session {
 
     /// Runs a short non-interactive command and returns its stdout, or fails with its stderr.
     pub async fn run_captured(&self, command: &str) -> Result<String> {
+        self.run_with_input(command, &[]).await
+    }
+
+    /// Like `run_captured`, with `input` on the command's stdin (what must not be on a command
+    /// line, which any process there can read).
+    pub async fn run_with_input(&self, command: &str, input: &[u8]) -> Result<String> {
         let mut channel = self.open_exec(command).await?;
+        if !input.is_empty() {
+            channel
+                .data(input)
+                .await
+                .context("the connection to the instance was lost")?;
+        }
+        channel
+            .eof()
+            .await
+            .context("the connection to the instance was lost")?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let mut status = None;
         while let Some(message) = channel.wait().await {
@@ -226,6 +246,18 @@ impl Session {
             .context("cannot open an SSH channel: the connection to the instance was lost")
     }
 
+    /// A stream to `address` as seen from the instance (a direct-tcpip channel).
+    async fn tunnel(
+        &self,
+        address: &HostPort,
+    ) -> Result<russh::ChannelStream<client::Msg>, russh::Error> {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(address.host.clone(), address.port.into(), "127.0.0.1", 0)
+            .await?;
+        Ok(channel.into_stream())
+    }
+
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
@@ -236,6 +268,18 @@ impl Session {
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// A TCP connection to `address`, read through a buffer: russh reads each packet with two reads
+/// (its length, then the rest), and one read of the buffer brings in several packets.
+async fn dial(
+    address: &HostPort,
+) -> Result<tokio::io::BufReader<tokio::net::TcpStream>, russh::Error> {
+    let socket = tokio::net::TcpStream::connect((address.host.as_str(), address.port)).await?;
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
+    Ok(tokio::io::BufReader::with_capacity(READ_BUFFER, socket))
 }
 
 /// What the connection reads from the network at most at a time.

@@ -85,7 +85,9 @@ impl<'a> Rsync<'a> {
 
     /// Sends this directory to the instance and records what both sides now hold. Run a pull
     /// first on an instance that may hold changes not yet home: a push overwrites them.
-    pub async fn push(&self, manifest: &mut Manifest) -> Result<()> {
+    /// What it sent is returned (the paths, relative to the directory): a cluster's head
+    /// copies them on to its other nodes.
+    pub async fn push(&self, manifest: &mut Manifest) -> Result<Vec<PathBuf>> {
         let started = SystemTime::now();
         let mut rsync = self.command();
         rsync
@@ -127,7 +129,11 @@ impl<'a> Rsync<'a> {
                 names.join(", ")
             ));
         }
-        Ok(())
+        let sent = (outcome.items.iter())
+            .filter(|item| item.transferred())
+            .map(|item| item.path.clone())
+            .collect();
+        Ok(sent)
     }
 
     /// `-v`: the names of what moved.

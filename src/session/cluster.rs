@@ -1,0 +1,365 @@
+//! What a run does beyond the head when its machine is a cluster: it reaches every other node
+//! through the head's connection (no worker takes SSH from outside the cluster), sets the nodes
+//! up to reach each other (a key of the run's own, every host key checked), copies what the
+//! push sent from the head to the others inside the VPC, and runs the command on all of them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{Algorithm, PrivateKey};
+
+use super::Scene;
+use super::reach::connect;
+use crate::fleet::Machine;
+use crate::printer::Printer;
+use crate::remote::cluster::{Layout, fan_out_command};
+use crate::remote::{self, RemoteDir, RunRecord};
+use crate::settings::values::HostPort;
+use crate::ssh::{RemoteExit, Session, Target};
+
+/// A node other than the head, reached through it.
+pub struct Worker {
+    pub rank: usize,
+    pub target: Target,
+    pub session: Arc<Session>,
+}
+
+/// The cluster as its nodes see it: their private addresses, in rank order.
+pub struct Cluster {
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// The nodes of `machine`, by their private addresses.
+    pub fn of(machine: &Machine) -> Cluster {
+        Cluster {
+            addresses: (machine.nodes.iter())
+                .map(|node| node.instance.private_ip.clone().unwrap_or_default())
+                .collect(),
+        }
+    }
+
+    pub fn layout(&self) -> Layout<'_> {
+        Layout {
+            addresses: &self.addresses,
+        }
+    }
+}
+
+/// Reaches every worker through the head's session, by its private address, each pinned to
+/// its own host key; re-arms its dead-man switch and makes its remote directory.
+pub async fn reach_workers(
+    scene: &Scene<'_>,
+    head: &Arc<Session>,
+    deadline: Instant,
+) -> Result<Vec<Worker>> {
+    let machine = scene.machine;
+    let mut workers = Vec::new();
+    for (rank, node) in machine.nodes.iter().enumerate().skip(1) {
+        let address = node.instance.private_ip.clone().with_context(|| {
+            format!(
+                "node {rank} ({}) has no private address: the cluster cannot reach it",
+                node.instance.id
+            )
+        })?;
+        let target = Target {
+            address: HostPort {
+                host: address,
+                port: 22,
+            },
+            user: machine.user.clone(),
+            keys: node.keys.clone(),
+            via: Some(head.clone()),
+        };
+        let session = scene
+            .interrupt
+            .cancel(connect(&target, deadline, scene.printer))
+            .await
+            .with_context(|| format!("cannot reach node {rank} ({})", node.instance.id))?;
+        super::reach::arm_watchdog(scene, &session).await?;
+        session
+            .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
+            .await?;
+        workers.push(Worker {
+            rank,
+            target,
+            session,
+        });
+    }
+    Ok(workers)
+}
+
+/// Sets every node up so that they reach each other by SSH (a key made for this run, every
+/// node's pinned host key in every node's known hosts) and find the hostfile; what it is.
+pub async fn set_up(scene: &Scene<'_>, head: &Session, workers: &[Worker]) -> Result<Cluster> {
+    let nodes = &scene.machine.nodes;
+    let cluster = Cluster::of(scene.machine);
+    let host_keys = (nodes.iter())
+        .map(|node| node.keys.host.to_openssh())
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot write a node's host key")?;
+    let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .context("cannot generate the cluster's key")?;
+    key.set_comment("ssh-ec2-cluster");
+    let public = key.public_key().to_openssh()?;
+    let private = key.to_openssh(LineEnding::LF)?;
+    let command = cluster.layout().setup_command(&host_keys, &public);
+    let sessions = std::iter::once(head).chain(workers.iter().map(|w| &*w.session));
+    for (rank, session) in sessions.enumerate() {
+        session
+            .run_with_input(&command, private.as_bytes())
+            .await
+            .with_context(|| format!("cannot set node {rank} up to reach the others"))?;
+    }
+    Ok(cluster)
+}
+
+/// Copies what the push sent to the head (`paths`, relative to the directory) to every other
+/// node, from the head, inside the VPC: the directory crosses the laptop's link once.
+pub async fn fan_out(
+    head: &Session,
+    dir: &RemoteDir,
+    cluster: &Cluster,
+    paths: &[PathBuf],
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<u8> = (paths.iter())
+        .flat_map(|path| path.as_os_str().as_bytes().iter().chain([&0]))
+        .copied()
+        .collect();
+    let workers = &cluster.addresses[1..];
+    head.run_with_input(&fan_out_command(dir, workers), &list)
+        .await
+        .context("cannot copy the directory from the head to the other nodes")?;
+    Ok(())
+}
+
+/// How a worker's command ended.
+pub struct Ended {
+    pub rank: usize,
+    pub exit: Result<RemoteExit>,
+}
+
+/// The command running on every worker, each streamed by a task of its own.
+pub struct WorkerCommands {
+    /// Each worker's session and run record, to end what is left of its command.
+    running: Vec<(usize, Arc<Session>, RunRecord)>,
+    ended: tokio::sync::mpsc::UnboundedReceiver<Ended>,
+    left: usize,
+}
+
+/// Starts `command` on every worker, in the remote directory, with its node's variables; its
+/// output comes here line by line, each prefixed `[node K] `.
+pub fn start_workers(
+    workers: &[Worker],
+    dir: &RemoteDir,
+    cluster: &Cluster,
+    command: &str,
+) -> WorkerCommands {
+    let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
+    let mut running = Vec::new();
+    for worker in workers {
+        let record = RunRecord::new();
+        let command = cluster.layout().command_for(worker.rank, command);
+        let line = record.command_line(dir, Some(&command), false);
+        let (session, rank, sender) = (worker.session.clone(), worker.rank, sender.clone());
+        tokio::spawn(async move {
+            let exit = stream_worker(&session, &line, rank).await;
+            let _ = sender.send(Ended { rank, exit });
+        });
+        running.push((worker.rank, worker.session.clone(), record));
+    }
+    WorkerCommands {
+        left: running.len(),
+        running,
+        ended,
+    }
+}
+
+impl WorkerCommands {
+    /// The next worker whose command ends; `None` once they all have.
+    pub async fn next(&mut self) -> Option<Ended> {
+        if self.left == 0 {
+            return None;
+        }
+        let ended = self.ended.recv().await?;
+        self.left -= 1;
+        Some(ended)
+    }
+
+    /// Ends what is left of every worker's command (TERM, then KILL).
+    pub async fn end_all(&self, printer: &Printer) {
+        self.end(None, printer).await;
+    }
+
+    /// The same, but for the worker `rank`, whose command has ended.
+    async fn end_all_but(&self, rank: usize) {
+        self.end(Some(rank), &Printer::new(crate::printer::Verbosity::Quiet))
+            .await;
+    }
+
+    async fn end(&self, but: Option<usize>, printer: &Printer) {
+        let others = self.running.iter().filter(|(rank, ..)| Some(*rank) != but);
+        for (rank, session, record) in others {
+            if let Err(e) = super::run::end_command(session, record, printer).await {
+                printer.warn(&format!("node {rank}: {e:#}"));
+            }
+        }
+    }
+
+    /// Forgets each worker's run record on its node.
+    pub async fn clean_up(&self) {
+        for (_, session, record) in &self.running {
+            let _ = session.run_captured(&record.cleanup_command()).await;
+        }
+    }
+}
+
+/// Whether a node's command failed (or its node was lost).
+fn failed(exit: &Result<RemoteExit>) -> bool {
+    !matches!(exit, Ok(RemoteExit::Status(0)))
+}
+
+/// The first worker whose command fails; never, when there are none or they all succeed.
+pub async fn first_failure(workers: Option<&mut WorkerCommands>) -> Ended {
+    if let Some(workers) = workers {
+        while let Some(ended) = workers.next().await {
+            if failed(&ended.exit) {
+                workers.end_all_but(ended.rank).await;
+                return ended;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+/// Waits for the workers' commands once the head's has ended (after ending them, when the
+/// head's failed); the first that fails ends the others. That one, if any.
+pub async fn finish_workers(
+    workers: &mut WorkerCommands,
+    head_failed: bool,
+    printer: &Printer,
+) -> Option<Ended> {
+    if head_failed {
+        printer.warn("node 0 failed: ending the other nodes' commands");
+        workers.end_all(printer).await;
+    }
+    let mut first = None;
+    while let Some(ended) = workers.next().await {
+        if first.is_none() && failed(&ended.exit) {
+            if !head_failed {
+                printer.warn(&format!(
+                    "node {} {}: ending the other nodes' commands",
+                    ended.rank,
+                    how_it_ended(&ended.exit)
+                ));
+                workers.end_all(printer).await;
+            }
+            first = Some(ended);
+        }
+    }
+    first
+}
+
+/// "exited with status 5", "was killed by signal KILL", "was lost".
+pub fn how_it_ended(exit: &Result<RemoteExit>) -> String {
+    match exit {
+        Ok(RemoteExit::Status(status)) => format!("exited with status {status}"),
+        Ok(RemoteExit::Signal(signal)) => format!("was killed by signal {signal}"),
+        Err(e) => format!("failed: {e:#}"),
+    }
+}
+
+/// The run's status when node `failure.rank` failed first: its command's, or the error of a
+/// node that was lost.
+pub fn node_failed(failure: Ended) -> Result<RemoteExit> {
+    let rank = failure.rank;
+    failure
+        .exit
+        .with_context(|| format!("node {rank}'s command did not end on its own"))
+}
+
+/// Runs `line` on a worker, its output prefixed with its rank, until the command ends.
+async fn stream_worker(session: &Session, line: &str, rank: usize) -> Result<RemoteExit> {
+    use russh::ChannelMsg;
+    let mut channel = session.open_exec(line).await?;
+    channel
+        .eof()
+        .await
+        .context("the connection to the node was lost")?;
+    let prefix = format!("[node {rank}] ");
+    let (mut out, mut err) = (Prefixed::new(&prefix), Prefixed::new(&prefix));
+    let mut exit = None;
+    while let Some(message) = channel.wait().await {
+        match message {
+            ChannelMsg::Data { data } => out.write(&data, &mut std::io::stdout()),
+            ChannelMsg::ExtendedData { data, .. } => err.write(&data, &mut std::io::stderr()),
+            ChannelMsg::ExitStatus { exit_status } => exit = Some(RemoteExit::Status(exit_status)),
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                exit = Some(RemoteExit::Signal(format!("{signal_name:?}")));
+            }
+            ChannelMsg::Failure => anyhow::bail!("node {rank} refused to run the command"),
+            _ => {}
+        }
+    }
+    out.finish(&mut std::io::stdout());
+    err.finish(&mut std::io::stderr());
+    exit.with_context(|| format!("node {rank} was lost before its command ended"))
+}
+
+/// Output cut into whole lines, each written with a prefix in one write (so that the nodes'
+/// lines do not mix within a line).
+struct Prefixed {
+    prefix: Vec<u8>,
+    partial: Vec<u8>,
+}
+
+impl Prefixed {
+    fn new(prefix: &str) -> Prefixed {
+        Prefixed {
+            prefix: prefix.as_bytes().to_vec(),
+            partial: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, data: &[u8], to: &mut impl std::io::Write) {
+        self.partial.extend_from_slice(data);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let _ = to.write_all(&[self.prefix.as_slice(), &line].concat());
+        }
+        let _ = to.flush();
+    }
+
+    /// The last line, if it had no newline.
+    fn finish(&mut self, to: &mut impl std::io::Write) {
+        if !self.partial.is_empty() {
+            self.partial.push(b'\n');
+            self.write(&[], to);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_line_of_a_node_carries_its_rank() {
+        let mut prefixed = Prefixed::new("[node 2] ");
+        let mut out = Vec::new();
+        prefixed.write(b"a\nb", &mut out);
+        prefixed.write(b"c\n\nd", &mut out);
+        prefixed.finish(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[node 2] a\n[node 2] bc\n[node 2] \n[node 2] d\n"
+        );
+    }
+}
