@@ -25,7 +25,10 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(8);
 /// One line of the listing; the JSON form is the same fields.
 #[derive(Serialize)]
 struct Row {
+    /// The instance, or a cluster's head.
     id: String,
+    /// Every instance of it: the one, or the cluster's nodes in rank order.
+    instances: Vec<String>,
     region: String,
     directory: Option<String>,
     host: Option<String>,
@@ -80,7 +83,9 @@ async fn rows(
 ) -> Result<(Vec<Row>, Skipped)> {
     let (owned, skipped) = fleet::owner_instances(cloud, &plan.owner, all_regions, printer).await?;
     let mut rows = Vec::new();
-    for owned in owned {
+    for nodes in fleet::machines(owned) {
+        let instances = nodes.iter().map(|o| o.instance.id.clone()).collect();
+        let owned = nodes.into_iter().next().expect("a machine has a node");
         let keys_here = store.holds(&owned.instance.id);
         let job = match owned.instance.state == State::Running && keys_here {
             true => Some(ask_job(plan, store, &owned, printer).await),
@@ -88,6 +93,7 @@ async fn rows(
         };
         rows.push(Row {
             id: owned.instance.id.clone(),
+            instances,
             region: owned.region,
             directory: owned.dir,
             host: owned.host,
@@ -153,7 +159,7 @@ fn table(rows: &[Row]) -> String {
         .iter()
         .map(|r| {
             [
-                r.id.clone(),
+                r.instances.join(","),
                 r.region.clone(),
                 r.state.into(),
                 r.instance_type.clone(),

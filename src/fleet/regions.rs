@@ -86,5 +86,34 @@ pub async fn owner_instances_and_groups(
 }
 
 fn sort_by_place(owned: &mut [Owned]) {
-    owned.sort_by(|a, b| (&a.region, &a.dir).cmp(&(&b.region, &b.dir)));
+    owned.sort_by(|a, b| {
+        let key = |o: &Owned| {
+            (
+                o.region.clone(),
+                o.dir.clone(),
+                o.launch.clone(),
+                o.instance.node.rank,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+}
+
+/// The instances as machines: a cluster's nodes together (head first), any other alone.
+/// `owned` is sorted by place (see `sort_by_place`), so a cluster's nodes are next to each other.
+pub fn machines(owned: Vec<Owned>) -> Vec<Vec<Owned>> {
+    let mut machines: Vec<Vec<Owned>> = Vec::new();
+    for node in owned {
+        let joins = machines.last().and_then(|m| m.first()).is_some_and(|head| {
+            node.instance.node.of > 1
+                && head.launch.is_some()
+                && head.launch == node.launch
+                && head.region == node.region
+        });
+        match joins {
+            true => machines.last_mut().expect("a machine").push(node),
+            false => machines.push(vec![node]),
+        }
+    }
+    machines
 }

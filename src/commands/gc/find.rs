@@ -34,7 +34,9 @@ pub(super) async fn find(
         fleet::owner_instances_and_groups(cloud, &plan.owner, all_regions, printer).await?;
     found.skipped_regions = skipped_regions;
     let mut from_elsewhere = 0;
-    for owned in &owned {
+    // A cluster is judged, and ended, whole: by its head.
+    for nodes in fleet::machines(owned.clone()) {
+        let owned = &nodes[0];
         let id = &owned.instance.id;
         if !owned.this_machine {
             from_elsewhere += 1;
@@ -64,16 +66,22 @@ pub(super) async fn find(
                 .push(format!("{id}: a run in {} goes on", show(&owned.dir)));
             continue;
         }
-        found.instances.push((owned.clone(), why));
+        found.instances.push((nodes.clone(), why));
     }
 
     for (region, group) in groups {
-        let used = owned
-            .iter()
-            .any(|o| o.instance.security_group.as_deref() == Some(&group.id));
-        let launched = launches
-            .iter()
-            .any(|l| l.group.as_deref() == Some(&group.id) || l.group_name() == group.name);
+        let used = owned.iter().any(|o| {
+            let instance = &o.instance;
+            [&instance.security_group, &instance.node_group]
+                .into_iter()
+                .any(|g| g.as_deref() == Some(&group.id))
+        });
+        let launched = launches.iter().any(|l| {
+            [&l.group, &l.node_group]
+                .into_iter()
+                .any(|g| g.as_deref() == Some(&group.id))
+                || [l.group_name(), l.node_group_name()].contains(&group.name)
+        });
         if used || launched || !group.this_machine {
             continue;
         }

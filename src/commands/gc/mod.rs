@@ -39,7 +39,8 @@ enum Why {
 /// What --gc found.
 #[derive(Default)]
 struct Leftovers {
-    instances: Vec<(Owned, Why)>,
+    /// Each instance, or a cluster's nodes (head first), and why.
+    instances: Vec<(Vec<Owned>, Why)>,
     groups: Vec<(String, SshGroup)>,
     launches: Vec<Launch>,
     /// Local paths to remove, and why.

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::{Leftovers, Why};
-use crate::cloud::{Cloud, Owned, State};
+use crate::cloud::{Cloud, Instance, Owned, State};
 use crate::fleet::end_of_life;
 use crate::fleet::journal::{self, Launch};
 use crate::plan::FleetPlan;
@@ -62,8 +62,8 @@ pub(super) async fn remove(
         locks: Vec::new(),
         failed: 0,
     };
-    for (owned, why) in &found.instances {
-        let ended = removal.end_instance(owned, *why).await;
+    for (nodes, why) in &found.instances {
+        let ended = removal.end_instance(nodes, *why).await;
         removal.count(ended);
     }
     for launch in &found.launches {
@@ -133,7 +133,9 @@ impl Removal<'_> {
         }
     }
 
-    async fn end_instance(&mut self, owned: &Owned, why: Why) -> Result<()> {
+    /// Ends an instance, or a cluster's nodes (head first) together.
+    async fn end_instance(&mut self, nodes: &[Owned], why: Why) -> Result<()> {
+        let owned = &nodes[0];
         let id = &owned.instance.id;
         if let (Why::ExpiredWithHome, Some(dir)) = (why, &owned.dir) {
             self.printer.info(&format!(
@@ -148,11 +150,12 @@ impl Removal<'_> {
             return Ok(());
         }
         let there = self.cloud.in_region(&owned.region);
-        let instance = std::slice::from_ref(&owned.instance);
+        let instances: Vec<Instance> = nodes.iter().map(|n| n.instance.clone()).collect();
+        let store = self.store;
         end_of_life::apply(
             &there,
-            self.store,
-            instance,
+            store,
+            &instances,
             EndOfLife::Terminate,
             self.printer,
         )

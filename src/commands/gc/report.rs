@@ -6,7 +6,8 @@ use crate::cloud::State;
 /// One line per leftover.
 pub(super) fn report(found: &Leftovers, owner: &str) -> String {
     let mut lines = Vec::new();
-    for (owned, why) in &found.instances {
+    for (nodes, why) in &found.instances {
+        let owned = &nodes[0];
         let i = &owned.instance;
         let reason = match why {
             Why::KeysGone => "its keys are gone from this machine",
@@ -24,9 +25,13 @@ pub(super) fn report(found: &Leftovers, owner: &str) -> String {
                 "; may hold results not brought home, which cannot be pulled from here"
             }
         };
+        let ids: Vec<&str> = nodes.iter().map(|n| n.instance.id.as_str()).collect();
+        let what = match ids.len() {
+            1 => format!("instance {}", i.id),
+            n => format!("cluster of {n} nodes {}", ids.join(", ")),
+        };
         lines.push(format!(
-            "instance {} ({}, {}) of {}: {reason}{results}",
-            i.id,
+            "{what} ({}, {}) of {}: {reason}{results}",
             owned.region,
             i.state.as_str(),
             show(&owned.dir)
