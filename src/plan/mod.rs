@@ -67,6 +67,14 @@ pub fn for_instance(
     if mode == InstanceMode::Detach && values.multiplex == Some(Multiplex::None) {
         bail!("--detach runs the command in tmux or screen: drop --multi none (or MULTIPLEX=none)");
     }
+    if values.nodes > 1 && request.command.is_none() && mode == InstanceMode::Run {
+        bail!(
+            "--nodes {} runs a command on every node: give one (e.g. ssh-ec2 --nodes {} \
+             torchrun train.py); a shell opens on one instance only",
+            values.nodes,
+            values.nodes
+        );
+    }
     let local_dir = here::local_dir(host)?;
     let owner = here::owner(&values, host, machine::load_or_create(&host.state_dir)?)?;
     let login = login(&values, &owner.name, host);

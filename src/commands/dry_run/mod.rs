@@ -56,6 +56,10 @@ pub(super) struct Reused {
 
 #[derive(Serialize)]
 pub(super) struct Launch {
+    /// How many instances: more than one is a cluster, in one zone.
+    nodes: u32,
+    /// A cluster's placement: a cluster placement group, or none (and why).
+    placement: Option<String>,
     image_id: String,
     image_name: String,
     user: String,
@@ -233,7 +237,16 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
         }
         asked => asked,
     };
+    let placement = (spec.nodes > 1).then(|| match instance_type.cluster_placement {
+        true => "a cluster placement group, made at launch".to_string(),
+        false => format!(
+            "none: {} takes no cluster placement group",
+            instance_type.name
+        ),
+    });
     Ok(Launch {
+        nodes: spec.nodes,
+        placement,
         image_id: image.id.clone(),
         image_name: image.name.clone(),
         user,

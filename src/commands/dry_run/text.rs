@@ -63,6 +63,15 @@ fn launch_rows(out: &mut Rows, launch: &Launch) {
         ),
     );
     out.row("instance type", &describe_type(&launch.instance_type));
+    if launch.nodes > 1 {
+        out.row(
+            "nodes",
+            &format!("{}, one cluster in one zone", launch.nodes),
+        );
+    }
+    if let Some(placement) = &launch.placement {
+        out.row("placement", placement);
+    }
     if !launch.fallback_types.is_empty() {
         out.row("fallback types", &launch.fallback_types.join(", "));
     }
@@ -140,11 +149,13 @@ fn run_rows(out: &mut Rows, report: &Report) {
             None => "none (--no-rsync)".to_string(),
         },
     );
+    let nodes = report.launch.as_ref().map_or(1, |launch| launch.nodes);
     out.row(
         "price",
-        &match &report.price {
-            Some(hourly) => hourly.to_string(),
-            None => "price unknown".to_string(),
+        &match (&report.price, nodes) {
+            (Some(hourly), 1) => hourly.to_string(),
+            (Some(hourly), n) => format!("{hourly} × {n} nodes"),
+            (None, _) => "price unknown".to_string(),
         },
     );
 }
