@@ -192,6 +192,15 @@ impl Job {
         }
     }
 
+    /// Signals the job's command (its process group: `0` is a probe); prints whether anything
+    /// of it was left: `alive` or `gone`.
+    pub fn signal_command(&self, signal: &str) -> String {
+        format!(
+            "pid=$(cat {}/pid 2>/dev/null) && kill -{signal} -- -\"$pid\" 2>/dev/null && echo alive || echo gone",
+            self.record()
+        )
+    }
+
     /// Forgets a finished job, so that the next one can start.
     pub fn forget_command(&self) -> String {
         format!("rm -rf {}", self.record())

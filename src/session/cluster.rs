@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Algorithm, PrivateKey};
 
 use super::Scene;
-use super::reach::connect;
+use super::reach::{Reached, connect};
 use crate::fleet::Machine;
+use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::cluster::{Layout, fan_out_command};
+use crate::remote::job::{Job, JobState, Multiplexer};
 use crate::remote::{self, RemoteDir, RunRecord};
 use crate::settings::values::HostPort;
 use crate::ssh::{RemoteExit, Session, Target};
@@ -101,9 +102,7 @@ pub async fn set_up(scene: &Scene<'_>, head: &Session, workers: &[Worker]) -> Re
         .map(|node| node.keys.host.to_openssh())
         .collect::<Result<Vec<_>, _>>()
         .context("cannot write a node's host key")?;
-    let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-        .context("cannot generate the cluster's key")?;
-    key.set_comment("ssh-ec2-cluster");
+    let key = scene.store.cluster_key(&nodes[0].instance.id)?;
     let public = key.public_key().to_openssh()?;
     let private = key.to_openssh(LineEnding::LF)?;
     let command = cluster.layout().setup_command(&host_keys, &public);
@@ -137,6 +136,92 @@ pub async fn fan_out(
     head.run_with_input(&fan_out_command(dir, workers), &list)
         .await
         .context("cannot copy the directory from the head to the other nodes")?;
+    Ok(())
+}
+
+/// Starts this directory's job on every worker, with its node's variables (the head's is
+/// started by the caller).
+pub async fn start_worker_jobs(
+    reached: &Reached,
+    job: &Job,
+    multiplexer: Multiplexer,
+    command: &str,
+    size: (u16, u16),
+) -> Result<()> {
+    for worker in &reached.workers {
+        let command = reached.cluster.layout().command_for(worker.rank, command);
+        let start = job.start_command(multiplexer, &reached.remote_dir, &command, size);
+        (worker.session.run_captured(&start).await)
+            .with_context(|| format!("cannot start job {} on node {}", job.name(), worker.rank))?;
+    }
+    Ok(())
+}
+
+/// Waits for the job on every worker once the head's has ended (ending them at once when the
+/// head's failed); the first to fail ends the others. That one's rank and status, if any.
+pub async fn finish_worker_jobs(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    job: &Job,
+    head_failed: bool,
+) -> Result<Option<(usize, i32)>> {
+    let printer = scene.printer;
+    if head_failed {
+        end_worker_jobs(reached, job, printer).await;
+    }
+    let mut first = None;
+    let mut poll = Poll::every(std::time::Duration::from_secs(5)).interruptible(scene.interrupt);
+    let mut running: Vec<&Worker> = reached.workers.iter().collect();
+    while !running.is_empty() {
+        let mut still = Vec::new();
+        for worker in running {
+            let state = super::job::job_state(&worker.session, job)
+                .await
+                .with_context(|| format!("node {} was lost", worker.rank))?;
+            let status = match state {
+                JobState::Running(_) => {
+                    still.push(worker);
+                    continue;
+                }
+                JobState::Ended(_, status) => status,
+                JobState::Lost(_) | JobState::Interrupted(_) | JobState::None => 255,
+            };
+            if status != 0 && first.is_none() {
+                if !head_failed {
+                    printer.warn(&format!(
+                        "node {} exited with status {status}: ending the other nodes' jobs",
+                        worker.rank
+                    ));
+                    end_worker_jobs(reached, job, printer).await;
+                }
+                first = Some((worker.rank, status));
+            }
+        }
+        running = still;
+        if !running.is_empty() {
+            poll.wait().await?;
+        }
+    }
+    Ok(first)
+}
+
+/// Ends the job on every worker (TERM, then KILL after a while).
+async fn end_worker_jobs(reached: &Reached, job: &Job, printer: &Printer) {
+    for worker in &reached.workers {
+        let ended = super::run::end_signalled(&worker.session, printer, |signal| {
+            job.signal_command(signal)
+        });
+        if let Err(e) = ended.await {
+            printer.warn(&format!("node {}: {e:#}", worker.rank));
+        }
+    }
+}
+
+/// Forgets the job on every worker, once its results are home.
+pub async fn forget_worker_jobs(reached: &Reached, job: &Job) -> Result<()> {
+    for worker in &reached.workers {
+        worker.session.run_captured(&job.forget_command()).await?;
+    }
     Ok(())
 }
 

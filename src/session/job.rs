@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use super::cluster::{finish_worker_jobs, forget_worker_jobs};
 use super::progress::Progress;
 use super::pull::pull_home;
 use super::reach::{Reached, open_forwards, reconnect_if_closed};
@@ -227,9 +228,22 @@ pub async fn conclude_job(
         }
     };
     progress.command_started = true;
+    let head_failed = status != Some(0);
+    // A cluster's job ends when every node's has; the first node to fail gives its status.
+    let status = match finish_worker_jobs(scene, reached, job, head_failed).await? {
+        Some((rank, failed)) if !head_failed => {
+            scene.printer.warn(&format!(
+                "job {} failed on node {rank} (exit {failed})",
+                job.name()
+            ));
+            Some(failed)
+        }
+        _ => status,
+    };
     progress.exit = status.map(|status| RemoteExit::Status(status as u32));
     pull_home(scene, reached, manifest, progress).await?;
     reached.session.run_captured(&job.forget_command()).await?;
+    forget_worker_jobs(reached, job).await?;
     if status.is_none() {
         return Err(taken_back(
             &format!("job {}", job.name()),

@@ -137,6 +137,14 @@ pub async fn pull_workers(
     } = *scene;
     for worker in &reached.workers {
         let node = &machine.nodes[worker.rank].instance.id;
+        if worker.session.is_closed() {
+            // The run fails for it already (see `cluster`): the others' results still come home.
+            printer.warn(&format!(
+                "node {} ({node}) is gone: what only it held cannot come home",
+                worker.rank
+            ));
+            continue;
+        }
         let label = format!("node-{}", worker.rank);
         let mut theirs = Manifest::load(&store.manifest_path(node));
         rsync(plan, &worker.session, &reached.remote_dir, printer, &label)?

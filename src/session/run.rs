@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use super::Scene;
 use super::cluster::{
     Ended, WorkerCommands, fan_out, finish_workers, first_failure, how_it_ended, node_failed,
-    start_workers,
+    start_worker_jobs, start_workers,
 };
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
@@ -62,15 +62,19 @@ pub async fn run(
     };
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let login_shell = "exec \"${SHELL:-/bin/sh}\" -l";
+    let head_command = command.map(|c| reached.cluster.layout().command_for(0, c));
     reached
         .session
         .run_captured(&job.start_command(
             multiplexer,
             &reached.remote_dir,
-            command.unwrap_or(login_shell),
+            head_command.as_deref().unwrap_or(login_shell),
             size,
         ))
         .await?;
+    if let Some(command) = command {
+        start_worker_jobs(&reached, &job, multiplexer, command, size).await?;
+    }
     printer.info(&format!(
         "started job {} in {multiplexer} on {}",
         job.name(),
@@ -305,12 +309,22 @@ pub(super) async fn end_command(
     record: &RunRecord,
     printer: &Printer,
 ) -> Result<()> {
+    end_signalled(session, printer, |signal| record.signal_command(signal)).await
+}
+
+/// Ends what `signal_command` signals (a command's or a job's process group: SIGTERM, then
+/// SIGKILL) and waits until nothing of it runs.
+pub(super) async fn end_signalled(
+    session: &Session,
+    printer: &Printer,
+    signal_command: impl Fn(&str) -> String,
+) -> Result<()> {
     let phase = printer.phase("ending what is left of the remote command before the pull");
     for (signal, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
         let mut poll = Poll::every(Duration::from_secs(1)).within(within);
         let mut send = signal;
         loop {
-            let answer = session.run_captured(&record.signal_command(send)).await?;
+            let answer = session.run_captured(&signal_command(send)).await?;
             if answer.lines().last() != Some("alive") {
                 phase.done("the remote command has ended");
                 return Ok(());

@@ -80,6 +80,8 @@ pub(super) const LOGIN_FILE: &str = "login_ed25519";
 const HOST_FILE: &str = "host_ed25519.pub";
 /// The EC2 key pair an instance was launched with, instead of a per-instance key.
 const KEY_PAIR_FILE: &str = "key_pair";
+/// The key a cluster's nodes reach each other with, kept beside its head's keys.
+const CLUSTER_FILE: &str = "cluster_ed25519";
 
 impl Store {
     /// Generates the host key (and a per-instance login key) into the private directory of
@@ -166,6 +168,20 @@ impl Store {
             ),
         };
         Ok(InstanceKeys { login, host })
+    }
+
+    /// The key the nodes of the cluster whose head is `head_id` reach each other with: made
+    /// once, so that every run installs the same one (a job using it is not disturbed).
+    pub fn cluster_key(&self, head_id: &str) -> Result<PrivateKey> {
+        let path = self.instance_dir(head_id).join(CLUSTER_FILE);
+        if let Ok(text) = fs::read_to_string(&path) {
+            return PrivateKey::from_openssh(text)
+                .with_context(|| format!("cannot read the cluster's key {}", path.display()));
+        }
+        let mut key = random_ed25519()?;
+        key.set_comment("ssh-ec2-cluster");
+        create_private(&path, &key.to_openssh(LineEnding::LF)?)?;
+        Ok(key)
     }
 
     /// Whether this machine holds the keys of `instance_id`.
