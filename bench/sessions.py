@@ -28,10 +28,11 @@ import subprocess
 import sys
 import termios
 import time
-from pathlib import Path
 
-from sync import (MB, PUSH_OPTIONS, RUN_TIMEOUT, Bench, free_port, interrupted, log, make_tree,
-                  median, run_measured)
+from bed import free_port
+from measure import RUN_TIMEOUT, log, run_measured
+from sync import MB, PUSH_OPTIONS, Bench, interrupted, make_tree
+from timing import alternate
 
 # The job of both sides: its first screen shows the marker, then it waits to be killed.
 MARK = "JOB-FIRST-SCREEN"
@@ -194,7 +195,7 @@ class Sessions(Bench):
 
     def cleanup(self):
         try:
-            if self.cloud and self.cloud.poll() is None and hasattr(self, "ssh_words"):
+            if self.instance_up():
                 self.kill_jobs()
                 if self.server_pid:
                     self.remote_shell(f"kill {self.server_pid}; rm -f {self.server_script}")
@@ -204,30 +205,18 @@ class Sessions(Bench):
 
 
 def timed(name, repeat, once):
-    """`repeat` runs per side, alternating which goes first, after one untimed run each."""
-    results = {"ssh-ec2": [], "by hand": []}
-    for side in results:
-        once(side)
-    for i in range(repeat):
-        sides = ["ssh-ec2", "by hand"] if i % 2 == 0 else ["by hand", "ssh-ec2"]
-        for side in sides:
-            seconds = once(side)
-            results[side].append(seconds)
-            log(f"{name}: {side} {seconds:.3f}s")
-    return results
+    """The shared alternating rounds (timing.py); `once(side)` returns seconds."""
+    return alternate(name, ["ssh-ec2", "by hand"], repeat, lambda side, probe: once(side))
 
 
 def report(rows):
     print()
     print(f"{'scenario':<46}{'ssh-ec2':>9}{'by hand':>9}{'ratio':>8}   spread (min-max)")
-    for title, results in rows:
-        ours, theirs = median(results["ssh-ec2"]), median(results["by hand"])
-
-        def spread(side):
-            return f"{min(results[side]):.3f}-{max(results[side]):.3f}"
-
-        print(f"{title:<46}{ours:>8.3f}s{theirs:>8.3f}s{ours / theirs:>7.2f}x   "
-              f"{spread('ssh-ec2')} / {spread('by hand')}")
+    for title, rounds in rows:
+        print(f"{title:<46}{rounds.median('ssh-ec2'):>8.3f}s{rounds.median('by hand'):>8.3f}s"
+              f"{rounds.ratio('ssh-ec2', 'by hand'):>7.2f}x   "
+              f"{rounds.spread('ssh-ec2')} / {rounds.spread('by hand')}")
+    print("  ratio: the median of the ratios within each round")
 
 
 def main():
