@@ -318,6 +318,7 @@ class LinkProcess:
         self.relay_address = (host, int(port))
         self.direct_address = bed.sshd_address()
         self.profile = PROFILES[profile]
+        self.seen = 0  # log entries read
 
     def call(self, path, data=None):
         request = urllib.request.Request(self.aws_endpoint + path, method="POST" if data else "GET",
@@ -333,8 +334,11 @@ class LinkProcess:
         """Where SSH clients dial under the current profile: the relay, or sshd itself."""
         return self.relay_address if self.profile.relay else self.direct_address
 
-    def log(self, since=0):
-        return self.call(f"/_link/log?since={since}")
+    def new_entries(self):
+        """The log entries since the last call."""
+        entries = self.call(f"/_link/log?since={self.seen}")
+        self.seen += len(entries)
+        return entries
 
     def stop(self):
         self.process.stdin.close()

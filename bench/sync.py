@@ -42,6 +42,8 @@ PUSH_OPTIONS = ["--archive", "--no-owner", "--no-group", *COMMON_OPTIONS]
 PULL_OPTIONS = ["--recursive", "--links", "--times", "--no-perms", "--chmod=ugo=rwX",
                 *COMMON_OPTIONS]
 MB = 1 << 20
+# What a scenario's project directory holds -> its name in the data store (Bench.store).
+PAYLOADS = {"tree": "tree", "big": "big.bin", "small": "small"}
 
 
 # ---------------------------------------------------------------- the data
@@ -78,12 +80,12 @@ def make_big(path, size_mb):
 class Scenario:
     key: str
     title: str
-    payload: str          # "tree" or "big": what the project directory holds
+    payload: str          # what the project directory holds: a key of PAYLOADS
     command: str          # the remote command, run in the synced directory
     repeat: int
     reset: object = None  # untimed, before every run of either side
     check: object = None  # after every run: did it really move what it should?
-    goal: bool = True     # one of the issue's goals (<= 1.0x), or a reference row
+    goal: float = 1.0     # the issue's goal for the ratio (at most), or None: a reference row
     rounds: object = None  # timing.Rounds, once it has run
 
 
@@ -184,13 +186,16 @@ class Bench:
         return run_measured([self.ssh_ec2, "--leave", *extra_args, command],
                             env=env or self.env(), cwd=self.project, log_to=log_to, tree=tree)
 
-    def run_by_hand(self, command, log_to, tree=False, sync=True):
-        rsh = shlex.join(self.ssh_words)
+    def run_by_hand(self, command, log_to, tree=False, sync=True, ssh_words=None):
+        """rsync up, ssh, rsync back; `ssh_words`: another OpenSSH command line (with a
+        ControlPath, say) than self.ssh_words."""
+        ssh_words = ssh_words or self.ssh_words
+        rsh = shlex.join(ssh_words)
         total = Measure()
         if sync:
             total.add(run_measured(["rsync", *PUSH_OPTIONS, "-e", rsh, f"{self.project}/",
                                     f"{self.host}:{self.name}/"], log_to=log_to, tree=tree))
-        total.add(run_measured([*self.ssh_words, self.host, f"cd {self.name} && {command}"],
+        total.add(run_measured([*ssh_words, self.host, f"cd {self.name} && {command}"],
                                log_to=log_to, tree=tree))
         if sync:
             total.add(run_measured(["rsync", *PULL_OPTIONS, "-e", rsh,
@@ -260,7 +265,7 @@ class Bench:
 
         return [
             Scenario("nosync", "no sync: the command alone", "tree", "true", a.repeat,
-                     goal=False),
+                     goal=None),
             Scenario("first", f"{tree_title}: first sync", "tree", "true", a.repeat,
                      reset=set_remote_aside, check=check_tree_arrived),
             Scenario("nochange", f"{tree_title}: no change", "tree", "true", a.repeat),
@@ -283,10 +288,8 @@ class Bench:
             if item.name != "out.bin":
                 item.rename(self.store / item.name)
         (self.project / "out.bin").unlink(missing_ok=True)
-        if payload == "tree":
-            (self.store / "tree").rename(self.project / "tree")
-        else:
-            (self.store / "big.bin").rename(self.project / "big.bin")
+        item = PAYLOADS[payload]
+        (self.store / item).rename(self.project / item)
         self.remote_shell(f"rm -rf {self.name} && mkdir {self.name}")
         self.holding = payload
 
@@ -337,6 +340,20 @@ class Bench:
               "+ ssh + rsync back (3 OpenSSH connections), same rsync options as ssh-ec2")
         print(f"  cipher negotiated: ssh-ec2 (russh) {russh}; by hand (OpenSSH) "
               f"{', '.join(openssh) or '?'}")
+        self.report_table(scenarios)
+        self.report_memory(scenarios)
+        print()
+        print("local processes of one untimed run, as a /proc scan every 20 ms saw them "
+              "(it can miss short ones):")
+        for s in scenarios:
+            for side in ("ssh-ec2", "by hand"):
+                m = s.rounds.probes[side]
+                names = ", ".join(f"{count} {label}" for label, count in sorted(m.processes.items()))
+                extra = f", ssh-ec2 threads: {m.threads}" if side == "ssh-ec2" else ""
+                print(f"  {s.key:<9} {side:<8} {names} (at once: {m.most_at_once}{extra})")
+
+    def report_table(self, scenarios):
+        """Wall time and CPU of both sides, a row per scenario."""
         print()
         print(f"{'':<38} {'wall time (median)':^27}  {'CPU s, local+instance':^23}")
         print(f"{'scenario':<38} {'ssh-ec2':>8} {'by hand':>8} {'ratio':>7}  "
@@ -351,7 +368,7 @@ class Bench:
                     return f"{local:.2f}+n/a"
                 return f"{local:.2f}+{median([m.remote_cpu for m in ms]):.2f}"
 
-            goal = "goal <= 1.00x" if s.goal else "reference"
+            goal = f"goal <= {s.goal:.2f}x" if s.goal else "reference"
             spread = f"{s.rounds.spread('ssh-ec2')} / {s.rounds.spread('by hand')}"
             ratio = s.rounds.ratio("ssh-ec2", "by hand")
             print(f"{s.title:<38} {a:>7.3f}s {b:>7.3f}s {ratio:>6.2f}x  {cpu(ours):>11} "
@@ -360,6 +377,8 @@ class Bench:
               "median of the ratios within each round.\n  CPU: user+sys "
               "on this machine (ssh-ec2 or rsync+ssh,\n  with their children) + on the "
               "instance (sshd and the commands it ran), medians.")
+
+    def report_memory(self, scenarios):
         big = [m for s in scenarios if s.payload == "big"
                for m in s.rounds.runs["ssh-ec2"] + [s.rounds.probes["ssh-ec2"]]]
         if big:
@@ -368,15 +387,20 @@ class Bench:
             print()
             print(f"peak RSS of ssh-ec2 during the {self.args.big_mb} MB transfers: {hwm:.1f} MB "
                   f"(goal <= 40 MB); largest local process of its run: {tree_max:.1f} MB")
-        print()
-        print("local processes of one untimed run, as a /proc scan every 20 ms saw them "
-              "(it can miss short ones):")
-        for s in scenarios:
-            for side in ("ssh-ec2", "by hand"):
-                m = s.rounds.probes[side]
-                names = ", ".join(f"{count} {label}" for label, count in sorted(m.processes.items()))
-                extra = f", ssh-ec2 threads: {m.threads}" if side == "ssh-ec2" else ""
-                print(f"  {s.key:<9} {side:<8} {names} (at once: {m.most_at_once}{extra})")
+
+    def run_to_end(self, work):
+        """Runs work(), then cleans up however it ends: done, failed, Ctrl-C, SIGTERM or
+        SIGHUP. Returns the exit status."""
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupted)
+        try:
+            work()
+        except KeyboardInterrupt:
+            log("interrupted")
+            return 130
+        finally:
+            self.cleanup()
+        return 0
 
     def cleanup(self):
         try:
@@ -418,30 +442,24 @@ def main():
     args = parser.parse_args()
 
     bench = Bench(args)
-    # SIGTERM/SIGHUP end the run through the same cleanup as Ctrl-C.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
-    try:
-        log(f"data in {bench.work}: {args.files} files / {args.tree_mb} MB, "
-            f"and a {args.big_mb} MB file")
-        make_tree(bench.store / "tree", args.files, args.tree_mb)
-        make_big(bench.store / "big.bin", args.big_mb)
-        bench.start_cloud(args.profile)
-        bench.launch()
-        ciphers = bench.ciphers()
-        scenarios = bench.scenarios()
-        if args.only:
-            keys = args.only.split(",")
-            scenarios = [s for s in scenarios if s.key in keys]
-        for s in scenarios:
-            bench.run_scenario(s)
-        bench.report(scenarios, ciphers)
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        bench.cleanup()
-    return 0
+    return bench.run_to_end(lambda: run(bench, args))
+
+
+def run(bench, args):
+    log(f"data in {bench.work}: {args.files} files / {args.tree_mb} MB, "
+        f"and a {args.big_mb} MB file")
+    make_tree(bench.store / "tree", args.files, args.tree_mb)
+    make_big(bench.store / "big.bin", args.big_mb)
+    bench.start_cloud(args.profile)
+    bench.launch()
+    ciphers = bench.ciphers()
+    scenarios = bench.scenarios()
+    if args.only:
+        keys = args.only.split(",")
+        scenarios = [s for s in scenarios if s.key in keys]
+    for s in scenarios:
+        bench.run_scenario(s)
+    bench.report(scenarios, ciphers)
 
 
 if __name__ == "__main__":
