@@ -26,10 +26,10 @@ import subprocess
 import sys
 import time
 
-import coldrun
+import runlog
 from bed import free_port
 from link import PROFILES
-from measure import log, run_measured
+from measure import cpu_seconds, log, run_measured
 from report import report
 from sessions import SERVER, transfer
 from sync import MB, REMOTE_USER, Bench, make_big, make_tree
@@ -59,9 +59,12 @@ class Feel(Bench):
             self.link.call("/_link/target", {"host": "127.0.0.1", "port": port})
             for profile in ("bare", "fat"):
                 self.link.set_profile(profile)
-                _, seconds = transfer(self.link.relay_address[1], size)
-                self.results[f"relay-{profile}"] = size * 8 / seconds
-                log(f"relay, {profile}: {size * 8 / seconds / 1e6:.0f} Mbit/s")
+                cpu = cpu_seconds(self.link.process.pid)
+                total, seconds = transfer(self.link.relay_address[1], size)
+                cpu = (cpu_seconds(self.link.process.pid) - cpu) / total
+                self.results[f"relay-{profile}"] = (size * 8 / seconds, cpu)
+                log(f"relay, {profile}: {size * 8 / seconds / 1e6:.0f} Mbit/s, "
+                    f"{cpu:.0%} of a core")
         finally:
             host, port = self.bed.sshd_address()
             self.link.call("/_link/target", {"host": host, "port": port})
@@ -96,13 +99,7 @@ class Feel(Bench):
             log(f"  cold run, {profile}: {measures[-1].seconds:.3f} s")
         time.sleep(1)  # what it left working (a helper) has had its say
         shutil.rmtree(remote, ignore_errors=True)
-        entries = self.link.new_entries()
-        # Each run owns the requests from its start to the next run's.
-        starts = [m.started_at for m in measures] + [float("inf")]
-        return [coldrun.Run(m, [e for e in entries
-                                if starts[i] <= e.get("arrived", e.get("opened")) < starts[i + 1]],
-                            PROFILES[profile])
-                for i, m in enumerate(measures)]
+        return runlog.runs_of(measures, self.link.new_entries(), PROFILES[profile])
 
     # -- warm runs
 
@@ -118,7 +115,9 @@ class Feel(Bench):
                        stdin=subprocess.DEVNULL, timeout=60)
         mastered = [*self.ssh_words, *control, "-o", "ControlMaster=no"]
         sides = {
-            "ssh-ec2": lambda log_to: self.run_ssh_ec2("true", log_to),
+            "ssh-ec2": lambda log_to: run_measured(
+                [self.ssh_ec2, "--leave", "true"], env=self.env(), cwd=self.project,
+                log_to=log_to, lines=True),
             "by hand": lambda log_to: self.run_by_hand("true", log_to),
             "ControlMaster": lambda log_to: self.run_by_hand("true", log_to, ssh_words=mastered),
         }
@@ -127,20 +126,25 @@ class Feel(Bench):
             os.sync()
             return sides[side](self.logs / f"warm-{side.replace(' ', '-')}.log")
 
+        self.link.new_entries()
         try:
             self.results["warm"] = alternate("warm", list(sides), self.args.repeat, once)
+            # What each ssh-ec2 run asked AWS, for the report.
+            self.results["warm-runs"] = runlog.runs_of(
+                self.results["warm"].runs["ssh-ec2"], self.link.new_entries(),
+                PROFILES["wan"], until_next=False)
         finally:
             subprocess.run([*mastered, "-O", "exit", self.host], stdin=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=60)
 
     # -- the sync benchmark's scenarios, on a profile
 
-    def synced(self, key, profile, goal):
+    def synced(self, key, profile, goal, repeat):
         """sync.py's scenario `key` on `profile`, with the issue's goal for its ratio."""
         self.link.set_profile(profile)
         s = next(s for s in self.scenarios() if s.key == key)
         s = dataclasses.replace(s, key=f"{key}-{profile}", title=f"{s.title}, {profile}",
-                                goal=goal)
+                                goal=goal, repeat=repeat)
         self.run_scenario(s)
         self.results.setdefault("synced", []).append(s)
 
@@ -184,29 +188,30 @@ def run(bench, keys):
     if "warm" in keys:
         bench.warm()
     if "files" in keys:
-        bench.synced("first", "loopback", 1.0)
-        bench.synced("first", "wan", 1.0)
+        bench.synced("first", "loopback", 1.0, a.files_repeat)
+        bench.synced("first", "wan", 1.0, a.files_repeat)
     if "big" in keys:
-        bench.synced("bigup", "fat", 0.5)
+        bench.synced("bigup", "fat", 0.5, a.big_repeat)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ssh-ec2", required=True, help="the ssh-ec2 binary to measure")
     parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="rounds of the warm and 10k-file scenarios (5)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds of the warm runs (5)")
+    parser.add_argument("--files-repeat", type=int, default=3,
+                        help="rounds of the 10k-file tree, on each profile (3)")
     parser.add_argument("--cold-repeat", type=int, default=3,
                         help="cold runs, on loopback and on wan (3)")
-    parser.add_argument("--big-repeat", type=int, default=3, help="rounds of the big file (3)")
+    parser.add_argument("--big-repeat", type=int, default=2, help="rounds of the big file (2)")
     parser.add_argument("--small-files", type=int, default=100,
                         help="files in the small tree of the cold and warm runs (100)")
     parser.add_argument("--small-mb", type=int, default=1, help="MiB in them (1)")
     parser.add_argument("--files", type=int, default=10_000, help="files in the tree (10000)")
     parser.add_argument("--tree-mb", type=int, default=40, help="MiB in the tree (40)")
     parser.add_argument("--big-mb", type=int, default=300, help="MiB in the big file (300)")
-    parser.add_argument("--relay-mb", type=int, default=1000,
-                        help="MiB through the relay to measure it (1000)")
+    parser.add_argument("--relay-mb", type=int, default=500,
+                        help="MiB through the relay to measure it (500)")
     parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     args = parser.parse_args()

@@ -55,6 +55,12 @@ def status_kb(pid, key):
     return None
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Watcher(threading.Thread):
     """Polls the root process's peak RSS (VmHWM) and thread count; with `tree`, also every
     process below it (a /proc scan costs CPU, so only on the untimed probe runs)."""

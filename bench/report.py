@@ -4,7 +4,7 @@ them (the critical path, a cold run's timeline, the sync scenarios' CPU)."""
 import os
 import subprocess
 
-from coldrun import action_counts
+from runlog import action_counts, new_connections
 from link import PROFILES
 from timing import median
 
@@ -30,8 +30,10 @@ def report(bench):
               f"+{p.tls_rtts} round trips per new HTTPS connection; EC2 states at "
               f"{p.pace:g} of the real pace")
     if "relay-bare" in r:
-        print(f"  the relay carries {r['relay-bare'] / 1e6:.0f} Mbit/s one way with nothing "
-              f"added, {r['relay-fat'] / 1e6:.0f} Mbit/s on fat (its cap: 1000)")
+        (bare, bare_cpu), (fat, fat_cpu) = r["relay-bare"], r["relay-fat"]
+        print(f"  the relay carries {bare / 1e6:.0f} Mbit/s one way with nothing added "
+              f"({bare_cpu:.0%} of a core), {fat / 1e6:.0f} Mbit/s on fat (its cap: 1000; "
+              f"{fat_cpu:.0%} of a core)")
     print()
     print(f"  {'goal':<56} {'today':>12}   target")
     if "help" in r:
@@ -86,6 +88,14 @@ def details(bench, r):
         print("  by hand: rsync up + ssh + rsync back, 3 OpenSSH connections (each with its "
               "handshake); ControlMaster: the same\n  through a master connection opened "
               "before (untimed). Ratios: the median of the ratios within each round.")
+    if "warm-runs" in r:
+        typical = middle(r["warm-runs"])
+        print(f"  AWS calls of the median ssh-ec2 run ({len(typical.calls)}): "
+              f"{action_counts(typical.calls)}; new HTTPS connections: "
+              f"{new_connections(typical)}")
+        print("  its timeline (seconds since it started):")
+        for line in typical.timeline():
+            print(f"    {line}")
     for key, title in (("calls", "loopback"), ("cold", "wan")):
         if key in r:
             cold_details(r[key], title)
@@ -93,12 +103,17 @@ def details(bench, r):
         bench.report_table(r["synced"])
 
 
+def middle(runs):
+    """The run of median wall time."""
+    return sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
+
+
 def cold_details(runs, title):
     print()
     print(f"cold runs, {title}: {', '.join(f'{run.seconds:.2f} s' for run in runs)}")
-    ordered = sorted(runs, key=lambda run: run.seconds)
-    typical = ordered[len(ordered) // 2]
+    typical = middle(runs)
     print(f"  AWS calls of the median run ({len(typical.calls)}): {action_counts(typical.calls)}")
+    print(f"  new HTTPS connections: {new_connections(typical)}")
     late = [run.calls[-1]["arrived"] - run.measure.ended_at for run in runs
             if run.calls and run.calls[-1]["arrived"] > run.measure.ended_at]
     if late:

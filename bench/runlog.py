@@ -94,9 +94,35 @@ class Run:
         return [f"{t - t0:8.3f}  {text}" for t, text in sorted(events)]
 
 
+def runs_of(measures, entries, profile, until_next=True):
+    """A Run per measured ssh-ec2 run, each with the log entries that arrived while it ran:
+    until the next run began (`until_next`: a helper it left may call AWS after the prompt),
+    or until it ended (other programs used the link in between)."""
+    def at(e):
+        return e.get("arrived", e.get("opened"))
+
+    runs = []
+    for i, m in enumerate(measures):
+        end = measures[i + 1].started_at if until_next and i + 1 < len(measures) else \
+            (float("inf") if until_next else m.ended_at)
+        runs.append(Run(m, [e for e in entries if m.started_at <= at(e) < end], profile))
+    return runs
+
+
+def new_connections(run):
+    """'aws 3, checkip 1': connections opened for HTTPS requests, by listener."""
+    counts = {}
+    for e in run.log:
+        if e["kind"] == "http" and e["new_connection"]:
+            counts[e["listener"]] = counts.get(e["listener"], 0) + 1
+    return ", ".join(f"{listener} {n}" for listener, n in counts.items()) or "none"
+
+
 def action_counts(calls):
-    """'DescribeInstances x7, RunInstances, ...' in order of first appearance."""
+    """'DescribeInstances x7, RunInstances, GetProducts (500), ...' in order of first
+    appearance; a status other than 200 is shown."""
     counts = {}
     for e in calls:
-        counts[e["action"]] = counts.get(e["action"], 0) + 1
+        name = e["action"] if e["status"] == 200 else f"{e['action']} ({e['status']})"
+        counts[name] = counts.get(name, 0) + 1
     return ", ".join(a if n == 1 else f"{a} x{n}" for a, n in counts.items())
