@@ -163,6 +163,7 @@ def wait_for_port(port, timeout=10):
 
 def run(bench, keys):
     a = bench.args
+    log("making the data")
     make_tree(bench.store / "small", a.small_files, a.small_mb, seed=2)
     if "cold" in keys or "calls" in keys:
         make_tree(bench.cold_project, a.small_files, a.small_mb, seed=3)
@@ -172,26 +173,24 @@ def run(bench, keys):
         make_big(bench.store / "big.bin", a.big_mb)
     bench.start_cloud()
     bench.start_link("loopback")
-    if "relay" in keys:
-        bench.relay()
-    if "help" in keys:
-        bench.help()
-    # Cold runs first: one instance at a time can run, and the others need one left running.
-    if "calls" in keys:
-        bench.results["calls"] = bench.cold("loopback", a.cold_repeat)
-    if "cold" in keys:
-        bench.results["cold"] = bench.cold("wan", a.cold_repeat)
-    if not {"warm", "files", "big"} & set(keys):
-        return
-    bench.link.set_profile("loopback")
-    bench.launch()
-    if "warm" in keys:
-        bench.warm()
-    if "files" in keys:
-        bench.synced("first", "loopback", 1.0, a.files_repeat)
-        bench.synced("first", "wan", 1.0, a.files_repeat)
-    if "big" in keys:
-        bench.synced("bigup", "fat", 0.5, a.big_repeat)
+    steps = [
+        ("relay", bench.relay),
+        ("help", bench.help),
+        # Cold runs first: one instance at a time can run, and the rest share one left running.
+        ("calls", lambda: bench.results.update(calls=bench.cold("loopback", a.cold_repeat))),
+        ("cold", lambda: bench.results.update(cold=bench.cold("wan", a.cold_repeat))),
+        ("launch", bench.launch),
+        ("warm", bench.warm),
+        ("files", lambda: (bench.synced("first", "loopback", 1.0, a.files_repeat),
+                           bench.synced("first", "wan", 1.0, a.files_repeat))),
+        ("big", lambda: bench.synced("bigup", "fat", 0.5, a.big_repeat)),
+    ]
+    needs_instance = {"warm", "files", "big"} & set(keys)
+    for key, step in steps:
+        if key in keys or (key == "launch" and needs_instance):
+            log(f"{key}")
+            bench.link.set_profile("loopback")
+            step()
 
 
 def main():

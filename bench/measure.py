@@ -16,8 +16,12 @@ from pathlib import Path
 RUN_TIMEOUT = 600  # seconds, for any one command
 
 
+STARTED = time.monotonic()
+
+
 def log(message):
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr, with the seconds since the benchmark started."""
+    print(f"bench: [{time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def proc_table():
