@@ -13,9 +13,9 @@ reached AWS, an instance still shows the state it is passing through:
 | StopInstances         | `stopping`      | 45 s: an OS shutdown, then the host lets go               |
 | TerminateInstances    | `shutting-down` | 60 s: likewise, and the volume and interface are released |
 
-The pending figure is measured (brevdev/ec2-coldboot-research, 2025: pending to running 16.4 to
-18 s whatever the family); the other two are usual figures for EBS-backed Linux instances (tens of
-seconds, often about a minute), not measured here. Meanwhile DeleteSecurityGroup on a group of
+The pending figure is measured (brevdev/ec2-coldboot-research on GitHub: pending to running
+16.4 to 18 s whatever the family); the other two are usual figures for EBS-backed Linux
+instances (tens of seconds, often about a minute), not measured here. Meanwhile DeleteSecurityGroup on a group of
 a shutting-down instance answers DependencyViolation, as AWS does. The sshd of the simulated
 instance is not delayed: it is up once the instance shows `running` (link.py refuses SSH
 connections while any instance shows `pending`).
