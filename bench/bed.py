@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / "tests/testbed/.venv/bin/python"
 CLOUD = ROOT / "tests/testbed/cloud.py"
 sys.path.insert(0, str(ROOT / "tests/testbed"))
-from ports import free_port  # noqa: E402,F401  (the bed's loopback ports, for servers of ours)
+from ports import free_port  # noqa: E402  (the bed's loopback ports, for servers of ours)
+
+__all__ = ["Bed", "free_port"]
 
 
 class Bed:

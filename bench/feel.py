@@ -32,7 +32,8 @@ from link import PROFILES
 from measure import cpu_seconds, log, run_measured
 from report import report
 from sessions import SERVER, transfer
-from sync import MB, REMOTE_USER, Bench, make_big, make_tree
+from sync import SyncBench
+from base import MB, REMOTE_USER, make_big, make_tree
 from timing import alternate, median
 
 SCENARIOS = ["relay", "help", "calls", "cold", "warm", "files", "big"]
@@ -41,7 +42,7 @@ SCENARIOS = ["relay", "help", "calls", "cold", "warm", "files", "big"]
 COLD_COMMAND = "ls -lR > listing.txt; echo done"
 
 
-class Feel(Bench):
+class Feel(SyncBench):
     def __init__(self, args):
         super().__init__(args)
         self.cold_project = self.work / f"{self.name}-cold"

@@ -10,7 +10,7 @@ from timing import median
 
 
 def row(what, value, goal=""):
-    print(f"  {what:<56} {value:>12}   {goal}")
+    print(f"  {what:<70} {value:>9}   {goal}".rstrip())
 
 
 def seconds(value):
@@ -35,7 +35,7 @@ def report(bench):
               f"({bare_cpu:.0%} of a core), {fat / 1e6:.0f} Mbit/s on fat (its cap: 1000; "
               f"{fat_cpu:.0%} of a core)")
     print()
-    print(f"  {'goal':<56} {'today':>12}   target")
+    print(f"  {'goal':<70} {'today':>9}   target")
     if "help" in r:
         row("--help (median of 21)", f"{r['help'] * 1000:.1f} ms",
             f"< 10 ms (spawning `true`: {r['true'] * 1000:.1f} ms)")

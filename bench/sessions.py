@@ -30,7 +30,7 @@ import time
 
 from bed import free_port
 from measure import RUN_TIMEOUT, log, run_measured
-from sync import MB, PUSH_OPTIONS, Bench, make_tree
+from base import MB, PUSH_OPTIONS, Bench, make_tree
 from timing import alternate
 
 # The job of both sides: its first screen shows the marker, then it waits to be killed.
