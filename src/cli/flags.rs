@@ -297,6 +297,10 @@ pub struct FleetFlags {
     /// it and remove its security group and keys. Launches nothing; no instance is no error.
     #[arg(long)]
     pub down: bool,
+    /// With --down: first end what still runs there (this directory's job, a command of an
+    /// earlier run whose client is gone), then bring the results home and terminate.
+    #[arg(long, requires = "down")]
+    pub force: bool,
     /// Show what ssh-ec2 left behind: instances whose keys are gone from this machine or whose
     /// expiry passed, security groups and launches without an instance, stale local state.
     /// With --yes, remove them.

@@ -44,8 +44,9 @@ pub enum InstanceMode {
     Attach,
     /// Wait for this directory's job (attached or not), pull, end of life.
     Finish { attach: bool },
-    /// Pull this directory's results, then terminate its instance; never launches.
-    Down,
+    /// Pull this directory's results, then terminate its instance; never launches. `force`:
+    /// end what still runs there first.
+    Down { force: bool },
     /// Resolve what a run would do and what it would cost; create nothing.
     DryRun { json: bool },
     /// Print (or install) an OpenSSH config block for this directory's instance.
@@ -132,6 +133,7 @@ fn choose_mode(
         list,
         all_regions,
         down,
+        force,
         gc,
         yes,
     } = fleet;
@@ -143,7 +145,7 @@ fn choose_mode(
     } = look;
     let instance = || {
         Mode::Instance(match () {
-            () if down => InstanceMode::Down,
+            () if down => InstanceMode::Down { force },
             () if ssh_config => InstanceMode::SshConfig { install },
             () if detach => InstanceMode::Detach,
             () if attach => InstanceMode::Attach,

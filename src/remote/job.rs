@@ -192,6 +192,11 @@ impl Job {
         }
     }
 
+    /// Signals the job's whole process group, the wrapper's (see `signal_group`).
+    pub fn signal_command(&self, signal: &str) -> String {
+        super::signal_group(&self.record(), signal)
+    }
+
     /// Forgets a finished job, so that the next one can start.
     pub fn forget_command(&self) -> String {
         format!("rm -rf {}", self.record())

@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod cli;
+mod earlier;
 mod everyday;
 mod examples;
 mod faults;
@@ -20,3 +21,4 @@ mod spot;
 mod sync;
 mod terminal;
 mod watchdog;
+mod watched;
