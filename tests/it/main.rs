@@ -18,6 +18,7 @@ mod settings;
 mod shared;
 mod signals;
 mod spot;
+mod stalls;
 mod sync;
 mod terminal;
 mod watchdog;
