@@ -6,6 +6,8 @@
 use crate::common;
 use crate::watched::Watched;
 
+use std::path::PathBuf;
+
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
     Project, REMOTE_USER, RUN_TIMEOUT, Run, TestCloud, assert_nothing_left, start_until_ready,
@@ -14,15 +16,34 @@ use common::{
 
 const STILL_RUNNING: &str = "a command from an earlier run is still running (since ";
 
-/// Starts a foreground run of `command` (which prints `ready` first), then kills its client
-/// with SIGKILL once the command runs, and waits until its connection is gone.
-fn kill_client_mid_command(cloud: &TestCloud, project: &Project, command: &str) {
-    let mut client = start_until_ready(project.ssh_ec2(cloud).arg(command));
+/// A command that waits for the file `go`, then writes `late.txt`.
+const WAITS_FOR_GO: &str =
+    "echo ready; while [ ! -e go ]; do sleep 0.1; done; echo late > late.txt";
+
+/// A cloud and a project whose foreground run of `command` (which prints `ready` first) had
+/// its client killed with SIGKILL once the command ran, its connection gone.
+fn killed_mid_command(command: &str) -> (TestCloud, Project) {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let mut client = start_until_ready(project.ssh_ec2(&cloud).arg(command));
     client.kill().unwrap();
     wait_or_kill(client, RUN_TIMEOUT).expect("SIGKILL ends it");
     wait_until("the killed client's connection to close", || {
         cloud.connection_pids().is_empty()
     });
+    (cloud, project)
+}
+
+/// The records of this directory's foreground runs on the instance (see src/remote/runs.rs).
+pub fn run_records(project: &Project) -> Vec<PathBuf> {
+    let scopes = project.remote_state_entries(REMOTE_USER, "runs");
+    (scopes
+        .iter()
+        .flat_map(std::fs::read_dir)
+        .flatten()
+        .flatten())
+    .map(|entry| entry.path())
+    .collect()
 }
 
 fn instance_state(cloud: &TestCloud) -> InstanceStateName {
@@ -31,13 +52,7 @@ fn instance_state(cloud: &TestCloud) -> InstanceStateName {
 
 #[test]
 fn the_next_run_leaves_the_instance_to_a_killed_clients_command_and_finish_waits_for_it() {
-    let cloud = TestCloud::start();
-    let project = Project::new();
-    kill_client_mid_command(
-        &cloud,
-        &project,
-        "echo ready; while [ ! -e go ]; do sleep 0.1; done; echo late > late.txt",
-    );
+    let (cloud, project) = killed_mid_command(WAITS_FOR_GO);
 
     let next = Run::of(project.ssh_ec2(&cloud).arg("echo next"));
     next.assert_code(0);
@@ -69,12 +84,8 @@ fn the_next_run_leaves_the_instance_to_a_killed_clients_command_and_finish_waits
 
 #[test]
 fn down_leaves_a_killed_clients_command_alone_and_force_ends_it_then_pulls_and_terminates() {
-    let cloud = TestCloud::start();
-    let project = Project::new();
-    kill_client_mid_command(
-        &cloud,
-        &project,
-        // Its output goes to a file, as a long job's does: what its client was is gone.
+    // Its output goes to a file, as a long job's does: what its client was is gone.
+    let (cloud, project) = killed_mid_command(
         "echo ready; exec > log.txt 2>&1; trap 'echo ended-by-term > term.txt; exit 143' TERM; \
          echo partial > out.txt; while :; do sleep 0.1; done",
     );
@@ -108,28 +119,12 @@ fn down_leaves_a_killed_clients_command_alone_and_force_ends_it_then_pulls_and_t
 
 #[test]
 fn a_killed_clients_command_that_ended_meanwhile_comes_home_with_the_next_run() {
-    let cloud = TestCloud::start();
-    let project = Project::new();
-    kill_client_mid_command(
-        &cloud,
-        &project,
-        "echo ready; while [ ! -e go ]; do sleep 0.1; done; echo late > late.txt",
-    );
+    let (cloud, project) = killed_mid_command(WAITS_FOR_GO);
     std::fs::write(project.remote().join("go"), "").unwrap();
     wait_until("the command to end", || {
         project.read_remote("late.txt").is_some()
     });
-    let records = || -> Vec<_> {
-        let scopes = project.remote_state_entries(REMOTE_USER, "runs");
-        (scopes
-            .iter()
-            .flat_map(std::fs::read_dir)
-            .flatten()
-            .flatten())
-        .map(|entry| entry.path())
-        .collect()
-    };
-    assert_eq!(records().len(), 1, "the killed run's record");
+    assert_eq!(run_records(&project).len(), 1, "the killed run's record");
 
     // The next run brings it home (and only then forgets the record), then ends the instance.
     let next = Run::of(project.ssh_ec2(&cloud).arg("true"));
@@ -140,7 +135,11 @@ fn a_killed_clients_command_that_ended_meanwhile_comes_home_with_the_next_run() 
         "{next}"
     );
     assert!(!next.stderr.contains(STILL_RUNNING), "{next}");
-    assert!(records().is_empty(), "{:?}\n{next}", records());
+    assert!(
+        run_records(&project).is_empty(),
+        "{:?}\n{next}",
+        run_records(&project)
+    );
     assert_nothing_left(&cloud, &project, &next);
     cloud.assert_no_bed_errors();
 }

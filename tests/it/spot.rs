@@ -382,9 +382,8 @@ fn a_foreground_run_on_an_interrupted_spot_instance_ends_the_command_and_pulls_w
     // What the spot watch does on AWS's notice (its script is tested above), to this run's
     // record: the one that names the command's process.
     let pid = std::fs::read_to_string(project.remote().join("pid.txt")).unwrap();
-    let runs = project.remote_state_entries(common::REMOTE_USER, "runs");
-    let record = (runs.iter().flat_map(std::fs::read_dir).flatten().flatten())
-        .map(|entry| entry.path())
+    let record = crate::earlier::run_records(&project)
+        .into_iter()
         .find(|record| std::fs::read_to_string(record.join("pid")).ok().as_ref() == Some(&pid))
         .expect("the foreground run's record");
     std::fs::write(record.join("interrupted"), "{\"action\": \"terminate\"}\n").unwrap();
