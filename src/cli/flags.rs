@@ -295,6 +295,7 @@ pub struct FleetFlags {
     pub all_regions: bool,
     /// Bring this directory's results home (starting its instance if stopped), then terminate
     /// it and remove its security group and keys. Launches nothing; no instance is no error.
+    /// What still runs there (its job, an earlier run's command) is left alone, unless --force.
     #[arg(long)]
     pub down: bool,
     /// With --down: first end what still runs there (this directory's job, a command of an

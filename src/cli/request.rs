@@ -88,6 +88,11 @@ pub fn from_cli(cli: Cli) -> Result<Request, String> {
         look,
         command,
     } = cli;
+    // clap lets `--force COMMAND` through: `--down` conflicts with a command, which clap takes
+    // as a reason not to require it.
+    if fleet.force && !fleet.down {
+        return Err("--force goes with --down: `ssh-ec2 --down --force`".into());
+    }
     let (mode, multiplex, preset) = choose_mode(job, config, fleet, look);
     let command = (!command.is_empty()).then(|| command.join(" "));
     check_command(mode, command.is_some())?;
@@ -324,6 +329,10 @@ mod tests {
             instance(InstanceMode::Finish { attach: false })
         );
         assert_eq!(
+            mode(&["--down", "--force"]),
+            instance(InstanceMode::Down { force: true })
+        );
+        assert_eq!(
             mode(&["--gc", "--yes", "--all-regions"]),
             Ok(Mode::Fleet(FleetMode::Gc {
                 yes: true,
@@ -337,6 +346,7 @@ mod tests {
             &["--list", "ls"],
             &["--all-regions"],
             &["--json"],
+            &["--force", "true"],
         ] {
             assert!(mode(refused).is_err(), "{refused:?}");
         }
