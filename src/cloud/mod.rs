@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use aws_config::default_provider::region::DefaultRegionChain;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::config::Region;
 
@@ -101,6 +102,17 @@ fn patient_retries() -> RetryConfig {
         .with_max_backoff(Duration::from_secs(20))
 }
 
+/// No request may hang: a connection not made, an answer that stalls or one that never ends is
+/// given up after these, and retried like a throttled request (the SDK's retries count timeouts
+/// as transient). EC2 and IAM answer within a second or two; these leave ample room.
+fn no_hang() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .build()
+}
+
 impl Cloud {
     /// `region` from ssh-ec2's own settings wins over the AWS config chain; `profile` (which may
     /// come from `.env`, which the SDK does not read) picks the chain's profile and credentials.
@@ -115,7 +127,7 @@ impl Cloud {
         let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string())))
             .or_else(chain.build())
             .or_else(FALLBACK_REGION);
-        let mut config = loader.region(region).load().await;
+        let mut config = loader.region(region).timeout_config(no_hang()).load().await;
         // The user's own AWS retry settings (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, or max_attempts
         // and retry_mode in the profile) win; only the SDK's default is replaced.
         if config.retry_config() == Some(&RetryConfig::standard()) {

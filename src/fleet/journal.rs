@@ -94,6 +94,42 @@ impl Launch {
         }
     }
 
+    /// Ends what it made at once (a second signal during the launch): its instance, if AWS shows
+    /// it already, is terminated, then its group, keys and record go. One that AWS does not
+    /// show yet stays in the journal, for the next run here (or `--gc`) to find and end.
+    pub async fn end_now(&self, cloud: &Cloud, store: &Store, printer: &Printer) -> Result<()> {
+        if self.sent.is_none() {
+            return self.abandon(cloud, store).await;
+        }
+        let Some(instance) = cloud.find_launched(&self.id).await? else {
+            printer.warn(&format!(
+                "the instance of launch {} is not visible yet: the next run here, or `ssh-ec2 \
+                 --gc --yes`, looks for it again and terminates it",
+                self.id
+            ));
+            return Ok(());
+        };
+        let phase = printer.phase(format!(
+            "terminating {}, which the launch made",
+            instance.id
+        ));
+        self.end_instance(cloud, store, &instance).await?;
+        phase.done(format!("terminated {}", instance.id));
+        Ok(())
+    }
+
+    /// Terminates its instance (unless ended already) and waits until it is, then abandons it.
+    async fn end_instance(&self, cloud: &Cloud, store: &Store, instance: &Instance) -> Result<()> {
+        let id = &instance.id;
+        if instance.state.is_live() {
+            cloud.terminate(id).await?;
+        }
+        cloud
+            .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
+            .await?;
+        self.abandon(cloud, store).await
+    }
+
     /// Deletes its security group (if it made one), then its keys and record. If the group
     /// cannot be deleted, the record stays, for the next run here to try again.
     pub async fn abandon(&self, cloud: &Cloud, store: &Store) -> Result<()> {
@@ -191,17 +227,11 @@ async fn settle_one(
         }
     };
     let id = &instance.id;
-    if instance.state.is_live() {
-        phase.update(format!(
-            "terminating {id} in {}, launched by an earlier run here",
-            cloud.region
-        ));
-        cloud.terminate(id).await?;
-    }
-    cloud
-        .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-        .await?;
-    launch.abandon(cloud, store).await?;
+    phase.update(format!(
+        "terminating {id} in {}, launched by an earlier run here",
+        cloud.region
+    ));
+    launch.end_instance(cloud, store, &instance).await?;
     phase.done(format!(
         "terminated {id} in {}, launched by an earlier run here that ended before using it",
         cloud.region

@@ -65,7 +65,8 @@ pub async fn find(
     interrupt: &Interrupt,
     start: bool,
 ) -> Result<Machine> {
-    let instance = cloud.find_owned(&spec.ownership).await?.with_context(|| {
+    let found = interrupt.cancel(cloud.find_owned(&spec.ownership)).await?;
+    let instance = found.with_context(|| {
         format!(
             "this directory has no instance in {}: nothing to do (`ssh-ec2 --detach COMMAND` \
              starts a job)",
@@ -118,7 +119,7 @@ async fn find_or_launch(
 }
 
 /// This directory's instance and where it comes from, once the launches of earlier runs here
-/// are settled.
+/// are settled. A signal ends the lookups at once: what a launch left stays in the journal.
 async fn find_here(
     cloud: &Cloud,
     spec: &MachineSpec,
@@ -127,14 +128,14 @@ async fn find_here(
     interrupt: &Interrupt,
 ) -> Result<Option<(Instance, Origin)>> {
     // First what an earlier run here launched but never used (killed, or its answer lost).
-    let adopted = journal::settle(cloud, &spec.ownership.dir, store, printer).await?;
+    let settled = journal::settle(cloud, &spec.ownership.dir, store, printer);
+    let adopted = interrupt.cancel(settled).await?;
     let phase = printer.phase(format!(
         "looking for this directory's instance in {}",
         cloud.region
     ));
-    let found = cloud.find_owned(&spec.ownership).await?;
+    let found = interrupt.cancel(cloud.find_owned(&spec.ownership)).await?;
     drop(phase);
-    interrupt.check()?;
     Ok(found.map(|instance| {
         let origin = match instance.state {
             _ if adopted.as_ref() == Some(&instance.id) => Origin::Launched,
@@ -161,17 +162,8 @@ async fn reuse(
         instance.id,
         instance.state.as_str()
     ));
-    if let Some(group) = &instance.security_group {
-        // This machine's address may have changed since the launch. Done before starting it,
-        // so a failure here leaves the instance as it was.
-        cloud
-            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress).await?)
-            .await?;
-    }
-    // This run's settings of the dead-man switch, which `reach` re-arms on the instance.
-    cloud
-        .set_expiry(&instance.id, spec.watchdog.expires_at().as_deref())
-        .await?;
+    // Done before starting it, so a failure (or a signal) here leaves the instance as it was.
+    interrupt.cancel(prepare(cloud, spec, &instance)).await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
     if let Err(e) = interrupt.cancel(start(cloud, &instance, &phase)).await {
         drop(phase);
@@ -193,6 +185,20 @@ async fn reuse(
         user,
         origin,
     })
+}
+
+/// Opens the instance's SSH rule to this machine's address, which may have changed since the
+/// launch, and tags this run's settings of the dead-man switch (`reach` re-arms it).
+async fn prepare(cloud: &Cloud, spec: &MachineSpec, instance: &Instance) -> Result<()> {
+    if let Some(group) = &instance.security_group {
+        cloud
+            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress).await?)
+            .await?;
+    }
+    cloud
+        .set_expiry(&instance.id, spec.watchdog.expires_at().as_deref())
+        .await?;
+    Ok(())
 }
 
 /// Starts a stopped (or stopping) instance.

@@ -1,9 +1,11 @@
 //! A run's lifecycle on this directory's instance, shared by the modes that reach it (a run,
 //! `--detach`, `--attach`, `--finish`, `--down`): reaching the instance and reconnecting
 //! (`reach`), the lease that tells other runs it is in use (`lease`), the command run directly
-//! (`run`) or as a job (`job`), the final pull (`pull`), and the end of the run: the end of
-//! life, the summary line and the exit status (`end`).
+//! (`run`) or as a job (`job`), the commands of earlier runs whose clients are gone
+//! (`earlier`), the final pull (`pull`), and the end of the run: the end of life, the summary
+//! line and the exit status (`end`).
 
+mod earlier;
 mod end;
 mod job;
 mod lease;
@@ -27,8 +29,9 @@ use crate::ssh::forward::{Forward, LocalForward};
 use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
+pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
 pub use end::end_of_run;
-pub use job::{Followed, come_back_hint, conclude_job, follow_job, job_state};
+pub use job::{Followed, come_back_hint, conclude_job, end_job, follow_job, job_state};
 pub use progress::Progress;
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::earlier::forget_ended;
 use super::progress::Progress;
 use super::reach::{Reached, stopped_under_the_run};
 use super::{Plan, Scene};
@@ -111,6 +112,7 @@ pub async fn pull_results(
     match pulled {
         Ok(()) => {
             phase.done("pulled results back");
+            forget_ended(&reached.session, progress).await;
             Ok(())
         }
         Err(e) if reached.session.is_closed() => {

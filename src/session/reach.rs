@@ -96,8 +96,9 @@ async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
     Ok(())
 }
 
-/// Reaches the instance and takes this run's lease on it; the directory's lock, held until a
-/// run that joins can see that lease, is released then.
+/// Reaches the instance and takes this run's lease on it (learning what earlier runs' commands
+/// left there); the directory's lock, held until a run that joins can see that lease, is
+/// released then.
 pub async fn reach_and_join(
     scene: &Scene<'_>,
     lock: DirLock,
@@ -106,7 +107,9 @@ pub async fn reach_and_join(
     let reached = reach(scene).await?;
     progress.session = Some(reached.session.clone());
     let job = Job::for_dir(&scene.plan.local_dir);
-    progress.presence = Some(Presence::take(&reached.session, &job).await?);
+    let (presence, earlier) = Presence::take(&reached.session, &job).await?;
+    progress.presence = Some(presence);
+    progress.earlier = earlier;
     drop(lock);
     Ok(reached)
 }

@@ -5,21 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::Scene;
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,
 };
+use super::lease::Presence;
 use super::progress::Progress;
 use super::pull::{NoteSignals, pull_results, rsync};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
 use crate::fleet::end_of_life::Origin;
 use crate::poll::Poll;
 use crate::printer::Printer;
-use crate::remote::RunRecord;
 use crate::remote::job::Job;
+use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
 use crate::sync::Manifest;
@@ -124,7 +125,11 @@ async fn sync_up(
     Ok(())
 }
 
-/// The command without a multiplexer, streamed over the session like `ssh host command`.
+/// How the run's own command is named while it is ended.
+const THE_COMMAND: &str = "the remote command";
+
+/// The command without a multiplexer, streamed over the session like `ssh host command`; its
+/// record on the instance is named like the run's lease (see `remote::runs`).
 async fn run_directly(
     scene: &Scene<'_>,
     mut reached: Reached,
@@ -139,7 +144,9 @@ async fn run_directly(
         ..
     } = *scene;
     let forwarding = open_forwards(&reached.session, plan, printer, true).await?;
-    let record = RunRecord::new();
+    let record = (progress.presence.as_ref())
+        .map(Presence::run_record)
+        .context("the run holds no lease on the instance")?;
     let (ran, spot_notice) = stream_command(scene, &reached.session, &record).await;
     drop(forwarding);
     let _notes = NoteSignals::start(interrupt, printer);
@@ -154,7 +161,7 @@ async fn run_directly(
     let after = async {
         let session = reconnect_if_closed(scene, &reached.target, reached.session.clone()).await?;
         if ran.is_err() {
-            end_command(&session, &record, printer).await?;
+            end_command(&session, THE_COMMAND, |s| record.signal_command(s), printer).await?;
         }
         Ok::<_, anyhow::Error>(session)
     };
@@ -225,7 +232,8 @@ async fn stream_command(
                  command to bring home what it has written so far",
                 machine.instance.id
             ));
-            if let Err(e) = end_command(session, record, printer).await {
+            let signal = |s: &str| record.signal_command(s);
+            if let Err(e) = end_command(session, THE_COMMAND, signal, printer).await {
                 printer.warn(&format!("{e:#}"));
             }
             (ran.await, true)
@@ -237,17 +245,22 @@ async fn stream_command(
 const KILL_AFTER: Duration = Duration::from_secs(10);
 const END_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ends what is left of the command (its whole process group: SIGTERM, then SIGKILL) and
-/// waits until nothing of it runs.
-async fn end_command(session: &Session, record: &RunRecord, printer: &Printer) -> Result<()> {
-    let phase = printer.phase("ending what is left of the remote command before the pull");
-    for (signal, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
+/// Ends what is left of `what` (a whole process group, signalled by the command `signal`
+/// makes: SIGTERM, then SIGKILL) and waits until nothing of it runs.
+pub(super) async fn end_command(
+    session: &Session,
+    what: &str,
+    signal: impl Fn(&str) -> String,
+    printer: &Printer,
+) -> Result<()> {
+    let phase = printer.phase(format!("ending what is left of {what} before the pull"));
+    for (name, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
         let mut poll = Poll::every(Duration::from_secs(1)).within(within);
-        let mut send = signal;
+        let mut send = name;
         loop {
-            let answer = session.run_captured(&record.signal_command(send)).await?;
+            let answer = session.run_captured(&signal(send)).await?;
             if answer.lines().last() != Some("alive") {
-                phase.done("the remote command has ended");
+                phase.done(format!("{what} has ended"));
                 return Ok(());
             }
             // Signal 0 only asks whether anything of it is left.
@@ -257,5 +270,5 @@ async fn end_command(session: &Session, record: &RunRecord, printer: &Printer) -
             }
         }
     }
-    bail!("the remote command still runs after SIGKILL: its results cannot be pulled safely")
+    bail!("{what} still runs after SIGKILL: its results cannot be pulled safely")
 }

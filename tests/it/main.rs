@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod cli;
+mod earlier;
 mod everyday;
 mod examples;
 mod faults;
@@ -17,6 +18,8 @@ mod settings;
 mod shared;
 mod signals;
 mod spot;
+mod stalls;
 mod sync;
 mod terminal;
 mod watchdog;
+mod watched;
