@@ -63,5 +63,5 @@ impl Lease {
 /// A shell function call's prefix printing when process $1 started (field 22 of its stat,
 /// counted after the command name, which may hold spaces); nothing if it is gone, or a zombie
 /// that nobody reaped.
-const STARTED: &str =
+pub(crate) const STARTED: &str =
     "f() { sed 's/.*) //' /proc/$1/stat 2>/dev/null | awk '$1 != \"Z\" { print $20 }'; }; f";
