@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::lease::Presence;
 use crate::ssh::{RemoteExit, Session};
-use crate::sync::Conflict;
+use crate::sync::Report;
 
 /// How far a run got, which decides what end of life is safe.
 #[derive(Default)]
@@ -15,8 +15,8 @@ pub struct Progress {
     pub results_home: bool,
     /// A job goes on in tmux/screen: the instance stays as it is, whatever the policy.
     pub job_goes_on: bool,
-    /// Files changed on both sides, whose instance version was saved beside them.
-    pub conflicts: Vec<Conflict>,
+    /// What the syncs found to say at the end: conflicts, what stays on the instance.
+    pub sync: Report,
     /// This run's lease on the instance, once it reached it.
     pub presence: Option<Presence>,
     /// The last session to the instance, to drop the lease and see who else is there.
