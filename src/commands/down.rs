@@ -52,6 +52,7 @@ async fn work(scene: &Scene<'_>, lock: DirLock, progress: &mut Progress) -> Resu
     }
     let mut manifest = Manifest::load(&scene.store.manifest_path(&scene.machine.instance.id));
     pull_home(scene, &reached, &mut manifest, progress).await?;
-    progress.exit = Some(RemoteExit::Status(0));
+    // Not done while results may be there only (--no-rsync after a pull that did not complete).
+    progress.exit = progress.results_home.then_some(RemoteExit::Status(0));
     Ok(())
 }
