@@ -19,4 +19,6 @@ mod signals;
 mod spot;
 mod sync;
 mod terminal;
+mod trust_results;
+mod trust_sync;
 mod watchdog;
