@@ -153,6 +153,11 @@ pub(super) const TEMP_DIR: &str = ".ssh-ec2-tmp";
 /// the status.
 pub(super) const VERSION_CONTROL: &[&str] = &[".git", ".hg", ".svn"];
 
+/// Whether `path` is version-control metadata or lies in it.
+pub(super) fn is_version_control(path: &Path) -> bool {
+    (path.components()).any(|part| VERSION_CONTROL.iter().any(|vcs| part.as_os_str() == *vcs))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Way {
     Push,
@@ -257,6 +262,9 @@ mod tests {
             pull[push.len()..],
             ["--filter=- .git", "--filter=- .hg", "--filter=- .svn"]
         );
+        assert!(is_version_control(Path::new("vendor/lib/.git")));
+        assert!(is_version_control(Path::new(".git/hooks/post-checkout")));
+        assert!(!is_version_control(Path::new("notes.git/x")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 
 use super::itemize::{Item, Kind};
 use super::manifest::Stamp;
-use super::options::{Options, Way, secret_patterns};
+use super::options::{Options, Way, is_version_control, secret_patterns};
 use super::{LISTING, Manifest, Outcome, PUSH_OPTIONS, Rsync, nowhere};
 use crate::printer::escape_path;
 
@@ -131,6 +131,9 @@ enum Send {
 
 /// `there`: the kind the instance holds at the path and whether it is what the last sync left.
 fn decide(here: &Item, here_unchanged: bool, there: Option<(Kind, bool)>) -> Send {
+    // The instance's version never comes home: where both sides changed it, keeping both is
+    // not possible, and this side's (a commit's index, refs) goes up as it always did.
+    let comes_home = !is_version_control(&here.path);
     match there {
         None => Send::New,
         Some((kind, _)) if kind != here.kind => Send::Keep,
@@ -138,7 +141,7 @@ fn decide(here: &Item, here_unchanged: bool, there: Option<(Kind, bool)>) -> Sen
         Some(_) if !here.transferred() => Send::InSync,
         Some(_) if here.kind == Kind::Dir => Send::Replace,
         Some(_) if here.kind == Kind::Other || here_unchanged => Send::Keep,
-        Some((_, there_unchanged)) if there_unchanged => Send::Replace,
+        Some((_, there_unchanged)) if there_unchanged || !comes_home => Send::Replace,
         Some(_) => Send::Keep,
     }
 }
@@ -223,6 +226,7 @@ mod tests {
         let changed = item("<f.st......\t9\tT\ttrain.log");
         let same = item(".f         \t9\tT\tcode.py");
         let chmodded = item(".f...p.....\t9\tT\trun.sh");
+        let index = item("<f.st......\t9\tT\t.git/index");
         #[rustfmt::skip]
         let table = [
             ("new", &changed, false, None, Send::New),
@@ -233,6 +237,8 @@ mod tests {
             ("changed on both sides", &changed, false, Some((File, false)), Send::Keep),
             ("a directory there", &changed, false, Some((Dir, true)), Send::Keep),
             ("a link there", &changed, false, Some((Link, true)), Send::Keep),
+            ("VCS changed on both sides: yours", &index, false, Some((File, false)), Send::Replace),
+            ("VCS changed there only", &index, true, Some((File, false)), Send::Keep),
         ];
         for (case, here, here_unchanged, there, expected) in table {
             assert_eq!(decide(here, here_unchanged, there), expected, "{case}");
