@@ -192,6 +192,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// An item from the fields after our mark (`CODE\tSIZE\tTIME\tNAME`), for the tests of what
+/// the syncs decide.
+#[cfg(test)]
+pub fn item(fields: &str) -> Item {
+    match parse(format!("{MARK}{fields}").as_bytes()) {
+        Line::Item(item) => item,
+        _ => panic!("not an item: {fields}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,14 +245,11 @@ mod tests {
 
     #[test]
     fn attribute_changes_are_told_from_transfers() {
-        let item = |code: &str| match parse(format!("ssh-ec2\t{code}\t1\tT\tx").as_bytes()) {
-            Line::Item(item) => item,
-            _ => panic!("{code}: not an item"),
-        };
-        assert!(item(".f...p.....").attributes_only());
-        assert!(item(".d..t......").attributes_only());
-        assert!(!item(">f.st......").attributes_only());
-        assert!(!item("<f+++++++++").attributes_only());
+        let of = |code: &str| item(&format!("{code}\t1\tT\tx"));
+        assert!(of(".f...p.....").attributes_only());
+        assert!(of(".d..t......").attributes_only());
+        assert!(!of(">f.st......").attributes_only());
+        assert!(!of("<f+++++++++").attributes_only());
     }
 
     #[test]

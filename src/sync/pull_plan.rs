@@ -101,6 +101,7 @@ pub(super) fn kind_of(path: &Path) -> Option<Kind> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::itemize::item;
     use super::*;
     use Decision::*;
     use Kind::{Dir, File, Link};
@@ -131,13 +132,6 @@ mod tests {
                 expected,
                 "{there:?} there, {here:?} here"
             );
-        }
-    }
-
-    fn item(line: &str) -> Item {
-        match super::super::itemize::parse(format!("ssh-ec2\t{line}").as_bytes()) {
-            super::super::itemize::Line::Item(item) => item,
-            _ => panic!("{line}"),
         }
     }
 

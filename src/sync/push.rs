@@ -211,15 +211,9 @@ fn written_since(stamp: &Stamp, moment: SystemTime) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::itemize::item;
     use super::*;
     use Kind::{Dir, File, Link};
-
-    fn item(line: &str) -> Item {
-        match super::super::itemize::parse(format!("ssh-ec2\t{line}").as_bytes()) {
-            super::super::itemize::Line::Item(item) => item,
-            _ => panic!("{line}"),
-        }
-    }
 
     #[test]
     fn only_what_changed_here_alone_replaces_the_instances() {

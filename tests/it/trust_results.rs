@@ -13,6 +13,25 @@ fn assert_state(cloud: &TestCloud, state: InstanceStateName, run: &Run) {
     assert_eq!(state_of(&cloud.instances()[0]), state, "{run}");
 }
 
+/// Runs `command` again on the instance a first run stopped after saving the instance's
+/// version of each of `saved` beside it: it works, saves none a second time, and terminates.
+fn again_nothing_saved_twice(
+    cloud: &TestCloud,
+    project: &Project,
+    command: &str,
+    saved: &[&str],
+) -> Run {
+    let id = instance_id(&cloud.instances()[0]);
+    let again = Run::of(project.ssh_ec2(cloud).arg(command));
+    again.assert_code(0);
+    for name in saved {
+        let twice = project.path().join(format!("{name}.from-{id}-2"));
+        assert!(!twice.exists(), "{again}");
+    }
+    assert_state(cloud, InstanceStateName::Terminated, &again);
+    again
+}
+
 #[test]
 fn a_job_appending_to_a_log_loses_no_line_while_other_runs_come_and_go() {
     let cloud = TestCloud::start();
@@ -99,16 +118,8 @@ fn a_directory_the_instance_made_where_here_is_a_link_or_a_file_comes_home_besid
     }
     assert_state(&cloud, InstanceStateName::Stopped, &run);
 
-    // Again: what is home already is not saved twice, and the push goes past both.
-    let again = Run::of(project.ssh_ec2(&cloud).arg("true"));
-    again.assert_code(0);
-    for name in ["checkpoints", "notes"] {
-        assert!(
-            !project.path().join(format!("{name}.from-{id}-2")).exists(),
-            "{again}"
-        );
-    }
-    assert_state(&cloud, InstanceStateName::Terminated, &again);
+    // What is home already is not saved twice, and the push goes past both.
+    again_nothing_saved_twice(&cloud, &project, "true", &["checkpoints", "notes"]);
 }
 
 #[test]
@@ -137,17 +148,11 @@ fn a_file_the_instance_made_where_here_is_a_directory_comes_home_beside_it() {
     assert!(run.stderr.contains("results changed both here"), "{run}");
     assert_state(&cloud, InstanceStateName::Stopped, &run);
 
-    let again = Run::of(project.ssh_ec2(&cloud).arg("cat results"));
-    again.assert_code(0);
+    let again = again_nothing_saved_twice(&cloud, &project, "cat results", &["results"]);
     assert_eq!(
         again.stdout, "theirs\n",
-        "the instance's file stays\n{again}"
+        "the push left the instance's file\n{again}"
     );
-    assert!(
-        !project.path().join(format!("results.from-{id}-2")).exists(),
-        "{again}"
-    );
-    assert_state(&cloud, InstanceStateName::Terminated, &again);
 }
 
 #[test]
