@@ -14,14 +14,14 @@ use super::report::{Hold, Report};
 use super::{LISTING, Outcome, Rsync};
 
 impl Rsync<'_> {
-    /// Adds to `report` what `listed` (a pull's listing) held back that the instance changed;
-    /// what rsync said went wrong, if anything did.
+    /// Adds to `report` what `listed` (a pull's listing) held back that the instance changed,
+    /// or that it could not all be listed (what comes home does not depend on it).
     pub(super) async fn find_held_back(
         &self,
         listed: &Outcome,
         manifest: &Manifest,
         report: &mut Report,
-    ) -> Result<Option<String>> {
+    ) -> Result<()> {
         for (path, target) in &listed.unsafe_links {
             if std::fs::read_link(self.local_dir.join(path)).ok().as_ref() != Some(target) {
                 report.hold(path.clone(), Hold::LinkOutside);
@@ -31,7 +31,7 @@ impl Rsync<'_> {
             .filter_map(|(path, pattern)| Some((path.as_path(), hold_of(pattern, self.options)?)))
             .collect();
         if roots.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let list = super::nul_separated(roots.iter().map(|(path, _)| *path));
         let mut rsync = self.command(None);
@@ -53,7 +53,10 @@ impl Rsync<'_> {
                 report.hold(item.path.clone(), *why);
             }
         }
-        Ok(detail.failure)
+        if let Some(failure) = detail.failure {
+            report.unlisted(failure);
+        }
+        Ok(())
     }
 }
 

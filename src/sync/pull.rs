@@ -44,7 +44,7 @@ impl Rsync<'_> {
             .arg(self.local_root());
         let listed = self.invoke(rsync, None).await?;
         let mut failures: Vec<String> = listed.failure.clone().into_iter().collect();
-        failures.extend(self.find_held_back(&listed, manifest, report).await?);
+        self.find_held_back(&listed, manifest, report).await?;
 
         let local = |path: &Path| self.local_dir.join(path);
         let plan = plan(

@@ -54,11 +54,17 @@ pub struct Report {
     pub conflicts: Vec<Conflict>,
     /// By path: a later pull of the run finds the same files again.
     held_back: BTreeMap<PathBuf, Hold>,
+    /// Why what the rules keep there could not all be listed.
+    unlisted: Option<String>,
 }
 
 impl Report {
     pub(super) fn hold(&mut self, path: PathBuf, why: Hold) {
         self.held_back.insert(path, why);
+    }
+
+    pub(super) fn unlisted(&mut self, why: String) {
+        self.unlisted = Some(why);
     }
 
     /// The run's last lines (warnings): each conflict, then what stays on the instance, one
@@ -91,7 +97,10 @@ impl Report {
                 why.why()
             )
         });
-        conflicts.chain(held).collect()
+        let unlisted = self.unlisted.iter().map(|why| {
+            format!("could not list all that the rules keep on the instance, so more may stay there: {why}")
+        });
+        conflicts.chain(held).chain(unlisted).collect()
     }
 }
 
@@ -113,8 +122,10 @@ mod tests {
             path: "a\nb".into(),
             saved_as: "a\nb.from-i-1".into(),
         });
+        report.unlisted("rsync failed (exit status 23)".into());
         let lines = report.lines();
-        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(lines[4].starts_with("could not list all"), "{}", lines[4]);
         assert!(lines[0].starts_with("a\\nb changed both"), "{}", lines[0]);
         assert!(
             lines[1].starts_with(
