@@ -63,10 +63,12 @@ impl Rsync<'_> {
         );
         let new = self.send(&plan.new, &temp, true).await?;
         let replaced = self.send(&plan.replace, &temp, false).await?;
-        let sent = new.items.iter().chain(&replaced.items);
-        for item in plan.in_sync.into_iter().chain(sent) {
+        for item in plan.in_sync {
+            self.note_same(manifest, item, started, false);
+        }
+        for item in new.items.iter().chain(&replaced.items) {
             self.list(item);
-            self.note_sent(manifest, item, started);
+            self.note_same(manifest, item, started, true);
         }
         manifest.save()?;
         if let Some(line) = held_back_line(&here, self.options) {
@@ -98,9 +100,10 @@ impl Rsync<'_> {
         self.invoke(rsync, Some(list)).await
     }
 
-    /// Records that `item` is the same on both sides now, unless it changed here while being
-    /// sent: then which version the instance got is unknown, and the next pull keeps both.
-    fn note_sent(&self, manifest: &mut Manifest, item: &Item, started: SystemTime) {
+    /// Records that `item` is the same on both sides now, unless it changed here meanwhile.
+    /// Then, if it was `sent`, which version the instance got is unknown, and its entry goes
+    /// (the next pull keeps both); else the entry of the last sync still says what is there.
+    fn note_same(&self, manifest: &mut Manifest, item: &Item, started: SystemTime, sent: bool) {
         if !matches!(item.kind, Kind::File | Kind::Link) {
             return;
         }
@@ -109,7 +112,8 @@ impl Rsync<'_> {
             Some(stamp) if stamp.size == item.size && !written_since(&stamp, started) => {
                 manifest.set(item.path.clone(), stamp, &file)
             }
-            _ => manifest.remove(&item.path),
+            _ if sent => manifest.remove(&item.path),
+            _ => {}
         }
     }
 }
