@@ -148,6 +148,10 @@ pub async fn end_of_run(
         why,
         status,
     } = conclusion;
+    // Before the instance is gone: the conflicts, and what stays on it.
+    for line in progress.sync.lines() {
+        printer.warn(&line);
+    }
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }
@@ -155,9 +159,6 @@ pub async fn end_of_run(
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instance, action, printer).await
     };
-    for line in progress.sync.lines() {
-        printer.warn(&line);
-    }
     say_summary(scene, ended.is_ok(), action, started).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
     ended?;
