@@ -31,17 +31,24 @@ impl LocalTemp {
     /// of this transfer's own there.
     pub(super) fn take(local_dir: &Path) -> Result<LocalTemp> {
         let top = local_dir.join(TEMP_DIR);
-        std::fs::create_dir_all(&top)
-            .with_context(|| format!("cannot create {}: check its permissions", top.display()))?;
-        remove_abandoned(&top);
         loop {
+            // Again each time: the last transfer out of another run may just have removed it.
+            std::fs::create_dir_all(&top).with_context(|| {
+                format!("cannot create {}: check its permissions", top.display())
+            })?;
+            remove_abandoned(&top);
             let name = format!("{:016x}", rand::random::<u64>());
             let lock_file = top.join(format!("{name}.lock"));
-            let file = OpenOptions::new()
+            let file = match OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&lock_file)
-                .with_context(|| format!("cannot create {}", lock_file.display()))?;
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                opened => {
+                    opened.with_context(|| format!("cannot create {}", lock_file.display()))?
+                }
+            };
             let Ok(held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
                 continue;
             };
@@ -69,6 +76,10 @@ impl Drop for LocalTemp {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(&self.lock_file);
+        // The last one out leaves the project as it found it.
+        if let Some(top) = self.dir.parent() {
+            let _ = std::fs::remove_dir(top);
+        }
     }
 }
 
@@ -177,12 +188,13 @@ mod tests {
         assert_eq!(left, expected);
         assert!(live.path().join("big.bin.AbC123").exists());
         drop(live);
-        drop(other);
         assert_eq!(
             std::fs::read_dir(&top).unwrap().count(),
-            0,
+            2,
             "each removes its own"
         );
+        drop(other);
+        assert!(!top.exists(), "the last one out removes the directory");
     }
 
     #[test]

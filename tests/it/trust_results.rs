@@ -277,5 +277,13 @@ fn temporary_files_of_a_pull_cut_by_a_crash_are_never_pushed_and_are_removed() {
         .unwrap()
         .len();
     assert_eq!(size, 300_000_000, "{again}");
+    let top: Vec<_> = (std::fs::read_dir(project.path()).unwrap())
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        top,
+        ["big.bin"],
+        "nothing else is left in the project\n{again}"
+    );
     assert_state(&cloud, InstanceStateName::Terminated, &again);
 }
