@@ -77,6 +77,7 @@ async fn work(
     end_earlier(scene, &reached.session, progress).await?;
     let mut manifest = Manifest::load(&scene.store.manifest_path(id));
     pull_home(scene, &reached, &mut manifest, progress).await?;
-    progress.exit = Some(RemoteExit::Status(0));
+    // Not done while results may be there only (--no-rsync after a pull that did not complete).
+    progress.exit = progress.results_home.then_some(RemoteExit::Status(0));
     Ok(())
 }

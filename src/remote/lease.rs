@@ -68,14 +68,22 @@ impl Lease {
     }
 }
 
-/// Shell functions: `start_time PID` prints when process PID started (field 22 of its stat,
-/// counted after the command name, which may hold spaces; nothing if it is gone, or a zombie
-/// that nobody reaped); `counts LEASE` succeeds while that lease counts: the sshd process it
-/// names still serves the connection that took it, and it was renewed within the expiry.
+/// Prints when process $1 started (field 22 of its stat, counted after the command name, which
+/// may hold spaces); nothing if it is gone, or a zombie that nobody reaped.
+const START_TIME: &str =
+    "sed 's/.*) //' /proc/$1/stat 2>/dev/null | awk '$1 != \"Z\" { print $20 }'";
+
+/// A shell function call's prefix printing when process $1 started (see `START_TIME`).
+pub(crate) fn started() -> String {
+    format!("f() {{ {START_TIME}; }}; f")
+}
+
+/// Shell functions: `start_time PID` (see `START_TIME`); `counts LEASE` succeeds while that
+/// lease counts: the sshd process it names still serves the connection that took it, and it
+/// was renewed within the expiry.
 pub(super) fn functions() -> String {
     format!(
-        "start_time() {{ sed 's/.*) //' /proc/$1/stat 2>/dev/null | \
-         awk '$1 != \"Z\" {{ print $20 }}'; }}; \
+        "start_time() {{ {START_TIME}; }}; \
          counts() {{ [ -f \"$1\" ] && read -r pid started < \"$1\" && [ -n \"$started\" ] && \
          [ -n \"$(find \"$1\" -mmin -{EXPIRES_AFTER_MINUTES})\" ] && \
          [ \"$(start_time \"$pid\")\" = \"$started\" ]; }}"

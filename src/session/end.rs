@@ -129,6 +129,10 @@ pub async fn end_of_run(
     // The last one out applies the end of life: the others' leases are read under the lock.
     let _lock = DirLock::wait(&plan.dirs.root, &plan.local_dir, printer, None).await?;
     let sharing = sharing(scene, &mut progress).await;
+    if progress.results_home && plan.sync.is_some() && sharing == Sharing::Alone {
+        // Nobody else's command or job was there to write after this pull.
+        store.note_pulled(&machine.instance.id);
+    }
     let failed = match work {
         // Said before the end of life, so the user knows why the instance is handled as it is.
         Err(e) if !e.is::<Interrupted>() => {
@@ -154,6 +158,10 @@ pub async fn end_of_run(
         why,
         status,
     } = conclusion;
+    // Before the instance is gone: the conflicts, and what stays on it.
+    for line in progress.sync.lines() {
+        printer.warn(&line);
+    }
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.instance.id));
     }
@@ -161,13 +169,6 @@ pub async fn end_of_run(
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instance, action, printer).await
     };
-    for conflict in &progress.conflicts {
-        printer.warn(&format!(
-            "{} changed both here and on the instance: kept yours, and saved the instance's as {}",
-            conflict.path.display(),
-            conflict.saved_as.display()
-        ));
-    }
     say_summary(scene, ended.is_ok(), action, started).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
     ended?;

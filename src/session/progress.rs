@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::lease::Presence;
 use crate::remote::runs::Earlier;
 use crate::ssh::{RemoteExit, Session};
-use crate::sync::Conflict;
+use crate::sync::Report;
 
 /// How far a run got, which decides what end of life is safe.
 #[derive(Default)]
@@ -17,8 +17,8 @@ pub struct Progress {
     /// A job in tmux/screen, or an earlier run's command, goes on: the instance stays as it
     /// is, whatever the policy.
     pub goes_on: bool,
-    /// Files changed on both sides, whose instance version was saved beside them.
-    pub conflicts: Vec<Conflict>,
+    /// What the syncs found to say at the end: conflicts, what stays on the instance.
+    pub sync: Report,
     /// This run's lease on the instance, once it reached it.
     pub presence: Option<Presence>,
     /// What the commands of earlier runs of this directory, whose clients are gone, left on the

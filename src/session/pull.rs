@@ -73,29 +73,38 @@ pub fn rsync<'a>(
 
 /// The final pull, once the command has ended; a pull cut by the instance stopping says so.
 /// `after_command` sees the signals since the command ended: the second one gives up the pull.
+/// Whether the results are home: with --no-rsync, unless an earlier pull did not complete.
 pub async fn pull_results(
     scene: &Scene<'_>,
     reached: &Reached,
     manifest: &mut Manifest,
     progress: &mut Progress,
     after_command: &Interrupt,
-) -> Result<()> {
+) -> Result<bool> {
     let Scene {
         cloud,
         plan,
+        store,
         machine,
         printer,
         ..
     } = *scene;
-    if plan.sync.is_none() {
-        return Ok(());
-    }
     let id = &machine.instance.id;
+    if plan.sync.is_none() {
+        let home = !store.unpulled(id);
+        if !home {
+            printer.warn(&format!(
+                "--no-rsync, but the last pull from {id} did not complete: results may be there \
+                 only, so it is not terminated; `ssh-ec2 true` here brings them home"
+            ));
+        }
+        return Ok(home);
+    }
     let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     // A second signal in all gives up the pull: the instance is then stopped, not terminated.
     let pulled = tokio::select! {
-        pulled = rsync.pull(manifest, &mut progress.conflicts) => pulled,
+        pulled = rsync.pull(manifest, &mut progress.sync) => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
             drop(phase);
             let fate = match machine.instance.spot {
@@ -113,7 +122,7 @@ pub async fn pull_results(
         Ok(()) => {
             phase.done("pulled results back");
             forget_ended(&reached.session, progress).await;
-            Ok(())
+            Ok(true)
         }
         Err(e) if reached.session.is_closed() => {
             Err(stopped_under_the_run(cloud, id).await.unwrap_or(e))
@@ -123,7 +132,7 @@ pub async fn pull_results(
 }
 
 /// The final pull once nothing runs there any more, signals noted from now on; then the
-/// results are home.
+/// results are home (but with --no-rsync after a pull that did not complete).
 pub async fn pull_home(
     scene: &Scene<'_>,
     reached: &Reached,
@@ -132,7 +141,6 @@ pub async fn pull_home(
 ) -> Result<()> {
     let _notes = NoteSignals::start(scene.interrupt, scene.printer);
     let after = scene.interrupt.only_new();
-    pull_results(scene, reached, manifest, progress, &after).await?;
-    progress.results_home = true;
+    progress.results_home = pull_results(scene, reached, manifest, progress, &after).await?;
     Ok(())
 }

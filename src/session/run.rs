@@ -50,6 +50,10 @@ pub async fn run(
     sync_up(scene, &reached, &mut manifest, progress).await?;
 
     let command = plan.command.as_deref();
+    if plan.sync.is_some() {
+        // Until a pull brings them home, its results are there only.
+        store.note_unpulled(&machine.instance.id)?;
+    }
     progress.command_started = true;
     printer.info(&match command {
         Some(command) => format!("running `{command}` in {}", plan.remote_dir),
@@ -115,7 +119,7 @@ async fn sync_up(
             plan.remote_dir
         ));
         interrupt
-            .cancel(rsync.pull(manifest, &mut progress.conflicts))
+            .cancel(rsync.pull(manifest, &mut progress.sync))
             .await?;
         phase.done("up to date with the instance");
     }
@@ -179,7 +183,7 @@ async fn run_directly(
     {
         tracing::debug!("leaving the run's record on the instance: {e:#}");
     }
-    progress.results_home = pulled.is_ok();
+    progress.results_home = matches!(pulled, Ok(true));
     ran?;
     pulled?;
     if spot_notice {

@@ -3,7 +3,8 @@
 //! - `instances/<id>/`: one directory per instance launched from here, forgotten when it is
 //!   terminated: its keys (`keys`), its manifest (what its last sync left on both sides, see
 //!   `sync::Manifest`), the OpenSSH files `--ssh-config` writes (`entries`), the size of its
-//!   root volume (to price it). Before the instance exists they wait in
+//!   root volume (to price it), and whether results may be there only (`unpulled`). Before the
+//!   instance exists they wait in
 //!   `instances/pending-<launch id>/`, beside the launch's record (`launches`); adopting the
 //!   instance renames that directory in one step.
 //! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
@@ -39,6 +40,9 @@ const PENDING: &str = "pending-";
 const MANIFEST_FILE: &str = "manifest";
 /// The GiB of the root volume it was launched with, to price it.
 const VOLUME_FILE: &str = "volume_gib";
+/// Present while the instance may hold results that are not home: from the start of a syncing
+/// run's command until a run that had the instance to itself pulled everything home.
+const UNPULLED_FILE: &str = "unpulled";
 
 impl Store {
     pub fn new(state_dir: &Path) -> Self {
@@ -98,6 +102,27 @@ impl Store {
     pub fn volume(&self, instance_id: &str) -> Option<u32> {
         let text = fs::read_to_string(self.instance_dir(instance_id).join(VOLUME_FILE)).ok()?;
         text.trim().parse().ok()
+    }
+
+    /// Notes, before a command starts there, that the instance may hold results not home.
+    pub fn note_unpulled(&self, instance_id: &str) -> Result<()> {
+        let file = self.instance_dir(instance_id).join(UNPULLED_FILE);
+        fs::write(&file, b"").with_context(|| {
+            format!(
+                "cannot write {}: check the permissions of the state directory",
+                file.display()
+            )
+        })
+    }
+
+    /// Notes that everything the instance changed is home.
+    pub fn note_pulled(&self, instance_id: &str) {
+        let _ = fs::remove_file(self.instance_dir(instance_id).join(UNPULLED_FILE));
+    }
+
+    /// Whether the last pull from the instance did not complete (or none followed a command).
+    pub fn unpulled(&self, instance_id: &str) -> bool {
+        self.instance_dir(instance_id).join(UNPULLED_FILE).exists()
     }
 }
 

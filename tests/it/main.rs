@@ -21,5 +21,7 @@ mod spot;
 mod stalls;
 mod sync;
 mod terminal;
+mod trust_results;
+mod trust_sync;
 mod watchdog;
 mod watched;
