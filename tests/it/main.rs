@@ -11,6 +11,7 @@ mod faults;
 mod fleet;
 mod forward;
 mod jobs;
+mod policies;
 mod reuse;
 mod run;
 mod settings;
