@@ -29,7 +29,7 @@ use crate::state::keys::InstanceKeys;
 use end_of_life::Origin;
 pub use launch::{Resolved, resolve, root_volume_gib};
 pub use regions::{Skipped, owner_instances, owner_instances_and_groups};
-pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec};
+pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec, wide_ingress_warning};
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
@@ -165,7 +165,7 @@ async fn reuse(
         // This machine's address may have changed since the launch. Done before starting it,
         // so a failure here leaves the instance as it was.
         cloud
-            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress).await?)
+            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress, printer).await?)
             .await?;
     }
     // This run's settings of the dead-man switch, which `reach` re-arms on the instance.
@@ -235,10 +235,15 @@ pub fn launch_user(spec: &MachineSpec, image: &Image) -> String {
         .unwrap_or_else(|| guess_user(&image.name).into())
 }
 
-/// The CIDR the SSH rule lets in.
-pub async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
+/// The CIDR the SSH rule lets in; one set wider than a site's is let in with a warning.
+pub async fn ingress_cidr(ingress: &Ingress, printer: &Printer) -> Result<IpNet> {
     match ingress {
-        Ingress::Cidr(cidr) => Ok(*cidr),
+        Ingress::Cidr(cidr) => {
+            if let Some(warning) = wide_ingress_warning(cidr) {
+                printer.warn(&warning);
+            }
+            Ok(*cidr)
+        }
         Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,
     }
 }

@@ -39,8 +39,12 @@ impl RemoteDir {
     /// `..`, ~/.ssh and ~/.aws are refused: the pull and push would copy them, or the push
     /// would change their permissions (rsync --archive) and could lock the login out.
     pub fn parse(text: &str) -> Result<Self> {
-        if text.is_empty() || text.contains(['\n', '\0']) {
-            bail!("remote directory `{text}` is not usable: write e.g. ~/project or /data/project");
+        // It goes on remote command lines (quoted) and into messages: no control characters.
+        if text.is_empty() || text.contains(char::is_control) {
+            bail!(
+                "remote directory `{}` is not usable: write e.g. ~/project or /data/project",
+                text.escape_debug()
+            );
         }
         let (rest, in_home) = match text.strip_prefix("~") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => (rest, true),
@@ -260,6 +264,8 @@ mod tests {
             "/data/x"
         );
         assert!(RemoteDir::parse("").is_err());
+        assert!(RemoteDir::parse("~/x\u{1b}]0;x\u{7}").is_err());
+        assert!(RemoteDir::parse("~/x\ry").is_err());
         assert!(RemoteDir::parse("~bob/x").is_err());
         assert_eq!(
             RemoteDir::default_for(Path::new("/home/me/proj"))

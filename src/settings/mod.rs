@@ -26,7 +26,8 @@ use anyhow::{Result, bail};
 pub use files::expand_home;
 pub use layers::{Effective, Sources};
 use values::{
-    Address, EndOfLife, HostPort, InstanceTypes, Limit, Multiplex, Shown, SubnetIds, Tags, Timeout,
+    Address, EndOfLife, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, Shown, SubnetIds,
+    Tags, Timeout,
 };
 
 /// SSH_EC2_TAGS: `KEY=VALUE,KEY=VALUE`, merged key by key like the `[tags]` tables.
@@ -44,7 +45,7 @@ settings! {
     fallback_types: InstanceTypes = ["SSH_EC2_FALLBACK_TYPES"] => none,
     image_id: String = ["AWS_IMAGE_ID"] => none,
     image_name: String = ["AWS_IMAGE_NAME"] => default(defaults::IMAGE_NAME.to_string()),
-    user: String = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
+    user: LoginUser = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
     instance_profile: String = ["AWS_IAM_INSTANCE_PROFILE"] => none,
     subnet_id: String = ["SSH_EC2_SUBNET_ID"] => computed("a default subnet of the default VPC"),
     /// An admin-made security group (id or name) to launch into, instead of one per instance.
@@ -128,7 +129,8 @@ where
         if let Some(raw) = env(name).filter(|v| !v.is_empty()) {
             return match raw.parse() {
                 Ok(value) => Ok(Some((value, name))),
-                Err(e) => bail!("{name}={raw} in {source}: {e}"),
+                // Escaped: a value's control characters must not drive the terminal.
+                Err(e) => bail!("{name}={} in {source}: {e}", raw.escape_debug()),
             };
         }
     }

@@ -4,6 +4,7 @@
 mod common;
 
 mod admin;
+mod boundaries;
 mod cli;
 mod everyday;
 mod examples;

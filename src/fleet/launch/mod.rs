@@ -64,7 +64,7 @@ pub async fn launch(
     // An admin-made group is only looked up; no checkip is needed for it.
     let group = match &resolved.admin_group {
         Some(id) => Group::Admin(id.clone()),
-        None => Group::Own(ingress_cidr(&spec.ingress).await?),
+        None => Group::Own(ingress_cidr(&spec.ingress, printer).await?),
     };
     let mut launch = Launch::new(&cloud.region, &spec.ownership.dir);
     let new_keys = store.generate(&spec.login, &launch.id)?;
