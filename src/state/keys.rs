@@ -218,6 +218,7 @@ mod tests {
             store.launch_records().is_empty(),
             "adopted: no longer pending"
         );
+        assert_eq!(store.launched_record("i-0123").as_deref(), Some("{}"));
         let loaded = store.load("i-0123", &LoginKey::PerRun).unwrap();
         assert_eq!(loaded.host, made.host);
         assert_eq!(loaded.login.public_key(), made.login.public_key());

@@ -11,6 +11,7 @@ mod examples;
 mod faults;
 mod fleet;
 mod forward;
+mod gc_keys;
 mod jobs;
 mod policies;
 mod reuse;
