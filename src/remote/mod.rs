@@ -1,6 +1,7 @@
 //! How things are spelled on the remote side: the remote directory (for the shell and for rsync)
 //! and the command line that runs the user's command there.
 
+pub mod host_key;
 pub mod job;
 pub mod lease;
 pub mod spot_watch;

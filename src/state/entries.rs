@@ -8,6 +8,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use russh::keys::PublicKey;
 
 use super::keys::{LOGIN_FILE, LoginKey};
 use super::{Store, overwrite_private};
@@ -110,19 +111,36 @@ impl Store {
     }
 
     /// What OpenSSH needs to log in to the instance as ssh-ec2 does: the login key's file, and
-    /// a known_hosts file (written here) that holds the pinned host key under its id.
+    /// a known_hosts file (written here) that holds the host keys ssh-ec2 accepts, under its id.
     fn openssh_files(&self, instance_id: &str, login: &LoginKey) -> Result<(PathBuf, PathBuf)> {
         let keys = self.load(instance_id, login)?;
-        let dir = self.instance_dir(instance_id);
         let identity = match login {
-            LoginKey::PerRun => dir.join(LOGIN_FILE),
+            LoginKey::PerRun => self.instance_dir(instance_id).join(LOGIN_FILE),
             LoginKey::KeyPair { path, .. } => path.clone(),
         };
-        let known_hosts = dir.join(KNOWN_HOSTS_FILE);
-        let line = format!("{instance_id} {}\n", keys.host.to_openssh()?);
-        fs::write(&known_hosts, line)
-            .with_context(|| format!("cannot write {}", known_hosts.display()))?;
+        let known_hosts = self.write_known_hosts(instance_id, keys.accepted_hosts())?;
         Ok((identity, known_hosts))
+    }
+
+    /// Writes the known_hosts file OpenSSH checks the instance with: `hosts`, under its id.
+    pub(super) fn write_known_hosts<'k>(
+        &self,
+        instance_id: &str,
+        hosts: impl Iterator<Item = &'k PublicKey>,
+    ) -> Result<PathBuf> {
+        let known_hosts = self.known_hosts_path(instance_id);
+        let mut lines = String::new();
+        for key in hosts {
+            lines.push_str(&format!("{instance_id} {}\n", key.to_openssh()?));
+        }
+        fs::write(&known_hosts, lines)
+            .with_context(|| format!("cannot write {}", known_hosts.display()))?;
+        Ok(known_hosts)
+    }
+
+    /// The known_hosts file `--ssh-config` writes for the instance.
+    pub(super) fn known_hosts_path(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join(KNOWN_HOSTS_FILE)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
 
 pub mod entries;
+pub mod host_keys;
 pub mod keys;
 mod launches;
 pub mod lock;

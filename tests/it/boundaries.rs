@@ -1,7 +1,9 @@
 //! What crosses ssh-ec2's boundaries: the SSH port opened wider than one site only with a
 //! warning that says to whom; values that end up in the user's OpenSSH config or on a remote
 //! command line (login user, host, tags, directories) kept from breaking out of their line;
-//! `--install` keeping a linked `~/.ssh/config` a link.
+//! `--install` keeping a linked `~/.ssh/config` a link; and where the host key from the
+//! user-data cannot be replaced (no sudo), a run that goes on and says so once. (The key's
+//! replacement itself is in host_keys.rs.)
 
 use crate::cli::refused;
 use crate::common;
@@ -185,4 +187,27 @@ fn an_installed_entry_stays_one_host_s_and_a_linked_ssh_config_stays_a_link() {
         std::fs::symlink_metadata(&config).unwrap().is_symlink(),
         "{end}"
     );
+}
+
+/// What a run says where the login user has no sudo (as on this test bed).
+const STAYS_LIVE: &str = "may not use sudo without a password, so the host key its user-data \
+                          carried stays in use";
+
+#[test]
+fn without_sudo_a_run_goes_on_and_says_once_that_the_user_data_s_host_key_stays_live() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("in.txt", "up\n");
+    let first = Run::of(project.ssh_ec2(&cloud).args(["--leave", "cat in.txt"]));
+    first.assert_code(0);
+    assert_eq!(first.stdout, "up\n", "the run went on\n{first}");
+    assert_eq!(first.stderr.matches(STAYS_LIVE).count(), 1, "{first}");
+    assert!(
+        first.stderr.contains("ec2:DescribeInstanceAttribute"),
+        "says who can read it\n{first}"
+    );
+    let again = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    again.assert_code(0);
+    assert!(!again.stderr.contains("user-data"), "said once\n{again}");
+    assert_nothing_left(&cloud, &project, &again);
 }
