@@ -10,7 +10,7 @@ pub mod watchdog;
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// The directory on the instance that mirrors the local one: `~/name` or an absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +104,8 @@ impl RemoteDir {
     /// `~/<name of the local directory>`, the original tool's default.
     pub fn default_for(local_dir: &Path) -> Result<Self> {
         match local_dir.file_name().and_then(|n| n.to_str()) {
-            Some(name) => Self::parse(&format!("~/{name}")),
+            Some(name) => Self::parse(&format!("~/{name}"))
+                .context("the default remote directory is named after this one: pass --remote-dir"),
             None => bail!(
                 "cannot name a remote directory after {}: pass --remote-dir",
                 local_dir.display()

@@ -4,7 +4,8 @@
 //! connection, a key made for the instance replaces it: staged here first (accepted beside the
 //! pinned one, so no moment of the swap can lock us out), installed over that connection
 //! (`remote::host_key`), then pinned once a new connection shows the instance presenting it.
-//! Without sudo the run goes on, and says once that the user-data's key stays live.
+//! Without sudo the run goes on, and says (once on this machine) that the user-data's key stays
+//! live.
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,11 @@ use crate::poll::Poll;
 use crate::printer::Phase;
 use crate::remote::host_key::{self, Install};
 use crate::ssh::{Session, Target};
-use crate::state::host_keys::HostKeyOrigin;
 use crate::state::keys::new_host_key;
+use crate::state::{self, host_keys::HostKeyOrigin};
+
+/// The marker in the state directory of a machine that was told of an instance without sudo.
+const SAID_NO_SUDO: &str = "warned-user-data-host-key";
 
 /// How long the reloaded sshd has to present the new key before the run goes on without it.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -93,15 +97,17 @@ async fn replace(scene: &Scene<'_>, target: &mut Target, session: &Session) -> R
             drop(phase);
             store.unstage_host_key(id);
             target.keys.next_hosts.clear();
-            // Not asked again (sudo logs each refusal), so said once.
+            // Not asked of this instance again: sudo logs each refusal.
             store.keep_user_data_host_key(id)?;
-            printer.warn(&format!(
-                "{id}: its login user {} may not use sudo without a password, so the host key \
-                 its user-data carried stays in use: whoever can read that user-data \
-                 (ec2:DescribeInstanceAttribute, or any process on the instance through its \
-                 metadata service) could pose as it (said once for this instance)",
-                target.user
-            ));
+            if state::first_time(&scene.plan.dirs.root, SAID_NO_SUDO) {
+                printer.warn(&format!(
+                    "{id}: its login user {} may not use sudo without a password, so the host \
+                     key its user-data carried stays in use: whoever can read that user-data \
+                     (ec2:DescribeInstanceAttribute, or any process on the instance through \
+                     its metadata service) could pose as it (said once)",
+                    target.user
+                ));
+            }
             Ok(())
         }
         Install::Done if presents(target, &public, &phase).await => {

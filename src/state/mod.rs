@@ -102,6 +102,17 @@ impl Store {
     }
 }
 
+/// Whether the note `name` is due: the first time on this machine, never again (a marker file
+/// in the state directory remembers it). A note on every run would soon be ignored.
+pub fn first_time(state_dir: &Path, name: &str) -> bool {
+    let marker = state_dir.join(name);
+    if marker.exists() {
+        return false;
+    }
+    let _ = fs::create_dir_all(state_dir).and_then(|()| fs::write(&marker, b""));
+    true
+}
+
 /// Writes a new file only its owner can read; refuses to replace one.
 fn create_private(path: &Path, text: &str) -> Result<()> {
     write_private(path, text, fs::OpenOptions::new().create_new(true))
