@@ -5,8 +5,11 @@
 use crate::common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::{Project, Run, TestCloud, assert_nothing_left, instance_id};
+use common::{
+    Project, Run, TestCloud, assert_nothing_left, instance_id, start_until_held, wait_or_kill,
+};
 use serde_json::json;
 
 /// An instance launched here and stopped: its results wait on its disk, its keys here.
@@ -46,19 +49,24 @@ fn other_account_credentials(cloud: &TestCloud) -> aws_sdk_sts::types::Credentia
     assumed.unwrap().credentials().unwrap().clone()
 }
 
+/// ssh-ec2 in `project` with the credentials of another AWS account.
+fn in_other_account(cloud: &TestCloud, project: &Project) -> Command {
+    let other = other_account_credentials(cloud);
+    let mut command = project.ssh_ec2(cloud);
+    command
+        .env("AWS_ACCESS_KEY_ID", other.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", other.secret_access_key())
+        .env("AWS_SESSION_TOKEN", other.session_token());
+    command
+}
+
 #[test]
 fn gc_with_another_account_or_region_leaves_the_keys_of_a_stopped_instance() {
     let cloud = TestCloud::start();
     let project = Project::new();
     let id = stopped_instance(&cloud, &project);
 
-    let other = other_account_credentials(&cloud);
-    let mut elsewhere = project.ssh_ec2(&cloud);
-    elsewhere
-        .env("AWS_ACCESS_KEY_ID", other.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", other.secret_access_key())
-        .env("AWS_SESSION_TOKEN", other.session_token());
-    let gc = gc_keeps_the_keys(&project, &mut elsewhere, &id);
+    let gc = gc_keeps_the_keys(&project, &mut in_other_account(&cloud, &project), &id);
     assert!(
         gc.stdout.contains(&format!("left alone: keys of {id}")),
         "{gc}"
@@ -104,4 +112,33 @@ fn gc_leaves_the_keys_of_an_instance_aws_does_not_list_yet() {
     let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
     down.assert_code(0);
     assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn gc_with_another_account_leaves_an_unfinished_launch_to_that_account() {
+    let cloud = TestCloud::with_faults();
+    let project = Project::new();
+    // A run killed while its launch's security group was being made: the launch is recorded.
+    cloud.set_faults(json!([{"action": "CreateSecurityGroup", "hold": true}]));
+    let mut run = project.ssh_ec2(&cloud);
+    let mut child = start_until_held(&cloud, run.arg("true"), "CreateSecurityGroup");
+    child.kill().unwrap();
+    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    cloud.set_faults(json!([]));
+    let pending = project.kept_instance_keys();
+    assert!(pending[0].starts_with("pending-"), "{pending:?}");
+
+    let gc = Run::of(in_other_account(&cloud, &project).args(["--gc", "--yes"]));
+    gc.assert_code(0);
+    assert_eq!(project.kept_instance_keys(), pending, "{gc}");
+    assert!(
+        gc.stdout
+            .contains("made with the credentials of AWS account 123456789012"),
+        "{gc}"
+    );
+
+    // Its own account's --gc settles it: the group goes, and the record with it.
+    let own = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--yes"]));
+    own.assert_code(0);
+    assert_nothing_left(&cloud, &project, &own);
 }

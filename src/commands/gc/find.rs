@@ -8,7 +8,8 @@ use anyhow::Result;
 
 use super::{Leftovers, UNRECORDED_AFTER, Why, keys, show};
 use crate::cloud::{Cloud, Owned};
-use crate::fleet::{self, journal};
+use crate::fleet;
+use crate::fleet::journal::{self, Launch};
 use crate::plan::FleetPlan;
 use crate::printer::Printer;
 use crate::state::{Store, lock};
@@ -27,6 +28,7 @@ pub(super) async fn find(
             .is_some_and(|dir| lock::busy(state_dir, Path::new(dir)))
     };
     let mut found = Leftovers::default();
+    let mut caller = keys::Caller::new(cloud);
     let launches = journal::unfinished(store);
     let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
 
@@ -89,16 +91,13 @@ pub(super) async fn find(
     }
 
     for launch in launches {
-        match lock::busy(state_dir, Path::new(&launch.dir)) {
-            true => found.skipped.push(format!(
-                "launch {}: a run in {} goes on",
-                launch.id, launch.dir
-            )),
-            false => found.launches.push(launch),
+        match leave_launch(&mut caller, state_dir, &launch).await {
+            Some(why) => found.skipped.push(format!("launch {}: {why}", launch.id)),
+            None => found.launches.push(launch),
         }
     }
 
-    let (local, kept) = stale_local_state(cloud, plan, store, &owned).await;
+    let (local, kept) = stale_local_state(&mut caller, plan, store, &owned).await;
     found.local = local;
     found.skipped.extend(kept);
     found.locks = lock::sweep(state_dir, true);
@@ -106,16 +105,29 @@ pub(super) async fn find(
     Ok(found)
 }
 
+/// Why an unfinished launch is left alone, if it is.
+async fn leave_launch(
+    caller: &mut keys::Caller<'_>,
+    state_dir: &Path,
+    launch: &Launch,
+) -> Option<String> {
+    if lock::busy(state_dir, Path::new(&launch.dir)) {
+        return Some(format!("a run in {} goes on", launch.dir));
+    }
+    // Its instance, if any, is where only that account's credentials see it.
+    caller.elsewhere(launch).await
+}
+
 /// Instance directories whose instance is gone (see `keys`), keys that wait for a launch no
 /// run recorded, and rsync relays of dead runs; and the keys kept, with why.
 async fn stale_local_state(
-    cloud: &Cloud,
+    caller: &mut keys::Caller<'_>,
     plan: &FleetPlan,
     store: &Store,
     owned: &[Owned],
 ) -> (Vec<(PathBuf, String)>, Vec<String>) {
     let instances = plan.dirs.root.join("instances");
-    let (mut stale, kept) = keys::stale_keys(cloud, store, owned, &instances).await;
+    let (mut stale, kept) = keys::stale_keys(caller, store, owned, &instances).await;
     for launch in store.unrecorded_launches(UNRECORDED_AFTER) {
         stale.push((
             instances.join(format!("pending-{launch}")),

@@ -43,18 +43,56 @@ enum Verdict {
     Keep(Option<String>),
 }
 
-/// Where the instance launched as `launch` recorded can be seen, with credentials of
-/// `account` (`None`: STS did not say).
-fn look(launch: Option<&Launch>, account: Option<&str>) -> Look {
-    let Some(launch) = launch else {
-        return Look::Everywhere;
-    };
-    match (launch.account.as_deref(), account) {
-        (Some(theirs), Some(ours)) if theirs != ours => Look::Not(format!(
-            "launched with the credentials of AWS account {theirs}, and these are account \
-             {ours}'s: run `ssh-ec2 --gc` with account {theirs}'s (its AWS_PROFILE)"
-        )),
-        _ => Look::In(launch.region.clone()),
+/// The account these credentials act in, asked of STS once, when first needed.
+pub(super) struct Caller<'a> {
+    cloud: &'a Cloud,
+    /// `Some(None)`: asked, and STS did not say.
+    account: Option<Option<String>>,
+}
+
+impl<'a> Caller<'a> {
+    pub(super) fn new(cloud: &'a Cloud) -> Caller<'a> {
+        Caller {
+            cloud,
+            account: None,
+        }
+    }
+
+    async fn account(&mut self) -> Option<String> {
+        if self.account.is_none() {
+            self.account = Some(self.cloud.account_id().await.ok());
+        }
+        self.account.clone().flatten()
+    }
+
+    /// Why these credentials cannot judge what `launch` made (see `other_account`).
+    pub(super) async fn elsewhere(&mut self, launch: &Launch) -> Option<String> {
+        // A launch that named no account needs no STS call.
+        launch.account.as_ref()?;
+        let ours = self.account().await;
+        other_account(launch, ours.as_deref())
+    }
+}
+
+/// Why credentials of account `ours` cannot judge what `launch` made: it was made with
+/// another account's; `None` when they can (or when either account is unknown).
+fn other_account(launch: &Launch, ours: Option<&str>) -> Option<String> {
+    let (theirs, ours) = (launch.account.as_deref()?, ours?);
+    (theirs != ours).then(|| {
+        format!(
+            "made with the credentials of AWS account {theirs}, and these are account {ours}'s: \
+             run `ssh-ec2 --gc` with account {theirs}'s (its AWS_PROFILE)"
+        )
+    })
+}
+
+/// Where the instance launched as `launch` recorded can be seen: `elsewhere` says why not with
+/// these credentials.
+fn look(launch: Option<&Launch>, elsewhere: Option<String>) -> Look {
+    match (launch, elsewhere) {
+        (None, _) => Look::Everywhere,
+        (Some(_), Some(why)) => Look::Not(why),
+        (Some(launch), None) => Look::In(launch.region.clone()),
     }
 }
 
@@ -99,37 +137,34 @@ fn verdict(launch: Option<&Launch>, account: Option<&str>, seen: Seen) -> Verdic
 
 /// The instance directories whose keys may go, and why; what was kept, and why.
 pub(super) async fn stale_keys(
-    cloud: &Cloud,
+    caller: &mut Caller<'_>,
     store: &Store,
     owned: &[Owned],
     instances_dir: &std::path::Path,
 ) -> (Vec<(PathBuf, String)>, Vec<String>) {
     let mut looker = Looker {
-        cloud,
+        cloud: caller.cloud,
         regions: HashMap::new(),
         all_regions: None,
     };
-    let mut account = None;
     let (mut stale, mut kept) = (Vec::new(), Vec::new());
     for id in store.instance_ids() {
         let launch = journal::launched(store, &id);
         // Listed by these credentials here: seen.
         let listed = owned.iter().find(|o| o.instance.id == id);
-        let seen = match listed {
-            Some(seen) => Seen::State(seen.instance.state),
-            None => {
-                if account.is_none() {
-                    account = Some(cloud.account_id().await.ok());
-                }
-                let ours = account.clone().flatten();
-                match look(launch.as_ref(), ours.as_deref()) {
-                    Look::In(region) => looker.seen_in(&region, &id).await,
-                    Look::Everywhere => looker.seen_anywhere(&id).await,
-                    Look::Not(why) => Seen::NotAsked(why),
-                }
-            }
+        let seen = match (listed, &launch) {
+            (Some(seen), _) => Seen::State(seen.instance.state),
+            (None, Some(made)) => match look(Some(made), caller.elsewhere(made).await) {
+                Look::In(region) => looker.seen_in(&region, &id).await,
+                Look::Everywhere => looker.seen_anywhere(&id).await,
+                Look::Not(why) => Seen::NotAsked(why),
+            },
+            (None, None) => looker.seen_anywhere(&id).await,
         };
-        let ours = account.clone().flatten();
+        let ours = match seen {
+            Seen::NotListed => caller.account().await,
+            _ => None,
+        };
         let path = instances_dir.join(&id);
         match verdict(launch.as_ref(), ours.as_deref(), seen) {
             Verdict::Remove => {
@@ -204,19 +239,18 @@ mod tests {
     #[test]
     fn keys_are_looked_for_where_their_instance_was_launched() {
         let theirs = launch(Some("111111111111"), LONG_AGO);
-        assert_eq!(
-            look(Some(&theirs), Some("111111111111")),
-            Look::In("eu-west-1".into())
-        );
-        assert_eq!(look(Some(&theirs), None), Look::In("eu-west-1".into()));
-        let Look::Not(why) = look(Some(&theirs), Some("222222222222")) else {
-            panic!("another account's credentials see nothing of it");
-        };
+        assert_eq!(other_account(&theirs, Some("111111111111")), None);
+        assert_eq!(other_account(&theirs, None), None, "unknown: looked for");
+        let why = other_account(&theirs, Some("222222222222"));
+        let why = why.expect("another account's credentials see nothing of it");
         assert!(
             why.contains("account 111111111111") && why.contains("AWS_PROFILE"),
             "{why}"
         );
-        assert_eq!(look(None, Some("222222222222")), Look::Everywhere);
+        assert_eq!(other_account(&launch(None, LONG_AGO), Some("2")), None);
+        assert_eq!(look(Some(&theirs), None), Look::In("eu-west-1".into()));
+        assert_eq!(look(Some(&theirs), Some(why.clone())), Look::Not(why));
+        assert_eq!(look(None, None), Look::Everywhere);
     }
 
     #[test]
