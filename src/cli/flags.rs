@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
 use crate::settings::values::{
-    Address, HostPort, InstanceTypes, Limit, Multiplex, SubnetIds, Tag, Timeout,
+    Address, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag, Timeout,
 };
 use crate::ssh::forward::Forward;
 
@@ -179,7 +179,7 @@ pub struct InstanceFlags {
     pub image_name: Option<String>,
     /// Remote login user (default: guessed from the image name).
     #[arg(long)]
-    pub user: Option<String>,
+    pub user: Option<LoginUser>,
     /// IAM instance profile given to the instance, so it needs no copied credentials.
     #[arg(long, value_name = "NAME")]
     pub instance_profile: Option<String>,

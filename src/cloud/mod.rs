@@ -71,7 +71,7 @@ pub struct Cloud {
     /// The AWS Price List, asked briefly, once per instance type (`prices`).
     pricing: aws_sdk_pricing::Client,
     prices: Mutex<HashMap<String, Option<f64>>>,
-    /// Only to decode why AWS refused something.
+    /// To decode why AWS refused something, and to learn the account.
     sts: aws_sdk_sts::Client,
     pub region: String,
     /// What this process created (or found after a lost answer), and when.
@@ -196,6 +196,30 @@ impl Cloud {
             .collect();
         regions.sort();
         Ok(regions)
+    }
+
+    /// The AWS account these credentials act in (STS GetCallerIdentity, which needs no right),
+    /// to record with what is launched. Asked briefly: a run does not wait on bookkeeping.
+    pub async fn account_id(&self) -> anyhow::Result<String> {
+        let brief = aws_sdk_sts::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(10))
+                    .build(),
+            );
+        let identity = self
+            .sts
+            .get_caller_identity()
+            .customize()
+            .config_override(brief)
+            .send()
+            .await
+            .explain("learn which AWS account your credentials belong to")?;
+        identity
+            .account()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("STS named no account for your credentials"))
     }
 
     /// Fails early, with the admin's next step, when the instance profile does not exist.

@@ -30,6 +30,10 @@ pub struct Launch {
     /// When RunInstances was last sent, in seconds since the Unix epoch: until VISIBILITY_LAG
     /// after it, AWS may not show the instance yet. `None`: never sent, so no instance exists.
     pub sent: Option<u64>,
+    /// The AWS account of the credentials that launched it, when STS said: only with that
+    /// account's credentials can AWS's silence about the instance mean it is gone.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 fn now() -> u64 {
@@ -39,14 +43,21 @@ fn now() -> u64 {
 }
 
 impl Launch {
-    pub fn new(region: &str, dir: &str) -> Launch {
+    pub fn new(region: &str, dir: &str, account: Option<String>) -> Launch {
         Launch {
             id: format!("{:032x}", rand::random::<u128>()),
             region: region.to_string(),
             dir: dir.to_string(),
             group: None,
             sent: None,
+            account,
         }
+    }
+
+    /// How long ago RunInstances was last sent; `None` if never, or if the clock went back.
+    pub fn sent_ago(&self) -> Option<Duration> {
+        let sent = self.sent?;
+        now().checked_sub(sent).map(Duration::from_secs)
     }
 
     /// Ours alone, so that a creation retried after a lost answer finds the group it made.
@@ -75,11 +86,10 @@ impl Launch {
     /// only the answer once VISIBILITY_LAG has passed since the launch was sent; a failed look
     /// (throttled, network) is tried again meanwhile.
     pub async fn find_instance(&self, cloud: &Cloud) -> Result<Option<Instance>> {
-        let Some(sent) = self.sent else {
+        if self.sent.is_none() {
             return Ok(None);
-        };
-        let settles_in =
-            VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
+        }
+        let settles_in = VISIBILITY_LAG.saturating_sub(self.sent_ago().unwrap_or_default());
         let mut poll = Poll::every(Duration::from_secs(5)).within(settles_in);
         loop {
             match cloud.find_launched(&self.id).await {
@@ -176,6 +186,12 @@ pub async fn settle(
         adopted = adopted.or(settled);
     }
     Ok(adopted)
+}
+
+/// The record of the launch that made `instance_id`, kept with its keys; `None` for one
+/// launched by an earlier version, which kept no record once the instance was adopted.
+pub fn launched(store: &Store, instance_id: &str) -> Option<Launch> {
+    serde_json::from_str(&store.launched_record(instance_id)?).ok()
 }
 
 /// The launches recorded here whose instances were never adopted, from every directory.

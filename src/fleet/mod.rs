@@ -29,7 +29,7 @@ use crate::state::keys::InstanceKeys;
 use end_of_life::Origin;
 pub use launch::{Resolved, resolve, root_volume_gib};
 pub use regions::{Skipped, owner_instances, owner_instances_and_groups};
-pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec};
+pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec, wide_ingress_warning};
 
 /// The instance of this run and how to log in to it.
 pub struct Machine {
@@ -163,7 +163,9 @@ async fn reuse(
         instance.state.as_str()
     ));
     // Done before starting it, so a failure (or a signal) here leaves the instance as it was.
-    interrupt.cancel(prepare(cloud, spec, &instance)).await?;
+    interrupt
+        .cancel(prepare(cloud, spec, &instance, printer))
+        .await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
     if let Err(e) = interrupt.cancel(start(cloud, &instance, &phase)).await {
         drop(phase);
@@ -189,10 +191,15 @@ async fn reuse(
 
 /// Opens the instance's SSH rule to this machine's address, which may have changed since the
 /// launch, and tags this run's settings of the dead-man switch (`reach` re-arms it).
-async fn prepare(cloud: &Cloud, spec: &MachineSpec, instance: &Instance) -> Result<()> {
+async fn prepare(
+    cloud: &Cloud,
+    spec: &MachineSpec,
+    instance: &Instance,
+    printer: &Printer,
+) -> Result<()> {
     if let Some(group) = &instance.security_group {
         cloud
-            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress).await?)
+            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress, printer).await?)
             .await?;
     }
     cloud
@@ -241,10 +248,15 @@ pub fn launch_user(spec: &MachineSpec, image: &Image) -> String {
         .unwrap_or_else(|| guess_user(&image.name).into())
 }
 
-/// The CIDR the SSH rule lets in.
-pub async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
+/// The CIDR the SSH rule lets in; one set wider than a site's is let in with a warning.
+pub async fn ingress_cidr(ingress: &Ingress, printer: &Printer) -> Result<IpNet> {
     match ingress {
-        Ingress::Cidr(cidr) => Ok(*cidr),
+        Ingress::Cidr(cidr) => {
+            if let Some(warning) = wide_ingress_warning(cidr) {
+                printer.warn(&warning);
+            }
+            Ok(*cidr)
+        }
         Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,
     }
 }

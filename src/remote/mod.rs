@@ -2,6 +2,7 @@
 //! and ssh-ec2's own state in the login's home there: jobs, leases, foreground runs' records
 //! (`runs`), the dead-man switch and the spot watch.
 
+pub mod host_key;
 pub mod job;
 pub mod lease;
 pub mod runs;
@@ -11,7 +12,7 @@ pub mod watchdog;
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// The directory on the instance that mirrors the local one: `~/name` or an absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +42,12 @@ impl RemoteDir {
     /// `..`, ~/.ssh and ~/.aws are refused: the pull and push would copy them, or the push
     /// would change their permissions (rsync --archive) and could lock the login out.
     pub fn parse(text: &str) -> Result<Self> {
-        if text.is_empty() || text.contains(['\n', '\0']) {
-            bail!("remote directory `{text}` is not usable: write e.g. ~/project or /data/project");
+        // It goes on remote command lines (quoted) and into messages: no control characters.
+        if text.is_empty() || text.contains(char::is_control) {
+            bail!(
+                "remote directory `{}` is not usable: write e.g. ~/project or /data/project",
+                text.escape_debug()
+            );
         }
         let (rest, in_home) = match text.strip_prefix("~") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => (rest, true),
@@ -101,7 +106,8 @@ impl RemoteDir {
     /// `~/<name of the local directory>`, the original tool's default.
     pub fn default_for(local_dir: &Path) -> Result<Self> {
         match local_dir.file_name().and_then(|n| n.to_str()) {
-            Some(name) => Self::parse(&format!("~/{name}")),
+            Some(name) => Self::parse(&format!("~/{name}"))
+                .context("the default remote directory is named after this one: pass --remote-dir"),
             None => bail!(
                 "cannot name a remote directory after {}: pass --remote-dir",
                 local_dir.display()
@@ -203,6 +209,8 @@ mod tests {
             "/data/x"
         );
         assert!(RemoteDir::parse("").is_err());
+        assert!(RemoteDir::parse("~/x\u{1b}]0;x\u{7}").is_err());
+        assert!(RemoteDir::parse("~/x\ry").is_err());
         assert!(RemoteDir::parse("~bob/x").is_err());
         assert_eq!(
             RemoteDir::default_for(Path::new("/home/me/proj"))

@@ -1,12 +1,13 @@
 //! A run's lifecycle on this directory's instance, shared by the modes that reach it (a run,
 //! `--detach`, `--attach`, `--finish`, `--down`): reaching the instance and reconnecting
-//! (`reach`), the lease that tells other runs it is in use (`lease`), the command run directly
-//! (`run`) or as a job (`job`), the commands of earlier runs whose clients are gone
-//! (`earlier`), the final pull (`pull`), and the end of the run: the end of life, the summary
-//! line and the exit status (`end`).
+//! (`reach`), replacing the host key its user-data carried (`host_key`), the lease that tells
+//! other runs it is in use (`lease`), the command run directly (`run`) or as a job (`job`),
+//! the commands of earlier runs whose clients are gone (`earlier`), the final pull (`pull`),
+//! and the end of the run: the end of life, the summary line and the exit status (`end`).
 
 mod earlier;
 mod end;
+mod host_key;
 mod job;
 mod lease;
 mod progress;

@@ -1,12 +1,14 @@
 //! Reaching the instance: waiting for it to run and for its sshd to let us in (one boot
-//! deadline for both), re-arming its dead-man switch, making sure the remote directory exists;
-//! reconnecting after a dropped connection; and the `-L`/`-R` forwards on a session.
+//! deadline for both), replacing the host key of its user-data, re-arming its dead-man switch,
+//! making sure the remote directory exists; reconnecting after a dropped connection; and the
+//! `-L`/`-R` forwards on a session.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::host_key;
 use super::lease::Presence;
 use super::progress::Progress;
 use super::{Dial, Plan, Scene};
@@ -37,7 +39,7 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
         ..
     } = *scene;
     let deadline = Instant::now() + plan.reach.boot_timeout;
-    let target = interrupt
+    let mut target = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
     let id = &scene.machine.instance.id;
@@ -56,6 +58,11 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
+    let settling = async {
+        host_key::settle(scene, &mut target, &session).await;
+        Ok(())
+    };
+    interrupt.cancel(settling).await?;
     arm_watchdog(scene, &session).await?;
     let pwd = session
         .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
@@ -193,7 +200,13 @@ pub async fn reconnect_if_closed(
         return Err(gone);
     }
     let deadline = Instant::now() + scene.plan.reach.reconnect_timeout;
-    connect(target, deadline, scene.printer).await
+    // Another run here may have replaced the host key meanwhile (see `host_key`).
+    let mut target = target.clone();
+    let (id, login) = (&scene.machine.instance.id, &scene.plan.machine.login);
+    if let Ok(keys) = scene.store.load(id, login) {
+        target.keys = keys;
+    }
+    connect(&target, deadline, scene.printer).await
 }
 
 /// Why the connection went away, when it is because the instance stopped (a shutdown from

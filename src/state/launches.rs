@@ -1,5 +1,6 @@
-//! The records of launches whose instance was never adopted (`launch.json` beside the waiting
-//! keys in `instances/pending-<launch id>/`; see `fleet::journal`).
+//! The records of launches (`launch.json` beside the keys; see `fleet::journal`): in
+//! `instances/pending-<launch id>/` until the instance is adopted, then kept in
+//! `instances/<instance id>/`, where they say which account and region the instance is in.
 
 use std::fs;
 
@@ -11,7 +12,8 @@ use super::Store;
 const LAUNCH_FILE: &str = "launch.json";
 
 impl Store {
-    /// Files the keys of `launch` under its instance, which now exists; its record goes.
+    /// Files the keys of `launch` under its instance, which now exists, with the launch's
+    /// record: where it was launched (see `launched_record`).
     pub fn adopt_launch(&self, launch: &str, instance_id: &str) -> Result<()> {
         let target = self.instance_dir(instance_id);
         fs::rename(self.pending_dir(launch), &target).with_context(|| {
@@ -19,9 +21,13 @@ impl Store {
                 "cannot keep the keys of {instance_id} in {}",
                 target.display()
             )
-        })?;
-        let _ = fs::remove_file(target.join(LAUNCH_FILE));
-        Ok(())
+        })
+    }
+
+    /// The record of the launch that made `instance_id`, as written; none for an instance
+    /// launched by an earlier version of ssh-ec2.
+    pub fn launched_record(&self, instance_id: &str) -> Option<String> {
+        fs::read_to_string(self.instance_dir(instance_id).join(LAUNCH_FILE)).ok()
     }
 
     /// Drops the keys and the record of a launch that made no instance (or whose instance ended).

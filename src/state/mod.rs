@@ -10,6 +10,7 @@
 //! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
 
 pub mod entries;
+pub mod host_keys;
 pub mod keys;
 mod launches;
 pub mod lock;
@@ -124,6 +125,17 @@ impl Store {
     pub fn unpulled(&self, instance_id: &str) -> bool {
         self.instance_dir(instance_id).join(UNPULLED_FILE).exists()
     }
+}
+
+/// Whether the note `name` is due: the first time on this machine, never again (a marker file
+/// in the state directory remembers it). A note on every run would soon be ignored.
+pub fn first_time(state_dir: &Path, name: &str) -> bool {
+    let marker = state_dir.join(name);
+    if marker.exists() {
+        return false;
+    }
+    let _ = fs::create_dir_all(state_dir).and_then(|()| fs::write(&marker, b""));
+    true
 }
 
 /// Writes a new file only its owner can read; refuses to replace one.

@@ -4,6 +4,7 @@
 mod common;
 
 mod admin;
+mod boundaries;
 mod cli;
 mod earlier;
 mod everyday;
@@ -11,7 +12,9 @@ mod examples;
 mod faults;
 mod fleet;
 mod forward;
+mod gc_keys;
 mod jobs;
+mod policies;
 mod reuse;
 mod run;
 mod settings;

@@ -65,13 +65,24 @@ pub async fn launch(
         "launching a {} instance in {}",
         wanted.instance_type, cloud.region
     ));
-    let resolved = interrupt.cancel(resolve(cloud, wanted)).await?;
+    // The account goes into the launch's record, for a later --gc (see `journal::Launch`).
+    let (resolved, account) = interrupt
+        .cancel(async { Ok(tokio::join!(resolve(cloud, wanted), cloud.account_id())) })
+        .await?;
+    let resolved = resolved?;
+    let account = account
+        .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
+        .ok();
     // An admin-made group is only looked up; no checkip is needed for it.
     let group = match &resolved.admin_group {
         Some(id) => Group::Admin(id.clone()),
-        None => Group::Own(interrupt.cancel(ingress_cidr(&spec.ingress)).await?),
+        None => Group::Own(
+            interrupt
+                .cancel(ingress_cidr(&spec.ingress, printer))
+                .await?,
+        ),
     };
-    let mut launch = Launch::new(&cloud.region, &spec.ownership.dir);
+    let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
         store.discard(new_keys);
