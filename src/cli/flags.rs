@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
 use crate::settings::values::{
-    Address, HostPort, InstanceTypes, Limit, Multiplex, SubnetIds, Tag, Timeout,
+    Address, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag, Timeout,
 };
 use crate::ssh::forward::Forward;
 
@@ -179,7 +179,7 @@ pub struct InstanceFlags {
     pub image_name: Option<String>,
     /// Remote login user (default: guessed from the image name).
     #[arg(long)]
-    pub user: Option<String>,
+    pub user: Option<LoginUser>,
     /// IAM instance profile given to the instance, so it needs no copied credentials.
     #[arg(long, value_name = "NAME")]
     pub instance_profile: Option<String>,
@@ -295,8 +295,13 @@ pub struct FleetFlags {
     pub all_regions: bool,
     /// Bring this directory's results home (starting its instance if stopped), then terminate
     /// it and remove its security group and keys. Launches nothing; no instance is no error.
+    /// What still runs there (its job, an earlier run's command) is left alone, unless --force.
     #[arg(long)]
     pub down: bool,
+    /// With --down: first end what still runs there (this directory's job, a command of an
+    /// earlier run whose client is gone), then bring the results home and terminate.
+    #[arg(long, requires = "down")]
+    pub force: bool,
     /// Show what ssh-ec2 left behind: instances whose keys are gone from this machine or whose
     /// expiry passed, security groups and launches without an instance, stale local state.
     /// With --yes, remove them.

@@ -44,8 +44,9 @@ pub enum InstanceMode {
     Attach,
     /// Wait for this directory's job (attached or not), pull, end of life.
     Finish { attach: bool },
-    /// Pull this directory's results, then terminate its instance; never launches.
-    Down,
+    /// Pull this directory's results, then terminate its instance; never launches. `force`:
+    /// end what still runs there first.
+    Down { force: bool },
     /// Resolve what a run would do and what it would cost; create nothing.
     DryRun { json: bool },
     /// Print (or install) an OpenSSH config block for this directory's instance.
@@ -84,6 +85,11 @@ pub fn from_cli(cli: Cli) -> Result<Request, String> {
         output: OutputFlags { verbose, quiet },
         command,
     } = cli;
+    // clap lets `--force COMMAND` through: `--down` conflicts with a command, which clap takes
+    // as a reason not to require it.
+    if fleet.force && !fleet.down {
+        return Err("--force goes with --down: `ssh-ec2 --down --force`".into());
+    }
     let (mode, job_layer, preset) = choose_mode(job, config, fleet, look);
     let command = (!command.is_empty()).then(|| command.join(" "));
     check_command(mode, command.is_some())?;
@@ -131,6 +137,7 @@ fn choose_mode(
         list,
         all_regions,
         down,
+        force,
         gc,
         yes,
     } = fleet;
@@ -142,7 +149,7 @@ fn choose_mode(
     } = look;
     let instance = || {
         Mode::Instance(match () {
-            () if down => InstanceMode::Down,
+            () if down => InstanceMode::Down { force },
             () if ssh_config => InstanceMode::SshConfig { install },
             () if detach => InstanceMode::Detach,
             () if attach => InstanceMode::Attach,
@@ -328,6 +335,10 @@ mod tests {
             instance(InstanceMode::Finish { attach: false })
         );
         assert_eq!(
+            mode(&["--down", "--force"]),
+            instance(InstanceMode::Down { force: true })
+        );
+        assert_eq!(
             mode(&["--gc", "--yes", "--all-regions"]),
             Ok(Mode::Fleet(FleetMode::Gc {
                 yes: true,
@@ -341,6 +352,7 @@ mod tests {
             &["--list", "ls"],
             &["--all-regions"],
             &["--json"],
+            &["--force", "true"],
         ] {
             assert!(mode(refused).is_err(), "{refused:?}");
         }

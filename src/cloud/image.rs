@@ -175,12 +175,6 @@ pub struct TypeInfo {
 }
 
 impl TypeInfo {
-    /// Its GPUs, all models together.
-    pub fn gpu_count(&self) -> u32 {
-        let count: i32 = self.gpus.iter().map(|g| g.count.max(0)).sum();
-        count.max(0) as u32
-    }
-
     /// Fails, saying what to change, when an instance of this type cannot boot `image`.
     pub fn check_runs(&self, image: &Image) -> Result<()> {
         if !self.architectures.contains(&image.architecture) {

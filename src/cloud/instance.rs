@@ -82,10 +82,6 @@ pub struct Node {
     pub of: u32,
 }
 
-impl Node {
-    pub const ALONE: Node = Node { rank: 0, of: 1 };
-}
-
 impl Instance {
     pub(super) fn from_sdk(instance: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
         let tag = |key: &str| tag_of(instance.tags(), key);
@@ -365,6 +361,28 @@ impl Cloud {
     }
 }
 
+#[cfg(test)]
+impl Instance {
+    /// One instance alone, with nothing but its id and state known.
+    pub fn example(id: &str, state: State) -> Instance {
+        Instance {
+            id: id.into(),
+            state,
+            instance_type: "g5.xlarge".into(),
+            public_ip: None,
+            private_ip: None,
+            security_group: None,
+            login_user: None,
+            spot: false,
+            zone: None,
+            launch: None,
+            node: Node { rank: 0, of: 1 },
+            node_group: None,
+            placement_group: None,
+        }
+    }
+}
+
 fn owned(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
@@ -375,21 +393,7 @@ mod tests {
 
     #[test]
     fn an_expiry_in_the_past_has_passed_and_an_unreadable_one_has_not() {
-        let instance = Instance {
-            id: "i-1".into(),
-            state: State::Stopped,
-            instance_type: "g5.xlarge".into(),
-            public_ip: None,
-            private_ip: None,
-            security_group: None,
-            login_user: None,
-            spot: false,
-            zone: None,
-            launch: None,
-            node: crate::cloud::Node::ALONE,
-            node_group: None,
-            placement_group: None,
-        };
+        let instance = Instance::example("i-1", State::Stopped);
         let at = |expires_at: Option<&str>| Owned {
             instance: instance.clone(),
             region: "eu-central-1".into(),

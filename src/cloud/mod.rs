@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use aws_config::default_provider::region::DefaultRegionChain;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::config::Region;
 
@@ -30,7 +31,7 @@ pub use cluster::OwnedPlacementGroup;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, TypeInfo, guess_user};
-pub use instance::{Instance, Node, Owned, State};
+pub use instance::{Instance, Owned, State};
 pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
 pub use tags::{Owner, Ownership};
@@ -72,7 +73,7 @@ pub struct Cloud {
     /// The AWS Price List, asked briefly, once per instance type (`prices`).
     pricing: aws_sdk_pricing::Client,
     prices: Mutex<HashMap<String, Option<f64>>>,
-    /// Only to decode why AWS refused something.
+    /// To decode why AWS refused something, and to learn the account.
     sts: aws_sdk_sts::Client,
     pub region: String,
     /// What this process created (or found after a lost answer), and when.
@@ -103,6 +104,17 @@ fn patient_retries() -> RetryConfig {
         .with_max_backoff(Duration::from_secs(20))
 }
 
+/// No request may hang: a connection not made, an answer that stalls or one that never ends is
+/// given up after these, and retried like a throttled request (the SDK's retries count timeouts
+/// as transient). EC2 and IAM answer within a second or two; these leave ample room.
+fn no_hang() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .build()
+}
+
 impl Cloud {
     /// `region` from ssh-ec2's own settings wins over the AWS config chain; `profile` (which may
     /// come from `.env`, which the SDK does not read) picks the chain's profile and credentials.
@@ -117,7 +129,7 @@ impl Cloud {
         let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string())))
             .or_else(chain.build())
             .or_else(FALLBACK_REGION);
-        let mut config = loader.region(region).load().await;
+        let mut config = loader.region(region).timeout_config(no_hang()).load().await;
         // The user's own AWS retry settings (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, or max_attempts
         // and retry_mode in the profile) win; only the SDK's default is replaced.
         if config.retry_config() == Some(&RetryConfig::standard()) {
@@ -186,6 +198,30 @@ impl Cloud {
             .collect();
         regions.sort();
         Ok(regions)
+    }
+
+    /// The AWS account these credentials act in (STS GetCallerIdentity, which needs no right),
+    /// to record with what is launched. Asked briefly: a run does not wait on bookkeeping.
+    pub async fn account_id(&self) -> anyhow::Result<String> {
+        let brief = aws_sdk_sts::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(10))
+                    .build(),
+            );
+        let identity = self
+            .sts
+            .get_caller_identity()
+            .customize()
+            .config_override(brief)
+            .send()
+            .await
+            .explain("learn which AWS account your credentials belong to")?;
+        identity
+            .account()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("STS named no account for your credentials"))
     }
 
     /// Fails early, with the admin's next step, when the instance profile does not exist.

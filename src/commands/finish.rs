@@ -1,5 +1,6 @@
-//! `ssh-ec2 --finish`: wait for this directory's job to end (attached on a terminal), bring its
-//! results home, apply the end of life; the job's exit status. Also after a killed client.
+//! `ssh-ec2 --finish`: wait for this directory's job to end (attached on a terminal), and for
+//! the commands of earlier runs whose clients are gone, bring the results home, apply the end
+//! of life; the job's exit status. Also after a killed client.
 
 use std::time::Instant;
 
@@ -8,8 +9,8 @@ use anyhow::{Result, bail};
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
 use crate::session::{
-    self, Followed, Ground, Plan, Progress, Scene, conclude_job, follow_job, job_state,
-    reach_and_join,
+    self, Followed, Ground, Plan, Progress, Scene, conclude_job, follow_job, job_state, pull_home,
+    reach_and_join, wait_for_earlier,
 };
 use crate::state::lock::DirLock;
 use crate::status::ExitStatus;
@@ -44,29 +45,43 @@ async fn work(
     let mut reached = reach_and_join(scene, lock, progress).await?;
     let job = Job::for_dir(&scene.plan.local_dir);
     let followed = match job_state(&reached.session, &job).await? {
-        JobState::None => bail!(
-            "no job of this directory on {}: nothing to finish (`ssh-ec2 --detach COMMAND` \
-             starts one)",
+        JobState::None if progress.earlier.is_empty() => bail!(
+            "no job of this directory on {}, and no command of an earlier run: nothing to \
+             finish (`ssh-ec2 --detach COMMAND` starts one)",
             machine.head().instance.id
         ),
-        JobState::Ended(_, status) => Followed::Ended(status),
-        JobState::Interrupted(_) => Followed::Interrupted,
+        JobState::None => None,
+        JobState::Ended(_, status) => Some(Followed::Ended(status)),
+        JobState::Interrupted(_) => Some(Followed::Interrupted),
         JobState::Lost(multiplexer) => {
             printer.warn(&format!(
                 "job {} ended without an exit status (its {multiplexer} session is gone): \
                  bringing home what it left",
                 job.name()
             ));
-            Followed::Ended(255)
+            Some(Followed::Ended(255))
         }
         JobState::Running(multiplexer) => {
             // From here on, results of the job may be on the instance only.
             progress.command_started = true;
             let followed = follow_job(scene, &mut reached, &job, multiplexer, attach).await;
             progress.session = Some(reached.session.clone());
-            followed?
+            Some(followed?)
         }
     };
     let mut manifest = Manifest::load(&store.manifest_path(&machine.head().instance.id));
-    conclude_job(scene, &reached, &job, followed, &mut manifest, progress).await
+    // A job that goes on, or a spot instance being taken back, waits for nothing more.
+    let goes_on = matches!(followed, Some(Followed::Detached | Followed::Interrupted));
+    if !goes_on && !wait_for_earlier(scene, &mut reached, progress).await? {
+        return Ok(());
+    }
+    if let Some(followed) = followed {
+        return conclude_job(scene, &reached, &job, followed, &mut manifest, progress).await;
+    }
+    progress.command_started = true;
+    pull_home(scene, &reached, &mut manifest, progress).await?;
+    bail!(
+        "the command of an earlier run has ended and its results are home, but its exit status \
+         is unknown: no ssh-ec2 was connected to it when it ended"
+    )
 }

@@ -56,7 +56,7 @@ pub fn start(request: Request, printer: &Printer) -> Result<ExitStatus> {
                     InstanceMode::Detach => run::run(&plan, printer, true).await,
                     InstanceMode::Attach => attach::attach(&plan, printer).await,
                     InstanceMode::Finish { attach } => finish::finish(&plan, printer, attach).await,
-                    InstanceMode::Down => down::down(&plan, printer).await,
+                    InstanceMode::Down { force } => down::down(&plan, printer, force).await,
                     InstanceMode::DryRun { json } => dry_run::dry_run(&plan, json, printer).await,
                     InstanceMode::SshConfig { install } => {
                         ssh_config::ssh_config(&plan, &host.home, install, printer).await

@@ -31,13 +31,13 @@ const ROLES: &[InstanceRole] = &[
         name: "ssh-ec2-s3-read-only",
         policy: "s3-read-only",
         document: include_str!("../../policies/instance-s3-read-only.json"),
-        description: "ssh-ec2 instances: read the S3 buckets named ssh-ec2-*",
+        description: "ssh-ec2 instances: read the account's S3 buckets named ssh-ec2-*",
     },
     InstanceRole {
         name: "ssh-ec2-s3-read-write",
         policy: "s3-read-write",
         document: include_str!("../../policies/instance-s3-read-write.json"),
-        description: "ssh-ec2 instances: read and write the S3 buckets named ssh-ec2-*",
+        description: "ssh-ec2 instances: read and write the account's S3 buckets named ssh-ec2-*",
     },
 ];
 

@@ -39,6 +39,10 @@ pub struct Launch {
     /// When RunInstances was last sent, in seconds since the Unix epoch: until VISIBILITY_LAG
     /// after it, AWS may not show the instance yet. `None`: never sent, so no instance exists.
     pub sent: Option<u64>,
+    /// The AWS account of the credentials that launched it, when STS said: only with that
+    /// account's credentials can AWS's silence about the instance mean it is gone.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 fn one() -> u32 {
@@ -52,7 +56,7 @@ fn now() -> u64 {
 }
 
 impl Launch {
-    pub fn new(region: &str, dir: &str, nodes: u32) -> Launch {
+    pub fn new(region: &str, dir: &str, nodes: u32, account: Option<String>) -> Launch {
         Launch {
             id: format!("{:032x}", rand::random::<u128>()),
             region: region.to_string(),
@@ -62,7 +66,14 @@ impl Launch {
             node_group: None,
             placement_group: None,
             sent: None,
+            account,
         }
+    }
+
+    /// How long ago RunInstances was last sent; `None` if never, or if the clock went back.
+    pub fn sent_ago(&self) -> Option<Duration> {
+        let sent = self.sent?;
+        now().checked_sub(sent).map(Duration::from_secs)
     }
 
     /// Ours alone, so that a creation retried after a lost answer finds the group it made.
@@ -101,11 +112,10 @@ impl Launch {
     /// once, so "none" is only the answer once VISIBILITY_LAG has passed since the launch was
     /// sent; a failed look (throttled, network) is tried again meanwhile.
     pub async fn find_instances(&self, cloud: &Cloud) -> Result<Vec<Instance>> {
-        let Some(sent) = self.sent else {
+        if self.sent.is_none() {
             return Ok(Vec::new());
-        };
-        let settles_in =
-            VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
+        }
+        let settles_in = VISIBILITY_LAG.saturating_sub(self.sent_ago().unwrap_or_default());
         let mut poll = Poll::every(Duration::from_secs(5)).within(settles_in);
         loop {
             match cloud.find_launched(&self.id).await {
@@ -120,6 +130,48 @@ impl Launch {
                 _ => {}
             }
         }
+    }
+
+    /// Ends what it made at once (a second signal during the launch): its instances, if AWS
+    /// shows them already, are terminated, then its groups, keys and record go. One that AWS does
+    /// not show yet stays in the journal, for the next run here (or `--gc`) to find and end.
+    pub async fn end_now(&self, cloud: &Cloud, store: &Store, printer: &Printer) -> Result<()> {
+        if self.sent.is_none() {
+            return self.abandon(cloud, store).await;
+        }
+        let instances = cloud.find_launched(&self.id).await?;
+        if instances.len() < self.nodes as usize {
+            // Those it shows end now; the record stays for the others.
+            terminate_live(cloud, &instances).await?;
+            printer.warn(&format!(
+                "not every instance of launch {} is visible yet: the next run here, or `ssh-ec2 \
+                 --gc --yes`, looks for them again and terminates them",
+                self.id
+            ));
+            return Ok(());
+        }
+        let ids = ids(&instances).join(", ");
+        let phase = printer.phase(format!("terminating {ids}, which the launch made"));
+        self.end_instances(cloud, store, &instances).await?;
+        phase.done(format!("terminated {ids}"));
+        Ok(())
+    }
+
+    /// Terminates its instances (unless ended already) and waits until they are, then abandons
+    /// it.
+    async fn end_instances(
+        &self,
+        cloud: &Cloud,
+        store: &Store,
+        instances: &[Instance],
+    ) -> Result<()> {
+        terminate_live(cloud, instances).await?;
+        for id in ids(instances) {
+            cloud
+                .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
+                .await?;
+        }
+        self.abandon(cloud, store).await
     }
 
     /// Deletes its security groups and placement group (those it made), then its keys and
@@ -181,6 +233,12 @@ pub async fn settle(
     Ok(adopted)
 }
 
+/// The record of the launch that made `instance_id`, kept with its keys; `None` for one
+/// launched by an earlier version, which kept no record once the instance was adopted.
+pub fn launched(store: &Store, instance_id: &str) -> Option<Launch> {
+    serde_json::from_str(&store.launched_record(instance_id)?).ok()
+}
+
 /// The launches recorded here whose instances were never adopted, from every directory.
 pub fn unfinished(store: &Store) -> Vec<Launch> {
     store
@@ -210,8 +268,7 @@ async fn settle_one(
         launch.id
     ));
     let instances = launch.find_instances(cloud).await?;
-    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
-    let whole = instances.len() == launch.nodes as usize;
+    let ids = ids(&instances);
     if instances.is_empty() {
         launch.abandon(cloud, store).await?;
         phase.done(format!(
@@ -220,6 +277,7 @@ async fn settle_one(
         ));
         return Ok(Vec::new());
     }
+    let whole = instances.len() == launch.nodes as usize;
     if may_adopt && whole && instances.iter().all(|i| i.state.is_live()) {
         store.adopt_launch(&launch.id, &ids)?;
         phase.done(format!(
@@ -228,28 +286,31 @@ async fn settle_one(
         ));
         return Ok(ids.iter().map(|id| id.to_string()).collect());
     }
-    let live: Vec<&str> = (instances.iter())
-        .filter(|i| i.state.is_live())
-        .map(|i| i.id.as_str())
-        .collect();
-    if !live.is_empty() {
-        phase.update(format!(
-            "terminating {} in {}, launched by an earlier run here",
-            live.join(", "),
-            cloud.region
-        ));
-        cloud.terminate(&live).await?;
-    }
-    for id in &ids {
-        cloud
-            .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-            .await?;
-    }
-    launch.abandon(cloud, store).await?;
+    phase.update(format!(
+        "terminating {} in {}, launched by an earlier run here",
+        ids.join(", "),
+        cloud.region
+    ));
+    launch.end_instances(cloud, store, &instances).await?;
     phase.done(format!(
         "terminated {} in {}, launched by an earlier run here that ended before using it",
         ids.join(", "),
         cloud.region
     ));
     Ok(Vec::new())
+}
+
+fn ids(instances: &[Instance]) -> Vec<&str> {
+    instances.iter().map(|i| i.id.as_str()).collect()
+}
+
+async fn terminate_live(cloud: &Cloud, instances: &[Instance]) -> Result<()> {
+    let live: Vec<&str> = (instances.iter())
+        .filter(|i| i.state.is_live())
+        .map(|i| i.id.as_str())
+        .collect();
+    if !live.is_empty() {
+        cloud.terminate(&live).await?;
+    }
+    Ok(())
 }

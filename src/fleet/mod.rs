@@ -18,7 +18,7 @@ mod spec;
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ipnet::IpNet;
 
 use crate::cloud::{Cloud, Image, Instance, State, caller_cidr, guess_user};
@@ -29,7 +29,7 @@ use crate::state::keys::InstanceKeys;
 use end_of_life::Origin;
 pub use launch::{Resolved, resolve, root_volume_gib};
 pub use regions::{Skipped, machines, owner_instances, owner_instances_and_groups};
-pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec};
+pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec, wide_ingress_warning};
 
 /// One node of a run's machine: its instance and how to log in to it.
 pub struct Node {
@@ -86,7 +86,7 @@ pub async fn find(
     interrupt: &Interrupt,
     start: bool,
 ) -> Result<Machine> {
-    let nodes = cloud.find_owned(&spec.ownership).await?;
+    let nodes = interrupt.cancel(cloud.find_owned(&spec.ownership)).await?;
     let Some(head) = nodes.first() else {
         bail!(
             "this directory has no instance in {}: nothing to do (`ssh-ec2 --detach COMMAND` \
@@ -155,7 +155,8 @@ fn check_nodes(spec: &MachineSpec, nodes: &[Instance]) -> Result<()> {
 }
 
 /// This directory's instance (its nodes) and where it comes from, once the launches of earlier
-/// runs here are settled.
+/// runs here are settled. A signal ends the lookups at once: what a launch left stays in the
+/// journal.
 async fn find_here(
     cloud: &Cloud,
     spec: &MachineSpec,
@@ -164,14 +165,14 @@ async fn find_here(
     interrupt: &Interrupt,
 ) -> Result<Option<(Vec<Instance>, Origin)>> {
     // First what an earlier run here launched but never used (killed, or its answer lost).
-    let adopted = journal::settle(cloud, &spec.ownership.dir, store, printer).await?;
+    let settled = journal::settle(cloud, &spec.ownership.dir, store, printer);
+    let adopted = interrupt.cancel(settled).await?;
     let phase = printer.phase(format!(
         "looking for this directory's instance in {}",
         cloud.region
     ));
-    let found = cloud.find_owned(&spec.ownership).await?;
+    let found = interrupt.cancel(cloud.find_owned(&spec.ownership)).await?;
     drop(phase);
-    interrupt.check()?;
     let Some(head) = found.first() else {
         return Ok(None);
     };
@@ -209,16 +210,9 @@ async fn reuse(
         ids.join(", "),
         head.state.as_str()
     ));
-    if let Some(group) = &head.security_group {
-        // This machine's address may have changed since the launch. Done before starting it,
-        // so a failure here leaves the instance as it was.
-        cloud
-            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress).await?)
-            .await?;
-    }
-    // This run's settings of the dead-man switch, which `reach` re-arms on the instance.
-    cloud
-        .set_expiry(&ids, spec.watchdog.expires_at().as_deref())
+    // Done before starting it, so a failure (or a signal) here leaves the instance as it was.
+    interrupt
+        .cancel(prepare(cloud, spec, head, &ids, printer))
         .await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
     if let Err(e) = interrupt.cancel(start(cloud, &instances, &phase)).await {
@@ -240,6 +234,26 @@ async fn reuse(
         user,
         origin,
     })
+}
+
+/// Opens the machine's SSH rule (on its head) to this machine's address, which may have changed
+/// since the launch, and tags this run's settings of the dead-man switch (`reach` re-arms it).
+async fn prepare(
+    cloud: &Cloud,
+    spec: &MachineSpec,
+    head: &Instance,
+    ids: &[&str],
+    printer: &Printer,
+) -> Result<()> {
+    if let Some(group) = &head.security_group {
+        cloud
+            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress, printer).await?)
+            .await?;
+    }
+    cloud
+        .set_expiry(ids, spec.watchdog.expires_at().as_deref())
+        .await?;
+    Ok(())
 }
 
 /// Starts the stopped (or stopping) nodes.
@@ -284,10 +298,15 @@ pub fn launch_user(spec: &MachineSpec, image: &Image) -> String {
         .unwrap_or_else(|| guess_user(&image.name).into())
 }
 
-/// The CIDR the SSH rule lets in.
-pub async fn ingress_cidr(ingress: &Ingress) -> Result<IpNet> {
+/// The CIDR the SSH rule lets in; one set wider than a site's is let in with a warning.
+pub async fn ingress_cidr(ingress: &Ingress, printer: &Printer) -> Result<IpNet> {
     match ingress {
-        Ingress::Cidr(cidr) => Ok(*cidr),
+        Ingress::Cidr(cidr) => {
+            if let Some(warning) = wide_ingress_warning(cidr) {
+                printer.warn(&warning);
+            }
+            Ok(*cidr)
+        }
         Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,
     }
 }

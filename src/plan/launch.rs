@@ -38,7 +38,7 @@ pub fn spec(values: &Values, ownership: &Ownership, end_of_life: EndOfLife) -> R
         instance_type: values.instance_type.clone(),
         fallback_types: values.fallback_types.clone().unwrap_or_default().0,
         image,
-        user: values.user.clone(),
+        user: values.user.as_ref().map(ToString::to_string),
         instance_profile: values.instance_profile.clone(),
         subnets: subnets.fold(Vec::new(), |mut subnets, id| {
             if !subnets.contains(id) {

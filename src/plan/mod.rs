@@ -88,7 +88,7 @@ pub fn for_instance(
     };
     let end_of_life = match mode {
         // What --down is for; --stop and --leave are refused with it.
-        InstanceMode::Down => EndOfLife::Terminate,
+        InstanceMode::Down { .. } => EndOfLife::Terminate,
         _ => values.final_state,
     };
     let sync = match syncs(mode) && !request.no_rsync {
@@ -143,7 +143,10 @@ fn launches(mode: InstanceMode) -> bool {
 /// The modes that sync the directory (a dry run counts what it would send).
 fn syncs(mode: InstanceMode) -> bool {
     use InstanceMode::*;
-    matches!(mode, Run | Detach | Finish { .. } | Down | DryRun { .. })
+    matches!(
+        mode,
+        Run | Detach | Finish { .. } | Down { .. } | DryRun { .. }
+    )
 }
 
 /// The modes that open `-L` and `-R` while they follow a command or a job.

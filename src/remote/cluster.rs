@@ -85,9 +85,9 @@ impl Layout<'_> {
     /// a `Host` block for the addresses, and the public key let in. The private key comes on
     /// stdin, never on a command line. `host_keys` are the nodes' public host keys (OpenSSH
     /// form), in rank order.
-    pub fn setup_command(&self, host_keys: &[String], public_key: &str) -> String {
+    pub fn setup_command(&self, host_keys: &[Vec<String>], public_key: &str) -> String {
         let known_hosts: String = (self.addresses.iter().zip(host_keys))
-            .map(|(ip, key)| format!("{ip} {key}\n"))
+            .flat_map(|(ip, keys)| keys.iter().map(move |key| format!("{ip} {key}\n")))
             .collect();
         let config = format!(
             "{MARK}\nHost {}\n    IdentityFile ~/.ssh/ssh-ec2-cluster\n    UserKnownHostsFile \
@@ -205,7 +205,13 @@ mod tests {
         let layout = Layout {
             addresses: &addresses,
         };
-        let keys = ["ssh-ed25519 K0", "ssh-ed25519 K1", "ssh-ed25519 K2"].map(str::to_string);
+        // Node 1 may present either of two keys (the user-data's, or the one being installed).
+        let keys = [
+            vec!["ssh-ed25519 K0"],
+            vec!["ssh-ed25519 K1", "ssh-ed25519 N1"],
+            vec!["ssh-ed25519 K2"],
+        ]
+        .map(|keys| keys.into_iter().map(str::to_string).collect::<Vec<_>>());
         for _ in 0..2 {
             let status = std::process::Command::new("sh")
                 .arg("-c")
@@ -234,8 +240,9 @@ mod tests {
             format!("ssh-ed25519 AAAA mine\nssh-ed25519 CLUSTER {MARK}\n")
         );
         assert_eq!(
-            read("ssh-ec2-known_hosts").lines().nth(1),
-            Some("172.31.0.11 ssh-ed25519 K1")
+            read("ssh-ec2-known_hosts"),
+            "172.31.0.10 ssh-ed25519 K0\n172.31.0.11 ssh-ed25519 K1\n172.31.0.11 ssh-ed25519 N1\n\
+             172.31.0.12 ssh-ed25519 K2\n"
         );
         let mode = std::fs::metadata(ssh.join("ssh-ec2-cluster"))
             .unwrap()

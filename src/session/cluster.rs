@@ -11,13 +11,15 @@ use anyhow::{Context, Result};
 use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
+use super::host_key;
 use super::reach::{Reached, connect};
 use crate::fleet::Machine;
 use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::cluster::{Layout, fan_out_command};
 use crate::remote::job::{Job, JobState, Multiplexer};
-use crate::remote::{self, RemoteDir, RunRecord};
+use crate::remote::runs::RunRecord;
+use crate::remote::{self, RemoteDir};
 use crate::settings::values::HostPort;
 use crate::ssh::{RemoteExit, Session, Target};
 
@@ -66,7 +68,7 @@ pub async fn reach_workers(
                 node.instance.id
             )
         })?;
-        let target = Target {
+        let mut target = Target {
             address: HostPort {
                 host: address,
                 port: 22,
@@ -80,6 +82,11 @@ pub async fn reach_workers(
             .cancel(connect(&target, deadline, scene.printer))
             .await
             .with_context(|| format!("cannot reach node {rank} ({})", node.instance.id))?;
+        let settling = async {
+            host_key::settle(scene, &node.instance.id, &mut target, &session).await;
+            Ok(())
+        };
+        scene.interrupt.cancel(settling).await?;
         super::reach::arm_watchdog(scene, &session).await?;
         session
             .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
@@ -93,13 +100,23 @@ pub async fn reach_workers(
     Ok(workers)
 }
 
-/// Sets every node up so that they reach each other by SSH (a key made for this run, every
-/// node's pinned host key in every node's known hosts) and find the hostfile; what it is.
-pub async fn set_up(scene: &Scene<'_>, head: &Session, workers: &[Worker]) -> Result<Cluster> {
+/// Sets every node up so that they reach each other by SSH (a key made for this run, the host
+/// keys each node may present in every node's known hosts) and find the hostfile; what it is.
+pub async fn set_up(
+    scene: &Scene<'_>,
+    head_target: &Target,
+    head: &Session,
+    workers: &[Worker],
+) -> Result<Cluster> {
     let nodes = &scene.machine.nodes;
     let cluster = Cluster::of(scene.machine);
-    let host_keys = (nodes.iter())
-        .map(|node| node.keys.host.to_openssh())
+    let targets = std::iter::once(head_target).chain(workers.iter().map(|w| &w.target));
+    let host_keys = targets
+        .map(|target| {
+            (target.keys.accepted_hosts())
+                .map(|key| key.to_openssh())
+                .collect::<Result<Vec<_>, _>>()
+        })
         .collect::<Result<Vec<_>, _>>()
         .context("cannot write a node's host key")?;
     let key = scene.store.cluster_key(&nodes[0].instance.id)?;
@@ -109,7 +126,7 @@ pub async fn set_up(scene: &Scene<'_>, head: &Session, workers: &[Worker]) -> Re
     let sessions = std::iter::once(head).chain(workers.iter().map(|w| &*w.session));
     for (rank, session) in sessions.enumerate() {
         session
-            .run_with_input(&command, private.as_bytes())
+            .run_fed("the cluster's set-up", &command, private.as_bytes())
             .await
             .with_context(|| format!("cannot set node {rank} up to reach the others"))?;
     }
@@ -124,18 +141,18 @@ pub async fn fan_out(
     cluster: &Cluster,
     paths: &[PathBuf],
 ) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     if paths.is_empty() {
         return Ok(());
     }
-    let list: Vec<u8> = (paths.iter())
-        .flat_map(|path| path.as_os_str().as_bytes().iter().chain([&0]))
-        .copied()
-        .collect();
+    let list = crate::sync::nul_separated(paths.iter().map(PathBuf::as_path));
     let workers = &cluster.addresses[1..];
-    head.run_with_input(&fan_out_command(dir, workers), &list)
-        .await
-        .context("cannot copy the directory from the head to the other nodes")?;
+    head.run_fed(
+        "the copy to the other nodes",
+        &fan_out_command(dir, workers),
+        &list,
+    )
+    .await
+    .context("cannot copy the directory from the head to the other nodes")?;
     Ok(())
 }
 
@@ -208,11 +225,10 @@ pub async fn finish_worker_jobs(
 /// Ends the job on every worker (TERM, then KILL after a while).
 async fn end_worker_jobs(reached: &Reached, job: &Job, printer: &Printer) {
     for worker in &reached.workers {
-        let ended = super::run::end_signalled(&worker.session, printer, |signal| {
-            job.signal_command(signal)
-        });
-        if let Err(e) = ended.await {
-            printer.warn(&format!("node {}: {e:#}", worker.rank));
+        let what = format!("the job on node {}", worker.rank);
+        let signal = |s: &str| job.signal_command(s);
+        if let Err(e) = super::run::end_command(&worker.session, &what, signal, printer).await {
+            printer.warn(&format!("{e:#}"));
         }
     }
 }
@@ -233,24 +249,27 @@ pub struct Ended {
 
 /// The command running on every worker, each streamed by a task of its own.
 pub struct WorkerCommands {
-    /// Each worker's session and run record, to end what is left of its command.
-    running: Vec<(usize, Arc<Session>, RunRecord)>,
+    /// Each worker's session, to end what is left of its command.
+    running: Vec<(usize, Arc<Session>)>,
+    /// The run's record, the same on every node (each has its own files).
+    record: RunRecord,
     ended: tokio::sync::mpsc::UnboundedReceiver<Ended>,
     left: usize,
 }
 
 /// Starts `command` on every worker, in the remote directory, with its node's variables; its
-/// output comes here line by line, each prefixed `[node K] `.
+/// output comes here line by line, each prefixed `[node K] `. Each records it as the head does
+/// (`record`).
 pub fn start_workers(
     workers: &[Worker],
     dir: &RemoteDir,
     cluster: &Cluster,
     command: &str,
+    record: &RunRecord,
 ) -> WorkerCommands {
     let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
     let mut running = Vec::new();
     for worker in workers {
-        let record = RunRecord::new();
         let command = cluster.layout().command_for(worker.rank, command);
         let line = record.command_line(dir, Some(&command), false);
         let (session, rank, sender) = (worker.session.clone(), worker.rank, sender.clone());
@@ -258,11 +277,12 @@ pub fn start_workers(
             let exit = stream_worker(&session, &line, rank).await;
             let _ = sender.send(Ended { rank, exit });
         });
-        running.push((worker.rank, worker.session.clone(), record));
+        running.push((worker.rank, worker.session.clone()));
     }
     WorkerCommands {
         left: running.len(),
         running,
+        record: record.clone(),
         ended,
     }
 }
@@ -291,17 +311,19 @@ impl WorkerCommands {
 
     async fn end(&self, but: Option<usize>, printer: &Printer) {
         let others = self.running.iter().filter(|(rank, ..)| Some(*rank) != but);
-        for (rank, session, record) in others {
-            if let Err(e) = super::run::end_command(session, record, printer).await {
-                printer.warn(&format!("node {rank}: {e:#}"));
+        for (rank, session) in others {
+            let what = format!("the command on node {rank}");
+            let signal = |s: &str| self.record.signal_command(s);
+            if let Err(e) = super::run::end_command(session, &what, signal, printer).await {
+                printer.warn(&format!("{e:#}"));
             }
         }
     }
 
     /// Forgets each worker's run record on its node.
     pub async fn clean_up(&self) {
-        for (_, session, record) in &self.running {
-            let _ = session.run_captured(&record.cleanup_command()).await;
+        for (_, session) in &self.running {
+            let _ = session.run_captured(&self.record.cleanup_command()).await;
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::Scene;
+use super::earlier::{still_running, still_running_note};
 use super::job::job_state;
 use super::progress::Progress;
 use super::pull::NoteSignals;
@@ -28,6 +29,8 @@ enum Sharing {
     Alone,
     /// Another run's live lease, or this directory's job still running.
     Shared,
+    /// A command of an earlier run, whose client is gone, still runs (since when).
+    EarlierCommand(String),
     /// It could not be told (why).
     Unknown(String),
 }
@@ -40,7 +43,7 @@ struct Outcome {
     spot: bool,
     command_started: bool,
     results_home: bool,
-    job_goes_on: bool,
+    goes_on: bool,
     exit: Option<RemoteExit>,
     sharing: Sharing,
     /// The first signal before the end of life; later ones change nothing.
@@ -60,7 +63,7 @@ struct Conclusion {
 }
 
 fn conclude(outcome: &Outcome) -> Conclusion {
-    let (action, why) = match (outcome.job_goes_on, &outcome.sharing) {
+    let (action, why) = match (outcome.goes_on, &outcome.sharing) {
         (true, _) => (EndOfLife::Leave, None),
         (false, Sharing::Shared) => (
             EndOfLife::Leave,
@@ -69,6 +72,13 @@ fn conclude(outcome: &Outcome) -> Conclusion {
                  the last one out applies the end of life"
                     .to_string(),
             ),
+        ),
+        (false, Sharing::EarlierCommand(note)) => (
+            EndOfLife::Leave,
+            Some(format!(
+                "{note}: leaving it running; `ssh-ec2 --finish` here waits for that command and \
+                 brings its results home, `ssh-ec2 --down --force` ends it"
+            )),
         ),
         (false, Sharing::Unknown(e)) if outcome.policy != EndOfLife::Leave => (
             EndOfLife::Leave,
@@ -119,6 +129,10 @@ pub async fn end_of_run(
     // The last one out applies the end of life: the others' leases are read under the lock.
     let _lock = DirLock::wait(&plan.dirs.root, &plan.local_dir, printer, None).await?;
     let sharing = sharing(scene, &mut progress).await;
+    if progress.results_home && plan.sync.is_some() && sharing == Sharing::Alone {
+        // Nobody else's command or job was there to write after this pull.
+        store.note_pulled(&machine.head().instance.id);
+    }
     let failed = match work {
         // Said before the end of life, so the user knows why the instance is handled as it is.
         Err(e) if !e.is::<Interrupted>() => {
@@ -133,7 +147,7 @@ pub async fn end_of_run(
         spot: machine.head().instance.spot,
         command_started: progress.command_started,
         results_home: progress.results_home,
-        job_goes_on: progress.job_goes_on,
+        goes_on: progress.goes_on,
         exit: progress.exit.clone(),
         sharing,
         interrupted: interrupt.first(),
@@ -144,6 +158,10 @@ pub async fn end_of_run(
         why,
         status,
     } = conclusion;
+    // Before the instance is gone: the conflicts, and what stays on it.
+    for line in progress.sync.lines() {
+        printer.warn(&line);
+    }
     if let Some(why) = why {
         printer.warn(&format!("{}: {why}", machine.head().instance.id));
     }
@@ -151,13 +169,6 @@ pub async fn end_of_run(
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instances(), action, printer).await
     };
-    for conflict in &progress.conflicts {
-        printer.warn(&format!(
-            "{} changed both here and on the instance: kept yours, and saved the instance's as {}",
-            conflict.path.display(),
-            conflict.saved_as.display()
-        ));
-    }
     say_summary(scene, ended.is_ok(), action, started).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
     ended?;
@@ -174,17 +185,22 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
         return Sharing::NotReached;
     };
     let job = Job::for_dir(&scene.plan.local_dir);
-    let shared = match presence.release(&session).await {
-        // This directory's job still running counts as someone else.
-        Ok(0) => job_state(&session, &job)
-            .await
-            .map(|state| matches!(state, JobState::Running(_))),
-        others => others.map(|_| true),
+    let shared = match presence.release(&session, &job).await {
+        Ok((others, earlier)) => match still_running(&earlier) {
+            // Never ended under it: what it writes later would never come home.
+            Some(command) => Ok(Sharing::EarlierCommand(still_running_note(command))),
+            None if others > 0 => Ok(Sharing::Shared),
+            // This directory's job still running counts as someone else.
+            None => job_state(&session, &job).await.map(|state| match state {
+                JobState::Running(_) => Sharing::Shared,
+                _ => Sharing::Alone,
+            }),
+        },
+        Err(e) => Err(e),
     };
     session.close().await;
     match shared {
-        Ok(true) => Sharing::Shared,
-        Ok(false) => Sharing::Alone,
+        Ok(sharing) => sharing,
         // A stopped instance runs nobody's work: its end of life cannot hurt another run.
         Err(e) => match stopped_under_the_run(scene.cloud, &scene.machine.head().instance.id).await
         {
@@ -251,7 +267,7 @@ mod tests {
             spot: false,
             command_started: true,
             results_home: true,
-            job_goes_on: false,
+            goes_on: false,
             exit: Some(RemoteExit::Status(0)),
             sharing: Sharing::Alone,
             interrupted: None,
@@ -273,9 +289,15 @@ mod tests {
                 Stop, ExitStatus::Failed, Some("may not have come home")),
             ("a spot instance cannot stop", Outcome { results_home: false, failed: true, spot: true, ..done() },
                 Leave, ExitStatus::Failed, Some("cannot be stopped")),
-            ("a job goes on", Outcome { job_goes_on: true, ..done() }, Leave, ExitStatus::Remote(0), None),
+            ("a job goes on", Outcome { goes_on: true, ..done() }, Leave, ExitStatus::Remote(0), None),
             ("another run uses it", Outcome { sharing: Sharing::Shared, ..done() },
                 Leave, ExitStatus::Remote(0), Some("last one out")),
+            ("an earlier run's command still runs", Outcome { sharing: Sharing::EarlierCommand(
+                "a command from an earlier run is still running (since T)".into()), ..done() },
+                Leave, ExitStatus::Remote(0), Some("(since T): leaving it running; `ssh-ec2 --finish`")),
+            ("even with the leave policy, it is said", Outcome { policy: Leave,
+                sharing: Sharing::EarlierCommand("…".into()), ..done() },
+                Leave, ExitStatus::Remote(0), Some("--down --force")),
             ("who else is there is unknown", Outcome { sharing: unknown.clone(), ..done() },
                 Leave, ExitStatus::Remote(0), Some("could not check")),
             ("a leave policy needs no check", Outcome { sharing: unknown, policy: Leave, ..done() },

@@ -10,6 +10,7 @@ use super::cluster::{finish_worker_jobs, forget_worker_jobs};
 use super::progress::Progress;
 use super::pull::pull_home;
 use super::reach::{Reached, open_forwards, reconnect_if_closed};
+use super::run::end_command;
 use super::{Plan, Scene};
 use crate::fleet::Machine;
 use crate::poll::Poll;
@@ -211,7 +212,7 @@ pub async fn conclude_job(
 ) -> Result<()> {
     let status = match followed {
         Followed::Detached => {
-            progress.job_goes_on = true;
+            progress.goes_on = true;
             progress.exit = Some(RemoteExit::Status(0));
             scene.printer.info(&come_back_hint(scene.machine, job));
             return Ok(());
@@ -251,6 +252,13 @@ pub async fn conclude_job(
         ));
     }
     Ok(())
+}
+
+/// Ends what is left of a job that still runs (`--down --force`): its wrapper ends with it, so
+/// its record keeps no exit status.
+pub async fn end_job(scene: &Scene<'_>, session: &Session, job: &Job) -> Result<()> {
+    let what = format!("job {}", job.name());
+    end_command(session, &what, |s| job.signal_command(s), scene.printer).await
 }
 
 /// The error of a run whose `what` (a job, the command) AWS cut short by taking back its spot

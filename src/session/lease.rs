@@ -1,5 +1,6 @@
 //! This run's lease on the shared instance (see `remote::lease`), touched while the run lives,
-//! so that the last run out (and only it) applies the end of life.
+//! so that the last run out (and only it) applies the end of life. Taking and dropping it also
+//! tells what the commands of earlier runs, whose clients are gone, left there (`remote::runs`).
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::remote::job::Job;
 use crate::remote::lease::{self, Lease};
+use crate::remote::runs::{self, Earlier, RunRecord};
 use crate::ssh::Session;
 
 pub struct Presence {
@@ -15,9 +17,15 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub async fn take(session: &Arc<Session>, job: &Job) -> Result<Presence> {
+    /// Takes this run's lease; also says what earlier runs' commands left.
+    pub async fn take(session: &Arc<Session>, job: &Job) -> Result<(Presence, Vec<Earlier>)> {
         let lease = Lease::new(job.name());
-        session.run_captured(&lease.take_command()).await?;
+        let take = format!(
+            "{} && {{ {}; }}",
+            lease.take_command(),
+            runs::earlier_command(job.name())
+        );
+        let answer = session.run_captured(&take).await?;
         let renew = lease.renew_command();
         let session = session.clone();
         let renewing = tokio::spawn(async move {
@@ -31,18 +39,31 @@ impl Presence {
                 }
             }
         });
-        Ok(Presence { lease, renewing })
+        let earlier = runs::parse_earlier(job.name(), &answer);
+        Ok((Presence { lease, renewing }, earlier))
     }
 
-    /// Drops the lease; how many other runs still hold a live one.
-    pub async fn release(self, session: &Session) -> Result<u32> {
+    /// The record of this run's command, named like its lease: once the lease no longer
+    /// counts, the next runs know the command as an earlier run's.
+    pub fn run_record(&self) -> RunRecord {
+        RunRecord::of(&self.lease)
+    }
+
+    /// Drops the lease; how many other runs still hold a live one, and what earlier runs'
+    /// commands left.
+    pub async fn release(self, session: &Session, job: &Job) -> Result<(u32, Vec<Earlier>)> {
         self.renewing.abort();
-        let answer = session.run_captured(&self.lease.release_command()).await?;
-        let others: u32 = answer
+        let release = format!(
+            "{}; {}",
+            self.lease.release_command(),
+            runs::earlier_command(job.name())
+        );
+        let answer = session.run_captured(&release).await?;
+        let others = answer
             .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .next_back()
             .context("cannot count the other runs' leases on the instance")?;
-        Ok(others)
+        Ok((others, runs::parse_earlier(job.name(), &answer)))
     }
 }

@@ -1,11 +1,15 @@
 //! A run's lifecycle on this directory's instance, shared by the modes that reach it (a run,
 //! `--detach`, `--attach`, `--finish`, `--down`): reaching the instance and reconnecting
-//! (`reach`), the lease that tells other runs it is in use (`lease`), the command run directly
-//! (`run`) or as a job (`job`), the final pull (`pull`), and the end of the run: the end of
-//! life, the summary line and the exit status (`end`).
+//! (`reach`), replacing the host key its user-data carried (`host_key`), the lease that tells
+//! other runs it is in use (`lease`), the command run directly (`run`) or as a job (`job`),
+//! the commands of earlier runs whose clients are gone (`earlier`), a cluster's other nodes
+//! (`cluster`), the final pull (`pull`), and the end of the run: the end of life, the summary
+//! line and the exit status (`end`).
 
 mod cluster;
+mod earlier;
 mod end;
+mod host_key;
 mod job;
 mod lease;
 mod progress;
@@ -28,8 +32,9 @@ use crate::ssh::forward::{Forward, LocalForward};
 use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
+pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
 pub use end::end_of_run;
-pub use job::{Followed, come_back_hint, conclude_job, follow_job, job_state};
+pub use job::{Followed, come_back_hint, conclude_job, end_job, follow_job, job_state};
 pub use progress::Progress;
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};

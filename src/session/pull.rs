@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::earlier::forget_ended;
 use super::progress::Progress;
 use super::reach::{Reached, stopped_under_the_run};
 use super::{Plan, Scene};
@@ -73,29 +74,42 @@ pub fn rsync<'a>(
 
 /// The final pull, once the command has ended; a pull cut by the instance stopping says so.
 /// `after_command` sees the signals since the command ended: the second one gives up the pull.
+/// Whether the results are home: with --no-rsync, unless an earlier pull did not complete.
 pub async fn pull_results(
     scene: &Scene<'_>,
     reached: &Reached,
     manifest: &mut Manifest,
     progress: &mut Progress,
     after_command: &Interrupt,
-) -> Result<()> {
+) -> Result<bool> {
     let Scene {
         cloud,
         plan,
+        store,
         machine,
         printer,
         ..
     } = *scene;
-    if plan.sync.is_none() {
-        return Ok(());
-    }
     let id = &machine.head().instance.id;
+    if plan.sync.is_none() {
+        let home = !store.unpulled(id);
+        if !home {
+            printer.warn(&format!(
+                "--no-rsync, but the last pull from {id} did not complete: results may be there \
+                 only, so it is not terminated; `ssh-ec2 true` here brings them home"
+            ));
+        }
+        return Ok(home);
+    }
     let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     // A second signal in all gives up the pull: the instance is then stopped, not terminated.
+    let pulling = async {
+        rsync.pull(manifest, &mut progress.sync).await?;
+        pull_workers(scene, reached, progress).await
+    };
     let pulled = tokio::select! {
-        pulled = rsync.pull(manifest, &mut progress.conflicts) => pulled,
+        pulled = pulling => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
             drop(phase);
             let fate = match machine.head().instance.spot {
@@ -116,9 +130,9 @@ pub async fn pull_results(
         }
         Err(e) => return Err(e),
     }
-    pull_workers(scene, reached, progress).await?;
     phase.done("pulled results back");
-    Ok(())
+    forget_ended(&reached.session, progress).await;
+    Ok(true)
 }
 
 /// What a cluster's other nodes wrote that the head did not comes home too; what they changed
@@ -148,7 +162,7 @@ pub async fn pull_workers(
         let label = format!("node-{}", worker.rank);
         let mut theirs = Manifest::load(&store.manifest_path(node));
         rsync(plan, &worker.session, &reached.remote_dir, printer, &label)?
-            .pull(&mut theirs, &mut progress.conflicts)
+            .pull(&mut theirs, &mut progress.sync)
             .await
             .with_context(|| {
                 format!("cannot bring home what node {} ({node}) wrote", worker.rank)
@@ -158,7 +172,7 @@ pub async fn pull_workers(
 }
 
 /// The final pull once nothing runs there any more, signals noted from now on; then the
-/// results are home.
+/// results are home (but with --no-rsync after a pull that did not complete).
 pub async fn pull_home(
     scene: &Scene<'_>,
     reached: &Reached,
@@ -167,7 +181,6 @@ pub async fn pull_home(
 ) -> Result<()> {
     let _notes = NoteSignals::start(scene.interrupt, scene.printer);
     let after = scene.interrupt.only_new();
-    pull_results(scene, reached, manifest, progress, &after).await?;
-    progress.results_home = true;
+    progress.results_home = pull_results(scene, reached, manifest, progress, &after).await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Reaching the instance: waiting for it to run and for its sshd to let us in (one boot
-//! deadline for both), re-arming its dead-man switch, making sure the remote directory exists;
-//! reconnecting after a dropped connection; and the `-L`/`-R` forwards on a session.
+//! deadline for both), replacing the host key of its user-data, re-arming its dead-man switch,
+//! making sure the remote directory exists; reconnecting after a dropped connection; and the
+//! `-L`/`-R` forwards on a session.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::cluster::{Cluster, Worker, reach_workers, set_up};
+use super::host_key;
 use super::lease::Presence;
 use super::progress::Progress;
 use super::{Dial, Plan, Scene};
@@ -42,7 +44,7 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
         ..
     } = *scene;
     let deadline = Instant::now() + plan.reach.boot_timeout;
-    let target = interrupt
+    let mut target = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
     let id = &scene.machine.head().instance.id;
@@ -61,6 +63,11 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
+    let settling = async {
+        host_key::settle(scene, id, &mut target, &session).await;
+        Ok(())
+    };
+    interrupt.cancel(settling).await?;
     arm_watchdog(scene, &session).await?;
     let pwd = session
         .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
@@ -78,7 +85,7 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
         n => {
             let phase = printer.phase(format!("reaching the {} other nodes", n - 1));
             let workers = reach_workers(scene, &session, deadline).await?;
-            let cluster = set_up(scene, &session, &workers).await?;
+            let cluster = set_up(scene, &target, &session, &workers).await?;
             phase.done(format!("reached the {n} nodes of the cluster"));
             (workers, cluster)
         }
@@ -113,8 +120,9 @@ pub(super) async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result
     Ok(())
 }
 
-/// Reaches the instance and takes this run's lease on it; the directory's lock, held until a
-/// run that joins can see that lease, is released then.
+/// Reaches the instance and takes this run's lease on it (learning what earlier runs' commands
+/// left there); the directory's lock, held until a run that joins can see that lease, is
+/// released then.
 pub async fn reach_and_join(
     scene: &Scene<'_>,
     lock: DirLock,
@@ -123,7 +131,9 @@ pub async fn reach_and_join(
     let reached = reach(scene).await?;
     progress.session = Some(reached.session.clone());
     let job = Job::for_dir(&scene.plan.local_dir);
-    progress.presence = Some(Presence::take(&reached.session, &job).await?);
+    let (presence, earlier) = Presence::take(&reached.session, &job).await?;
+    progress.presence = Some(presence);
+    progress.earlier = earlier;
     drop(lock);
     Ok(reached)
 }
@@ -213,7 +223,13 @@ pub async fn reconnect_if_closed(
         return Err(gone);
     }
     let deadline = Instant::now() + scene.plan.reach.reconnect_timeout;
-    connect(target, deadline, scene.printer).await
+    // Another run here may have replaced the host key meanwhile (see `host_key`).
+    let mut target = target.clone();
+    let (id, login) = (&scene.machine.head().instance.id, &scene.plan.machine.login);
+    if let Ok(keys) = scene.store.load(id, login) {
+        target.keys = keys;
+    }
+    connect(&target, deadline, scene.printer).await
 }
 
 /// Why the connection went away, when it is because the instance stopped (a shutdown from
@@ -260,19 +276,9 @@ mod tests {
 
     fn instance(public: Option<&str>, private: Option<&str>) -> Instance {
         Instance {
-            id: "i-1".into(),
-            state: State::Running,
-            instance_type: "g5.xlarge".into(),
             public_ip: public.map(str::to_string),
             private_ip: private.map(str::to_string),
-            security_group: None,
-            login_user: None,
-            spot: false,
-            zone: None,
-            launch: None,
-            node: crate::cloud::Node::ALONE,
-            node_group: None,
-            placement_group: None,
+            ..Instance::example("i-1", State::Running)
         }
     }
 

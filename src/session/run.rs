@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::Scene;
 use super::cluster::{
@@ -15,14 +15,15 @@ use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,
 };
+use super::lease::Presence;
 use super::progress::Progress;
 use super::pull::{NoteSignals, pull_results, pull_workers, rsync};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
 use crate::fleet::end_of_life::Origin;
 use crate::poll::Poll;
 use crate::printer::Printer;
-use crate::remote::RunRecord;
 use crate::remote::job::Job;
+use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
 use crate::sync::Manifest;
@@ -52,6 +53,10 @@ pub async fn run(
     sync_up(scene, &reached, &mut manifest, progress).await?;
 
     let command = plan.command.as_deref();
+    if plan.sync.is_some() {
+        // Until a pull brings them home, its results are there only.
+        store.note_unpulled(&machine.head().instance.id)?;
+    }
     progress.command_started = true;
     printer.info(&match command {
         Some(command) => format!("running `{command}` in {}", plan.remote_dir),
@@ -122,7 +127,7 @@ async fn sync_up(
             plan.remote_dir
         ));
         interrupt
-            .cancel(rsync.pull(manifest, &mut progress.conflicts))
+            .cancel(rsync.pull(manifest, &mut progress.sync))
             .await?;
         interrupt
             .cancel(pull_workers(scene, reached, progress))
@@ -153,7 +158,11 @@ async fn sync_up(
     Ok(())
 }
 
-/// The command without a multiplexer, streamed over the session like `ssh host command`.
+/// How the run's own command is named while it is ended.
+const THE_COMMAND: &str = "the remote command";
+
+/// The command without a multiplexer, streamed over the session like `ssh host command`; its
+/// record on the instance is named like the run's lease (see `remote::runs`).
 async fn run_directly(
     scene: &Scene<'_>,
     mut reached: Reached,
@@ -168,7 +177,9 @@ async fn run_directly(
         ..
     } = *scene;
     let forwarding = open_forwards(&reached.session, plan, printer, true).await?;
-    let record = RunRecord::new();
+    let record = (progress.presence.as_ref())
+        .map(Presence::run_record)
+        .context("the run holds no lease on the instance")?;
     let mut workers = (plan.command.as_deref())
         .filter(|_| !reached.workers.is_empty())
         .map(|command| {
@@ -177,6 +188,7 @@ async fn run_directly(
                 &reached.remote_dir,
                 &reached.cluster,
                 command,
+                &record,
             )
         });
     let (ran, spot_notice, first) =
@@ -207,7 +219,7 @@ async fn run_directly(
     let after = async {
         let session = reconnect_if_closed(scene, &reached.target, reached.session.clone()).await?;
         if ran.is_err() {
-            end_command(&session, &record, printer).await?;
+            end_command(&session, THE_COMMAND, |s| record.signal_command(s), printer).await?;
         }
         Ok::<_, anyhow::Error>(session)
     };
@@ -225,7 +237,7 @@ async fn run_directly(
     {
         tracing::debug!("leaving the run's record on the instance: {e:#}");
     }
-    progress.results_home = pulled.is_ok();
+    progress.results_home = matches!(pulled, Ok(true));
     ran?;
     pulled?;
     if spot_notice {
@@ -276,7 +288,8 @@ async fn stream_command(
                 failed.rank,
                 how_it_ended(&failed.exit)
             ));
-            if let Err(e) = end_command(session, record, printer).await {
+            let signal = |s: &str| record.signal_command(s);
+            if let Err(e) = end_command(session, THE_COMMAND, signal, printer).await {
                 printer.warn(&format!("{e:#}"));
             }
             (ran.await, false, Some(failed))
@@ -290,7 +303,8 @@ async fn stream_command(
                  command to bring home what it has written so far",
                 machine.head().instance.id
             ));
-            if let Err(e) = end_command(session, record, printer).await {
+            let signal = |s: &str| record.signal_command(s);
+            if let Err(e) = end_command(session, THE_COMMAND, signal, printer).await {
                 printer.warn(&format!("{e:#}"));
             }
             (ran.await, true, None)
@@ -302,31 +316,22 @@ async fn stream_command(
 const KILL_AFTER: Duration = Duration::from_secs(10);
 const END_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ends what is left of the command (its whole process group: SIGTERM, then SIGKILL) and
-/// waits until nothing of it runs.
+/// Ends what is left of `what` (a whole process group, signalled by the command `signal`
+/// makes: SIGTERM, then SIGKILL) and waits until nothing of it runs.
 pub(super) async fn end_command(
     session: &Session,
-    record: &RunRecord,
+    what: &str,
+    signal: impl Fn(&str) -> String,
     printer: &Printer,
 ) -> Result<()> {
-    end_signalled(session, printer, |signal| record.signal_command(signal)).await
-}
-
-/// Ends what `signal_command` signals (a command's or a job's process group: SIGTERM, then
-/// SIGKILL) and waits until nothing of it runs.
-pub(super) async fn end_signalled(
-    session: &Session,
-    printer: &Printer,
-    signal_command: impl Fn(&str) -> String,
-) -> Result<()> {
-    let phase = printer.phase("ending what is left of the remote command before the pull");
-    for (signal, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
+    let phase = printer.phase(format!("ending what is left of {what} before the pull"));
+    for (name, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
         let mut poll = Poll::every(Duration::from_secs(1)).within(within);
-        let mut send = signal;
+        let mut send = name;
         loop {
-            let answer = session.run_captured(&signal_command(send)).await?;
+            let answer = session.run_captured(&signal(send)).await?;
             if answer.lines().last() != Some("alive") {
-                phase.done("the remote command has ended");
+                phase.done(format!("{what} has ended"));
                 return Ok(());
             }
             // Signal 0 only asks whether anything of it is left.
@@ -336,5 +341,5 @@ pub(super) async fn end_signalled(
             }
         }
     }
-    bail!("the remote command still runs after SIGKILL: its results cannot be pulled safely")
+    bail!("{what} still runs after SIGKILL: its results cannot be pulled safely")
 }

@@ -26,7 +26,8 @@ use anyhow::{Result, bail};
 pub use files::expand_home;
 pub use layers::{Effective, Sources};
 use values::{
-    Address, EndOfLife, HostPort, InstanceTypes, Limit, Multiplex, Shown, SubnetIds, Tags, Timeout,
+    Address, EndOfLife, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, Shown, SubnetIds,
+    Tags, Timeout,
 };
 
 /// SSH_EC2_TAGS: `KEY=VALUE,KEY=VALUE`, merged key by key like the `[tags]` tables.
@@ -49,7 +50,7 @@ settings! {
     /// The newest Amazon image whose name matches this pattern.
     image_name: String = ["AWS_IMAGE_NAME"] => default(defaults::IMAGE_NAME.to_string()),
     /// The remote login user.
-    user: String = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
+    user: LoginUser = ["AWS_INSTANCE_USER"] => computed("guessed from the image name"),
     /// The IAM instance profile the instance gets its AWS rights from.
     instance_profile: String = ["AWS_IAM_INSTANCE_PROFILE"] => none,
     /// The subnet to launch in.
@@ -182,7 +183,8 @@ where
         if let Some(raw) = env(name).filter(|v| !v.is_empty()) {
             return match raw.parse() {
                 Ok(value) => Ok(Some((value, name))),
-                Err(e) => bail!("{name}={raw} in {source}: {e}"),
+                // Escaped: a value's control characters must not drive the terminal.
+                Err(e) => bail!("{name}={} in {source}: {e}", raw.escape_debug()),
             };
         }
     }

@@ -36,14 +36,21 @@ pub struct Target {
 pub struct Session {
     handle: Handle<PinnedHostKey>,
     remote_targets: forward::RemoteTargets,
+    /// The host key the server presented (one of those accepted).
+    host_key: PublicKey,
 }
 
-/// Accepts exactly one host key, and keeps any other the server shows, for the error message.
+/// Accepts only the pinned host key (and the one being installed in its place, if any), and
+/// keeps the one the server shows: which one it was, or for the error message.
 /// Connections the server forwards back (`-R`) go to their local targets.
 struct PinnedHostKey {
-    expected: PublicKey,
-    mismatch: Arc<Mutex<Option<PublicKey>>>,
+    accepted: Vec<PublicKey>,
+    presented: Arc<Mutex<Option<PublicKey>>>,
     remote_targets: forward::RemoteTargets,
+}
+
+fn is_one_of(key: &PublicKey, accepted: &[PublicKey]) -> bool {
+    accepted.iter().any(|k| k.key_data() == key.key_data())
 }
 
 impl client::Handler for PinnedHostKey {
@@ -57,11 +64,9 @@ impl client::Handler for PinnedHostKey {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
         };
-        if presented.key_data() == self.expected.key_data() {
-            return Ok(true);
-        }
-        *self.mismatch.lock().expect("not poisoned") = Some(presented);
-        Ok(false)
+        let accepted = is_one_of(&presented, &self.accepted);
+        *self.presented.lock().expect("not poisoned") = Some(presented);
+        Ok(accepted)
     }
 
     async fn server_channel_open_forwarded_tcpip(
@@ -106,10 +111,10 @@ impl Session {
                 Ok(session) => return Ok(session),
                 Err(AttemptError::HostKeyMismatch { presented }) => {
                     bail!(
-                        "{} presented host key {}, but this instance was given {}: refusing to \
-                         connect, nothing was sent. If you use --connect/SSH_EC2_CONNECT, check \
-                         that it leads to this instance; otherwise the connection may be \
-                         intercepted",
+                        "{} presented host key {}, but the key pinned for this instance is {}: \
+                         refusing to connect, nothing was sent. If you use \
+                         --connect/SSH_EC2_CONNECT, check that it leads to this instance; \
+                         otherwise the connection may be intercepted",
                         target.address,
                         presented.fingerprint(HashAlg::Sha256),
                         target.keys.host.fingerprint(HashAlg::Sha256),
@@ -145,13 +150,14 @@ impl Session {
             keepalive_max: 4,
             ..client::Config::default()
         });
-        let mismatch = Arc::new(Mutex::new(None));
+        let presented = Arc::new(Mutex::new(None));
         let remote_targets = forward::RemoteTargets::default();
         let handler = PinnedHostKey {
-            expected: target.keys.host.clone(),
-            mismatch: mismatch.clone(),
+            accepted: target.keys.accepted_hosts().cloned().collect(),
+            presented: presented.clone(),
             remote_targets: remote_targets.clone(),
         };
+        let accepted = handler.accepted.clone();
         let attempt = async {
             let mut handle = match &target.via {
                 Some(head) => {
@@ -173,61 +179,51 @@ impl Session {
             Ok::<_, russh::Error>((handle, auth.success()))
         };
         let outcome = tokio::time::timeout(Duration::from_secs(20), attempt).await;
-        if let Some(presented) = mismatch.lock().expect("not poisoned").take() {
-            return Err(AttemptError::HostKeyMismatch { presented });
+        let presented = presented.lock().expect("not poisoned").take();
+        if let Some(key) = &presented
+            && !is_one_of(key, &accepted)
+        {
+            return Err(AttemptError::HostKeyMismatch {
+                presented: key.clone(),
+            });
         }
-        match outcome {
-            Ok(Ok((handle, true))) => Ok(Session {
+        match (outcome, presented) {
+            (Ok(Ok((handle, true))), Some(host_key)) => Ok(Session {
                 handle,
                 remote_targets,
+                host_key,
             }),
-            Ok(Ok((_, false))) => Err(AttemptError::NotYet(format!(
+            (Ok(Ok((_, false))), _) => Err(AttemptError::NotYet(format!(
                 "the login key for user {} was refused (still booting, or wrong --user?)",
                 target.user
             ))),
-            Ok(Err(e)) => Err(AttemptError::NotYet(describe(&e))),
-            Err(_) => Err(AttemptError::NotYet("no answer within 20s".into())),
+            // russh checks the host key before it authenticates: not reached.
+            (Ok(Ok((_, true))), None) => Err(AttemptError::NotYet("no host key seen".into())),
+            (Ok(Err(e)), _) => Err(AttemptError::NotYet(describe(&e))),
+            (Err(_), _) => Err(AttemptError::NotYet("no answer within 20s".into())),
         }
+    }
+
+    /// The host key the instance presented: the pinned one, or the one being installed.
+    pub fn host_key(&self) -> &PublicKey {
+        &self.host_key
     }
 
     /// Runs a short non-interactive command and returns its stdout, or fails with its stderr.
     pub async fn run_captured(&self, command: &str) -> Result<String> {
-        self.run_with_input(command, &[]).await
+        let channel = self.open_exec(command).await?;
+        captured(channel, command).await
     }
 
-    /// Like `run_captured`, with `input` on the command's stdin (what must not be on a command
-    /// line, which any process there can read).
-    pub async fn run_with_input(&self, command: &str, input: &[u8]) -> Result<String> {
-        let mut channel = self.open_exec(command).await?;
-        if !input.is_empty() {
-            channel
-                .data(input)
-                .await
-                .context("the connection to the instance was lost")?;
-        }
-        channel
-            .eof()
-            .await
-            .context("the connection to the instance was lost")?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut status = None;
-        while let Some(message) = channel.wait().await {
-            match message {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-                ChannelMsg::Failure => bail!("the instance refused to run `{command}`"),
-                _ => {}
-            }
-        }
-        match status {
-            Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
-            Some(code) => bail!(
-                "`{command}` failed on the instance (exit {code}): {}",
-                String::from_utf8_lossy(&stderr).trim()
-            ),
-            None => bail!("the connection closed while running `{command}` on the instance"),
-        }
+    /// As `run_captured`, with `input` on the command's stdin (what must not show on its
+    /// command line, which every process on the instance can read); `what` names the command
+    /// in errors.
+    pub async fn run_fed(&self, what: &str, command: &str, input: &[u8]) -> Result<String> {
+        let channel = self.open_exec(command).await?;
+        let lost = "the connection to the instance was lost while sending input";
+        channel.data(input).await.context(lost)?;
+        channel.eof().await.context(lost)?;
+        captured(channel, what).await
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<russh::Channel<client::Msg>> {
@@ -280,6 +276,30 @@ async fn dial(
         tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
     Ok(tokio::io::BufReader::with_capacity(READ_BUFFER, socket))
+}
+
+/// What a short command printed, once it ended well; else its failure, with its stderr.
+/// `command` names it in errors.
+async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Result<String> {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut status = None;
+    while let Some(message) = channel.wait().await {
+        match message {
+            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+            ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Failure => bail!("the instance refused to run `{command}`"),
+            _ => {}
+        }
+    }
+    match status {
+        Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
+        Some(code) => bail!(
+            "`{command}` failed on the instance (exit {code}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        ),
+        None => bail!("the connection closed while running `{command}` on the instance"),
+    }
 }
 
 /// What the connection reads from the network at most at a time.

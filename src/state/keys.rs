@@ -1,6 +1,7 @@
 //! The SSH keys of each instance: `login_ed25519` (0600, only for per-instance keys), or
 //! `key_pair` (the name of the EC2 key pair it was launched with), and `host_ed25519.pub`, the
-//! only host key ssh-ec2 accepts from it.
+//! only host key ssh-ec2 accepts from it (with the one that replaces it, while it is being
+//! installed: see `host_keys`).
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -63,7 +64,19 @@ impl LoginKey {
 #[derive(Clone)]
 pub struct InstanceKeys {
     pub login: Arc<PrivateKey>,
+    /// The pinned host key.
     pub host: PublicKey,
+    /// The host keys being installed in its place (one per try): accepted too, until the
+    /// instance is seen presenting one (then it is pinned), so that no moment of the swap, nor
+    /// a try cut short, locks us out.
+    pub next_hosts: Vec<PublicKey>,
+}
+
+impl InstanceKeys {
+    /// The host keys a connection accepts.
+    pub fn accepted_hosts(&self) -> impl Iterator<Item = &PublicKey> {
+        std::iter::once(&self.host).chain(&self.next_hosts)
+    }
 }
 
 /// Keys made for an instance about to be launched; moved under its id once it exists.
@@ -77,7 +90,9 @@ pub struct NewKeys {
 }
 
 pub(super) const LOGIN_FILE: &str = "login_ed25519";
-const HOST_FILE: &str = "host_ed25519.pub";
+pub(super) const HOST_FILE: &str = "host_ed25519.pub";
+/// The host keys being installed in the pinned one's place, one per line.
+pub(super) const NEXT_HOST_FILE: &str = "host_ed25519.next.pub";
 /// The EC2 key pair an instance was launched with, instead of a per-instance key.
 const KEY_PAIR_FILE: &str = "key_pair";
 /// The key a cluster's nodes reach each other with, kept beside its head's keys.
@@ -93,8 +108,7 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create the key directory {}", dir.display()))?;
-        let mut host = random_ed25519()?;
-        host.set_comment("ssh-ec2-host");
+        let host = new_host_key()?;
         let host_public_openssh = host.public_key().to_openssh()?;
         create_private(&dir.join(HOST_FILE), &host_public_openssh)?;
         let (login, authorized_key) = match login.key_pair_key()? {
@@ -116,6 +130,7 @@ impl Store {
             keys: InstanceKeys {
                 login,
                 host: host.public_key().clone(),
+                next_hosts: Vec::new(),
             },
             authorized_key,
             host_private_openssh: host.to_openssh(LineEnding::LF)?.to_string(),
@@ -148,6 +163,11 @@ impl Store {
         };
         let host = fs::read_to_string(dir.join(HOST_FILE)).with_context(missing)?;
         let host = PublicKey::from_openssh(host.trim()).with_context(missing)?;
+        let next_hosts = fs::read_to_string(dir.join(NEXT_HOST_FILE))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|next| PublicKey::from_openssh(next.trim()).ok())
+            .collect();
         let launched_with = fs::read_to_string(dir.join(KEY_PAIR_FILE)).ok();
         let login = match (login.key_pair_name(), launched_with) {
             (Some(name), Some(pair)) if name == pair => {
@@ -167,7 +187,11 @@ impl Store {
                  `{name}`: drop -i/--key-name (AWS_PEM/AWS_KEY_NAME) to reuse it"
             ),
         };
-        Ok(InstanceKeys { login, host })
+        Ok(InstanceKeys {
+            login,
+            host,
+            next_hosts,
+        })
     }
 
     /// The key the nodes of the cluster whose head is `head_id` reach each other with: made
@@ -188,6 +212,13 @@ impl Store {
     pub fn holds(&self, instance_id: &str) -> bool {
         self.instance_dir(instance_id).join(HOST_FILE).is_file()
     }
+}
+
+/// A new host key for an instance.
+pub fn new_host_key() -> Result<PrivateKey> {
+    let mut host = random_ed25519()?;
+    host.set_comment("ssh-ec2-host");
+    Ok(host)
 }
 
 fn random_ed25519() -> Result<PrivateKey> {
@@ -234,6 +265,7 @@ mod tests {
             store.launch_records().is_empty(),
             "adopted: no longer pending"
         );
+        assert_eq!(store.launched_record("i-0123").as_deref(), Some("{}"));
         let loaded = store.load("i-0123", &LoginKey::PerRun).unwrap();
         assert_eq!(loaded.host, made.host);
         assert_eq!(loaded.login.public_key(), made.login.public_key());

@@ -1,5 +1,6 @@
-//! The records of launches whose instance was never adopted (`launch.json` beside the waiting
-//! keys in `instances/pending-<launch id>/`; see `fleet::journal`).
+//! The records of launches (`launch.json` beside the keys; see `fleet::journal`): in
+//! `instances/pending-<launch id>/` until the instance is adopted, then kept in
+//! `instances/<instance id>/`, where they say which account and region the instance is in.
 
 use std::fs;
 
@@ -12,11 +13,11 @@ const LAUNCH_FILE: &str = "launch.json";
 
 impl Store {
     /// Files the keys of `launch` under its instances (a cluster's nodes, the head first),
-    /// which now exist; its record goes. The head's directory is the launch's, renamed in one
-    /// step; the others are copies of it.
+    /// which now exist, with the launch's record: where it was launched (see
+    /// `launched_record`). The head's directory is the launch's, renamed in one step; the
+    /// others are copies of it.
     pub fn adopt_launch(&self, launch: &str, instance_ids: &[&str]) -> Result<()> {
         let pending = self.pending_dir(launch);
-        let _ = fs::remove_file(pending.join(LAUNCH_FILE));
         let Some((head, others)) = instance_ids.split_first() else {
             return Ok(());
         };
@@ -28,6 +29,12 @@ impl Store {
         let target = self.instance_dir(head);
         fs::rename(&pending, &target)
             .with_context(|| format!("cannot keep the keys of {head} in {}", target.display()))
+    }
+
+    /// The record of the launch that made `instance_id`, as written; none for an instance
+    /// launched by an earlier version of ssh-ec2.
+    pub fn launched_record(&self, instance_id: &str) -> Option<String> {
+        fs::read_to_string(self.instance_dir(instance_id).join(LAUNCH_FILE)).ok()
     }
 
     /// Drops the keys and the record of a launch that made no instance (or whose instance ended).

@@ -3,12 +3,14 @@
 //! - `instances/<id>/`: one directory per instance launched from here, forgotten when it is
 //!   terminated: its keys (`keys`), its manifest (what its last sync left on both sides, see
 //!   `sync::Manifest`), the OpenSSH files `--ssh-config` writes (`entries`), the size of its
-//!   root volume (to price it). Before the instance exists they wait in
+//!   root volume (to price it), and whether results may be there only (`unpulled`). Before the
+//!   instance exists they wait in
 //!   `instances/pending-<launch id>/`, beside the launch's record (`launches`); adopting the
 //!   instance renames that directory in one step.
 //! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
 
 pub mod entries;
+pub mod host_keys;
 pub mod keys;
 mod launches;
 pub mod lock;
@@ -39,6 +41,9 @@ const PENDING: &str = "pending-";
 const MANIFEST_FILE: &str = "manifest";
 /// The GiB of the root volume it was launched with, to price it.
 const VOLUME_FILE: &str = "volume_gib";
+/// Present while the instance may hold results that are not home: from the start of a syncing
+/// run's command until a run that had the instance to itself pulled everything home.
+const UNPULLED_FILE: &str = "unpulled";
 
 impl Store {
     pub fn new(state_dir: &Path) -> Self {
@@ -99,6 +104,38 @@ impl Store {
         let text = fs::read_to_string(self.instance_dir(instance_id).join(VOLUME_FILE)).ok()?;
         text.trim().parse().ok()
     }
+
+    /// Notes, before a command starts there, that the instance may hold results not home.
+    pub fn note_unpulled(&self, instance_id: &str) -> Result<()> {
+        let file = self.instance_dir(instance_id).join(UNPULLED_FILE);
+        fs::write(&file, b"").with_context(|| {
+            format!(
+                "cannot write {}: check the permissions of the state directory",
+                file.display()
+            )
+        })
+    }
+
+    /// Notes that everything the instance changed is home.
+    pub fn note_pulled(&self, instance_id: &str) {
+        let _ = fs::remove_file(self.instance_dir(instance_id).join(UNPULLED_FILE));
+    }
+
+    /// Whether the last pull from the instance did not complete (or none followed a command).
+    pub fn unpulled(&self, instance_id: &str) -> bool {
+        self.instance_dir(instance_id).join(UNPULLED_FILE).exists()
+    }
+}
+
+/// Whether the note `name` is due: the first time on this machine, never again (a marker file
+/// in the state directory remembers it). A note on every run would soon be ignored.
+pub fn first_time(state_dir: &Path, name: &str) -> bool {
+    let marker = state_dir.join(name);
+    if marker.exists() {
+        return false;
+    }
+    let _ = fs::create_dir_all(state_dir).and_then(|()| fs::write(&marker, b""));
+    true
 }
 
 /// Writes a new file only its owner can read; refuses to replace one.

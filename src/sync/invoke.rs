@@ -1,5 +1,5 @@
 //! One rsync run through the relay, read back: what it did (its itemized lines), what the
-//! filters held back, and how it ended.
+//! filters and `--safe-links` held back, and how it ended.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -78,6 +78,7 @@ async fn attempt(
     let mut outcome = Outcome {
         items: Vec::new(),
         hidden: Vec::new(),
+        unsafe_links: Vec::new(),
         failure: None,
     };
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).split(b'\n');
@@ -85,7 +86,8 @@ async fn attempt(
         match itemize::parse(&line) {
             Line::Item(item) => outcome.items.push(item),
             Line::Hidden { path, pattern } => outcome.hidden.push((path, pattern)),
-            _ => {}
+            Line::Unsafe { path, target } => outcome.unsafe_links.push((path, target)),
+            Line::Other => {}
         }
     }
     let status = child.wait().await?;

@@ -1,52 +1,57 @@
 //! rsync between the local directory and the instance, through the run's SSH session, deciding by
 //! what changed since the last sync (the manifest), not by which timestamp is newer:
 //!
-//! - Push: archive mode (the instance gets local permissions), nothing deleted. It then records
-//!   what both sides hold in the manifest.
-//! - Pull: every file the instance changed since the last sync comes home. A local file that did
-//!   not change since is replaced; one that did is kept, and the instance's version is saved
-//!   beside it (a conflict). Files that come home keep the mode of the file they replace; new
-//!   ones get the local umask, plus the executable bit when the remote file has it. Owners never
-//!   apply. Any rsync error means not everything came home.
-//! - Both ways: `.rsyncignore` honoured, credentials and private keys held back, symlinks that
-//!   lead outside the tree skipped, names passed verbatim (`--secluded-args`), nanosecond times.
+//! - Push (`push`): what changed here since the last sync goes up, in archive mode (the instance
+//!   gets local permissions), nothing deleted, and nothing the instance changed since is ever
+//!   replaced (a job may be writing it). It then records what both sides hold in the manifest.
+//! - Pull (`pull`): every file the instance changed since the last sync comes home. A local file
+//!   that did not change since is replaced; one that did, or something of another kind (a
+//!   directory there, a file or link here), is kept, and the instance's version is saved beside
+//!   it (a conflict). Files that come home keep the mode of the file they replace; new ones get
+//!   the local umask, plus the executable bit when the remote file has it. Owners never apply.
+//!   Version-control metadata never comes home. What a rule keeps on the instance is found and
+//!   reported (`held`). Any rsync error means not everything came home.
+//! - Both ways: `.rsyncignore` honoured, credentials and private keys held back (`secrets`),
+//!   symlinks that lead outside the tree skipped, names passed verbatim (`--secluded-args`),
+//!   nanosecond times, temporary files kept apart (`temp`).
 
+mod held;
 mod invoke;
 mod itemize;
 mod manifest;
 mod options;
 mod pull;
+mod pull_plan;
+mod push;
+mod report;
+mod secrets;
+mod temp;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::printer::Printer;
+use crate::printer::{Printer, escape_path};
 use crate::remote::RemoteDir;
 use crate::ssh::Session;
 use crate::ssh::relay::Relay;
 use itemize::{Item, Kind};
 pub use manifest::Manifest;
-use manifest::Stamp;
 pub use options::{Options, first_push_size, outdated_warning};
-use options::{filters, secret_patterns};
+use options::{Way, filters};
+pub use report::Report;
 
 /// rsync's own name for the remote end; the transport ignores it.
 const REMOTE_HOST: &str = "ec2";
-
-/// A file both sides changed since the last sync: the instance's version was saved beside it.
-pub struct Conflict {
-    pub path: PathBuf,
-    pub saved_as: PathBuf,
-}
 
 pub struct Rsync<'a> {
     options: &'a Options,
     local_dir: &'a Path,
     remote_dir: String,
+    /// For the few shell commands a transfer needs over there (its temporary directory).
+    session: Arc<Session>,
     /// rsync's transport; serves it while this lives.
     relay: Relay,
     printer: &'a Printer,
@@ -55,10 +60,13 @@ pub struct Rsync<'a> {
 }
 
 /// What one rsync invocation did.
+#[derive(Default)]
 struct Outcome {
     items: Vec<Item>,
     /// Files and directories a filter rule held back, with the rule's pattern.
     hidden: Vec<(PathBuf, String)>,
+    /// Links `--safe-links` skipped, with their targets.
+    unsafe_links: Vec<(PathBuf, PathBuf)>,
     /// rsync's own account of what went wrong, when it did not exit 0.
     failure: Option<String>,
 }
@@ -77,69 +85,17 @@ impl<'a> Rsync<'a> {
             options,
             local_dir,
             remote_dir: remote_dir.for_rsync(),
-            relay: Relay::start(session, socket_dir)?,
+            relay: Relay::start(session.clone(), socket_dir)?,
+            session,
             printer,
             instance_id,
         })
     }
 
-    /// Sends this directory to the instance and records what both sides now hold. Run a pull
-    /// first on an instance that may hold changes not yet home: a push overwrites them.
-    /// What it sent is returned (the paths, relative to the directory): a cluster's head
-    /// copies them on to its other nodes.
-    pub async fn push(&self, manifest: &mut Manifest) -> Result<Vec<PathBuf>> {
-        let started = SystemTime::now();
-        let mut rsync = self.command();
-        rsync
-            .args(PUSH_OPTIONS)
-            // Twice: unchanged files are listed too, so the manifest covers everything synced.
-            .args(["-ii", "--debug=FILTER1"])
-            .arg(self.local_root())
-            .arg(self.remote_root(Path::new("")));
-        let outcome = self.invoke(rsync, None).await?;
-        if let Some(failure) = outcome.failure {
-            // The manifest stays as it was: what the instance holds now is not known.
-            bail!("could not sync this directory to the instance: {failure}");
-        }
-        for item in &outcome.items {
-            self.list(item);
-            if !matches!(item.kind, Kind::File | Kind::Link) {
-                continue;
-            }
-            let file = self.local_dir.join(&item.path);
-            match Stamp::of(&file) {
-                // Changed while being sent: which version the instance got is unknown, so the
-                // next pull treats it as changed on both sides and keeps both.
-                Some(stamp) if stamp.size == item.size && !written_since(&stamp, started) => {
-                    manifest.set(item.path.clone(), stamp, &file)
-                }
-                _ => manifest.remove(&item.path),
-            }
-        }
-        manifest.save()?;
-        let secrets = secret_patterns(self.options);
-        let names: Vec<String> = (outcome.hidden.iter())
-            .filter(|(_, pattern)| secrets.contains(pattern))
-            .map(|(path, _)| path.display().to_string())
-            .collect();
-        if !names.is_empty() {
-            self.printer.info(&format!(
-                "held back (credentials and private keys are never synced): {}; to send one, \
-                 re-include it in .rsyncignore with `+ NAME`",
-                names.join(", ")
-            ));
-        }
-        let sent = (outcome.items.iter())
-            .filter(|item| item.transferred())
-            .map(|item| item.path.clone())
-            .collect();
-        Ok(sent)
-    }
-
     /// `-v`: the names of what moved.
     fn list(&self, item: &Item) {
         if self.printer.lists_files() && item.transferred() && item.kind != Kind::Dir {
-            self.printer.info(&format!("  {}", item.path.display()));
+            self.printer.info(&format!("  {}", escape_path(&item.path)));
         }
     }
 
@@ -155,8 +111,9 @@ impl<'a> Rsync<'a> {
         root
     }
 
-    /// rsync with what every transfer shares.
-    fn command(&self) -> tokio::process::Command {
+    /// rsync with what every transfer shares, and the filters of `way` (none: it lists what
+    /// they hold back).
+    fn command(&self, way: Option<Way>) -> tokio::process::Command {
         let mut rsync = tokio::process::Command::new(&self.options.rsync);
         rsync.args([
             "--compress",
@@ -168,25 +125,44 @@ impl<'a> Rsync<'a> {
             "--modify-window=-1",
         ]);
         rsync.arg(itemize::out_format());
-        rsync.args(filters(self.options));
+        if let Some(way) = way {
+            rsync.args(filters(self.options, way));
+        }
         rsync
     }
 }
+
+/// What a listing shows without changing anything. `--force` only has rsync list a file that
+/// would replace a non-empty directory (or the reverse) instead of skipping it in silence.
+const LISTING: [&str; 2] = ["--dry-run", "--force"];
 
 /// What a push keeps of local files: their times, modes and links, never their owners; symlinks
 /// that lead outside the tree are skipped.
 pub(super) const PUSH_OPTIONS: [&str; 4] =
     ["--archive", "--no-owner", "--no-group", "--safe-links"];
 
+/// A local directory that is never made: a dry run into it lists everything the source holds.
+fn nowhere() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "ssh-ec2-listing-{}-never-created",
+        std::process::id()
+    ))
+}
+
+/// Paths for `--files-from=- --from0`.
+pub fn nul_separated<'p>(paths: impl IntoIterator<Item = &'p Path>) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut list = Vec::new();
+    for path in paths {
+        list.extend_from_slice(path.as_os_str().as_bytes());
+        list.push(0);
+    }
+    list
+}
+
 /// `dir/`: to rsync, the directory's contents rather than the directory itself.
 pub(super) fn contents_of(dir: &Path) -> OsString {
     let mut root = dir.as_os_str().to_os_string();
     root.push("/");
     root
-}
-
-fn written_since(stamp: &Stamp, moment: SystemTime) -> bool {
-    let written = SystemTime::UNIX_EPOCH
-        + std::time::Duration::new(stamp.mtime_secs.max(0) as u64, stamp.mtime_nanos);
-    stamp.mtime_secs < 0 || written >= moment
 }

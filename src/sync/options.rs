@@ -1,5 +1,6 @@
 //! How this directory is synced: the local rsync (found and checked to be recent enough),
-//! `.rsyncignore`, and the secrets that never cross, either way.
+//! `.rsyncignore`, the secrets that never cross, either way, and the version-control metadata
+//! that never comes home.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -7,51 +8,8 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
+use super::secrets::{self, KeyFile};
 use super::{PUSH_OPTIONS, contents_of};
-
-/// Never synced, either way, unless `.rsyncignore` re-includes them with a `+` rule (its rules
-/// come first, and rsync's first matching rule wins): AWS credentials and SSH private keys.
-const SECRETS: &[&str] = &[
-    ".aws/",
-    ".ssh/",
-    "*.pem",
-    "id_rsa",
-    "id_dsa",
-    "id_ecdsa",
-    "id_ed25519",
-    "id_ecdsa_sk",
-    "id_ed25519_sk",
-];
-
-/// The variables of an AWS access key: a `.env` file that sets one is held back too.
-const AWS_KEY_VARIABLES: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-];
-
-/// The `.env` and `.env.*` files at the top of `local_dir` that hold an AWS access key (by
-/// name, sorted): the instance gets its AWS rights from its instance profile, never a copy of
-/// the user's.
-fn env_files_with_aws_keys(local_dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(local_dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<String> = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| name == ".env" || name.starts_with(".env."))
-        .filter(|name| {
-            let text = std::fs::read_to_string(local_dir.join(name)).unwrap_or_default();
-            crate::settings::dotenv::parse(&text)
-                .unwrap_or_default()
-                .iter()
-                .any(|entry| AWS_KEY_VARIABLES.contains(&entry.key.as_str()))
-        })
-        .collect();
-    found.sort();
-    found
-}
 
 /// How this directory is synced: with which rsync, and what it holds back.
 #[derive(Debug)]
@@ -60,8 +18,8 @@ pub struct Options {
     pub version: Version,
     /// `.rsyncignore`, when the directory has one.
     pub ignore_file: Option<PathBuf>,
-    /// Its top-level `.env` files that hold an AWS access key: never synced.
-    pub env_files_with_aws_keys: Vec<String>,
+    /// Its files where AWS keys live that hold one or cannot be checked: never synced.
+    pub key_files: Vec<KeyFile>,
 }
 
 impl Options {
@@ -77,8 +35,21 @@ impl Options {
             version: local_rsync_version(&rsync)?,
             rsync,
             ignore_file: ignore.is_file().then_some(ignore),
-            env_files_with_aws_keys: env_files_with_aws_keys(local_dir),
+            key_files: secrets::key_files(local_dir),
         })
+    }
+}
+
+#[cfg(test)]
+impl Options {
+    /// No `.rsyncignore` and no key files, for the tests of what the rules decide.
+    pub(super) fn plain() -> Options {
+        Options {
+            rsync: PathBuf::from("rsync"),
+            version: SAFE_VERSION,
+            ignore_file: None,
+            key_files: Vec::new(),
+        }
     }
 }
 
@@ -172,42 +143,64 @@ pub fn outdated_warning(version: Version, state_dir: &Path) -> Option<String> {
     ))
 }
 
-/// What every transfer leaves out: `.rsyncignore`, then the secrets.
-pub(super) fn filters(options: &Options) -> Vec<OsString> {
-    let mut args = Vec::new();
+/// Where rsync writes what it receives until it is complete, at the top of either side's
+/// directory: a transfer cut short leaves its temporary files there, out of every transfer,
+/// never among the project's files.
+pub(super) const TEMP_DIR: &str = ".ssh-ec2-tmp";
+
+/// Version-control metadata, files or directories at any depth: pushed, never pulled, since
+/// git (or hg, svn) runs what its config and hooks say, as soon as a shell prompt asks it for
+/// the status.
+pub(super) const VERSION_CONTROL: &[&str] = &[".git", ".hg", ".svn"];
+
+/// Whether `path` is version-control metadata or lies in it.
+pub(super) fn is_version_control(path: &Path) -> bool {
+    (path.components()).any(|part| VERSION_CONTROL.iter().any(|vcs| part.as_os_str() == *vcs))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Way {
+    Push,
+    Pull,
+}
+
+/// What a transfer leaves out: rsync's temporary files, then `.rsyncignore` (whose `+` rules
+/// may re-include what follows), the secrets, and on a pull the version-control metadata.
+pub(super) fn filters(options: &Options, way: Way) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![format!("--filter=- /{TEMP_DIR}/").into()];
     if let Some(ignore) = &options.ignore_file {
         let mut option = OsString::from("--exclude-from=");
         option.push(ignore);
         args.push(option);
     }
-    for secret in secret_patterns(options) {
-        args.push(format!("--filter=- {secret}").into());
+    let pull_only = match way {
+        Way::Push => &[][..],
+        Way::Pull => VERSION_CONTROL,
+    };
+    let patterns = secret_patterns(options).into_iter();
+    for pattern in patterns.chain(pull_only.iter().map(|p| p.to_string())) {
+        args.push(format!("--filter=- {pattern}").into());
     }
     args
 }
 
-/// The patterns of the secrets rules: the fixed ones, and this directory's `.env` files that
-/// hold an AWS access key (anchored at the top).
+/// The patterns of the secrets rules: the fixed ones, and this directory's files where AWS
+/// keys live that hold one or cannot be checked (anchored at the top).
 pub(super) fn secret_patterns(options: &Options) -> Vec<String> {
-    let fixed = SECRETS.iter().map(|secret| secret.to_string());
-    let env_files = (options.env_files_with_aws_keys.iter()).map(|name| format!("/{name}"));
-    fixed.chain(env_files).collect()
+    let fixed = secrets::BY_NAME.iter().map(|secret| secret.to_string());
+    let key_files = (options.key_files.iter()).map(|file| secrets::anchored(&file.path));
+    fixed.chain(key_files).collect()
 }
 
 /// How much a first push of `local_dir` sends: files and their bytes, as rsync itself counts
 /// them with the push's options and filters, without a transfer and without an instance.
 pub async fn first_push_size(options: &Options, local_dir: &Path) -> Result<(u64, u64)> {
-    // Never created: rsync --dry-run only pretends to fill it.
-    let nowhere = std::env::temp_dir().join(format!(
-        "ssh-ec2-dry-run-{}-never-created",
-        std::process::id()
-    ));
     let output = tokio::process::Command::new(&options.rsync)
         .args(PUSH_OPTIONS)
         .args(["--dry-run", "--stats"])
-        .args(filters(options))
+        .args(filters(options, Way::Push))
         .arg(contents_of(local_dir))
-        .arg(&nowhere)
+        .arg(super::nowhere())
         .stdin(Stdio::null())
         .output()
         .await
@@ -239,6 +232,40 @@ pub async fn first_push_size(options: &Options, local_dir: &Path) -> Result<(u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsyncignore_may_re_include_what_the_fixed_rules_hold_back_and_the_pull_holds_back_more() {
+        let options = Options {
+            ignore_file: Some(PathBuf::from("/p/.rsyncignore")),
+            key_files: vec![KeyFile {
+                path: PathBuf::from("sub/.env"),
+                unchecked: None,
+            }],
+            ..Options::plain()
+        };
+        let rules = |way| -> Vec<String> {
+            (filters(&options, way).iter())
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect()
+        };
+        let push = rules(Way::Push);
+        assert_eq!(push[0], "--filter=- /.ssh-ec2-tmp/", "never overridden");
+        assert_eq!(
+            push[1], "--exclude-from=/p/.rsyncignore",
+            "first of the rest"
+        );
+        assert!(push.contains(&"--filter=- /sub/.env".to_string()));
+        assert!(!push.iter().any(|rule| rule.ends_with(".git")), "pushed");
+        let pull = rules(Way::Pull);
+        assert_eq!(pull[..push.len()], push[..]);
+        assert_eq!(
+            pull[push.len()..],
+            ["--filter=- .git", "--filter=- .hg", "--filter=- .svn"]
+        );
+        assert!(is_version_control(Path::new("vendor/lib/.git")));
+        assert!(is_version_control(Path::new(".git/hooks/post-checkout")));
+        assert!(!is_version_control(Path::new("notes.git/x")));
+    }
 
     #[test]
     fn versions_are_read_and_compared() {

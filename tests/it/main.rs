@@ -4,19 +4,27 @@
 mod common;
 
 mod admin;
+mod boundaries;
 mod cli;
+mod earlier;
 mod everyday;
 mod examples;
 mod faults;
 mod fleet;
 mod forward;
+mod gc_keys;
 mod jobs;
+mod policies;
 mod reuse;
 mod run;
 mod settings;
 mod shared;
 mod signals;
 mod spot;
+mod stalls;
 mod sync;
 mod terminal;
+mod trust_results;
+mod trust_sync;
 mod watchdog;
+mod watched;

@@ -92,7 +92,7 @@ pub(super) struct SyncSize {
 
 pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitStatus> {
     let cloud = Cloud::connect(&plan.account).await;
-    let report = match survey(&cloud, plan).await {
+    let report = match survey(&cloud, plan, printer).await {
         Ok(report) => report,
         Err(e) => return Err(cloud.explain_denial(e).await),
     };
@@ -107,7 +107,7 @@ pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitS
     })
 }
 
-async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
+async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report> {
     let spec = &plan.machine;
     let nodes = cloud.find_owned(&spec.ownership).await?;
     let found = nodes.first();
@@ -122,11 +122,15 @@ async fn survey(cloud: &Cloud, plan: &Plan) -> Result<Report> {
             "its security group's own rules".to_string(),
             "an admin-made group, used as it is: ssh-ec2 opens nothing".to_string(),
         ),
-        (Ingress::Cidr(cidr), true) => (cidr.to_string(), "the SSH CIDR setting".to_string()),
-        (Ingress::CallerIp { checkip_url }, true) => (
-            ingress_cidr(&spec.ingress).await?.to_string(),
-            format!("this machine's public IP, as {checkip_url} sees it"),
-        ),
+        (ingress, true) => {
+            let from = match ingress {
+                Ingress::Cidr(_) => "the SSH CIDR setting".to_string(),
+                Ingress::CallerIp { checkip_url } => {
+                    format!("this machine's public IP, as {checkip_url} sees it")
+                }
+            };
+            (ingress_cidr(ingress, printer).await?.to_string(), from)
+        }
     };
     let sync = match &plan.sync {
         Some(sync) => {

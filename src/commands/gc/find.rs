@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{Leftovers, UNRECORDED_AFTER, Why, show};
-use crate::cloud::{Cloud, Owned, State};
-use crate::fleet::{self, journal};
+use super::{Leftovers, UNRECORDED_AFTER, Why, keys, show};
+use crate::cloud::{Cloud, Owned};
+use crate::fleet;
+use crate::fleet::journal::{self, Launch};
 use crate::plan::FleetPlan;
 use crate::printer::Printer;
 use crate::state::{Store, lock};
@@ -27,6 +28,7 @@ pub(super) async fn find(
             .is_some_and(|dir| lock::busy(state_dir, Path::new(dir)))
     };
     let mut found = Leftovers::default();
+    let mut caller = keys::Caller::new(cloud);
     let launches = journal::unfinished(store);
     let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
 
@@ -97,70 +99,43 @@ pub(super) async fn find(
     }
 
     for launch in launches {
-        match lock::busy(state_dir, Path::new(&launch.dir)) {
-            true => found.skipped.push(format!(
-                "launch {}: a run in {} goes on",
-                launch.id, launch.dir
-            )),
-            false => found.launches.push(launch),
+        match leave_launch(&mut caller, state_dir, &launch).await {
+            Some(why) => found.skipped.push(format!("launch {}: {why}", launch.id)),
+            None => found.launches.push(launch),
         }
     }
 
-    found.local = stale_local_state(cloud, plan, store, &owned).await?;
+    let (local, kept) = stale_local_state(&mut caller, plan, store, &owned).await;
+    found.local = local;
+    found.skipped.extend(kept);
     found.locks = lock::sweep(state_dir, true);
     found.from_elsewhere = from_elsewhere;
     Ok(found)
 }
 
-/// Instance directories whose instance is gone (terminated, or unknown in every enabled
-/// region), keys that wait for a launch no run recorded, and rsync relays of dead runs.
+/// Why an unfinished launch is left alone, if it is.
+async fn leave_launch(
+    caller: &mut keys::Caller<'_>,
+    state_dir: &Path,
+    launch: &Launch,
+) -> Option<String> {
+    if lock::busy(state_dir, Path::new(&launch.dir)) {
+        return Some(format!("a run in {} goes on", launch.dir));
+    }
+    // Its instance, if any, is where only that account's credentials see it.
+    caller.elsewhere(launch).await
+}
+
+/// Instance directories whose instance is gone (see `keys`), keys that wait for a launch no
+/// run recorded, and rsync relays of dead runs; and the keys kept, with why.
 async fn stale_local_state(
-    cloud: &Cloud,
+    caller: &mut keys::Caller<'_>,
     plan: &FleetPlan,
     store: &Store,
     owned: &[Owned],
-) -> Result<Vec<(PathBuf, String)>> {
+) -> (Vec<(PathBuf, String)>, Vec<String>) {
     let instances = plan.dirs.root.join("instances");
-    let mut stale = Vec::new();
-    // The other regions' connections, made once, when an instance is not found in this one.
-    let mut elsewhere = None;
-    for id in store.instance_ids() {
-        // Already listed: its state is known. Else, whatever AWS cannot answer now is kept:
-        // only a clear "gone" removes keys.
-        let listed = owned.iter().find(|o| o.instance.id == id);
-        let looked_up = match listed {
-            Some(seen) => Ok(Some(seen.instance.clone())),
-            None => cloud.lookup(&id).await,
-        };
-        let gone = match looked_up {
-            Ok(Some(instance)) => instance.state == State::Terminated,
-            Ok(None) => {
-                if elsewhere.is_none() {
-                    let regions = cloud.enabled_regions().await?;
-                    let others = regions.iter().filter(|r| **r != cloud.region);
-                    elsewhere = Some(others.map(|r| cloud.in_region(r)).collect::<Vec<_>>());
-                }
-                let mut anywhere = false;
-                for there in elsewhere.iter().flatten() {
-                    anywhere |= match there.lookup(&id).await {
-                        Ok(found) => found.is_some_and(|i| i.state != State::Terminated),
-                        Err(_) => true,
-                    };
-                }
-                !anywhere
-            }
-            Err(e) => {
-                tracing::debug!("keeping the keys of {id}: {e}");
-                false
-            }
-        };
-        if gone {
-            stale.push((
-                instances.join(&id),
-                format!("keys of {id}, which no longer exists"),
-            ));
-        }
-    }
+    let (mut stale, kept) = keys::stale_keys(caller, store, owned, &instances).await;
     for launch in store.unrecorded_launches(UNRECORDED_AFTER) {
         stale.push((
             instances.join(format!("pending-{launch}")),
@@ -183,5 +158,5 @@ async fn stale_local_state(
             }
         }
     }
-    Ok(stale)
+    (stale, kept)
 }

@@ -4,6 +4,7 @@
 //! Directories where a run goes on are left alone. Running it again finds nothing more.
 
 mod find;
+mod keys;
 mod remove;
 mod report;
 

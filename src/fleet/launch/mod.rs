@@ -12,7 +12,7 @@ use super::journal::Launch;
 use super::spec::MachineSpec;
 use super::{Machine, Node, ingress_cidr};
 use crate::cloud::{Cloud, Image, Instance};
-use crate::interrupt::Interrupt;
+use crate::interrupt::{Interrupt, Interrupted, Signal};
 use crate::price;
 use crate::printer::Printer;
 use crate::settings::values::EndOfLife;
@@ -40,6 +40,8 @@ enum Outcome {
     Failed(anyhow::Error),
     /// The instance may exist but cannot be found yet: the journal keeps the launch.
     Unknown(anyhow::Error),
+    /// A second signal came while it was under way: what it made is ended now.
+    GivenUp(Signal),
 }
 
 pub async fn launch(
@@ -50,8 +52,11 @@ pub async fn launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let wanted = &spec.launch;
+    // Until something is created, a signal ends the launch at once.
+    let spot = wanted.spot.is_some();
+    let hourly = price::hourly(cloud, &wanted.instance_type, spot, None);
+    let hourly = interrupt.cancel(async { Ok(hourly.await) }).await?;
     // Before anything is paid for.
-    let hourly = price::hourly(cloud, &wanted.instance_type, wanted.spot.is_some(), None).await;
     printer.info(&price::price_line(
         hourly.as_ref(),
         &wanted.instance_type,
@@ -67,7 +72,14 @@ pub async fn launch(
             wanted.instance_type, cloud.region
         ),
     });
-    let resolved = resolve(cloud, wanted).await?;
+    // The account goes into the launch's record, for a later --gc (see `journal::Launch`).
+    let (resolved, account) = interrupt
+        .cancel(async { Ok(tokio::join!(resolve(cloud, wanted), cloud.account_id())) })
+        .await?;
+    let resolved = resolved?;
+    let account = account
+        .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
+        .ok();
     for (kind, _) in resolved
         .types
         .iter()
@@ -82,9 +94,13 @@ pub async fn launch(
     // An admin-made group is only looked up; no checkip is needed for it.
     let group = match &resolved.admin_group {
         Some(id) => Group::Admin(id.clone()),
-        None => Group::Own(ingress_cidr(&spec.ingress).await?),
+        None => Group::Own(
+            interrupt
+                .cancel(ingress_cidr(&spec.ingress, printer))
+                .await?,
+        ),
     };
-    let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes);
+    let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
         store.discard(new_keys);
@@ -97,10 +113,8 @@ pub async fn launch(
         printer,
         interrupt,
     };
-    let outcome = launcher
-        .send(&mut launch, group, &new_keys, &resolved)
-        .await;
-    let (instances, user) = settle(cloud, store, &launch, outcome).await?;
+    let outcome = send(&launcher, &mut launch, group, &new_keys, &resolved).await;
+    let (instances, user) = settle(cloud, store, printer, &launch, outcome).await?;
     let keys = adopt(cloud, store, printer, new_keys, &launch, &instances).await?;
     let head = &instances[0];
     let market = match head.spot {
@@ -135,15 +149,52 @@ pub async fn launch(
     })
 }
 
+/// Sends the launch. A first signal lets it go on, so that what it made is known and can be
+/// ended (the run's end of life terminates it); a second one stops waiting for it.
+async fn send(
+    launcher: &Launcher<'_>,
+    launch: &mut Launch,
+    group: Group,
+    keys: &NewKeys,
+    resolved: &Resolved,
+) -> Outcome {
+    let mut signals = launcher.interrupt.only_new();
+    let sending = launcher.send(launch, group, keys, resolved);
+    tokio::pin!(sending);
+    loop {
+        tokio::select! {
+            outcome = &mut sending => return outcome,
+            (count, signal) = signals.next() => {
+                if count >= 2 {
+                    return Outcome::GivenUp(signal);
+                }
+                launcher.printer.warn(&format!(
+                    "{signal}: the launch goes on, so that what it made can be ended; again to \
+                     stop waiting and end it now"
+                ));
+            }
+        }
+    }
+}
+
 /// The launched instance and its login user; else what the launch made is deleted (or, when
 /// it may exist but cannot be found yet, left to the journal), and the error says so.
 async fn settle(
     cloud: &Cloud,
     store: &Store,
+    printer: &Printer,
     launch: &Launch,
     outcome: Outcome,
 ) -> Result<(Vec<Instance>, String)> {
     match outcome {
+        Outcome::GivenUp(signal) => match launch.end_now(cloud, store, printer).await {
+            Ok(()) => Err(Interrupted(signal).into()),
+            // Something left alive outweighs the signal.
+            Err(e) => Err(e.context(format!(
+                "{signal}: stopped waiting for the launch, but what it made could not all be \
+                 ended (the next run here, or `ssh-ec2 --gc --yes`, tries again)"
+            ))),
+        },
         Outcome::Launched { instances, user } => Ok((instances, user)),
         Outcome::Failed(e) => {
             // Something left alive outweighs the failure (or the signal) that led here.

@@ -17,7 +17,7 @@ impl FromStr for Tag {
     fn from_str(s: &str) -> Result<Self, String> {
         let (key, value) = s
             .split_once('=')
-            .ok_or_else(|| format!("`{s}` is not a tag: write KEY=VALUE"))?;
+            .ok_or_else(|| format!("`{}` is not a tag: write KEY=VALUE", s.escape_debug()))?;
         check_tag(key, value)?;
         Ok(Self {
             key: key.to_string(),
@@ -27,9 +27,19 @@ impl FromStr for Tag {
 }
 
 fn check_tag(key: &str, value: &str) -> Result<(), String> {
+    let shown = || format!("{}={}", key.escape_debug(), value.escape_debug());
     if key.is_empty() || key.len() > 128 || value.len() > 256 {
         return Err(format!(
-            "tag `{key}={value}`: keys are 1-128 characters and values at most 256"
+            "tag `{}`: keys are 1-128 characters and values at most 256",
+            shown()
+        ));
+    }
+    // Tags are printed (--list) and may reach a remote command line: nothing there may drive a
+    // terminal or end a line.
+    if key.chars().chain(value.chars()).any(char::is_control) {
+        return Err(format!(
+            "tag `{}`: control characters (newlines, tabs, escapes) are refused",
+            shown()
         ));
     }
     if key.starts_with("aws:") || key.starts_with("ssh-ec2:") || key == "Name" {

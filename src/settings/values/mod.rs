@@ -59,7 +59,12 @@ pub struct HostPort {
 impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hint = || format!("`{s}` is not HOST:PORT: write e.g. 127.0.0.1:2222 or [::1]:2222");
+        let hint = || {
+            format!(
+                "`{}` is not HOST:PORT: write e.g. 127.0.0.1:2222 or [::1]:2222",
+                s.escape_debug()
+            )
+        };
         let (host, port) = s.rsplit_once(':').ok_or_else(hint)?;
         let host = host
             .strip_prefix('[')
@@ -69,6 +74,7 @@ impl FromStr for HostPort {
         if host.is_empty() || port == 0 {
             return Err(hint());
         }
+        one_word(host, "a host")?;
         Ok(Self {
             host: host.to_string(),
             port,
@@ -83,6 +89,55 @@ impl fmt::Display for HostPort {
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// Refuses what would break out of one word in the OpenSSH config line `what` is written into
+/// (`--ssh-config`): whitespace and control characters (a newline would start a directive of
+/// its own), and the quotes, backslash and `#` that OpenSSH's config parser reads specially.
+/// The value is shown escaped: it must not drive the terminal either.
+pub fn one_word(text: &str, what: &str) -> Result<(), String> {
+    let special = |c: char| c.is_whitespace() || c.is_control() || "\"'\\#".contains(c);
+    match text.chars().find(|&c| special(c)) {
+        Some(c) => Err(format!(
+            "`{}` is not usable as {what}: it holds {}, and it is written as one word into \
+             OpenSSH's config (whitespace, control characters, quotes, `\\` and `#` are \
+             refused)",
+            text.escape_debug(),
+            match c {
+                '\n' => "a newline".to_string(),
+                c if c.is_whitespace() => "whitespace".to_string(),
+                c => format!("`{}`", c.escape_debug()),
+            }
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The user ssh-ec2 logs in as, which `--ssh-config` writes as OpenSSH's `User`: one word,
+/// without `%` either (newer OpenSSH expands tokens there).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LoginUser(String);
+
+impl FromStr for LoginUser {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        one_word(s, "a login user")?;
+        if s.is_empty() || s.contains('%') {
+            return Err(format!(
+                "`{}` is not usable as a login user (OpenSSH expands a `%` in it): write a \
+                 user name such as ubuntu",
+                s.escape_debug()
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl fmt::Display for LoginUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -166,7 +221,7 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(Address, EndOfLife, HostPort, Multiplex, Limit);
+deserialize_from_str!(Address, EndOfLife, HostPort, LoginUser, Multiplex, Limit);
 
 /// A setting's value as `--show-config` and `--help` print it.
 pub trait Shown {
@@ -190,6 +245,7 @@ shown_by_display!(
     EndOfLife,
     HostPort,
     ipnet::IpNet,
+    LoginUser,
     Multiplex,
     Limit,
     Timeout,
@@ -228,8 +284,46 @@ mod tests {
             }
         );
         assert!("localhost".parse::<HostPort>().is_err());
+        for bad in [
+            "evil host:22",
+            "h\nProxyCommand x:22",
+            "h\t:22",
+            "\"h\":22",
+            "#h:22",
+        ] {
+            let err = bad.parse::<HostPort>().unwrap_err();
+            assert!(err.contains("not usable as a host"), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "shown escaped: {err}");
+        }
+        assert_eq!(
+            "[fe80::1%eth0]:22".parse::<HostPort>().unwrap().host,
+            "fe80::1%eth0"
+        );
+        assert_eq!(
+            "ec2-user".parse::<LoginUser>().unwrap().to_string(),
+            "ec2-user"
+        );
+        for bad in [
+            "",
+            "a b",
+            "ubuntu\nProxyCommand x",
+            "a\u{1b}[31m",
+            "a%u",
+            "'a'",
+            "a\\b",
+        ] {
+            assert!(bad.parse::<LoginUser>().is_err(), "{bad:?}");
+        }
         assert!("h:0".parse::<HostPort>().is_err());
         assert!("aws:x=1".parse::<Tag>().is_err());
+        assert_eq!(
+            "team=data science".parse::<Tag>().unwrap().value,
+            "data science"
+        );
+        for bad in ["a=b\nc", "a\t=b", "a=\u{1b}[2J"] {
+            let err = bad.parse::<Tag>().unwrap_err();
+            assert!(err.contains("control characters"), "{bad:?}: {err}");
+        }
         assert_eq!("a=1, b=2".parse::<Tags>().unwrap().0.len(), 2);
         assert_eq!(
             "g5.xlarge, g6.xlarge".parse::<InstanceTypes>().unwrap().0,
