@@ -28,7 +28,7 @@ use crate::state::Store;
 use crate::state::keys::InstanceKeys;
 use end_of_life::Origin;
 pub use launch::{Resolved, resolve, root_volume_gib};
-pub use regions::{Skipped, machines, owner_instances, owner_instances_and_groups};
+pub use regions::{Skipped, machines, owner_instances, owner_made};
 pub use spec::{ImageChoice, Ingress, LaunchSpec, MachineSpec, SpotSpec, wide_ingress_warning};
 
 /// One node of a run's machine: its instance and how to log in to it.

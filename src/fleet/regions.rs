@@ -1,9 +1,9 @@
-//! The owner's instances (and ssh-ec2's security groups) from every machine and directory, in
+//! The owner's instances (and ssh-ec2's groups) from every machine and directory, in
 //! the current region or in every enabled one, for `--list` and `--gc`.
 
 use anyhow::{Result, bail};
 
-use crate::cloud::{Cloud, Owned, Owner, SshGroup};
+use crate::cloud::{Cloud, Owned, OwnedPlacementGroup, Owner, SshGroup};
 use crate::printer::Printer;
 
 /// The regions `for_each_region` could not look in.
@@ -63,26 +63,46 @@ pub async fn owner_instances(
     Ok((owned, skipped))
 }
 
-/// The owner's instances and ssh-ec2's security groups (with their region), for `--gc`. A
-/// region is looked at whole or skipped whole: a group is never judged without its region's
-/// instances.
-pub async fn owner_instances_and_groups(
+/// What ssh-ec2 made for the owner, for `--gc`.
+pub struct Made {
+    /// From every machine and directory.
+    pub instances: Vec<Owned>,
+    /// Security groups, with their region.
+    pub groups: Vec<(String, SshGroup)>,
+    /// Clusters' placement groups made from this machine, with their region.
+    pub placement_groups: Vec<(String, OwnedPlacementGroup)>,
+    pub skipped: Skipped,
+}
+
+/// The owner's instances and ssh-ec2's groups, for `--gc`. A region is looked at whole or
+/// skipped whole: a group is never judged without its region's instances.
+pub async fn owner_made(
     cloud: &Cloud,
     owner: &Owner,
     all_regions: bool,
     printer: &Printer,
-) -> Result<(Vec<Owned>, Vec<(String, SshGroup)>, Skipped)> {
-    let (mut owned, mut groups) = (Vec::new(), Vec::new());
+) -> Result<Made> {
+    let (mut instances, mut groups, mut placement_groups) = (Vec::new(), Vec::new(), Vec::new());
     let skipped = for_each_region(cloud, all_regions, printer, async |cloud| {
-        let instances = cloud.owner_instances(owner).await?;
-        let found = cloud.owner_ssh_groups(owner).await?;
-        owned.extend(instances);
-        groups.extend(found.into_iter().map(|group| (cloud.region.clone(), group)));
+        let (found, ssh, placement) = tokio::try_join!(
+            cloud.owner_instances(owner),
+            cloud.owner_ssh_groups(owner),
+            cloud.owner_placement_groups(owner)
+        )?;
+        let region = || cloud.region.clone();
+        instances.extend(found);
+        groups.extend(ssh.into_iter().map(|group| (region(), group)));
+        placement_groups.extend(placement.into_iter().map(|group| (region(), group)));
         Ok(())
     })
     .await?;
-    sort_by_place(&mut owned);
-    Ok((owned, groups, skipped))
+    sort_by_place(&mut instances);
+    Ok(Made {
+        instances,
+        groups,
+        placement_groups,
+        skipped,
+    })
 }
 
 fn sort_by_place(owned: &mut [Owned]) {

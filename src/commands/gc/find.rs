@@ -1,5 +1,6 @@
 //! Finding what ssh-ec2 left behind: this machine's instances whose keys are gone or whose
-//! expiry passed, groups and launches without an instance, and stale local state.
+//! expiry passed, groups (security, placement) and launches without an instance, and stale
+//! local state.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,9 @@ pub(super) async fn find(
     let launches = journal::unfinished(store);
     let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
 
-    let (owned, groups, skipped_regions) =
-        fleet::owner_instances_and_groups(cloud, &plan.owner, all_regions, printer).await?;
-    found.skipped_regions = skipped_regions;
+    let made = fleet::owner_made(cloud, &plan.owner, all_regions, printer).await?;
+    let owned = made.instances;
+    found.skipped_regions = made.skipped;
     let mut from_elsewhere = 0;
     // A cluster is judged, and ended, whole: by its head.
     for nodes in fleet::machines(owned.clone()) {
@@ -71,7 +72,7 @@ pub(super) async fn find(
         found.instances.push((nodes.clone(), why));
     }
 
-    for (region, group) in groups {
+    for (region, group) in made.groups {
         let used = owned.iter().any(|o| {
             let instance = &o.instance;
             [&instance.security_group, &instance.node_group]
@@ -96,6 +97,26 @@ pub(super) async fn find(
             continue;
         }
         found.groups.push((region, group));
+    }
+
+    for (region, placement) in made.placement_groups {
+        let used =
+            (owned.iter()).any(|o| o.instance.placement_group.as_deref() == Some(&placement.name));
+        let launched = launches
+            .iter()
+            .any(|l| l.placement_group_name() == placement.name);
+        if used || launched {
+            continue;
+        }
+        if busy(&placement.dir) {
+            found.skipped.push(format!(
+                "placement group {}: a run in {} goes on",
+                placement.name,
+                show(&placement.dir)
+            ));
+            continue;
+        }
+        found.placement_groups.push((region, placement));
     }
 
     for launch in launches {

@@ -1,6 +1,7 @@
 //! `ssh-ec2 --gc [--yes] [--all-regions]`: what ssh-ec2 left behind, shown, and with --yes
-//! removed: this machine's instances whose keys are gone or whose expiry passed, security
-//! groups and launches without an instance, and local state of instances that no longer exist.
+//! removed: this machine's instances whose keys are gone or whose expiry passed, security and
+//! placement groups and launches without an instance, and local state of instances that no
+//! longer exist.
 //! Directories where a run goes on are left alone. Running it again finds nothing more.
 
 mod find;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cloud::{Cloud, Owned, SshGroup};
+use crate::cloud::{Cloud, Owned, OwnedPlacementGroup, SshGroup};
 use crate::fleet::Skipped;
 use crate::fleet::journal::Launch;
 use crate::interrupt::Interrupt;
@@ -43,6 +44,7 @@ struct Leftovers {
     /// Each instance, or a cluster's nodes (head first), and why.
     instances: Vec<(Vec<Owned>, Why)>,
     groups: Vec<(String, SshGroup)>,
+    placement_groups: Vec<(String, OwnedPlacementGroup)>,
     launches: Vec<Launch>,
     /// Local paths to remove, and why.
     local: Vec<(PathBuf, String)>,
@@ -71,6 +73,7 @@ pub async fn gc(
     printer.out(report::report(&found, &plan.owner.name))?;
     let nothing = found.instances.is_empty()
         && found.groups.is_empty()
+        && found.placement_groups.is_empty()
         && found.launches.is_empty()
         && found.local.is_empty()
         && found.locks == 0;

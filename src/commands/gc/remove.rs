@@ -1,5 +1,5 @@
 //! Removing what `--gc --yes` found: instances ended (as `--down` does where their directory
-//! is here), launches settled, groups deleted, local state removed.
+//! is here), launches settled, security and placement groups deleted, local state removed.
 
 use std::path::Path;
 
@@ -74,6 +74,17 @@ pub(super) async fn remove(
         let phase = printer.phase(format!("deleting security group {}", group.id));
         match cloud.in_region(region).delete_ssh_group(&group.id).await {
             Ok(()) => phase.done(format!("deleted security group {}", group.id)),
+            Err(e) => {
+                drop(phase);
+                removal.count(Err(e));
+            }
+        }
+    }
+    for (region, placement) in &found.placement_groups {
+        let name = &placement.name;
+        let phase = printer.phase(format!("deleting placement group {name}"));
+        match cloud.in_region(region).delete_placement_group(name).await {
+            Ok(()) => phase.done(format!("deleted placement group {name}")),
             Err(e) => {
                 drop(phase);
                 removal.count(Err(e));

@@ -45,6 +45,13 @@ pub(super) fn report(found: &Leftovers, owner: &str) -> String {
             show(&group.dir)
         ));
     }
+    for (region, placement) in &found.placement_groups {
+        lines.push(format!(
+            "placement group {} ({region}) of {}: no instance is in it",
+            placement.name,
+            show(&placement.dir)
+        ));
+    }
     for launch in &found.launches {
         let sent = match launch.sent {
             Some(_) => "its instance, if any, is terminated",
