@@ -94,7 +94,7 @@ fn down_without_an_instance_says_so_and_launches_nothing() {
 
 #[test]
 fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     // An instance ended behind ssh-ec2's back: its group and keys stay.
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
@@ -187,7 +187,7 @@ fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
 
 #[test]
 fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
     cloud.wait_for_events("sshd-stopped", 1);
@@ -219,7 +219,7 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
 
 #[test]
 fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_command() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let child = start_until_ready(project.ssh_ec2(&cloud).arg("echo ready; sleep 60"));
     let id = instance_id(&cloud.instances()[0]);
@@ -279,7 +279,7 @@ fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
     assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
     // A result only the instance has: --gc --yes brings it home before it ends the instance,
     // as --down in its directory does.
-    std::fs::write(project.remote().join("late.txt"), "only there\n").unwrap();
+    std::fs::write(cloud.remote(&project).join("late.txt"), "only there\n").unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let removed = Run::of(
         project
@@ -359,7 +359,7 @@ fn down_leaves_a_running_job_alone_and_list_shows_it() {
 
 #[test]
 fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let here = cloud.instances()[0].clone();

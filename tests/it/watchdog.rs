@@ -10,9 +10,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::types::InstanceStateName;
-use common::{
-    Project, REMOTE_USER, Run, TestCloud, cloud_config, instance_id, state_of, tag, written_file,
-};
+use common::{Project, Run, TestCloud, cloud_config, instance_id, state_of, tag, written_file};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -185,7 +183,7 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
     );
 
     // The run armed it too, in the login's home, with the same deadline.
-    let armed = project.remote_state_entries(REMOTE_USER, "watchdog");
+    let armed = cloud.remote_state_entries(&project, "watchdog");
     assert_eq!(armed.len(), 1, "{armed:?}");
     let armed = std::fs::read_to_string(&armed[0]).unwrap();
     assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
@@ -294,7 +292,7 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
         "{second}"
     );
     let armed =
-        std::fs::read_to_string(&project.remote_state_entries(REMOTE_USER, "watchdog")[0]).unwrap();
+        std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
     assert_eq!(setting(&armed, "idle"), "off", "{armed}");
 
@@ -315,7 +313,7 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
         "no lifetime, no expiry tag\n{third}"
     );
     let armed =
-        std::fs::read_to_string(&project.remote_state_entries(REMOTE_USER, "watchdog")[0]).unwrap();
+        std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "deadline"), "off", "{armed}");
     assert_eq!(
         setting(&armed, "idle"),
