@@ -115,3 +115,52 @@ fn try_it_starts_a_cloud_that_ssh_ec2_uses_from_its_shell_and_stops_all_of_it() 
     }
     assert!(venv.exists(), "a dry run removes nothing");
 }
+
+/// Mounts an overlay of / (changes to a tmpfs), then runs `script` chrooted in it: what it does
+/// to the machine is seen there, and gone with the mount namespace (`unshare --mount`).
+const IN_A_COPY_OF_THIS_MACHINE: &str = r#"set -e
+work="$1"; shift
+mount -t tmpfs tmpfs "$work"
+mkdir "$work/upper" "$work/work" "$work/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$work/root"
+for fs in proc dev sys; do mount --rbind "/$fs" "$work/root/$fs"; done
+exec chroot "$work/root" /bin/bash -c "$@"
+"#;
+
+#[test]
+fn try_it_uninstall_removes_what_install_added_and_the_venvs() {
+    // On a copy of this machine: purging sudo or OpenMPI here would pull them from under the
+    // other tests.
+    let work = tempfile::tempdir().unwrap();
+    let record = std::fs::read_to_string("/var/lib/ssh-ec2-testbed/installed").unwrap_or_default();
+    let added: Vec<&str> = record
+        .lines()
+        .filter_map(|l| l.strip_prefix("package="))
+        .collect();
+    let script = format!(
+        "cd {repo} && tests/testbed/try-it uninstall >&2 && \
+         dpkg-query -W -f='${{Package}} ${{Status}}\\n' {packages} 2>/dev/null | grep ' installed$'; \
+         ls -d tests/testbed/.venv /opt/ssh-ec2-testbed /var/lib/ssh-ec2-testbed 2>/dev/null; \
+         echo uninstalled",
+        repo = env!("CARGO_MANIFEST_DIR"),
+        packages = added.join(" "),
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "bash", "-c"]);
+    command.args([
+        IN_A_COPY_OF_THIS_MACHINE,
+        "copy",
+        &work.path().display().to_string(),
+    ]);
+    let run = Run::of(command.arg(script));
+    run.assert_code(0);
+    assert_eq!(
+        run.stdout, "uninstalled\n",
+        "no package it added, no venv and no record left\n{run}"
+    );
+    for package in &added {
+        assert!(run.stderr.contains(package), "{package}\n{run}");
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/.venv");
+    assert!(venv.exists(), "this machine itself keeps everything");
+}
