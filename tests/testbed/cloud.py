@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pwd
+import shutil
 import signal
 import sys
 import threading
@@ -43,6 +44,26 @@ AMIS = {
                   "Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023) 20261101", "2026-11-01"),
     "al2023": ("ami-0a1b2c3d4e5f60004", "al2023-ami-2023.6.20261101.0-kernel-6.1-x86_64", "2026-11-01"),
 }
+
+
+# What the machines need from this machine, by the Debian package that has it.
+PROGRAMS = {"unshare": "util-linux", "nsenter": "util-linux", "setpriv": "util-linux",
+            "ip": "iproute2", "nft": "nftables", "/usr/sbin/sshd": "openssh-server",
+            "sudo": "sudo", "rsync": "rsync", "tmux": "tmux", "screen": "screen"}
+
+
+def check_machine(user):
+    """Exits saying what to do if this machine cannot run the bed."""
+    if os.geteuid() != 0:
+        sys.exit("cloud.py: run it as root: its instances are namespaces and mounts")
+    missing = sorted({package for program, package in PROGRAMS.items()
+                      if not shutil.which(program)})
+    if missing:
+        sys.exit(f"cloud.py: missing {', '.join(missing)}: run tests/testbed/install")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        sys.exit(f"cloud.py: no local user {user!r}: run tests/testbed/install")
 
 
 class Events:
@@ -243,10 +264,7 @@ def main():
     # These signals end the process through the same cleanup as EOF on stdin.
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    try:
-        pwd.getpwnam(args.user)
-    except KeyError:
-        sys.exit(f"cloud.py: no local user {args.user!r}: run tests/testbed/install")
+    check_machine(args.user)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     events = Events(args.state_dir / "events.jsonl")
     laptop = simulator = None
