@@ -14,12 +14,11 @@ import shutil
 import threading
 import time
 
-import netns
-
 from botocore.exceptions import ClientError
 
 import cloudinit
 import firewall
+import netns
 from machines import BootError, Machine, Network
 
 # Polling moto costs its CPU (the describe calls): ~15 % of a core at 20 polls a second, on a
