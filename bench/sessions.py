@@ -21,17 +21,17 @@ import os
 import pty
 import select
 import shlex
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import termios
 import time
-from pathlib import Path
 
-from sync import (MB, PUSH_OPTIONS, RUN_TIMEOUT, Bench, free_port, interrupted, log, make_tree,
-                  median, run_measured)
+from bed import free_port
+from measure import RUN_TIMEOUT, log, run_measured
+from base import MB, PUSH_OPTIONS, Bench, make_tree
+from timing import alternate
 
 # The job of both sides: its first screen shows the marker, then it waits to be killed.
 MARK = "JOB-FIRST-SCREEN"
@@ -180,21 +180,9 @@ class Sessions(Bench):
             raise SystemExit(f"bench: the {side} tunnel did not come up: see {log_to}")
         return child, out
 
-    def transfer(self, port, size):
-        buffer = bytearray(MB)
-        started = time.perf_counter()
-        got = 0
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            while n := s.recv_into(buffer):
-                got += n
-        seconds = time.perf_counter() - started
-        if got != size:
-            raise SystemExit(f"bench: {got} bytes came through port {port}, not {size}")
-        return seconds
-
     def cleanup(self):
         try:
-            if self.cloud and self.cloud.poll() is None and hasattr(self, "ssh_words"):
+            if self.instance_up():
                 self.kill_jobs()
                 if self.server_pid:
                     self.remote_shell(f"kill {self.server_pid}; rm -f {self.server_script}")
@@ -203,31 +191,35 @@ class Sessions(Bench):
         super().cleanup()
 
 
+def transfer(port, size):
+    """Reads `size` bytes from a server (SERVER) through 127.0.0.1:port: (seconds from
+    connecting to the last byte, seconds from the first byte to the last)."""
+    buffer = bytearray(MB)
+    started = time.perf_counter()
+    got, first = 0, None
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        while n := s.recv_into(buffer):
+            first = first or time.perf_counter()
+            got += n
+    ended = time.perf_counter()
+    if got != size:
+        raise SystemExit(f"bench: {got} bytes came through port {port}, not {size}")
+    return ended - started, ended - first
+
+
 def timed(name, repeat, once):
-    """`repeat` runs per side, alternating which goes first, after one untimed run each."""
-    results = {"ssh-ec2": [], "by hand": []}
-    for side in results:
-        once(side)
-    for i in range(repeat):
-        sides = ["ssh-ec2", "by hand"] if i % 2 == 0 else ["by hand", "ssh-ec2"]
-        for side in sides:
-            seconds = once(side)
-            results[side].append(seconds)
-            log(f"{name}: {side} {seconds:.3f}s")
-    return results
+    """The shared alternating rounds (timing.py); `once(side)` returns seconds."""
+    return alternate(name, ["ssh-ec2", "by hand"], repeat, lambda side, probe: once(side))
 
 
 def report(rows):
     print()
     print(f"{'scenario':<46}{'ssh-ec2':>9}{'by hand':>9}{'ratio':>8}   spread (min-max)")
-    for title, results in rows:
-        ours, theirs = median(results["ssh-ec2"]), median(results["by hand"])
-
-        def spread(side):
-            return f"{min(results[side]):.3f}-{max(results[side]):.3f}"
-
-        print(f"{title:<46}{ours:>8.3f}s{theirs:>8.3f}s{ours / theirs:>7.2f}x   "
-              f"{spread('ssh-ec2')} / {spread('by hand')}")
+    for title, rounds in rows:
+        print(f"{title:<46}{rounds.median('ssh-ec2'):>8.3f}s{rounds.median('by hand'):>8.3f}s"
+              f"{rounds.ratio('ssh-ec2', 'by hand'):>7.2f}x   "
+              f"{rounds.spread('ssh-ec2')} / {rounds.spread('by hand')}")
+    print("  ratio: the median of the ratios within each round")
 
 
 def main():
@@ -244,51 +236,46 @@ def main():
     args = parser.parse_args()
 
     bench = Sessions(args)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
+    return bench.run_to_end(lambda: run(bench, args))
+
+
+def run(bench, args):
     rows = []
+    make_tree(bench.project, args.files, args.tree_mb)
+    bench.start_cloud()
+    bench.launch()
+
+    def detach(side):
+        bench.kill_jobs([side])
+        return bench.detach(side, bench.logs / f"detach-{side.replace(' ', '-')}.log")
+
+    rows.append((f"--detach ({args.files} files / {args.tree_mb} MB, unchanged)",
+                 timed("detach", args.repeat, detach)))
+    # Both jobs run now; attaching leaves them running.
+    rows.append(("--attach: to the job's first screen",
+                 timed("attach", args.repeat, lambda side: bench.attach(
+                     side, bench.logs / f"attach-{side.replace(' ', '-')}.log"))))
+    bench.kill_jobs()
+
+    size = args.forward_mb * MB
+    remote = free_port()
+    bench.start_server(remote, size)
+    tunnels = {}
+    for side in ("ssh-ec2", "by hand"):
+        local = free_port()
+        log_to = bench.logs / f"tunnel-{side.replace(' ', '-')}.log"
+        tunnels[side] = (local, *bench.tunnel(side, local, remote, log_to))
     try:
-        make_tree(bench.project, args.files, args.tree_mb)
-        bench.start_cloud()
-        bench.launch()
-
-        def detach(side):
-            bench.kill_jobs([side])
-            return bench.detach(side, bench.logs / f"detach-{side.replace(' ', '-')}.log")
-
-        rows.append((f"--detach ({args.files} files / {args.tree_mb} MB, unchanged)",
-                     timed("detach", args.repeat, detach)))
-        # Both jobs run now; attaching leaves them running.
-        rows.append(("--attach: to the job's first screen",
-                     timed("attach", args.repeat, lambda side: bench.attach(
-                         side, bench.logs / f"attach-{side.replace(' ', '-')}.log"))))
-        bench.kill_jobs()
-
-        size = args.forward_mb * MB
-        remote = free_port()
-        bench.start_server(remote, size)
-        tunnels = {}
-        for side in ("ssh-ec2", "by hand"):
-            local = free_port()
-            log_to = bench.logs / f"tunnel-{side.replace(' ', '-')}.log"
-            tunnels[side] = (local, *bench.tunnel(side, local, remote, log_to))
-        try:
-            rows.append((f"{args.forward_mb} MB through -L",
-                         timed("forward", args.repeat,
-                               lambda side: bench.transfer(tunnels[side][0], size))))
-        finally:
-            for _, child, out in tunnels.values():
-                child.stdin.close()
-                if child.wait(timeout=60) != 0:
-                    log(f"a tunnel exited {child.returncode}")
-                out.close()
-        report(rows)
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+        rows.append((f"{args.forward_mb} MB through -L",
+                     timed("forward", args.repeat,
+                           lambda side: transfer(tunnels[side][0], size)[0])))
     finally:
-        bench.cleanup()
-    return 0
+        for _, child, out in tunnels.values():
+            child.stdin.close()
+            if child.wait(timeout=60) != 0:
+                log(f"a tunnel exited {child.returncode}")
+            out.close()
+    report(rows)
 
 
 if __name__ == "__main__":

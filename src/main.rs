@@ -1,73 +1,72 @@
 //! ssh-ec2: run a command on a throw-away AWS EC2 machine as if it were local.
 //!
-//! The story, in order: `cli` (flags, and the mode they choose) → `config` (files < preset <
-//! `.env` < environment < flags) → `plan` (validated) → `commands` (one file per mode):
-//! `fleet` (find or launch the instance through `cloud`, and its end of life), `ssh` (the
-//! session, the command, forwards, rsync's transport), `sync` (rsync and the manifest),
-//! `remote` (how things are spelled on the instance: the command line, jobs, leases).
+//! The story, from the top: `cli` (the flags, made into one mode and a settings layer) →
+//! `settings` (files < preset < `.env` < environment < flags, with defaults) → `plan` (what a
+//! mode needs, resolved and validated) → `commands` (one thin file per mode) → `session` (a
+//! run's lifecycle on its machine: reach, lease, job, pull, end of run) → `fleet` (find,
+//! launch, adopt, end of life) → `cloud` (AWS calls), `ssh` (the session, the command, forwards,
+//! rsync's transport), `sync` (rsync and the manifest), `remote` (how things are spelled on the
+//! instance) and `state` (what is kept on this machine). `main` maps the one `ExitStatus` to the
+//! process's exit code.
 
-mod backoff;
 mod cli;
 mod cloud;
 mod commands;
-mod config;
-mod dotenv;
 mod fleet;
 mod interrupt;
-mod keys;
-mod lock;
-mod machine;
 mod plan;
+mod poll;
 mod price;
 mod printer;
 mod remote;
+mod session;
+mod settings;
 mod ssh;
+mod state;
+mod status;
 mod sync;
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::printer::{Printer, Verbosity};
-
-/// ssh's convention for "ssh-ec2 itself failed", as opposed to the remote command.
-const EXIT_FAILURE: u8 = 255;
+use crate::status::ExitStatus;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == ssh::relay::TRANSPORT_FLAG) {
-        return exit(ssh::relay::transport_main(&args[2..]));
+        return exit(ssh::transport::transport_main(&args[2..]));
     }
-    let cli = match cli::Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+    let request = match cli::parse(&args) {
+        Ok(request) => request,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_FAILURE } else { 0 });
+            return exit(match e.use_stderr() {
+                true => ExitStatus::Failed,
+                false => ExitStatus::Success,
+            });
         }
     };
-    let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
-    init_debug_logs(verbosity);
-    let printer = Printer::new(verbosity);
-    let code = match commands::start(&cli, &printer) {
-        Ok(code) => code,
-        Err(e) if e.is::<commands::AlreadyReported>() => EXIT_FAILURE.into(),
+    init_debug_logs(request.verbosity);
+    let printer = Printer::new(request.verbosity);
+    let status = match commands::start(request, &printer) {
+        Ok(status) => status,
         Err(e) => {
-            printer.error(&e);
-            match e.downcast_ref::<interrupt::Interrupted>() {
-                Some(interrupt::Interrupted(signal)) => signal.exit_code().into(),
-                None => EXIT_FAILURE.into(),
+            let (status, say) = ExitStatus::of_error(&e);
+            if say {
+                printer.error(&e);
             }
+            status
         }
     };
-    exit(code)
+    exit(status)
 }
 
-/// Exit statuses are one byte; flush first so the tail of the remote output is not lost.
-fn exit(code: i32) -> ExitCode {
+/// Flushes first, so that the tail of the remote output is not lost.
+fn exit(status: ExitStatus) -> ExitCode {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE))
+    ExitCode::from(status.code())
 }
 
 /// `-vv`: our debug logs and russh's info on stderr (RUST_LOG overrides).

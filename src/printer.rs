@@ -1,8 +1,10 @@
-//! All of ssh-ec2's own output goes through here, to stderr: stdout belongs to the remote command.
-//! On a terminal each phase is a spinner with its elapsed time; otherwise plain lines; with `-q`
-//! nothing but errors and warnings.
+//! All of ssh-ec2's own output goes through here. What it says goes to stderr, since stdout
+//! belongs to the remote command: on a terminal each phase is a spinner with its elapsed time;
+//! otherwise plain lines; with `-q` nothing but errors and warnings. What a mode prints as its
+//! result (a listing, a report, a completion script) goes to stdout, through `out`.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,20 @@ impl Printer {
         }
     }
 
+    /// A mode's result on stdout (not hidden by `-q`: it was asked for). A reader that closed
+    /// the pipe (`ssh-ec2 --list | head -1`) gives `StdoutClosed`, which ends ssh-ec2 quietly.
+    pub fn out(&self, text: impl AsRef<[u8]>) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(text.as_ref())
+            .and_then(|()| stdout.flush())
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+            written => written
+                .map_err(|e| anyhow::Error::new(e).context("cannot write to standard output")),
+        }
+    }
+
     /// A line of information (hidden by `-q`).
     pub fn info(&self, message: &str) {
         if self.verbosity > Verbosity::Quiet {
@@ -106,7 +122,9 @@ impl Printer {
     fn line(&self, message: &str) {
         let raw = std::io::stderr().is_terminal()
             && crossterm::terminal::is_raw_mode_enabled().unwrap_or(false);
-        let text = terminal_text(message, raw);
+        // Whatever a message quotes (rsync's errors, a remote answer), it cannot drive the
+        // terminal; its own line breaks stay.
+        let text = terminal_text(&escape_controls(message, &['\n']), raw);
         let print = || {
             let _ = std::io::stderr().lock().write_all(text.as_bytes());
         };
@@ -116,6 +134,18 @@ impl Printer {
         }
     }
 }
+
+/// Whoever reads ssh-ec2's stdout has closed it: nothing more is wanted.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
 
 /// A phase in progress. Dropping it unfinished (an error path) clears its spinner.
 pub struct Phase {
@@ -154,6 +184,43 @@ impl Drop for Phase {
     }
 }
 
+/// A name from the instance (a file, a link's target) as ssh-ec2 prints it: control characters
+/// escaped (`\n`, `\t`, `\x1b`…) and backslashes doubled, so a name can neither drive the user's
+/// terminal (move the cursor, recolour, retitle) nor start a line that looks like ssh-ec2's own.
+pub fn escape(text: &str) -> String {
+    escape_controls(&text.replace('\\', "\\\\"), &[])
+}
+
+/// A path as [`escape`] shows it; bytes that are not UTF-8 as `\xNN`.
+pub fn escape_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str()
+        .as_bytes()
+        .utf8_chunks()
+        .map(|chunk| {
+            let invalid: String = (chunk.invalid().iter())
+                .map(|byte| format!("\\x{byte:02x}"))
+                .collect();
+            escape(chunk.valid()) + &invalid
+        })
+        .collect()
+}
+
+/// `text` with its control characters (C0, DEL, C1) escaped, but those in `kept`.
+fn escape_controls(text: &str, kept: &[char]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            _ if !c.is_control() || kept.contains(&c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            _ => out.push_str(&format!("\\x{:02x}", c as u32)),
+        }
+    }
+    out
+}
+
 /// A message as written to stderr. A terminal in raw mode (during a PTY session) does not go
 /// back to the first column on `\n`, so each line then ends with `\r\n`.
 fn terminal_text(message: &str, raw: bool) -> String {
@@ -182,6 +249,30 @@ mod tests {
     fn lines_return_to_the_first_column_in_raw_mode() {
         assert_eq!(terminal_text("a\n  b", false), "ssh-ec2: a\n  b\n");
         assert_eq!(terminal_text("a\n  b", true), "ssh-ec2: a\r\n  b\r\n");
+    }
+
+    #[test]
+    fn names_cannot_drive_the_terminal() {
+        assert_eq!(escape("a\x1b[2Jb\nc\td"), "a\\x1b[2Jb\\nc\\td");
+        assert_eq!(
+            escape("\u{9b}31m \u{7f}"),
+            "\\x9b31m \\x7f",
+            "C1 and DEL too"
+        );
+        assert_eq!(
+            escape(r"a\nb"),
+            r"a\\nb",
+            "a literal backslash reads as one"
+        );
+        assert_eq!(escape("été 🚀"), "été 🚀", "printable text as is");
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"x\xff\x1by"));
+        assert_eq!(escape_path(odd), "x\\xff\\x1by");
+        assert_eq!(
+            escape_controls("line\n\x1b]0;title\x07", &['\n']),
+            "line\n\\x1b]0;title\\x07",
+            "a message keeps its line breaks, nothing else"
+        );
     }
 
     #[test]

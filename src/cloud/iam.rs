@@ -72,21 +72,8 @@ impl Cloud {
                     change: Change::Created,
                 });
             }
-            let created = self
-                .iam
-                .create_policy()
-                .policy_name(name)
-                .description(description)
-                .policy_document(document)
-                .send()
-                .await
-                .explain(format_args!("create the IAM policy {name}"))?;
-            let arn = created
-                .policy()
-                .and_then(|p| p.arn())
-                .with_context(|| format!("IAM created the policy {name} without an ARN"))?;
             return Ok(ManagedPolicy {
-                arn: Some(arn.to_string()),
+                arn: Some(self.create_policy(name, description, document).await?),
                 change: Change::Created,
             });
         };
@@ -123,16 +110,7 @@ impl Cloud {
                 versions.retain(|v| !v.is_default_version());
                 versions.sort_by_key(|v| v.create_date().copied());
                 if let Some(oldest) = versions.first().and_then(|v| v.version_id()) {
-                    self.iam
-                        .delete_policy_version()
-                        .policy_arn(&arn)
-                        .version_id(oldest)
-                        .send()
-                        .await
-                        .explain(format_args!(
-                            "delete the oldest version ({oldest}) of the IAM policy {arn}, to \
-                             make room for a new one"
-                        ))?;
+                    self.delete_policy_version(&arn, oldest).await?;
                 }
             }
             self.iam
@@ -148,6 +126,39 @@ impl Cloud {
             arn: Some(arn),
             change: Change::Updated,
         })
+    }
+
+    /// Creates the customer-managed policy `name`; its ARN.
+    async fn create_policy(&self, name: &str, description: &str, document: &str) -> Result<String> {
+        let created = self
+            .iam
+            .create_policy()
+            .policy_name(name)
+            .description(description)
+            .policy_document(document)
+            .send()
+            .await
+            .explain(format_args!("create the IAM policy {name}"))?;
+        let arn = created
+            .policy()
+            .and_then(|p| p.arn())
+            .with_context(|| format!("IAM created the policy {name} without an ARN"))?;
+        Ok(arn.to_string())
+    }
+
+    /// Makes room for a new version of the policy `arn`, which holds as many as IAM allows.
+    async fn delete_policy_version(&self, arn: &str, version: &str) -> Result<()> {
+        self.iam
+            .delete_policy_version()
+            .policy_arn(arn)
+            .version_id(version)
+            .send()
+            .await
+            .explain(format_args!(
+                "delete the oldest version ({version}) of the IAM policy {arn}, to make room \
+                 for a new one"
+            ))?;
+        Ok(())
     }
 
     /// The ARN of this account's own managed policy `name`, if it exists.

@@ -7,8 +7,10 @@ mod explain;
 mod iam;
 mod image;
 mod instance;
+mod launch;
 mod network;
 mod pricing;
+mod tags;
 pub mod userdata;
 
 use std::collections::HashMap;
@@ -18,20 +20,29 @@ use std::time::{Duration, Instant};
 use aws_config::default_provider::region::DefaultRegionChain;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ec2::config::Region;
 
-use crate::backoff::Backoff;
+use crate::poll::Poll;
+use crate::settings::defaults::REGION as FALLBACK_REGION;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, TypeInfo, guess_user};
-pub use instance::{
-    CAPACITY_CODES, Instance, LaunchRequest, Owned, Ownership, SPOT_CAPACITY_CODES, State,
-};
+pub use instance::{Instance, Owned, State};
+pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
+pub use tags::{Owner, Ownership};
 
-/// Used when neither ssh-ec2's settings nor the AWS config chain name a region.
-pub const FALLBACK_REGION: &str = "eu-central-1";
+/// Which AWS account and region to talk to, as the settings say.
+#[derive(Debug, Clone, Default)]
+pub struct Account {
+    /// ssh-ec2's own region setting; `None` leaves it to the AWS config chain (else
+    /// `settings::defaults::REGION`).
+    pub region: Option<String>,
+    /// AWS_PROFILE, also from `.env` or a config file; `None`: the AWS default profile.
+    pub profile: Option<String>,
+}
 
 /// How long AWS may take to show what was just created: its answers are eventually consistent,
 /// so until then a "not found" is no proof that something is gone.
@@ -60,7 +71,7 @@ pub struct Cloud {
     /// The AWS Price List, asked briefly, once per instance type (`prices`).
     pricing: aws_sdk_pricing::Client,
     prices: Mutex<HashMap<String, Option<f64>>>,
-    /// Only to decode why AWS refused something.
+    /// To decode why AWS refused something, and to learn the account.
     sts: aws_sdk_sts::Client,
     pub region: String,
     /// What this process created (or found after a lost answer), and when.
@@ -91,10 +102,22 @@ fn patient_retries() -> RetryConfig {
         .with_max_backoff(Duration::from_secs(20))
 }
 
+/// No request may hang: a connection not made, an answer that stalls or one that never ends is
+/// given up after these, and retried like a throttled request (the SDK's retries count timeouts
+/// as transient). EC2 and IAM answer within a second or two; these leave ample room.
+fn no_hang() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .build()
+}
+
 impl Cloud {
     /// `region` from ssh-ec2's own settings wins over the AWS config chain; `profile` (which may
     /// come from `.env`, which the SDK does not read) picks the chain's profile and credentials.
-    pub async fn connect(region: Option<&str>, profile: Option<&str>) -> Cloud {
+    pub async fn connect(account: &Account) -> Cloud {
+        let (region, profile) = (account.region.as_deref(), account.profile.as_deref());
         let mut chain = DefaultRegionChain::builder();
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(profile) = profile {
@@ -104,7 +127,7 @@ impl Cloud {
         let region = RegionProviderChain::first_try(region.map(|r| Region::new(r.to_string())))
             .or_else(chain.build())
             .or_else(FALLBACK_REGION);
-        let mut config = loader.region(region).load().await;
+        let mut config = loader.region(region).timeout_config(no_hang()).load().await;
         // The user's own AWS retry settings (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, or max_attempts
         // and retry_mode in the profile) win; only the SDK's default is replaced.
         if config.retry_config() == Some(&RetryConfig::standard()) {
@@ -121,7 +144,7 @@ impl Cloud {
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
         let ec2 = aws_sdk_ec2::config::Builder::from(&config)
-            .retry_classifier(instance::CapacityIsAnAnswer)
+            .retry_classifier(launch::CapacityIsAnAnswer)
             .build();
         let (retry, timeout) = pricing::brief();
         let pricing = aws_sdk_pricing::config::Builder::from(&config)
@@ -175,6 +198,30 @@ impl Cloud {
         Ok(regions)
     }
 
+    /// The AWS account these credentials act in (STS GetCallerIdentity, which needs no right),
+    /// to record with what is launched. Asked briefly: a run does not wait on bookkeeping.
+    pub async fn account_id(&self) -> anyhow::Result<String> {
+        let brief = aws_sdk_sts::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(10))
+                    .build(),
+            );
+        let identity = self
+            .sts
+            .get_caller_identity()
+            .customize()
+            .config_override(brief)
+            .send()
+            .await
+            .explain("learn which AWS account your credentials belong to")?;
+        identity
+            .account()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("STS named no account for your credentials"))
+    }
+
     /// Fails early, with the admin's next step, when the instance profile does not exist.
     pub async fn check_instance_profile(&self, name: &str) -> Result<(), AwsError> {
         self.iam
@@ -208,12 +255,13 @@ impl Cloud {
         not_found: &str,
         mut call: impl AsyncFnMut() -> Result<T, AwsError>,
     ) -> Result<T, AwsError> {
-        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let mut poll = Poll::every(Duration::from_secs(2));
         loop {
             match call().await {
                 Err(e) if e.code.as_deref() == Some(not_found) && self.may_be_invisible(id) => {
                     tracing::debug!("{id} is not visible yet: {e}");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    // No deadline of its own (`may_be_invisible` ends the wait), so no error.
+                    let _ = poll.wait().await;
                 }
                 other => return other,
             }

@@ -2,16 +2,16 @@
 //! caller's address only, deleted after terminate), or an admin-made one, used as it is.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType};
 use ipnet::IpNet;
 
-use super::instance::{Ownership, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
+use super::tags::{Owner, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
 use super::{AwsResultExt, Cloud};
-use crate::backoff::Backoff;
+use crate::poll::Poll;
 
 /// A subnet to launch in, and its availability zone.
 #[derive(Debug, Clone)]
@@ -32,12 +32,12 @@ pub struct SshGroup {
 }
 
 impl Cloud {
-    /// The security groups ssh-ec2 made for `ownership.owner`'s instances, from any machine.
-    pub async fn owner_ssh_groups(&self, ownership: &Ownership) -> Result<Vec<SshGroup>> {
+    /// The security groups ssh-ec2 made for `owner`'s instances, from any machine.
+    pub async fn owner_ssh_groups(&self, owner: &Owner) -> Result<Vec<SshGroup>> {
         let found = self
             .ec2
             .describe_security_groups()
-            .filters(tag_filter(TAG_OWNER, &ownership.owner))
+            .filters(tag_filter(TAG_OWNER, &owner.name))
             .filters(
                 Filter::builder()
                     .name("group-name")
@@ -53,14 +53,14 @@ impl Cloud {
         Ok(found
             .security_groups()
             .iter()
-            .filter(|g| ownership.same_owner(g.tags()))
+            .filter(|g| owner.same_owner(g.tags()))
             .filter(|g| g.group_name().is_some_and(|n| n.starts_with(GROUP_PREFIX)))
             .filter_map(|g| {
                 Some(SshGroup {
                     id: g.group_id()?.to_string(),
                     name: g.group_name()?.to_string(),
                     dir: tag_of(g.tags(), TAG_DIR).map(str::to_string),
-                    this_machine: ownership.same_machine(g.tags()),
+                    this_machine: owner.same_machine(g.tags()),
                 })
             })
             .collect())
@@ -296,8 +296,7 @@ impl Cloud {
     /// Deletes a run's security group once its instance is gone. AWS refuses while the
     /// instance's network interface is still detaching, so this retries for a while.
     pub async fn delete_ssh_group(&self, group: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let mut poll = Poll::every(Duration::from_secs(5)).within(Duration::from_secs(180));
         loop {
             // A group made moments ago that AWS does not show yet is not gone.
             let result = self
@@ -314,11 +313,9 @@ impl Cloud {
                 Ok(_) => return Ok(()),
                 Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => return Ok(()),
                 Err(e)
-                    if e.code.as_deref() == Some("DependencyViolation")
-                        && Instant::now() < deadline =>
+                    if e.code.as_deref() == Some("DependencyViolation") && poll.wait().await? =>
                 {
                     tracing::debug!("{group} still in use; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => {
                     return Err(e).context(format!(

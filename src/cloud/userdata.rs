@@ -72,8 +72,8 @@ mod tests {
             extra_commands: Some("echo \"hi\"\nexit 0"),
             watchdog: &Arming::new(
                 std::time::SystemTime::now(),
-                watchdog::Limit::Off,
-                watchdog::Limit::Off,
+                crate::settings::values::Limit::Off,
+                crate::settings::values::Limit::Off,
             ),
         }
         .render();

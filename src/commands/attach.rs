@@ -3,19 +3,19 @@
 
 use anyhow::{Result, bail};
 
-use super::{Followed, Ground, come_back_hint, follow_job, job_state, reach};
-use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
+use crate::session::{Followed, Ground, Plan, come_back_hint, follow_job, job_state, reach};
+use crate::status::ExitStatus;
 
-pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
-    if !plan.pty {
+pub async fn attach(plan: &Plan, printer: &Printer) -> Result<ExitStatus> {
+    if !plan.terminal.pty {
         bail!(
             "--attach needs a terminal (stdin and stdout): from a script, `ssh-ec2 --finish \
              --no-attach` waits for the job instead"
         );
     }
-    let ground = Ground::open(plan).await?;
+    let ground = Ground::open(&plan.account, &plan.dirs).await?;
     // Never launches, and leaves a stopped instance stopped: no job runs there.
     let machine = ground.find(plan, printer, false).await?;
     let scene = ground.scene(plan, &machine, printer);
@@ -42,7 +42,7 @@ pub async fn attach(plan: &Plan, printer: &Printer) -> Result<i32> {
         Followed::Interrupted => bail!(interrupted(&job, &machine.instance.id)),
         Followed::Detached => {
             printer.info(&come_back_hint(&machine, &job));
-            0
+            ExitStatus::Success
         }
     })
 }
@@ -55,11 +55,11 @@ fn interrupted(job: &Job, id: &str) -> String {
     )
 }
 
-fn ended(job: &Job, status: i32, printer: &Printer) -> i32 {
+fn ended(job: &Job, status: i32, printer: &Printer) -> ExitStatus {
     printer.info(&format!(
         "job {} has ended with exit status {status}: `ssh-ec2 --finish` brings its results home \
          and ends the instance",
         job.name()
     ));
-    status
+    u32::try_from(status).map_or(ExitStatus::Failed, ExitStatus::remote)
 }

@@ -1,22 +1,27 @@
 //! `ssh-ec2 --down`: this directory's instance, ended: its results come home (it is started if
 //! stopped), then it is terminated with its security group and keys. Never launches; no
 //! instance is no error, so it can be run again. A failed pull stops it instead, as a run does.
+//! What still runs there (this directory's job, an earlier run's command whose client is gone)
+//! is left alone, unless `--force` ends it first.
 
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use super::{Ground, Progress, Scene, end_of_run, job_state, pull_home, reach_and_join};
-use crate::lock::DirLock;
-use crate::plan::Plan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
+use crate::session::{
+    self, Ground, Plan, Progress, Scene, end_earlier, end_job, job_state, pull_home,
+    reach_and_join, still_running, still_running_note,
+};
 use crate::ssh::RemoteExit;
+use crate::state::lock::DirLock;
+use crate::status::ExitStatus;
 use crate::sync::Manifest;
 
-pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
+pub async fn down(plan: &Plan, printer: &Printer, force: bool) -> Result<ExitStatus> {
     let started = Instant::now();
-    let ground = Ground::open(plan).await?;
+    let ground = Ground::open(&plan.account, &plan.dirs).await?;
     // Held until this run's lease is on the instance: a run that joins must see it.
     let lock = ground.lock(plan, printer).await?;
     let found = ground.find_to_end(plan, printer).await?;
@@ -25,7 +30,7 @@ pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
             "this directory has no instance in {}: nothing to end",
             ground.cloud.region
         ));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     };
     let scene = ground.scene(plan, &machine, printer);
     // Anything on it may be results not home yet: unless they come home, it is stopped.
@@ -33,25 +38,46 @@ pub async fn down(plan: &Plan, printer: &Printer) -> Result<i32> {
         command_started: true,
         ..Progress::default()
     };
-    let work = work(&scene, lock, &mut progress).await;
-    end_of_run(&scene, work, progress, started).await
+    let work = work(&scene, lock, force, &mut progress).await;
+    session::end_of_run(&scene, work, progress, started).await
 }
 
-async fn work(scene: &Scene<'_>, lock: DirLock, progress: &mut Progress) -> Result<()> {
+async fn work(
+    scene: &Scene<'_>,
+    lock: DirLock,
+    force: bool,
+    progress: &mut Progress,
+) -> Result<()> {
     let reached = reach_and_join(scene, lock, progress).await?;
+    let id = &scene.machine.instance.id;
     let job = Job::for_dir(&scene.plan.local_dir);
-    if let JobState::Running(multiplexer) = job_state(&reached.session, &job).await? {
-        // Ending the instance would kill it: it is left as it is.
-        progress.job_goes_on = true;
-        bail!(
-            "job {} of this directory still runs (in {multiplexer}) on {}: `ssh-ec2 --finish` \
-             waits for it, brings its results home and ends the instance",
-            job.name(),
-            scene.machine.instance.id
-        );
+    let job_runs = job_state(&reached.session, &job).await?;
+    match (force, &job_runs, still_running(&progress.earlier)) {
+        (true, JobState::Running(_), _) => end_job(scene, &reached.session, &job).await?,
+        (false, JobState::Running(multiplexer), _) => {
+            // Ending the instance would kill it: it is left as it is.
+            progress.goes_on = true;
+            bail!(
+                "job {} of this directory still runs (in {multiplexer}) on {id}: `ssh-ec2 \
+                 --finish` waits for it, brings its results home and ends the instance; \
+                 `ssh-ec2 --down --force` ends the job first",
+                job.name()
+            );
+        }
+        (false, _, Some(command)) => {
+            progress.goes_on = true;
+            bail!(
+                "{} on {id}: `ssh-ec2 --finish` waits for it, brings its results home and ends \
+                 the instance; `ssh-ec2 --down --force` ends that command first",
+                still_running_note(command)
+            );
+        }
+        _ => {}
     }
-    let mut manifest = Manifest::load(&scene.store.manifest_path(&scene.machine.instance.id));
+    end_earlier(scene, &reached.session, progress).await?;
+    let mut manifest = Manifest::load(&scene.store.manifest_path(id));
     pull_home(scene, &reached, &mut manifest, progress).await?;
-    progress.exit = Some(RemoteExit::Status(0));
+    // Not done while results may be there only (--no-rsync after a pull that did not complete).
+    progress.exit = progress.results_home.then_some(RemoteExit::Status(0));
     Ok(())
 }

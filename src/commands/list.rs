@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{Ground, job_state};
-use crate::cloud::{Owned, State};
+use crate::cloud::{Cloud, Owned, State};
 use crate::fleet::{self, Skipped};
-use crate::keys::KeyStore;
-use crate::plan::Plan;
+use crate::interrupt::Interrupt;
+use crate::plan::FleetPlan;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
+use crate::session::{job_state, ssh_address};
 use crate::ssh::{Session, Target};
+use crate::state::Store;
+use crate::status::ExitStatus;
 
 /// How long a listing waits for one instance's SSH: a listing must stay quick, and an
 /// instance that does not answer by then is "unknown".
@@ -41,45 +43,47 @@ struct Row {
     job: Option<String>,
 }
 
-pub async fn list(plan: &Plan, printer: &Printer, json: bool, all_regions: bool) -> Result<i32> {
-    let ground = Ground::open(plan).await?;
+pub async fn list(
+    plan: &FleetPlan,
+    printer: &Printer,
+    json: bool,
+    all_regions: bool,
+) -> Result<ExitStatus> {
+    let cloud = Cloud::connect(&plan.account).await;
+    let store = Store::new(&plan.dirs.root);
     // It only looks: a signal ends it at once.
-    let (rows, skipped) = ground
-        .interrupt
-        .cancel(rows(&ground, plan, printer, all_regions))
+    let (rows, skipped) = Interrupt::install()?
+        .cancel(rows(&cloud, &store, plan, printer, all_regions))
         .await?;
     if json {
         let text = serde_json::to_string_pretty(&rows).context("cannot encode the listing")?;
-        println!("{text}");
+        printer.out(text + "\n")?;
     } else if rows.is_empty() {
         let place = match all_regions {
             true => "any enabled region".to_string(),
-            false => ground.cloud.region.clone(),
+            false => cloud.region.clone(),
         };
-        printer.info(&format!(
-            "no instance of {} in {place}",
-            plan.ownership.owner
-        ));
+        printer.info(&format!("no instance of {} in {place}", plan.owner.name));
     } else {
-        print!("{}", table(&rows));
+        printer.out(table(&rows))?;
     }
     skipped.check()?;
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
 async fn rows(
-    ground: &Ground,
-    plan: &Plan,
+    cloud: &Cloud,
+    store: &Store,
+    plan: &FleetPlan,
     printer: &Printer,
     all_regions: bool,
 ) -> Result<(Vec<Row>, Skipped)> {
-    let (owned, skipped) =
-        fleet::owner_instances(&ground.cloud, &plan.ownership, all_regions, printer).await?;
+    let (owned, skipped) = fleet::owner_instances(cloud, &plan.owner, all_regions, printer).await?;
     let mut rows = Vec::new();
     for owned in owned {
-        let keys_here = ground.store.holds(&owned.instance.id);
+        let keys_here = store.holds(&owned.instance.id);
         let job = match owned.instance.state == State::Running && keys_here {
-            true => Some(ask_job(plan, &ground.store, &owned, printer).await),
+            true => Some(ask_job(plan, store, &owned, printer).await),
             false => None,
         };
         rows.push(Row {
@@ -105,12 +109,12 @@ async fn rows(
 
 /// The job's state in the instance's directory, over a pinned session; `unknown` when the
 /// instance does not answer in time.
-async fn ask_job(plan: &Plan, store: &KeyStore, owned: &Owned, printer: &Printer) -> String {
+async fn ask_job(plan: &FleetPlan, store: &Store, owned: &Owned, printer: &Printer) -> String {
     let asked = async {
         let id = &owned.instance.id;
         let dir = owned.dir.as_deref().context("no directory tag")?;
         let target = Target {
-            address: super::ssh_address(plan, &owned.instance)?,
+            address: ssh_address(&plan.dial, &owned.instance)?,
             // Not this directory's user setting: the instance may be another directory's.
             user: fleet::recorded_user(&owned.instance),
             keys: store.load(id, &plan.login)?,

@@ -2,13 +2,12 @@
 //! policies/, created or brought up to date; `--dry-run` only says what would change. What it
 //! applies is exactly the files of policies/, embedded at build time.
 
-use std::io::Write as _;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
-use crate::cli::Cli;
-use crate::cloud::{Change, Cloud};
-use crate::config::Sources;
+use crate::cloud::{Account, Change, Cloud};
+use crate::printer::Printer;
+use crate::settings::Values;
+use crate::status::ExitStatus;
 
 /// The managed policy every user of ssh-ec2 needs.
 const USER_POLICY: &str = "SshEc2Access";
@@ -32,33 +31,33 @@ const ROLES: &[InstanceRole] = &[
         name: "ssh-ec2-s3-read-only",
         policy: "s3-read-only",
         document: include_str!("../../policies/instance-s3-read-only.json"),
-        description: "ssh-ec2 instances: read the S3 buckets named ssh-ec2-*",
+        description: "ssh-ec2 instances: read the account's S3 buckets named ssh-ec2-*",
     },
     InstanceRole {
         name: "ssh-ec2-s3-read-write",
         policy: "s3-read-write",
         document: include_str!("../../policies/instance-s3-read-write.json"),
-        description: "ssh-ec2 instances: read and write the S3 buckets named ssh-ec2-*",
+        description: "ssh-ec2 instances: read and write the account's S3 buckets named ssh-ec2-*",
     },
 ];
 
-pub fn setup(cli: &Cli, sources: &Sources, dry_run: bool) -> Result<i32> {
+pub async fn setup(values: &Values, dry_run: bool, printer: &Printer) -> Result<ExitStatus> {
     // Only the region and profile matter here; IAM itself is global.
-    let settings = sources.load(cli)?.values;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let cloud =
-            Cloud::connect(settings.region.as_deref(), settings.aws_profile.as_deref()).await;
-        apply(&cloud, !dry_run).await.map_err(|e| {
-            e.context(
-                "--setup stopped (what it printed above is done): it needs an AWS admin's \
-                 credentials, allowed to manage IAM policies, groups, roles and instance profiles",
-            )
-        })
+    let account = Account {
+        region: values.region.clone(),
+        profile: values.aws_profile.clone(),
+    };
+    let cloud = Cloud::connect(&account).await;
+    apply(&cloud, !dry_run, printer).await.map_err(|e| {
+        e.context(
+            "--setup stopped (what it printed above is done): it needs an AWS admin's \
+             credentials, allowed to manage IAM policies, groups, roles and instance profiles",
+        )
     })
 }
 
-async fn apply(cloud: &Cloud, apply: bool) -> Result<i32> {
+async fn apply(cloud: &Cloud, apply: bool, printer: &Printer) -> Result<ExitStatus> {
+    let say_line = |line: &str| printer.out(format!("{line}\n"));
     let say = |what: String, change: Change| say_line(&format!("{what}: {}", change.said(apply)));
     if !apply {
         say_line("dry run: nothing is changed")?;
@@ -112,9 +111,5 @@ async fn apply(cloud: &Cloud, apply: bool) -> Result<i32> {
          --user-name NAME. They pick a role with --instance-profile {}.",
         ROLES[0].name
     ))?;
-    Ok(0)
-}
-
-fn say_line(line: &str) -> Result<()> {
-    writeln!(std::io::stdout().lock(), "{line}").context("cannot write to standard output")
+    Ok(ExitStatus::Success)
 }

@@ -2,15 +2,18 @@
 //! the same layers as a run and stops there: no plan, no AWS call.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::cli::Cli;
-use crate::config::{Effective, Fallback, PRESET_VARIABLE, Sources};
+use crate::cli::Request;
+use crate::plan::host::Host;
+use crate::printer::Printer;
+use crate::settings::{Effective, PRESET_VARIABLE};
+use crate::status::ExitStatus;
 
-pub fn show_config(cli: &Cli, sources: &Sources) -> Result<i32> {
-    let settings = sources.load(cli)?;
+pub fn show_config(request: &Request, host: &Host, printer: &Printer) -> Result<ExitStatus> {
+    let sources = host.sources();
+    let settings = sources.load(request.preset.as_deref(), request.flags.clone())?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -43,14 +46,7 @@ pub fn show_config(cli: &Cli, sources: &Sources) -> Result<i32> {
                 // One line per setting, even for multi-line boot commands.
                 (row.name, origin.to_string(), value.replace('\n', "\\n"))
             }
-            Effective::Unset(fallback) => {
-                let value = match fallback {
-                    Fallback::Value(value) => value,
-                    Fallback::Computed(how) => format!("({how})"),
-                    Fallback::None => "(none)".to_string(),
-                };
-                (row.name, "default".to_string(), value)
-            }
+            Effective::Unset(fallback) => (row.name, "default".to_string(), fallback.to_string()),
         })
         .collect();
     let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -63,9 +59,6 @@ pub fn show_config(cli: &Cli, sources: &Sources) -> Result<i32> {
     for (name, origin, value) in rows {
         let _ = writeln!(out, "{name:name_width$}  {origin:origin_width$}  {value}");
     }
-    std::io::stdout()
-        .lock()
-        .write_all(out.as_bytes())
-        .context("cannot write to standard output")?;
-    Ok(0)
+    printer.out(out)?;
+    Ok(ExitStatus::Success)
 }

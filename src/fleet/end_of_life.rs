@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cloud::{Cloud, Instance, State};
-use crate::config::EndOfLife;
-use crate::keys::KeyStore;
 use crate::printer::Printer;
+use crate::settings::values::EndOfLife;
+use crate::state::Store;
 
 /// Where the run's instance came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +54,8 @@ pub fn safe_action(
 
 /// A one-time spot instance cannot be stopped: where stopping was the safe end of life, it is
 /// left running instead (its dead-man switch ends it later), with the reason.
-pub fn for_spot(
-    instance: &Instance,
-    action: EndOfLife,
-    why: Option<String>,
-) -> (EndOfLife, Option<String>) {
-    if !instance.spot || action != EndOfLife::Stop {
+pub fn for_spot(spot: bool, action: EndOfLife, why: Option<String>) -> (EndOfLife, Option<String>) {
+    if !spot || action != EndOfLife::Stop {
         return (action, why);
     }
     let why = why.map_or(String::new(), |why| format!("{why}; but "));
@@ -77,7 +73,7 @@ pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(900);
 
 pub async fn apply(
     cloud: &Cloud,
-    store: &KeyStore,
+    store: &Store,
     instance: &Instance,
     action: EndOfLife,
     printer: &Printer,
@@ -90,7 +86,7 @@ pub async fn apply(
 
 async fn end(
     cloud: &Cloud,
-    store: &KeyStore,
+    store: &Store,
     instance: &Instance,
     action: EndOfLife,
     printer: &Printer,
@@ -206,27 +202,15 @@ mod tests {
 
     #[test]
     fn a_spot_instance_is_left_running_where_another_would_be_stopped() {
-        let mut instance = Instance {
-            id: "i-1".into(),
-            state: State::Running,
-            instance_type: "g5.xlarge".into(),
-            public_ip: None,
-            private_ip: None,
-            security_group: None,
-            login_user: None,
-            spot: true,
-            zone: None,
-        };
         let why = Some("its results may not have come home".to_string());
-        let (action, said) = for_spot(&instance, Stop, why.clone());
+        let (action, said) = for_spot(true, Stop, why.clone());
         assert_eq!(action, Leave);
         let said = said.unwrap();
         assert!(
             said.starts_with("its results may not have come home; but a spot instance"),
             "{said}"
         );
-        assert_eq!(for_spot(&instance, Terminate, None), (Terminate, None));
-        instance.spot = false;
-        assert_eq!(for_spot(&instance, Stop, why.clone()), (Stop, why));
+        assert_eq!(for_spot(true, Terminate, None), (Terminate, None));
+        assert_eq!(for_spot(false, Stop, why.clone()), (Stop, why));
     }
 }

@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::end_of_life::TRANSITION_TIMEOUT;
-use crate::backoff::Backoff;
 use crate::cloud::{Cloud, GROUP_PREFIX, Instance, State, VISIBILITY_LAG};
-use crate::keys::KeyStore;
+use crate::poll::Poll;
 use crate::printer::Printer;
+use crate::state::Store;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Launch {
@@ -30,6 +30,10 @@ pub struct Launch {
     /// When RunInstances was last sent, in seconds since the Unix epoch: until VISIBILITY_LAG
     /// after it, AWS may not show the instance yet. `None`: never sent, so no instance exists.
     pub sent: Option<u64>,
+    /// The AWS account of the credentials that launched it, when STS said: only with that
+    /// account's credentials can AWS's silence about the instance mean it is gone.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 fn now() -> u64 {
@@ -39,14 +43,21 @@ fn now() -> u64 {
 }
 
 impl Launch {
-    pub fn new(region: &str, dir: &str) -> Launch {
+    pub fn new(region: &str, dir: &str, account: Option<String>) -> Launch {
         Launch {
             id: format!("{:032x}", rand::random::<u128>()),
             region: region.to_string(),
             dir: dir.to_string(),
             group: None,
             sent: None,
+            account,
         }
+    }
+
+    /// How long ago RunInstances was last sent; `None` if never, or if the clock went back.
+    pub fn sent_ago(&self) -> Option<Duration> {
+        let sent = self.sent?;
+        now().checked_sub(sent).map(Duration::from_secs)
     }
 
     /// Ours alone, so that a creation retried after a lost answer finds the group it made.
@@ -60,13 +71,13 @@ impl Launch {
         format!("ssh-ec2-{}-{n}", self.id)
     }
 
-    pub fn save(&self, store: &KeyStore) -> Result<()> {
+    pub fn save(&self, store: &Store) -> Result<()> {
         let record = serde_json::to_string_pretty(self).context("cannot encode a launch record")?;
         store.record_launch(&self.id, &record)
     }
 
     /// Records that RunInstances is about to be sent (again).
-    pub fn sending(&mut self, store: &KeyStore) -> Result<()> {
+    pub fn sending(&mut self, store: &Store) -> Result<()> {
         self.sent = Some(now());
         self.save(store)
     }
@@ -75,29 +86,63 @@ impl Launch {
     /// only the answer once VISIBILITY_LAG has passed since the launch was sent; a failed look
     /// (throttled, network) is tried again meanwhile.
     pub async fn find_instance(&self, cloud: &Cloud) -> Result<Option<Instance>> {
-        let Some(sent) = self.sent else {
+        if self.sent.is_none() {
             return Ok(None);
-        };
-        let settled = Instant::now()
-            + VISIBILITY_LAG.saturating_sub(Duration::from_secs(now().saturating_sub(sent)));
-        let mut backoff = Backoff::new(Duration::from_secs(5));
+        }
+        let settles_in = VISIBILITY_LAG.saturating_sub(self.sent_ago().unwrap_or_default());
+        let mut poll = Poll::every(Duration::from_secs(5)).within(settles_in);
         loop {
-            let past = Instant::now() >= settled;
             match cloud.find_launched(&self.id).await {
                 Ok(Some(instance)) => {
                     cloud.note_created(&instance.id);
                     return Ok(Some(instance));
                 }
-                Ok(None) if past => return Ok(None),
-                Err(e) if past || !e.inconclusive => return Err(e.into()),
-                _ => tokio::time::sleep(backoff.next_delay()).await,
+                Ok(None) if !poll.wait().await? => return Ok(None),
+                Err(e) if !e.inconclusive || !poll.wait().await? => return Err(e.into()),
+                _ => {}
             }
         }
     }
 
+    /// Ends what it made at once (a second signal during the launch): its instance, if AWS shows
+    /// it already, is terminated, then its group, keys and record go. One that AWS does not
+    /// show yet stays in the journal, for the next run here (or `--gc`) to find and end.
+    pub async fn end_now(&self, cloud: &Cloud, store: &Store, printer: &Printer) -> Result<()> {
+        if self.sent.is_none() {
+            return self.abandon(cloud, store).await;
+        }
+        let Some(instance) = cloud.find_launched(&self.id).await? else {
+            printer.warn(&format!(
+                "the instance of launch {} is not visible yet: the next run here, or `ssh-ec2 \
+                 --gc --yes`, looks for it again and terminates it",
+                self.id
+            ));
+            return Ok(());
+        };
+        let phase = printer.phase(format!(
+            "terminating {}, which the launch made",
+            instance.id
+        ));
+        self.end_instance(cloud, store, &instance).await?;
+        phase.done(format!("terminated {}", instance.id));
+        Ok(())
+    }
+
+    /// Terminates its instance (unless ended already) and waits until it is, then abandons it.
+    async fn end_instance(&self, cloud: &Cloud, store: &Store, instance: &Instance) -> Result<()> {
+        let id = &instance.id;
+        if instance.state.is_live() {
+            cloud.terminate(id).await?;
+        }
+        cloud
+            .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
+            .await?;
+        self.abandon(cloud, store).await
+    }
+
     /// Deletes its security group (if it made one), then its keys and record. If the group
     /// cannot be deleted, the record stays, for the next run here to try again.
-    pub async fn abandon(&self, cloud: &Cloud, store: &KeyStore) -> Result<()> {
+    pub async fn abandon(&self, cloud: &Cloud, store: &Store) -> Result<()> {
         let group = match &self.group {
             Some(group) => Some(group.clone()),
             // Its creation may have happened with the answer lost, or a crash right after.
@@ -118,7 +163,7 @@ impl Launch {
 pub async fn settle(
     cloud: &Cloud,
     dir: &str,
-    store: &KeyStore,
+    store: &Store,
     printer: &Printer,
 ) -> Result<Option<String>> {
     let pending: Vec<Launch> = unfinished(store)
@@ -143,8 +188,14 @@ pub async fn settle(
     Ok(adopted)
 }
 
+/// The record of the launch that made `instance_id`, kept with its keys; `None` for one
+/// launched by an earlier version, which kept no record once the instance was adopted.
+pub fn launched(store: &Store, instance_id: &str) -> Option<Launch> {
+    serde_json::from_str(&store.launched_record(instance_id)?).ok()
+}
+
 /// The launches recorded here whose instances were never adopted, from every directory.
-pub fn unfinished(store: &KeyStore) -> Vec<Launch> {
+pub fn unfinished(store: &Store) -> Vec<Launch> {
     store
         .launch_records()
         .iter()
@@ -154,12 +205,7 @@ pub fn unfinished(store: &KeyStore) -> Vec<Launch> {
 
 /// Ends what an unfinished launch made (for `--gc`): its instance, if any, is terminated, and
 /// its security group, keys and record removed. `cloud` is in the launch's region.
-pub async fn end(
-    cloud: &Cloud,
-    launch: &Launch,
-    store: &KeyStore,
-    printer: &Printer,
-) -> Result<()> {
+pub async fn end(cloud: &Cloud, launch: &Launch, store: &Store, printer: &Printer) -> Result<()> {
     settle_one(cloud, launch, false, store, printer)
         .await
         .map(drop)
@@ -169,7 +215,7 @@ async fn settle_one(
     cloud: &Cloud,
     launch: &Launch,
     may_adopt: bool,
-    store: &KeyStore,
+    store: &Store,
     printer: &Printer,
 ) -> Result<Option<String>> {
     let phase = printer.phase(format!(
@@ -197,17 +243,11 @@ async fn settle_one(
         }
     };
     let id = &instance.id;
-    if instance.state.is_live() {
-        phase.update(format!(
-            "terminating {id} in {}, launched by an earlier run here",
-            cloud.region
-        ));
-        cloud.terminate(id).await?;
-    }
-    cloud
-        .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-        .await?;
-    launch.abandon(cloud, store).await?;
+    phase.update(format!(
+        "terminating {id} in {}, launched by an earlier run here",
+        cloud.region
+    ));
+    launch.end_instance(cloud, store, &instance).await?;
     phase.done(format!(
         "terminated {id} in {}, launched by an earlier run here that ended before using it",
         cloud.region

@@ -150,8 +150,11 @@ impl Job {
         let stamp = "date -u +%Y-%m-%dT%H:%M:%SZ";
         // The wrapper outlives any connection: it keeps the status even when nobody attaches.
         // Its pid tells the instance's dead-man switch (see `watchdog`) that the job lives.
+        // SIGTERM to the job's group (`--down --force`) is the command's to handle: the
+        // wrapper waits for it (a trap, unlike an ignored signal, is not inherited), since its
+        // end as the pane's session leader would hang up on the command at once.
         let wrapper = format!(
-            "echo $$ > {record}/pid; cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
+            "trap : TERM; echo $$ > {record}/pid; cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
              echo $s > {record}/exit.new && mv {record}/exit.new {record}/exit; {stamp} > {record}/ended",
             dir = dir.for_shell(),
             command = shell_quote(command),
@@ -190,6 +193,11 @@ impl Job {
             Multiplexer::Tmux => format!("tmux detach-client -s ={}", self.name),
             Multiplexer::Screen => format!("screen -d {}", self.name),
         }
+    }
+
+    /// Signals the job's whole process group, the wrapper's (see `signal_group`).
+    pub fn signal_command(&self, signal: &str) -> String {
+        super::signal_group(&self.record(), signal)
     }
 
     /// Forgets a finished job, so that the next one can start.

@@ -1,15 +1,18 @@
-//! How things are spelled on the remote side: the remote directory (for the shell and for rsync)
-//! and the command line that runs the user's command there.
+//! How things are spelled on the remote side: the remote directory (for the shell and for rsync),
+//! and ssh-ec2's own state in the login's home there: jobs, leases, foreground runs' records
+//! (`runs`), the dead-man switch and the spot watch.
 
+pub mod host_key;
 pub mod job;
 pub mod lease;
+pub mod runs;
 pub mod spot_watch;
 pub mod watchdog;
 
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// The directory on the instance that mirrors the local one: `~/name` or an absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +42,12 @@ impl RemoteDir {
     /// `..`, ~/.ssh and ~/.aws are refused: the pull and push would copy them, or the push
     /// would change their permissions (rsync --archive) and could lock the login out.
     pub fn parse(text: &str) -> Result<Self> {
-        if text.is_empty() || text.contains(['\n', '\0']) {
-            bail!("remote directory `{text}` is not usable: write e.g. ~/project or /data/project");
+        // It goes on remote command lines (quoted) and into messages: no control characters.
+        if text.is_empty() || text.contains(char::is_control) {
+            bail!(
+                "remote directory `{}` is not usable: write e.g. ~/project or /data/project",
+                text.escape_debug()
+            );
         }
         let (rest, in_home) = match text.strip_prefix("~") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => (rest, true),
@@ -99,7 +106,8 @@ impl RemoteDir {
     /// `~/<name of the local directory>`, the original tool's default.
     pub fn default_for(local_dir: &Path) -> Result<Self> {
         match local_dir.file_name().and_then(|n| n.to_str()) {
-            Some(name) => Self::parse(&format!("~/{name}")),
+            Some(name) => Self::parse(&format!("~/{name}"))
+                .context("the default remote directory is named after this one: pass --remote-dir"),
             None => bail!(
                 "cannot name a remote directory after {}: pass --remote-dir",
                 local_dir.display()
@@ -156,83 +164,24 @@ fn state_dir(kind: &str) -> String {
     format!("\"$HOME\"/.ssh-ec2/{kind}")
 }
 
+/// A shell function: `alive PGID` succeeds while that process group has a member that is not a
+/// zombie (an ended process that nobody reaped yet runs nothing).
+const ALIVE: &str = "alive() { [ -n \"$1\" ] && ps -e -o pgid=,stat= | \
+                     awk -v g=\"$1\" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'; }";
+
+/// Signals the process group whose id is in the file `pid` of `record` (`0`: none, a probe);
+/// prints whether anything of it was left: `alive` or `gone`. (No `--` before the group: dash's
+/// `kill`, the instance's /bin/sh, refuses it.)
+fn signal_group(record: &str, signal: &str) -> String {
+    format!(
+        "{ALIVE}; pid=$(cat {record}/pid 2>/dev/null); kill -{signal} -\"$pid\" 2>/dev/null; \
+         if alive \"$pid\"; then echo alive; else echo gone; fi"
+    )
+}
+
 /// A name no other run picks.
 fn new_token() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-/// A foreground run's bookkeeping on the instance, `~/.ssh-ec2/runs/<token>/`: the id of the
-/// command's process group (so a fresh session can end it after a hang-up or a lost
-/// connection), and the FIFO its stdout goes through (so it can be told its output is gone).
-pub struct RunRecord {
-    token: String,
-}
-
-impl RunRecord {
-    pub fn new() -> RunRecord {
-        RunRecord { token: new_token() }
-    }
-
-    fn dir(&self) -> String {
-        format!("{}/{}", state_dir("runs"), self.token)
-    }
-
-    /// The command line sent to sshd: in the remote directory, the user's login shell runs the
-    /// command (so its profile, e.g. conda, is loaded), or starts interactively when there is
-    /// none. sshd makes it a session leader, so its pid names its process group.
-    ///
-    /// With `relay_stdout` (no PTY), stdout goes through a FIFO that a `cat` copies to the
-    /// session: killing that `cat` is how ssh's "end of output" reaches the command, which gets
-    /// SIGPIPE at its next write, exactly as when OpenSSH's client loses its stdout.
-    pub fn command_line(
-        &self,
-        dir: &RemoteDir,
-        command: Option<&str>,
-        relay_stdout: bool,
-    ) -> String {
-        let mut line = format!(
-            "r={} && mkdir -p \"$r\" && echo $$ > \"$r/pid\" && cd {} && ",
-            self.dir(),
-            dir.for_shell()
-        );
-        if relay_stdout {
-            line.push_str("mkfifo \"$r/out\" && { cat \"$r/out\" & echo $! > \"$r/cat\"; } && ");
-        }
-        line.push_str("exec \"${SHELL:-/bin/sh}\" -l");
-        if let Some(command) = command {
-            line.push_str(&format!(" -c {}", shell_quote(command)));
-        }
-        if relay_stdout {
-            line.push_str(" > \"$r/out\"");
-        }
-        line
-    }
-
-    /// Tells the command its stdout is gone (see `command_line`).
-    pub fn cut_output_command(&self) -> String {
-        format!("kill \"$(cat {}/cat)\" 2>/dev/null; true", self.dir())
-    }
-
-    /// Signals the command's whole process group (`0`: none, a probe); prints whether anything of
-    /// it was left: `alive` or `gone`.
-    pub fn signal_command(&self, signal: &str) -> String {
-        format!(
-            "pid=$(cat {}/pid 2>/dev/null) && kill -{signal} -- -\"$pid\" 2>/dev/null && echo alive || echo gone",
-            self.dir()
-        )
-    }
-
-    /// Prints `interrupted` once the spot watch has marked this run (see `spot_watch`).
-    pub fn interrupted_command(&self) -> String {
-        format!(
-            "test -f {}/interrupted && echo interrupted || echo running",
-            self.dir()
-        )
-    }
-
-    pub fn cleanup_command(&self) -> String {
-        format!("rm -rf {}", self.dir())
-    }
 }
 
 #[cfg(test)]
@@ -260,6 +209,8 @@ mod tests {
             "/data/x"
         );
         assert!(RemoteDir::parse("").is_err());
+        assert!(RemoteDir::parse("~/x\u{1b}]0;x\u{7}").is_err());
+        assert!(RemoteDir::parse("~/x\ry").is_err());
         assert!(RemoteDir::parse("~bob/x").is_err());
         assert_eq!(
             RemoteDir::default_for(Path::new("/home/me/proj"))
@@ -321,23 +272,8 @@ mod tests {
     }
 
     #[test]
-    fn command_lines_quote_what_they_must() {
+    fn words_are_quoted_for_the_shell() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("plain-word"), "plain-word");
-        let dir = RemoteDir::parse("~/p").unwrap();
-        let record = RunRecord { token: "t".into() };
-        let prefix = "r=\"$HOME\"/.ssh-ec2/runs/t && mkdir -p \"$r\" && echo $$ > \"$r/pid\" && \
-                      cd \"$HOME\"/p && ";
-        assert_eq!(
-            record.command_line(&dir, Some("make train"), false),
-            format!("{prefix}exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'")
-        );
-        assert_eq!(
-            record.command_line(&dir, None, true),
-            format!(
-                "{prefix}mkfifo \"$r/out\" && {{ cat \"$r/out\" & echo $! > \"$r/cat\"; }} && \
-                 exec \"${{SHELL:-/bin/sh}}\" -l > \"$r/out\""
-            )
-        );
     }
 }

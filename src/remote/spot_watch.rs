@@ -1,7 +1,7 @@
 //! The spot interruption watch on the instance: every 5 seconds it asks the instance metadata
 //! service (IMDSv2, with a token) whether AWS has given notice that it takes this spot instance
 //! back (about two minutes ahead). On notice, it marks each running job's record and each
-//! foreground run's record `interrupted` (see `job` and `RunRecord`), so ssh-ec2, running the
+//! foreground run's record `interrupted` (see `job` and `runs`), so ssh-ec2, running the
 //! command, attached or at `--finish`, ends what runs, pulls what exists and says so. Installed
 //! with the dead-man switch; on an on-demand instance the notice never comes.
 
@@ -60,7 +60,7 @@ token=$(curl -sf -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
 notice=$(curl -sf -m 2 -H "X-aws-ec2-metadata-token: $token" \
     "$imds/latest/meta-data/spot/instance-action") || exit 0
 for home in $homes; do
-    for record in "$home"/.ssh-ec2/jobs/* "$home"/.ssh-ec2/runs/*; do
+    for record in "$home"/.ssh-ec2/jobs/* "$home"/.ssh-ec2/runs/*/*; do
         [ -d "$record" ] && [ ! -f "$record/exit" ] && [ ! -f "$record/interrupted" ] || continue
         printf '%s\n' "$notice" > "$record/interrupted.new" && mv "$record/interrupted.new" "$record/interrupted"
     done

@@ -4,100 +4,28 @@
 //! that runs it every minute, and a unit that starts the idle time at each boot); each run
 //! re-arms it with its own settings, so a reused instance follows the current run's.
 //!
-//! The settings are small files: the launch's in `/etc/ssh-ec2/watchdog`, each directory's run
-//! in `~/.ssh-ec2/watchdog/<job name>`; the one armed last wins. `shutdown -h` stops the
+//! The settings are small files of durations: the launch's in `/etc/ssh-ec2/watchdog`, each
+//! directory's run in `~/.ssh-ec2/watchdog/<job name>`; the one armed last wins. When a file was
+//! armed is its modification time, by the instance's own clock (cloud-init writes the launch's
+//! at first boot; a run's is written on the instance), so a laptop whose clock is off can
+//! neither end the instance early nor keep it past its lifetime. `shutdown -h` stops the
 //! instance (it is launched with the "stop" shutdown behaviour), so unpulled results survive.
+//!
+//! sshd drops a client that no longer answers within a minute or so (a drop-in in
+//! `/etc/ssh/sshd_config.d/`): a vanished laptop's session does not count as activity for the
+//! hours TCP would take to notice.
 
-use std::fmt;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::job::Job;
+use crate::settings::values::Limit;
 
-/// A duration setting that `off` disables: `--max-lifetime`, `--idle-stop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub enum Limit {
-    Off,
-    After(Duration),
-}
-
-impl Limit {
-    pub const fn hours(n: u64) -> Limit {
-        Limit::After(Duration::from_secs(n * 3_600))
-    }
-
-    pub fn duration(self) -> Option<Duration> {
-        match self {
-            Limit::Off => None,
-            Limit::After(d) => Some(d),
-        }
-    }
-}
-
-impl FromStr for Limit {
-    type Err = String;
-    /// `off`, or a sum of `<number><unit>` with units d, h, m, s: `24h`, `90m`, `1h30m`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let hint =
-            || format!("`{s}` is not a duration: write e.g. 24h, 90m, 1h30m, 2d or 45s, or off");
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(Limit::Off);
-        }
-        let mut total: u64 = 0;
-        let mut number = String::new();
-        for c in s.trim().chars() {
-            if c.is_ascii_digit() {
-                number.push(c);
-                continue;
-            }
-            let unit = match c {
-                'd' => 86_400,
-                'h' => 3_600,
-                'm' => 60,
-                's' => 1,
-                _ => return Err(hint()),
-            };
-            let n: u64 = number.parse().map_err(|_| hint())?;
-            total = n
-                .checked_mul(unit)
-                .and_then(|secs| total.checked_add(secs))
-                .ok_or_else(hint)?;
-            number.clear();
-        }
-        if !number.is_empty() || s.trim().is_empty() {
-            return Err(hint());
-        }
-        if total == 0 {
-            return Err(format!(
-                "`{s}` would stop the instance at once: give a longer duration, or off"
-            ));
-        }
-        Ok(Limit::After(Duration::from_secs(total)))
-    }
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Limit::After(d) = self else {
-            return f.write_str("off");
-        };
-        let mut secs = d.as_secs();
-        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-            if secs >= size {
-                write!(f, "{}{unit}", secs / size)?;
-                secs %= size;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The switch's settings as one run arms them: when, until when, and how long idle.
+/// The switch's settings as one run arms them: how long at most, and how long idle.
 #[derive(Debug, Clone)]
 pub struct Arming {
-    /// Unix seconds.
-    armed: u64,
+    /// This machine's clock as the run began, in Unix seconds: only for the
+    /// `ssh-ec2:expires-at` tag and the launch line. The switch counts by the instance's clock.
+    began: u64,
     pub max_lifetime: Limit,
     pub idle_stop: Limit,
 }
@@ -105,34 +33,35 @@ pub struct Arming {
 impl Arming {
     pub fn new(now: SystemTime, max_lifetime: Limit, idle_stop: Limit) -> Arming {
         Arming {
-            armed: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            began: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             max_lifetime,
             idle_stop,
         }
     }
 
-    /// Unix seconds after which the instance stops itself, whatever it does.
-    fn deadline(&self) -> Option<u64> {
-        Some(self.armed + self.max_lifetime.duration()?.as_secs())
-    }
-
-    /// The deadline in ISO 8601, UTC: the `ssh-ec2:expires-at` tag.
+    /// The deadline in ISO 8601, UTC, by this machine's clock: the `ssh-ec2:expires-at` tag
+    /// (for `--list` and `--gc`). The instance's own deadline is its clock's.
     pub fn expires_at(&self) -> Option<String> {
-        self.deadline().map(iso8601)
+        let lifetime = self.max_lifetime.duration()?.as_secs();
+        Some(iso8601(self.began + lifetime))
     }
 
-    /// What the settings file says; the script reads nothing else.
+    /// What the settings file says: durations in seconds, no time of day.
     fn settings(&self) -> String {
-        let or_off = |v: Option<u64>| v.map_or("off".to_string(), |v| v.to_string());
+        let seconds = |limit: Limit| {
+            limit
+                .duration()
+                .map_or("off".into(), |d| d.as_secs().to_string())
+        };
         format!(
-            "armed={}\ndeadline={}\nidle={}\n",
-            self.armed,
-            or_off(self.deadline()),
-            or_off(self.idle_stop.duration().map(|d| d.as_secs()))
+            "lifetime={}\nidle={}\n",
+            seconds(self.max_lifetime),
+            seconds(self.idle_stop)
         )
     }
 
-    /// Re-arms the switch from a connection, in the login user's home, for this directory.
+    /// Re-arms the switch from a connection, in the login user's home, for this directory. The
+    /// file written now is armed now, by the instance's clock.
     pub fn arm_command(&self, job: &Job) -> String {
         format!(
             "d={} && mkdir -p \"$d\" && printf '%s' {} > \"$d/{name}.new\" \
@@ -183,6 +112,8 @@ impl Arming {
                 "0644",
                 BOOT_UNIT.to_string(),
             ),
+            // Written before sshd first starts (cloud-init's init stage): no reload needed.
+            (SSHD_DROP_IN_PATH, "0644", SSHD_DROP_IN.to_string()),
         ]
     }
 }
@@ -191,6 +122,16 @@ impl Arming {
 pub const UNITS: &str = "ssh-ec2-watchdog-boot.service ssh-ec2-watchdog.timer";
 
 const SCRIPT_PATH: &str = "/usr/local/sbin/ssh-ec2-watchdog";
+
+const SSHD_DROP_IN_PATH: &str = "/etc/ssh/sshd_config.d/ssh-ec2.conf";
+
+/// As ssh-ec2's own client gives up on a silent server: a probe every 15 s, 4 unanswered.
+const SSHD_DROP_IN: &str =
+    "# ssh-ec2: a client that no longer answers (a closed laptop, a lost network) is
+# dropped after about a minute, so that its session does not keep the instance from being idle.
+ClientAliveInterval 15
+ClientAliveCountMax 4
+";
 
 /// Every minute; the first check comes 15 minutes after boot, so a run that started a stopped
 /// instance whose deadline has passed has the time to re-arm it (the boot timeout's default
@@ -226,22 +167,28 @@ ExecStart=/usr/local/sbin/ssh-ec2-watchdog boot
 WantedBy=multi-user.target
 ";
 
-/// The script, with the age after which a lease no longer counts.
+/// The script, with the age after which a lease no longer counts, and how a foreground run's
+/// command is seen running (see `runs`).
 fn script() -> String {
     let seconds = super::lease::EXPIRES_AFTER_MINUTES * 60;
-    SCRIPT.replace("@LEASE_SECONDS@", &seconds.to_string())
+    SCRIPT
+        .replace("@LEASE_SECONDS@", &seconds.to_string())
+        .replace("@RUNNING@", &super::runs::running_functions())
 }
 
 /// The switch itself, run as root. Its paths can be moved through the environment (for a test
-/// of the script); the clock is `date +%s`. Active means: an SSH login (sshd names its session
-/// processes `user@tty`), a run's lease that still counts (see `lease`), or a job
-/// with no exit status whose wrapper lives (see `job`; a record without the wrapper's pid, from
-/// an older version, counts as running).
+/// of the script); the clock is `date +%s`, and a settings file was armed at its modification
+/// time, both the instance's. Active means: an SSH login (sshd names its session processes
+/// `user@tty`), a run's lease that still counts (see `lease`), a foreground run's command that
+/// still runs, its client gone or not (see `runs`), or a job with no exit status whose wrapper
+/// lives (see `job`; a record without the wrapper's pid, from an older version, counts as
+/// running).
 const SCRIPT: &str = r#"#!/bin/sh
 # ssh-ec2's dead-man switch: `check` (every minute, ssh-ec2-watchdog.timer) shuts this
 # instance down once its deadline has passed or it has been idle for too long; it stops, and
-# its disk keeps the results. `boot` starts the idle time. Settings: the newest `armed` of
-# /etc/ssh-ec2/watchdog and ~/.ssh-ec2/watchdog/* (written by each ssh-ec2 run).
+# its disk keeps the results. `boot` starts the idle time. Settings: the newest (by modification
+# time) of /etc/ssh-ec2/watchdog and ~/.ssh-ec2/watchdog/* (written by each ssh-ec2 run), in
+# seconds: `lifetime` from when it was written, and `idle`.
 set -u
 state=${SSH_EC2_WATCHDOG_STATE:-/var/lib/ssh-ec2}
 homes=${SSH_EC2_WATCHDOG_HOMES:-/root /home/*}
@@ -253,17 +200,19 @@ mark() {
     mkdir -p "$state" && echo "$now" > "$state/active.new" && mv "$state/active.new" "$state/active"
 }
 
-armed=0 deadline=off idle=off
+armed=0 lifetime=off idle=off
 consider() {
     [ -f "$1" ] || return 0
-    a= d= i=
+    a=$(stat -c %Y "$1" 2>/dev/null) l= i=
     while IFS='=' read -r key value; do
-        case $key in armed) a=$value;; deadline) d=$value;; idle) i=$value;; esac
+        case $key in lifetime) l=$value;; idle) i=$value;; esac
     done < "$1"
     number "$a" && [ "$a" -ge "$armed" ] || return 0
-    { [ "$d" = off ] || number "$d"; } && { [ "$i" = off ] || number "$i"; } || return 0
-    armed=$a deadline=$d idle=$i
+    { [ "$l" = off ] || number "$l"; } && { [ "$i" = off ] || number "$i"; } || return 0
+    armed=$a lifetime=$l idle=$i
 }
+
+@RUNNING@
 
 active() {
     ps -eo args= 2>/dev/null | grep -Eq '^sshd(-session)?: [^ ]+@' && return 0
@@ -272,6 +221,9 @@ active() {
             [ -f "$lease" ] || continue
             touched=$(stat -c %Y "$lease" 2>/dev/null) || continue
             [ $((now - touched)) -lt @LEASE_SECONDS@ ] && return 0
+        done
+        for run in "$home"/.ssh-ec2/runs/*/*; do
+            [ -f "$run/pid" ] && running "$run" && return 0
         done
         for job in "$home"/.ssh-ec2/jobs/*; do
             [ -d "$job" ] && [ ! -f "$job/exit" ] || continue
@@ -299,7 +251,7 @@ for home in $homes; do
     for file in "$home"/.ssh-ec2/watchdog/*; do consider "$file"; done
 done
 
-if [ "$deadline" != off ] && [ "$now" -ge "$deadline" ]; then
+if [ "$lifetime" != off ] && [ "$now" -ge $((armed + lifetime)) ]; then
     end "its maximum lifetime is over"
 fi
 if active; then
@@ -336,38 +288,27 @@ mod tests {
     }
 
     #[test]
-    fn limits_read_and_print() {
-        let after = |s: u64| Limit::After(Duration::from_secs(s));
-        assert_eq!("24h".parse(), Ok(after(86_400)));
-        assert_eq!("1h30m".parse(), Ok(after(5_400)));
-        assert_eq!("OFF".parse(), Ok(Limit::Off));
-        for bad in ["", "0m", "24", "h", "1x", "-1h", "99999999999999999999d"] {
-            assert!(bad.parse::<Limit>().is_err(), "{bad}");
-        }
-        assert_eq!(after(5_400).to_string(), "1h30m");
-        assert_eq!(after(86_400).to_string(), "1d");
-        let err = "0m".parse::<Limit>().unwrap_err();
-        assert!(err.contains("at once"), "{err}");
-        let file: crate::config::Layer =
-            toml::from_str("max_lifetime = \"3d\"\nidle_stop = \"off\"\n").unwrap();
-        assert_eq!(file.max_lifetime, Some(after(3 * 86_400)));
-        assert_eq!(file.idle_stop, Some(Limit::Off));
-    }
-
-    #[test]
-    fn deadlines_are_tagged_in_utc() {
+    fn the_tag_is_a_utc_deadline_and_the_settings_only_durations() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso8601(951_827_696), "2000-02-29T12:34:56Z");
         assert_eq!(iso8601(1_795_305_600), "2026-11-22T00:00:00Z");
         let arming = Arming::new(
-            UNIX_EPOCH + Duration::from_secs(1_795_305_600),
-            Limit::After(Duration::from_secs(3_600)),
+            UNIX_EPOCH + std::time::Duration::from_secs(1_795_305_600),
+            Limit::hours(1),
             Limit::Off,
         );
         assert_eq!(arming.expires_at().as_deref(), Some("2026-11-22T01:00:00Z"));
-        assert_eq!(
-            arming.settings(),
-            "armed=1795305600\ndeadline=1795309200\nidle=off\n"
-        );
+        // No time of day: the instance counts from when it stored them, by its own clock.
+        assert_eq!(arming.settings(), "lifetime=3600\nidle=off\n");
+    }
+
+    #[test]
+    fn sshd_drops_a_silent_client_within_about_a_minute() {
+        let files = Arming::new(SystemTime::now(), Limit::Off, Limit::Off).boot_files();
+        let (_, _, drop_in) = files
+            .iter()
+            .find(|(path, _, _)| path.starts_with("/etc/ssh/sshd_config.d/"))
+            .expect("an sshd drop-in");
+        assert!(drop_in.contains("\nClientAliveInterval 15\nClientAliveCountMax 4\n"));
     }
 }

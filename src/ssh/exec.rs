@@ -18,16 +18,6 @@ pub enum RemoteExit {
     Signal(String),
 }
 
-impl RemoteExit {
-    /// ssh's convention: the command's status, 255 when a signal killed it.
-    pub fn code(&self) -> i32 {
-        match self {
-            RemoteExit::Status(status) => *status as i32,
-            RemoteExit::Signal(_) => 255,
-        }
-    }
-}
-
 /// Puts the local terminal in raw mode for as long as it lives, whatever path ends the run.
 struct RawMode;
 
@@ -113,67 +103,14 @@ pub async fn run_command(
     interrupt: &Interrupt,
     printer: &Printer,
 ) -> Result<RemoteExit> {
-    let channel = session.open_channel().await?;
-    let _raw_mode = if pty {
-        let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
-        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
-        channel
-            .request_pty(true, &term, cols.into(), rows.into(), 0, 0, &[])
-            .await?;
-        Some(RawMode::enable()?)
-    } else {
-        None
-    };
-    channel.exec(true, command_line).await?;
+    let (channel, _raw_mode) = start(session, command_line, pty).await?;
     let (mut from_remote, to_remote) = channel.split();
-    let to_remote = std::sync::Arc::new(to_remote);
+    let to_remote = Arc::new(to_remote);
 
     // `~.` typed on a terminal: hang up, as ssh does.
     let (escaped, mut escape_hang_up) = tokio::sync::oneshot::channel::<()>();
-    let stdin_task = tokio::spawn({
-        let to_remote = to_remote.clone();
-        async move {
-            if !forward_stdin {
-                let _ = to_remote.eof().await;
-                return;
-            }
-            let mut input = LocalInput::take().await;
-            let mut escapes = Escapes::default();
-            while let Some(chunk) = input.next().await {
-                // Escapes exist on a terminal only, as in ssh.
-                let (forward, hang_up) = match pty {
-                    true => escapes.filter(&chunk),
-                    false => (chunk, false),
-                };
-                if !forward.is_empty() && to_remote.data(&forward[..]).await.is_err() {
-                    // The connection is gone: what was read goes to the next session.
-                    input.keep(forward);
-                    return;
-                }
-                if hang_up {
-                    let _ = escaped.send(());
-                    return;
-                }
-            }
-            let _ = to_remote.eof().await;
-        }
-    });
-    let resize_task = pty.then(|| {
-        let to_remote = to_remote.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut resized) = signal(SignalKind::window_change()) else {
-                return;
-            };
-            while resized.recv().await.is_some() {
-                if let Ok((cols, rows)) = crossterm::terminal::size() {
-                    let _ = to_remote
-                        .window_change(cols.into(), rows.into(), 0, 0)
-                        .await;
-                }
-            }
-        })
-    });
+    let stdin_task = tokio::spawn(pass_stdin(to_remote.clone(), forward_stdin, pty, escaped));
+    let resize_task = pty.then(|| tokio::spawn(pass_window_changes(to_remote.clone())));
 
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
@@ -192,15 +129,7 @@ pub async fn run_command(
                         if let Some(cut_output) = cut_output {
                             // Not awaited here: this channel must keep being read meanwhile, or
                             // russh, its buffer full, would stall the whole connection.
-                            let (session, cut_output) = (session.clone(), cut_output.to_string());
-                            let printer = printer.clone();
-                            tokio::spawn(async move {
-                                if let Err(e) = session.run_captured(&cut_output).await {
-                                    printer.warn(&format!(
-                                        "could not tell the command its output is gone: {e:#}"
-                                    ));
-                                }
-                            });
+                            tokio::spawn(tell_output_gone(session.clone(), cut_output.to_string(), printer.clone()));
                         }
                     }
                 }
@@ -262,6 +191,85 @@ pub async fn run_command(
         true => "hung up on the remote command before it finished",
         false => "the connection to the instance was lost before the command finished",
     })
+}
+
+/// Starts `command_line` on a new channel; with `pty`, in a terminal of the local one's size,
+/// the local one put in raw mode for as long as the result lives.
+async fn start(
+    session: &Session,
+    command_line: &str,
+    pty: bool,
+) -> Result<(russh::Channel<russh::client::Msg>, Option<RawMode>)> {
+    let channel = session.open_channel().await?;
+    let raw_mode = if pty {
+        let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+        channel
+            .request_pty(true, &term, cols.into(), rows.into(), 0, 0, &[])
+            .await?;
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
+    channel.exec(true, command_line).await?;
+    Ok((channel, raw_mode))
+}
+
+/// Passes local stdin on to the command, as it comes, then its end; on a terminal, `~.` hangs
+/// up (said through `escaped`), as ssh does.
+async fn pass_stdin(
+    to_remote: Arc<russh::ChannelWriteHalf<russh::client::Msg>>,
+    forward_stdin: bool,
+    pty: bool,
+    escaped: tokio::sync::oneshot::Sender<()>,
+) {
+    if !forward_stdin {
+        let _ = to_remote.eof().await;
+        return;
+    }
+    let mut input = LocalInput::take().await;
+    let mut escapes = Escapes::default();
+    while let Some(chunk) = input.next().await {
+        // Escapes exist on a terminal only, as in ssh.
+        let (forward, hang_up) = match pty {
+            true => escapes.filter(&chunk),
+            false => (chunk, false),
+        };
+        if !forward.is_empty() && to_remote.data(&forward[..]).await.is_err() {
+            // The connection is gone: what was read goes to the next session.
+            input.keep(forward);
+            return;
+        }
+        if hang_up {
+            let _ = escaped.send(());
+            return;
+        }
+    }
+    let _ = to_remote.eof().await;
+}
+
+/// Tells the remote PTY each new size of the local terminal.
+async fn pass_window_changes(to_remote: Arc<russh::ChannelWriteHalf<russh::client::Msg>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut resized) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    while resized.recv().await.is_some() {
+        if let Ok((cols, rows)) = crossterm::terminal::size() {
+            let _ = to_remote
+                .window_change(cols.into(), rows.into(), 0, 0)
+                .await;
+        }
+    }
+}
+
+/// Runs `cut_output` on the instance: the command's output has nowhere to go any more.
+async fn tell_output_gone(session: Arc<Session>, cut_output: String, printer: Printer) {
+    if let Err(e) = session.run_captured(&cut_output).await {
+        printer.warn(&format!(
+            "could not tell the command its output is gone: {e:#}"
+        ));
+    }
 }
 
 async fn write_now(to: &mut (impl AsyncWriteExt + Unpin), data: &[u8]) -> std::io::Result<()> {

@@ -4,6 +4,7 @@
 mod exec;
 pub mod forward;
 pub mod relay;
+pub mod transport;
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,10 @@ use russh::client::{self, Handle};
 use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Preferred, cipher};
 
-use crate::backoff::Backoff;
-use crate::config::HostPort;
-use crate::keys::InstanceKeys;
+use crate::poll::Poll;
 use crate::printer::Phase;
+use crate::settings::values::HostPort;
+use crate::state::keys::InstanceKeys;
 
 pub use exec::{RemoteExit, run_command};
 
@@ -32,14 +33,21 @@ pub struct Target {
 pub struct Session {
     handle: Handle<PinnedHostKey>,
     remote_targets: forward::RemoteTargets,
+    /// The host key the server presented (one of those accepted).
+    host_key: PublicKey,
 }
 
-/// Accepts exactly one host key, and keeps any other the server shows, for the error message.
+/// Accepts only the pinned host key (and the one being installed in its place, if any), and
+/// keeps the one the server shows: which one it was, or for the error message.
 /// Connections the server forwards back (`-R`) go to their local targets.
 struct PinnedHostKey {
-    expected: PublicKey,
-    mismatch: Arc<Mutex<Option<PublicKey>>>,
+    accepted: Vec<PublicKey>,
+    presented: Arc<Mutex<Option<PublicKey>>>,
     remote_targets: forward::RemoteTargets,
+}
+
+fn is_one_of(key: &PublicKey, accepted: &[PublicKey]) -> bool {
+    accepted.iter().any(|k| k.key_data() == key.key_data())
 }
 
 impl client::Handler for PinnedHostKey {
@@ -53,11 +61,9 @@ impl client::Handler for PinnedHostKey {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
         };
-        if presented.key_data() == self.expected.key_data() {
-            return Ok(true);
-        }
-        *self.mismatch.lock().expect("not poisoned") = Some(presented);
-        Ok(false)
+        let accepted = is_one_of(&presented, &self.accepted);
+        *self.presented.lock().expect("not poisoned") = Some(presented);
+        Ok(accepted)
     }
 
     async fn server_channel_open_forwarded_tcpip(
@@ -96,23 +102,24 @@ enum AttemptError {
 impl Session {
     /// Dials `target` until its sshd lets us in, backing off between attempts, until `deadline`.
     pub async fn connect(target: &Target, deadline: Instant, phase: &Phase) -> Result<Session> {
-        let mut backoff = Backoff::new(Duration::from_secs(2));
+        let mut poll = Poll::every(Duration::from_secs(2)).until(deadline);
         loop {
             match Self::attempt(target).await {
                 Ok(session) => return Ok(session),
                 Err(AttemptError::HostKeyMismatch { presented }) => {
                     bail!(
-                        "{} presented host key {}, but this instance was given {}: refusing to \
-                         connect, nothing was sent. If you use --connect/SSH_EC2_CONNECT, check \
-                         that it leads to this instance; otherwise the connection may be \
-                         intercepted",
+                        "{} presented host key {}, but the key pinned for this instance is {}: \
+                         refusing to connect, nothing was sent. If you use \
+                         --connect/SSH_EC2_CONNECT, check that it leads to this instance; \
+                         otherwise the connection may be intercepted",
                         target.address,
                         presented.fingerprint(HashAlg::Sha256),
                         target.keys.host.fingerprint(HashAlg::Sha256),
                     )
                 }
                 Err(AttemptError::NotYet(why)) => {
-                    if Instant::now() >= deadline {
+                    phase.update(format!("waiting for SSH at {}: {why}", target.address));
+                    if !poll.wait().await? {
                         bail!(
                             "the instance's SSH at {} did not let us in before the boot timeout \
                              (last: {why}); raise --boot-timeout, or check the instance's \
@@ -121,8 +128,6 @@ impl Session {
                         );
                     }
                     tracing::debug!("SSH not ready at {}: {why}", target.address);
-                    phase.update(format!("waiting for SSH at {}: {why}", target.address));
-                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -142,13 +147,14 @@ impl Session {
             keepalive_max: 4,
             ..client::Config::default()
         });
-        let mismatch = Arc::new(Mutex::new(None));
+        let presented = Arc::new(Mutex::new(None));
         let remote_targets = forward::RemoteTargets::default();
         let handler = PinnedHostKey {
-            expected: target.keys.host.clone(),
-            mismatch: mismatch.clone(),
+            accepted: target.keys.accepted_hosts().cloned().collect(),
+            presented: presented.clone(),
             remote_targets: remote_targets.clone(),
         };
+        let accepted = handler.accepted.clone();
         let address = (target.address.host.as_str(), target.address.port);
         let attempt = async {
             let socket = tokio::net::TcpStream::connect(address).await?;
@@ -169,45 +175,51 @@ impl Session {
             Ok::<_, russh::Error>((handle, auth.success()))
         };
         let outcome = tokio::time::timeout(Duration::from_secs(20), attempt).await;
-        if let Some(presented) = mismatch.lock().expect("not poisoned").take() {
-            return Err(AttemptError::HostKeyMismatch { presented });
+        let presented = presented.lock().expect("not poisoned").take();
+        if let Some(key) = &presented
+            && !is_one_of(key, &accepted)
+        {
+            return Err(AttemptError::HostKeyMismatch {
+                presented: key.clone(),
+            });
         }
-        match outcome {
-            Ok(Ok((handle, true))) => Ok(Session {
+        match (outcome, presented) {
+            (Ok(Ok((handle, true))), Some(host_key)) => Ok(Session {
                 handle,
                 remote_targets,
+                host_key,
             }),
-            Ok(Ok((_, false))) => Err(AttemptError::NotYet(format!(
+            (Ok(Ok((_, false))), _) => Err(AttemptError::NotYet(format!(
                 "the login key for user {} was refused (still booting, or wrong --user?)",
                 target.user
             ))),
-            Ok(Err(e)) => Err(AttemptError::NotYet(describe(&e))),
-            Err(_) => Err(AttemptError::NotYet("no answer within 20s".into())),
+            // russh checks the host key before it authenticates: not reached.
+            (Ok(Ok((_, true))), None) => Err(AttemptError::NotYet("no host key seen".into())),
+            (Ok(Err(e)), _) => Err(AttemptError::NotYet(describe(&e))),
+            (Err(_), _) => Err(AttemptError::NotYet("no answer within 20s".into())),
         }
+    }
+
+    /// The host key the instance presented: the pinned one, or the one being installed.
+    pub fn host_key(&self) -> &PublicKey {
+        &self.host_key
     }
 
     /// Runs a short non-interactive command and returns its stdout, or fails with its stderr.
     pub async fn run_captured(&self, command: &str) -> Result<String> {
-        let mut channel = self.open_exec(command).await?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut status = None;
-        while let Some(message) = channel.wait().await {
-            match message {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-                ChannelMsg::Failure => bail!("the instance refused to run `{command}`"),
-                _ => {}
-            }
-        }
-        match status {
-            Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
-            Some(code) => bail!(
-                "`{command}` failed on the instance (exit {code}): {}",
-                String::from_utf8_lossy(&stderr).trim()
-            ),
-            None => bail!("the connection closed while running `{command}` on the instance"),
-        }
+        let channel = self.open_exec(command).await?;
+        captured(channel, command).await
+    }
+
+    /// As `run_captured`, with `input` on the command's stdin (what must not show on its
+    /// command line, which every process on the instance can read); `what` names the command
+    /// in errors.
+    pub async fn run_fed(&self, what: &str, command: &str, input: &[u8]) -> Result<String> {
+        let channel = self.open_exec(command).await?;
+        let lost = "the connection to the instance was lost while sending input";
+        channel.data(input).await.context(lost)?;
+        channel.eof().await.context(lost)?;
+        captured(channel, what).await
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<russh::Channel<client::Msg>> {
@@ -235,6 +247,30 @@ impl Session {
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
+    }
+}
+
+/// What a short command printed, once it ended well; else its failure, with its stderr.
+/// `command` names it in errors.
+async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Result<String> {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut status = None;
+    while let Some(message) = channel.wait().await {
+        match message {
+            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+            ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Failure => bail!("the instance refused to run `{command}`"),
+            _ => {}
+        }
+    }
+    match status {
+        Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
+        Some(code) => bail!(
+            "`{command}` failed on the instance (exit {code}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        ),
+        None => bail!("the connection closed while running `{command}` on the instance"),
     }
 }
 

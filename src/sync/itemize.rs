@@ -28,6 +28,8 @@ pub enum Kind {
 pub struct Item {
     /// The first letter of `%i`: `<` sent, `>` received, `c` created, `h` hard link, `.` none.
     change: u8,
+    /// Some attribute of `%i` differs (`t`, `p`, `o`…).
+    attributes: bool,
     pub kind: Kind,
     pub size: u64,
     /// Whole seconds, as rsync prints them.
@@ -41,6 +43,12 @@ impl Item {
     pub fn transferred(&self) -> bool {
         matches!(self.change, b'<' | b'>' | b'c' | b'h')
     }
+
+    /// Whether only attributes differ (a mode, a directory's time): set in place, nothing
+    /// replaced.
+    pub fn attributes_only(&self) -> bool {
+        !self.transferred() && self.attributes
+    }
 }
 
 /// One line of rsync's stdout: an item, a held-back file, or something else.
@@ -51,6 +59,11 @@ pub enum Line {
         path: PathBuf,
         pattern: String,
     },
+    /// `--safe-links` (with `--info=NAME1`): a link leading out of the tree, skipped.
+    Unsafe {
+        path: PathBuf,
+        target: PathBuf,
+    },
     Other,
 }
 
@@ -58,7 +71,7 @@ pub fn parse(line: &[u8]) -> Line {
     if let Some(rest) = line.strip_prefix(MARK.as_bytes()) {
         return parse_item(rest).map_or(Line::Other, Line::Item);
     }
-    parse_hidden(line).unwrap_or(Line::Other)
+    (parse_hidden(line).or_else(|| parse_unsafe(line))).unwrap_or(Line::Other)
 }
 
 fn parse_item(rest: &[u8]) -> Option<Item> {
@@ -69,6 +82,10 @@ fn parse_item(rest: &[u8]) -> Option<Item> {
         fields.next()?,
         fields.next()?,
     );
+    // `*deleting` and other messages in place of a change: not an item of the transfer.
+    if code.first() == Some(&b'*') {
+        return None;
+    }
     let kind = match code.get(1)? {
         b'f' => Kind::File,
         b'd' => Kind::Dir,
@@ -83,6 +100,7 @@ fn parse_item(rest: &[u8]) -> Option<Item> {
     }
     Some(Item {
         change: *code.first()?,
+        attributes: code.iter().skip(2).any(u8::is_ascii_lowercase),
         kind,
         size: std::str::from_utf8(&size).ok()?.parse().unwrap_or(0),
         mtime: String::from_utf8_lossy(mtime).into_owned(),
@@ -103,6 +121,20 @@ fn parse_hidden(line: &[u8]) -> Option<Line> {
         pattern: String::from_utf8_lossy(&rest[split + BECAUSE.len()..])
             .trim_end()
             .to_string(),
+    })
+}
+
+/// `ignoring unsafe symlink "NAME" -> "TARGET"`. Both come from the instance: a name holding
+/// `" -> "` itself is cut at its first one, which only changes how the report spells it.
+fn parse_unsafe(line: &[u8]) -> Option<Line> {
+    const START: &[u8] = b"ignoring unsafe symlink \"";
+    const ARROW: &[u8] = b"\" -> \"";
+    let rest = &line[find(line, START)? + START.len()..];
+    let split = find(rest, ARROW)?;
+    let target = rest[split + ARROW.len()..].strip_suffix(b"\"")?;
+    Some(Line::Unsafe {
+        path: PathBuf::from(OsString::from_vec(decode(&rest[..split]))),
+        target: PathBuf::from(OsString::from_vec(decode(target))),
     })
 }
 
@@ -160,6 +192,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// An item from the fields after our mark (`CODE\tSIZE\tTIME\tNAME`), for the tests of what
+/// the syncs decide.
+#[cfg(test)]
+pub fn item(fields: &str) -> Item {
+    match parse(format!("{MARK}{fields}").as_bytes()) {
+        Line::Item(item) => item,
+        _ => panic!("not an item: {fields}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +222,7 @@ mod tests {
         else {
             panic!("not an item");
         };
-        assert!(!dir.transferred());
+        assert!(!dir.transferred() && !dir.attributes_only());
         assert_eq!((dir.kind, dir.path), (Kind::Dir, PathBuf::from("sub")));
         let Line::Hidden { path, pattern } =
             parse(b"[sender] hiding directory x/.aws because of pattern .aws/")
@@ -189,6 +231,25 @@ mod tests {
         };
         assert_eq!((path, pattern.as_str()), (PathBuf::from("x/.aws"), ".aws/"));
         assert!(matches!(parse(b"sent 1 bytes"), Line::Other));
+        let Line::Unsafe { path, target } =
+            parse(b"ignoring unsafe symlink \"ck pt\" -> \"/scratch/ckpts\"")
+        else {
+            panic!("not an unsafe link");
+        };
+        assert_eq!((path, target), ("ck pt".into(), "/scratch/ckpts".into()));
+        assert!(matches!(
+            parse(b"ssh-ec2\t*deleting  \t0\t1970/01/01-00:00:00\tgone/x"),
+            Line::Other
+        ));
+    }
+
+    #[test]
+    fn attribute_changes_are_told_from_transfers() {
+        let of = |code: &str| item(&format!("{code}\t1\tT\tx"));
+        assert!(of(".f...p.....").attributes_only());
+        assert!(of(".d..t......").attributes_only());
+        assert!(!of(">f.st......").attributes_only());
+        assert!(!of("<f+++++++++").attributes_only());
     }
 
     #[test]

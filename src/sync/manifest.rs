@@ -49,7 +49,12 @@ impl Stamp {
 
     /// Whether rsync's listing of a file (size, `%M` time in whole seconds) describes this stamp.
     pub fn matches_listing(&self, size: u64, mtime: &str) -> bool {
-        self.size == size && rsync_time(self.mtime_secs) == mtime
+        self.size == size && self.written_at(mtime)
+    }
+
+    /// Whether its time is the listing's `%M` (whole seconds).
+    pub fn written_at(&self, mtime: &str) -> bool {
+        rsync_time(self.mtime_secs) == mtime
     }
 }
 

@@ -4,7 +4,13 @@ use crate::common;
 
 use common::{Project, Run, TestCloud, Tripwire};
 
-fn refused(project: &Project, setup: impl FnOnce(&mut std::process::Command), expected: &[&str]) {
+/// Runs ssh-ec2 in `project` with AWS and checkip aimed at a tripwire, as `setup` sets it up:
+/// it must fail (255) saying each of `expected`, without any AWS call.
+pub fn refused(
+    project: &Project,
+    setup: impl FnOnce(&mut std::process::Command),
+    expected: &[&str],
+) -> Run {
     let aws = Tripwire::new();
     let mut command = project.ssh_ec2_without_cloud();
     aws.aim(&mut command);
@@ -18,6 +24,7 @@ fn refused(project: &Project, setup: impl FnOnce(&mut std::process::Command), ex
         );
     }
     assert!(!aws.was_called(), "refused input must not reach AWS\n{run}");
+    run
 }
 
 #[test]
@@ -85,7 +92,7 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
     refused(
         &project,
         args(&["--boot-timeout", "0", "true"]),
-        &["boot timeout"],
+        &["--boot-timeout", "cannot work"],
     );
     refused(&project, args(&["--tag", "aws:x=1", "true"]), &["reserved"]);
     refused(

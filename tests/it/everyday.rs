@@ -61,7 +61,7 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
     assert!(
         report["lifetime"]
             .as_str()
-            .is_some_and(|l| l.contains("(--max-lifetime 1d), or after 1h idle")),
+            .is_some_and(|l| l.contains("(--max-lifetime 24h), or after 1h idle")),
         "{json}"
     );
     assert_eq!(report["sync"]["files"], 2, "the private key is held back");

@@ -52,13 +52,16 @@ fn list_json_names_the_instance_its_directory_and_its_job() {
 fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    let mut child = start_until_ready(
-        project
-            .ssh_ec2(&cloud)
-            .arg("echo result > out.txt; echo ready; sleep 60"),
-    );
+    let mut child = start_until_ready(project.ssh_ec2(&cloud).arg(
+        "echo result > out.txt; echo ready; while [ ! -e go ]; do sleep 0.1; done; touch ended",
+    ));
     child.kill().unwrap(); // SIGKILL: no end of life, no pull
     wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    // Its command ends by itself (while one runs, --down leaves it alone: see earlier.rs).
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
+    common::wait_until("the command to end", || {
+        cloud.read_remote(&project, "ended").is_some()
+    });
     assert_eq!(project.read("out.txt"), None, "not pulled yet");
     assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
 

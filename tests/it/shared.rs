@@ -59,6 +59,11 @@ fn a_killed_clients_lease_expires_and_a_running_job_keeps_the_instance() {
     let pid = nix::unistd::Pid::from_raw(first.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_or_kill(first, RUN_TIMEOUT);
+    // Its command ends too (one still running would keep the instance: see earlier.rs).
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
+    common::wait_until("the killed run's command to end", || {
+        cloud.read_remote(&project, "first.txt").is_some()
+    });
     // Time passes: its lease is no longer renewed.
     let ours = cloud
         .remote_state_entries(&project, "leases")

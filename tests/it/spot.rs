@@ -291,7 +291,7 @@ fn an_interruption_notice_marks_running_jobs_and_finish_pulls_what_exists_then_f
     let home = bench.path().join("home");
     let running = home.join(".ssh-ec2/jobs/running");
     let ended = home.join(".ssh-ec2/jobs/ended");
-    let foreground = home.join(".ssh-ec2/runs/0123456789abcdef");
+    let foreground = home.join(".ssh-ec2/runs/ssh-ec2-x-01234567/0123456789abcdef");
     for record in [&running, &ended, &foreground] {
         std::fs::create_dir_all(record).unwrap();
     }
@@ -382,12 +382,8 @@ fn a_foreground_run_on_an_interrupted_spot_instance_ends_the_command_and_pulls_w
     // What the spot watch does on AWS's notice (its script is tested above), to this run's
     // record: the one that names the command's process.
     let pid = std::fs::read_to_string(cloud.remote(&project).join("pid.txt")).unwrap();
-    let runs = cloud
-        .home_on(&cloud.instance_of(&project))
-        .join(".ssh-ec2/runs");
-    let record = std::fs::read_dir(runs)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
+    let record = crate::earlier::run_records(&cloud, &project)
+        .into_iter()
         .find(|record| std::fs::read_to_string(record.join("pid")).ok().as_ref() == Some(&pid))
         .expect("the foreground run's record");
     std::fs::write(record.join("interrupted"), "{\"action\": \"terminate\"}\n").unwrap();

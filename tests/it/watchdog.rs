@@ -1,16 +1,18 @@
 //! The instance ends itself: the dead-man switch in its user-data, the `ssh-ec2:expires-at`
 //! tag, and the re-arming by each run. The switch needs systemd and root, so the script that
 //! the user-data installs runs here, on the test side, with a fake `shutdown`, `date` (the
-//! clock) and `ps` first in PATH, against a home directory of its own.
+//! instance's clock) and `ps` first in PATH, against a home directory of its own; when a
+//! settings file was armed is its modification time, as the instance's clock stamped it.
 
 use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_ec2::types::InstanceStateName;
+use aws_sdk_ec2::types::{Instance, InstanceStateName};
 use common::{Project, Run, TestCloud, cloud_config, instance_id, state_of, tag, written_file};
+use serde_json::Value;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -54,7 +56,9 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(script: &str, launch_settings: &str) -> Bench {
+    /// The launch's settings, as cloud-init wrote them at first boot (`booted`, by the
+    /// instance's clock).
+    fn new(script: &str, launch_settings: &str, booted: u64) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let bin = root.join("bin");
@@ -71,6 +75,7 @@ impl Bench {
         fake("ps", &format!("cat '{r}/ps' 2>/dev/null; true"));
         fake("shutdown", &format!("echo \"$*\" >> '{r}/shutdown'"));
         std::fs::write(root.join("etc-watchdog"), launch_settings).unwrap();
+        touch_at(&root.join("etc-watchdog"), booted);
         let path = root.join("ssh-ec2-watchdog");
         std::fs::write(&path, script).unwrap();
         Bench { dir, script: path }
@@ -136,28 +141,40 @@ fn touch_at(path: &Path, unix: u64) {
     assert!(ok.success());
 }
 
+const SCRIPT: &str = "/usr/local/sbin/ssh-ec2-watchdog";
+
+/// When the instance booted, by its own clock: nowhere near this machine's, which the switch
+/// never reads.
+const BOOTED: u64 = 1_000_000_000;
+
+/// A `--leave` run with `flags`: its output, its instance, and the cloud-config of its user-data.
+fn launch(cloud: &TestCloud, project: &Project, flags: &[&str]) -> (Run, Instance, Value) {
+    let run = Run::of(
+        project
+            .ssh_ec2(cloud)
+            .arg("--leave")
+            .args(flags)
+            .arg("true"),
+    );
+    run.assert_code(0);
+    let instance = cloud.instances().remove(0);
+    let config = cloud_config(&cloud.user_data(&instance_id(&instance)));
+    (run, instance, config)
+}
+
 #[test]
-fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
+fn the_launch_tags_its_deadline_and_its_switch_stops_it_once_idle() {
     let cloud = TestCloud::start();
     let project = Project::new();
     let before = unix_now();
-    let run = Run::of(project.ssh_ec2(&cloud).args([
-        "--leave",
-        "--max-lifetime",
-        "2h",
-        "--idle-stop",
-        "5m",
-        "true",
-    ]));
+    let flags = ["--max-lifetime", "2h", "--idle-stop", "5m"];
+    let (run, instance, config) = launch(&cloud, &project, &flags);
     let after = unix_now();
-    run.assert_code(0);
-    let instance = cloud.instances().remove(0);
-    let id = instance_id(&instance);
     let expires = tag(&instance, "ssh-ec2:expires-at").expect("ssh-ec2:expires-at tag");
     let deadline = unix_of(&expires);
     assert!(
         (before + 7_200..=after + 7_200).contains(&deadline),
-        "--max-lifetime 2h: {expires}\n{run}"
+        "the tag counts from this machine's clock: {expires}\n{run}"
     );
     assert!(
         run.stderr.contains(&format!(
@@ -167,11 +184,12 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
     );
 
     // What cloud-init would install and start.
-    let config = cloud_config(&cloud.user_data(&id));
-    let script = written_file(&config, "/usr/local/sbin/ssh-ec2-watchdog");
+    let script = written_file(&config, SCRIPT);
     let launch_settings = written_file(&config, "/etc/ssh-ec2/watchdog");
-    assert_eq!(setting(&launch_settings, "deadline"), deadline.to_string());
-    assert_eq!(setting(&launch_settings, "idle"), "300");
+    assert_eq!(
+        launch_settings, "lifetime=7200\nidle=300\n",
+        "durations only"
+    );
     let timer = written_file(&config, "/etc/systemd/system/ssh-ec2-watchdog.timer");
     assert!(timer.contains("OnUnitActiveSec=1min"), "{timer}");
     let service = written_file(&config, "/etc/systemd/system/ssh-ec2-watchdog.service");
@@ -181,24 +199,28 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
         start.contains("enable --now ssh-ec2-watchdog-boot.service ssh-ec2-watchdog.timer"),
         "{start}"
     );
+    stops_once_idle(&script, &launch_settings);
 
-    // The run armed it too, in the login's home, with the same deadline.
-    let armed = cloud.remote_state_entries(&project, "watchdog");
-    assert_eq!(armed.len(), 1, "{armed:?}");
-    let armed = std::fs::read_to_string(&armed[0]).unwrap();
-    assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
+    let end = Run::of(project.ssh_ec2(&cloud).args(["--terminate", "true"]));
+    end.assert_code(0);
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated
+    );
+    cloud.assert_no_bed_errors();
+}
 
-    let armed_at: u64 = setting(&launch_settings, "armed").parse().unwrap();
-    let t = |secs: u64| armed_at + secs;
-
+/// The idle stop of `script` armed with `settings` (`idle=300`) at boot: what counts as use.
+fn stops_once_idle(script: &str, settings: &str) {
+    let t = |secs: u64| BOOTED + secs;
     // Idle: nothing uses it for 5 minutes from boot.
-    let bench = Bench::new(&script, &launch_settings);
+    let bench = Bench::new(script, settings, t(0));
     assert!(!bench.run("boot", t(10)));
     assert!(!bench.run("check", t(309)), "idle for 299 s only");
     assert!(bench.run("check", t(310)), "idle for 5 minutes: it stops");
 
     // A run's lease, renewed in the last two minutes, keeps it; so does a later one.
-    let bench = Bench::new(&script, &launch_settings);
+    let bench = Bench::new(script, settings, t(0));
     assert!(!bench.run("boot", t(0)));
     let lease = bench.home_file("leases/ssh-ec2-x/0123", "1 2\n");
     touch_at(&lease, t(280));
@@ -213,7 +235,7 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
     );
 
     // A job without an exit status whose wrapper lives keeps it; once it ended, it is idle.
-    let bench = Bench::new(&script, &launch_settings);
+    let bench = Bench::new(script, settings, t(0));
     assert!(!bench.run("boot", t(0)));
     bench.home_file("jobs/ssh-ec2-x/pid", &format!("{}\n", std::process::id()));
     assert!(!bench.run("check", t(1_000)), "the job runs");
@@ -221,37 +243,132 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_when_due_or_idle() {
     assert!(!bench.run("check", t(1_299)));
     assert!(bench.run("check", t(1_300)), "the job ended 5 minutes ago");
 
+    // A foreground run's command keeps it while its process group lives, its client gone or
+    // not; its zombie does not, nor one from before a restart.
+    let bench = Bench::new(script, settings, t(0));
+    assert!(!bench.run("boot", t(0)));
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    bench.home_file("runs/ssh-ec2-x/0123/pid", "4242\n");
+    let record_boot = bench.home_file("runs/ssh-ec2-x/0123/boot", &boot);
+    bench.processes(" 4242 S\n 4243 S\n");
+    assert!(!bench.run("check", t(1_000)), "the command runs");
+    bench.processes(" 4242 Z\n");
+    assert!(!bench.run("check", t(1_299)));
+    assert!(bench.run("check", t(1_300)), "its zombie runs nothing");
+    bench.processes(" 4242 S\n");
+    std::fs::write(record_boot, "another boot\n").unwrap();
+    assert!(
+        bench.run("check", t(1_360)),
+        "4242 is another's since the restart"
+    );
+
     // An SSH login keeps it, as long as it lasts.
-    let bench = Bench::new(&script, &launch_settings);
+    let bench = Bench::new(script, settings, t(0));
     assert!(!bench.run("boot", t(0)));
     bench.processes("/usr/sbin/sshd -D\nsshd: ubuntu [priv]\nsshd: ubuntu@pts/0\n-bash\n");
     assert!(!bench.run("check", t(3_000)), "someone is logged in");
     bench.processes("/usr/sbin/sshd -D\n");
     assert!(bench.run("check", t(3_300)));
+}
 
-    // The maximum lifetime ends it, even in use...
-    let bench = Bench::new(&script, &launch_settings);
-    assert!(!bench.run("boot", t(0)));
-    bench.processes("sshd: ubuntu@notty\n");
-    assert!(!bench.run("check", t(7_199)));
+#[test]
+fn the_lifetime_counts_by_the_instances_clock_whatever_this_machines_says() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let flags = ["--max-lifetime", "2h", "--idle-stop", "off"];
+    let (run, _, config) = launch(&cloud, &project, &flags);
+    let script = written_file(&config, SCRIPT);
+    let launch_settings = written_file(&config, "/etc/ssh-ec2/watchdog");
+    assert_eq!(launch_settings, "lifetime=7200\nidle=off\n", "{run}");
+
+    // The run armed it too, in the login's home: the same durations, stamped by the instance.
+    let before = SystemTime::now();
+    let rearmed = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--leave"])
+            .args(flags)
+            .arg("true"),
+    );
+    rearmed.assert_code(0);
+    let armed = cloud.remote_state_entries(&project, "watchdog");
+    assert_eq!(armed.len(), 1, "{armed:?}");
+    assert_eq!(std::fs::read_to_string(&armed[0]).unwrap(), launch_settings);
+    let stamped = std::fs::metadata(&armed[0]).unwrap().modified().unwrap();
     assert!(
-        bench.run("check", t(7_200)),
-        "2 hours: its lifetime is over"
+        stamped >= before - Duration::from_secs(1),
+        "armed when re-armed\n{rearmed}"
     );
-    // ...unless a later run re-armed it with other settings.
-    bench.home_file(
-        "watchdog/ssh-ec2-x",
-        &format!("armed={}\ndeadline=off\nidle=off\n", t(100)),
-    );
-    assert!(!bench.run("check", t(100_000)), "re-armed: no limits");
 
-    let end = Run::of(project.ssh_ec2(&cloud).args(["--terminate", "true"]));
-    end.assert_code(0);
+    // Whether this machine's clock was 30 hours behind the instance's (the deadline it used
+    // to write was then long past at the first check) or 30 hours ahead (then far off), the
+    // instance stops 2 hours after it was armed, by its own clock.
+    for booted in [unix_now() + 30 * 3_600, unix_now() - 30 * 3_600, BOOTED] {
+        let bench = Bench::new(&script, &launch_settings, booted);
+        assert!(!bench.run("boot", booted + 10));
+        bench.processes("sshd: ubuntu@notty\n");
+        assert!(!bench.run("check", booted + 60), "not at the first check");
+        assert!(
+            !bench.run("check", booted + 7_199),
+            "in use, and in its lifetime"
+        );
+        assert!(
+            bench.run("check", booted + 7_200),
+            "2 hours: its lifetime is over"
+        );
+        // A later run re-arms it with its own settings, from when it did so.
+        let file = bench.home_file("watchdog/ssh-ec2-x", "lifetime=3600\nidle=off\n");
+        touch_at(&file, booted + 7_000);
+        assert!(!bench.run("check", booted + 10_599), "re-armed for 1 hour");
+        assert!(bench.run("check", booted + 10_600));
+    }
+
+    // A client that vanished (a closed lid) is dropped by sshd within about a minute, so its
+    // session does not keep the instance busy: the drop-in is in effect as sshd reads it.
+    let drop_in = written_file(&config, "/etc/ssh/sshd_config.d/ssh-ec2.conf");
+    let effective = sshd_settings(&config, &drop_in);
+    assert!(
+        effective.contains("\nclientaliveinterval 15\n"),
+        "{effective}"
+    );
+    assert!(
+        effective.contains("\nclientalivecountmax 4\n"),
+        "{effective}"
+    );
+
+    Run::of(project.ssh_ec2(&cloud).args(["--terminate", "true"])).assert_code(0);
     assert_eq!(
         state_of(&cloud.instances()[0]),
         InstanceStateName::Terminated
     );
     cloud.assert_no_bed_errors();
+}
+
+/// What the real sshd makes of a config that includes `drop_in` (`sshd -T`), with the host key
+/// of the user-data `config`.
+fn sshd_settings(config: &Value, drop_in: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("host_key");
+    let private = config["ssh_keys"]["ed25519_private"].as_str().unwrap();
+    std::fs::write(&key, private).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(dir.path().join("ssh-ec2.conf"), drop_in).unwrap();
+    let main = dir.path().join("sshd_config");
+    let include = dir.path().join("ssh-ec2.conf");
+    let text = format!("Include {}\nHostKey {}\n", include.display(), key.display());
+    std::fs::write(&main, text).unwrap();
+    let out = Command::new("/usr/sbin/sshd")
+        .arg("-T")
+        .arg("-f")
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sshd refuses the drop-in: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("\n{}", String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
@@ -293,7 +410,7 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
     );
     let armed =
         std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
-    assert_eq!(setting(&armed, "deadline"), deadline.to_string(), "{armed}");
+    assert_eq!(setting(&armed, "lifetime"), "259200", "{armed}");
     assert_eq!(setting(&armed, "idle"), "off", "{armed}");
 
     let third = Run::of(
@@ -314,7 +431,7 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
     );
     let armed =
         std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
-    assert_eq!(setting(&armed, "deadline"), "off", "{armed}");
+    assert_eq!(setting(&armed, "lifetime"), "off", "{armed}");
     assert_eq!(
         setting(&armed, "idle"),
         "3600",

@@ -205,6 +205,8 @@ def parse_args():
                         help="seconds from 'running' to sshd listening")
     parser.add_argument("--wrong-host-key", action="store_true",
                         help="sshd uses a fresh host key, not the one in the user-data")
+    parser.add_argument("--no-sudo", action="store_true",
+                        help="the login user may not use sudo (as on some custom images)")
     parser.add_argument("--iam", action="store_true",
                         help="moto authorizes every request against the caller's IAM policies; "
                              "the ready line gives an admin's access key")

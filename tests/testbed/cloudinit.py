@@ -67,9 +67,10 @@ def authorized_keys_of(config):
     return [k for k in config.get("ssh_authorized_keys") or [] if isinstance(k, str)]
 
 
-def write_disk(disk, user, host_key, authorized_keys, address, dns_name):
+def write_disk(disk, user, host_key, authorized_keys, address, dns_name, sudo=True):
     """Makes the instance's disk: its directories, its login, its host key and host name.
-    `host_key` None: a fresh one, not the user-data's (the bed's --wrong-host-key)."""
+    `host_key` None: a fresh one, not the user-data's (the bed's --wrong-host-key); `sudo`
+    False: the login user may not use sudo (the bed's --no-sudo)."""
     login = pwd.getpwnam(user)
     for path, mode in [("root", 0o700), ("tmp", 0o1777), ("var/tmp", 0o1777), ("var/log", 0o755),
                        ("etc/sudoers.d", 0o755), ("etc/ssh", 0o755), ("home", 0o755)]:
@@ -83,10 +84,10 @@ def write_disk(disk, user, host_key, authorized_keys, address, dns_name):
     (ssh_dir / "authorized_keys").chmod(0o600)
     for path in [home, *home.rglob("*")]:
         os.lchown(path, login.pw_uid, login.pw_gid)
-    write_etc(disk / "etc", user, host_key, address, dns_name)
+    write_etc(disk / "etc", user, host_key, address, dns_name, sudo)
 
 
-def write_etc(etc, user, host_key, address, dns_name):
+def write_etc(etc, user, host_key, address, dns_name, sudo):
     for name in SSH_CLIENT_FILES:
         source = Path("/etc/ssh") / name
         if source.is_dir():
@@ -101,9 +102,10 @@ def write_etc(etc, user, host_key, address, dns_name):
     else:
         key_file.write_text(host_key)
     key_file.chmod(0o600)  # sshd ignores a host key others can read
-    sudoers = etc / "sudoers.d/90-cloud-init-users"
-    sudoers.write_text(f"# Created by cloud-init (the test bed)\n{user} ALL=(ALL) NOPASSWD:ALL\n")
-    sudoers.chmod(0o440)
+    if sudo:
+        sudoers = etc / "sudoers.d/90-cloud-init-users"
+        sudoers.write_text(f"# Created by cloud-init (the test bed)\n{user} ALL=(ALL) NOPASSWD:ALL\n")
+        sudoers.chmod(0o440)
     short = dns_name.split(".")[0]
     (etc / "hostname").write_text(short + "\n")
     # sudo looks its host up: a name that does not resolve costs a warning on every call.

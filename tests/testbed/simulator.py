@@ -134,7 +134,7 @@ class Simulator(threading.Thread):
         box.machine.dir.mkdir(exist_ok=True)
         cloudinit.write_disk(box.machine.disk, self.args.user, host_key, authorized,
                              instance.get("PrivateIpAddress", "127.0.0.1"),
-                             instance.get("PrivateDnsName") or box.id)
+                             instance.get("PrivateDnsName") or box.id, sudo=not self.args.no_sudo)
         box.ready = True
 
     def key_pair(self, box, instance):

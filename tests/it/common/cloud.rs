@@ -19,6 +19,8 @@ pub struct CloudOptions {
     pub boot_delay: Option<f64>,
     /// The sshd presents a host key other than the one in the user-data.
     pub wrong_host_key: bool,
+    /// The login user may not use sudo (as on some custom images; the DL AMIs' may).
+    pub no_sudo: bool,
     /// The instances' login user (default: ubuntu).
     pub user: Option<&'static str>,
     /// moto authorizes every request against the caller's IAM policies; the test's own look at
@@ -113,6 +115,9 @@ impl TestCloud {
         }
         if options.wrong_host_key {
             command.arg("--wrong-host-key");
+        }
+        if options.no_sudo {
+            command.arg("--no-sudo");
         }
         if options.iam {
             command.arg("--iam");

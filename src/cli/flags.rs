@@ -1,12 +1,51 @@
-//! The command line, as clap sees it. Values are only parsed here; `config` layers them over the
-//! files and the environment, and `plan` validates the result.
+//! The flags, as clap sees them, in the groups `--help` shows. Values are only parsed here;
+//! `request` turns them into one mode, a settings layer and the rest.
 
 use std::path::PathBuf;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
-use crate::config::{EndOfLife, HostPort, InstanceTypes, SubnetIds, Tag};
+use crate::settings::values::{
+    Address, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag, Timeout,
+};
 use crate::ssh::forward::Forward;
+
+/// The flags that choose a mode: at most one of them. `--dry-run` is a mode of its own, but
+/// also goes with `--setup`.
+pub const MODE_FLAGS: [&str; 10] = [
+    "generate",
+    "show_config",
+    "setup",
+    "list",
+    "down",
+    "gc",
+    "ssh_config",
+    "detach",
+    "attach",
+    "finish",
+];
+/// The modes `--dry-run` cannot go with.
+const NOT_WITH_DRY_RUN: [&str; 9] = [
+    "generate",
+    "show_config",
+    "list",
+    "down",
+    "gc",
+    "ssh_config",
+    "detach",
+    "attach",
+    "finish",
+];
+/// The modes that run no command (`--attach` and `--finish` say why themselves).
+const WITHOUT_COMMAND: [&str; 7] = [
+    "generate",
+    "show_config",
+    "setup",
+    "list",
+    "down",
+    "gc",
+    "ssh_config",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,51 +57,34 @@ use crate::ssh::forward::Forward;
                   new and changed files back, then terminates, stops or leaves the instance.",
     after_help = "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
                   Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml, a \
-                  preset of theirs, ./.env and the environment (see README.md); flags win. \
-                  --show-config shows where each one came from."
+                  preset of theirs, ./.env and the environment; flags win. --show-config shows \
+                  where each one came from; --help adds examples and the variables."
 )]
+#[command(group(ArgGroup::new("mode").multiple(false).args(MODE_FLAGS)))]
+#[command(group(
+    ArgGroup::new("without_command").multiple(true).args(WITHOUT_COMMAND).conflicts_with("command")
+))]
+#[command(group(ArgGroup::new("final_state").multiple(false).args(["terminate", "stop", "leave"])))]
 #[command(group(ArgGroup::new("json_modes").args(["list", "dry_run"]).multiple(true)))]
-// One mode per invocation: `mode()` would otherwise pick one and drop the others silently.
-#[command(group(ArgGroup::new("mode").multiple(false).args([
-    "generate", "show_config", "setup", "list", "down", "gc", "ssh_config", "detach", "attach",
-    "finish",
-])))]
+#[command(group(ArgGroup::new("region_modes").args(["list", "gc"]).multiple(true)))]
 pub struct Cli {
+    #[command(flatten)]
+    pub end_of_life: EndOfLifeFlags,
+
+    #[command(flatten)]
+    pub sync: SyncFlags,
+
     #[command(flatten)]
     pub job: JobFlags,
 
     #[command(flatten)]
-    pub end_of_life: EndOfLifeFlags,
-
-    /// Do not sync the directory up before the command, nor pull results back after it.
-    #[arg(long)]
-    pub no_rsync: bool,
-
-    /// List the files rsync transfers; twice (-vv) for debug logs.
-    #[arg(short, long, action = ArgAction::Count, alias = "no-quiet", conflicts_with = "quiet")]
-    pub verbose: u8,
-
-    /// Print nothing but errors and warnings (and the remote command's own output).
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
-    #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
-    pub identity_file: Option<PathBuf>,
-
-    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER); without -i its
-    /// private key is read from ~/.ssh/NAME.pem.
-    #[arg(long, value_name = "NAME")]
-    pub key_name: Option<String>,
+    pub forwards: ForwardFlags,
 
     #[command(flatten)]
     pub instance: InstanceFlags,
 
     #[command(flatten)]
     pub network: NetworkFlags,
-
-    #[command(flatten)]
-    pub forwards: ForwardFlags,
 
     #[command(flatten)]
     pub config: ConfigFlags,
@@ -73,39 +95,12 @@ pub struct Cli {
     #[command(flatten)]
     pub look: LookFlags,
 
+    #[command(flatten)]
+    pub output: OutputFlags,
+
     /// The remote command; its words are joined with spaces, like ssh. None: a login shell.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-}
-
-/// What ssh-ec2 is asked to do; the words after the options stay the remote command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Launch or reuse, sync, run (in the foreground), pull, end of life.
-    Run,
-    /// Like Run, but start the command in tmux/screen and return at once.
-    Detach,
-    /// Attach to this directory's job; no sync, no end of life.
-    Attach,
-    /// Wait for this directory's job (attached or not), pull, end of life.
-    Finish { attach: bool },
-    /// Print every setting and where it came from; no AWS call.
-    ShowConfig,
-    /// Print a completion script or the man page; needs no settings at all.
-    Generate(Generated),
-    /// Create or update the IAM policy, group, roles and instance profiles of policies/
-    /// (`dry_run`: only say what would change).
-    Setup { dry_run: bool },
-    /// List this owner's instances (in every enabled region with `all_regions`).
-    List { json: bool, all_regions: bool },
-    /// Pull this directory's results, then terminate its instance; never launches.
-    Down,
-    /// Show (and with `yes`, remove) what ssh-ec2 left behind.
-    Gc { yes: bool, all_regions: bool },
-    /// Resolve what a run would do and what it would cost; create nothing.
-    DryRun { json: bool },
-    /// Print (or install) an OpenSSH config block for this directory's instance.
-    SshConfig { install: bool },
 }
 
 /// What `--generate` prints.
@@ -119,7 +114,7 @@ pub enum Generated {
 }
 
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Jobs (tmux or screen on the instance)")]
+#[command(next_help_heading = "Jobs: sessions in tmux or screen on the instance")]
 pub struct JobFlags {
     /// Sync up, start COMMAND in tmux (else screen) on the instance, and return at once.
     #[arg(short, long)]
@@ -136,83 +131,32 @@ pub struct JobFlags {
     pub no_attach: bool,
     /// Run the command inside tmux or screen (none: directly). Default: none, tmux with --detach.
     #[arg(long = "multi", alias = "multiplex", value_name = "tmux|screen|none")]
-    pub multiplex: Option<crate::config::Multiplex>,
-}
-
-impl Cli {
-    pub fn mode(&self) -> Mode {
-        if let Some(what) = self.config.generate {
-            return Mode::Generate(what);
-        }
-        if self.config.show_config {
-            return Mode::ShowConfig;
-        }
-        if self.config.setup {
-            return Mode::Setup {
-                dry_run: self.look.dry_run,
-            };
-        }
-        let fleet = &self.fleet;
-        if fleet.list {
-            return Mode::List {
-                json: self.look.json,
-                all_regions: fleet.all_regions,
-            };
-        }
-        if fleet.down {
-            return Mode::Down;
-        }
-        if fleet.gc {
-            return Mode::Gc {
-                yes: fleet.yes,
-                all_regions: fleet.all_regions,
-            };
-        }
-        if self.look.dry_run {
-            return Mode::DryRun {
-                json: self.look.json,
-            };
-        }
-        if self.look.ssh_config {
-            return Mode::SshConfig {
-                install: self.look.install,
-            };
-        }
-        let job = &self.job;
-        match (job.detach, job.attach, job.finish) {
-            (true, _, _) => Mode::Detach,
-            (_, true, _) => Mode::Attach,
-            (_, _, true) => Mode::Finish {
-                attach: !job.no_attach,
-            },
-            _ => Mode::Run,
-        }
-    }
+    pub multiplex: Option<Multiplex>,
+    /// How long to keep trying to reconnect to a tmux/screen job after the connection dropped.
+    #[arg(long, value_name = "SECONDS")]
+    pub reconnect_timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Args)]
-#[group(multiple = false)]
+#[command(next_help_heading = "End of life")]
 pub struct EndOfLifeFlags {
     /// Terminate the instance at the end (the default).
     #[arg(short, long)]
     pub terminate: bool,
     /// Stop the instance at the end; the next run in this directory starts it again.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "down")]
     pub stop: bool,
     /// Leave the instance running at the end.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "down")]
     pub leave: bool,
-}
-
-impl EndOfLifeFlags {
-    pub fn chosen(&self) -> Option<EndOfLife> {
-        match (self.terminate, self.stop, self.leave) {
-            (true, _, _) => Some(EndOfLife::Terminate),
-            (_, true, _) => Some(EndOfLife::Stop),
-            (_, _, true) => Some(EndOfLife::Leave),
-            _ => None,
-        }
-    }
+    /// The instance stops itself this long after the last run began, whatever it does
+    /// (e.g. 24h, 90m, 1h30m); off: never (not recommended).
+    #[arg(long, value_name = "DURATION")]
+    pub max_lifetime: Option<Limit>,
+    /// The instance stops itself once no run, job or SSH login has used it for this long;
+    /// off: never.
+    #[arg(long, value_name = "DURATION")]
+    pub idle_stop: Option<Limit>,
 }
 
 #[derive(Debug, Args)]
@@ -235,7 +179,7 @@ pub struct InstanceFlags {
     pub image_name: Option<String>,
     /// Remote login user (default: guessed from the image name).
     #[arg(long)]
-    pub user: Option<String>,
+    pub user: Option<LoginUser>,
     /// IAM instance profile given to the instance, so it needs no copied credentials.
     #[arg(long, value_name = "NAME")]
     pub instance_profile: Option<String>,
@@ -257,14 +201,6 @@ pub struct InstanceFlags {
     /// Remote directory to sync into and run in (default: ~/<this directory's name>).
     #[arg(long, value_name = "DIR")]
     pub remote_dir: Option<String>,
-    /// The instance stops itself this long after the last run began, whatever it does
-    /// (e.g. 24h, 90m, 1h30m; default 24h); off: never (not recommended).
-    #[arg(long, value_name = "DURATION")]
-    pub max_lifetime: Option<crate::remote::watchdog::Limit>,
-    /// The instance stops itself once no run, job or SSH login has used it for this long
-    /// (default 60m); off: never.
-    #[arg(long, value_name = "DURATION")]
-    pub idle_stop: Option<crate::remote::watchdog::Limit>,
     /// Launch a spot instance (one-time: it cannot be stopped); on-demand when there is no
     /// spot capacity.
     #[arg(long)]
@@ -275,11 +211,22 @@ pub struct InstanceFlags {
     /// Spot or nothing: fail rather than launch on-demand when there is no spot capacity.
     #[arg(long)]
     pub spot_only: bool,
+    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
+    #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER); without -i its
+    /// private key is read from ~/.ssh/NAME.pem.
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Network")]
 pub struct NetworkFlags {
+    /// Which of the instance's addresses to dial: public, private (from inside its VPC, over a
+    /// VPN or Direct Connect) or auto (the public one, else the private one).
+    #[arg(long, value_name = "public|private|auto")]
+    pub address: Option<Address>,
     /// Dial this address instead of the instance's IP (SSM port forward, bastion tunnel).
     /// The instance's host key is still required.
     #[arg(long, value_name = "HOST:PORT")]
@@ -293,11 +240,7 @@ pub struct NetworkFlags {
     pub security_group: Option<String>,
     /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
-    pub boot_timeout: Option<u64>,
-    /// How long to keep trying to reconnect to a tmux/screen job after the connection dropped
-    /// (default 300).
-    #[arg(long, value_name = "SECONDS")]
-    pub reconnect_timeout: Option<u64>,
+    pub boot_timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Args)]
@@ -321,15 +264,15 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// Print every setting, its value and where it came from, then exit (no AWS call).
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long)]
     pub show_config: bool,
     /// Print a shell completion script or the man page, then exit (see README.md, "Install").
-    #[arg(long, value_name = "WHAT", conflicts_with = "command")]
+    #[arg(long, value_name = "WHAT")]
     pub generate: Option<Generated>,
     /// For an AWS admin: create or update the IAM policy SshEc2Access, the group SshEc2 that
     /// carries it, and the instance roles and profiles ssh-ec2-* (the files of policies/),
     /// then exit. Running it again changes nothing.
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long)]
     pub setup: bool,
 }
 
@@ -338,19 +281,24 @@ pub struct ConfigFlags {
 pub struct FleetFlags {
     /// List your instances in the region: directory, host, state, type, market, launch time,
     /// expiry, whether this machine holds their keys, and their job's state.
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long)]
     pub list: bool,
     /// With --list or --gc: every enabled region, not only the current one.
-    #[arg(long)]
+    #[arg(long, requires = "region_modes")]
     pub all_regions: bool,
     /// Bring this directory's results home (starting its instance if stopped), then terminate
     /// it and remove its security group and keys. Launches nothing; no instance is no error.
-    #[arg(long, conflicts_with_all = ["command", "stop", "leave"])]
+    /// What still runs there (its job, an earlier run's command) is left alone, unless --force.
+    #[arg(long)]
     pub down: bool,
+    /// With --down: first end what still runs there (this directory's job, a command of an
+    /// earlier run whose client is gone), then bring the results home and terminate.
+    #[arg(long, requires = "down")]
+    pub force: bool,
     /// Show what ssh-ec2 left behind: instances whose keys are gone from this machine or whose
     /// expiry passed, security groups and launches without an instance, stale local state.
     /// With --yes, remove them.
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long)]
     pub gc: bool,
     /// With --gc: remove what it shows (terminating those instances).
     #[arg(long, requires = "gc")]
@@ -363,14 +311,14 @@ pub struct LookFlags {
     /// Change nothing: say what would be done (with a run: the region, image, type, subnet,
     /// SSH rule, user-data, what would be synced, the price, and whether AWS would allow the
     /// launch; with --setup: what it would create or update), then exit.
-    #[arg(long, conflicts_with_all = ["attach", "finish", "list", "down", "gc", "ssh_config"])]
+    #[arg(long, conflicts_with_all = NOT_WITH_DRY_RUN)]
     pub dry_run: bool,
     /// With --dry-run or --list: print JSON, for scripts.
     #[arg(long, requires = "json_modes")]
     pub json: bool,
     /// Print an OpenSSH config block (Host alias, key, pinned host key) for this directory's
     /// instance, for ssh, scp, sftp and VS Code Remote-SSH.
-    #[arg(long, conflicts_with = "command")]
+    #[arg(long)]
     pub ssh_config: bool,
     /// With --ssh-config: write it where ~/.ssh/config includes it (removed when the instance
     /// is terminated).
@@ -378,38 +326,21 @@ pub struct LookFlags {
     pub install: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sync")]
+pub struct SyncFlags {
+    /// Do not sync the directory up before the command, nor pull results back after it.
+    #[arg(long)]
+    pub no_rsync: bool,
+}
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("ssh-ec2").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn options_end_at_the_first_command_word_like_ssh() {
-        let cli = parse(&["--stop", "ls", "-la", "--leave"]).unwrap();
-        assert_eq!(cli.command, ["ls", "-la", "--leave"]);
-        assert_eq!(cli.end_of_life.chosen(), Some(EndOfLife::Stop));
-        assert_eq!(parse(&["--", "-x", "y"]).unwrap().command, ["-x", "y"]);
-        assert!(
-            parse(&["--frobnicate", "true"]).is_err(),
-            "an unknown option is not a command"
-        );
-        assert!(parse(&[]).unwrap().command.is_empty());
-        let cli = parse(&[
-            "-L8888:localhost:8888",
-            "-L",
-            "1:h:2",
-            "-R",
-            "9:localhost:9",
-            "jupyter",
-        ])
-        .unwrap();
-        assert_eq!(
-            (cli.forwards.local.len(), cli.forwards.remote.len()),
-            (2, 1)
-        );
-        assert_eq!(cli.command, ["jupyter"]);
-    }
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+pub struct OutputFlags {
+    /// List the files rsync transfers; twice (-vv) for debug logs.
+    #[arg(short, long, action = ArgAction::Count, alias = "no-quiet", conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Print nothing but errors and warnings (and the remote command's own output).
+    #[arg(short, long)]
+    pub quiet: bool,
 }

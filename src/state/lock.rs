@@ -14,8 +14,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
-use crate::backoff::Backoff;
 use crate::interrupt::Interrupt;
+use crate::poll::Poll;
 use crate::printer::Printer;
 
 /// Released when dropped; the kernel releases it if ssh-ec2 dies.
@@ -33,7 +33,10 @@ impl DirLock {
         interrupt: Option<&Interrupt>,
     ) -> Result<DirLock> {
         let path = lock_path(state_dir, local_dir)?;
-        let mut backoff = Backoff::new(Duration::from_millis(500));
+        let mut poll = Poll::every(Duration::from_millis(500));
+        if let Some(interrupt) = interrupt {
+            poll = poll.interruptible(interrupt);
+        }
         let mut phase = None;
         loop {
             match try_lock(&path)? {
@@ -44,11 +47,7 @@ impl DirLock {
                             "waiting for another ssh-ec2 run in this directory (pid {holder})"
                         ))
                     });
-                    let delay = backoff.next_delay();
-                    match interrupt {
-                        Some(interrupt) => interrupt.sleep(delay).await?,
-                        None => tokio::time::sleep(delay).await,
-                    }
+                    poll.wait().await?;
                 }
             }
         }

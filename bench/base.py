@@ -1,0 +1,277 @@
+"""What the benchmarks of bench/ share: one simulated cloud (bed.py) and, on a profile, the
+simulated link in front of it (link.py); one instance launched with `ssh-ec2 --leave`; the two
+sides timed against it (ssh-ec2, and OpenSSH + rsync by hand); the data they move; scenarios
+run in alternating rounds (timing.py); and a clean-up however a run ends.
+"""
+
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bed import Bed
+from link import LinkProcess
+from measure import RUN_TIMEOUT, CpuGroup, Measure, log, run_measured
+from timing import alternate
+
+REMOTE_USER = "ubuntu"
+# What src/sync/mod.rs gives rsync each way (ssh-ec2 adds its `-e`, its report format and the
+# secrets rules). By hand, one plain pull stands for ssh-ec2's manifest-checked one (a dry run,
+# then the files it decided on).
+COMMON_OPTIONS = ["--compress", "--secluded-args", "--modify-window=-1", "--safe-links"]
+PUSH_OPTIONS = ["--archive", "--no-owner", "--no-group", *COMMON_OPTIONS]
+PULL_OPTIONS = ["--recursive", "--links", "--times", "--no-perms", "--chmod=ugo=rwX",
+                *COMMON_OPTIONS]
+MB = 1 << 20
+# What a scenario's project directory holds -> its name in the data store (Bench.store).
+PAYLOADS = {"tree": "tree", "big": "big.bin", "small": "small"}
+
+
+# ---------------------------------------------------------------- the data
+
+def make_tree(path, files, total_mb, seed=1):
+    """`files` files in 100 directories, `total_mb` MiB in all; half of them random bytes,
+    half text (so rsync's compression has work of both kinds)."""
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 9)).hex() for _ in range(300)]
+    text = " ".join(rng.choice(words) for _ in range(400_000)).encode()
+    mean = total_mb * MB // files
+    for i in range(files):
+        directory = path / f"d{i % 100:02d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        size = rng.randint(0, 2 * mean)
+        if i % 2:
+            start = rng.randrange(0, len(text) - size)
+            data = text[start:start + size]
+        else:
+            data = rng.randbytes(size)
+        (directory / f"f{i:05d}.dat").write_bytes(data)
+
+
+def make_big(path, size_mb):
+    """Random bytes: like a checkpoint of float weights, it does not compress."""
+    with open(path, "wb") as f:
+        for _ in range(size_mb):
+            f.write(os.urandom(MB))
+
+
+# ---------------------------------------------------------------- the bench
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    payload: str          # what the project directory holds: a key of PAYLOADS
+    command: str          # the remote command, run in the synced directory
+    repeat: int
+    reset: object = None  # untimed, before every run of either side
+    check: object = None  # after every run: did it really move what it should?
+    goal: float = 1.0     # the issue's goal for the ratio (at most), or None: a reference row
+    rounds: object = None  # timing.Rounds, once it has run
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.ssh_ec2 = str(Path(args.ssh_ec2).resolve())
+        self.work = Path(tempfile.mkdtemp(prefix="ssh-ec2-bench-", dir=args.tmp))
+        self.work.chmod(0o711)  # sshd reads authorized_keys (in the cloud state dir) as ubuntu
+        self.name = self.work.name  # the project directory's name, hence the remote one's
+        self.project = self.work / self.name
+        self.store = self.work / "data"
+        self.home = self.work / "home"
+        self.logs = self.work / "logs"
+        for d in (self.project, self.store, self.home, self.logs):
+            d.mkdir()
+        self.trash = f"{self.name}.trash"  # earlier remote copies, set aside (in the home dir)
+        self.set_aside = 0
+        self.bed = self.link = None
+
+    # -- the simulated cloud, the link to it and the instance
+
+    def start_cloud(self, profile="loopback"):
+        """The cloud, and with a profile other than loopback the simulated link (link.py) in
+        front of it, which both sides then go through."""
+        self.bed = Bed(self.work / "cloud")
+        self.remote = self.bed.instance_home(REMOTE_USER) / self.name
+        if profile != "loopback":
+            self.start_link(profile)
+
+    def start_link(self, profile):
+        self.link = LinkProcess(self.bed, profile, self.logs / "link.stderr")
+
+    def instance_up(self):
+        """Has the instance been launched, and does the cloud still run?"""
+        return bool(self.bed and self.bed.running() and hasattr(self, "key"))
+
+    def profile_summary(self):
+        if not self.link or not self.link.profile.relay:
+            return "loopback, straight to sshd"
+        p = self.link.profile
+        rate = f"{p.rate / 1e6:.0f} Mbit/s" if p.rate else "no rate cap"
+        return f"profile {p.name}: relay, {p.rtt * 1000:.0f} ms RTT, {rate}"
+
+    def ssh_address(self):
+        """(host, port) both sides dial: the relay of the link, or the instance's sshd."""
+        return self.link.ssh_address() if self.link else self.bed.sshd_address()
+
+    @property
+    def host(self):
+        return self.ssh_address()[0]
+
+    @property
+    def ssh_words(self):
+        """OpenSSH as the by-hand side runs it: ssh-ec2's login key, the pinned host key."""
+        return ["ssh", "-F", "/dev/null", "-p", str(self.ssh_address()[1]), "-i", str(self.key),
+                "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+                "-l", REMOTE_USER]
+
+    def env(self, **extra):
+        aws = self.link or self.bed
+        host, port = self.ssh_address()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "USER": "bench",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL": aws.aws_endpoint,
+            "AWS_REGION": self.bed.region,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "SSH_EC2_CONNECT": f"{host}:{port}",
+            "SSH_EC2_CHECKIP_URL": aws.checkip_url,
+        }
+        env.update(extra)
+        return env
+
+    def launch(self):
+        log("launching the instance (ssh-ec2 --leave true)")
+        run_measured([self.ssh_ec2, "--leave", "true"], env=self.env(), cwd=self.project,
+                     log_to=self.logs / "launch.log")
+        instances = self.home / ".local/state/ssh-ec2/instances"
+        (instance,) = [d for d in instances.iterdir() if d.is_dir()]
+        self.key = instance / "login_ed25519"
+        host_key = " ".join((instance / "host_ed25519.pub").read_text().split()[:2])
+        # Pinned at every address OpenSSH may dial: sshd itself, and the relay.
+        addresses = {self.bed.sshd_address()} | ({self.link.relay_address} if self.link else set())
+        self.known_hosts = self.work / "known_hosts"
+        self.known_hosts.write_text("".join(f"[{h}]:{p} {host_key}\n" for h, p in addresses))
+        self.sshd = self.bed.sshd_pid()
+        self.instance_cpu = CpuGroup(self.sshd, self.name)
+
+    # -- the two sides
+
+    def run_ssh_ec2(self, command, log_to, tree=False, extra_args=(), env=None):
+        return run_measured([self.ssh_ec2, "--leave", *extra_args, command],
+                            env=env or self.env(), cwd=self.project, log_to=log_to, tree=tree)
+
+    def run_by_hand(self, command, log_to, tree=False, sync=True, ssh_words=None):
+        """rsync up, ssh, rsync back; `ssh_words`: another OpenSSH command line (with a
+        ControlPath, say) than self.ssh_words."""
+        ssh_words = ssh_words or self.ssh_words
+        rsh = shlex.join(ssh_words)
+        total = Measure()
+        if sync:
+            total.add(run_measured(["rsync", *PUSH_OPTIONS, "-e", rsh, f"{self.project}/",
+                                    f"{self.host}:{self.name}/"], log_to=log_to, tree=tree))
+        total.add(run_measured([*ssh_words, self.host, f"cd {self.name} && {command}"],
+                               log_to=log_to, tree=tree))
+        if sync:
+            total.add(run_measured(["rsync", *PULL_OPTIONS, "-e", rsh,
+                                    f"{self.host}:{self.name}/", f"{self.project}/"],
+                                   log_to=log_to, tree=tree))
+        return total
+
+    def remote_shell(self, command):
+        """Untimed set-up on the instance, as its user."""
+        subprocess.run([*self.ssh_words, self.host, command], check=True, timeout=RUN_TIMEOUT,
+                       stdin=subprocess.DEVNULL)
+
+    # -- one scenario, both sides in alternating rounds
+
+    def hold(self, payload):
+        """Puts this payload (only) in the project directory, and none on the instance."""
+        if getattr(self, "holding", None) == payload:
+            return
+        for item in list(self.project.iterdir()):
+            if item.name != "out.bin":
+                item.rename(self.store / item.name)
+        (self.project / "out.bin").unlink(missing_ok=True)
+        item = PAYLOADS[payload]
+        (self.store / item).rename(self.project / item)
+        self.remote_shell(f"rm -rf {self.name} && mkdir {self.name}")
+        self.holding = payload
+
+    def run_scenario(self, s):
+        self.hold(s.payload)
+        sides = {
+            "ssh-ec2": lambda log_to, tree: self.run_ssh_ec2(
+                s.command, log_to, tree, ("--no-rsync",) if s.key == "nosync" else ()),
+            "by hand": lambda log_to, tree: self.run_by_hand(
+                s.command, log_to, tree, sync=s.key != "nosync"),
+        }
+
+        def once(side, tree):
+            if s.reset:
+                s.reset()
+            os.sync()  # earlier writes are not flushed during the timed run
+            self.instance_cpu.settle(self.sshd)
+            remote_before = self.instance_cpu.seconds()
+            measure = sides[side](self.logs / f"{s.key}-{side.replace(' ', '-')}.log", tree)
+            self.instance_cpu.settle(self.sshd)
+            if remote_before is not None:
+                measure.remote_cpu = self.instance_cpu.seconds() - remote_before
+            else:
+                measure.remote_cpu = None
+            if s.check:
+                s.check()
+            return measure
+
+        # The untimed probe of each side also counts its processes (tree=True).
+        s.rounds = alternate(s.key, sides, s.repeat, once)
+        log(f"{s.title}: ssh-ec2 {s.rounds.median('ssh-ec2'):.3f} s, by hand "
+            f"{s.rounds.median('by hand'):.3f} s, {s.rounds.ratio('ssh-ec2', 'by hand'):.2f}x")
+
+    # -- the end
+
+    def run_to_end(self, work):
+        """Runs work(), then cleans up however it ends: done, failed, Ctrl-C, SIGTERM or
+        SIGHUP. Returns the exit status."""
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupted)
+        try:
+            work()
+        except KeyboardInterrupt:
+            log("interrupted")
+            return 130
+        finally:
+            self.cleanup()
+        return 0
+
+    def cleanup(self):
+        try:
+            if self.instance_up():
+                self.remote_shell(f"rm -rf {self.name} {self.trash}")
+        except Exception as e:  # noqa: BLE001 - cleaning up is best effort
+            log(f"could not remove {self.remote}: {e}")
+        if self.link:
+            self.link.stop()
+        if self.bed:
+            self.bed.stop()
+        if hasattr(self, "instance_cpu"):
+            self.instance_cpu.remove()
+        if self.args.keep:
+            log(f"kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def interrupted(*_):
+    raise KeyboardInterrupt

@@ -1,0 +1,395 @@
+"""The simulated link between a user's laptop and AWS, for the benchmarks (bench/README.md,
+"Profiles"). One process, one asyncio loop:
+
+- an HTTP proxy in front of the AWS endpoint (moto) and one in front of checkip: each request
+  waits one round trip, plus the round trips of a new HTTPS connection (TCP + TLS 1.3) the
+  first time a connection carries a request for that host; EC2's state changes are slowed to a
+  scaled real pace by rewriting moto's answers (ec2pace.py); every request is logged;
+- a TCP relay in front of the instance's sshd that delays each direction and caps its rate
+  (the kernel here has no netem qdisc).
+
+The profile can be switched while it runs. Control, on the AWS proxy's port, answered at once:
+GET /_link/log?since=N (the request and connection log, JSON), POST /_link/profile
+{"name": ...}, POST /_link/target {"host", "port"} (where the relay dials).
+Prints one JSON line {"aws", "checkip", "ssh"} when it listens; ends when stdin reaches EOF.
+"""
+
+import argparse
+import asyncio
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+from ec2pace import Ec2Pace
+
+CHUNK = 256 * 1024       # the relay's reads: large enough that Python's cost per read stays low
+MIN_WINDOW = 4 << 20     # bytes in flight per direction when the profile sets no TCP window
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    rtt: float = 0.0           # seconds, both SSH and AWS
+    rate: float = 0.0          # bits/s each way on the SSH relay; 0: no cap
+    tls_rtts: int = 0          # extra round trips of a new HTTPS connection
+    pace: float = 0.0          # EC2 state changes at this fraction of the real durations
+    relay: bool = True         # does SSH go through the relay at all?
+    window: int = 0            # bytes in flight per direction (a TCP window); 0: never limits
+
+    def in_flight(self):
+        if self.window:
+            return self.window
+        # Twice the bandwidth-delay product: the relay then never limits the rate.
+        return max(MIN_WINDOW, int(2 * self.rate / 8 * self.rtt))
+
+
+PROFILES = {p.name: p for p in (
+    # What the test suite sees: no delay, EC2 states change at once; SSH goes straight to sshd.
+    Profile("loopback", relay=False),
+    # The relay alone, nothing added: what it can carry on this machine.
+    Profile("bare"),
+    # A laptop on a good home or office link to a region 80 ms away. TCP + TLS 1.3: 2 round trips.
+    Profile("wan", rtt=0.080, rate=100e6, tls_rtts=2, pace=0.1),
+    Profile("fat", rtt=0.080, rate=1e9, tls_rtts=2, pace=0.1),
+)}
+
+
+class Link:
+    def __init__(self, profile, target):
+        self.profile = profile
+        self.target = target          # (host, port) the relay dials: the instance's sshd
+        self.pace = Ec2Pace()
+        self.log = []                 # dicts, in order; see note()
+        self.connections = 0
+        self.idle = {}                # (service, region) -> ids of idle connections to it
+
+    def set_idle(self, connection, hosts, idle):
+        """Marks a proxy connection idle (its answer is out) or not (busy, or closed)."""
+        for host in hosts:
+            ids = self.idle.setdefault(host, set())
+            if idle:
+                ids.add(connection)
+            else:
+                ids.discard(connection)
+
+    def note(self, **entry):
+        entry["seq"] = len(self.log)
+        self.log.append(entry)
+
+    def control(self, method, path, body):
+        """(status, JSON) for a /_link/ request."""
+        url = urlsplit(path)
+        if method == "GET" and url.path == "/_link/log":
+            since = int(dict(parse_qsl(url.query)).get("since", 0))
+            return 200, self.log[since:]
+        if method == "POST" and url.path == "/_link/profile":
+            self.profile = PROFILES[json.loads(body)["name"]]
+            return 200, {"profile": self.profile.name}
+        if method == "POST" and url.path == "/_link/target":
+            spec = json.loads(body)
+            self.target = (spec["host"], int(spec["port"]))
+            return 200, {"target": list(self.target)}
+        return 404, {"error": f"no {method} {url.path}"}
+
+
+# ---------------------------------------------------------------- the HTTP proxies
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "date",
+              "server"}
+
+
+async def read_request(reader):
+    """(method, path, headers dict with lower-case names, body), or None at EOF."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    first, *lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = first.split(" ", 2)
+    headers = {}
+    for line in filter(None, lines):
+        name, value = line.split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", ""):
+        raise ValueError("chunked request bodies are not supported")
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return method, path, headers, body
+
+
+def forward(upstream, method, path, headers, body):
+    """Blocking: the upstream server's (status, headers, body). A fresh connection each time:
+    on loopback it costs well under a millisecond, and moto's keep-alive need not be trusted."""
+    connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
+    try:
+        connection.request(method, path, body=body, headers={
+            k: v for k, v in headers.items() if k not in HOP_BY_HOP})
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        connection.close()
+
+
+def answer_bytes(status, headers, body):
+    """The whole answer in one buffer: written in one go, it leaves in one segment (with
+    TCP_NODELAY), and no Nagle + delayed-ACK stall of ~40 ms waits between head and body."""
+    head = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Status')}"]
+    head += [f"{k}: {v}" for k, v in headers if k.lower() not in HOP_BY_HOP]
+    head += [f"Content-Length: {len(body)}", "Connection: keep-alive", "", ""]
+    return "\r\n".join(head).encode("latin-1") + body
+
+
+def describe(listener, headers, body):
+    """(action, service, region, params) of a request, from its form body or JSON target and
+    its signature's credential scope (service and region say which AWS host it is for)."""
+    scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/", headers.get("authorization", ""))
+    region, service = scope.groups() if scope else ("", listener)
+    if "x-amz-target" in headers:  # JSON protocol (the Price List API)
+        return headers["x-amz-target"].rsplit(".", 1)[-1], service, region, {}
+    params = dict(parse_qsl(body.decode(errors="replace")))
+    return params.get("Action", listener), service, region, params
+
+
+def set_nodelay(writer):
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def proxy_handler(link, listener, upstream):
+    """A connection handler for one proxy: `listener` names it ("aws", "checkip")."""
+    upstream = urlsplit(upstream)
+
+    async def handle(reader, writer):
+        set_nodelay(writer)
+        link.connections += 1
+        connection, hosts = link.connections, set()  # hosts this connection has "reached"
+        try:
+            while (request := await read_request(reader)) is not None:
+                method, path, headers, body = request
+                if path.startswith("/_link/"):
+                    status, data = link.control(method, path, body)
+                    writer.write(answer_bytes(status, [("Content-Type", "application/json")],
+                                              json.dumps(data).encode()))
+                else:
+                    link.set_idle(connection, hosts, False)
+                    writer.write(await exchange(link, listener, upstream, connection, hosts,
+                                                request))
+                await writer.drain()
+                link.set_idle(connection, hosts, True)
+        except (ConnectionError, ValueError) as e:
+            print(f"link.py: {listener} connection {connection}: {e}", file=sys.stderr)
+        finally:
+            link.set_idle(connection, hosts, False)
+            writer.close()
+
+    return handle
+
+
+async def exchange(link, listener, upstream, connection, hosts, request):
+    """One request: its round trips, moto's (possibly rewritten) answer, a log entry."""
+    method, path, headers, body = request
+    arrived = time.time()
+    profile = link.profile
+    action, service, region, params = describe(listener, headers, body)
+    host = (service, region)
+    # A connection's first request to a host pays its handshake, unless another connection to
+    # that host lay idle: the SDK's pool races a fresh connection against an idle one coming
+    # back, and on loopback the fresh one wins; on a real link, the idle one would.
+    raced = host not in hosts and bool(link.idle.get(host, set()) - {connection})
+    new_host = host not in hosts and not raced
+    hosts.add(host)
+    rtts = 1 + (profile.tls_rtts if new_host else 0)
+    # Out: the handshake's round trips and half of the request's own; back: the other half.
+    await asyncio.sleep(profile.rtt * (rtts - 0.5))
+    at_aws = time.time()
+    refusal = link.pace.refusal(action, params, at_aws, profile.pace) if listener == "aws" else None
+    if refusal:
+        status, answer_headers, answer, note = *refusal, "refused while shutting down"
+    else:
+        status, answer_headers, answer = await asyncio.to_thread(
+            forward, upstream, method, path, headers, body)
+        answer, note = link.pace.follow(action, params, status, answer, at_aws, profile.pace)
+    await asyncio.sleep(profile.rtt / 2)
+    link.note(kind="http", listener=listener, connection=connection, action=action,
+              service=service, region=region, status=status, new_connection=new_host,
+              raced=raced, rtts=rtts, arrived=arrived, at_aws=at_aws, answered=time.time(),
+              note=note,
+              params={k: v for k, v in params.items() if k not in ("UserData", "Version")})
+    return answer_bytes(status, answer_headers, answer)
+
+
+# ---------------------------------------------------------------- the SSH relay
+
+class Window:
+    """Bytes in flight on one direction, as TCP's window: taken when read, given back when
+    the data's acknowledgement would be home (one round trip after it left)."""
+
+    def __init__(self, size):
+        self.size, self.used = size, 0
+        self.freed = asyncio.Event()
+
+    async def take(self, n):
+        while self.used and self.used + n > self.size:
+            self.freed.clear()
+            await self.freed.wait()
+        self.used += n
+
+    def give(self, n):
+        self.used -= n
+        self.freed.set()
+
+
+async def carry(link, reader, writer, counter):
+    """One direction: each chunk leaves when the link is free and has serialized it (the rate
+    cap), and arrives one way's delay later. Ends with a half-close at the far end."""
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+    window = Window(link.profile.in_flight())
+
+    async def send():
+        free_at = loop.time()  # when the link has finished the previous chunk
+        while True:
+            data = await reader.read(CHUNK)
+            profile = link.profile
+            if data:
+                await window.take(len(data))
+            start = max(loop.time(), free_at)
+            free_at = start + (len(data) * 8 / profile.rate if profile.rate else 0)
+            queue.put_nowait((free_at + profile.rtt / 2, data))
+            if not data:
+                return
+
+    async def deliver():
+        while True:
+            at, data = await queue.get()
+            if (delay := at - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            if not data:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+            counter[0] += len(data)
+            loop.call_at(max(at, loop.time()) + link.profile.rtt / 2, window.give, len(data))
+
+    async with asyncio.TaskGroup() as tasks:  # one fails: the other is cancelled
+        tasks.create_task(send())
+        tasks.create_task(deliver())
+
+
+def relay_handler(link):
+    async def handle(client_reader, client_writer):
+        set_nodelay(client_writer)
+        link.connections += 1
+        entry = {"kind": "ssh", "connection": link.connections, "opened": time.time(),
+                 "up": [0], "down": [0]}
+        try:
+            await asyncio.sleep(link.profile.rtt)  # the TCP handshake of a real link
+            if link.pace.booting(time.time()):
+                # The instance is still pending: nothing listens at its address yet.
+                entry["refused"] = "pending"
+                client_writer.transport.abort()
+                return
+            server_reader, server_writer = await asyncio.open_connection(*link.target)
+            set_nodelay(server_writer)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(carry(link, client_reader, server_writer, entry["up"]))
+                    tasks.create_task(carry(link, server_reader, client_writer, entry["down"]))
+            finally:
+                server_writer.close()
+        except* (ConnectionError, OSError) as group:
+            entry["error"] = "; ".join(str(e) for e in group.exceptions)
+        finally:
+            client_writer.close()
+            entry.update(closed=time.time(), up=entry["up"][0], down=entry["down"][0])
+            link.note(**entry)
+
+    return handle
+
+
+# ---------------------------------------------------------------- the benchmarks' side
+
+class LinkProcess:
+    """link.py run by a benchmark, in front of a test bed (bed.Bed), until stop()."""
+
+    def __init__(self, bed, profile, log_to):
+        host, port = bed.sshd_address()
+        self.stderr = open(log_to, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--aws", bed.aws_endpoint, "--checkip", bed.checkip_url,
+             "--sshd", f"{host}:{port}", "--profile", profile],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench: link.py did not start: see {log_to}")
+        ready = json.loads(line)
+        self.aws_endpoint, self.checkip_url = ready["aws"], ready["checkip"]
+        host, port = ready["ssh"].rsplit(":", 1)
+        self.relay_address = (host, int(port))
+        self.direct_address = bed.sshd_address()
+        self.profile = PROFILES[profile]
+        self.seen = 0  # log entries read
+
+    def call(self, path, data=None):
+        request = urllib.request.Request(self.aws_endpoint + path, method="POST" if data else "GET",
+                                         data=json.dumps(data).encode() if data else None)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def set_profile(self, name):
+        self.call("/_link/profile", {"name": name})
+        self.profile = PROFILES[name]
+
+    def ssh_address(self):
+        """Where SSH clients dial under the current profile: the relay, or sshd itself."""
+        return self.relay_address if self.profile.relay else self.direct_address
+
+    def new_entries(self):
+        """The log entries since the last call."""
+        entries = self.call(f"/_link/log?since={self.seen}")
+        self.seen += len(entries)
+        return entries
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        self.stderr.close()
+
+
+# ---------------------------------------------------------------- the process
+
+async def serve(args):
+    host, port = args.sshd.rsplit(":", 1)
+    link = Link(PROFILES[args.profile], (host, int(port)))
+    aws = await asyncio.start_server(proxy_handler(link, "aws", args.aws), "127.0.0.1", 0)
+    checkip = await asyncio.start_server(proxy_handler(link, "checkip", args.checkip),
+                                         "127.0.0.1", 0)
+    relay = await asyncio.start_server(relay_handler(link), "127.0.0.1", 0)
+    ports = [s.sockets[0].getsockname()[1] for s in (aws, checkip, relay)]
+    print(json.dumps({"aws": f"http://127.0.0.1:{ports[0]}",
+                      "checkip": f"http://127.0.0.1:{ports[1]}/",
+                      "ssh": f"127.0.0.1:{ports[2]}"}), flush=True)
+    # The bench holds our stdin: EOF means it is done, or died.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--aws", required=True, help="the AWS endpoint to forward to (moto)")
+    parser.add_argument("--checkip", required=True, help="the checkip URL to forward to")
+    parser.add_argument("--sshd", required=True, help="HOST:PORT the relay dials")
+    parser.add_argument("--profile", default="wan", choices=PROFILES)
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+//! Finding what ssh-ec2 left behind: this machine's instances whose keys are gone or whose
+//! expiry passed, groups and launches without an instance, and stale local state.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::{Leftovers, UNRECORDED_AFTER, Why, keys, show};
+use crate::cloud::{Cloud, Owned};
+use crate::fleet;
+use crate::fleet::journal::{self, Launch};
+use crate::plan::FleetPlan;
+use crate::printer::Printer;
+use crate::state::{Store, lock};
+
+/// Finds the leftovers.
+pub(super) async fn find(
+    cloud: &Cloud,
+    store: &Store,
+    plan: &FleetPlan,
+    printer: &Printer,
+    all_regions: bool,
+) -> Result<Leftovers> {
+    let state_dir = &plan.dirs.root;
+    let busy = |dir: &Option<String>| {
+        dir.as_deref()
+            .is_some_and(|dir| lock::busy(state_dir, Path::new(dir)))
+    };
+    let mut found = Leftovers::default();
+    let mut caller = keys::Caller::new(cloud);
+    let launches = journal::unfinished(store);
+    let launch_ids: HashSet<&str> = launches.iter().map(|l| l.id.as_str()).collect();
+
+    let (owned, groups, skipped_regions) =
+        fleet::owner_instances_and_groups(cloud, &plan.owner, all_regions, printer).await?;
+    found.skipped_regions = skipped_regions;
+    let mut from_elsewhere = 0;
+    for owned in &owned {
+        let id = &owned.instance.id;
+        if !owned.this_machine {
+            from_elsewhere += 1;
+            continue;
+        }
+        // Not adopted yet: its launch is settled below.
+        if owned
+            .launch
+            .as_deref()
+            .is_some_and(|l| launch_ids.contains(l))
+        {
+            continue;
+        }
+        let home = owned
+            .dir
+            .as_deref()
+            .is_some_and(|dir| Path::new(dir).is_dir());
+        let why = match (store.holds(id), owned.expired(), home) {
+            (false, _, _) => Why::KeysGone,
+            (true, true, true) => Why::ExpiredWithHome,
+            (true, true, false) => Why::Expired,
+            (true, false, _) => continue,
+        };
+        if busy(&owned.dir) {
+            found
+                .skipped
+                .push(format!("{id}: a run in {} goes on", show(&owned.dir)));
+            continue;
+        }
+        found.instances.push((owned.clone(), why));
+    }
+
+    for (region, group) in groups {
+        let used = owned
+            .iter()
+            .any(|o| o.instance.security_group.as_deref() == Some(&group.id));
+        let launched = launches
+            .iter()
+            .any(|l| l.group.as_deref() == Some(&group.id) || l.group_name() == group.name);
+        if used || launched || !group.this_machine {
+            continue;
+        }
+        if busy(&group.dir) {
+            found.skipped.push(format!(
+                "{}: a run in {} goes on",
+                group.id,
+                show(&group.dir)
+            ));
+            continue;
+        }
+        found.groups.push((region, group));
+    }
+
+    for launch in launches {
+        match leave_launch(&mut caller, state_dir, &launch).await {
+            Some(why) => found.skipped.push(format!("launch {}: {why}", launch.id)),
+            None => found.launches.push(launch),
+        }
+    }
+
+    let (local, kept) = stale_local_state(&mut caller, plan, store, &owned).await;
+    found.local = local;
+    found.skipped.extend(kept);
+    found.locks = lock::sweep(state_dir, true);
+    found.from_elsewhere = from_elsewhere;
+    Ok(found)
+}
+
+/// Why an unfinished launch is left alone, if it is.
+async fn leave_launch(
+    caller: &mut keys::Caller<'_>,
+    state_dir: &Path,
+    launch: &Launch,
+) -> Option<String> {
+    if lock::busy(state_dir, Path::new(&launch.dir)) {
+        return Some(format!("a run in {} goes on", launch.dir));
+    }
+    // Its instance, if any, is where only that account's credentials see it.
+    caller.elsewhere(launch).await
+}
+
+/// Instance directories whose instance is gone (see `keys`), keys that wait for a launch no
+/// run recorded, and rsync relays of dead runs; and the keys kept, with why.
+async fn stale_local_state(
+    caller: &mut keys::Caller<'_>,
+    plan: &FleetPlan,
+    store: &Store,
+    owned: &[Owned],
+) -> (Vec<(PathBuf, String)>, Vec<String>) {
+    let instances = plan.dirs.root.join("instances");
+    let (mut stale, kept) = keys::stale_keys(caller, store, owned, &instances).await;
+    for launch in store.unrecorded_launches(UNRECORDED_AFTER) {
+        stale.push((
+            instances.join(format!("pending-{launch}")),
+            "keys of a launch that never started".to_string(),
+        ));
+    }
+    if let Ok(entries) = std::fs::read_dir(&plan.dirs.sockets) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("relay-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<i32>().ok());
+            let dead = pid.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            });
+            if dead {
+                stale.push((entry.path(), "rsync relay of a run that ended".to_string()));
+            }
+        }
+    }
+    (stale, kept)
+}

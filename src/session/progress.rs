@@ -1,0 +1,29 @@
+//! How far a run got, recorded as it goes: what decides the end of life that is safe.
+
+use std::sync::Arc;
+
+use super::lease::Presence;
+use crate::remote::runs::Earlier;
+use crate::ssh::{RemoteExit, Session};
+use crate::sync::Report;
+
+/// How far a run got, which decides what end of life is safe.
+#[derive(Default)]
+pub struct Progress {
+    pub command_started: bool,
+    pub exit: Option<RemoteExit>,
+    /// The command is over and its results are home (pulled back, or --no-rsync).
+    pub results_home: bool,
+    /// A job in tmux/screen, or an earlier run's command, goes on: the instance stays as it
+    /// is, whatever the policy.
+    pub goes_on: bool,
+    /// What the syncs found to say at the end: conflicts, what stays on the instance.
+    pub sync: Report,
+    /// This run's lease on the instance, once it reached it.
+    pub presence: Option<Presence>,
+    /// What the commands of earlier runs of this directory, whose clients are gone, left on the
+    /// instance, as last seen.
+    pub earlier: Vec<Earlier>,
+    /// The last session to the instance, to drop the lease and see who else is there.
+    pub session: Option<Arc<Session>>,
+}

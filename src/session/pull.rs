@@ -1,0 +1,146 @@
+//! The final pull, once nothing runs on the instance any more: results come home before the
+//! end of life. Signals from then on are noted rather than obeyed, but for the second one,
+//! which gives up the pull (the instance is then stopped, not terminated).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::earlier::forget_ended;
+use super::progress::Progress;
+use super::reach::{Reached, stopped_under_the_run};
+use super::{Plan, Scene};
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::printer::Printer;
+use crate::remote::RemoteDir;
+use crate::ssh::Session;
+use crate::sync::{Manifest, Rsync};
+
+/// How many signals after the command give up the pull.
+const SKIP_THE_PULL: u32 = 2;
+
+/// Once the command is over, a signal cannot cut the run short without losing results or
+/// leaving an instance running: say so rather than ignore it silently.
+pub struct NoteSignals(tokio::task::JoinHandle<()>);
+
+impl NoteSignals {
+    pub fn start(interrupt: &Interrupt, printer: &Printer) -> NoteSignals {
+        let mut interrupt = interrupt.only_new();
+        let printer = printer.clone();
+        NoteSignals(tokio::spawn(async move {
+            loop {
+                let (count, signal) = interrupt.next().await;
+                let again = match count < SKIP_THE_PULL {
+                    true => "; again to skip the pull (the instance is then stopped)",
+                    false => "",
+                };
+                printer.warn(&format!(
+                    "{signal}: finishing first, so that nothing is lost or left running{again}"
+                ));
+            }
+        }))
+    }
+}
+
+impl Drop for NoteSignals {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// rsync between this directory and `remote_dir`, over `session`.
+pub fn rsync<'a>(
+    plan: &'a Plan,
+    session: &Arc<Session>,
+    remote_dir: &RemoteDir,
+    printer: &'a Printer,
+    instance_id: &'a str,
+) -> Result<Rsync<'a>> {
+    let sync = plan
+        .sync
+        .as_ref()
+        .context("rsync asked for with --no-rsync")?;
+    Rsync::new(
+        sync,
+        &plan.local_dir,
+        remote_dir,
+        session.clone(),
+        &plan.dirs.sockets,
+        printer,
+        instance_id,
+    )
+}
+
+/// The final pull, once the command has ended; a pull cut by the instance stopping says so.
+/// `after_command` sees the signals since the command ended: the second one gives up the pull.
+/// Whether the results are home: with --no-rsync, unless an earlier pull did not complete.
+pub async fn pull_results(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+    after_command: &Interrupt,
+) -> Result<bool> {
+    let Scene {
+        cloud,
+        plan,
+        store,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    let id = &machine.instance.id;
+    if plan.sync.is_none() {
+        let home = !store.unpulled(id);
+        if !home {
+            printer.warn(&format!(
+                "--no-rsync, but the last pull from {id} did not complete: results may be there \
+                 only, so it is not terminated; `ssh-ec2 true` here brings them home"
+            ));
+        }
+        return Ok(home);
+    }
+    let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
+    let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
+    // A second signal in all gives up the pull: the instance is then stopped, not terminated.
+    let pulled = tokio::select! {
+        pulled = rsync.pull(manifest, &mut progress.sync) => pulled,
+        signal = after_command.until_count(SKIP_THE_PULL) => {
+            drop(phase);
+            let fate = match machine.instance.spot {
+                true => "left running (a spot instance cannot be stopped)",
+                false => "stopped, not terminated",
+            };
+            printer.warn(&format!(
+                "{signal} again: skipping the pull; {id} will be {fate}: run `ssh-ec2 true` \
+                 here later to bring the results home"
+            ));
+            return Err(Interrupted(signal).into());
+        }
+    };
+    match pulled {
+        Ok(()) => {
+            phase.done("pulled results back");
+            forget_ended(&reached.session, progress).await;
+            Ok(true)
+        }
+        Err(e) if reached.session.is_closed() => {
+            Err(stopped_under_the_run(cloud, id).await.unwrap_or(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The final pull once nothing runs there any more, signals noted from now on; then the
+/// results are home (but with --no-rsync after a pull that did not complete).
+pub async fn pull_home(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<()> {
+    let _notes = NoteSignals::start(scene.interrupt, scene.printer);
+    let after = scene.interrupt.only_new();
+    progress.results_home = pull_results(scene, reached, manifest, progress, &after).await?;
+    Ok(())
+}

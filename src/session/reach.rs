@@ -1,0 +1,306 @@
+//! Reaching the instance: waiting for it to run and for its sshd to let us in (one boot
+//! deadline for both), replacing the host key of its user-data, re-arming its dead-man switch,
+//! making sure the remote directory exists; reconnecting after a dropped connection; and the
+//! `-L`/`-R` forwards on a session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::host_key;
+use super::lease::Presence;
+use super::progress::Progress;
+use super::{Dial, Plan, Scene};
+use crate::cloud::{Cloud, Instance, State};
+use crate::printer::Printer;
+use crate::remote::job::Job;
+use crate::remote::{self, RemoteDir};
+use crate::settings::values::{Address, HostPort, Limit};
+use crate::ssh::forward::Forwarding;
+use crate::ssh::{Session, Target};
+use crate::state::entries::Entry;
+use crate::state::lock::DirLock;
+
+/// The instance, reached: where its sshd is, the session, and the remote directory's path.
+pub struct Reached {
+    pub target: Target,
+    pub session: Arc<Session>,
+    pub remote_dir: RemoteDir,
+}
+
+/// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
+/// makes sure the remote directory exists.
+pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
+    let Scene {
+        plan,
+        interrupt,
+        printer,
+        ..
+    } = *scene;
+    let deadline = Instant::now() + plan.reach.boot_timeout;
+    let mut target = interrupt
+        .cancel(wait_for_ssh_target(scene, deadline))
+        .await?;
+    let id = &scene.machine.instance.id;
+    let entry = Entry {
+        local_dir: &plan.local_dir,
+        login: &plan.machine.login,
+        id,
+        user: &target.user,
+        address: &target.address,
+    };
+    if let Err(e) = scene.store.refresh_ssh_config_entry(&entry) {
+        printer.warn(&format!(
+            "{e:#}: `ssh-ec2 --ssh-config --install` writes the OpenSSH entry of {id} again"
+        ));
+    }
+    let session = interrupt
+        .cancel(connect(&target, deadline, printer))
+        .await?;
+    let settling = async {
+        host_key::settle(scene, &mut target, &session).await;
+        Ok(())
+    };
+    interrupt.cancel(settling).await?;
+    arm_watchdog(scene, &session).await?;
+    let pwd = session
+        .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
+        .await?;
+    // The last line: a chatty shell profile may print before `pwd` does.
+    let remote_dir =
+        RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
+            format!(
+                "the instance did not report the path of {}: check --remote-dir",
+                plan.remote_dir
+            )
+        })?;
+    Ok(Reached {
+        target,
+        session,
+        remote_dir,
+    })
+}
+
+/// Every connection re-arms the dead-man switch with this run's settings.
+async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
+    let watchdog = &scene.plan.machine.watchdog;
+    let job = Job::for_dir(&scene.plan.local_dir);
+    session
+        .run_captured(&watchdog.arm_command(&job))
+        .await
+        .context("cannot re-arm the instance's dead-man switch (~/.ssh-ec2/watchdog)")?;
+    if watchdog.max_lifetime == Limit::Off {
+        let until = match watchdog.idle_stop {
+            Limit::Off => "never stops by itself".to_string(),
+            idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
+        };
+        scene.printer.warn(&format!(
+            "--max-lifetime off: {} {until}; end it yourself with `ssh-ec2 --terminate true` here",
+            scene.machine.instance.id
+        ));
+    }
+    Ok(())
+}
+
+/// Reaches the instance and takes this run's lease on it (learning what earlier runs' commands
+/// left there); the directory's lock, held until a run that joins can see that lease, is
+/// released then.
+pub async fn reach_and_join(
+    scene: &Scene<'_>,
+    lock: DirLock,
+    progress: &mut Progress,
+) -> Result<Reached> {
+    let reached = reach(scene).await?;
+    progress.session = Some(reached.session.clone());
+    let job = Job::for_dir(&scene.plan.local_dir);
+    let (presence, earlier) = Presence::take(&reached.session, &job).await?;
+    progress.presence = Some(presence);
+    progress.earlier = earlier;
+    drop(lock);
+    Ok(reached)
+}
+
+/// Waits until the instance runs and says where its sshd is.
+async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Target> {
+    let Scene {
+        cloud,
+        plan,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    let id = &machine.instance.id;
+    let phase = printer.phase(format!("waiting for {id} to run"));
+    let running = cloud.wait_until(id, State::Running, deadline).await?;
+    let address = ssh_address(&plan.reach.dial, &running)?;
+    phase.done(format!("{id} is running"));
+    Ok(Target {
+        address,
+        user: machine.user.clone(),
+        keys: machine.keys.clone(),
+    })
+}
+
+/// Where the instance's sshd is reached: `connect` (a tunnel), else the address chosen, port 22.
+pub fn ssh_address(dial: &Dial, instance: &Instance) -> Result<HostPort> {
+    if let Some(address) = &dial.connect {
+        return Ok(address.clone());
+    }
+    let (public, private) = (
+        instance.public_ip.as_deref(),
+        instance.private_ip.as_deref(),
+    );
+    let chosen = match dial.address {
+        Address::Public => public,
+        Address::Private => private,
+        Address::Auto => public.or(private),
+    };
+    let host = chosen.with_context(|| missing_address(dial.address, &instance.id, private))?;
+    Ok(HostPort {
+        host: host.to_string(),
+        port: 22,
+    })
+}
+
+/// Why there is no address to dial, naming the setting and what to set instead.
+fn missing_address(address: Address, id: &str, private: Option<&str>) -> String {
+    let tunnel = "or --connect HOST:PORT through a tunnel (e.g. an SSM port forward)";
+    match (address, private) {
+        (Address::Public, Some(private)) => format!(
+            "{id} has no public address (--address public, SSH_EC2_ADDRESS): from inside its \
+             VPC, over a VPN or Direct Connect, --address private dials {private}; {tunnel}"
+        ),
+        (Address::Private, _) => format!(
+            "{id} has no private address (--address private, SSH_EC2_ADDRESS): use --address \
+             public or auto, {tunnel}"
+        ),
+        _ => format!("{id} has no IP address: pass --connect HOST:PORT ({tunnel})"),
+    }
+}
+
+async fn connect(target: &Target, deadline: Instant, printer: &Printer) -> Result<Arc<Session>> {
+    let phase = printer.phase(format!("connecting to {}@{}", target.user, target.address));
+    let session = Session::connect(target, deadline, &phase).await?;
+    phase.done(format!("connected to {}@{}", target.user, target.address));
+    Ok(Arc::new(session))
+}
+
+/// The session to go on with: the same one, or a new one if it dropped (a network change),
+/// unless the instance stopped under the run.
+pub async fn reconnect_if_closed(
+    scene: &Scene<'_>,
+    target: &Target,
+    session: Arc<Session>,
+) -> Result<Arc<Session>> {
+    if !session.is_closed() {
+        return Ok(session);
+    }
+    if let Some(gone) = stopped_under_the_run(scene.cloud, &scene.machine.instance.id).await {
+        return Err(gone);
+    }
+    let deadline = Instant::now() + scene.plan.reach.reconnect_timeout;
+    // Another run here may have replaced the host key meanwhile (see `host_key`).
+    let mut target = target.clone();
+    let (id, login) = (&scene.machine.instance.id, &scene.plan.machine.login);
+    if let Ok(keys) = scene.store.load(id, login) {
+        target.keys = keys;
+    }
+    connect(&target, deadline, scene.printer).await
+}
+
+/// Why the connection went away, when it is because the instance stopped (a shutdown from
+/// inside it) or was terminated.
+pub async fn stopped_under_the_run(cloud: &Cloud, id: &str) -> Option<anyhow::Error> {
+    match cloud.instance(id).await.ok()?.state {
+        State::Stopping | State::Stopped => Some(anyhow::anyhow!(
+            "{id} stopped under the run (shut down from inside it?); its disk, with the results, \
+             is kept: run `ssh-ec2 true` here to start it and bring them home"
+        )),
+        State::ShuttingDown | State::Terminated => Some(anyhow::anyhow!(
+            "{id} was terminated under the run: what was only on it is lost"
+        )),
+        State::Pending | State::Running => None,
+    }
+}
+
+/// Opens the `-L`/`-R` forwards on `session`, for as long as the result lives.
+pub async fn open_forwards(
+    session: &Arc<Session>,
+    plan: &Plan,
+    printer: &Printer,
+    first_time: bool,
+) -> Result<Forwarding> {
+    let forwards = &plan.forwards;
+    let forwarding = session
+        .forward(&forwards.local, &forwards.remote, printer)
+        .await?;
+    if first_time {
+        for forward in &forwards.local {
+            printer.info(&format!("forwarding -L {}", forward.spec));
+        }
+        for forward in &forwards.remote {
+            printer.info(&format!("forwarding -R {forward}"));
+        }
+    }
+    Ok(forwarding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::State;
+
+    fn instance(public: Option<&str>, private: Option<&str>) -> Instance {
+        Instance {
+            id: "i-1".into(),
+            state: State::Running,
+            instance_type: "g5.xlarge".into(),
+            public_ip: public.map(str::to_string),
+            private_ip: private.map(str::to_string),
+            security_group: None,
+            login_user: None,
+            spot: false,
+            zone: None,
+        }
+    }
+
+    fn dial(address: Address, connect: Option<&str>) -> Dial {
+        Dial {
+            address,
+            connect: connect.map(|c| c.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_address_setting_chooses_which_one_is_dialled() {
+        let both = instance(Some("54.1.2.3"), Some("172.31.0.5"));
+        let host = |d: Dial, i: &Instance| ssh_address(&d, i).map(|a| a.to_string());
+        assert_eq!(
+            host(dial(Address::Auto, None), &both).unwrap(),
+            "54.1.2.3:22"
+        );
+        assert_eq!(
+            host(dial(Address::Private, None), &both).unwrap(),
+            "172.31.0.5:22"
+        );
+        assert_eq!(
+            host(dial(Address::Public, None), &both).unwrap(),
+            "54.1.2.3:22"
+        );
+        let private_only = instance(None, Some("172.31.0.5"));
+        assert_eq!(
+            host(dial(Address::Auto, None), &private_only).unwrap(),
+            "172.31.0.5:22"
+        );
+        let err = host(dial(Address::Public, None), &private_only).unwrap_err();
+        assert!(err.to_string().contains("--address public"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("--address private dials 172.31.0.5"),
+            "{err}"
+        );
+        let tunnel = dial(Address::Public, Some("127.0.0.1:2222"));
+        assert_eq!(host(tunnel, &private_only).unwrap(), "127.0.0.1:2222");
+    }
+}

@@ -1,0 +1,278 @@
+//! A run's work on the instance it reached: sync up, run the command (directly, streamed like
+//! `ssh host command`, or as this directory's job in tmux/screen), pull the results back. How
+//! far it got is recorded in `Progress`, which decides the end of life.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::Scene;
+use super::job::{
+    Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
+    wanted_multiplexer,
+};
+use super::lease::Presence;
+use super::progress::Progress;
+use super::pull::{NoteSignals, pull_results, rsync};
+use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
+use crate::fleet::end_of_life::Origin;
+use crate::poll::Poll;
+use crate::printer::Printer;
+use crate::remote::job::Job;
+use crate::remote::runs::RunRecord;
+use crate::ssh::{RemoteExit, Session, run_command};
+use crate::state::lock::DirLock;
+use crate::sync::Manifest;
+
+/// Connect, sync up, run, pull back; with `detach`, start the job and return.
+pub async fn run(
+    scene: &Scene<'_>,
+    detach: bool,
+    lock: DirLock,
+    progress: &mut Progress,
+) -> Result<()> {
+    let Scene {
+        plan,
+        store,
+        machine,
+        printer,
+        ..
+    } = *scene;
+    let mut reached = reach_and_join(scene, lock, progress).await?;
+    let job = Job::for_dir(&plan.local_dir);
+    // Checked before anything is synced: a job needs its multiplexer, and one at a time.
+    let multiplexer = match wanted_multiplexer(plan, detach) {
+        None => None,
+        Some(wanted) => Some(choose_multiplexer(&reached.session, wanted, &job).await?),
+    };
+    let mut manifest = Manifest::load(&store.manifest_path(&machine.instance.id));
+    sync_up(scene, &reached, &mut manifest, progress).await?;
+
+    let command = plan.command.as_deref();
+    if plan.sync.is_some() {
+        // Until a pull brings them home, its results are there only.
+        store.note_unpulled(&machine.instance.id)?;
+    }
+    progress.command_started = true;
+    printer.info(&match command {
+        Some(command) => format!("running `{command}` in {}", plan.remote_dir),
+        None => format!("opening a shell in {}", plan.remote_dir),
+    });
+    let Some(multiplexer) = multiplexer else {
+        return run_directly(scene, reached, &mut manifest, progress).await;
+    };
+    let size = crossterm::terminal::size().unwrap_or((80, 24));
+    let login_shell = "exec \"${SHELL:-/bin/sh}\" -l";
+    reached
+        .session
+        .run_captured(&job.start_command(
+            multiplexer,
+            &reached.remote_dir,
+            command.unwrap_or(login_shell),
+            size,
+        ))
+        .await?;
+    printer.info(&format!(
+        "started job {} in {multiplexer} on {}",
+        job.name(),
+        machine.instance.id
+    ));
+    let followed = match detach {
+        true => Followed::Detached,
+        false => {
+            let attach = plan.terminal.pty;
+            let followed = follow_job(scene, &mut reached, &job, multiplexer, attach).await;
+            progress.session = Some(reached.session.clone());
+            followed?
+        }
+    };
+    conclude_job(scene, &reached, &job, followed, &mut manifest, progress).await
+}
+
+/// This directory to the instance; on an instance that may hold an earlier run's results, those
+/// come home first, so that the push cannot overwrite them.
+async fn sync_up(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<()> {
+    let Scene {
+        plan,
+        machine,
+        interrupt,
+        printer,
+        ..
+    } = *scene;
+    let Some(sync) = &plan.sync else {
+        return Ok(());
+    };
+    if let Some(warning) = crate::sync::outdated_warning(sync.version, &plan.dirs.root) {
+        printer.warn(&warning);
+    }
+    let id = &machine.instance.id;
+    let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
+    if machine.origin != Origin::Launched {
+        let phase = printer.phase(format!(
+            "bringing home what changed in {} since the last sync",
+            plan.remote_dir
+        ));
+        interrupt
+            .cancel(rsync.pull(manifest, &mut progress.sync))
+            .await?;
+        phase.done("up to date with the instance");
+    }
+    let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
+    interrupt.cancel(rsync.push(manifest)).await?;
+    phase.done(format!("synced to {}", plan.remote_dir));
+    Ok(())
+}
+
+/// How the run's own command is named while it is ended.
+const THE_COMMAND: &str = "the remote command";
+
+/// The command without a multiplexer, streamed over the session like `ssh host command`; its
+/// record on the instance is named like the run's lease (see `remote::runs`).
+async fn run_directly(
+    scene: &Scene<'_>,
+    mut reached: Reached,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<()> {
+    let Scene {
+        plan,
+        machine,
+        interrupt,
+        printer,
+        ..
+    } = *scene;
+    let forwarding = open_forwards(&reached.session, plan, printer, true).await?;
+    let record = (progress.presence.as_ref())
+        .map(Presence::run_record)
+        .context("the run holds no lease on the instance")?;
+    let (ran, spot_notice) = stream_command(scene, &reached.session, &record).await;
+    drop(forwarding);
+    let _notes = NoteSignals::start(interrupt, printer);
+    let after_command = interrupt.only_new();
+    if let Ok(RemoteExit::Signal(signal)) = &ran {
+        printer.warn(&format!("the remote command was killed by signal {signal}"));
+    }
+    progress.exit = ran.as_ref().ok().cloned();
+
+    // The pull starts only once the command is known to have ended: after a hang-up or a lost
+    // connection, what is left of it is ended first, so that nothing still writes.
+    let after = async {
+        let session = reconnect_if_closed(scene, &reached.target, reached.session.clone()).await?;
+        if ran.is_err() {
+            end_command(&session, THE_COMMAND, |s| record.signal_command(s), printer).await?;
+        }
+        Ok::<_, anyhow::Error>(session)
+    };
+    reached.session = match (after.await, &ran) {
+        (Ok(session), _) => session,
+        (Err(e), Err(lost)) => return Err(e.context(format!("{lost:#}"))),
+        (Err(e), Ok(_)) => return Err(e),
+    };
+    progress.session = Some(reached.session.clone());
+    let pulled = pull_results(scene, &reached, manifest, progress, &after_command).await;
+    if let Err(e) = reached
+        .session
+        .run_captured(&record.cleanup_command())
+        .await
+    {
+        tracing::debug!("leaving the run's record on the instance: {e:#}");
+    }
+    progress.results_home = matches!(pulled, Ok(true));
+    ran?;
+    pulled?;
+    if spot_notice {
+        return Err(taken_back("the command", &machine.instance.id));
+    }
+    Ok(())
+}
+
+/// Runs the command until it ends; on AWS's interruption notice (the instance has about two
+/// minutes left) it is ended at once, so that what it has written comes home. Also says
+/// whether that notice came.
+async fn stream_command(
+    scene: &Scene<'_>,
+    session: &Arc<Session>,
+    record: &RunRecord,
+) -> (Result<RemoteExit>, bool) {
+    let Scene {
+        plan,
+        machine,
+        interrupt,
+        printer,
+        ..
+    } = *scene;
+    // Without a PTY, stdout is a pipe that `| head` may close: it goes through the record.
+    let relay_stdout = !plan.terminal.pty;
+    let cut_output = record.cut_output_command();
+    let command_line = record.command_line(
+        &scene.plan.remote_dir,
+        plan.command.as_deref(),
+        relay_stdout,
+    );
+    let ran = run_command(
+        session,
+        &command_line,
+        relay_stdout.then_some(cut_output.as_str()),
+        plan.terminal.pty,
+        plan.terminal.forward_stdin,
+        interrupt,
+        printer,
+    );
+    tokio::pin!(ran);
+    tokio::select! {
+        ran = &mut ran => (ran, false),
+        () = until_interrupted(machine.instance.spot, async || {
+            let answer = session.run_captured(&record.interrupted_command()).await;
+            answer.is_ok_and(|answer| answer.trim() == "interrupted")
+        }) => {
+            printer.warn(&format!(
+                "AWS is taking back spot instance {} (interruption notice): ending the \
+                 command to bring home what it has written so far",
+                machine.instance.id
+            ));
+            let signal = |s: &str| record.signal_command(s);
+            if let Err(e) = end_command(session, THE_COMMAND, signal, printer).await {
+                printer.warn(&format!("{e:#}"));
+            }
+            (ran.await, true)
+        }
+    }
+}
+
+/// How long a command has to end on SIGTERM before SIGKILL, and to be gone after that.
+const KILL_AFTER: Duration = Duration::from_secs(10);
+const END_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Ends what is left of `what` (a whole process group, signalled by the command `signal`
+/// makes: SIGTERM, then SIGKILL) and waits until nothing of it runs.
+pub(super) async fn end_command(
+    session: &Session,
+    what: &str,
+    signal: impl Fn(&str) -> String,
+    printer: &Printer,
+) -> Result<()> {
+    let phase = printer.phase(format!("ending what is left of {what} before the pull"));
+    for (name, within) in [("TERM", KILL_AFTER), ("KILL", END_TIMEOUT - KILL_AFTER)] {
+        let mut poll = Poll::every(Duration::from_secs(1)).within(within);
+        let mut send = name;
+        loop {
+            let answer = session.run_captured(&signal(send)).await?;
+            if answer.lines().last() != Some("alive") {
+                phase.done(format!("{what} has ended"));
+                return Ok(());
+            }
+            // Signal 0 only asks whether anything of it is left.
+            send = "0";
+            if !poll.wait().await? {
+                break;
+            }
+        }
+    }
+    bail!("{what} still runs after SIGKILL: its results cannot be pulled safely")
+}

@@ -1,0 +1,171 @@
+//! What ssh-ec2 keeps on this machine, under the XDG state directory (`~/.local/state/ssh-ec2`):
+//!
+//! - `instances/<id>/`: one directory per instance launched from here, forgotten when it is
+//!   terminated: its keys (`keys`), its manifest (what its last sync left on both sides, see
+//!   `sync::Manifest`), the OpenSSH files `--ssh-config` writes (`entries`), the size of its
+//!   root volume (to price it), and whether results may be there only (`unpulled`). Before the
+//!   instance exists they wait in
+//!   `instances/pending-<launch id>/`, beside the launch's record (`launches`); adopting the
+//!   instance renames that directory in one step.
+//! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
+
+pub mod entries;
+pub mod host_keys;
+pub mod keys;
+mod launches;
+pub mod lock;
+pub mod machine;
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Where this machine's state lives.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// The state directory itself.
+    pub root: PathBuf,
+    /// Where rsync's relay sockets go (the runtime directory when there is one).
+    pub sockets: PathBuf,
+}
+
+/// The instances' directories.
+pub struct Store {
+    root: PathBuf,
+}
+
+const PENDING: &str = "pending-";
+/// What the last sync left on both sides.
+const MANIFEST_FILE: &str = "manifest";
+/// The GiB of the root volume it was launched with, to price it.
+const VOLUME_FILE: &str = "volume_gib";
+/// Present while the instance may hold results that are not home: from the start of a syncing
+/// run's command until a run that had the instance to itself pulled everything home.
+const UNPULLED_FILE: &str = "unpulled";
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            root: state_dir.join("instances"),
+        }
+    }
+
+    fn instance_dir(&self, instance_id: &str) -> PathBuf {
+        self.root.join(instance_id)
+    }
+
+    fn pending_dir(&self, launch: &str) -> PathBuf {
+        self.root.join(format!("{PENDING}{launch}"))
+    }
+
+    /// What the last sync left on both sides (see `sync::Manifest`); forgotten with the keys.
+    pub fn manifest_path(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join(MANIFEST_FILE)
+    }
+
+    /// The instances whose keys (or manifest) are kept here.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter(|name| !name.starts_with(PENDING))
+            .collect()
+    }
+
+    fn entries(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// Forgets a terminated instance, and the OpenSSH entry installed for it.
+    pub fn forget(&self, instance_id: &str) {
+        if let Some(entry) = self.ssh_config_entry(instance_id) {
+            let _ = fs::remove_file(entry);
+        }
+        let _ = fs::remove_dir_all(self.instance_dir(instance_id));
+    }
+
+    /// Remembers the size of the root volume the instance was launched with; a price without
+    /// it only lacks the volume, so a failure to write is no error.
+    pub fn note_volume(&self, instance_id: &str, gib: u32) {
+        let _ = fs::write(
+            self.instance_dir(instance_id).join(VOLUME_FILE),
+            gib.to_string(),
+        );
+    }
+
+    /// The size of the root volume the instance was launched with, if it was noted.
+    pub fn volume(&self, instance_id: &str) -> Option<u32> {
+        let text = fs::read_to_string(self.instance_dir(instance_id).join(VOLUME_FILE)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Notes, before a command starts there, that the instance may hold results not home.
+    pub fn note_unpulled(&self, instance_id: &str) -> Result<()> {
+        let file = self.instance_dir(instance_id).join(UNPULLED_FILE);
+        fs::write(&file, b"").with_context(|| {
+            format!(
+                "cannot write {}: check the permissions of the state directory",
+                file.display()
+            )
+        })
+    }
+
+    /// Notes that everything the instance changed is home.
+    pub fn note_pulled(&self, instance_id: &str) {
+        let _ = fs::remove_file(self.instance_dir(instance_id).join(UNPULLED_FILE));
+    }
+
+    /// Whether the last pull from the instance did not complete (or none followed a command).
+    pub fn unpulled(&self, instance_id: &str) -> bool {
+        self.instance_dir(instance_id).join(UNPULLED_FILE).exists()
+    }
+}
+
+/// Whether the note `name` is due: the first time on this machine, never again (a marker file
+/// in the state directory remembers it). A note on every run would soon be ignored.
+pub fn first_time(state_dir: &Path, name: &str) -> bool {
+    let marker = state_dir.join(name);
+    if marker.exists() {
+        return false;
+    }
+    let _ = fs::create_dir_all(state_dir).and_then(|()| fs::write(&marker, b""));
+    true
+}
+
+/// Writes a new file only its owner can read; refuses to replace one.
+fn create_private(path: &Path, text: &str) -> Result<()> {
+    write_private(path, text, fs::OpenOptions::new().create_new(true))
+}
+
+/// Writes a file only its owner can read (OpenSSH refuses configs others can write), over
+/// the one there may be.
+fn overwrite_private(path: &Path, text: &str) -> Result<()> {
+    write_private(
+        path,
+        text,
+        fs::OpenOptions::new().create(true).truncate(true),
+    )
+}
+
+fn write_private(path: &Path, text: &str, how: &mut fs::OpenOptions) -> Result<()> {
+    use std::io::Write;
+    how.write(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Replaces `path` with `text`, whole or not at all: a reader sees the old file or the new.
+fn replace(path: &Path, text: &str) -> Result<()> {
+    let aside = path.with_extension("new");
+    fs::write(&aside, text)
+        .and_then(|()| fs::rename(&aside, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
