@@ -109,11 +109,12 @@ impl Layout<'_> {
 }
 
 /// Replaces what ssh-ec2 wrote into `file` last time with `text` (first, for a config whose
-/// first match wins; else last), keeping the user's own lines.
+/// first match wins; else last), keeping the user's own lines; a file that cannot be read is
+/// left as it is (the set-up fails).
 fn replace_marked(file: &str, text: &str, first: bool) -> String {
     let keep = format!(
-        "awk -v m={mark} '$0==m{{skip=1}} !skip && index($0, m)==0 {{print}} $0==m\" end\"{{skip=0}}' \
-         {file} 2>/dev/null",
+        "if [ -e {file} ]; then awk -v m={mark} '$0==m{{skip=1}} !skip && index($0, m)==0 \
+         {{print}} $0==m\" end\"{{skip=0}}' {file}; fi",
         mark = shell_quote(MARK)
     );
     let ours = format!("printf %s {}", shell_quote(text));
@@ -121,7 +122,7 @@ fn replace_marked(file: &str, text: &str, first: bool) -> String {
         true => (ours, keep),
         false => (keep, ours),
     };
-    format!("{{ {before}; {after}; }} > {file}.new && mv {file}.new {file}")
+    format!("{{ {before} && {after}; }} > {file}.new && mv {file}.new {file}")
 }
 
 /// Copies what the push just sent to the head (its paths on stdin, NUL-separated) to every
@@ -139,7 +140,7 @@ pub fn fan_out_command(dir: &RemoteDir, workers: &[String]) -> String {
         })
         .collect();
     format!(
-        "cd {} && list=$(mktemp) && failed=$(mktemp) && cat > \"$list\" && {copies}wait; \
+        "cd {} && list=$(mktemp) && failed=$(mktemp) && cat > \"$list\" || exit 1; {copies}wait; \
          status=0; if test -s \"$failed\"; then echo could not copy to $(cat \"$failed\") >&2; \
          status=1; fi; rm -f \"$list\" \"$failed\"; exit $status",
         dir.for_shell()
@@ -191,16 +192,9 @@ mod tests {
         assert!(env.contains("SSH_EC2_NODE_IPS=172.31.0.10\n172.31.0.11\n172.31.0.12\n"));
     }
 
-    /// The set-up, run by a real shell twice: the user's own lines stay, ssh-ec2's are there
-    /// once, the key is private.
-    #[test]
-    fn the_ssh_set_up_replaces_its_own_lines_and_keeps_the_user_s() {
-        use std::os::unix::fs::PermissionsExt;
-        let home = tempfile::tempdir().unwrap();
-        let ssh = home.path().join(".ssh");
-        std::fs::create_dir(&ssh).unwrap();
-        std::fs::write(ssh.join("config"), "Host mine\n    User me\n").unwrap();
-        std::fs::write(ssh.join("authorized_keys"), "ssh-ed25519 AAAA mine\n").unwrap();
+    /// Runs the set-up with a real shell in `home`, with the public key `CLUSTER`; whether
+    /// it succeeded.
+    fn set_up(home: &std::path::Path) -> bool {
         let addresses = addresses();
         let layout = Layout {
             addresses: &addresses,
@@ -212,16 +206,27 @@ mod tests {
             vec!["ssh-ed25519 K2"],
         ]
         .map(|keys| keys.into_iter().map(str::to_string).collect::<Vec<_>>());
-        for _ in 0..2 {
-            let status = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(layout.setup_command(&keys, "ssh-ed25519 CLUSTER"))
-                .env("HOME", home.path())
-                .stdin(std::fs::File::open("/dev/null").unwrap())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(layout.setup_command(&keys, "ssh-ed25519 CLUSTER"))
+            .env("HOME", home)
+            .stdin(std::fs::File::open("/dev/null").unwrap())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// The set-up, run twice: the user's own lines stay, ssh-ec2's are there once, the key is
+    /// private.
+    #[test]
+    fn the_ssh_set_up_replaces_its_own_lines_and_keeps_the_user_s() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let ssh = home.path().join(".ssh");
+        std::fs::create_dir(&ssh).unwrap();
+        std::fs::write(ssh.join("config"), "Host mine\n    User me\n").unwrap();
+        std::fs::write(ssh.join("authorized_keys"), "ssh-ed25519 AAAA mine\n").unwrap();
+        assert!(set_up(home.path()) && set_up(home.path()));
         let read = |name: &str| std::fs::read_to_string(ssh.join(name)).unwrap();
         let config = read("config");
         assert_eq!(
@@ -254,5 +259,15 @@ mod tests {
             std::fs::read_to_string(hostfile).unwrap(),
             "172.31.0.10 slots=1\n172.31.0.11 slots=1\n172.31.0.12 slots=1\n"
         );
+    }
+
+    /// A fresh home has no SSH config nor authorized_keys of its own.
+    #[test]
+    fn the_ssh_set_up_makes_the_files_it_needs() {
+        let home = tempfile::tempdir().unwrap();
+        assert!(set_up(home.path()));
+        let read = |name: &str| std::fs::read_to_string(home.path().join(name)).unwrap();
+        assert!(read(".ssh/config").contains("Host 172.31.0.10 172.31.0.11 172.31.0.12"));
+        assert!(read(".ssh/authorized_keys").contains("CLUSTER"));
     }
 }

@@ -12,7 +12,8 @@ does otherwise than AWS are mended on the way:
 - a RunInstances without a subnet goes to a default subnet of its zone, as AWS sends it. moto
   would give it a made-up public address and a private one outside the VPC, whatever the
   subnets say; the bed turns public addresses off on its subnets, and boots no instance that
-  has one.
+  has one;
+- placement groups, which moto lacks, are answered here (placement.py).
 
 Control, on the same port: POST /_faults with a JSON list of rules replaces them (and releases
 held answers); GET /_log returns the log as a JSON list.
@@ -27,6 +28,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import netns
+import placement
 
 # The HTTP status AWS answers these codes with; any other code gets 400.
 STATUS = {"RequestLimitExceeded": 503, "InsufficientInstanceCapacity": 500, "InternalError": 500}
@@ -71,6 +73,7 @@ class Faults:
         self.answered = set()     # actions moto has answered with success
         self.launches = {}        # ClientToken -> moto's answer to the first RunInstances
         self.released = threading.Event()
+        self.placement = placement.PlacementGroups()
 
     def set_rules(self, specs):
         with self.lock:
@@ -100,7 +103,10 @@ class Faults:
             replay = self.launches.get(token)
         if replay:
             return replay, "replayed"
+        if action in placement.ACTIONS:
+            return (200, "text/xml", self.placement.answer(action, params, region)), "answered"
         if action == "RunInstances":
+            self.placement.check_launch(params, region)
             body = self.in_a_subnet(params, region, body)
         connection = http.client.HTTPConnection(self.moto.hostname, self.moto.port, timeout=60)
         try:
@@ -112,11 +118,23 @@ class Faults:
             connection.close()
         self.forwarded()
         if answer[0] == 200:
+            answer = self.mended(action, params, region, answer)
             with self.lock:
                 self.answered.add(action)
                 if token:
                     self.launches[token] = answer
         return answer, f"forwarded {answer[0]}"
+
+    def mended(self, action, params, region, answer):
+        """moto's successful answer, with what the bed adds to it (placement groups)."""
+        status, content_type, body = answer
+        if action == "RunInstances":
+            self.placement.launched(params, region, body)
+        elif action == "TerminateInstances":
+            self.placement.terminated(params)
+        if action in ("RunInstances", "DescribeInstances"):
+            body = self.placement.echo(body)
+        return status, content_type, body
 
     def in_a_subnet(self, params, region, body):
         """The request's body, with the SubnetId AWS would choose if it names none."""
@@ -184,7 +202,12 @@ def start(moto_endpoint, default_subnet, forwarded, namespaces):
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("host", "content-length", "connection")}
-            answer, outcome = faults.forward(action, params, region, self.path, headers, body)
+            try:
+                answer, outcome = faults.forward(action, params, region, self.path, headers, body)
+            except placement.Refusal as refusal:
+                faults.record(action, params, f"error {refusal.code}")
+                self.reply(error_answer(service, refusal.code, 400, str(refusal)))
+                return
             if rule.get("lose"):
                 faults.record(action, params, f"lost ({outcome})")
                 answer = error_answer(service, "InternalError", 500, "injected: answer lost")

@@ -280,6 +280,25 @@ impl TestCloud {
         aws_sdk_ec2::Client::from_conf(config)
     }
 
+    /// An EC2 client that goes through the proxy, as ssh-ec2's requests do: for what the bed
+    /// answers itself (placement groups).
+    pub fn ec2_through_proxy(&self) -> aws_sdk_ec2::Client {
+        let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
+    /// The names of the placement groups in the bed's region.
+    pub fn placement_groups(&self) -> Vec<String> {
+        let found = self
+            .block_on(self.ec2_through_proxy().describe_placement_groups().send())
+            .unwrap();
+        (found.placement_groups().iter())
+            .filter_map(|g| g.group_name().map(str::to_string))
+            .collect()
+    }
+
     /// An IAM client on the same simulated account.
     pub fn iam(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk)

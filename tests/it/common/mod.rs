@@ -38,7 +38,8 @@ pub fn instance_id(instance: &Instance) -> String {
     instance.instance_id().unwrap().to_string()
 }
 
-/// No live instance, no security group, no key pair, no keys or unfinished launch kept.
+/// No live instance, no security group, placement group or key pair, no keys or unfinished
+/// launch kept.
 pub fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
     let alive = cloud.live_instances();
     assert!(alive.is_empty(), "instances left: {alive:?}\n{run}");
@@ -47,6 +48,11 @@ pub fn assert_nothing_left(cloud: &TestCloud, project: &Project, run: &Run) {
         "security groups left\n{run}"
     );
     assert!(cloud.key_pair_names().is_empty(), "{run}");
+    let placement = cloud.placement_groups();
+    assert!(
+        placement.is_empty(),
+        "placement groups left: {placement:?}\n{run}"
+    );
     assert!(
         project.kept_instance_keys().is_empty(),
         "keys or unfinished launches kept: {:?}\n{run}",
