@@ -346,9 +346,27 @@ pub async fn first_failure(workers: Option<&mut WorkerCommands>) -> Ended {
     std::future::pending().await
 }
 
+/// The worker whose failure is the run's, if any: one that failed while the head's command
+/// ran (`first`: the head's was ended for it), else, when the head's succeeded, the first to
+/// fail after it. The others are waited for (or ended, after a failure); their records go.
+pub async fn workers_outcome(
+    workers: &mut WorkerCommands,
+    head: &Result<RemoteExit>,
+    first: Option<Ended>,
+    printer: &Printer,
+) -> Option<Ended> {
+    let head_failed = failed(head);
+    let failure = match first {
+        Some(first) => Some(first),
+        None => (finish_workers(workers, head_failed, printer).await).filter(|_| !head_failed),
+    };
+    workers.clean_up().await;
+    failure
+}
+
 /// Waits for the workers' commands once the head's has ended (after ending them, when the
 /// head's failed); the first that fails ends the others. That one, if any.
-pub async fn finish_workers(
+async fn finish_workers(
     workers: &mut WorkerCommands,
     head_failed: bool,
     printer: &Printer,

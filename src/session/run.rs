@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 
 use super::Scene;
 use super::cluster::{
-    Ended, WorkerCommands, fan_out, finish_workers, first_failure, how_it_ended, node_failed,
-    start_worker_jobs, start_workers,
+    Ended, WorkerCommands, fan_out, first_failure, how_it_ended, node_failed, start_worker_jobs,
+    start_workers, workers_outcome,
 };
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
@@ -196,22 +196,15 @@ async fn run_directly(
     drop(forwarding);
     let _notes = NoteSignals::start(interrupt, printer);
     let after_command = interrupt.only_new();
-    if let Ok(RemoteExit::Signal(signal)) = &ran {
+    // A signal that ended it for another node's failure is that node's to tell.
+    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first) {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
     progress.exit = ran.as_ref().ok().cloned();
-    if let Some(workers) = &mut workers {
-        let head_failed = !ran
-            .as_ref()
-            .is_ok_and(|exit| *exit == RemoteExit::Status(0));
-        let failure = match first {
-            Some(first) => Some(first),
-            None => finish_workers(workers, head_failed, printer).await,
-        };
-        workers.clean_up().await;
-        if let Some(failure) = failure.filter(|_| !head_failed) {
-            progress.exit = Some(node_failed(failure)?);
-        }
+    if let Some(workers) = &mut workers
+        && let Some(failure) = workers_outcome(workers, &ran, first, printer).await
+    {
+        progress.exit = Some(node_failed(failure)?);
     }
 
     // The pull starts only once the command is known to have ended: after a hang-up or a lost

@@ -140,3 +140,208 @@ fn three_nodes_each_get_their_variables_and_every_node_s_results_come_home() {
     }
     assert_nothing_left(&cloud, &project, &end);
 }
+
+/// Every rank connects to the head at PET_MASTER_ADDR:PET_MASTER_PORT and says its rank; the
+/// head writes down who came (torchrun's rendezvous, without torch).
+const RENDEZVOUS: &str = r#"import os, socket, sys
+rank, nodes = int(os.environ["PET_NODE_RANK"]), int(os.environ["PET_NNODES"])
+address = (os.environ["PET_MASTER_ADDR"], int(os.environ["PET_MASTER_PORT"]))
+if rank == 0:
+    server = socket.create_server(address)
+    came = []
+    while len(came) < nodes - 1:
+        connection, _ = server.accept()
+        came.append(int(connection.recv(16)))
+    open("came.txt", "w").write(" ".join(str(r) for r in sorted(came)) + "\n")
+else:
+    for _ in range(300):
+        try:
+            socket.create_connection(address, timeout=1).sendall(str(rank).encode())
+            break
+        except OSError:
+            __import__("time").sleep(0.1)
+    else:
+        sys.exit("no head at %s:%d" % address)
+"#;
+
+#[test]
+fn mpirun_and_a_rendezvous_at_the_head_reach_every_node() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("rendezvous.py", RENDEZVOUS);
+    // mpirun from the head, over SSH between the nodes with their host keys checked.
+    let mpi = "if [ \"$SSH_EC2_NODE_RANK\" = 0 ]; then mpirun --hostfile \"$SSH_EC2_HOSTFILE\" \
+               --map-by node -np 3 hostname | sort > hosts.txt; fi && python3 rendezvous.py";
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--nodes", "3", "--leave", mpi]),
+    );
+    run.assert_code(0);
+    let nodes = nodes(&cloud, &project);
+    let mut hosts: Vec<String> = (nodes.iter())
+        .map(|n| format!("ip-{}", private_ip(n).replace('.', "-")))
+        .collect();
+    hosts.sort();
+    assert_eq!(
+        project.read("hosts.txt").unwrap(),
+        hosts.join("\n") + "\n",
+        "one process on each node\n{run}"
+    );
+    assert_eq!(project.read("came.txt").unwrap(), "1 2\n", "{run}");
+    let end = Run::of(project.ssh_ec2(&cloud).args(["--nodes", "3", "true"]));
+    end.assert_code(0);
+    assert_nothing_left(&cloud, &project, &end);
+}
+
+#[test]
+fn a_node_that_fails_ends_the_others_at_once_and_its_status_comes_back() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let started = std::time::Instant::now();
+    let run = Run::of(project.ssh_ec2(&cloud).args([
+        "--nodes",
+        "3",
+        "if [ \"$SSH_EC2_NODE_RANK\" = 2 ]; then sleep 1; exit 5; fi; \
+         sleep 120; echo never > never-$SSH_EC2_NODE_RANK.txt",
+    ]));
+    run.assert_code(5);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the others were ended, not waited for\n{run}"
+    );
+    assert!(run.stderr.contains("node 2 exited with status 5"), "{run}");
+    assert!(project.read("never-0.txt").is_none() && project.read("never-1.txt").is_none());
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+#[test]
+fn no_capacity_for_the_whole_cluster_in_a_zone_moves_every_node_to_the_next() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let zones = crate::faults::default_subnets(&cloud);
+    // EC2's own pick, then the first zone, have room for two instances: not for three.
+    let room_for_two = |params: serde_json::Value| serde_json::json!({"action": "RunInstances", "params": params, "capacity": 2});
+    cloud.set_faults(serde_json::json!([
+        room_for_two(serde_json::json!({"SubnetId": null})),
+        room_for_two(serde_json::json!({"SubnetId": zones[0].1})),
+    ]));
+    let run =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["--nodes", "3", "--no-rsync", "--leave", "true"]),
+        );
+    run.assert_code(0);
+    let nodes = nodes(&cloud, &project);
+    assert_eq!(nodes.len(), 3, "{run}");
+    for node in &nodes {
+        assert_eq!(node.subnet_id(), Some(zones[1].1.as_str()), "{run}");
+    }
+    assert_eq!(
+        cloud.instances().len(),
+        3,
+        "nothing was launched where the cluster did not fit\n{run}"
+    );
+    // The same zone has room for one instance alone.
+    let single = Project::new();
+    let alone = Run::of(single.ssh_ec2(&cloud).args(["--no-rsync", "true"]));
+    alone.assert_code(0);
+    let end = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--nodes", "3", "--no-rsync", "true"]),
+    );
+    end.assert_code(0);
+    assert_nothing_left(&cloud, &project, &end);
+}
+
+#[test]
+fn only_the_head_takes_ssh_from_outside_the_cluster() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let run =
+        Run::of(
+            project
+                .ssh_ec2(&cloud)
+                .args(["--nodes", "2", "--no-rsync", "--leave", "true"]),
+        );
+    run.assert_code(0);
+    let nodes = nodes(&cloud, &project);
+    let ssh_to = |node: &Instance| {
+        let address = format!("{}:22", private_ip(node)).parse().unwrap();
+        cloud
+            .laptop
+            .connect_timeout(address, std::time::Duration::from_secs(2))
+    };
+    assert!(ssh_to(&nodes[0]).is_ok(), "the head lets this machine in");
+    assert!(ssh_to(&nodes[1]).is_err(), "a worker does not\n{run}");
+    let end = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--nodes", "2", "--no-rsync", "true"]),
+    );
+    end.assert_code(0);
+    assert_nothing_left(&cloud, &project, &end);
+}
+
+#[test]
+fn a_cluster_job_detaches_lists_as_one_and_finishes_with_every_node_s_results() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let detach = Run::of(project.ssh_ec2(&cloud).args([
+        "--nodes",
+        "2",
+        "--detach",
+        "sleep 2; echo done > done-$SSH_EC2_NODE_RANK.txt",
+    ]));
+    detach.assert_code(0);
+    let ids: Vec<String> = nodes(&cloud, &project).iter().map(instance_id).collect();
+    assert_eq!(ids.len(), 2, "{detach}");
+
+    let list = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
+    list.assert_code(0);
+    let rows: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "one entry per cluster\n{list}");
+    assert_eq!(rows[0]["instances"], serde_json::json!(ids), "{list}");
+
+    let finish = Run::of(project.ssh_ec2(&cloud).args(["--nodes", "2", "--finish"]));
+    finish.assert_code(0);
+    for rank in 0..2 {
+        assert_eq!(
+            project.read(&format!("done-{rank}.txt")).as_deref(),
+            Some("done\n"),
+            "{finish}"
+        );
+    }
+    assert_nothing_left(&cloud, &project, &finish);
+}
+
+#[test]
+fn down_ends_a_left_cluster_whole_and_a_reuse_with_another_size_is_refused() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let left = Run::of(project.ssh_ec2(&cloud).args([
+        "--nodes",
+        "2",
+        "--leave",
+        "echo mine > out-$SSH_EC2_NODE_RANK.txt",
+    ]));
+    left.assert_code(0);
+    let other = Run::of(project.ssh_ec2(&cloud).args(["--nodes", "3", "true"]));
+    other.assert_code(255);
+    assert!(
+        other.stderr.contains("has 2 nodes, not the 3 asked")
+            && other.stderr.contains("ssh-ec2 --down"),
+        "{other}"
+    );
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_eq!(
+        project.read("out-1.txt").as_deref(),
+        Some("mine\n"),
+        "{down}"
+    );
+    assert_nothing_left(&cloud, &project, &down);
+}

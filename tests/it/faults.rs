@@ -14,7 +14,7 @@ use common::{
 use serde_json::{Value, json};
 
 /// The default VPC's subnets, as (zone, subnet id), by zone.
-fn default_subnets(cloud: &TestCloud) -> Vec<(String, String)> {
+pub fn default_subnets(cloud: &TestCloud) -> Vec<(String, String)> {
     let found = cloud
         .block_on(
             cloud

@@ -42,6 +42,8 @@ class Rule:
     after    only once an answer to this Action has come back from moto ("right after a create")
     times    how many matching requests it hits (default: all)
     error    answer this AWS error code (with "status" and "message" if given), or
+    capacity a RunInstances finds room for this many instances, as AWS does: fewer than its
+             MinCount is InsufficientInstanceCapacity, else at most this many are launched, or
     answer   answer this XML body with 200, for what moto lacks (DecodeAuthorizationMessage), or
     lose     true: forward, then answer 500 InternalError, or
     hold     true: forward, then keep the answer until the rules are replaced
@@ -146,6 +148,19 @@ class Faults:
         return body + b"&" + urlencode({"SubnetId": subnet}).encode()
 
 
+def room_for(rule, params, body):
+    """A RunInstances under a `capacity` rule: an error rule when MinCount does not fit, else
+    no rule and the body with MaxCount cut to what fits."""
+    room = rule["capacity"]
+    if int(params.get("MinCount", 1)) > room:
+        return {"error": "InsufficientInstanceCapacity"}, body
+    if int(params.get("MaxCount", 1)) <= room:
+        return {}, body
+    fields = [(k, str(room) if k == "MaxCount" else v)
+              for k, v in parse_qsl(body.decode(), keep_blank_values=True)]
+    return {}, urlencode(fields).encode()
+
+
 def error_answer(service, code, status, message):
     request_id = str(uuid.uuid4())
     if service == "ec2":
@@ -190,6 +205,8 @@ def start(moto_endpoint, default_subnet, forwarded, namespaces):
                               self.headers.get("Authorization", ""))
             region, service = scope.groups() if scope else (None, "ec2")
             rule = faults.pick(action, params, region) or {}
+            if "capacity" in rule:
+                rule, body = room_for(rule, params, body)
             if rule.get("error"):
                 code = rule["error"]
                 faults.record(action, params, f"error {code}")
