@@ -98,47 +98,58 @@ fn unknown() -> String {
     )
 }
 
-/// What an instance of `instance_type` costs for `elapsed`, with its EBS volume of
-/// `volume_gib` (gp3) when known, for the summary line.
+/// What `nodes` instances of `instance_type` (one, or a cluster's) cost for `elapsed`, with
+/// each one's EBS volume of `volume_gib` (gp3) when known, for the summary line.
 pub fn run_cost(
     hourly: Option<&Hourly>,
     instance_type: &str,
     region: &str,
     elapsed: Duration,
     volume_gib: Option<u32>,
+    nodes: u32,
 ) -> String {
     let Some(hourly) = hourly else {
         return format!("cost unknown ({instance_type} in {region}: {})", unknown());
     };
-    let hours = elapsed.as_secs_f64() / 3600.0;
+    let hours = elapsed.as_secs_f64() / 3600.0 * f64::from(nodes);
     let compute = hourly.usd * hours;
     let storage = volume_gib.and_then(|gib| {
         let rate = PRICES.ebs_gp3_gb_month.get(region)?;
         Some((gib, f64::from(gib) * rate * hours / HOURS_PER_MONTH))
     });
+    let (instances, each, volumes) = match nodes {
+        1 => ("instance".to_string(), "", "its"),
+        n => (format!("{n} instances"), " each", "their"),
+    };
     match storage {
         Some((gib, storage)) => format!(
-            "about {} ({} instance at {}/hour + {} for its {gib} GiB volume)",
+            "about {} ({} {instances} at {}/hour{each} + {} for {volumes} {gib} GiB volume{})",
             usd(compute + storage),
             usd(compute),
             usd(hourly.usd),
-            usd(storage)
+            usd(storage),
+            if nodes == 1 { "" } else { "s" }
         ),
         None => format!(
-            "about {} (instance at {}/hour; its volume not counted)",
+            "about {} ({instances} at {}/hour{each}; {volumes} volumes not counted)",
             usd(compute),
             usd(hourly.usd)
         ),
     }
 }
 
-/// What a stopped instance goes on costing: its EBS volume (gp3), by the month.
-pub fn stopped_cost(region: &str, volume_gib: Option<u32>) -> Option<String> {
+/// What `nodes` stopped instances go on costing: their EBS volumes (gp3), by the month.
+pub fn stopped_cost(region: &str, volume_gib: Option<u32>, nodes: u32) -> Option<String> {
     let gib = volume_gib?;
     let rate = PRICES.ebs_gp3_gb_month.get(region)?;
+    let volumes = match nodes {
+        1 => format!("its {gib} GiB volume costs"),
+        n => format!("their {n} volumes of {gib} GiB cost"),
+    };
     Some(format!(
-        "while stopped, its {gib} GiB volume costs about {}/month (`ssh-ec2 --down` here ends it)",
-        usd(f64::from(gib) * rate)
+        "while stopped, {volumes} about {}/month (`ssh-ec2 --down` here ends {})",
+        usd(f64::from(gib) * rate * f64::from(nodes)),
+        if nodes == 1 { "it" } else { "them" }
     ))
 }
 
@@ -176,14 +187,40 @@ mod tests {
             "us-east-1",
             Duration::from_secs(7200),
             Some(100),
+            1,
         );
         assert!(cost.starts_with("about $1.07 ($1.05 instance"), "{cost}");
-        assert!(run_cost(None, "x9.huge", "us-east-1", Duration::ZERO, None).contains("unknown"));
-        let stopped = stopped_cost("us-east-1", Some(100)).unwrap();
+        let unknown = run_cost(None, "x9.huge", "us-east-1", Duration::ZERO, None, 1);
+        assert!(unknown.contains("unknown"));
+        let stopped = stopped_cost("us-east-1", Some(100), 1).unwrap();
         assert!(
             stopped.contains("100 GiB volume costs about $8.00/month"),
             "{stopped}"
         );
-        assert_eq!(stopped_cost("us-east-1", None), None);
+        assert_eq!(stopped_cost("us-east-1", None, 1), None);
+    }
+
+    #[test]
+    fn a_cluster_costs_its_nodes_together() {
+        let hourly = from_table("g4dn.xlarge", "us-east-1").unwrap();
+        let hours = Duration::from_secs(7200);
+        let cost = run_cost(
+            Some(&hourly),
+            "g4dn.xlarge",
+            "us-east-1",
+            hours,
+            Some(100),
+            4,
+        );
+        assert!(
+            cost.starts_with("about $4.30 ($4.21 4 instances at $0.5260/hour each")
+                && cost.ends_with("for their 100 GiB volumes)"),
+            "{cost}"
+        );
+        let stopped = stopped_cost("us-east-1", Some(100), 4).unwrap();
+        assert!(
+            stopped.contains("their 4 volumes of 100 GiB cost about $32.00/month"),
+            "{stopped}"
+        );
     }
 }

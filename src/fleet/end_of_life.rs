@@ -84,9 +84,10 @@ pub async fn apply(
         EndOfLife::Terminate => terminate(cloud, store, nodes, &ids, printer).await,
         EndOfLife::Stop => stop(cloud, &ids, printer).await,
         EndOfLife::Leave => {
+            let it = if ids.len() == 1 { "it" } else { "them" };
             printer.warn(&format!(
-                "{} left running (and billed): run ssh-ec2 here again to reuse it; `ssh-ec2 \
-                 --down` here ends it",
+                "{} left running (and billed): run ssh-ec2 here again to reuse {it}; `ssh-ec2 \
+                 --down` here ends {it}",
                 said(&ids)
             ));
             Ok(())

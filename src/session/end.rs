@@ -210,10 +210,16 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
     }
 }
 
-/// The run's last line: the instance, how long, its fate, and what it cost.
+/// The run's last line: the instance (a cluster's head and how many others), how long, its
+/// fate, and what it cost.
 async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started: Instant) {
     let Scene { cloud, machine, .. } = *scene;
     let instance = &machine.head().instance;
+    let nodes = machine.nodes.len() as u32;
+    let what = match nodes {
+        1 => instance.id.clone(),
+        n => format!("{} and its {} other nodes", instance.id, n - 1),
+    };
     let elapsed = started.elapsed();
     let hourly = crate::price::hourly(
         cloud,
@@ -223,13 +229,14 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started:
     )
     .await;
     let stopped = match (ended, action) {
-        (true, EndOfLife::Stop) => crate::price::stopped_cost(&cloud.region, machine.volume_gib)
-            .map(|cost| format!("; {cost}")),
+        (true, EndOfLife::Stop) => {
+            crate::price::stopped_cost(&cloud.region, machine.volume_gib, nodes)
+                .map(|cost| format!("; {cost}"))
+        }
         _ => None,
     };
     scene.printer.info(&format!(
-        "{} ({}, {}): {}, {}, {}{}",
-        instance.id,
+        "{what} ({}, {}): {}, {}, {}{}",
         instance.instance_type,
         cloud.region,
         format_duration(elapsed),
@@ -239,7 +246,8 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started:
             &instance.instance_type,
             &cloud.region,
             elapsed,
-            machine.volume_gib
+            machine.volume_gib,
+            nodes,
         ),
         stopped.unwrap_or_default(),
     ));

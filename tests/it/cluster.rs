@@ -129,6 +129,10 @@ fn three_nodes_each_get_their_variables_and_every_node_s_results_come_home() {
 
     let end = Run::of(project.ssh_ec2(&cloud).args(["--nodes", "3", "true"]));
     end.assert_code(0);
+    assert!(
+        end.stderr.contains("and its 2 other nodes") && end.stderr.contains("3 instances at"),
+        "the summary covers the whole cluster\n{end}"
+    );
     for node in &nodes {
         let id = instance_id(node);
         let now = cloud.instances().into_iter().find(|i| instance_id(i) == id);
@@ -344,4 +348,61 @@ fn down_ends_a_left_cluster_whole_and_a_reuse_with_another_size_is_refused() {
         "{down}"
     );
     assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn a_dry_run_shows_the_cluster_and_asks_for_every_node_at_once_with_efa() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let dry = Run::of(project.ssh_ec2(&cloud).args([
+        "--nodes",
+        "4",
+        "--efa",
+        "--instance-type",
+        "g5.12xlarge",
+        "--dry-run",
+        "--json",
+    ]));
+    dry.assert_code(0);
+    let report: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(report["launch"]["nodes"], 4, "{dry}");
+    assert!(
+        report["launch"]["placement"]
+            .as_str()
+            .is_some_and(|p| p.contains("cluster placement group")),
+        "{dry}"
+    );
+    let asked = cloud.calls("RunInstances");
+    let params = &asked.last().expect("asked EC2 whether it would launch")["params"];
+    for (name, value) in [
+        ("DryRun", "true"),
+        ("MinCount", "4"),
+        ("MaxCount", "4"),
+        ("NetworkInterface.1.InterfaceType", "efa"),
+        ("NetworkInterface.1.DeviceIndex", "0"),
+    ] {
+        assert_eq!(params[name], value, "{name}: {params}");
+    }
+    assert!(cloud.live_instances().is_empty());
+
+    let text = Run::of(project.ssh_ec2(&cloud).args(["--nodes", "4", "--dry-run"]));
+    text.assert_code(0);
+    assert!(
+        text.stdout.contains("× 4 nodes"),
+        "the price of all four\n{text}"
+    );
+
+    // A type without EFA is refused before anything is made.
+    let refused = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--nodes", "2", "--efa", "true"]),
+    );
+    refused.assert_code(255);
+    assert!(
+        refused.stderr.contains("has no Elastic Fabric Adapter"),
+        "{refused}"
+    );
+    assert!(cloud.instances().is_empty(), "{refused}");
+    assert_nothing_left(&cloud, &project, &refused);
 }

@@ -80,6 +80,13 @@ pub async fn resolve(cloud: &Cloud, spec: &LaunchSpec) -> Result<Resolved> {
             ImageChoice::NewestNamed(pattern) => cloud.newest_image(pattern, &kind).await?,
         };
         kind.check_runs(&image)?;
+        if spec.efa && !kind.efa {
+            bail!(
+                "--efa: {name} has no Elastic Fabric Adapter; pick a type that has one (e.g. \
+                 g5.12xlarge, p4d.24xlarge, p5.48xlarge; `aws ec2 describe-instance-types \
+                 --filters Name=network-info.efa-supported,Values=true`), or drop --efa"
+            );
+        }
         types.push((kind, image));
     }
     let vpc = vpc_of(cloud, &spec.subnets).await?;
