@@ -397,17 +397,18 @@ pub fn how_it_ended(exit: &Result<RemoteExit>) -> String {
     match exit {
         Ok(RemoteExit::Status(status)) => format!("exited with status {status}"),
         Ok(RemoteExit::Signal(signal)) => format!("was killed by signal {signal}"),
-        Err(e) => format!("failed: {e:#}"),
+        Err(e) => format!("was lost ({e:#})"),
     }
 }
 
-/// The run's status when node `failure.rank` failed first: its command's, or the error of a
-/// node that was lost.
-pub fn node_failed(failure: Ended) -> Result<RemoteExit> {
+/// The run's status when node `failure.rank` of `machine` failed first: its command's, or the
+/// error of a node that was lost.
+pub fn node_failed(failure: Ended, machine: &Machine) -> Result<RemoteExit> {
     let rank = failure.rank;
+    let id = &machine.nodes[rank].instance.id;
     failure
         .exit
-        .with_context(|| format!("node {rank}'s command did not end on its own"))
+        .with_context(|| format!("node {rank} ({id}) was lost before its command ended"))
 }
 
 /// Runs `line` on a worker, its output prefixed with its rank, until the command ends.
@@ -435,7 +436,7 @@ async fn stream_worker(session: &Session, line: &str, rank: usize) -> Result<Rem
     }
     out.finish(&mut std::io::stdout());
     err.finish(&mut std::io::stderr());
-    exit.with_context(|| format!("node {rank} was lost before its command ended"))
+    exit.context("its connection closed before the command's exit status came")
 }
 
 /// Output cut into whole lines, each written with a prefix in one write (so that the nodes'

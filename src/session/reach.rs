@@ -83,7 +83,10 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let (workers, cluster) = match scene.machine.nodes.len() {
         1 => (Vec::new(), Cluster::of(scene.machine)),
         n => {
-            let phase = printer.phase(format!("reaching the {} other nodes", n - 1));
+            let phase = printer.phase(match n - 1 {
+                1 => "reaching the other node".to_string(),
+                others => format!("reaching the {others} other nodes"),
+            });
             let workers = reach_workers(scene, &session, deadline).await?;
             let cluster = set_up(scene, &target, &session, &workers).await?;
             phase.done(format!("reached the {n} nodes of the cluster"));

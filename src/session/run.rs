@@ -201,10 +201,15 @@ async fn run_directly(
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
     progress.exit = ran.as_ref().ok().cloned();
+    // A lost node fails the run, but only once the others' results are home.
+    let mut node_lost = Ok(());
     if let Some(workers) = &mut workers
         && let Some(failure) = workers_outcome(workers, &ran, first, printer).await
     {
-        progress.exit = Some(node_failed(failure)?);
+        match node_failed(failure, machine) {
+            Ok(exit) => progress.exit = Some(exit),
+            Err(lost) => node_lost = Err(lost),
+        }
     }
 
     // The pull starts only once the command is known to have ended: after a hang-up or a lost
@@ -232,6 +237,7 @@ async fn run_directly(
     }
     progress.results_home = matches!(pulled, Ok(true));
     ran?;
+    node_lost?;
     pulled?;
     if spot_notice {
         return Err(taken_back("the command", &machine.head().instance.id));

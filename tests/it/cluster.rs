@@ -406,3 +406,34 @@ fn a_dry_run_shows_the_cluster_and_asks_for_every_node_at_once_with_efa() {
     assert!(cloud.instances().is_empty(), "{refused}");
     assert_nothing_left(&cloud, &project, &refused);
 }
+
+#[test]
+fn a_node_lost_mid_run_fails_it_with_its_rank_and_the_others_results_still_come_home() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let child = common::start_until_ready(project.ssh_ec2(&cloud).args([
+        "--nodes",
+        "2",
+        "echo mine > from-$SSH_EC2_NODE_RANK.txt; \
+         if [ $SSH_EC2_NODE_RANK = 0 ]; then sleep 1; echo ready; fi; sleep 300",
+    ]));
+    let worker = instance_id(&nodes(&cloud, &project)[1]);
+    cloud
+        .block_on(
+            cloud
+                .ec2()
+                .terminate_instances()
+                .instance_ids(&worker)
+                .send(),
+        )
+        .unwrap();
+    let run = Run::collect(child);
+    run.assert_code(255);
+    assert!(run.stderr.contains("node 1"), "names the lost node\n{run}");
+    assert_eq!(
+        project.read("from-0.txt").as_deref(),
+        Some("mine\n"),
+        "{run}"
+    );
+    assert_nothing_left(&cloud, &project, &run);
+}
