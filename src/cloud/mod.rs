@@ -76,6 +76,9 @@ pub struct Cloud {
     /// To decode why AWS refused something, and to learn the account.
     sts: aws_sdk_sts::Client,
     pub region: String,
+    /// The AWS profile it was connected with (`Account::profile`), for a helper process that
+    /// must act with the same credentials.
+    pub profile: Option<String>,
     /// What this process created (or found after a lost answer), and when.
     created: Mutex<HashMap<String, Instant>>,
     /// What the clients were made from, for a connection to another region.
@@ -138,10 +141,10 @@ impl Cloud {
                 .retry_config(patient_retries())
                 .build();
         }
-        Cloud::from_config(config)
+        Cloud::from_config(config, account.profile.clone())
     }
 
-    fn from_config(config: SdkConfig) -> Cloud {
+    fn from_config(config: SdkConfig, profile: Option<String>) -> Cloud {
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
@@ -161,6 +164,7 @@ impl Cloud {
             prices: Mutex::default(),
             sts: aws_sdk_sts::Client::new(&config),
             region,
+            profile,
             created: Mutex::default(),
             config,
         }
@@ -176,6 +180,7 @@ impl Cloud {
                     .into_builder()
                     .region(Region::new(region.to_string()))
                     .build(),
+                self.profile.clone(),
             ))),
         }
     }

@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType}
 use ipnet::IpNet;
 
 use super::tags::{Owner, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
-use super::{AwsResultExt, Cloud};
+use super::{AwsError, AwsResultExt, Cloud};
 use crate::poll::Poll;
 
 /// A subnet to launch in, and its availability zone.
@@ -309,35 +309,73 @@ impl Cloud {
     /// Deletes a run's security group once its instance is gone. AWS refuses while the
     /// instance's network interface is still detaching, so this retries for a while.
     pub async fn delete_ssh_group(&self, group: &str) -> Result<()> {
-        let mut poll = Poll::every(Duration::from_secs(5)).within(Duration::from_secs(180));
-        loop {
-            // A group made moments ago that AWS does not show yet is not gone.
-            let result = self
-                .despite_lag(group, "InvalidGroup.NotFound", async || {
-                    self.ec2
-                        .delete_security_group()
-                        .group_id(group)
-                        .send()
-                        .await
-                        .explain(format_args!("delete security group {group}"))
-                })
-                .await;
-            match result {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => return Ok(()),
-                Err(e)
-                    if e.code.as_deref() == Some("DependencyViolation") && poll.wait().await? =>
-                {
-                    tracing::debug!("{group} still in use; retrying");
-                }
-                Err(e) => {
-                    return Err(e).context(format!(
-                        "delete it yourself once nothing uses it: `aws ec2 delete-security-group --group-id {group}`"
-                    ));
-                }
-            }
+        let what = format!("security group {group}");
+        once_released(&what, async || self.try_delete_ssh_group(group).await).await
+    }
+
+    /// One try at deleting a run's security group: `false` while AWS still holds it (an
+    /// instance in it is shutting down); one already gone counts as deleted.
+    pub async fn try_delete_ssh_group(&self, group: &str) -> Result<bool> {
+        // A group made moments ago that AWS does not show yet is not gone.
+        let result = self
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                self.ec2
+                    .delete_security_group()
+                    .group_id(group)
+                    .send()
+                    .await
+                    .explain(format_args!("delete security group {group}"))
+            })
+            .await;
+        let yourself = || {
+            format!(
+                "delete it yourself once nothing uses it: `aws ec2 delete-security-group \
+                 --group-id {group}`"
+            )
+        };
+        deletion(
+            result,
+            ["InvalidGroup.NotFound", "DependencyViolation"],
+            yourself,
+        )
+    }
+}
+
+/// What one try at a deletion came to: `true` deleted (or gone already, `codes[0]`), `false`
+/// still in use (`codes[1]`), else the error, with how to delete it by hand.
+pub(super) fn deletion<T>(
+    result: Result<T, AwsError>,
+    codes: [&str; 2],
+    yourself: impl FnOnce() -> String,
+) -> Result<bool> {
+    let [gone, in_use] = codes.map(Some);
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.code.as_deref() == gone => Ok(true),
+        Err(e) if e.code.as_deref() == in_use => {
+            tracing::debug!("still in use: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(e).context(yourself()),
+    }
+}
+
+/// Tries `delete` (one try at deleting `what`: `false` while AWS still holds it) again for a
+/// while.
+pub(super) async fn once_released(
+    what: &str,
+    mut delete: impl AsyncFnMut() -> Result<bool>,
+) -> Result<()> {
+    let mut poll = Poll::every(Duration::from_secs(5)).within(Duration::from_secs(180));
+    while !delete().await? {
+        if !poll.wait().await? {
+            bail!(
+                "{what} is still in use after 3 minutes: check the EC2 console, then `ssh-ec2 \
+                 --gc --yes` deletes it"
+            );
         }
     }
+    Ok(())
 }
 
 /// How the names of ssh-ec2's security groups start (see fleet::journal).

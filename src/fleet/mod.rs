@@ -7,6 +7,7 @@
 //! - `journal`: the record of each launch until its instance is adopted;
 //! - `launch`: where and what to launch, moving on when a zone has no capacity;
 //! - `end_of_life`: terminate, stop or leave;
+//! - `release`: the groups terminated instances leave, deleted once AWS lets go of them;
 //! - `regions`: the owner's instances and groups in one region or all;
 //! - `spec`: what the fleet is asked for.
 
@@ -14,6 +15,7 @@ pub mod end_of_life;
 pub mod journal;
 mod launch;
 mod regions;
+pub mod release;
 mod spec;
 
 use std::time::Instant;

@@ -8,6 +8,8 @@
 //!   `instances/pending-<launch id>/`, beside the launch's record (`launches`); adopting the
 //!   instance renames that directory in one step.
 //! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
+//! - `release.log`: why the helper that deletes terminated instances' groups gave up, if it
+//!   did (`fleet::release`).
 
 pub mod entries;
 pub mod host_keys;
@@ -80,6 +82,12 @@ impl Store {
         entries
             .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
             .collect()
+    }
+
+    /// Where the helper that deletes terminated instances' groups says why it gave up (see
+    /// `fleet::release`).
+    pub fn release_log(&self) -> PathBuf {
+        self.root.with_file_name("release.log")
     }
 
     /// Forgets a terminated instance, and the OpenSSH entry installed for it.

@@ -18,6 +18,7 @@ mod host_keys;
 mod jobs;
 mod machines;
 mod policies;
+mod release;
 mod reuse;
 mod run;
 mod settings;
