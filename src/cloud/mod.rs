@@ -30,7 +30,7 @@ use crate::settings::defaults::REGION as FALLBACK_REGION;
 pub use cluster::OwnedPlacementGroup;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
-pub use image::{Image, TypeInfo, guess_user};
+pub use image::{Image, TypeInfo, guess_user, newest_for};
 pub use instance::{Instance, Owned, State};
 pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};

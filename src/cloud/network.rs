@@ -13,11 +13,22 @@ use super::tags::{Owner, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specificati
 use super::{AwsError, AwsResultExt, Cloud};
 use crate::poll::Poll;
 
-/// A subnet to launch in, and its availability zone.
+/// A subnet to launch in, its availability zone and its VPC.
 #[derive(Debug, Clone)]
 pub struct Subnet {
     pub id: String,
     pub zone: String,
+    pub vpc: String,
+}
+
+impl Subnet {
+    fn from_sdk(subnet: &aws_sdk_ec2::types::Subnet) -> Option<Subnet> {
+        Some(Subnet {
+            id: subnet.subnet_id()?.to_string(),
+            zone: subnet.availability_zone()?.to_string(),
+            vpc: subnet.vpc_id()?.to_string(),
+        })
+    }
 }
 
 /// A security group ssh-ec2 made for one of the owner's instances.
@@ -66,28 +77,37 @@ impl Cloud {
             .collect())
     }
 
-    /// The VPC to launch in: the subnet's, else the region's default VPC.
-    pub async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
-        if let Some(subnet) = subnet_id {
-            let found = self
-                .ec2
-                .describe_subnets()
-                .subnet_ids(subnet)
-                .send()
-                .await
-                .explain(format_args!("look up subnet {subnet}"))?;
-            return found
-                .subnets()
-                .first()
-                .and_then(|s| s.vpc_id())
-                .map(str::to_string)
-                .with_context(|| {
+    /// The subnets `ids`, in that order, asked in one request; fails when one does not exist.
+    pub async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>> {
+        let found = self
+            .ec2
+            .describe_subnets()
+            .set_subnet_ids(Some(ids.to_vec()))
+            .send()
+            .await;
+        let found = match found {
+            Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => None,
+            found => Some(found.explain(format_args!("look up subnet {}", ids.join(", ")))?),
+        };
+        let known: Vec<Subnet> = (found.iter())
+            .flat_map(|f| f.subnets())
+            .filter_map(Subnet::from_sdk)
+            .collect();
+        (ids.iter())
+            .map(|id| {
+                let subnet = known.iter().find(|s| s.id == *id).cloned();
+                subnet.with_context(|| {
                     format!(
-                        "subnet {subnet} does not exist in {}: check --subnet-id",
+                        "subnet {id} does not exist in {}: check --subnet-id and --subnet-ids",
                         self.region
                     )
-                });
-        }
+                })
+            })
+            .collect()
+    }
+
+    /// The region's default VPC (for a region without default subnets: their VPC says it).
+    pub async fn default_vpc(&self) -> Result<String> {
         let found = self
             .ec2
             .describe_vpcs()
@@ -121,12 +141,7 @@ impl Cloud {
         let mut subnets: Vec<Subnet> = found
             .subnets()
             .iter()
-            .filter_map(|s| {
-                Some(Subnet {
-                    id: s.subnet_id()?.to_string(),
-                    zone: s.availability_zone()?.to_string(),
-                })
-            })
+            .filter_map(Subnet::from_sdk)
             .collect();
         subnets.sort_by(|a, b| a.zone.cmp(&b.zone));
         Ok(subnets)

@@ -378,6 +378,30 @@ fn setup_dry_run_changes_nothing_a_second_setup_changes_nothing_and_drift_is_rep
     assert_eq!(iam_state(&cloud), repaired);
 }
 
+/// A region of the bed whose default subnets are deleted (`without_default_subnets`).
+const BARE_REGION: &str = "ap-southeast-2";
+
+/// Deletes the default subnets of `region`, as an admin may.
+fn without_default_subnets(cloud: &TestCloud, region: &str) {
+    let ec2 = cloud.ec2_in(region);
+    cloud.block_on(async {
+        let default = aws_sdk_ec2::types::Filter::builder()
+            .name("default-for-az")
+            .values("true")
+            .build();
+        let found = ec2
+            .describe_subnets()
+            .filters(default)
+            .send()
+            .await
+            .unwrap();
+        for subnet in found.subnets() {
+            let id = subnet.subnet_id().unwrap();
+            ec2.delete_subnet().subnet_id(id).send().await.unwrap();
+        }
+    });
+}
+
 /// One user without one action, and the run (from the state the sequence left) that needs it.
 struct Refusal {
     action: &'static str,
@@ -488,7 +512,6 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         ("ec2:DescribeInstances", &["true"][..]),
         ("ec2:DescribeImages", &["true"]),
         ("ec2:DescribeInstanceTypes", &["true"]),
-        ("ec2:DescribeVpcs", &["true"]),
         ("ec2:DescribeSubnets", &["true"]),
         ("ec2:CreateSecurityGroup", &["true"]),
         ("ec2:RunInstances", &["true"]),
@@ -498,6 +521,13 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         assert!(cloud.live_instances().is_empty(), "{run}");
         assert!(cloud.run_security_groups().is_empty(), "{run}");
     }
+
+    // The default VPC is asked for only in a region without default subnets to name it.
+    without_default_subnets(&cloud, BARE_REGION);
+    check(Refusal {
+        action: "ec2:DescribeVpcs",
+        args: &["--region", BARE_REGION, "true"],
+    });
 
     // The end of life needs these.
     let run = check(Refusal {

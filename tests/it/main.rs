@@ -20,6 +20,7 @@ mod machines;
 mod policies;
 mod release;
 mod reuse;
+mod round_trips;
 mod run;
 mod settings;
 mod shared;

@@ -52,16 +52,6 @@ pub async fn launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let wanted = &spec.launch;
-    // Until something is created, a signal ends the launch at once.
-    let spot = wanted.spot.is_some();
-    let hourly = price::hourly(cloud, &wanted.instance_type, spot, None);
-    let hourly = interrupt.cancel(async { Ok(hourly.await) }).await?;
-    // Before anything is paid for.
-    printer.info(&price::price_line(
-        hourly.as_ref(),
-        &wanted.instance_type,
-        &cloud.region,
-    ));
     let phase = printer.phase(match wanted.nodes {
         1 => format!(
             "launching a {} instance in {}",
@@ -72,34 +62,11 @@ pub async fn launch(
             wanted.instance_type, cloud.region
         ),
     });
-    // The account goes into the launch's record, for a later --gc (see `journal::Launch`).
-    let (resolved, account) = interrupt
-        .cancel(async { Ok(tokio::join!(resolve(cloud, wanted), cloud.account_id())) })
-        .await?;
-    let resolved = resolved?;
-    let account = account
-        .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
-        .ok();
-    for (kind, _) in resolved
-        .types
-        .iter()
-        .filter(|(k, _)| wanted.nodes > 1 && !k.cluster_placement)
-    {
-        printer.info(&format!(
-            "{} takes no cluster placement group: its nodes are launched in one zone, but \
-             maybe not close together",
-            kind.name
-        ));
-    }
-    // An admin-made group is only looked up; no checkip is needed for it.
-    let group = match &resolved.admin_group {
-        Some(id) => Group::Admin(id.clone()),
-        None => Group::Own(
-            interrupt
-                .cancel(ingress_cidr(&spec.ingress, printer))
-                .await?,
-        ),
-    };
+    let Settled {
+        resolved,
+        account,
+        group,
+    } = settle_first(cloud, spec, printer, interrupt).await?;
     let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
@@ -146,6 +113,68 @@ pub async fn launch(
         user,
         origin: Origin::Launched,
         volume_gib,
+    })
+}
+
+/// What a launch settles before it creates anything.
+struct Settled {
+    resolved: Resolved,
+    /// The AWS account, for the launch's record (for a later --gc, see `journal::Launch`).
+    account: Option<String>,
+    group: Group,
+}
+
+/// The price (said before anything is paid for), what to launch and where, the account, and
+/// this machine's address: independent lookups, asked together (one round trip, not one after
+/// another). Until something is created, a signal ends the launch at once.
+async fn settle_first(
+    cloud: &Cloud,
+    spec: &MachineSpec,
+    printer: &Printer,
+    interrupt: &Interrupt,
+) -> Result<Settled> {
+    let wanted = &spec.launch;
+    let price = price::hourly(cloud, &wanted.instance_type, wanted.spot.is_some(), None);
+    // An admin-made group is only looked up; no checkip is needed for it.
+    let ingress = async {
+        match &wanted.security_group {
+            Some(_) => Ok(None),
+            None => ingress_cidr(&spec.ingress, printer).await.map(Some),
+        }
+    };
+    let lookups = async {
+        let (hourly, resolved, account, cidr) =
+            tokio::join!(price, resolve(cloud, wanted), cloud.account_id(), ingress);
+        Ok((hourly, resolved?, account, cidr?))
+    };
+    let (hourly, resolved, account, cidr) = interrupt.cancel(lookups).await?;
+    printer.info(&price::price_line(
+        hourly.as_ref(),
+        &wanted.instance_type,
+        &cloud.region,
+    ));
+    let account = account
+        .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
+        .ok();
+    for (kind, _) in resolved
+        .types
+        .iter()
+        .filter(|(k, _)| wanted.nodes > 1 && !k.cluster_placement)
+    {
+        printer.info(&format!(
+            "{} takes no cluster placement group: its nodes are launched in one zone, but \
+             maybe not close together",
+            kind.name
+        ));
+    }
+    let group = match &resolved.admin_group {
+        Some(id) => Group::Admin(id.clone()),
+        None => Group::Own(cidr.expect("checkip is asked unless --security-group is given")),
+    };
+    Ok(Settled {
+        resolved,
+        account,
+        group,
     })
 }
 
