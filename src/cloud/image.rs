@@ -172,7 +172,7 @@ fn type_info(info: &aws_sdk_ec2::types::InstanceTypeInfo) -> Option<TypeInfo> {
 }
 
 /// What an instance type offers, as DescribeInstanceTypes says.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TypeInfo {
     pub name: String,
     pub architectures: Vec<String>,
@@ -203,7 +203,7 @@ impl TypeInfo {
 }
 
 /// GPUs of one model in an instance type.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Gpus {
     pub count: i32,
     pub maker: String,

@@ -73,6 +73,8 @@ pub struct Instance {
     pub node_group: Option<String>,
     /// A cluster's placement group.
     pub placement_group: Option<String>,
+    /// When it ends itself, ISO 8601 (its `ssh-ec2:expires-at` tag).
+    pub expires_at: Option<String>,
 }
 
 /// An instance's place in the launch that made it: EC2's launch index among the launch's count.
@@ -111,6 +113,7 @@ impl Instance {
                 .and_then(|p| p.group_name())
                 .filter(|name| !name.is_empty())
                 .map(str::to_string),
+            expires_at: tag(TAG_EXPIRES_AT).map(str::to_string),
         })
     }
 }
@@ -379,6 +382,7 @@ impl Instance {
             node: Node { rank: 0, of: 1 },
             node_group: None,
             placement_group: None,
+            expires_at: None,
         }
     }
 }

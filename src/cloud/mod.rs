@@ -70,9 +70,8 @@ impl std::ops::Deref for InRegion<'_> {
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
-    /// The AWS Price List, asked briefly, once per instance type (`prices`).
+    /// The AWS Price List, asked briefly.
     pricing: aws_sdk_pricing::Client,
-    prices: Mutex<HashMap<String, Option<f64>>>,
     /// To decode why AWS refused something, and to learn the account.
     sts: aws_sdk_sts::Client,
     pub region: String,
@@ -161,7 +160,6 @@ impl Cloud {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             iam: aws_sdk_iam::Client::new(&config),
             pricing: aws_sdk_pricing::Client::from_conf(pricing),
-            prices: Mutex::default(),
             sts: aws_sdk_sts::Client::new(&config),
             region,
             profile,

@@ -19,6 +19,8 @@ pub struct Subnet {
     pub id: String,
     pub zone: String,
     pub vpc: String,
+    /// The AWS account it belongs to (another's, for a subnet shared with this one).
+    pub owner: Option<String>,
 }
 
 impl Subnet {
@@ -27,6 +29,7 @@ impl Subnet {
             id: subnet.subnet_id()?.to_string(),
             zone: subnet.availability_zone()?.to_string(),
             vpc: subnet.vpc_id()?.to_string(),
+            owner: subnet.owner_id().map(str::to_string),
         })
     }
 }
@@ -272,10 +275,43 @@ impl Cloud {
         }
     }
 
-    /// Lets `cidr` in on tcp/22, and no longer the addresses earlier runs came from.
-    pub async fn allow_ssh_only_from(&self, group: &str, cidr: IpNet) -> Result<()> {
+    /// Lets `cidr` in on tcp/22, and no longer the addresses earlier runs came from: `last`,
+    /// the one this machine let in last, when it is known; else those ssh-ec2's rules name.
+    pub async fn allow_ssh_only_from(
+        &self,
+        group: &str,
+        cidr: IpNet,
+        last: Option<IpNet>,
+    ) -> Result<()> {
         // Added first, so that access never depends on the revoke going through.
         self.allow_ssh_from(group, cidr).await?;
+        let earlier = match last {
+            Some(last) => vec![last],
+            None => self.caller_rules(group).await?,
+        };
+        let stale: Vec<IpNet> = earlier.into_iter().filter(|old| *old != cidr).collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let revoked = self
+            .ec2
+            .revoke_security_group_ingress()
+            .group_id(group)
+            .ip_permissions(ssh_permission(&stale))
+            .send()
+            .await
+            .explain(format_args!(
+                "remove earlier callers' SSH rules from security group {group}"
+            ));
+        match revoked {
+            // Someone removed it already.
+            Err(e) if e.code.as_deref() == Some("InvalidPermission.NotFound") => Ok(()),
+            revoked => revoked.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// The CIDRs that ssh-ec2's own tcp/22 rules of `group` let in.
+    async fn caller_rules(&self, group: &str) -> Result<Vec<IpNet>> {
         let found = self
             .ec2
             .describe_security_groups()
@@ -284,7 +320,7 @@ impl Cloud {
             .await
             .explain(format_args!("read the rules of security group {group}"))?;
         let ours = |description: Option<&str>| description == Some(CALLER_RULE);
-        let stale: Vec<IpNet> = found
+        Ok(found
             .security_groups()
             .iter()
             .flat_map(|g| g.ip_permissions())
@@ -304,21 +340,7 @@ impl Cloud {
                     .filter_map(|c| c.parse::<IpNet>().ok())
                     .collect::<Vec<_>>()
             })
-            .filter(|old| *old != cidr)
-            .collect();
-        if stale.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .revoke_security_group_ingress()
-            .group_id(group)
-            .ip_permissions(ssh_permission(&stale))
-            .send()
-            .await
-            .explain(format_args!(
-                "remove earlier callers' SSH rules from security group {group}"
-            ))?;
-        Ok(())
+            .collect())
     }
 
     /// Deletes a run's security group once its instance is gone. AWS refuses while the

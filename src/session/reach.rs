@@ -150,11 +150,18 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         printer,
         ..
     } = *scene;
-    let id = &machine.head().instance.id;
-    let phase = printer.phase(format!("waiting for {id} to run"));
-    let running = cloud.wait_until(id, State::Running, deadline).await?;
-    let address = ssh_address(&plan.reach.dial, &running)?;
-    phase.done(format!("{id} is running"));
+    let head = &machine.head().instance;
+    let id = &head.id;
+    // Found running moments ago (not started, nor just launched): its address is known.
+    let address = match head.state {
+        State::Running => ssh_address(&plan.reach.dial, head)?,
+        _ => {
+            let phase = printer.phase(format!("waiting for {id} to run"));
+            let running = cloud.wait_until(id, State::Running, deadline).await?;
+            phase.done(format!("{id} is running"));
+            ssh_address(&plan.reach.dial, &running)?
+        }
+    };
     Ok(Target {
         address,
         user: machine.user.clone(),

@@ -474,7 +474,12 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     );
     let id = instance_id(&instances[0]);
 
-    // Reusing it needs these; each refusal leaves it stopped.
+    // Reusing it needs these; each refusal leaves it stopped. This machine forgets which
+    // address it let in, so that the group is read and opened again (a run that knows it
+    // changes nothing there).
+    let ingress = (project.home().join(".local/state/ssh-ec2/instances"))
+        .join(&id)
+        .join("ingress");
     for (action, args) in [
         ("ec2:StartInstances", &["true"][..]),
         ("ec2:DescribeSecurityGroups", &["true"]),
@@ -485,9 +490,10 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
             &["--ssh-cidr=10.1.2.3/32", "true"],
         ),
         // Each run keeps the ssh-ec2:expires-at tag in step with its --max-lifetime.
-        ("ec2:CreateTags", &["true"]),
+        ("ec2:CreateTags", &["--max-lifetime=2d", "true"]),
         ("ec2:DeleteTags", &["--max-lifetime=off", "true"]),
     ] {
+        let _ = std::fs::remove_file(&ingress);
         check(Refusal { action, args });
     }
     assert_eq!(
@@ -507,7 +513,9 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     assert!(cloud.live_instances().is_empty(), "{reuse}");
     assert!(cloud.run_security_groups().is_empty(), "{reuse}");
 
-    // A launch needs these: each refusal leaves nothing behind.
+    // A launch needs these: each refusal leaves nothing behind. What AWS said of the type is
+    // forgotten each time, so that it is asked.
+    let known = project.home().join(".local/state/ssh-ec2/known.json");
     for (action, args) in [
         ("ec2:DescribeInstances", &["true"][..]),
         ("ec2:DescribeImages", &["true"]),
@@ -517,6 +525,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         ("ec2:RunInstances", &["true"]),
         ("iam:GetInstanceProfile", &[PROFILE, "true"]),
     ] {
+        let _ = std::fs::remove_file(&known);
         let run = check(Refusal { action, args });
         assert!(cloud.live_instances().is_empty(), "{run}");
         assert!(cloud.run_security_groups().is_empty(), "{run}");
@@ -592,6 +601,8 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     assert!(priced.stdout.contains("/hour (spot in "), "{priced}");
     let action = "ec2:DescribeSpotPriceHistory";
     let blind = create_user(&cloud, "user-no-spot-price", &without(&policy, action));
+    // The spot price just shown is kept for an hour: forgotten, to be asked.
+    std::fs::remove_file(&known).unwrap();
     let unpriced = spot_dry_run(&blind);
     unpriced.assert_code(0);
     assert!(

@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::end_of_life::{self, Origin};
 use super::journal::Launch;
 use super::spec::MachineSpec;
-use super::{Machine, Node, ingress_cidr};
+use super::{Ahead, Machine, Node, ingress_cidr};
 use crate::cloud::{Cloud, Image, Instance};
 use crate::interrupt::{Interrupt, Interrupted, Signal};
 use crate::price;
@@ -48,6 +48,7 @@ pub async fn launch(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
+    ahead: Ahead,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
@@ -66,7 +67,7 @@ pub async fn launch(
         resolved,
         account,
         group,
-    } = settle_first(cloud, spec, printer, interrupt).await?;
+    } = settle_first(cloud, spec, store, ahead, printer, interrupt).await?;
     let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
@@ -80,10 +81,17 @@ pub async fn launch(
         printer,
         interrupt,
     };
+    let own_cidr = match group {
+        Group::Own(cidr) => Some(cidr),
+        Group::Admin(_) => None,
+    };
     let outcome = send(&launcher, &mut launch, group, &new_keys, &resolved).await;
     let (instances, user) = settle(cloud, store, printer, &launch, outcome).await?;
     let keys = adopt(cloud, store, printer, new_keys, &launch, &instances).await?;
     let head = &instances[0];
+    if let Some(cidr) = own_cidr {
+        store.note_ingress(&head.id, cidr);
+    }
     let market = match head.spot {
         true => "spot; terminated, not stopped, when it ends itself or AWS interrupts it",
         false => "on-demand",
@@ -130,29 +138,43 @@ struct Settled {
 async fn settle_first(
     cloud: &Cloud,
     spec: &MachineSpec,
+    store: &Store,
+    ahead: Ahead,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Settled> {
     let wanted = &spec.launch;
-    let price = price::hourly(cloud, &wanted.instance_type, wanted.spot.is_some(), None);
-    // An admin-made group is only looked up; no checkip is needed for it.
-    let ingress = async {
-        match &wanted.security_group {
-            Some(_) => Ok(None),
-            None => ingress_cidr(&spec.ingress, printer).await.map(Some),
+    let known = store.known();
+    let price = price::hourly(
+        cloud,
+        &known,
+        &wanted.instance_type,
+        wanted.spot.is_some(),
+        None,
+    );
+    // The default subnets name the account; STS is asked when there are subnets given.
+    let account = async {
+        match wanted.subnets.is_empty() {
+            true => None,
+            false => Some(cloud.account_id().await),
         }
     };
     let lookups = async {
-        let (hourly, resolved, account, cidr) =
-            tokio::join!(price, resolve(cloud, wanted), cloud.account_id(), ingress);
-        Ok((hourly, resolved?, account, cidr?))
+        let (hourly, resolved, account) =
+            tokio::join!(price, resolve(cloud, &known, wanted), account);
+        Ok((hourly, resolved?, account))
     };
-    let (hourly, resolved, account, cidr) = interrupt.cancel(lookups).await?;
+    let (hourly, resolved, account) = interrupt.cancel(lookups).await?;
     printer.info(&price::price_line(
         hourly.as_ref(),
         &wanted.instance_type,
         &cloud.region,
     ));
+    let account = match (&resolved.account, account) {
+        (Some(account), _) => Ok(account.clone()),
+        (None, Some(asked)) => asked,
+        (None, None) => cloud.account_id().await,
+    };
     let account = account
         .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
         .ok();
@@ -167,9 +189,11 @@ async fn settle_first(
             kind.name
         ));
     }
-    let group = match &resolved.admin_group {
-        Some(id) => Group::Admin(id.clone()),
-        None => Group::Own(cidr.expect("checkip is asked unless --security-group is given")),
+    // An admin-made group is only looked up; no checkip is needed for it (nor asked).
+    let group = match (&resolved.admin_group, ahead) {
+        (Some(id), _) => Group::Admin(id.clone()),
+        (None, Some(looked_up)) => Group::Own(looked_up?),
+        (None, None) => Group::Own(ingress_cidr(&spec.ingress, printer).await?),
     };
     Ok(Settled {
         resolved,

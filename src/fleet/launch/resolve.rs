@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::cloud::{Cloud, Image, Subnet, TypeInfo, newest_for};
 use crate::fleet::spec::{ImageChoice, LaunchSpec};
+use crate::state::known::{Known, TYPE_AGE};
 
 /// Where to try a launch.
 pub(super) enum Place {
@@ -46,6 +47,9 @@ pub struct Resolved {
     /// The id of the admin-made group to launch into (`--security-group`), checked to be in
     /// the VPC; `None`: the launch makes its own.
     pub admin_group: Option<String>,
+    /// The AWS account of the credentials, when the default subnets said it (a default subnet
+    /// is always the account's own).
+    pub account: Option<String>,
     pub(super) places: Vec<Place>,
 }
 
@@ -65,7 +69,7 @@ impl Resolved {
 /// Checks the instance profile, every type and its image (a typo in --fallback-types fails
 /// before anything is created), the VPC, where to try, and an admin-made group. The lookups do
 /// not wait for each other: they go out together, in one round trip.
-pub async fn resolve(cloud: &Cloud, spec: &LaunchSpec) -> Result<Resolved> {
+pub async fn resolve(cloud: &Cloud, known: &Known, spec: &LaunchSpec) -> Result<Resolved> {
     let names: Vec<&str> = std::iter::once(&spec.instance_type)
         .chain(&spec.fallback_types)
         .map(String::as_str)
@@ -82,9 +86,9 @@ pub async fn resolve(cloud: &Cloud, spec: &LaunchSpec) -> Result<Resolved> {
             ImageChoice::NewestNamed(pattern) => cloud.images_named(pattern).await,
         }
     };
-    let ((), kinds, images, (vpc, places)) = tokio::try_join!(
+    let ((), kinds, images, (vpc, places, account)) = tokio::try_join!(
         profile,
-        cloud.instance_types(&names),
+        types(cloud, known, &names),
         images,
         network(cloud, &spec.subnets)
     )?;
@@ -98,7 +102,34 @@ pub async fn resolve(cloud: &Cloud, spec: &LaunchSpec) -> Result<Resolved> {
         vpc,
         admin_group,
         places,
+        account,
     })
+}
+
+/// What an instance of each of `names` has, in that order: as kept (`Known`), else asked in
+/// one request for those not kept.
+async fn types(cloud: &Cloud, known: &Known, names: &[&str]) -> Result<Vec<TypeInfo>> {
+    let key = |name: &str| format!("type/{}/{name}", cloud.region);
+    let kept: Vec<Option<TypeInfo>> = (names.iter())
+        .map(|name| known.get(&key(name), TYPE_AGE))
+        .collect();
+    let missing: Vec<&str> = (names.iter().zip(&kept))
+        .filter(|(_, kept)| kept.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    let mut asked = match missing.is_empty() {
+        true => Vec::new(),
+        false => cloud.instance_types(&missing).await?,
+    };
+    for info in &asked {
+        known.put(&key(&info.name), info);
+    }
+    asked.reverse();
+    // `asked` holds the missing ones in order: each fills the next gap.
+    Ok((kept.into_iter())
+        .map(|kept| kept.or_else(|| asked.pop()))
+        .collect::<Option<Vec<_>>>()
+        .expect("EC2 answered for every type asked"))
 }
 
 /// Each type with the image it would boot: the one given by id, or the newest of `images` for
@@ -142,8 +173,9 @@ fn pair(
 }
 
 /// The VPC to launch in and where to try: the user's subnets (all in one VPC: the security
-/// group belongs to one), else EC2's pick in the default VPC, then each of its default subnets.
-async fn network(cloud: &Cloud, given: &[String]) -> Result<(String, Vec<Place>)> {
+/// group belongs to one), else EC2's pick in the default VPC, then each of its default subnets
+/// (which also name the account).
+async fn network(cloud: &Cloud, given: &[String]) -> Result<(String, Vec<Place>, Option<String>)> {
     if given.is_empty() {
         let defaults = cloud.default_subnets().await?;
         // Default subnets are the default VPC's: it is asked for only when there are none.
@@ -151,13 +183,14 @@ async fn network(cloud: &Cloud, given: &[String]) -> Result<(String, Vec<Place>)
             Some(subnet) => subnet.vpc.clone(),
             None => cloud.default_vpc().await?,
         };
+        let account = defaults.first().and_then(|subnet| subnet.owner.clone());
         let places = std::iter::once(Place::Anywhere)
             .chain(defaults.into_iter().map(Place::Zone))
             .collect();
-        return Ok((vpc, places));
+        return Ok((vpc, places, account));
     }
     let vpc = one_vpc(&cloud.subnets(given).await?)?;
-    Ok((vpc, given.iter().cloned().map(Place::Given).collect()))
+    Ok((vpc, given.iter().cloned().map(Place::Given).collect(), None))
 }
 
 /// The VPC of the user's subnets, which must all be in it.
@@ -258,6 +291,7 @@ mod tests {
             id: id.into(),
             zone: "eu-central-1a".into(),
             vpc: vpc.into(),
+            owner: None,
         };
         let same = [subnet("subnet-1", "vpc-a"), subnet("subnet-2", "vpc-a")];
         assert_eq!(one_vpc(&same).unwrap(), "vpc-a");
