@@ -150,8 +150,10 @@ async fn find_or_launch(
             None => Some(ingress_cidr(&spec.ingress, printer).await),
         }
     };
-    let (found, ahead) = tokio::join!(find_here(cloud, spec, store, printer, interrupt), ahead);
-    match found? {
+    let ahead = interrupt.cancel(async { Ok(ahead.await) });
+    let (found, ahead) =
+        tokio::try_join!(find_here(cloud, spec, store, printer, interrupt), ahead)?;
+    match found {
         Some(found) => {
             check_nodes(spec, &found.0)?;
             reuse(cloud, spec, store, found, ahead, printer, interrupt).await

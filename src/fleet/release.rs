@@ -54,9 +54,7 @@ impl Held {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
 
-impl Held {
     /// What terminating `nodes` (one instance, or a cluster's, the head first) in `cloud`'s
     /// region leaves to delete.
     pub fn left_by(nodes: &[Instance], cloud: &Cloud) -> Held {
