@@ -218,6 +218,7 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started:
     let nodes = machine.nodes.len() as u32;
     let what = match nodes {
         1 => instance.id.clone(),
+        2 => format!("{} and its other node", instance.id),
         n => format!("{} and its {} other nodes", instance.id, n - 1),
     };
     let elapsed = started.elapsed();
