@@ -26,5 +26,6 @@ mod sync;
 mod terminal;
 mod trust_results;
 mod trust_sync;
+mod try_it;
 mod watchdog;
 mod watched;
