@@ -1,7 +1,18 @@
 //! What `--help` and the man page say beyond the flags: examples, the environment, the files,
-//! the exit status. One text each, for both.
+//! the exit status, where the documentation is. One text each, for both.
 
 use crate::settings;
+
+/// The documentation's pages, under the repository that Cargo.toml names (one address, set
+/// once there).
+pub const DOCS: &str = concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/docs");
+
+/// Where to read more: the pages, and what they hold.
+pub const SEE_ALSO: &[(&str, &str)] = &[(
+    DOCS,
+    "the documentation: usage (every option), configuration (every setting), jobs, clusters, \
+     the admin's set-up, how it works, troubleshooting (the GPU quota, the errors people hit)",
+)];
 
 /// A few runs people start with.
 pub const EXAMPLES: &[(&str, &str)] = &[
@@ -99,10 +110,11 @@ pub fn long_help() -> String {
     for (status, what) in EXIT_STATUS {
         text.push_str(&format!("  {status:<14} {what}\n"));
     }
-    text.push_str(
-        "\n--show-config shows every setting and where it came from. The documentation is \
-         README.md and docs/ in ssh-ec2's source.",
-    );
+    text.push_str(&format!(
+        "\n--show-config shows every setting and where it came from. The documentation: \
+         {DOCS} (also docs/ in ssh-ec2's source), and `man ssh-ec2` once installed \
+         (`ssh-ec2 --generate man`, see README.md)."
+    ));
     text
 }
 
@@ -122,5 +134,6 @@ mod tests {
         assert!(find("AWS_DEFAULT_REGION").unwrap().contains("`region`"));
         assert!(find("SSH_EC2_PRESET").unwrap().contains("--preset"));
         assert!(long_help().contains("ssh-ec2 --detach"));
+        assert!(long_help().contains("https://github.com/ssh-ec2/ssh-ec2/tree/main/docs"));
     }
 }
