@@ -6,6 +6,7 @@ mod common;
 mod admin;
 mod boundaries;
 mod cli;
+mod docs;
 mod earlier;
 mod everyday;
 mod examples;

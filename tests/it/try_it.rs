@@ -58,11 +58,17 @@ impl Scratch {
     /// started for this run is left (they all carry this directory in their command line or
     /// their environment: the cloud, its instances' sshds and sessions, ssh-ec2).
     fn assert_nothing_left(&self, run: &Run) {
-        assert!(!self.path().join("cloud").exists(), "the cloud's files\n{run}");
+        assert!(
+            !self.path().join("cloud").exists(),
+            "the cloud's files\n{run}"
+        );
         let copies: Vec<_> = std::fs::read_dir(self.path().join("tmp"))
             .unwrap()
             .collect();
-        assert!(copies.is_empty(), "the copy of the example: {copies:?}\n{run}");
+        assert!(
+            copies.is_empty(),
+            "the copy of the example: {copies:?}\n{run}"
+        );
         let mark = self.path().to_string_lossy().into_owned();
         let left: Vec<String> = std::fs::read_dir("/proc")
             .unwrap()
@@ -111,7 +117,10 @@ fn try_it_runs_the_example_end_to_end_and_leaves_nothing_running() {
             "{seen}\n{run}"
         );
     }
-    let copy = format!("a copy of examples/ in {}", scratch.path().join("tmp").display());
+    let copy = format!(
+        "a copy of examples/ in {}",
+        scratch.path().join("tmp").display()
+    );
     assert!(run.stderr.contains(&copy), "runs in a copy\n{run}");
     scratch.assert_nothing_left(&run);
 }
