@@ -643,7 +643,7 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
                     .ip_protocol("tcp")
                     .from_port(22)
                     .to_port(22)
-                    .ip_ranges(IpRange::builder().cidr_ip("127.0.0.0/8").build())
+                    .ip_ranges(IpRange::builder().cidr_ip("172.31.0.0/16").build())
                     .build(),
             )
             .send()
@@ -716,7 +716,7 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
     );
 
     // A dry run shows the group a launch would use, and asks no checkip (a run does not).
-    let checkip = common::Tripwire::new();
+    let checkip = common::Tripwire::on(&cloud.laptop);
     let dry_run = Run::of(
         as_user(&project, &cloud, &user)
             .env("SSH_EC2_CHECKIP_URL", checkip.url())

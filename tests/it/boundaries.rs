@@ -10,7 +10,7 @@ use crate::common;
 
 use std::process::Command;
 
-use common::{Project, Run, TestCloud, assert_nothing_left};
+use common::{CloudOptions, Project, Run, TestCloud, assert_nothing_left};
 
 const WIDE: &str = "opens the instance's SSH port (tcp/22) to";
 
@@ -189,13 +189,16 @@ fn an_installed_entry_stays_one_host_s_and_a_linked_ssh_config_stays_a_link() {
     );
 }
 
-/// What a run says where the login user has no sudo (as on this test bed).
+/// What a run says where the login user has no sudo.
 const STAYS_LIVE: &str = "may not use sudo without a password, so the host key its user-data \
                           carried stays in use";
 
 #[test]
 fn without_sudo_a_run_goes_on_and_says_once_that_the_user_data_s_host_key_stays_live() {
-    let cloud = TestCloud::start();
+    let cloud = TestCloud::start_with(CloudOptions {
+        no_sudo: true,
+        ..Default::default()
+    });
     let project = Project::new();
     project.write("in.txt", "up\n");
     let first = Run::of(project.ssh_ec2(&cloud).args(["--leave", "cat in.txt"]));

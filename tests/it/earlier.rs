@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    Project, REMOTE_USER, RUN_TIMEOUT, Run, TestCloud, assert_nothing_left, start_until_ready,
-    state_of, wait_or_kill, wait_until,
+    Project, RUN_TIMEOUT, Run, TestCloud, assert_nothing_left, start_until_ready, state_of,
+    wait_or_kill, wait_until,
 };
 
 const STILL_RUNNING: &str = "a command from an earlier run is still running (since ";
@@ -35,8 +35,8 @@ fn killed_mid_command(command: &str) -> (TestCloud, Project) {
 }
 
 /// The records of this directory's foreground runs on the instance (see src/remote/runs.rs).
-pub fn run_records(project: &Project) -> Vec<PathBuf> {
-    let scopes = project.remote_state_entries(REMOTE_USER, "runs");
+pub fn run_records(cloud: &TestCloud, project: &Project) -> Vec<PathBuf> {
+    let scopes = cloud.remote_state_entries(project, "runs");
     (scopes
         .iter()
         .flat_map(std::fs::read_dir)
@@ -68,7 +68,7 @@ fn the_next_run_leaves_the_instance_to_a_killed_clients_command_and_finish_waits
     let finish = Watched::start(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
     finish.wait_for("waiting for it to end");
     assert_eq!(project.read("late.txt"), None, "it has not written it yet");
-    std::fs::write(project.remote().join("go"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
     let finish = finish.collect(RUN_TIMEOUT);
     // What it wrote after its client died came home; its status nobody saw.
     assert_eq!(
@@ -120,11 +120,15 @@ fn down_leaves_a_killed_clients_command_alone_and_force_ends_it_then_pulls_and_t
 #[test]
 fn a_killed_clients_command_that_ended_meanwhile_comes_home_with_the_next_run() {
     let (cloud, project) = killed_mid_command(WAITS_FOR_GO);
-    std::fs::write(project.remote().join("go"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
     wait_until("the command to end", || {
-        project.read_remote("late.txt").is_some()
+        cloud.read_remote(&project, "late.txt").is_some()
     });
-    assert_eq!(run_records(&project).len(), 1, "the killed run's record");
+    assert_eq!(
+        run_records(&cloud, &project).len(),
+        1,
+        "the killed run's record"
+    );
 
     // The next run brings it home (and only then forgets the record), then ends the instance.
     let next = Run::of(project.ssh_ec2(&cloud).arg("true"));
@@ -136,9 +140,9 @@ fn a_killed_clients_command_that_ended_meanwhile_comes_home_with_the_next_run() 
     );
     assert!(!next.stderr.contains(STILL_RUNNING), "{next}");
     assert!(
-        run_records(&project).is_empty(),
+        run_records(&cloud, &project).is_empty(),
         "{:?}\n{next}",
-        run_records(&project)
+        run_records(&cloud, &project)
     );
     assert_nothing_left(&cloud, &project, &next);
     cloud.assert_no_bed_errors();

@@ -1,10 +1,9 @@
 //! Everyday use beside a run: `--dry-run` (and `--json`), the price before a launch and the
-//! cost after it, `--ssh-config` used by the real OpenSSH client, and the try-it cloud.
+//! cost after it, `--ssh-config` used by the real OpenSSH client.
 
 use crate::common;
 
 use std::path::Path;
-use std::process::Command;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{Project, Run, TestCloud, instance_id, state_of};
@@ -24,13 +23,15 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
     let run = Run::of(project.ssh_ec2(&cloud).args(["--dry-run", "make", "train"]));
     run.assert_code(0);
     let newest = &cloud.amis["ubuntu_new"];
+    // What checkip answers: the laptop, as the instances see it.
+    let caller = format!("{}/32", cloud.laptop.address);
     for expected in [
         "nothing was created",
         newest.as_str(),
         "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261015",
         "login user ubuntu",
         "g4dn.xlarge: 4 vCPUs",
-        "127.0.0.1/32",
+        caller.as_str(),
         "make train",
         "end of life       terminate",
         "lifetime          it stops itself at ",
@@ -71,14 +72,13 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
     assert!(cloud.instances().is_empty(), "nothing launched");
     assert!(cloud.run_security_groups().is_empty(), "no security group");
     assert!(project.kept_instance_keys().is_empty(), "no keys made");
-    assert!(project.read_remote("train.py").is_none(), "nothing synced");
     cloud.assert_no_bed_errors();
 }
 
 #[test]
 fn dry_run_shows_what_aws_refuses_and_why() {
     // The refusal AWS gives a user without ec2:RunInstances, and its decoding by STS.
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let decoded = r#"{"allowed":false,"explicitDeny":false,"context":{"action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-central-1:123456789012:instance/*"}}"#;
     cloud.set_faults(json!([
@@ -226,8 +226,11 @@ fn a_launch_says_its_price_first_and_the_run_its_cost_last() {
     assert!(unknown.stderr.contains("cost unknown"), "{unknown}");
 }
 
-fn ssh(config: &Path, alias: &str, command: &str) -> std::process::Output {
-    Command::new("ssh")
+/// The OpenSSH client on the laptop, with only `config`.
+fn ssh(cloud: &TestCloud, config: &Path, alias: &str, command: &str) -> std::process::Output {
+    cloud
+        .laptop
+        .command("/usr/bin/ssh")
         .arg("-F")
         .arg(config)
         .args([
@@ -268,7 +271,7 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
     let config = project.home().join("printed.conf");
     std::fs::write(&config, &printed.stdout).unwrap();
     let dir = project.path().file_name().unwrap().to_str().unwrap();
-    let out = ssh(&config, &alias, &format!("cat {dir}/note.txt"));
+    let out = ssh(&cloud, &config, &alias, &format!("cat {dir}/note.txt"));
     assert!(
         out.status.success(),
         "ssh with the printed block: {}",
@@ -282,7 +285,7 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
         "HostKeyAlias not-the-instance",
     );
     std::fs::write(&config, unpinned).unwrap();
-    let refused = ssh(&config, &alias, "true");
+    let refused = ssh(&cloud, &config, &alias, "true");
     assert!(!refused.status.success(), "host-key checking is on");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("host key"),
@@ -311,7 +314,11 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
     // An address gone stale (a stopped instance starts with a new one): the next run that
     // reaches the instance writes the one it reached.
     let installed = std::fs::read_to_string(&entry).unwrap();
-    let stale = installed.replace("HostName 127.0.0.1", "HostName 192.0.2.1");
+    let address = cloud.instances()[0]
+        .private_ip_address()
+        .unwrap()
+        .to_string();
+    let stale = installed.replace(&format!("HostName {address}"), "HostName 192.0.2.1");
     assert_ne!(stale, installed);
     std::fs::write(&entry, stale).unwrap();
     Run::of(
@@ -321,7 +328,7 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
     )
     .assert_code(0);
     assert_eq!(std::fs::read_to_string(&entry).unwrap(), installed);
-    let out = ssh(&user_config, &alias, "echo in");
+    let out = ssh(&cloud, &user_config, &alias, "echo in");
     assert!(
         out.status.success(),
         "ssh through ~/.ssh/config: {}",
@@ -341,94 +348,6 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
         InstanceStateName::Terminated
     );
     cloud.assert_no_bed_errors();
-}
-
-/// Stops the try-it cloud even when an assertion fails half-way.
-struct TryIt {
-    dir: std::path::PathBuf,
-}
-
-impl TryIt {
-    fn command(&self, action: &str) -> Command {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/try-it");
-        let mut command = Command::new(script);
-        command.arg(action).env("SSH_EC2_TRY_IT_DIR", &self.dir);
-        command
-    }
-}
-
-impl Drop for TryIt {
-    fn drop(&mut self) {
-        let _ = self.command("stop").output();
-    }
-}
-
-#[test]
-fn try_it_starts_a_cloud_that_ssh_ec2_uses_and_stops_all_of_it() {
-    let parent = tempfile::Builder::new()
-        .prefix("ssh-ec2-try-it-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        parent.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let try_it = TryIt {
-        dir: parent.path().join("cloud"),
-    };
-    let started = Run::of(try_it.command("start").arg("--yes"));
-    started.assert_code(0);
-    let exports: Vec<(String, String)> = started
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .map(|l| {
-            let (name, value) = l.split_once('=').unwrap();
-            (name.to_string(), value.trim_matches('\'').to_string())
-        })
-        .collect();
-    let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
-    for needed in [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "SSH_EC2_CONNECT",
-        "SSH_EC2_CHECKIP_URL",
-    ] {
-        assert!(names.contains(&needed), "{needed} missing\n{started}");
-    }
-    let group: i32 = std::fs::read_to_string(try_it.dir.join("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-
-    let project = Project::new();
-    project.write("in.txt", "up\n");
-    let mut command = project.ssh_ec2_without_cloud();
-    command.envs(exports.iter().map(|(n, v)| (n, v)));
-    let run = Run::of(command.args(["cat", "in.txt", ">", "out.txt"]));
-    run.assert_code(0);
-    assert_eq!(project.read("out.txt").as_deref(), Some("up\n"), "{run}");
-    assert!(run.stderr.contains("terminated, about $"), "{run}");
-
-    let connect = &exports
-        .iter()
-        .find(|(n, _)| n == "SSH_EC2_CONNECT")
-        .unwrap()
-        .1;
-    let stopped = Run::of(&mut try_it.command("stop"));
-    stopped.assert_code(0);
-    assert!(stopped.stderr.contains("stopped"), "{stopped}");
-    assert!(
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_err(),
-        "no process of the cloud's group is left"
-    );
-    assert!(
-        std::net::TcpStream::connect(connect.as_str()).is_err(),
-        "no sshd listens"
-    );
-    assert!(!try_it.dir.exists(), "its files are gone");
 }
 
 #[test]

@@ -47,7 +47,7 @@ fn count(outcomes: &[String], outcome: &str) -> usize {
 
 #[test]
 fn every_run_instances_answer_lost_the_instance_is_found_and_used() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(json!([{"action": "RunInstances", "lose": true}]));
 
@@ -75,7 +75,7 @@ fn every_run_instances_answer_lost_the_instance_is_found_and_used() {
 
 #[test]
 fn killed_right_after_run_instances_the_next_run_adopts_the_instance() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     // RunInstances happens, but its answer waits until the rules change.
     cloud.set_faults(json!([{"action": "RunInstances", "hold": true}]));
@@ -109,7 +109,7 @@ fn killed_right_after_run_instances_the_next_run_adopts_the_instance() {
 
 #[test]
 fn throttling_bursts_on_lookups_launch_and_teardown_do_not_fail_the_run() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let burst = |action: &str, times: usize| json!({"action": action, "error": "RequestLimitExceeded", "times": times});
     cloud.set_faults(json!([
@@ -142,7 +142,7 @@ fn throttling_bursts_on_lookups_launch_and_teardown_do_not_fail_the_run() {
 
 #[test]
 fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(
         json!([{"action": "DescribeInstances", "after": "RunInstances",
@@ -164,7 +164,7 @@ fn a_failed_poll_does_not_end_the_wait_and_aws_max_attempts_is_honoured() {
 
 #[test]
 fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let zones = default_subnets(&cloud);
     let no_capacity = |params: serde_json::Value| json!({"action": "RunInstances", "params": params, "error": "InsufficientInstanceCapacity"});
@@ -233,7 +233,7 @@ fn no_capacity_moves_to_another_zone_then_to_the_fallback_types() {
 
 #[test]
 fn not_found_right_after_a_creation_is_not_taken_as_gone() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(json!([
         {"action": "AuthorizeSecurityGroupIngress", "error": "InvalidGroup.NotFound", "times": 2},
@@ -255,7 +255,7 @@ fn not_found_right_after_a_creation_is_not_taken_as_gone() {
 
 #[test]
 fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(
         json!([{"action": "DeleteSecurityGroup", "error": "DependencyViolation",
@@ -279,7 +279,7 @@ fn a_group_still_in_use_four_times_is_deleted_all_the_same() {
 
 #[test]
 fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(
         json!([{"action": "RunInstances", "error": "VcpuLimitExceeded",
@@ -357,7 +357,7 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
 
 #[test]
 fn no_capacity_in_the_first_of_subnet_ids_moves_to_the_next() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let subnets: Vec<String> = default_subnets(&cloud)
         .into_iter()

@@ -58,9 +58,9 @@ fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
     child.kill().unwrap(); // SIGKILL: no end of life, no pull
     wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
     // Its command ends by itself (while one runs, --down leaves it alone: see earlier.rs).
-    std::fs::write(project.remote().join("go"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
     common::wait_until("the command to end", || {
-        project.read_remote("ended").is_some()
+        cloud.read_remote(&project, "ended").is_some()
     });
     assert_eq!(project.read("out.txt"), None, "not pulled yet");
     assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
@@ -97,7 +97,7 @@ fn down_without_an_instance_says_so_and_launches_nothing() {
 
 #[test]
 fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     // An instance ended behind ssh-ec2's back: its group and keys stay.
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
@@ -190,7 +190,7 @@ fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
 
 #[test]
 fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
     cloud.wait_for_events("sshd-stopped", 1);
@@ -222,7 +222,7 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
 
 #[test]
 fn a_terminate_that_fails_after_ctrl_c_exits_255_naming_the_instance_and_the_command() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let child = start_until_ready(project.ssh_ec2(&cloud).arg("echo ready; sleep 60"));
     let id = instance_id(&cloud.instances()[0]);
@@ -282,7 +282,7 @@ fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
     assert_eq!(cloud.instances_in(InstanceStateName::Running).len(), 1);
     // A result only the instance has: --gc --yes brings it home before it ends the instance,
     // as --down in its directory does.
-    std::fs::write(project.remote().join("late.txt"), "only there\n").unwrap();
+    std::fs::write(cloud.remote(&project).join("late.txt"), "only there\n").unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let removed = Run::of(
         project
@@ -362,7 +362,7 @@ fn down_leaves_a_running_job_alone_and_list_shows_it() {
 
 #[test]
 fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let here = cloud.instances()[0].clone();

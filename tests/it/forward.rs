@@ -1,23 +1,23 @@
-//! -L and -R: ports forwarded over the run's one SSH connection.
+//! -L and -R: ports forwarded over the run's one SSH connection. The laptop and each instance
+//! have loopbacks of their own: any port, the same on both sides if need be.
 
 use crate::common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    Pane, Project, RUN_TIMEOUT, Run, TestCloud, free_port, start_until_ready, state_of,
-    wait_or_kill,
+    Pane, Project, RUN_TIMEOUT, Run, TestCloud, start_until_ready, state_of, wait_or_kill,
 };
 
-/// `GET path` on 127.0.0.1:port, retried until the server answers (it starts with the command).
-fn http_get(port: u16, path: &str) -> String {
+/// `GET path` on the laptop's 127.0.0.1:port, retried until the server answers (it starts
+/// with the command).
+fn http_get(cloud: &TestCloud, port: u16, path: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = (|| {
-            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            let mut stream = cloud.laptop.connect(("127.0.0.1", port))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
             let mut answer = String::new();
@@ -44,7 +44,7 @@ fn local_forward_carries_http_to_a_server_on_the_instance() {
     let cloud = TestCloud::start();
     let project = Project::new();
     project.write("page.txt", "served from the instance\n");
-    let (local, remote) = (free_port(), free_port());
+    let (local, remote) = (8001, 8000);
 
     // The command serves this directory until the test says it is done.
     let child = start_until_ready(
@@ -57,13 +57,13 @@ fn local_forward_carries_http_to_a_server_on_the_instance() {
             )),
     );
 
-    let answer = http_get(local, "/page.txt");
-    std::fs::write(project.remote().join("done"), "").unwrap();
+    let answer = http_get(&cloud, local, "/page.txt");
+    std::fs::write(cloud.remote(&project).join("done"), "").unwrap();
     let status = wait_or_kill(child, RUN_TIMEOUT).expect("ssh-ec2 hung");
     assert!(answer.ends_with("served from the instance\n"), "{answer}");
     assert_eq!(status.code(), Some(0));
     assert!(
-        TcpListener::bind(("127.0.0.1", local)).is_ok(),
+        cloud.laptop.bind(("127.0.0.1", local)).is_ok(),
         "the local port is free again after the run"
     );
 }
@@ -72,7 +72,7 @@ fn local_forward_carries_http_to_a_server_on_the_instance() {
 fn remote_forward_carries_a_request_from_the_instance_to_a_server_here() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = cloud.laptop.bind("127.0.0.1:0").unwrap();
     let here = server.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in server.incoming().flatten() {
@@ -82,7 +82,7 @@ fn remote_forward_carries_a_request_from_the_instance_to_a_server_here() {
             let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nanswered from the laptop\n");
         }
     });
-    let there = free_port();
+    let there = 9000;
 
     let run = Run::of(
         project
@@ -107,7 +107,7 @@ fn remote_forward_carries_a_request_from_the_instance_to_a_server_here() {
 fn a_taken_local_port_is_refused_before_anything_is_launched() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = cloud.laptop.bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
 
     let run =
@@ -124,39 +124,60 @@ fn a_taken_local_port_is_refused_before_anything_is_launched() {
     assert!(cloud.instances().is_empty(), "nothing launched\n{run}");
 }
 
-#[test]
-fn a_real_jupyter_server_on_the_instance_answers_through_the_tunnel() {
+/// jupyter_server's venv (/opt/ssh-ec2-testbed/jupyter), built by tests/testbed/install the
+/// first time a test asks for it (it is big, and only the Jupyter tests use it).
+fn jupyter_server() -> &'static str {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let jupyter = "/opt/ssh-ec2-testbed/jupyter/bin/jupyter-server";
-    assert!(
-        std::path::Path::new(jupyter).exists(),
-        "{jupyter} is missing: run tests/testbed/install"
-    );
+    let built = BUILT.get_or_init(|| {
+        let install = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testbed/install");
+        let out = std::process::Command::new(install)
+            .arg("--jupyter")
+            .output()
+            .map_err(|e| format!("cannot run {install}: {e}"))?;
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(format!(
+                "`{install} --jupyter` failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    jupyter
+}
+
+#[test]
+fn the_seeds_jupyter_recipe_answers_through_the_tunnel_on_the_same_port_on_both_sides() {
+    let jupyter = jupyter_server();
     let cloud = TestCloud::start();
     let project = Project::new();
-    let (local, remote) = (free_port(), free_port());
 
-    // The notebook recipe's shape, with ports of the test's own (laptop and instance share
-    // this machine's loopback here).
+    // The recipe: `ssh-ec2 --stop -L 8888:localhost:8888 jupyter ...`; the laptop's port 8888
+    // and the instance's are two ports of two machines.
     let child = start_until_ready(
         project
             .ssh_ec2(&cloud)
-            .args(["--stop", "-L", &format!("{local}:localhost:{remote}")])
+            .args(["--stop", "-L", "8888:localhost:8888"])
             .arg(format!(
-                "{jupyter} --no-browser --port {remote} --ServerApp.ip=127.0.0.1 \
+                "{jupyter} --no-browser --port 8888 --ServerApp.ip=127.0.0.1 \
                  --IdentityProvider.token=sesame > jupyter.log 2>&1 & echo ready; \
                  while [ ! -e done ]; do sleep 0.1; done; kill $!; wait"
             )),
     );
 
     // The URL Jupyter prints, with its token, on the laptop's end of the tunnel.
-    let answer = http_get(local, "/api/status?token=sesame");
-    std::fs::write(project.remote().join("done"), "").unwrap();
+    let answer = http_get(&cloud, 8888, "/api/status?token=sesame");
+    std::fs::write(cloud.remote(&project).join("done"), "").unwrap();
     let status = wait_or_kill(child, RUN_TIMEOUT).expect("ssh-ec2 hung");
     assert!(answer.contains("\"started\""), "{answer}");
     assert_eq!(status.code(), Some(0));
     let log = project.read("jupyter.log").unwrap_or_default();
     assert!(
-        log.contains(&format!("http://127.0.0.1:{remote}/?token=")),
+        log.contains("http://127.0.0.1:8888/?token="),
         "Jupyter printed its URL:\n{log}"
     );
     // --stop, as the recipe: clean up.
@@ -203,7 +224,7 @@ fn flood_an_idle_client(size: usize) -> Flooded {
     project.write("flood.py", FLOOD);
     project.write("page.txt", "the other forward answers\n");
     // Laptop and instance share this machine's loopback: each end its own port.
-    let (flood, flood_there, web, web_there) = (free_port(), free_port(), free_port(), free_port());
+    let (flood, flood_there, web, web_there) = (8001, 8002, 8003, 8004);
 
     let mut child = start_until_ready(
         project
@@ -233,11 +254,11 @@ fn flood_an_idle_client(size: usize) -> Flooded {
         text
     });
 
-    let mut idle = TcpStream::connect(("127.0.0.1", flood)).unwrap();
+    let mut idle = cloud.laptop.connect(("127.0.0.1", flood)).unwrap();
     let said = lines.recv_timeout(Duration::from_secs(60));
     // (Only when the session goes on: a failing test must still stop ssh-ec2 below.)
     let answer = match said {
-        Ok(_) => http_get(web, "/page.txt"),
+        Ok(_) => http_get(&cloud, web, "/page.txt"),
         Err(_) => String::new(),
     };
     let mut flooded = Vec::new();
@@ -245,7 +266,7 @@ fn flood_an_idle_client(size: usize) -> Flooded {
         .unwrap();
     // A cut connection ends in a reset: what came before it counts.
     let _ = idle.read_to_end(&mut flooded);
-    std::fs::write(project.remote().join("done"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("done"), "").unwrap();
     let status = wait_or_kill(child, RUN_TIMEOUT);
     Flooded {
         said,
@@ -325,7 +346,7 @@ fn a_local_forward_works_while_attached_while_finishing_and_again_after_a_reconn
         "python3 -m http.server \"$1\" --bind 127.0.0.1 >/dev/null 2>&1 & echo job-started; \
          while [ ! -e go ]; do sleep 0.1; done; kill $!; echo result > result.txt; exit 5",
     );
-    let there = free_port();
+    let there = 8000;
     Run::of(
         project
             .ssh_ec2(&cloud)
@@ -334,23 +355,23 @@ fn a_local_forward_works_while_attached_while_finishing_and_again_after_a_reconn
     .assert_code(0);
 
     // --attach, in a terminal: the forward lasts while attached, and ends with it.
-    let here = free_port();
+    let here = 8001;
     let pane = Pane::shell(&project, &cloud);
     pane.type_line(&format!(
         "ssh-ec2 --attach -L {here}:localhost:{there}; echo \"attach=$?\""
     ));
     pane.wait_for("job-started");
-    let attached = http_get(here, "/page.txt");
+    let attached = http_get(&cloud, here, "/page.txt");
     pane.tmux(&["send-keys", "C-b", "d"]);
     pane.wait_for("attach=0");
     assert!(attached.ends_with("served by the job\n"), "{attached}");
     assert!(
-        TcpListener::bind(("127.0.0.1", here)).is_ok(),
+        cloud.laptop.bind(("127.0.0.1", here)).is_ok(),
         "the local port is free again after --attach"
     );
 
     // --finish: the forward while it waits, and again once a dropped connection is back.
-    let here = free_port();
+    let here = 8002;
     let child = project
         .ssh_ec2(&cloud)
         .args([
@@ -364,11 +385,11 @@ fn a_local_forward_works_while_attached_while_finishing_and_again_after_a_reconn
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let finishing = http_get(here, "/page.txt");
+    let finishing = http_get(&cloud, here, "/page.txt");
     let dropped = cloud.drop_connections();
     // Served by a new connection: the old one's sshd is gone.
-    let reconnected = http_get(here, "/page.txt");
-    std::fs::write(project.remote().join("go"), "").unwrap();
+    let reconnected = http_get(&cloud, here, "/page.txt");
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
     let run = Run::collect(child);
 
     run.assert_code(5);

@@ -89,7 +89,7 @@ fn gc_with_another_account_or_region_leaves_the_keys_of_a_stopped_instance() {
 
 #[test]
 fn gc_leaves_the_keys_of_an_instance_aws_does_not_list_yet() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let id = stopped_instance(&cloud, &project);
     // Moments after a launch, AWS may list neither the instance nor its group.
@@ -116,7 +116,7 @@ fn gc_leaves_the_keys_of_an_instance_aws_does_not_list_yet() {
 
 #[test]
 fn gc_with_another_account_leaves_an_unfinished_launch_to_that_account() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     // A run killed while its launch's security group was being made: the launch is recorded.
     cloud.set_faults(json!([{"action": "CreateSecurityGroup", "hold": true}]));

@@ -10,18 +10,18 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Project, Run, TestCloud, assert_nothing_left, free_port, instance_id};
+use common::{Laptop, Project, Run, TestCloud, assert_nothing_left, instance_id};
 use russh::keys::{HashAlg, PublicKey};
 
 fn public_key(openssh: &str) -> PublicKey {
     PublicKey::from_openssh(openssh.trim()).expect("an OpenSSH public key")
 }
 
-/// A real sshd on loopback that presents `private_key`, as a machine posing as the instance
-/// would; stopped on drop.
+/// A real sshd on the laptop's loopback that presents `private_key`, as a machine posing as
+/// the instance would; stopped on drop.
 struct Impostor {
     sshd: Child,
     port: u16,
@@ -29,7 +29,10 @@ struct Impostor {
 }
 
 impl Impostor {
-    fn start(private_key: &str) -> Impostor {
+    /// The laptop's namespace is the cloud's own: any port is free there.
+    const PORT: u16 = 2222;
+
+    fn start(laptop: &Laptop, private_key: &str) -> Impostor {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("host_key");
@@ -40,7 +43,7 @@ impl Impostor {
             .open(&key)
             .unwrap();
         std::io::Write::write_all(&mut file, private_key.as_bytes()).unwrap();
-        let port = free_port();
+        let port = Impostor::PORT;
         let config = dir.path().join("sshd_config");
         let lines = [
             "ListenAddress 127.0.0.1".to_string(),
@@ -52,7 +55,8 @@ impl Impostor {
         ];
         std::fs::write(&config, lines.join("\n") + "\n").unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = Command::new("/usr/sbin/sshd")
+        let sshd = laptop
+            .command("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -65,7 +69,7 @@ impl Impostor {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while laptop.connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the impostor's sshd did not listen"
@@ -128,7 +132,7 @@ fn the_user_data_s_host_key_is_replaced_at_the_first_run_and_refused_after() {
 
     // Whoever read the user-data could present its key: refused, nothing sent.
     let private = user_data["ssh_keys"]["ed25519_private"].as_str().unwrap();
-    let impostor = Impostor::start(private);
+    let impostor = Impostor::start(&cloud.laptop, private);
     let refused = Run::of(
         project
             .ssh_ec2(&cloud)

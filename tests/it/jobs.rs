@@ -13,8 +13,8 @@ use common::{Pane, Project, RUN_TIMEOUT, Run, TestCloud, state_of, wait_or_kill,
 const JOB: &str = "echo job-started; while [ ! -e go ]; do sleep 0.1; done; \
                    echo result > result.txt; exit 5";
 
-fn go(project: &Project) {
-    std::fs::write(project.remote().join("go"), "").unwrap();
+fn go(cloud: &TestCloud, project: &Project) {
+    std::fs::write(cloud.remote(project).join("go"), "").unwrap();
 }
 
 #[test]
@@ -43,13 +43,13 @@ fn detach_then_attach_shows_the_job_and_detaching_leaves_it_then_finish_brings_i
     pane.tmux(&["send-keys", "C-b", "d"]);
     pane.wait_for("attach=0");
     assert!(
-        !project.remote().join("result.txt").exists(),
+        !cloud.remote(&project).join("result.txt").exists(),
         "the job goes on"
     );
 
     pane.type_line("ssh-ec2 --finish; echo \"finish=$?\"");
     pane.wait_for("job-started");
-    go(&project);
+    go(&cloud, &project);
     // The job's exit status.
     let screen = pane.wait_for("finish=5");
     assert_eq!(
@@ -86,7 +86,7 @@ fn a_screen_job_finishes_without_a_terminal_and_a_second_detach_is_refused_while
         "{again}"
     );
 
-    go(&project);
+    go(&cloud, &project);
     let finished = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
     finished.assert_code(5);
     assert_eq!(
@@ -116,8 +116,8 @@ fn a_killed_client_leaves_the_job_running_and_finish_later_brings_its_status() {
         .spawn()
         .unwrap();
     wait_until("the job to start", || {
-        project
-            .remote_state_entries("ubuntu", "jobs")
+        cloud
+            .remote_state_entries(&project, "jobs")
             .iter()
             .any(|job| job.join("started").exists())
     });
@@ -129,7 +129,7 @@ fn a_killed_client_leaves_the_job_running_and_finish_later_brings_its_status() {
         cloud.connection_pids().is_empty()
     });
 
-    go(&project);
+    go(&cloud, &project);
     let finished = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
     finished.assert_code(5);
     assert_eq!(
@@ -159,13 +159,13 @@ fn a_dropped_connection_is_reestablished_and_the_job_ends_as_usual() {
         .spawn()
         .unwrap();
     wait_until("the job to start", || {
-        project.remote().join("running").exists()
+        cloud.read_remote(&project, "running").is_some()
     });
     assert!(
         cloud.drop_connections() > 0,
         "there was a connection to cut"
     );
-    go(&project);
+    go(&cloud, &project);
     let run = Run::collect(child);
     run.assert_code(5);
     assert!(run.stderr.contains("reconnecting"), "{run}");

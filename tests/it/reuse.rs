@@ -52,12 +52,12 @@ fn leave_then_a_second_run_reuses_the_running_instance() {
     let cloud = TestCloud::start();
     let project = Project::new();
 
-    // Launched while this machine had another address.
+    // Launched to let in a whole network (the laptop's among them).
     let first =
         Run::of(
             project
                 .ssh_ec2(&cloud)
-                .args(["--leave", "--ssh-cidr", "10.1.2.3/32", "true"]),
+                .args(["--leave", "--ssh-cidr", "172.31.0.0/16", "true"]),
         );
     first.assert_code(0);
     let running = cloud.instances_in(InstanceStateName::Running);
@@ -83,7 +83,7 @@ fn leave_then_a_second_run_reuses_the_running_instance() {
         .collect();
     assert_eq!(
         rules,
-        ["127.0.0.1/32"],
+        [format!("{}/32", cloud.laptop.address)],
         "only the current caller may connect\n{second}"
     );
 

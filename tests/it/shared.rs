@@ -36,7 +36,7 @@ fn two_overlapping_runs_share_one_instance_and_the_last_one_out_applies_the_poli
         "not ended under the first run\n{second}"
     );
 
-    std::fs::write(project.remote().join("go"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
     let first = Run::collect(first);
     first.assert_code(0);
     assert_eq!(
@@ -60,13 +60,13 @@ fn a_killed_clients_lease_expires_and_a_running_job_keeps_the_instance() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_or_kill(first, RUN_TIMEOUT);
     // Its command ends too (one still running would keep the instance: see earlier.rs).
-    std::fs::write(project.remote().join("go"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("go"), "").unwrap();
     common::wait_until("the killed run's command to end", || {
-        project.read_remote("first.txt").is_some()
+        cloud.read_remote(&project, "first.txt").is_some()
     });
     // Time passes: its lease is no longer renewed.
-    let ours = project
-        .remote_state_entries("ubuntu", "leases")
+    let ours = cloud
+        .remote_state_entries(&project, "leases")
         .into_iter()
         .next()
         .expect("the killed run held a lease");
@@ -92,7 +92,7 @@ fn a_killed_clients_lease_expires_and_a_running_job_keeps_the_instance() {
     );
 
     // Once the job is over, the dead client's lease does not pin the instance.
-    std::fs::write(project.remote().join("stop"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("stop"), "").unwrap();
     let finished = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
     finished.assert_code(0);
     assert!(!finished.stderr.contains("still uses it"), "{finished}");

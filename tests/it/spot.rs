@@ -28,7 +28,7 @@ fn assert_nothing_left(cloud: &TestCloud, run: &Run) {
 
 #[test]
 fn spot_gives_a_one_time_spot_instance_at_most_at_the_max_price() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let run =
         Run::of(
@@ -85,7 +85,7 @@ fn summary(run: &Run) -> &str {
 
 #[test]
 fn spot_without_spot_capacity_launches_on_demand_and_says_so() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let mut faults = no_spot_capacity();
     faults.as_array_mut().unwrap().push(json!({
@@ -140,7 +140,7 @@ fn spot_without_spot_capacity_launches_on_demand_and_says_so() {
 
 #[test]
 fn spot_only_without_spot_capacity_fails_and_leaves_nothing() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(no_spot_capacity());
     let run = Run::of(project.ssh_ec2(&cloud).args(["--spot-only", "true"]));
@@ -165,7 +165,7 @@ fn spot_only_without_spot_capacity_fails_and_leaves_nothing() {
 
 #[test]
 fn stop_with_spot_is_refused_before_any_aws_call() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     let run = Run::of(
         project
@@ -236,9 +236,9 @@ impl FakeMetadata {
 }
 
 /// This directory's job record on the instance (see src/remote/job.rs).
-fn job_record(project: &Project) -> std::path::PathBuf {
-    project
-        .remote_state_entries(common::REMOTE_USER, "jobs")
+fn job_record(cloud: &TestCloud, project: &Project) -> std::path::PathBuf {
+    cloud
+        .remote_state_entries(project, "jobs")
         .into_iter()
         .next()
         .expect("this directory's job record")
@@ -315,8 +315,8 @@ fn an_interruption_notice_marks_running_jobs_and_finish_pulls_what_exists_then_f
 
     // What the watch does on the instance, to this directory's job: --finish then pulls what
     // exists and says that the job was cut short.
-    let record = job_record(&project);
-    let remote_out = project.remote().join("out.txt");
+    let record = job_record(&cloud, &project);
+    let remote_out = cloud.remote(&project).join("out.txt");
     common::wait_until("the job's out.txt", || remote_out.exists());
     std::fs::write(record.join("interrupted"), format!("{notice}\n")).unwrap();
     let finish = Run::of(project.ssh_ec2(&cloud).args(["--finish", "--no-attach"]));
@@ -353,7 +353,7 @@ fn an_attached_finish_sees_the_interruption_pulls_what_exists_and_fails() {
     pane.type_line("ssh-ec2 --finish; echo \"finish=$?\"");
     pane.wait_for("job-started");
     // What the spot watch does on AWS's notice (its script is tested above).
-    let record = job_record(&project);
+    let record = job_record(&cloud, &project);
     std::fs::write(record.join("interrupted"), "{\"action\": \"terminate\"}\n").unwrap();
     let screen = pane.wait_for("finish=255");
     assert!(screen.contains("was cut short"), "{screen}");
@@ -381,8 +381,8 @@ fn a_foreground_run_on_an_interrupted_spot_instance_ends_the_command_and_pulls_w
     ]));
     // What the spot watch does on AWS's notice (its script is tested above), to this run's
     // record: the one that names the command's process.
-    let pid = std::fs::read_to_string(project.remote().join("pid.txt")).unwrap();
-    let record = crate::earlier::run_records(&project)
+    let pid = std::fs::read_to_string(cloud.remote(&project).join("pid.txt")).unwrap();
+    let record = crate::earlier::run_records(&cloud, &project)
         .into_iter()
         .find(|record| std::fs::read_to_string(record.join("pid")).ok().as_ref() == Some(&pid))
         .expect("the foreground run's record");

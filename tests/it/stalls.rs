@@ -22,7 +22,7 @@ const AT_ONCE: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_stalled_answer_is_asked_again_and_the_run_goes_on() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     cloud.set_faults(json!([{"action": "DescribeInstances", "hold": true, "times": 1}]));
 
@@ -40,7 +40,7 @@ fn a_stalled_answer_is_asked_again_and_the_run_goes_on() {
 
 #[test]
 fn ctrl_c_ends_the_wait_that_settles_an_earlier_launch_at_once() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     // A run killed while its launch's answer was held: the launch is in the journal.
     cloud.set_faults(json!([{"action": "RunInstances", "hold": true}]));
@@ -78,7 +78,7 @@ fn ctrl_c_ends_the_wait_that_settles_an_earlier_launch_at_once() {
 
 #[test]
 fn a_second_ctrl_c_during_a_launch_stops_waiting_and_ends_what_it_made() {
-    let cloud = TestCloud::with_faults();
+    let cloud = TestCloud::start();
     let project = Project::new();
     // The instance is launched, but the answer never comes.
     cloud.set_faults(json!([{"action": "RunInstances", "hold": true}]));

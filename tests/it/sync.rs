@@ -6,12 +6,12 @@ use crate::common;
 
 use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{
-    Project, RUN_TIMEOUT, Run, TestCloud, instance_id, start_until_ready, state_of, wait_or_kill,
-    wait_until,
+    Project, RUN_TIMEOUT, Run, TestCloud, end, instance_id, start_until_ready, state_of,
+    wait_or_kill, wait_until,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -51,7 +51,7 @@ fn a_file_changed_on_both_sides_keeps_both_versions_and_the_conflict_is_listed()
     project.write("notes.txt", "local edit\n");
     // Rewritten here with the same content (a `git checkout`): not a change of ours.
     project.write("touched.txt", "same\n");
-    std::fs::write(project.remote().join("edited"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("edited"), "").unwrap();
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(0), "{stderr}");
 
@@ -179,7 +179,7 @@ fn a_pull_that_fails_stops_the_instance_and_the_suggested_command_then_brings_ev
 
     // The cause is fixed on the instance (its disk survives the stop), then the suggested command.
     std::fs::set_permissions(
-        project.remote().join("locked"),
+        cloud.remote(&project).join("locked"),
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
@@ -219,9 +219,9 @@ fn secrets_are_held_back_unless_re_included_and_the_instance_gets_no_credentials
     project.write(".env", "export AWS_SECRET_ACCESS_KEY=CANARY\n");
     project.write(".env.local", "WANDB_API_KEY=for-the-job\n");
 
-    let run = Run::of(project.ssh_ec2(&cloud).arg("env > env.txt"));
+    let run = Run::of(project.ssh_ec2(&cloud).args(["--leave", "env > env.txt"]));
     run.assert_code(0);
-    let remote = project.remote();
+    let remote = cloud.remote(&project);
     for held_back in [
         ".aws",
         ".ssh",
@@ -255,15 +255,7 @@ fn secrets_are_held_back_unless_re_included_and_the_instance_gets_no_credentials
         !env.contains("AWS_SECRET_ACCESS_KEY") && !env.contains("AWS_ACCESS_KEY_ID"),
         "the remote environment carries no AWS credentials\n{env}"
     );
-}
-
-/// Removes a remote directory the test made outside `Project`'s own.
-struct RemoteDir(PathBuf);
-
-impl Drop for RemoteDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    end(&cloud, &mut project.ssh_ec2(&cloud));
 }
 
 #[test]
@@ -276,7 +268,6 @@ fn names_with_spaces_quotes_semicolons_newlines_and_unicode_sync_verbatim_both_w
     );
     let local = project.path().join(&odd_dir);
     std::fs::create_dir(&local).unwrap();
-    let remote = RemoteDir(Path::new("/home/ubuntu").join(&odd_dir));
     let names = [
         "a b.txt",
         "it's.txt",
@@ -293,12 +284,15 @@ fn names_with_spaces_quotes_semicolons_newlines_and_unicode_sync_verbatim_both_w
         project
             .ssh_ec2(&cloud)
             .current_dir(&local)
-            .arg("for f in *; do cp \"$f\" \"back-$f\"; done"),
+            .args(["--leave", "for f in *; do cp \"$f\" \"back-$f\"; done"]),
     );
     run.assert_code(0);
+    let remote = cloud
+        .home_on(&instance_id(&cloud.live_instances()[0]))
+        .join(&odd_dir);
     for name in names {
         assert_eq!(
-            std::fs::read_to_string(remote.0.join(name)).ok().as_deref(),
+            std::fs::read_to_string(remote.join(name)).ok().as_deref(),
             Some(name),
             "{name:?} went up verbatim\n{run}"
         );
@@ -310,7 +304,8 @@ fn names_with_spaces_quotes_semicolons_newlines_and_unicode_sync_verbatim_both_w
             "back-{name:?} came home verbatim\n{run}"
         );
     }
-    assert!(!remote.0.join("boom").exists() && !local.join("boom").exists());
+    assert!(!remote.join("boom").exists() && !local.join("boom").exists());
+    end(&cloud, project.ssh_ec2(&cloud).current_dir(&local));
 }
 
 #[test]
@@ -423,8 +418,16 @@ fn a_push_never_overwrites_what_the_instance_changed_since_the_last_pull() {
     Run::of(project.ssh_ec2(&cloud).args(["--stop", "true"])).assert_code(0);
 
     // Results that never came home (a killed client): on the stopped instance's disk only.
-    std::fs::write(project.remote().join("a.txt"), "a2 from the instance\n").unwrap();
-    std::fs::write(project.remote().join("b.txt"), "b2 from the instance\n").unwrap();
+    std::fs::write(
+        cloud.remote(&project).join("a.txt"),
+        "a2 from the instance\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cloud.remote(&project).join("b.txt"),
+        "b2 from the instance\n",
+    )
+    .unwrap();
     project.write("b.txt", "b2 from here\n");
 
     let run = Run::of(project.ssh_ec2(&cloud).arg("cat a.txt b.txt"));

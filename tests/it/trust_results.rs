@@ -48,7 +48,7 @@ fn a_job_appending_to_a_log_loses_no_line_while_other_runs_come_and_go() {
     for command in ["true", "tail -n 1 train.log", "true"] {
         Run::of(project.ssh_ec2(&cloud).arg(command)).assert_code(0);
     }
-    std::fs::write(project.remote().join("stop"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("stop"), "").unwrap();
     let finish = Run::of(project.ssh_ec2(&cloud).arg("--finish"));
     finish.assert_code(0);
 
@@ -180,7 +180,7 @@ fn no_rsync_never_counts_as_results_home_while_the_last_pull_did_not_complete() 
     assert_state(&cloud, InstanceStateName::Stopped, &down);
 
     use std::os::unix::fs::PermissionsExt;
-    let locked = project.remote().join("locked");
+    let locked = cloud.remote(&project).join("locked");
     std::fs::set_permissions(locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = Run::of(project.ssh_ec2(&cloud).arg("true"));
     home.assert_code(0);
@@ -261,10 +261,11 @@ fn temporary_files_of_a_pull_cut_by_a_crash_are_never_pushed_and_are_removed() {
     let left = temporary_copies(project.path(), "big.bin");
     assert!(!left.is_empty(), "the crash left a temporary file");
 
-    let again = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    // Left running, to look at what it holds.
+    let again = Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"]));
     again.assert_code(0);
     assert_eq!(
-        temporary_copies(&project.remote(), "big.bin"),
+        temporary_copies(&cloud.remote(&project), "big.bin"),
         Vec::<PathBuf>::new(),
         "sent to the instance (left here: {left:?})\n{again}"
     );
@@ -285,5 +286,7 @@ fn temporary_files_of_a_pull_cut_by_a_crash_are_never_pushed_and_are_removed() {
         ["big.bin"],
         "nothing else is left in the project\n{again}"
     );
-    assert_state(&cloud, InstanceStateName::Terminated, &again);
+    let end = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    end.assert_code(0);
+    assert_state(&cloud, InstanceStateName::Terminated, &end);
 }

@@ -94,7 +94,7 @@ fn names_made_on_the_instance_are_printed_with_control_characters_escaped() {
          echo ready; while [ ! -e edited ]; do sleep 0.05; done",
     ]));
     project.write(conflicted, "local edit\n");
-    std::fs::write(project.remote().join("edited"), "").unwrap();
+    std::fs::write(cloud.remote(&project).join("edited"), "").unwrap();
     let run = Run::collect(child);
     run.assert_code(0);
     assert!(
@@ -183,11 +183,12 @@ fn aws_keys_stay_home_at_any_depth_and_what_cannot_be_checked_stays_too() {
     project.write("sub/deep/settings.env", "BATCH=32\n");
     project.write("data/credentials.txt", "not a key file\n");
 
-    let run = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    // Left running, to look at what it holds.
+    let run = Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"]));
     run.assert_code(0);
     for (path, _) in held_back {
         assert!(
-            !project.remote().join(path).exists(),
+            !cloud.remote(&project).join(path).exists(),
             "{path} reached the instance\n{run}"
         );
         says(&run, path);
@@ -199,9 +200,11 @@ fn aws_keys_stay_home_at_any_depth_and_what_cannot_be_checked_stays_too() {
         "data/credentials.txt",
     ] {
         assert!(
-            project.remote().join(synced).exists(),
+            cloud.remote(&project).join(synced).exists(),
             "{synced} holds no key: it is synced\n{run}"
         );
     }
-    assert_terminated(&cloud, &run);
+    let end = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    end.assert_code(0);
+    assert_terminated(&cloud, &end);
 }

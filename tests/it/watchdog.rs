@@ -11,9 +11,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
-use common::{
-    Project, REMOTE_USER, Run, TestCloud, cloud_config, instance_id, state_of, tag, written_file,
-};
+use common::{Project, Run, TestCloud, cloud_config, instance_id, state_of, tag, written_file};
 use serde_json::Value;
 
 fn unix_now() -> u64 {
@@ -293,7 +291,7 @@ fn the_lifetime_counts_by_the_instances_clock_whatever_this_machines_says() {
             .arg("true"),
     );
     rearmed.assert_code(0);
-    let armed = project.remote_state_entries(REMOTE_USER, "watchdog");
+    let armed = cloud.remote_state_entries(&project, "watchdog");
     assert_eq!(armed.len(), 1, "{armed:?}");
     assert_eq!(std::fs::read_to_string(&armed[0]).unwrap(), launch_settings);
     let stamped = std::fs::metadata(&armed[0]).unwrap().modified().unwrap();
@@ -411,7 +409,7 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
         "{second}"
     );
     let armed =
-        std::fs::read_to_string(&project.remote_state_entries(REMOTE_USER, "watchdog")[0]).unwrap();
+        std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "lifetime"), "259200", "{armed}");
     assert_eq!(setting(&armed, "idle"), "off", "{armed}");
 
@@ -432,7 +430,7 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
         "no lifetime, no expiry tag\n{third}"
     );
     let armed =
-        std::fs::read_to_string(&project.remote_state_entries(REMOTE_USER, "watchdog")[0]).unwrap();
+        std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "lifetime"), "off", "{armed}");
     assert_eq!(
         setting(&armed, "idle"),

@@ -1,12 +1,18 @@
-"""A fault-injecting proxy between ssh-ec2 and moto, for the tests of what ssh-ec2 does when AWS
-misbehaves. See README.md beside this file.
+"""The proxy between ssh-ec2 and moto: it makes moto's EC2 behave as AWS's where the bed needs
+it, and makes AWS misbehave on request, for the tests of what ssh-ec2 does then. See README.md
+beside this file. It is always there (with no rules, it only passes requests on).
 
 Every AWS request (a form-encoded POST with Action=...) is logged, then either forwarded to moto
 or answered by the first matching rule: an AWS error, a "lost" answer (forwarded, then answered
 500, so the action happened but the caller never learned it), or a held answer (forwarded, then
-kept until the rules are replaced, so a test can kill the caller in between). RunInstances gets
-AWS's ClientToken idempotency, which moto lacks: a repeated token is answered with the first
-answer and launches nothing.
+kept until the rules are replaced, so a test can kill the caller in between). Two things moto
+does otherwise than AWS are mended on the way:
+- RunInstances gets AWS's ClientToken idempotency: a repeated token is answered with the first
+  answer and launches nothing;
+- a RunInstances without a subnet goes to a default subnet of its zone, as AWS sends it. moto
+  would give it a made-up public address and a private one outside the VPC, whatever the
+  subnets say; the bed turns public addresses off on its subnets, and boots no instance that
+  has one.
 
 Control, on the same port: POST /_faults with a JSON list of rules replaces them (and releases
 held answers); GET /_log returns the log as a JSON list.
@@ -17,8 +23,10 @@ import json
 import re
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import netns
 
 # The HTTP status AWS answers these codes with; any other code gets 400.
 STATUS = {"RequestLimitExceeded": 503, "InsufficientInstanceCapacity": 500, "InternalError": 500}
@@ -53,8 +61,10 @@ class Rule:
 
 
 class Faults:
-    def __init__(self, moto_endpoint):
+    def __init__(self, moto_endpoint, default_subnet, forwarded):
         self.moto = urlsplit(moto_endpoint)
+        self.default_subnet = default_subnet
+        self.forwarded = forwarded
         self.lock = threading.Lock()
         self.rules = []
         self.log = []
@@ -83,13 +93,15 @@ class Faults:
             self.log.append({"action": action, "outcome": outcome,
                              "params": {k: v for k, v in params.items() if k != "UserData"}})
 
-    def forward(self, action, params, path, headers, body):
+    def forward(self, action, params, region, path, headers, body):
         """moto's (status, headers, body); RunInstances with a known ClientToken is replayed."""
         token = params.get("ClientToken") if action == "RunInstances" else None
         with self.lock:
             replay = self.launches.get(token)
         if replay:
             return replay, "replayed"
+        if action == "RunInstances":
+            body = self.in_a_subnet(params, region, body)
         connection = http.client.HTTPConnection(self.moto.hostname, self.moto.port, timeout=60)
         try:
             connection.request("POST", path, body=body, headers=headers)
@@ -98,12 +110,22 @@ class Faults:
                       response.read())
         finally:
             connection.close()
+        self.forwarded()
         if answer[0] == 200:
             with self.lock:
                 self.answered.add(action)
                 if token:
                     self.launches[token] = answer
         return answer, f"forwarded {answer[0]}"
+
+    def in_a_subnet(self, params, region, body):
+        """The request's body, with the SubnetId AWS would choose if it names none."""
+        if "SubnetId" in params or any(k.startswith("NetworkInterface") for k in params):
+            return body
+        subnet = self.default_subnet(region, params.get("Placement.AvailabilityZone"))
+        if subnet is None:  # no default subnet there: moto answers as AWS would
+            return body
+        return body + b"&" + urlencode({"SubnetId": subnet}).encode()
 
 
 def error_answer(service, code, status, message):
@@ -118,12 +140,18 @@ def error_answer(service, code, status, message):
     return status, "text/xml", ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
 
 
-def start(moto_endpoint):
-    """Starts the proxy on a free loopback port, in daemon threads; returns its URL."""
-    faults = Faults(moto_endpoint)
+def start(moto_endpoint, default_subnet, forwarded, namespaces):
+    """Starts the proxy on a free loopback port, here and in each network namespace of
+    `namespaces`, in daemon threads; returns its URL. `default_subnet(region, zone)` is the
+    subnet AWS would launch in (zone None: any zone), or None; `forwarded()` is called after
+    each request moto has answered."""
+    faults = Faults(moto_endpoint, default_subnet, forwarded)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the SDK expects
+        # The head and the body go out in two writes: without this, each answer waits ~40 ms
+        # for the caller's delayed ACK.
+        disable_nagle_algorithm = True
 
         def do_GET(self):
             if self.path == "/_log":
@@ -156,7 +184,7 @@ def start(moto_endpoint):
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("host", "content-length", "connection")}
-            answer, outcome = faults.forward(action, params, self.path, headers, body)
+            answer, outcome = faults.forward(action, params, region, self.path, headers, body)
             if rule.get("lose"):
                 faults.record(action, params, f"lost ({outcome})")
                 answer = error_answer(service, "InternalError", 500, "injected: answer lost")
@@ -182,7 +210,4 @@ def start(moto_endpoint):
         def log_message(self, *args):
             pass  # stdout is for cloud.py's ready line only
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return "http://127.0.0.1:%d" % server.server_address[1]
+    return "http://127.0.0.1:%d" % netns.serve(Handler, namespaces)

@@ -1,7 +1,8 @@
 """Loopback ports for servers that bind later (an instance's sshd binds its port again at every
 start), taken below the kernel's ephemeral range: a port picked with bind(0) lies in that range,
 where any outgoing connection may hold it as its source port by the time the server binds it.
-tests/it/common.rs's free_port does the same for the Rust tests."""
+The test bed itself no longer needs it (each machine has a loopback of its own); the
+benchmarks in bench/ use it."""
 
 import random
 import socket
