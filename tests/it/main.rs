@@ -29,7 +29,6 @@ mod sync;
 mod terminal;
 mod trust_results;
 mod trust_sync;
-mod try_it;
 mod tryit;
 mod watchdog;
 mod watched;
