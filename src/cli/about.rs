@@ -10,8 +10,9 @@ pub const DOCS: &str = concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/docs");
 /// Where to read more: the pages, and what they hold.
 pub const SEE_ALSO: &[(&str, &str)] = &[(
     DOCS,
-    "the documentation: usage (every option), configuration (every setting), jobs, clusters, \
-     the admin's set-up, how it works, troubleshooting (the GPU quota, the errors people hit)",
+    "usage (every option), configuration (every setting), jobs, clusters, the admin's set-up, \
+     how it works, troubleshooting (the GPU quota, the errors people hit); also docs/ in \
+     ssh-ec2's source",
 )];
 
 /// A few runs people start with.
@@ -110,12 +111,25 @@ pub fn long_help() -> String {
     for (status, what) in EXIT_STATUS {
         text.push_str(&format!("  {status:<14} {what}\n"));
     }
-    text.push_str(&format!(
-        "\n--show-config shows every setting and where it came from. The documentation: \
-         {DOCS} (also docs/ in ssh-ec2's source), and `man ssh-ec2` once installed \
-         (`ssh-ec2 --generate man`, see README.md)."
-    ));
+    text.push_str(
+        "\n--show-config shows every setting and where it came from; `man ssh-ec2` says all this \
+         too, once installed (`ssh-ec2 --generate man`, see README.md).\n\nDocumentation:\n",
+    );
+    for (address, what) in SEE_ALSO {
+        text.push_str(&format!("  {address}\n      {what}\n"));
+    }
     text
+}
+
+/// The text after `-h`'s options: the essentials, and where to read more.
+pub fn short_help() -> String {
+    format!(
+        "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
+         Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml, a preset of \
+         theirs, ./.env and the environment; flags win. --show-config shows where each one came \
+         from; --help adds examples, the variables and the files.\n\
+         Documentation: {DOCS}"
+    )
 }
 
 #[cfg(test)]

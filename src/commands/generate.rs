@@ -128,5 +128,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("AWS_INSTANCE_TYPE"));
+        // roff escapes each hyphen.
+        assert!(text.contains(&about::DOCS.replace('-', "\\-")), "{text}");
     }
 }

@@ -47,7 +47,11 @@ fn help_options() -> Vec<(String, Vec<String>)> {
         } else if option.starts_with('-') && line.len() - option.len() <= 6 {
             let names = option.split(" <").next().unwrap().trim_end_matches("...");
             let name = names.rsplit(", ").next().unwrap().to_string();
-            groups.last_mut().expect("an option under a heading").1.push(name);
+            groups
+                .last_mut()
+                .expect("an option under a heading")
+                .1
+                .push(name);
         }
     }
     groups
@@ -138,7 +142,8 @@ fn links(text: &str) -> Vec<String> {
 fn anchors(text: &str) -> BTreeSet<String> {
     let mut anchors = BTreeSet::new();
     for heading in prose(text).filter_map(|line| line.strip_prefix('#')) {
-        let slug: String = (heading.trim_start_matches('#').trim().to_lowercase().chars())
+        let title = heading.trim_start_matches('#').trim().to_lowercase();
+        let slug: String = (title.chars())
             .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
             .map(|c| if c == ' ' { '-' } else { c })
             .collect();
@@ -194,7 +199,12 @@ fn every_relative_link_leads_to_a_file_and_heading_that_exist() {
 fn anchors_are_spelled_as_github_spells_them() {
     let headings = "# Your instances: --list, --down, --gc\n```\n# not a heading\n```\n\
                     ## The `.env` file\n## Jobs\n### Jobs\n";
-    let expected = ["your-instances---list---down---gc", "the-env-file", "jobs", "jobs-1"];
+    let expected = [
+        "your-instances---list---down---gc",
+        "the-env-file",
+        "jobs",
+        "jobs-1",
+    ];
     assert_eq!(anchors(headings), expected.map(str::to_string).into());
     assert!(names_flag("`--spot`, `--spot-only`", "--spot"));
     assert!(!names_flag("`--spot-only`", "--spot"));
