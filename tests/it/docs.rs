@@ -1,7 +1,6 @@
 //! The documentation agrees with the binary: every flag `--help` lists is in docs/ (its group a
 //! heading of docs/usage.md), every setting `--show-config` knows is in docs/configuration.md,
 //! and every relative link of README.md and docs/ leads to a file, and heading, that exists.
-//! From help to docs only: docs/clusters.md documents flags of a branch not merged yet.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
