@@ -209,3 +209,35 @@ fn anchors_are_spelled_as_github_spells_them() {
     assert!(!names_flag("`--spot-only`", "--spot"));
     assert!(!names_flag("`--no-attach`", "--attach"));
 }
+
+/// `text` with each run of white space made one space: a quote may be wrapped in the page.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn troubleshooting_quotes_what_ssh_ec2_says() {
+    let page = one_line(&read(&repository().join("docs/troubleshooting.md")));
+    let project = Project::new();
+    let quoted = |run: Run| {
+        assert_eq!(run.code, Some(255), "{run}");
+        // As the page spells them: a home of /home/me, a project of /home/me/proj.
+        let said = (run.stderr)
+            .replace(&project.path().display().to_string(), "/home/me/proj")
+            .replace(&project.home().display().to_string(), "/home/me");
+        let said = said
+            .trim_end()
+            .strip_prefix("ssh-ec2: error: ")
+            .unwrap_or(&said);
+        assert!(
+            page.contains(&one_line(said)),
+            "not in docs/troubleshooting.md: {said}"
+        );
+    };
+    let ssh_ec2 = || project.ssh_ec2_without_cloud();
+    quoted(Run::of(ssh_ec2().args(["--stop", "--spot", "true"])));
+    quoted(Run::of(ssh_ec2().args(["--preset", "big", "true"])));
+    quoted(Run::of(ssh_ec2().current_dir(project.home()).arg("true")));
+    project.write(".ssh-ec2.toml", "instance_typ = \"g5.xlarge\"\n");
+    quoted(Run::of(ssh_ec2().arg("--show-config")));
+}
