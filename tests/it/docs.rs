@@ -241,3 +241,56 @@ fn troubleshooting_quotes_what_ssh_ec2_says() {
     project.write(".ssh-ec2.toml", "instance_typ = \"g5.xlarge\"\n");
     quoted(Run::of(ssh_ec2().arg("--show-config")));
 }
+
+/// The fenced code blocks of the section `heading` of `text`, one line each.
+fn commands_under(text: &str, heading: &str) -> Vec<String> {
+    let section = text.split(&format!("\n{heading}\n")).nth(1).expect(heading);
+    let section = section.split("\n## ").next().unwrap();
+    let mut lines = Vec::new();
+    for block in section.split("```").skip(1).step_by(2) {
+        lines.extend(
+            block
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
+    lines
+}
+
+#[test]
+fn the_front_page_is_short_sets_up_in_two_commands_and_links_every_page() {
+    let readme = read(&repository().join("README.md"));
+    let headings: Vec<&str> = readme.lines().filter(|l| l.starts_with("## ")).collect();
+    for wanted in [
+        "## Try it",
+        "## Install",
+        "## The five commands you use",
+        "## What it promises",
+    ] {
+        assert!(headings.contains(&wanted), "{wanted} in {headings:?}");
+    }
+    assert!(readme.lines().count() < 250, "the front page is short");
+    // ./try-it is tests/it/tryit.rs's; the tests' command is CI's, word for word.
+    let setup: Vec<String> = commands_under(&readme, "## Try it")
+        .iter()
+        .map(|line| line.split(" #").next().unwrap().trim().to_string())
+        .collect();
+    let ci = read(&repository().join(".ci/run"));
+    assert_eq!(setup.len(), 2, "{setup:?}");
+    assert_eq!(setup[0], "./try-it", "{setup:?}");
+    assert!(ci.lines().any(|line| line == setup[1]), "{setup:?}\n{ci}");
+    let five = readme.split("## The five commands you use").nth(1).unwrap();
+    let five = five.split("\n## ").next().unwrap();
+    assert_eq!(
+        five.lines().filter(|l| l.starts_with("| `ssh-ec2")).count(),
+        5
+    );
+    for page in pages().iter().filter(|p| !p.ends_with("README.md")) {
+        let name = page.file_name().unwrap().to_str().unwrap();
+        assert!(
+            readme.contains(&format!("](docs/{name})")),
+            "README links {name}"
+        );
+    }
+}
