@@ -40,17 +40,71 @@ impl TryIt {
         command
     }
 
-    /// The network namespaces of its laptop and of every machine it booted, by inode.
-    fn namespaces(&self) -> Vec<u64> {
+    /// The network namespaces the cloud holds now, its laptop's and each running machine's, by
+    /// inode, each opened: an inode number names a namespace only while it lives (a freed
+    /// one's is soon another test bed's), and these stay alive while the files are open.
+    fn live_namespaces(&self) -> Vec<(u64, std::fs::File)> {
         let laptop = std::fs::read_to_string(self.dir.join("laptop")).unwrap();
         let events = std::fs::read_to_string(self.dir.join("cloud/events.jsonl")).unwrap();
-        let machines = events
+        let mut running = std::collections::BTreeMap::new();
+        for event in events
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter_map(|e| e["netns"].as_u64());
-        std::iter::once(laptop.split_whitespace().nth(1).unwrap().parse().unwrap())
-            .chain(machines)
+        {
+            let instance = event["instance"].to_string();
+            match event["event"].as_str() {
+                Some("sshd-started") => {
+                    let pid = event["pid"].as_u64().unwrap();
+                    running.insert(instance, (pid, event["netns"].as_u64().unwrap()));
+                }
+                Some("sshd-stopped") => {
+                    running.remove(&instance);
+                }
+                _ => {}
+            }
+        }
+        let mut fields = laptop.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+        let laptop = (fields.next().unwrap(), fields.next().unwrap());
+        std::iter::once(laptop)
+            .chain(running.into_values())
+            .map(|(pid, inode)| {
+                let file = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+                let opened = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
+                assert_eq!(opened, inode, "the namespace of {pid}");
+                (inode, file)
+            })
             .collect()
+    }
+}
+
+impl TryIt {
+    /// Stops it with a shell still open on its laptop (which stop ends too), and checks that
+    /// nothing is left: no process of the cloud's group, none on its laptop or the machine that
+    /// ran, no files.
+    fn stop_and_assert_nothing_left(&self, project: &Project, group: i32) {
+        let held = self.live_namespaces();
+        assert_eq!(held.len(), 2, "the laptop's and the running machine's");
+        let namespaces: Vec<u64> = held.iter().map(|(inode, _)| *inode).collect();
+        let mut shell = project.command(&TryIt::script());
+        shell.env("SSH_EC2_TRY_IT_DIR", &self.dir);
+        let mut lingering = (shell.args(["shell", "sleep", "600"]).stdin(Stdio::null()))
+            .spawn()
+            .unwrap();
+        wait_until("the shell's sleep on the laptop", || {
+            common::processes_in(&namespaces[..1]).len() > 1
+        });
+
+        let stopped = Run::of(&mut self.command("stop"));
+        stopped.assert_code(0);
+        assert!(stopped.stderr.contains("stopped"), "{stopped}");
+        assert!(!lingering.wait().unwrap().success(), "the shell was ended");
+        assert!(
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_err(),
+            "no process of the cloud's group is left"
+        );
+        let left = common::processes_in(&namespaces);
+        assert!(left.is_empty(), "processes left on its machines: {left:?}");
+        assert!(!self.dir.exists(), "its files are gone");
     }
 }
 
@@ -81,37 +135,21 @@ fn try_it_starts_a_cloud_that_ssh_ec2_uses_from_its_shell_and_stops_all_of_it() 
         .parse()
         .unwrap();
 
-    // What the README says to type: ssh-ec2, in try-it's shell.
+    // What the README says to type: ssh-ec2, in try-it's shell; the instance left running for
+    // stop to end.
     let project = Project::new();
     project.write("in.txt", "up\n");
     let mut shell = project.command(&TryIt::script());
     shell.env("SSH_EC2_TRY_IT_DIR", &try_it.dir);
-    let run = Run::of(shell.args(["shell", "ssh-ec2", "cat", "in.txt", ">", "out.txt"]));
+    let run = Run::of(shell.args([
+        "shell", "ssh-ec2", "--leave", "cat", "in.txt", ">", "out.txt",
+    ]));
     run.assert_code(0);
     assert_eq!(project.read("out.txt").as_deref(), Some("up\n"), "{run}");
     assert!(run.stderr.contains("connected to ubuntu@172.31."), "{run}");
-    assert!(run.stderr.contains("terminated, about $"), "{run}");
+    assert!(run.stderr.contains("left running"), "{run}");
 
-    let namespaces = try_it.namespaces();
-    assert!(
-        namespaces.len() >= 2,
-        "the laptop and the instance's machine"
-    );
-    // Held open through the check: a freed namespace's inode number is soon another test's.
-    let _held: Vec<std::fs::File> = common::processes_in(&namespaces)
-        .iter()
-        .filter_map(|process| std::fs::File::open(process.join("ns/net")).ok())
-        .collect();
-    let stopped = Run::of(&mut try_it.command("stop"));
-    stopped.assert_code(0);
-    assert!(stopped.stderr.contains("stopped"), "{stopped}");
-    assert!(
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_err(),
-        "no process of the cloud's group is left"
-    );
-    let left = common::processes_in(&namespaces);
-    assert!(left.is_empty(), "processes left on its machines: {left:?}");
-    assert!(!try_it.dir.exists(), "its files are gone");
+    try_it.stop_and_assert_nothing_left(&project, group);
 
     // What uninstall would remove: what install recorded adding, and the venvs.
     let listed = Run::of(try_it.command("uninstall").arg("--dry-run"));
