@@ -227,19 +227,20 @@ mod tests {
         assert_eq!(layer.fallback_types.unwrap().0, ["g5.xlarge"]);
     }
 
-    /// README's settings table shows the defaults `--help` and `--show-config` show.
+    /// The settings table of docs/configuration.md shows the defaults `--help` and
+    /// `--show-config` show.
     #[test]
-    fn the_readme_table_gives_each_default() {
-        let readme = include_str!("../../README.md");
+    fn the_documented_table_gives_each_default() {
+        let docs = include_str!("../../docs/configuration.md");
         for (name, fallback) in fallbacks() {
             let Fallback::Value(value) = fallback else {
                 continue;
             };
             let key = format!("| `{name}`");
-            let row = readme
+            let row = docs
                 .lines()
                 .find(|line| line.starts_with('|') && line.contains(&key))
-                .unwrap_or_else(|| panic!("README's settings table has no row for `{name}`"));
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{name}`"));
             let default = row
                 .trim_end_matches('|')
                 .rsplit('|')
@@ -248,7 +249,7 @@ mod tests {
             let shown = value.trim_end_matches('*');
             assert!(
                 default.contains(&format!("`{value}`")) || default.contains(shown),
-                "README gives `{name}` the default {default:?}, not `{value}`"
+                "docs/configuration.md gives `{name}` the default {default:?}, not `{value}`"
             );
         }
     }

@@ -7,6 +7,7 @@ mod admin;
 mod boundaries;
 mod cli;
 mod cluster;
+mod docs;
 mod earlier;
 mod everyday;
 mod examples;
