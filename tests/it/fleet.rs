@@ -480,3 +480,15 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
     down.assert_code(0);
     assert_nothing_left(&cloud, &project, &down);
 }
+
+#[test]
+fn gc_after_ordinary_runs_finds_nothing_to_clean_up() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).arg("true")).assert_code(0);
+    Run::of(project.ssh_ec2(&cloud).arg("true")).assert_code(0);
+    let gc = Run::of(project.ssh_ec2(&cloud).arg("--gc"));
+    gc.assert_code(0);
+    assert_eq!(gc.stdout, "", "{gc}");
+    assert!(gc.stderr.contains("nothing to clean up"), "{gc}");
+}
