@@ -84,7 +84,7 @@ fn conclude(outcome: &Outcome) -> Conclusion {
             EndOfLife::Leave,
             Some(format!(
                 "could not check whether another run still uses it ({e}): leaving it running; \
-                 `ssh-ec2 --terminate true` here ends it"
+                 `ssh-ec2 --down` here brings its results home and ends it"
             )),
         ),
         _ => {

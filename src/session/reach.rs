@@ -116,7 +116,8 @@ pub(super) async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result
             idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
         };
         scene.printer.warn(&format!(
-            "--max-lifetime off: {} {until}; end it yourself with `ssh-ec2 --terminate true` here",
+            "--max-lifetime off: {} {until}; end it yourself: `ssh-ec2 --finish` here waits for \
+             a job and applies the end of life, `ssh-ec2 --down` brings the results home and ends it",
             scene.machine.head().instance.id
         ));
     }
