@@ -142,7 +142,7 @@ pub async fn reach_and_join(
     Ok(reached)
 }
 
-/// Waits until the instance runs and says where its sshd is.
+/// Waits until the instance runs (unless it was found running) and says where its sshd is.
 async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Target> {
     let Scene {
         cloud,
@@ -151,11 +151,17 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         printer,
         ..
     } = *scene;
-    let id = &machine.head().instance.id;
-    let phase = printer.phase(format!("waiting for {id} to run"));
-    let running = cloud.wait_until(id, State::Running, deadline).await?;
-    let address = ssh_address(&plan.reach.dial, &running)?;
-    phase.done(format!("{id} is running"));
+    let found = &machine.head().instance;
+    let address = match found.state {
+        State::Running => ssh_address(&plan.reach.dial, found)?,
+        _ => {
+            let id = &found.id;
+            let phase = printer.phase(format!("waiting for {id} to run"));
+            let running = cloud.wait_until(id, State::Running, deadline).await?;
+            phase.done(format!("{id} is running"));
+            ssh_address(&plan.reach.dial, &running)?
+        }
+    };
     Ok(Target {
         address,
         user: machine.user.clone(),

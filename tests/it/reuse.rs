@@ -67,6 +67,10 @@ fn leave_then_a_second_run_reuses_the_running_instance() {
     let second = Run::of(project.ssh_ec2(&cloud).args(["-l", "echo again"]));
     second.assert_code(0);
     assert_eq!(second.stdout, "again\n");
+    assert!(
+        !second.stderr.contains("waiting for"),
+        "found running: no wait for it to run\n{second}"
+    );
     let still = cloud.instances_in(InstanceStateName::Running);
     assert_eq!(still.len(), 1);
     assert_eq!(
