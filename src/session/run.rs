@@ -126,13 +126,15 @@ async fn sync_up(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
         ));
-        interrupt
+        let mut pulled = interrupt
             .cancel(rsync.pull(manifest, &mut progress.sync))
             .await?;
-        interrupt
-            .cancel(pull_workers(scene, reached, progress))
-            .await?;
-        phase.done("up to date with the instance");
+        pulled.add(
+            interrupt
+                .cancel(pull_workers(scene, reached, progress))
+                .await?,
+        );
+        phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
     let sent = interrupt.cancel(rsync.push(manifest)).await?;

@@ -41,7 +41,7 @@ use itemize::{Item, Kind};
 pub use manifest::Manifest;
 pub use options::{Options, first_push_size, outdated_warning};
 use options::{Way, filters};
-pub use report::Report;
+pub use report::{Pulled, Report};
 
 /// rsync's own name for the remote end; the transport ignores it.
 const REMOTE_HOST: &str = "ec2";

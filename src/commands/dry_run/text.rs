@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::{Launch, Report};
 use crate::cloud::TypeInfo;
+use crate::printer::format_bytes;
 
 pub(super) fn text(report: &Report) -> String {
     let mut out = Rows(String::from(
@@ -144,7 +145,7 @@ fn run_rows(out: &mut Rows, report: &Report) {
             Some(size) => format!(
                 "{} files, {} (at most: what the instance has already is not sent again)",
                 size.files,
-                bytes(size.bytes)
+                format_bytes(size.bytes)
             ),
             None => "none (--no-rsync)".to_string(),
         },
@@ -187,11 +188,14 @@ fn describe_type(info: &TypeInfo) -> String {
         parts.push(format!("{vcpus} vCPUs"));
     }
     if let Some(mib) = info.memory_mib {
-        parts.push(format!("{} memory", bytes(mib.max(0) as u64 * 1024 * 1024)));
+        parts.push(format!(
+            "{} memory",
+            format_bytes(mib.max(0) as u64 * 1024 * 1024)
+        ));
     }
     for gpu in &info.gpus {
         let memory = gpu.memory_mib.map_or(String::new(), |mib| {
-            format!(" ({} each)", bytes(mib.max(0) as u64 * 1024 * 1024))
+            format!(" ({} each)", format_bytes(mib.max(0) as u64 * 1024 * 1024))
         });
         parts.push(format!(
             "{} × {} {}{memory}",
@@ -207,34 +211,4 @@ fn describe_type(info: &TypeInfo) -> String {
         parts.join(", "),
         info.architectures.join(", ")
     )
-}
-
-fn bytes(count: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if count < 1024 {
-        return format!("{count} bytes");
-    }
-    let mut value = count as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    let value = match value.fract() {
-        0.0 => format!("{value}"),
-        _ => format!("{value:.1}"),
-    };
-    format!("{value} {}", UNITS[unit])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bytes;
-
-    #[test]
-    fn sizes_read_like_sizes() {
-        assert_eq!(bytes(12), "12 bytes");
-        assert_eq!(bytes(16 * 1024 * 1024 * 1024), "16 GiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-    }
 }
