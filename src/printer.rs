@@ -52,8 +52,8 @@ impl Printer {
         }
     }
 
-    /// `-v`: rsync lists the files it transfers.
-    pub fn lists_files(&self) -> bool {
+    /// `-v`: rsync lists the files it transfers, `--dry-run` shows the user-data.
+    pub fn verbose(&self) -> bool {
         self.verbosity >= Verbosity::ListFiles
     }
 

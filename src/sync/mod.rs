@@ -94,7 +94,7 @@ impl<'a> Rsync<'a> {
 
     /// `-v`: the names of what moved.
     fn list(&self, item: &Item) {
-        if self.printer.lists_files() && item.transferred() && item.kind != Kind::Dir {
+        if self.printer.verbose() && item.transferred() && item.kind != Kind::Dir {
             self.printer.info(&format!("  {}", escape_path(&item.path)));
         }
     }

@@ -98,7 +98,7 @@ pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitS
     };
     let out = match json {
         true => serde_json::to_string_pretty(&report).context("cannot write the report")? + "\n",
-        false => text::text(&report),
+        false => text::text(&report, printer.verbose()),
     };
     printer.out(out)?;
     Ok(match report.launch {

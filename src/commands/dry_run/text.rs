@@ -6,7 +6,8 @@ use super::{Launch, Report};
 use crate::cloud::TypeInfo;
 use crate::printer::format_bytes;
 
-pub(super) fn text(report: &Report) -> String {
+/// The report; the user-data (long, escaped scripts) only when `verbose`.
+pub(super) fn text(report: &Report, verbose: bool) -> String {
     let mut out = Rows(String::from(
         "Dry run: nothing was created, started or changed.\n\n",
     ));
@@ -35,7 +36,7 @@ pub(super) fn text(report: &Report) -> String {
     }
     run_rows(&mut out, report);
     if let Some(launch) = &report.launch {
-        verdict(&mut out, launch);
+        verdict(&mut out, launch, verbose);
     }
     out.0
 }
@@ -161,8 +162,8 @@ fn run_rows(out: &mut Rows, report: &Report) {
     );
 }
 
-/// Whether AWS would allow the launch, and the user-data it would get.
-fn verdict(out: &mut Rows, launch: &Launch) {
+/// Whether AWS would allow the launch, and the user-data it would get (when `verbose`).
+fn verdict(out: &mut Rows, launch: &Launch, verbose: bool) {
     match launch.allowed {
         true => out.row(
             "AWS allows it",
@@ -174,6 +175,14 @@ fn verdict(out: &mut Rows, launch: &Launch) {
                 out.indented(line);
             }
         }
+    }
+    if !verbose {
+        let lines = launch.user_data.lines().count();
+        out.row(
+            "user-data",
+            &format!("{lines} lines, secrets elided (-v shows them)"),
+        );
+        return;
     }
     out.0.push_str("\nuser-data, secrets elided:\n");
     for line in launch.user_data.lines() {
