@@ -199,7 +199,10 @@ async fn run_directly(
     let _notes = NoteSignals::start(interrupt, printer);
     let after_command = interrupt.only_new();
     // A signal that ended it for another node's failure is that node's to tell.
-    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first) {
+    // (Ctrl-C typed in its terminal needs no word: the user pressed it.)
+    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first)
+        && !(plan.terminal.pty && signal == "INT")
+    {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
     progress.exit = ran.as_ref().ok().cloned();
