@@ -84,7 +84,7 @@ fn conclude(outcome: &Outcome) -> Conclusion {
             EndOfLife::Leave,
             Some(format!(
                 "could not check whether another run still uses it ({e}): leaving it running; \
-                 `ssh-ec2 --terminate true` here ends it"
+                 `ssh-ec2 --down` here brings its results home and ends it"
             )),
         ),
         _ => {
@@ -102,6 +102,11 @@ fn conclude(outcome: &Outcome) -> Conclusion {
         (Some(signal), _, _) => ExitStatus::Signal(signal),
         (None, true, _) => ExitStatus::Failed,
         (None, false, Some(RemoteExit::Status(status))) => ExitStatus::remote(*status),
+        // Ctrl-C typed into the command's terminal: interrupted, as without a terminal (130),
+        // so that make says "Interrupt".
+        (None, false, Some(RemoteExit::Signal(signal))) if signal == "INT" => {
+            ExitStatus::Signal(Signal::Interrupt)
+        }
         (None, false, Some(RemoteExit::Signal(_)) | None) => ExitStatus::Failed,
     };
     Conclusion {
@@ -294,6 +299,8 @@ mod tests {
                 Terminate, ExitStatus::Remote(3), None),
             ("a remote signal is ssh's 255", Outcome { exit: Some(RemoteExit::Signal("KILL".into())), ..done() },
                 Terminate, ExitStatus::Failed, None),
+            ("Ctrl-C in the command's terminal", Outcome { exit: Some(RemoteExit::Signal("INT".into())), ..done() },
+                Terminate, ExitStatus::Signal(Signal::Interrupt), None),
             ("the pull failed", Outcome { results_home: false, failed: true, ..done() },
                 Stop, ExitStatus::Failed, Some("may not have come home")),
             ("a spot instance cannot stop", Outcome { results_home: false, failed: true, spot: true, ..done() },

@@ -126,13 +126,15 @@ async fn sync_up(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
         ));
-        interrupt
+        let mut pulled = interrupt
             .cancel(rsync.pull(manifest, &mut progress.sync))
             .await?;
-        interrupt
-            .cancel(pull_workers(scene, reached, progress))
-            .await?;
-        phase.done("up to date with the instance");
+        pulled.add(
+            interrupt
+                .cancel(pull_workers(scene, reached, progress))
+                .await?,
+        );
+        phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
     let sent = interrupt.cancel(rsync.push(manifest)).await?;
@@ -197,7 +199,10 @@ async fn run_directly(
     let _notes = NoteSignals::start(interrupt, printer);
     let after_command = interrupt.only_new();
     // A signal that ended it for another node's failure is that node's to tell.
-    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first) {
+    // (Ctrl-C typed in its terminal needs no word: the user pressed it.)
+    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first)
+        && !(plan.terminal.pty && signal == "INT")
+    {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
     progress.exit = ran.as_ref().ok().cloned();

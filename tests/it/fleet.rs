@@ -72,7 +72,7 @@ fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
         Some("result\n"),
         "{down}"
     );
-    assert!(down.stderr.contains("pulled results back"), "{down}");
+    assert!(down.stderr.contains("pulled 3 files (7 bytes)"), "{down}");
     assert!(down.stderr.contains("terminated"), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 
@@ -216,7 +216,7 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
     // --down starts it, brings its results home, then ends it.
     let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
     down.assert_code(0);
-    assert!(down.stderr.contains("pulled results back"), "{down}");
+    assert!(down.stderr.contains("pulled "), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 }
 
@@ -296,7 +296,10 @@ fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
         Some("only there\n"),
         "{removed}"
     );
-    assert!(removed.stderr.contains("pulled results back"), "{removed}");
+    assert!(
+        removed.stderr.contains("pulled 1 file (11 bytes)"),
+        "{removed}"
+    );
     assert_nothing_left(&cloud, &project, &removed);
 
     // Its directory gone from this machine: nothing to bring its results home to.
@@ -479,4 +482,16 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
     let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
     down.assert_code(0);
     assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn gc_after_ordinary_runs_finds_nothing_to_clean_up() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).arg("true")).assert_code(0);
+    Run::of(project.ssh_ec2(&cloud).arg("true")).assert_code(0);
+    let gc = Run::of(project.ssh_ec2(&cloud).arg("--gc"));
+    gc.assert_code(0);
+    assert_eq!(gc.stdout, "", "{gc}");
+    assert!(gc.stderr.contains("nothing to clean up"), "{gc}");
 }

@@ -98,7 +98,7 @@ pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitS
     };
     let out = match json {
         true => serde_json::to_string_pretty(&report).context("cannot write the report")? + "\n",
-        false => text::text(&report),
+        false => text::text(&report, printer.verbose()),
     };
     printer.out(out)?;
     Ok(match report.launch {
@@ -174,7 +174,7 @@ async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report>
         connect: plan.reach.dial.connect.as_ref().map(ToString::to_string),
         address: plan.reach.dial.address.to_string(),
         end_of_life: spec.end_of_life.to_string(),
-        lifetime: spec.watchdog.describe(),
+        lifetime: spec.watchdog.describe(spec.launch.spot.is_some()),
         spot: spec.launch.spot.as_ref().map(|spot| spot.max_price.clone()),
         sync,
         price,

@@ -118,7 +118,7 @@ pub async fn launch(
     let keys = adopt(cloud, store, printer, new_keys, &launch, &instances).await?;
     let head = &instances[0];
     let market = match head.spot {
-        true => "spot; terminated, not stopped, when it ends itself or AWS interrupts it",
+        true => "spot: AWS may take it back",
         false => "on-demand",
     };
     let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
@@ -126,7 +126,7 @@ pub async fn launch(
         "launched {} ({}, {market}); {}",
         ids.join(", "),
         head.instance_type,
-        spec.watchdog.describe()
+        spec.watchdog.describe(head.spot)
     ));
     let volume_gib = (resolved.types.iter())
         .find(|(kind, _)| kind.name == head.instance_type)
