@@ -8,9 +8,9 @@
 //! - `host`: this machine's facts; `here`: this directory and its owner; `launch`: how its
 //!   instance would be launched.
 
-mod here;
+pub mod here;
 pub mod host;
-mod launch;
+pub mod launch;
 
 use std::time::SystemTime;
 
