@@ -73,6 +73,8 @@ pub struct Instance {
     pub node_group: Option<String>,
     /// A cluster's placement group.
     pub placement_group: Option<String>,
+    /// When it last started running (EC2's launch time; a start after a stop moves it).
+    pub running_since: Option<std::time::SystemTime>,
 }
 
 /// An instance's place in the launch that made it: EC2's launch index among the launch's count.
@@ -111,6 +113,7 @@ impl Instance {
                 .and_then(|p| p.group_name())
                 .filter(|name| !name.is_empty())
                 .map(str::to_string),
+            running_since: (instance.launch_time()).and_then(|t| (*t).try_into().ok()),
         })
     }
 }
@@ -378,6 +381,7 @@ impl Instance {
             launch: None,
             node: Node { rank: 0, of: 1 },
             node_group: None,
+            running_since: None,
             placement_group: None,
         }
     }

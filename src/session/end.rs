@@ -2,7 +2,7 @@
 //! the run did, applied; the conflicts and the summary line said; the exit status. What to do
 //! is decided by `conclude`, a pure function of the run's outcome.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Result;
 
@@ -12,6 +12,7 @@ use super::job::job_state;
 use super::progress::Progress;
 use super::pull::NoteSignals;
 use super::reach::stopped_under_the_run;
+use crate::fleet::Machine;
 use crate::fleet::end_of_life::{self, Origin};
 use crate::interrupt::{Interrupted, Signal};
 use crate::printer::format_duration;
@@ -116,12 +117,45 @@ fn conclude(outcome: &Outcome) -> Conclusion {
     }
 }
 
+/// What the summary's time and cost cover: a run its own, `--finish` and `--down` the instance's
+/// life so far (since it last started), which is what the bill shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Span {
+    Run(Instant),
+    Life(Instant),
+}
+
+impl Span {
+    /// The life of `machine` when it was found running, else from `started` on.
+    pub fn life(machine: &Machine, started: Instant) -> Span {
+        let since = machine.head().instance.running_since;
+        let age = since.and_then(|since| SystemTime::now().duration_since(since).ok());
+        match (machine.origin, age.and_then(|age| Instant::now().checked_sub(age))) {
+            (Origin::FoundRunning, Some(since)) => Span::Life(since),
+            _ => Span::Run(started),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Span::Run(started) => format_duration(started.elapsed()),
+            Span::Life(since) => format!("{} since it started", format_duration(since.elapsed())),
+        }
+    }
+
+    fn elapsed(self) -> std::time::Duration {
+        match self {
+            Span::Run(since) | Span::Life(since) => since.elapsed(),
+        }
+    }
+}
+
 /// Applies the end of life that is safe after `work`, reports, and gives the exit status.
 pub async fn end_of_run(
     scene: &Scene<'_>,
     work: Result<()>,
     mut progress: Progress,
-    started: Instant,
+    span: Span,
 ) -> Result<ExitStatus> {
     let Scene {
         cloud,
@@ -174,7 +208,7 @@ pub async fn end_of_run(
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instances(), action, printer).await
     };
-    say_summary(scene, ended.is_ok(), action, started).await;
+    say_summary(scene, ended.is_ok(), action, span).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
     ended?;
     if let ExitStatus::Signal(signal) = status {
@@ -217,7 +251,7 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
 
 /// The run's last line: the instance (a cluster's head and how many others), how long, its
 /// fate, and what it cost.
-async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started: Instant) {
+async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, span: Span) {
     let Scene { cloud, machine, .. } = *scene;
     let instance = &machine.head().instance;
     let nodes = machine.nodes.len() as u32;
@@ -226,7 +260,7 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started:
         2 => format!("{} and its other node", instance.id),
         n => format!("{} and its {} other nodes", instance.id, n - 1),
     };
-    let elapsed = started.elapsed();
+    let elapsed = span.elapsed();
     let hourly = crate::price::hourly(
         cloud,
         &instance.instance_type,
@@ -245,7 +279,7 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started:
         "{what} ({}, {}): {}, {}, {}{}",
         instance.instance_type,
         cloud.region,
-        format_duration(elapsed),
+        span.describe(),
         fate(ended, action),
         crate::price::run_cost(
             hourly.as_ref(),

@@ -33,7 +33,7 @@ use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
 pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
-pub use end::end_of_run;
+pub use end::{Span, end_of_run};
 pub use job::{Followed, come_back_hint, conclude_job, end_job, follow_job, job_state};
 pub use progress::Progress;
 pub use pull::pull_home;

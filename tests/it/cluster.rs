@@ -313,6 +313,12 @@ fn a_cluster_job_detaches_lists_as_one_and_finishes_with_every_node_s_results() 
     // The cluster is found whole, whatever --nodes says.
     let finish = Run::of(project.ssh_ec2(&cloud).arg("--finish"));
     finish.assert_code(0);
+    // Its cost is the nodes' life so far, which is what the bill shows, not this run's.
+    assert!(
+        finish.stderr.contains("since it started, terminated")
+            && finish.stderr.contains("for 2 instances at"),
+        "{finish}"
+    );
     for rank in 0..2 {
         assert_eq!(
             project.read(&format!("done-{rank}.txt")).as_deref(),
