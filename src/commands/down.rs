@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
 use crate::session::{
-    self, Span, Ground, Plan, Progress, Scene, end_earlier, end_job, job_state, pull_home,
+    self, Ground, Plan, Progress, Scene, Span, end_earlier, end_job, job_state, pull_home,
     reach_and_join, still_running, still_running_note,
 };
 use crate::ssh::RemoteExit;

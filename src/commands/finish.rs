@@ -9,8 +9,8 @@ use anyhow::{Result, bail};
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
 use crate::session::{
-    self, Span, Followed, Ground, Plan, Progress, Scene, conclude_job, follow_job, job_state, pull_home,
-    reach_and_join, wait_for_earlier,
+    self, Followed, Ground, Plan, Progress, Scene, Span, conclude_job, follow_job, job_state,
+    pull_home, reach_and_join, wait_for_earlier,
 };
 use crate::state::lock::DirLock;
 use crate::status::ExitStatus;

@@ -130,7 +130,10 @@ impl Span {
     pub fn life(machine: &Machine, started: Instant) -> Span {
         let since = machine.head().instance.running_since;
         let age = since.and_then(|since| SystemTime::now().duration_since(since).ok());
-        match (machine.origin, age.and_then(|age| Instant::now().checked_sub(age))) {
+        match (
+            machine.origin,
+            age.and_then(|age| Instant::now().checked_sub(age)),
+        ) {
             (Origin::FoundRunning, Some(since)) => Span::Life(since),
             _ => Span::Run(started),
         }

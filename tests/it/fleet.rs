@@ -32,6 +32,14 @@ fn list_json_names_the_instance_its_directory_and_its_job() {
     assert_eq!(row["region"], cloud.region.as_str(), "{listed}");
     assert_eq!(row["keys_here"], true, "{listed}");
     assert_eq!(row["job"], "none", "asked over SSH\n{listed}");
+    // Its life so far, and what it has cost (g4dn.xlarge on demand, moto's price).
+    assert!(row["running_for_seconds"].as_u64().is_some(), "{listed}");
+    assert!(
+        row["cost_usd"].as_f64().is_some_and(|usd| usd >= 0.0),
+        "{listed}"
+    );
+    let text = Run::of(project.ssh_ec2(&cloud).arg("--list"));
+    assert!(text.stdout.contains("COST SO FAR"), "{text}");
     assert!(row["launched"].as_str().is_some(), "{listed}");
 
     // A table on a terminal (or anywhere without --json).
