@@ -8,6 +8,7 @@ mod boundaries;
 mod cli;
 mod cluster;
 mod earlier;
+mod env;
 mod everyday;
 mod examples;
 mod faults;
