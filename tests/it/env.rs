@@ -85,7 +85,9 @@ fn a_foreground_command_gets_the_values_which_no_command_line_nor_file_shows() {
             .arg("--env-file")
             .arg(&env_file)
             .args(["-e", "FROM_HERE", "-e", "HF_TOKEN", "--allow-secret-env"])
-            .arg("sh probe.sh"),
+            // Not a lone command, which the login shell would exec: it stays, with its
+            // command line, while the probe runs.
+            .arg("sh probe.sh; echo probe ended"),
     );
     let home = cloud.home_on(&cloud.instance_of(&project));
     for value in [&here, &from_file, &token] {
@@ -104,6 +106,7 @@ fn a_foreground_command_gets_the_values_which_no_command_line_nor_file_shows() {
     let run = Run::collect(child);
     run.assert_code(0);
     for line in [
+        "probe ended".to_string(),
         format!("FROM_HERE={here}"),
         "FROM_HERE_TOO=too".to_string(),
         format!("FROM_FILE={from_file}"),
@@ -113,6 +116,10 @@ fn a_foreground_command_gets_the_values_which_no_command_line_nor_file_shows() {
     }
     let ps = project.read("ps.txt").unwrap_or_default();
     assert!(ps.contains("sh probe.sh"), "ps ran on the instance\n{ps}");
+    assert!(
+        (ps.lines()).any(|l| l.contains(" -l -c ") && l.ends_with("sh probe.sh; echo probe ended")),
+        "the login shell was there to be seen\n{ps}"
+    );
     for value in [&here, &from_file, &token] {
         assert!(!ps.contains(value.as_str()), "{value} in ps\n{ps}");
         assert_eq!(
