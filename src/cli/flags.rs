@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
 use crate::settings::values::{
-    Address, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag, Timeout,
+    Address, EnvEntry, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag,
+    Timeout,
 };
 use crate::ssh::forward::Forward;
 
@@ -72,6 +73,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub job: JobFlags,
+
+    #[command(flatten)]
+    pub env: EnvFlags,
 
     #[command(flatten)]
     pub forwards: ForwardFlags,
@@ -244,6 +248,23 @@ pub struct NetworkFlags {
     /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<Timeout>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "The command's environment")]
+pub struct EnvFlags {
+    /// Set NAME in the remote command's environment, to VALUE or to its value here (refused
+    /// when unset). Repeat for more. Sent over SSH, never on a command line.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<EnvEntry>,
+    /// Read variables for the remote command from FILE: NAME=VALUE lines (or NAME, for its
+    /// value here), # comments. Repeat for more; -e wins.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Also send variables whose names look like secrets (AWS_*, *_TOKEN, *_SECRET*,
+    /// *PASSWORD*): every process of the login user on the instance can read them.
+    #[arg(long)]
+    pub allow_secret_env: bool,
 }
 
 #[derive(Debug, Args)]

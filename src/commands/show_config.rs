@@ -15,7 +15,7 @@ use crate::status::ExitStatus;
 
 pub fn show_config(request: &Request, host: &Host, printer: &Printer) -> Result<ExitStatus> {
     let sources = host.sources();
-    let settings = sources.load(request.preset.as_deref(), request.flags.clone())?;
+    let settings = sources.load(request.preset.as_deref(), crate::plan::flags(request)?)?;
     let mut out = String::new();
     let _ = writeln!(
         out,

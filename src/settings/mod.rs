@@ -26,8 +26,8 @@ use anyhow::{Result, bail};
 pub use files::expand_home;
 pub use layers::{Effective, Sources};
 use values::{
-    Address, EndOfLife, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, Shown, SubnetIds,
-    Tags, Timeout,
+    Address, EndOfLife, EnvEntries, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, Shown,
+    SubnetIds, Tags, Timeout,
 };
 
 /// SSH_EC2_TAGS: `KEY=VALUE,KEY=VALUE`, merged key by key like the `[tags]` tables.
@@ -105,6 +105,8 @@ settings! {
     trigram: String = ["TRIGRAM"] => computed("$USER, else the account's name"),
     /// Shell commands appended to the instance's boot script.
     user_data: String = ["AWS_USER_DATA"] => none,
+    /// Variables for the remote command: NAME=VALUE, or NAME for this machine's value.
+    env: EnvEntries = ["SSH_EC2_ENV"] => none,
 }
 
 /// What an unset setting becomes, as `--show-config` and `--help` tell it.
@@ -225,6 +227,9 @@ mod tests {
         assert_eq!(file.boot_timeout, Some(Timeout::secs(90)));
         let layer: Layer = toml::from_str("fallback_types = [\"g5.xlarge\"]\n").unwrap();
         assert_eq!(layer.fallback_types.unwrap().0, ["g5.xlarge"]);
+        let layer: Layer = toml::from_str("env = [\"EPOCHS=2\", \"HOME_DIR\"]\n").unwrap();
+        assert_eq!(layer.env.unwrap().names(), "EPOCHS,HOME_DIR");
+        assert!(toml::from_str::<Layer>("env = [\"2X=1\"]\n").is_err());
     }
 
     /// The settings table of docs/configuration.md shows the defaults `--help` and

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod docs;
 mod earlier;
+mod env;
 mod everyday;
 mod examples;
 mod faults;

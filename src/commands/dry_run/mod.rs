@@ -26,6 +26,8 @@ pub(super) struct Report {
     remote_dir: String,
     /// `None`: a login shell.
     command: Option<String>,
+    /// The names of the variables the command would get (never their values).
+    env: Vec<String>,
     /// This directory's instance, which the run would reuse (then nothing is launched).
     reuse: Option<Reused>,
     /// What would be launched, when there is no instance to reuse.
@@ -167,6 +169,7 @@ async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report>
         directory: plan.local_dir.display().to_string(),
         remote_dir: plan.remote_dir.to_string(),
         command: plan.command.clone(),
+        env: plan.env.names(),
         reuse,
         launch,
         ssh_cidr,

@@ -18,6 +18,10 @@ pub(super) fn text(report: &Report, verbose: bool) -> String {
         "command",
         report.command.as_deref().unwrap_or("(a login shell)"),
     );
+    if !report.env.is_empty() {
+        let names = report.env.join(", ");
+        out.row("environment", &format!("{names} (values not shown)"));
+    }
     if let Some(reused) = &report.reuse {
         let started = match reused.state.as_str() {
             "stopped" | "stopping" => " (started first)",
