@@ -351,6 +351,15 @@ async def dial(target):
     return await asyncio.open_connection(sock=sock)
 
 
+def leaves(error):
+    """The exceptions inside an exception group, however deeply nested (TaskGroups nest)."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaves(inner)
+    else:
+        yield error
+
+
 def relay_handler(link):
     async def handle(client_reader, client_writer):
         set_nodelay(client_writer)
@@ -373,7 +382,7 @@ def relay_handler(link):
             finally:
                 server_writer.close()
         except* (ConnectionError, OSError) as group:
-            entry["error"] = "; ".join(str(e) for e in group.exceptions)
+            entry["error"] = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(group))
         finally:
             client_writer.close()
             entry.update(closed=time.time(), up=entry["up"][0], down=entry["down"][0])
