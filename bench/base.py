@@ -1,7 +1,8 @@
-"""What the benchmarks of bench/ share: one simulated cloud (bed.py) and, on a profile, the
-simulated link in front of it (link.py); one instance launched with `ssh-ec2 --leave`; the two
-sides timed against it (ssh-ec2, and OpenSSH + rsync by hand); the data they move; scenarios
-run in alternating rounds (timing.py); and a clean-up however a run ends.
+"""What the benchmarks of bench/ share: one simulated cloud (bed.py), whose laptop the benchmark
+runs on, and, on a profile, the simulated link between the laptop and the cloud (link.py); one
+instance launched with `ssh-ec2 --leave`; the two sides timed against it (ssh-ec2, and OpenSSH +
+rsync by hand), both dialling its private address; the data they move; scenarios run in
+alternating rounds (timing.py); and a clean-up however a run ends.
 """
 
 import os
@@ -80,7 +81,7 @@ class Bench:
         self.args = args
         self.ssh_ec2 = str(Path(args.ssh_ec2).resolve())
         self.work = Path(tempfile.mkdtemp(prefix="ssh-ec2-bench-", dir=args.tmp))
-        self.work.chmod(0o711)  # sshd reads authorized_keys (in the cloud state dir) as ubuntu
+        self.work.chmod(0o711)  # the instances' disks are in it (the cloud's state dir)
         self.name = self.work.name  # the project directory's name, hence the remote one's
         self.project = self.work / self.name
         self.store = self.work / "data"
@@ -89,6 +90,8 @@ class Bench:
         for d in (self.project, self.store, self.home, self.logs):
             d.mkdir()
         self.trash = f"{self.name}.trash"  # earlier remote copies, set aside (in the home dir)
+        self.address = None  # (private address, 22) of the instance (launch)
+        self.remote = None   # the project's copy on the instance, as a path here (launch)
         self.set_aside = 0
         self.bed = self.link = None
 
@@ -98,36 +101,28 @@ class Bench:
         """The cloud, and with a profile other than loopback the simulated link (link.py) in
         front of it, which both sides then go through."""
         self.bed = Bed(self.work / "cloud")
-        self.remote = self.bed.instance_home(REMOTE_USER) / self.name
         if profile != "loopback":
             self.start_link(profile)
 
     def start_link(self, profile):
         self.link = LinkProcess(self.bed, profile, self.logs / "link.stderr")
 
-    def instance_up(self):
-        """Has the instance been launched, and does the cloud still run?"""
-        return bool(self.bed and self.bed.running() and hasattr(self, "key"))
-
     def profile_summary(self):
         if not self.link or not self.link.profile.relay:
-            return "loopback, straight to sshd"
+            return "straight to sshd over the VPC's bridge"
         p = self.link.profile
         rate = f"{p.rate / 1e6:.0f} Mbit/s" if p.rate else "no rate cap"
-        return f"profile {p.name}: relay, {p.rtt * 1000:.0f} ms RTT, {rate}"
-
-    def ssh_address(self):
-        """(host, port) both sides dial: the relay of the link, or the instance's sshd."""
-        return self.link.ssh_address() if self.link else self.bed.sshd_address()
+        return f"profile {p.name}: through the relay, {p.rtt * 1000:.0f} ms RTT, {rate}"
 
     @property
     def host(self):
-        return self.ssh_address()[0]
+        """The address both sides dial: the instance's private one (port 22: self.address)."""
+        return self.address[0]
 
     @property
     def ssh_words(self):
         """OpenSSH as the by-hand side runs it: ssh-ec2's login key, the pinned host key."""
-        return ["ssh", "-F", "/dev/null", "-p", str(self.ssh_address()[1]), "-i", str(self.key),
+        return ["ssh", "-F", "/dev/null", "-p", str(self.address[1]), "-i", str(self.key),
                 "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
                 "-o", f"UserKnownHostsFile={self.known_hosts}",
                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
@@ -135,8 +130,9 @@ class Bench:
 
     def env(self, **extra):
         aws = self.link or self.bed
-        host, port = self.ssh_address()
         env = {
+            # ssh-ec2 finds the instance's address itself: the private one (the bed's
+            # instances have no other); the link's relay, if any, is in the way on the laptop.
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.home),
             "USER": "bench",
@@ -145,7 +141,6 @@ class Bench:
             "AWS_REGION": self.bed.region,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
-            "SSH_EC2_CONNECT": f"{host}:{port}",
             "SSH_EC2_CHECKIP_URL": aws.checkip_url,
         }
         env.update(extra)
@@ -159,10 +154,11 @@ class Bench:
         (instance,) = [d for d in instances.iterdir() if d.is_dir()]
         self.key = instance / "login_ed25519"
         host_key = " ".join((instance / "host_ed25519.pub").read_text().split()[:2])
-        # Pinned at every address OpenSSH may dial: sshd itself, and the relay.
-        addresses = {self.bed.sshd_address()} | ({self.link.relay_address} if self.link else set())
+        self.address = self.bed.sshd_address()
+        self.remote = self.bed.instance_home(REMOTE_USER) / self.name
         self.known_hosts = self.work / "known_hosts"
-        self.known_hosts.write_text("".join(f"[{h}]:{p} {host_key}\n" for h, p in addresses))
+        self.known_hosts.write_text(f"{self.host} {host_key}\n")  # port 22: no [host]:port
+        # The instance's pid 1: every process of the instance descends from it.
         self.sshd = self.bed.sshd_pid()
         self.instance_cpu = CpuGroup(self.sshd, self.name)
 
@@ -256,11 +252,7 @@ class Bench:
         return 0
 
     def cleanup(self):
-        try:
-            if self.instance_up():
-                self.remote_shell(f"rm -rf {self.name} {self.trash}")
-        except Exception as e:  # noqa: BLE001 - cleaning up is best effort
-            log(f"could not remove {self.remote}: {e}")
+        """The instance's disk is in the work directory: it goes with it."""
         if self.link:
             self.link.stop()
         if self.bed:

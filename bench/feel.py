@@ -21,7 +21,6 @@ nothing. See bench/README.md.
 import argparse
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from measure import cpu_seconds, log, run_measured
 from report import report
 from sessions import SERVER, transfer
 from sync import SyncBench
-from base import MB, REMOTE_USER, make_big, make_tree
+from base import MB, make_big, make_tree
 from timing import alternate, median
 
 SCENARIOS = ["relay", "help", "calls", "cold", "warm", "files", "big"]
@@ -67,8 +66,7 @@ class Feel(SyncBench):
                 log(f"relay, {profile}: {size * 8 / seconds / 1e6:.0f} Mbit/s, "
                     f"{cpu:.0%} of a core")
         finally:
-            host, port = self.bed.sshd_address()
-            self.link.call("/_link/target", {"host": host, "port": port})
+            self.link.call("/_link/target", None)  # each connection's own destination again
             server.kill()
             server.wait()
 
@@ -86,20 +84,18 @@ class Feel(SyncBench):
     # -- cold runs
 
     def cold(self, profile, repeat):
-        """`repeat` cold runs in a directory of its own (no instance left between them)."""
+        """`repeat` cold runs in a directory of its own (no instance left between them: each
+        run's is a new machine, with an empty disk)."""
         self.link.set_profile(profile)
-        remote = self.bed.instance_home(REMOTE_USER) / self.cold_project.name
         measures = []
         self.link.new_entries()
         for i in range(repeat):
-            shutil.rmtree(remote, ignore_errors=True)  # a new instance's disk is empty
             os.sync()
             measures.append(run_measured(
                 [self.ssh_ec2, COLD_COMMAND], env=self.env(), cwd=self.cold_project,
                 log_to=self.logs / f"cold-{profile}.log", lines=True))
             log(f"  cold run, {profile}: {measures[-1].seconds:.3f} s")
         time.sleep(1)  # what it left working (a helper) has had its say
-        shutil.rmtree(remote, ignore_errors=True)
         return runlog.runs_of(measures, self.link.new_entries(), PROFILES[profile])
 
     # -- warm runs
@@ -177,7 +173,7 @@ def run(bench, keys):
     steps = [
         ("relay", bench.relay),
         ("help", bench.help),
-        # Cold runs first: one instance at a time can run, and the rest share one left running.
+        # Cold runs first: the rest share one instance left running, the bed's only one then.
         ("calls", lambda: bench.results.update(calls=bench.cold("loopback", a.cold_repeat))),
         ("cold", lambda: bench.results.update(cold=bench.cold("wan", a.cold_repeat))),
         ("launch", bench.launch),

@@ -5,12 +5,20 @@
   waits one round trip, plus the round trips of a new HTTPS connection (TCP + TLS 1.3) the
   first time a connection carries a request for that host; EC2's state changes are slowed to a
   scaled real pace by rewriting moto's answers (ec2pace.py); every request is logged;
-- a TCP relay in front of the instance's sshd that delays each direction and caps its rate
-  (the kernel here has no netem qdisc).
+- a TCP relay between the laptop and the instances' sshds that delays each direction and caps
+  its rate (the kernel here has no netem qdisc).
+
+It runs on the test bed's laptop (bench/bed.py puts the benchmark there, and it inherits that),
+and the relay is transparent: while the profile has one, an nftables rule of the laptop
+(REDIRECT_RULES) sends every connection to port 22 of a VPC address to the relay, which dials
+the address the connection was for (SO_ORIGINAL_DST), its own connections marked so that the
+rule lets them by. ssh-ec2 and OpenSSH dial the instance's private address, as they would
+without the link, and a cold run's new instance is reached through it too.
 
 The profile can be switched while it runs. Control, on the AWS proxy's port, answered at once:
 GET /_link/log?since=N (the request and connection log, JSON), POST /_link/profile
-{"name": ...}, POST /_link/target {"host", "port"} (where the relay dials).
+{"name": ...}, POST /_link/target {"host", "port"} (a fixed address for the relay to dial, for
+connections made to the relay's own port; null: back to each connection's own destination).
 Prints one JSON line {"aws", "checkip", "ssh"} when it listens; ends when stdin reaches EOF.
 """
 
@@ -20,6 +28,7 @@ import http.client
 import json
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -31,6 +40,19 @@ from ec2pace import Ec2Pace
 
 CHUNK = 256 * 1024       # the relay's reads: large enough that Python's cost per read stays low
 MIN_WINDOW = 4 << 20     # bytes in flight per direction when the profile sets no TCP window
+MARK = 0x5EC2            # on the relay's own connections: the redirect rule lets them by
+SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_ORIGINAL_DST = 80     # linux/netfilter_ipv4.h
+# SSH to any address off loopback (on the laptop, only the VPC's are reachable) goes to the
+# relay, unless the relay itself dials it. Priority -100: NAT, before the bed's own filter.
+REDIRECT_RULES = """\
+table ip bench_link {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    meta mark != {mark:#x} ip daddr != 127.0.0.0/8 tcp dport 22 redirect to :{port}
+  }}
+}}
+"""
 
 
 @dataclass(frozen=True)
@@ -51,7 +73,8 @@ class Profile:
 
 
 PROFILES = {p.name: p for p in (
-    # What the test suite sees: no delay, EC2 states change at once; SSH goes straight to sshd.
+    # What the test suite sees: no delay, EC2 states change at once; SSH goes straight to sshd
+    # (no redirect rule).
     Profile("loopback", relay=False),
     # The relay alone, nothing added: what it can carry on this machine.
     Profile("bare"),
@@ -62,9 +85,10 @@ PROFILES = {p.name: p for p in (
 
 
 class Link:
-    def __init__(self, profile, target):
-        self.profile = profile
-        self.target = target          # (host, port) the relay dials: the instance's sshd
+    def __init__(self):
+        self.profile = None           # set_profile
+        self.relay_port = None        # once it listens
+        self.target = None            # (host, port) the relay dials; None: where each was going
         self.pace = Ec2Pace()
         self.log = []                 # dicts, in order; see note()
         self.connections = 0
@@ -90,13 +114,31 @@ class Link:
             since = int(dict(parse_qsl(url.query)).get("since", 0))
             return 200, self.log[since:]
         if method == "POST" and url.path == "/_link/profile":
-            self.profile = PROFILES[json.loads(body)["name"]]
+            self.set_profile(PROFILES[json.loads(body)["name"]])
             return 200, {"profile": self.profile.name}
         if method == "POST" and url.path == "/_link/target":
             spec = json.loads(body)
-            self.target = (spec["host"], int(spec["port"]))
-            return 200, {"target": list(self.target)}
+            self.target = spec and (spec["host"], int(spec["port"]))
+            return 200, {"target": self.target}
         return 404, {"error": f"no {method} {url.path}"}
+
+    def set_profile(self, profile):
+        """Switches the profile, and SSH to the instances through the relay or straight."""
+        was = self.profile and self.profile.relay
+        self.profile = profile
+        if profile.relay and not was:
+            nft(REDIRECT_RULES.format(mark=MARK, port=self.relay_port))
+        elif was and not profile.relay:
+            remove_redirect()
+
+
+def nft(script):
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+
+
+def remove_redirect():
+    # Declaring the table first makes the deletion succeed whether or not it is there.
+    nft("table ip bench_link\ndelete table ip bench_link\n")
 
 
 # ---------------------------------------------------------------- the HTTP proxies
@@ -285,6 +327,39 @@ async def carry(link, reader, writer, counter):
         tasks.create_task(deliver())
 
 
+def destination(writer):
+    """Where a connection the redirect rule brought to the relay was going (host, port)."""
+    sock = writer.get_extra_info("socket")
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, address = struct.unpack("!2xH4s8x", raw)
+    target = (socket.inet_ntoa(address), port)
+    if target == sock.getsockname()[:2]:
+        raise ConnectionRefusedError("a connection to the relay's own port, and no target set")
+    return target
+
+
+async def dial(target):
+    """A connection to `target`, marked so that the redirect rule does not bring it back."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, target)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+def leaves(error):
+    """The exceptions inside an exception group, however deeply nested (TaskGroups nest)."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaves(inner)
+    else:
+        yield error
+
+
 def relay_handler(link):
     async def handle(client_reader, client_writer):
         set_nodelay(client_writer)
@@ -298,7 +373,7 @@ def relay_handler(link):
                 entry["refused"] = "pending"
                 client_writer.transport.abort()
                 return
-            server_reader, server_writer = await asyncio.open_connection(*link.target)
+            server_reader, server_writer = await dial(link.target or destination(client_writer))
             set_nodelay(server_writer)
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -307,7 +382,7 @@ def relay_handler(link):
             finally:
                 server_writer.close()
         except* (ConnectionError, OSError) as group:
-            entry["error"] = "; ".join(str(e) for e in group.exceptions)
+            entry["error"] = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(group))
         finally:
             client_writer.close()
             entry.update(closed=time.time(), up=entry["up"][0], down=entry["down"][0])
@@ -322,11 +397,11 @@ class LinkProcess:
     """link.py run by a benchmark, in front of a test bed (bed.Bed), until stop()."""
 
     def __init__(self, bed, profile, log_to):
-        host, port = bed.sshd_address()
         self.stderr = open(log_to, "wb")
+        # On the laptop, as bed.py has put this process.
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--aws", bed.aws_endpoint, "--checkip", bed.checkip_url,
-             "--sshd", f"{host}:{port}", "--profile", profile],
+             "--profile", profile],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         line = self.process.stdout.readline()
         if not line:
@@ -335,23 +410,20 @@ class LinkProcess:
         self.aws_endpoint, self.checkip_url = ready["aws"], ready["checkip"]
         host, port = ready["ssh"].rsplit(":", 1)
         self.relay_address = (host, int(port))
-        self.direct_address = bed.sshd_address()
         self.profile = PROFILES[profile]
         self.seen = 0  # log entries read
 
-    def call(self, path, data=None):
-        request = urllib.request.Request(self.aws_endpoint + path, method="POST" if data else "GET",
-                                         data=json.dumps(data).encode() if data else None)
+    def call(self, path, *data):
+        """GET `path`, or POST it the JSON of `data` when there is one (null included)."""
+        body = json.dumps(data[0]).encode() if data else None
+        request = urllib.request.Request(self.aws_endpoint + path, data=body,
+                                         method="POST" if data else "GET")
         with urllib.request.urlopen(request, timeout=30) as answer:
             return json.loads(answer.read())
 
     def set_profile(self, name):
         self.call("/_link/profile", {"name": name})
         self.profile = PROFILES[name]
-
-    def ssh_address(self):
-        """Where SSH clients dial under the current profile: the relay, or sshd itself."""
-        return self.relay_address if self.profile.relay else self.direct_address
 
     def new_entries(self):
         """The log entries since the last call."""
@@ -368,25 +440,29 @@ class LinkProcess:
 # ---------------------------------------------------------------- the process
 
 async def serve(args):
-    host, port = args.sshd.rsplit(":", 1)
-    link = Link(PROFILES[args.profile], (host, int(port)))
+    link = Link()
     aws = await asyncio.start_server(proxy_handler(link, "aws", args.aws), "127.0.0.1", 0)
     checkip = await asyncio.start_server(proxy_handler(link, "checkip", args.checkip),
                                          "127.0.0.1", 0)
     relay = await asyncio.start_server(relay_handler(link), "127.0.0.1", 0)
     ports = [s.sockets[0].getsockname()[1] for s in (aws, checkip, relay)]
-    print(json.dumps({"aws": f"http://127.0.0.1:{ports[0]}",
-                      "checkip": f"http://127.0.0.1:{ports[1]}/",
-                      "ssh": f"127.0.0.1:{ports[2]}"}), flush=True)
-    # The bench holds our stdin: EOF means it is done, or died.
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+    link.relay_port = ports[2]
+    remove_redirect()  # an earlier link.py's, killed before it could
+    link.set_profile(PROFILES[args.profile])
+    try:
+        print(json.dumps({"aws": f"http://127.0.0.1:{ports[0]}",
+                          "checkip": f"http://127.0.0.1:{ports[1]}/",
+                          "ssh": f"127.0.0.1:{ports[2]}"}), flush=True)
+        # The bench holds our stdin: EOF means it is done, or died.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+    finally:
+        remove_redirect()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--aws", required=True, help="the AWS endpoint to forward to (moto)")
     parser.add_argument("--checkip", required=True, help="the checkip URL to forward to")
-    parser.add_argument("--sshd", required=True, help="HOST:PORT the relay dials")
     parser.add_argument("--profile", default="wan", choices=PROFILES)
     asyncio.run(serve(parser.parse_args()))
 

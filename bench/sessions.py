@@ -1,7 +1,8 @@
 """ssh-ec2's session benchmark: jobs and forwards against the same done by hand with OpenSSH.
 
 On one simulated cloud (tests/testbed/cloud.py) and one instance launched with ssh-ec2
-(--leave), against the very same loopback sshd, each side in turn:
+(--leave), against the very same sshd at the instance's private address, from the bed's
+laptop, each side in turn:
 
 - detach: `ssh-ec2 --detach JOB` in the project directory (find the instance, connect, sync up,
   start the job in tmux with its record) vs `rsync -e ssh` up + `ssh HOST tmux new -d JOB`;
@@ -62,7 +63,6 @@ class Sessions(Bench):
     def __init__(self, args):
         super().__init__(args)
         self.job = job_name(self.project)
-        self.server_pid = None
 
     def kill_jobs(self, sides=("ssh-ec2", "by hand")):
         """Ends the sides' jobs (only these sessions: the tmux server may hold others)."""
@@ -153,14 +153,13 @@ class Sessions(Bench):
     # -- forward
 
     def start_server(self, port, size):
+        """The server on the instance: it ends with the instance, when the cloud stops."""
         script = f"{self.name}.serve.py"
-        started = subprocess.run(
+        subprocess.run(
             [*self.ssh_words, self.host,
              f"cat > {script} && (setsid python3 {script} {port} {size} </dev/null "
-             f">/dev/null 2>&1 & echo $!)"],
-            input=SERVER, capture_output=True, text=True, check=True, timeout=RUN_TIMEOUT)
-        self.server_pid = int(started.stdout.split()[-1])
-        self.server_script = script
+             f">/dev/null 2>&1 &)"],
+            input=SERVER, text=True, check=True, timeout=RUN_TIMEOUT)
 
     def tunnel(self, side, local, remote, log_to):
         """The side's tunnel, up: its remote command says so, and ends when stdin closes."""
@@ -179,16 +178,6 @@ class Sessions(Bench):
             child.kill()
             raise SystemExit(f"bench: the {side} tunnel did not come up: see {log_to}")
         return child, out
-
-    def cleanup(self):
-        try:
-            if self.instance_up():
-                self.kill_jobs()
-                if self.server_pid:
-                    self.remote_shell(f"kill {self.server_pid}; rm -f {self.server_script}")
-        except Exception as e:  # noqa: BLE001 - cleaning up is best effort
-            log(f"could not end the jobs and the server: {e}")
-        super().cleanup()
 
 
 def transfer(port, size):

@@ -1,8 +1,9 @@
 """ssh-ec2's sync benchmark: ssh-ec2 against the same steps by hand with OpenSSH and rsync.
 
 Starts one simulated cloud (tests/testbed/cloud.py), launches one instance with ssh-ec2
-(--leave), then times each scenario both ways against the very same sshd, dialled on loopback
-or, with --profile wan or fat, through the simulated link of link.py:
+(--leave), then times each scenario both ways from the bed's laptop against the very same sshd,
+dialled at the instance's private address straight over the bed's bridge or, with --profile wan
+or fat, through the simulated link of link.py:
 
 - ssh-ec2: `ssh-ec2 --leave COMMAND` in the project directory (find the instance, connect,
   sync up, run, pull back), as a user runs it;
@@ -114,8 +115,9 @@ class SyncBench(Bench):
         print(f"ssh-ec2 sync benchmark: {version} ({self.ssh_ec2})")
         print(f"  {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end; "
               f"{rsync_version}; {ssh_version}")
-        host, port = self.ssh_address()
-        print(f"  both sides dial {host}:{port} ({self.profile_summary()}); by hand = rsync up "
+        host, port = self.address
+        print(f"  both sides dial {host}:{port} on the laptop ({self.profile_summary()}); "
+              "by hand = rsync up "
               "+ ssh + rsync back (3 OpenSSH connections), same rsync options as ssh-ec2")
         print(f"  cipher negotiated: ssh-ec2 (russh) {russh}; by hand (OpenSSH) "
               f"{', '.join(openssh) or '?'}")
@@ -180,7 +182,8 @@ def main():
     parser.add_argument("--only", help="comma-separated scenario keys: nosync, first, "
                         "nochange, pull1, bigup, bigdown")
     parser.add_argument("--profile", default="loopback", choices=PROFILES,
-                        help="the link both sides go through (link.py; loopback: none)")
+                        help="the link both sides go through (link.py; loopback: none, "
+                        "straight over the bed's bridge)")
     parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     args = parser.parse_args()

@@ -154,7 +154,7 @@ pub fn run_cost(
     });
     let (instances, each, volumes) = match nodes {
         1 => ("instance".to_string(), "", "its"),
-        n => (format!("{n} instances"), " each", "their"),
+        n => (format!("for {n} instances"), " each", "their"),
     };
     match storage {
         Some((gib, storage)) => format!(
@@ -248,7 +248,7 @@ mod tests {
             4,
         );
         assert!(
-            cost.starts_with("about $4.30 ($4.21 4 instances at $0.5260/hour each")
+            cost.starts_with("about $4.30 ($4.21 for 4 instances at $0.5260/hour each")
                 && cost.ends_with("for their 100 GiB volumes)"),
             "{cost}"
         );

@@ -52,8 +52,8 @@ impl Printer {
         }
     }
 
-    /// `-v`: rsync lists the files it transfers.
-    pub fn lists_files(&self) -> bool {
+    /// `-v`: rsync lists the files it transfers, `--dry-run` shows the user-data.
+    pub fn verbose(&self) -> bool {
         self.verbosity >= Verbosity::ListFiles
     }
 
@@ -231,6 +231,25 @@ fn terminal_text(message: &str, raw: bool) -> String {
     }
 }
 
+/// `12 bytes`, `1.5 KiB`, `16 GiB`.
+pub fn format_bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count} bytes");
+    }
+    let mut value = count as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let value = match value.fract() {
+        0.0 => format!("{value}"),
+        _ => format!("{value:.1}"),
+    };
+    format!("{value} {}", UNITS[unit])
+}
+
 /// `4.2s`, `3m12s`, `1h05m`: short enough for a summary line.
 pub fn format_duration(elapsed: Duration) -> String {
     let secs = elapsed.as_secs();
@@ -244,6 +263,13 @@ pub fn format_duration(elapsed: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_like_sizes() {
+        assert_eq!(format_bytes(12), "12 bytes");
+        assert_eq!(format_bytes(16 * 1024 * 1024 * 1024), "16 GiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+    }
 
     #[test]
     fn lines_return_to_the_first_column_in_raw_mode() {

@@ -1,7 +1,19 @@
 //! What `--help` and the man page say beyond the flags: examples, the environment, the files,
-//! the exit status. One text each, for both.
+//! the exit status, where the documentation is. One text each, for both.
 
 use crate::settings;
+
+/// The documentation's pages, under the repository that Cargo.toml names (one address, set
+/// once there).
+pub const DOCS: &str = concat!(env!("CARGO_PKG_REPOSITORY"), "/tree/main/docs");
+
+/// Where to read more: the pages, and what they hold.
+pub const SEE_ALSO: &[(&str, &str)] = &[(
+    DOCS,
+    "usage (every option), configuration (every setting), jobs, clusters, the admin's set-up, \
+     how it works, troubleshooting (the GPU quota, the errors people hit); also docs/ in \
+     ssh-ec2's source",
+)];
 
 /// A few runs people start with.
 pub const EXAMPLES: &[(&str, &str)] = &[
@@ -100,10 +112,24 @@ pub fn long_help() -> String {
         text.push_str(&format!("  {status:<14} {what}\n"));
     }
     text.push_str(
-        "\n--show-config shows every setting and where it came from. The documentation is \
-         README.md and docs/ in ssh-ec2's source.",
+        "\n--show-config shows every setting and where it came from; `man ssh-ec2` says all this \
+         too, once installed (`ssh-ec2 --generate man`, see README.md).\n\nDocumentation:\n",
     );
+    for (address, what) in SEE_ALSO {
+        text.push_str(&format!("  {address}\n      {what}\n"));
+    }
     text
+}
+
+/// The text after `-h`'s options: the essentials, and where to read more.
+pub fn short_help() -> String {
+    format!(
+        "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
+         Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml, a preset of \
+         theirs, ./.env and the environment; flags win. --show-config shows where each one came \
+         from; --help adds examples, the variables and the files.\n\
+         Documentation: {DOCS}"
+    )
 }
 
 #[cfg(test)]
@@ -122,5 +148,6 @@ mod tests {
         assert!(find("AWS_DEFAULT_REGION").unwrap().contains("`region`"));
         assert!(find("SSH_EC2_PRESET").unwrap().contains("--preset"));
         assert!(long_help().contains("ssh-ec2 --detach"));
+        assert!(long_help().contains("https://github.com/ssh-ec2/ssh-ec2/tree/main/docs"));
     }
 }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, ArgGroup, Args, Parser, ValueEnum};
 
 use crate::settings::values::{
-    Address, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag, Timeout,
+    Address, EnvEntry, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, SubnetIds, Tag,
+    Timeout,
 };
 use crate::ssh::forward::Forward;
 
@@ -54,11 +55,7 @@ const WITHOUT_COMMAND: [&str; 7] = [
     about = "Run a command on a throw-away AWS EC2 machine as if it were local.",
     long_about = "Launches (or reuses) the EC2 instance that belongs to the current directory, syncs \
                   the directory to it with rsync, runs COMMAND there (a login shell if none), pulls \
-                  new and changed files back, then terminates, stops or leaves the instance.",
-    after_help = "Exit status: the remote command's; 255 if ssh-ec2 itself failed; 130 on Ctrl-C.\n\
-                  Settings also come from ~/.config/ssh-ec2/config.toml, ./.ssh-ec2.toml, a \
-                  preset of theirs, ./.env and the environment; flags win. --show-config shows \
-                  where each one came from; --help adds examples and the variables."
+                  new and changed files back, then terminates, stops or leaves the instance."
 )]
 #[command(group(ArgGroup::new("mode").multiple(false).args(MODE_FLAGS)))]
 #[command(group(
@@ -76,6 +73,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub job: JobFlags,
+
+    #[command(flatten)]
+    pub env: EnvFlags,
 
     #[command(flatten)]
     pub forwards: ForwardFlags,
@@ -129,7 +129,7 @@ pub struct JobFlags {
     /// With --finish: wait without attaching.
     #[arg(long, requires = "finish")]
     pub no_attach: bool,
-    /// Run the command inside tmux or screen (none: directly). Default: none, tmux with --detach.
+    /// Run the command inside tmux or screen (none: directly).
     #[arg(long = "multi", alias = "multiplex", value_name = "tmux|screen|none")]
     pub multiplex: Option<Multiplex>,
     /// How long to keep trying to reconnect to a tmux/screen job after the connection dropped.
@@ -162,7 +162,7 @@ pub struct EndOfLifeFlags {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Instance")]
 pub struct InstanceFlags {
-    /// AWS region (default: the AWS config chain, else eu-central-1).
+    /// AWS region.
     #[arg(long)]
     pub region: Option<String>,
     /// EC2 instance type.
@@ -177,19 +177,19 @@ pub struct InstanceFlags {
     /// Launch the newest Amazon image whose name matches this pattern (`*` wildcards).
     #[arg(long, value_name = "PATTERN")]
     pub image_name: Option<String>,
-    /// Remote login user (default: guessed from the image name).
+    /// Remote login user.
     #[arg(long)]
     pub user: Option<LoginUser>,
     /// IAM instance profile given to the instance, so it needs no copied credentials.
     #[arg(long, value_name = "NAME")]
     pub instance_profile: Option<String>,
-    /// Subnet to launch in (default: the default VPC).
+    /// Subnet to launch in.
     #[arg(long, value_name = "ID")]
     pub subnet_id: Option<String>,
     /// Subnets to try in turn (after --subnet-id) when one has no capacity; all in one VPC.
     #[arg(long, value_name = "S1,S2")]
     pub subnet_ids: Option<SubnetIds>,
-    /// Root volume size in GiB (default: the image's).
+    /// Root volume size in GiB.
     #[arg(long, value_name = "GIB")]
     pub volume_size: Option<u32>,
     /// Extra tag for the instance and its resources; repeat for more.
@@ -198,14 +198,14 @@ pub struct InstanceFlags {
     /// The instance's Name tag.
     #[arg(long)]
     pub name: Option<String>,
-    /// Remote directory to sync into and run in (default: ~/<this directory's name>).
+    /// Remote directory to sync into and run in.
     #[arg(long, value_name = "DIR")]
     pub remote_dir: Option<String>,
     /// Launch a spot instance (one-time: it cannot be stopped); on-demand when there is no
     /// spot capacity.
     #[arg(long)]
     pub spot: bool,
-    /// With --spot: the most to pay per hour, in USD (default: the on-demand price).
+    /// With --spot: the most to pay per hour, in USD.
     #[arg(long, value_name = "USD")]
     pub max_price: Option<String>,
     /// Spot or nothing: fail rather than launch on-demand when there is no spot capacity.
@@ -218,11 +218,11 @@ pub struct InstanceFlags {
     /// Give each node an Elastic Fabric Adapter, for types that have one (p4d, p5, g5.12xlarge…).
     #[arg(long)]
     pub efa: bool,
-    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-run key.
+    /// Private key of the EC2 key pair named by --key-name, instead of a fresh per-instance key.
     #[arg(short = 'i', long = "identity", short_alias = 'I', value_name = "FILE")]
     pub identity_file: Option<PathBuf>,
-    /// EC2 key pair to launch with (default with -i: $TRIGRAM, else $USER); without -i its
-    /// private key is read from ~/.ssh/NAME.pem.
+    /// EC2 key pair to launch with (the owner is $TRIGRAM, else $USER); without -i its private
+    /// key is read from ~/.ssh/NAME.pem.
     #[arg(long, value_name = "NAME")]
     pub key_name: Option<String>,
 }
@@ -248,6 +248,23 @@ pub struct NetworkFlags {
     /// Give up if the instance is not running with SSH letting us in after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub boot_timeout: Option<Timeout>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "The command's environment")]
+pub struct EnvFlags {
+    /// Set NAME in the remote command's environment, to VALUE or to its value here (refused
+    /// when unset). Repeat for more. Sent over SSH, never on a command line.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<EnvEntry>,
+    /// Read variables for the remote command from FILE: NAME=VALUE lines (or NAME, for its
+    /// value here), # comments. Repeat for more; -e wins.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Also send variables whose names look like secrets (AWS_*, *_TOKEN, *_SECRET*,
+    /// *PASSWORD*): every process of the login user on the instance can read them.
+    #[arg(long)]
+    pub allow_secret_env: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,12 +2,12 @@
 //! settings layer of its values (every flag mapped, or it does not compile), and the rest.
 
 use super::flags::{
-    Cli, ConfigFlags, EndOfLifeFlags, FleetFlags, ForwardFlags, Generated, InstanceFlags, JobFlags,
-    LookFlags, NetworkFlags, OutputFlags, SyncFlags,
+    Cli, ConfigFlags, EndOfLifeFlags, EnvFlags, FleetFlags, ForwardFlags, Generated, InstanceFlags,
+    JobFlags, LookFlags, NetworkFlags, OutputFlags, SyncFlags,
 };
 use crate::printer::Verbosity;
 use crate::settings::Layer;
-use crate::settings::values::{EndOfLife, Limit, Multiplex, Timeout};
+use crate::settings::values::{EndOfLife, EnvEntries, Limit, Multiplex, Timeout};
 use crate::ssh::forward::Forward;
 
 /// What ssh-ec2 is asked to do.
@@ -68,6 +68,10 @@ pub struct Request {
     pub local_forwards: Vec<Forward>,
     pub remote_forwards: Vec<Forward>,
     pub no_rsync: bool,
+    /// `--env-file`, read by the plan: its variables go under those of `-e` in `flags.env`.
+    pub env_files: Vec<std::path::PathBuf>,
+    /// `--allow-secret-env`: send the variables whose names look like secrets too.
+    pub allow_secret_env: bool,
 }
 
 /// Every flag is named here, so one that is added and not mapped does not compile.
@@ -76,6 +80,12 @@ pub fn from_cli(cli: Cli) -> Result<Request, String> {
         end_of_life,
         sync: SyncFlags { no_rsync },
         job,
+        env:
+            EnvFlags {
+                env,
+                env_file: env_files,
+                allow_secret_env,
+            },
         forwards: ForwardFlags { local, remote },
         instance,
         network,
@@ -99,6 +109,7 @@ pub fn from_cli(cli: Cli) -> Result<Request, String> {
     flags.max_lifetime = max_lifetime;
     flags.idle_stop = idle_stop;
     (flags.multiplex, flags.reconnect_timeout) = job_layer;
+    flags.env = (!env.is_empty()).then_some(EnvEntries(env));
     Ok(Request {
         mode,
         flags,
@@ -108,6 +119,8 @@ pub fn from_cli(cli: Cli) -> Result<Request, String> {
         local_forwards: local,
         remote_forwards: remote,
         no_rsync,
+        env_files,
+        allow_secret_env,
     })
 }
 
@@ -272,6 +285,8 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         multiplex: None,
         trigram: None,
         user_data: None,
+        // Set by the caller: -e is not an instance flag.
+        env: None,
         tags: tags.into_iter().collect(),
     }
 }
@@ -315,6 +330,22 @@ mod tests {
             (2, 1)
         );
         assert_eq!(request.command.as_deref(), Some("jupyter"));
+        let request = parse(&[
+            "-e",
+            "A=1",
+            "--env",
+            "B",
+            "--env-file",
+            "run.env",
+            "--allow-secret-env",
+            "env",
+        ])
+        .unwrap();
+        assert_eq!(request.flags.env.unwrap().names(), "A,B");
+        assert_eq!(request.env_files, [std::path::PathBuf::from("run.env")]);
+        assert!(request.allow_secret_env);
+        assert_eq!(request.command.as_deref(), Some("env"));
+        assert!(parse(&["-e", "A-B=1", "true"]).is_err());
     }
 
     #[test]

@@ -237,7 +237,7 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
         "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
             "your AWS user is not allowed to do this: ask your AWS admin to run `ssh-ec2 \
              --setup` and add you to the group SshEc2, which carries policies/ssh-ec2-user.json \
-             (see README.md, \"For the admin\")"
+             (see docs/admin.md)"
         }
         "AuthFailure"
         | "InvalidClientTokenId"
@@ -273,7 +273,7 @@ fn hint_for_code(code: &str) -> Option<&'static str> {
         "NoSuchEntity" => {
             "no such IAM instance profile: check --instance-profile / AWS_IAM_INSTANCE_PROFILE \
              (`ssh-ec2 --setup` makes ssh-ec2-s3-read-only and ssh-ec2-s3-read-write; see \
-             README.md, \"For the admin\")"
+             docs/admin.md)"
         }
         _ => return None,
     })

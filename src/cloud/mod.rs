@@ -11,6 +11,7 @@ mod instance;
 mod launch;
 mod network;
 mod pricing;
+mod refused;
 mod tags;
 pub mod userdata;
 
@@ -149,6 +150,7 @@ impl Cloud {
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
         let ec2 = aws_sdk_ec2::config::Builder::from(&config)
             .retry_classifier(launch::CapacityIsAnAnswer)
+            .retry_classifier(refused::RefusedIsAnAnswer)
             .build();
         let (retry, timeout) = pricing::brief();
         let pricing = aws_sdk_pricing::config::Builder::from(&config)

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
 use crate::session::{
-    self, Ground, Plan, Progress, Scene, end_earlier, end_job, job_state, pull_home,
+    self, Ground, Plan, Progress, Scene, Span, end_earlier, end_job, job_state, pull_home,
     reach_and_join, still_running, still_running_note,
 };
 use crate::ssh::RemoteExit;
@@ -39,7 +39,7 @@ pub async fn down(plan: &Plan, printer: &Printer, force: bool) -> Result<ExitSta
         ..Progress::default()
     };
     let work = work(&scene, lock, force, &mut progress).await;
-    session::end_of_run(&scene, work, progress, started).await
+    session::end_of_run(&scene, work, progress, Span::life(&machine, started)).await
 }
 
 async fn work(

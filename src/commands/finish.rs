@@ -9,8 +9,8 @@ use anyhow::{Result, bail};
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
 use crate::session::{
-    self, Followed, Ground, Plan, Progress, Scene, conclude_job, follow_job, job_state, pull_home,
-    reach_and_join, wait_for_earlier,
+    self, Followed, Ground, Plan, Progress, Scene, Span, conclude_job, follow_job, job_state,
+    pull_home, reach_and_join, wait_for_earlier,
 };
 use crate::state::lock::DirLock;
 use crate::status::ExitStatus;
@@ -27,7 +27,7 @@ pub async fn finish(plan: &Plan, printer: &Printer, attach: bool) -> Result<Exit
     let mut progress = Progress::default();
     let attach = attach && plan.terminal.pty;
     let work = work(&scene, attach, lock, &mut progress).await;
-    session::end_of_run(&scene, work, progress, started).await
+    session::end_of_run(&scene, work, progress, Span::life(&machine, started)).await
 }
 
 async fn work(

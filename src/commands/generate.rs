@@ -34,7 +34,7 @@ fn shell(what: Generated) -> Option<Shell> {
 }
 
 /// clap_mangen's sections, with a synopsis that names each option's argument, and the
-/// examples, environment, files and exit status of `--help`.
+/// examples, environment, files, exit status and documentation of `--help`.
 fn man_page(command: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
     let synopsis = synopsis(&command);
     let man = clap_mangen::Man::new(command);
@@ -45,28 +45,11 @@ fn man_page(command: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
     man.render_description_section(out)?;
     man.render_options_section(out)?;
     let mut sections = Roff::new();
-    section(
-        &mut sections,
-        "EXAMPLES",
-        about::EXAMPLES
-            .iter()
-            .map(|(c, w)| (c.to_string(), w.to_string())),
-    );
+    section(&mut sections, "EXAMPLES", pairs(about::EXAMPLES));
     section(&mut sections, "ENVIRONMENT", about::environment());
-    section(
-        &mut sections,
-        "FILES",
-        about::FILES
-            .iter()
-            .map(|(p, w)| (p.to_string(), w.to_string())),
-    );
-    section(
-        &mut sections,
-        "EXIT STATUS",
-        about::EXIT_STATUS
-            .iter()
-            .map(|(s, w)| (s.to_string(), w.to_string())),
-    );
+    section(&mut sections, "FILES", pairs(about::FILES));
+    section(&mut sections, "EXIT STATUS", pairs(about::EXIT_STATUS));
+    section(&mut sections, "SEE ALSO", pairs(about::SEE_ALSO));
     out.extend(sections.to_roff().bytes());
     man.render_version_section(out)
 }
@@ -105,6 +88,11 @@ fn synopsis(command: &clap::Command) -> Roff {
     roff
 }
 
+/// `about`'s lists as a section's items.
+fn pairs(items: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    items.iter().map(|(a, b)| (a.to_string(), b.to_string()))
+}
+
 /// A section of tagged paragraphs: each item in bold, what it is below it.
 fn section(roff: &mut Roff, title: &str, items: impl IntoIterator<Item = (String, String)>) {
     roff.control("SH", [title]);
@@ -131,6 +119,7 @@ mod tests {
             "ENVIRONMENT",
             "FILES",
             "\"EXIT STATUS\"",
+            "\"SEE ALSO\"",
         ] {
             assert!(text.contains(&format!(".SH {section}")), "{section}");
         }
@@ -139,5 +128,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("AWS_INSTANCE_TYPE"));
+        // roff escapes each hyphen.
+        assert!(text.contains(&about::DOCS.replace('-', "\\-")), "{text}");
     }
 }

@@ -11,7 +11,8 @@ use crate::cloud::{Cloud, Owned, State};
 use crate::fleet::{self, Skipped};
 use crate::interrupt::Interrupt;
 use crate::plan::FleetPlan;
-use crate::printer::Printer;
+use crate::price;
+use crate::printer::{Printer, format_duration};
 use crate::remote::job::{Job, JobState};
 use crate::session::{job_state, ssh_address};
 use crate::ssh::{Session, Target};
@@ -38,6 +39,9 @@ struct Row {
     /// "spot" or "on-demand".
     market: &'static str,
     launched: Option<String>,
+    /// While it runs: how long since it last started, and what that has cost (every node).
+    running_for_seconds: Option<u64>,
+    cost_usd: Option<f64>,
     expires_at: Option<String>,
     /// This machine holds its keys (so it can reach it).
     keys_here: bool,
@@ -84,12 +88,27 @@ async fn rows(
     let (owned, skipped) = fleet::owner_instances(cloud, &plan.owner, all_regions, printer).await?;
     let mut rows = Vec::new();
     for nodes in fleet::machines(owned) {
-        let instances = nodes.iter().map(|o| o.instance.id.clone()).collect();
+        let instances: Vec<String> = nodes.iter().map(|o| o.instance.id.clone()).collect();
         let owned = nodes.into_iter().next().expect("a machine has a node");
         let keys_here = store.holds(&owned.instance.id);
         let job = match owned.instance.state == State::Running && keys_here {
             true => Some(ask_job(plan, store, &owned, printer).await),
             false => None,
+        };
+        let running_for = (owned.instance.state == State::Running)
+            .then(|| owned.instance.running_since?.elapsed().ok())
+            .flatten();
+        let cost_usd = match (running_for, owned.region == cloud.region) {
+            (Some(running_for), true) => {
+                let instance = &owned.instance;
+                let zone = instance.zone.as_deref();
+                let known = store.known();
+                let hourly =
+                    price::hourly(cloud, &known, &instance.instance_type, instance.spot, zone);
+                let nodes = instances.len() as f64;
+                (hourly.await).map(|h| h.usd * running_for.as_secs_f64() / 3600.0 * nodes)
+            }
+            _ => None,
         };
         rows.push(Row {
             id: owned.instance.id.clone(),
@@ -105,6 +124,8 @@ async fn rows(
                 "on-demand"
             },
             launched: owned.launched,
+            running_for_seconds: running_for.map(|d| d.as_secs()),
+            cost_usd,
             expires_at: owned.expires_at,
             keys_here,
             job,
@@ -155,7 +176,7 @@ fn describe(state: &JobState) -> String {
 /// Aligned columns, the directory last (it is the longest).
 fn table(rows: &[Row]) -> String {
     let dash = || "-".to_string();
-    let cells: Vec<[String; 11]> = rows
+    let cells: Vec<[String; 12]> = rows
         .iter()
         .map(|r| {
             [
@@ -165,6 +186,7 @@ fn table(rows: &[Row]) -> String {
                 r.instance_type.clone(),
                 r.market.into(),
                 r.launched.clone().unwrap_or_else(dash),
+                cost(r).unwrap_or_else(dash),
                 r.expires_at.clone().unwrap_or_else(dash),
                 if r.keys_here { "yes" } else { "no" }.into(),
                 r.job.clone().unwrap_or_else(dash),
@@ -180,6 +202,7 @@ fn table(rows: &[Row]) -> String {
         "TYPE",
         "MARKET",
         "LAUNCHED",
+        "COST SO FAR",
         "EXPIRES",
         "KEYS",
         "JOB",
@@ -205,4 +228,14 @@ fn table(rows: &[Row]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// "$1.23 (2h05m)": what a running instance (or cluster) has cost since it last started.
+fn cost(row: &Row) -> Option<String> {
+    let running_for = Duration::from_secs(row.running_for_seconds?);
+    let usd = match row.cost_usd {
+        Some(usd) => format!("${usd:.2}"),
+        None => "$?".to_string(),
+    };
+    Some(format!("{usd} ({})", format_duration(running_for)))
 }

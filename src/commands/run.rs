@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::printer::Printer;
-use crate::session::{self, Ground, Plan, Progress};
+use crate::session::{self, Ground, Plan, Progress, Span};
 use crate::status::ExitStatus;
 
 pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<ExitStatus> {
@@ -29,5 +29,5 @@ pub async fn run(plan: &Plan, printer: &Printer, detach: bool) -> Result<ExitSta
     let scene = ground.scene(plan, &machine, printer);
     let mut progress = Progress::default();
     let work = session::run(&scene, detach, lock, &mut progress).await;
-    session::end_of_run(&scene, work, progress, started).await
+    session::end_of_run(&scene, work, progress, Span::Run(started)).await
 }

@@ -6,14 +6,16 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::cli::Request;
+use crate::cloud::guess_user;
 use crate::plan::host::Host;
+use crate::plan::{here, launch};
 use crate::printer::Printer;
-use crate::settings::{Effective, PRESET_VARIABLE};
+use crate::settings::{Effective, PRESET_VARIABLE, Values};
 use crate::status::ExitStatus;
 
 pub fn show_config(request: &Request, host: &Host, printer: &Printer) -> Result<ExitStatus> {
     let sources = host.sources();
-    let settings = sources.load(request.preset.as_deref(), request.flags.clone())?;
+    let settings = sources.load(request.preset.as_deref(), crate::plan::flags(request)?)?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -38,6 +40,7 @@ pub fn show_config(request: &Request, host: &Host, printer: &Printer) -> Result<
     };
     out.push('\n');
 
+    let values = settings.values.clone().resolve();
     let rows: Vec<_> = settings
         .rows()
         .into_iter()
@@ -46,7 +49,13 @@ pub fn show_config(request: &Request, host: &Host, printer: &Printer) -> Result<
                 // One line per setting, even for multi-line boot commands.
                 (row.name, origin.to_string(), value.replace('\n', "\\n"))
             }
-            Effective::Unset(fallback) => (row.name, "default".to_string(), fallback.to_string()),
+            Effective::Unset(fallback) => {
+                let value = match resolved_here(&row.name, &values, host) {
+                    Some(value) => format!("{value}  {fallback}"),
+                    None => fallback.to_string(),
+                };
+                (row.name, "default".to_string(), value)
+            }
         })
         .collect();
     let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -61,4 +70,20 @@ pub fn show_config(request: &Request, host: &Host, printer: &Printer) -> Result<
     }
     printer.out(out)?;
     Ok(ExitStatus::Success)
+}
+
+/// What a default worked out from this directory comes to here, where no AWS answer is needed;
+/// shown before the rule it follows.
+fn resolved_here(name: &str, values: &Values, host: &Host) -> Option<String> {
+    let local_dir = || here::local_dir(host).ok();
+    match name {
+        "remote_dir" => Some(here::remote_dir(values, &local_dir()?).ok()?.to_string()),
+        "name" => {
+            let owner = here::owner(values, host, String::new()).ok()?;
+            let dir = local_dir()?;
+            Some(launch::default_name(&owner.name, dir.to_str()?))
+        }
+        "user" if values.image_id.is_none() => Some(guess_user(&values.image_name).to_string()),
+        _ => None,
+    }
 }

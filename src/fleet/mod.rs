@@ -250,7 +250,7 @@ async fn reuse(
     phase.done(format!(
         "reusing {}; {}",
         ids.join(", "),
-        spec.watchdog.describe()
+        spec.watchdog.describe(head.spot)
     ));
     Ok(Machine {
         volume_gib: store.volume(&head.id),

@@ -8,14 +8,18 @@ use crate::fleet::{ImageChoice, LaunchSpec, SpotSpec};
 use crate::settings::Values;
 use crate::settings::values::EndOfLife;
 
+/// The instance's Name tag when none is set: `ssh-ec2-<owner>-<directory name>`.
+pub fn default_name(owner: &str, dir: &str) -> String {
+    let dir = dir.rsplit('/').next().filter(|n| !n.is_empty());
+    format!("ssh-ec2-{owner}-{}", dir.unwrap_or("root"))
+}
+
 /// EBS volumes are 1 to 16 TiB.
 const VOLUME_GIB: std::ops::RangeInclusive<u32> = 1..=16384;
 
 pub fn spec(values: &Values, ownership: &Ownership, end_of_life: EndOfLife) -> Result<LaunchSpec> {
-    let name = values.name.clone().unwrap_or_else(|| {
-        let dir = ownership.dir.rsplit('/').next().filter(|n| !n.is_empty());
-        format!("ssh-ec2-{}-{}", ownership.owner.name, dir.unwrap_or("root"))
-    });
+    let name = (values.name.clone())
+        .unwrap_or_else(|| default_name(&ownership.owner.name, &ownership.dir));
     let mut tags = ownership.tags();
     tags.push(("Name".into(), name.chars().take(MAX_TAG_VALUE).collect()));
     tags.extend(values.tags.0.clone());

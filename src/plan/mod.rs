@@ -6,11 +6,12 @@
 //! here once.
 //!
 //! - `host`: this machine's facts; `here`: this directory and its owner; `launch`: how its
-//!   instance would be launched.
+//!   instance would be launched; `env`: the remote command's variables.
 
-mod here;
+mod env;
+pub mod here;
 pub mod host;
-mod launch;
+pub mod launch;
 
 use std::time::SystemTime;
 
@@ -19,10 +20,11 @@ use anyhow::{Result, bail};
 use crate::cli::{InstanceMode, Request};
 use crate::cloud::{Account, Owner, Ownership};
 use crate::fleet::{Ingress, MachineSpec};
+use crate::remote::env::Environment;
 use crate::remote::watchdog::Arming;
 use crate::session::{Dial, Forwards, Plan, Reach, Terminal};
-use crate::settings::Values;
-use crate::settings::values::{EndOfLife, Multiplex};
+use crate::settings::values::{EndOfLife, EnvEntries, Multiplex};
+use crate::settings::{Layer, Values};
 use crate::ssh::forward::LocalForward;
 use crate::state::keys::LoginKey;
 use crate::state::{Dirs, machine};
@@ -32,8 +34,20 @@ use host::Host;
 pub fn values(request: &Request, host: &Host) -> Result<Values> {
     let settings = host
         .sources()
-        .load(request.preset.as_deref(), request.flags.clone())?;
+        .load(request.preset.as_deref(), flags(request)?)?;
     Ok(settings.values.resolve())
+}
+
+/// The settings layer of the flags: `request.flags`, with the `--env-file`s' variables under
+/// those of `-e` (like `-e`, they replace the lower layers' `env`).
+pub fn flags(request: &Request) -> Result<Layer> {
+    let mut flags = request.flags.clone();
+    if !request.env_files.is_empty() {
+        let mut entries = env::read_env_files(&request.env_files)?;
+        entries.extend(flags.env.take().map(|e| e.0).unwrap_or_default());
+        flags.env = Some(EnvEntries(entries));
+    }
+    Ok(flags)
 }
 
 /// What `--list` and `--gc` need: the owner's instances from anywhere, and how to reach them.
@@ -75,6 +89,15 @@ pub fn for_instance(
             values.nodes
         );
     }
+    let env = match launches(mode) {
+        // Refused before any AWS call: an unset name, a secret not allowed.
+        true => env::resolve(
+            values.env.as_ref().map_or(&[], |e| &e.0),
+            &|name| std::env::var_os(name),
+            request.allow_secret_env,
+        )?,
+        false => Environment::default(),
+    };
     let local_dir = here::local_dir(host)?;
     let owner = here::owner(&values, host, machine::load_or_create(&host.state_dir)?)?;
     let login = login(&values, &owner.name, host);
@@ -130,11 +153,12 @@ pub fn for_instance(
         forwards,
         sync,
         command: request.command,
+        env,
         multiplex: values.multiplex,
     })
 }
 
-/// The modes that may launch an instance.
+/// The modes that may launch an instance: also those that start a command.
 fn launches(mode: InstanceMode) -> bool {
     use InstanceMode::*;
     matches!(mode, Run | Detach | DryRun { .. })

@@ -138,23 +138,32 @@ impl Job {
     }
 
     /// Writes the record and starts `command` in `dir` inside the multiplexer, detached, at
-    /// the given terminal size.
+    /// the given terminal size. With `env`, the user's variables come on stdin, into the
+    /// record, and the wrapper exports them to the command (see `remote::env`).
     pub fn start_command(
         &self,
         multiplexer: Multiplexer,
         dir: &RemoteDir,
         command: &str,
         (cols, rows): (u16, u16),
+        env: bool,
     ) -> String {
         let record = self.record();
         let stamp = "date -u +%Y-%m-%dT%H:%M:%SZ";
+        let (write_env, load_env) = match env {
+            true => (
+                format!("{} && ", super::env::write_command("\"$r\"")),
+                format!("{} && ", super::env::load_command(&record)),
+            ),
+            false => Default::default(),
+        };
         // The wrapper outlives any connection: it keeps the status even when nobody attaches.
         // Its pid tells the instance's dead-man switch (see `watchdog`) that the job lives.
         // SIGTERM to the job's group (`--down --force`) is the command's to handle: the
         // wrapper waits for it (a trap, unlike an ignored signal, is not inherited), since its
         // end as the pane's session leader would hang up on the command at once.
         let wrapper = format!(
-            "trap : TERM; echo $$ > {record}/pid; cd {dir} && \"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
+            "trap : TERM; echo $$ > {record}/pid; cd {dir} && {load_env}\"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
              echo $s > {record}/exit.new && mv {record}/exit.new {record}/exit; {stamp} > {record}/ended",
             dir = dir.for_shell(),
             command = shell_quote(command),
@@ -170,7 +179,7 @@ impl Job {
             }
         };
         format!(
-            "r={record} && rm -rf \"$r\" && mkdir -p \"$r\" && printf '%s\\n' {command} > \"$r/command\" && \
+            "r={record} && rm -rf \"$r\" && mkdir -p \"$r\" && {write_env}printf '%s\\n' {command} > \"$r/command\" && \
              printf '%s\\n' {dir} > \"$r/dir\" && {stamp} > \"$r/started\" && \
              echo {multiplexer} > \"$r/multiplexer\" && {launch}",
             command = shell_quote(command),

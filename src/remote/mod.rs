@@ -3,6 +3,7 @@
 //! (`runs`), the dead-man switch and the spot watch.
 
 pub mod cluster;
+pub mod env;
 pub mod host_key;
 pub mod job;
 pub mod lease;

@@ -47,11 +47,15 @@ impl RunRecord {
     /// With `relay_stdout` (no PTY), stdout goes through a FIFO that a `cat` copies to the
     /// session: killing that `cat` is how ssh's "end of output" reaches the command, which gets
     /// SIGPIPE at its next write, exactly as when OpenSSH's client loses its stdout.
+    ///
+    /// With `env`, the user's variables, written first by `write_env_command`, are exported to
+    /// the login shell (see `remote::env`).
     pub fn command_line(
         &self,
         dir: &RemoteDir,
         command: Option<&str>,
         relay_stdout: bool,
+        env: bool,
     ) -> String {
         let mut line = format!(
             "r={} && mkdir -p \"$r\" && echo $$ > \"$r/pid\" && \
@@ -60,6 +64,9 @@ impl RunRecord {
             self.dir(),
             dir.for_shell()
         );
+        if env {
+            line.push_str(&format!("{} && ", super::env::load_command("\"$r\"")));
+        }
         if relay_stdout {
             line.push_str("mkfifo \"$r/out\" && { cat \"$r/out\" & echo $! > \"$r/cat\"; } && ");
         }
@@ -71,6 +78,11 @@ impl RunRecord {
             line.push_str(" > \"$r/out\"");
         }
         line
+    }
+
+    /// Writes the user's variables, sent on stdin, where `command_line` finds them.
+    pub fn write_env_command(&self) -> String {
+        super::env::write_command(&self.dir())
     }
 
     /// Tells the command its stdout is gone (see `command_line`).
@@ -177,11 +189,18 @@ mod tests {
                       { cat /proc/sys/kernel/random/boot_id; true; } > \"$r/boot\" 2>/dev/null && \
                       date -u +%Y-%m-%dT%H:%M:%SZ > \"$r/started\" && cd \"$HOME\"/p && ";
         assert_eq!(
-            record.command_line(&dir, Some("make train"), false),
+            record.command_line(&dir, Some("make train"), false, false),
             format!("{prefix}exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'")
         );
         assert_eq!(
-            record.command_line(&dir, None, true),
+            record.command_line(&dir, Some("make train"), false, true),
+            format!(
+                "{prefix}. \"$r\"/env && rm -f \"$r\"/env && \
+                 exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'"
+            )
+        );
+        assert_eq!(
+            record.command_line(&dir, None, true, false),
             format!(
                 "{prefix}mkfifo \"$r/out\" && {{ cat \"$r/out\" & echo $! > \"$r/cat\"; }} && \
                  exec \"${{SHELL:-/bin/sh}}\" -l > \"$r/out\""

@@ -80,22 +80,24 @@ impl Arming {
         )
     }
 
-    /// When the instance will end itself, for the launch line.
-    pub fn describe(&self) -> String {
+    /// When the instance will end itself, for the launch line: a spot instance, which cannot
+    /// be stopped, is terminated instead.
+    pub fn describe(&self, spot: bool) -> String {
+        let ends = if spot { "terminates" } else { "stops" };
         match (self.expires_at(), self.idle_stop) {
             (Some(at), Limit::After(_)) => format!(
-                "it stops itself at {at} (--max-lifetime {}), or after {} idle",
+                "it {ends} itself at {at} (--max-lifetime {}), or after {} idle",
                 self.max_lifetime, self.idle_stop
             ),
             (Some(at), Limit::Off) => {
                 format!(
-                    "it stops itself at {at} (--max-lifetime {})",
+                    "it {ends} itself at {at} (--max-lifetime {})",
                     self.max_lifetime
                 )
             }
-            (None, Limit::After(_)) => format!("it stops itself after {} idle", self.idle_stop),
+            (None, Limit::After(_)) => format!("it {ends} itself after {} idle", self.idle_stop),
             (None, Limit::Off) => {
-                "it never stops itself (--max-lifetime and --idle-stop are off)".to_string()
+                "it never ends itself (--max-lifetime and --idle-stop are off)".to_string()
             }
         }
     }

@@ -11,13 +11,15 @@ use anyhow::{Context, Result};
 use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
+use super::env::{JobStart, write_env};
 use super::host_key;
 use super::reach::{Reached, connect};
 use crate::fleet::Machine;
 use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::cluster::{Layout, fan_out_command};
-use crate::remote::job::{Job, JobState, Multiplexer};
+use crate::remote::env::Environment;
+use crate::remote::job::{Job, JobState};
 use crate::remote::runs::RunRecord;
 use crate::remote::{self, RemoteDir};
 use crate::settings::values::HostPort;
@@ -160,16 +162,18 @@ pub async fn fan_out(
 /// started by the caller).
 pub async fn start_worker_jobs(
     reached: &Reached,
-    job: &Job,
-    multiplexer: Multiplexer,
+    start: &JobStart<'_>,
     command: &str,
-    size: (u16, u16),
 ) -> Result<()> {
     for worker in &reached.workers {
         let command = reached.cluster.layout().command_for(worker.rank, command);
-        let start = job.start_command(multiplexer, &reached.remote_dir, &command, size);
-        (worker.session.run_captured(&start).await)
-            .with_context(|| format!("cannot start job {} on node {}", job.name(), worker.rank))?;
+        (start.on(&worker.session, &command).await).with_context(|| {
+            format!(
+                "cannot start job {} on node {}",
+                start.job.name(),
+                worker.rank
+            )
+        })?;
     }
     Ok(())
 }
@@ -257,25 +261,32 @@ pub struct WorkerCommands {
     left: usize,
 }
 
-/// Starts `command` on every worker, in the remote directory, with its node's variables; its
-/// output comes here line by line, each prefixed `[node K] `. Each records it as the head does
-/// (`record`).
+/// Starts `command` on every worker, in the remote directory, with its node's variables and
+/// the user's (`env`); its output comes here line by line, each prefixed `[node K] `. Each
+/// records it as the head does (`record`).
 pub fn start_workers(
     workers: &[Worker],
     dir: &RemoteDir,
     cluster: &Cluster,
-    command: &str,
+    (command, env): (&str, &Environment),
     record: &RunRecord,
 ) -> WorkerCommands {
     let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
     let mut running = Vec::new();
     for worker in workers {
         let command = cluster.layout().command_for(worker.rank, command);
-        let line = record.command_line(dir, Some(&command), false);
+        let line = record.command_line(dir, Some(&command), false, !env.is_empty());
         let (session, rank, sender) = (worker.session.clone(), worker.rank, sender.clone());
+        let (record, env) = (record.clone(), env.clone());
         tokio::spawn(async move {
-            let exit = stream_worker(&session, &line, rank).await;
-            let _ = sender.send(Ended { rank, exit });
+            let exit = async {
+                write_env(&session, &record, &env).await?;
+                stream_worker(&session, &line, rank).await
+            };
+            let _ = sender.send(Ended {
+                rank,
+                exit: exit.await,
+            });
         });
         running.push((worker.rank, worker.session.clone()));
     }

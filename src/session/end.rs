@@ -2,7 +2,7 @@
 //! the run did, applied; the conflicts and the summary line said; the exit status. What to do
 //! is decided by `conclude`, a pure function of the run's outcome.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Result;
 
@@ -12,6 +12,7 @@ use super::job::job_state;
 use super::progress::Progress;
 use super::pull::NoteSignals;
 use super::reach::stopped_under_the_run;
+use crate::fleet::Machine;
 use crate::fleet::end_of_life::{self, Origin};
 use crate::interrupt::{Interrupted, Signal};
 use crate::printer::format_duration;
@@ -84,7 +85,7 @@ fn conclude(outcome: &Outcome) -> Conclusion {
             EndOfLife::Leave,
             Some(format!(
                 "could not check whether another run still uses it ({e}): leaving it running; \
-                 `ssh-ec2 --terminate true` here ends it"
+                 `ssh-ec2 --down` here brings its results home and ends it"
             )),
         ),
         _ => {
@@ -102,6 +103,11 @@ fn conclude(outcome: &Outcome) -> Conclusion {
         (Some(signal), _, _) => ExitStatus::Signal(signal),
         (None, true, _) => ExitStatus::Failed,
         (None, false, Some(RemoteExit::Status(status))) => ExitStatus::remote(*status),
+        // Ctrl-C typed into the command's terminal: interrupted, as without a terminal (130),
+        // so that make says "Interrupt".
+        (None, false, Some(RemoteExit::Signal(signal))) if signal == "INT" => {
+            ExitStatus::Signal(Signal::Interrupt)
+        }
         (None, false, Some(RemoteExit::Signal(_)) | None) => ExitStatus::Failed,
     };
     Conclusion {
@@ -111,12 +117,48 @@ fn conclude(outcome: &Outcome) -> Conclusion {
     }
 }
 
+/// What the summary's time and cost cover: a run its own, `--finish` and `--down` the instance's
+/// life so far (since it last started), which is what the bill shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Span {
+    Run(Instant),
+    Life(Instant),
+}
+
+impl Span {
+    /// The life of `machine` when it was found running, else from `started` on.
+    pub fn life(machine: &Machine, started: Instant) -> Span {
+        let since = machine.head().instance.running_since;
+        let age = since.and_then(|since| SystemTime::now().duration_since(since).ok());
+        match (
+            machine.origin,
+            age.and_then(|age| Instant::now().checked_sub(age)),
+        ) {
+            (Origin::FoundRunning, Some(since)) => Span::Life(since),
+            _ => Span::Run(started),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Span::Run(started) => format_duration(started.elapsed()),
+            Span::Life(since) => format!("{} since it started", format_duration(since.elapsed())),
+        }
+    }
+
+    fn elapsed(self) -> std::time::Duration {
+        match self {
+            Span::Run(since) | Span::Life(since) => since.elapsed(),
+        }
+    }
+}
+
 /// Applies the end of life that is safe after `work`, reports, and gives the exit status.
 pub async fn end_of_run(
     scene: &Scene<'_>,
     work: Result<()>,
     mut progress: Progress,
-    started: Instant,
+    span: Span,
 ) -> Result<ExitStatus> {
     let Scene {
         cloud,
@@ -169,7 +211,7 @@ pub async fn end_of_run(
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instances(), action, printer).await
     };
-    say_summary(scene, ended.is_ok(), action, started).await;
+    say_summary(scene, ended.is_ok(), action, span).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
     ended?;
     if let ExitStatus::Signal(signal) = status {
@@ -212,15 +254,16 @@ async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
 
 /// The run's last line: the instance (a cluster's head and how many others), how long, its
 /// fate, and what it cost.
-async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started: Instant) {
+async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, span: Span) {
     let Scene { cloud, machine, .. } = *scene;
     let instance = &machine.head().instance;
     let nodes = machine.nodes.len() as u32;
     let what = match nodes {
         1 => instance.id.clone(),
+        2 => format!("{} and its other node", instance.id),
         n => format!("{} and its {} other nodes", instance.id, n - 1),
     };
-    let elapsed = started.elapsed();
+    let elapsed = span.elapsed();
     let hourly = crate::price::hourly(
         cloud,
         &scene.store.known(),
@@ -240,7 +283,7 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, started:
         "{what} ({}, {}): {}, {}, {}{}",
         instance.instance_type,
         cloud.region,
-        format_duration(elapsed),
+        span.describe(),
         fate(ended, action),
         crate::price::run_cost(
             hourly.as_ref(),
@@ -294,6 +337,8 @@ mod tests {
                 Terminate, ExitStatus::Remote(3), None),
             ("a remote signal is ssh's 255", Outcome { exit: Some(RemoteExit::Signal("KILL".into())), ..done() },
                 Terminate, ExitStatus::Failed, None),
+            ("Ctrl-C in the command's terminal", Outcome { exit: Some(RemoteExit::Signal("INT".into())), ..done() },
+                Terminate, ExitStatus::Signal(Signal::Interrupt), None),
             ("the pull failed", Outcome { results_home: false, failed: true, ..done() },
                 Stop, ExitStatus::Failed, Some("may not have come home")),
             ("a spot instance cannot stop", Outcome { results_home: false, failed: true, spot: true, ..done() },

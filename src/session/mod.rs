@@ -3,12 +3,13 @@
 //! (`reach`), replacing the host key its user-data carried (`host_key`), the lease that tells
 //! other runs it is in use (`lease`), the command run directly (`run`) or as a job (`job`),
 //! the commands of earlier runs whose clients are gone (`earlier`), a cluster's other nodes
-//! (`cluster`), the final pull (`pull`), and the end of the run: the end of life, the summary
-//! line and the exit status (`end`).
+//! (`cluster`), the final pull (`pull`), the user's variables sent with each command (`env`),
+//! and the end of the run: the end of life, the summary line and the exit status (`end`).
 
 mod cluster;
 mod earlier;
 mod end;
+mod env;
 mod host_key;
 mod job;
 mod lease;
@@ -27,13 +28,14 @@ use crate::fleet::{self, Machine, MachineSpec};
 use crate::interrupt::Interrupt;
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
+use crate::remote::env::Environment;
 use crate::settings::values::{Address, HostPort, Multiplex};
 use crate::ssh::forward::{Forward, LocalForward};
 use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
 pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
-pub use end::end_of_run;
+pub use end::{Span, end_of_run};
 pub use job::{Followed, come_back_hint, conclude_job, end_job, follow_job, job_state};
 pub use progress::Progress;
 pub use pull::pull_home;
@@ -56,6 +58,8 @@ pub struct Plan {
     pub sync: Option<crate::sync::Options>,
     /// The remote command; `None` opens a login shell.
     pub command: Option<String>,
+    /// The user's variables for it (and for the shell), on every node.
+    pub env: Environment,
     /// tmux/screen as asked (`None`: not asked; the mode decides).
     pub multiplex: Option<Multiplex>,
 }

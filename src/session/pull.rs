@@ -14,7 +14,7 @@ use crate::interrupt::{Interrupt, Interrupted};
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
 use crate::ssh::Session;
-use crate::sync::{Manifest, Rsync};
+use crate::sync::{Manifest, Pulled, Rsync};
 
 /// How many signals after the command give up the pull.
 const SKIP_THE_PULL: u32 = 2;
@@ -105,8 +105,9 @@ pub async fn pull_results(
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     // A second signal in all gives up the pull: the instance is then stopped, not terminated.
     let pulling = async {
-        rsync.pull(manifest, &mut progress.sync).await?;
-        pull_workers(scene, reached, progress).await
+        let mut pulled = rsync.pull(manifest, &mut progress.sync).await?;
+        pulled.add(pull_workers(scene, reached, progress).await?);
+        Ok::<_, anyhow::Error>(pulled)
     };
     let pulled = tokio::select! {
         pulled = pulling => pulled,
@@ -123,14 +124,14 @@ pub async fn pull_results(
             return Err(Interrupted(signal).into());
         }
     };
-    match pulled {
-        Ok(()) => {}
+    let pulled = match pulled {
+        Ok(pulled) => pulled,
         Err(e) if reached.session.is_closed() => {
             return Err(stopped_under_the_run(cloud, id).await.unwrap_or(e));
         }
         Err(e) => return Err(e),
-    }
-    phase.done("pulled results back");
+    };
+    phase.done(pulled.describe("pulled results back: nothing changed there"));
     forget_ended(&reached.session, progress).await;
     Ok(true)
 }
@@ -141,7 +142,7 @@ pub async fn pull_workers(
     scene: &Scene<'_>,
     reached: &Reached,
     progress: &mut Progress,
-) -> Result<()> {
+) -> Result<Pulled> {
     let Scene {
         plan,
         store,
@@ -149,6 +150,7 @@ pub async fn pull_workers(
         printer,
         ..
     } = *scene;
+    let mut pulled = Pulled::default();
     for worker in &reached.workers {
         let node = &machine.nodes[worker.rank].instance.id;
         if worker.session.is_closed() {
@@ -161,14 +163,15 @@ pub async fn pull_workers(
         }
         let label = format!("node-{}", worker.rank);
         let mut theirs = Manifest::load(&store.manifest_path(node));
-        rsync(plan, &worker.session, &reached.remote_dir, printer, &label)?
+        let theirs = rsync(plan, &worker.session, &reached.remote_dir, printer, &label)?
             .pull(&mut theirs, &mut progress.sync)
             .await
             .with_context(|| {
                 format!("cannot bring home what node {} ({node}) wrote", worker.rank)
             })?;
+        pulled.add(theirs);
     }
-    Ok(())
+    Ok(pulled)
 }
 
 /// The final pull once nothing runs there any more, signals noted from now on; then the

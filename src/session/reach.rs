@@ -116,7 +116,8 @@ pub(super) async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result
             idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
         };
         scene.printer.warn(&format!(
-            "--max-lifetime off: {} {until}; end it yourself with `ssh-ec2 --terminate true` here",
+            "--max-lifetime off: {} {until}; end it yourself: `ssh-ec2 --finish` here waits for \
+             a job and applies the end of life, `ssh-ec2 --down` brings the results home and ends it",
             scene.machine.head().instance.id
         ));
     }
@@ -141,7 +142,7 @@ pub async fn reach_and_join(
     Ok(reached)
 }
 
-/// Waits until the instance runs and says where its sshd is.
+/// Waits until the instance runs (unless it was found running) and says where its sshd is.
 async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Target> {
     let Scene {
         cloud,
@@ -150,12 +151,11 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         printer,
         ..
     } = *scene;
-    let head = &machine.head().instance;
-    let id = &head.id;
-    // Found running moments ago (not started, nor just launched): its address is known.
-    let address = match head.state {
-        State::Running => ssh_address(&plan.reach.dial, head)?,
+    let found = &machine.head().instance;
+    let address = match found.state {
+        State::Running => ssh_address(&plan.reach.dial, found)?,
         _ => {
+            let id = &found.id;
             let phase = printer.phase(format!("waiting for {id} to run"));
             let running = cloud.wait_until(id, State::Running, deadline).await?;
             phase.done(format!("{id} is running"));

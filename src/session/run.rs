@@ -11,6 +11,7 @@ use super::cluster::{
     Ended, WorkerCommands, fan_out, first_failure, how_it_ended, node_failed, start_worker_jobs,
     start_workers, workers_outcome,
 };
+use super::env::{JobStart, write_env};
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,
@@ -68,17 +69,21 @@ pub async fn run(
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let login_shell = "exec \"${SHELL:-/bin/sh}\" -l";
     let head_command = command.map(|c| reached.cluster.layout().command_for(0, c));
-    reached
-        .session
-        .run_captured(&job.start_command(
-            multiplexer,
-            &reached.remote_dir,
+    let start = JobStart {
+        job: &job,
+        multiplexer,
+        dir: &reached.remote_dir,
+        size,
+        env: &plan.env,
+    };
+    start
+        .on(
+            &reached.session,
             head_command.as_deref().unwrap_or(login_shell),
-            size,
-        ))
+        )
         .await?;
     if let Some(command) = command {
-        start_worker_jobs(&reached, &job, multiplexer, command, size).await?;
+        start_worker_jobs(&reached, &start, command).await?;
     }
     printer.info(&format!(
         "started job {} in {multiplexer} on {}",
@@ -126,13 +131,15 @@ async fn sync_up(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
         ));
-        interrupt
+        let mut pulled = interrupt
             .cancel(rsync.pull(manifest, &mut progress.sync))
             .await?;
-        interrupt
-            .cancel(pull_workers(scene, reached, progress))
-            .await?;
-        phase.done("up to date with the instance");
+        pulled.add(
+            interrupt
+                .cancel(pull_workers(scene, reached, progress))
+                .await?,
+        );
+        phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
     let sent = interrupt.cancel(rsync.push(manifest)).await?;
@@ -187,7 +194,7 @@ async fn run_directly(
                 &reached.workers,
                 &reached.remote_dir,
                 &reached.cluster,
-                command,
+                (command, &plan.env),
                 &record,
             )
         });
@@ -197,7 +204,10 @@ async fn run_directly(
     let _notes = NoteSignals::start(interrupt, printer);
     let after_command = interrupt.only_new();
     // A signal that ended it for another node's failure is that node's to tell.
-    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first) {
+    // (Ctrl-C typed in its terminal needs no word: the user pressed it.)
+    if let (Ok(RemoteExit::Signal(signal)), None) = (&ran, &first)
+        && !(plan.terminal.pty && signal == "INT")
+    {
         printer.warn(&format!("the remote command was killed by signal {signal}"));
     }
     progress.exit = ran.as_ref().ok().cloned();
@@ -267,17 +277,21 @@ async fn stream_command(
     let cut_output = record.cut_output_command();
     // The nodes' variables (for one instance too: rank 0 of 1).
     let command = (plan.command.as_deref()).map(|c| reached.cluster.layout().command_for(0, c));
-    let command_line =
-        record.command_line(&scene.plan.remote_dir, command.as_deref(), relay_stdout);
-    let ran = run_command(
-        session,
-        &command_line,
-        relay_stdout.then_some(cut_output.as_str()),
-        plan.terminal.pty,
-        plan.terminal.forward_stdin,
-        interrupt,
-        printer,
-    );
+    let env = !plan.env.is_empty();
+    let command_line = record.command_line(&plan.remote_dir, command.as_deref(), relay_stdout, env);
+    let ran = async {
+        write_env(session, record, &plan.env).await?;
+        run_command(
+            session,
+            &command_line,
+            relay_stdout.then_some(cut_output.as_str()),
+            plan.terminal.pty,
+            plan.terminal.forward_stdin,
+            interrupt,
+            printer,
+        )
+        .await
+    };
     tokio::pin!(ran);
     tokio::select! {
         ran = &mut ran => (ran, false, None),

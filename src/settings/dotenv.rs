@@ -12,25 +12,55 @@ pub struct Entry {
     pub value: Result<String, String>,
 }
 
+/// A line of the file, or the lines of one quoted value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Entry(Entry),
+    /// No assignment: blank, a comment, or something else (1-based, as written).
+    Other {
+        line: usize,
+        text: String,
+    },
+}
+
 /// Every assignment of `text`, in order; lines that are not assignments are skipped. Fails only
 /// on a quote that is never closed, since then nobody can tell where the next line starts.
 pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
+    let lines = parse_lines(text).map_err(|(line, why)| format!("line {line}: {why}"))?;
+    Ok((lines.into_iter())
+        .filter_map(|line| match line {
+            Line::Entry(entry) => Some(entry),
+            Line::Other { .. } => None,
+        })
+        .collect())
+}
+
+/// Every line of `text`, in order, as `parse` reads it; an unclosed quote fails with the
+/// number of the line where it opens, and why.
+pub fn parse_lines(text: &str) -> Result<Vec<Line>, (usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut entries = Vec::new();
     let mut next = 0;
     while next < lines.len() {
         let number = next + 1;
-        let line = lines[next].trim_start();
+        let written = lines[next];
+        let line = written.trim_start();
         next += 1;
         let line = line
             .strip_prefix("export")
             .filter(|rest| rest.starts_with(char::is_whitespace))
             .map_or(line, str::trim_start);
+        let other = || Line::Other {
+            line: number,
+            text: written.to_string(),
+        };
         let Some((key, raw)) = line.split_once('=') else {
-            continue; // blank, a comment, or not ours to judge
+            entries.push(other()); // blank, a comment, or not ours to judge
+            continue;
         };
         let key = key.trim_end();
         if !is_key(key) {
+            entries.push(other());
             continue;
         }
         let rest = raw.trim_start();
@@ -42,9 +72,9 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
                         break after_quote(after).map(|()| value);
                     }
                     let Some(more) = lines.get(next) else {
-                        return Err(format!(
-                            "line {number}: the {quote} that opens the value of {key} is never \
-                             closed"
+                        return Err((
+                            number,
+                            format!("the {quote} that opens the value of {key} is never closed"),
                         ));
                     };
                     body.push('\n');
@@ -54,11 +84,11 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
             }
             _ => Ok(unquoted(raw)),
         };
-        entries.push(Entry {
+        entries.push(Line::Entry(Entry {
             key: key.to_string(),
             line: number,
             value,
-        });
+        }));
     }
     Ok(entries)
 }

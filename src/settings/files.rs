@@ -20,7 +20,7 @@ pub(super) fn read_config_file(
         .with_context(|| format!("{} is not a valid ssh-ec2 config file", path.display()))?;
     let file: ConfigFile = toml::from_str(&text).with_context(|| {
         format!(
-            "{} is not a valid ssh-ec2 config file (see README.md, \"Configuration\")",
+            "{} is not a valid ssh-ec2 config file (see docs/configuration.md)",
             path.display()
         )
     })?;

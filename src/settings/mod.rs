@@ -26,8 +26,8 @@ use anyhow::{Result, bail};
 pub use files::expand_home;
 pub use layers::{Effective, Sources};
 use values::{
-    Address, EndOfLife, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, Shown, SubnetIds,
-    Tags, Timeout,
+    Address, EndOfLife, EnvEntries, HostPort, InstanceTypes, Limit, LoginUser, Multiplex, Shown,
+    SubnetIds, Tags, Timeout,
 };
 
 /// SSH_EC2_TAGS: `KEY=VALUE,KEY=VALUE`, merged key by key like the `[tags]` tables.
@@ -105,6 +105,8 @@ settings! {
     trigram: String = ["TRIGRAM"] => computed("$USER, else the account's name"),
     /// Shell commands appended to the instance's boot script.
     user_data: String = ["AWS_USER_DATA"] => none,
+    /// Variables for the remote command: NAME=VALUE, or NAME for this machine's value.
+    env: EnvEntries = ["SSH_EC2_ENV"] => none,
 }
 
 /// What an unset setting becomes, as `--show-config` and `--help` tell it.
@@ -225,21 +227,25 @@ mod tests {
         assert_eq!(file.boot_timeout, Some(Timeout::secs(90)));
         let layer: Layer = toml::from_str("fallback_types = [\"g5.xlarge\"]\n").unwrap();
         assert_eq!(layer.fallback_types.unwrap().0, ["g5.xlarge"]);
+        let layer: Layer = toml::from_str("env = [\"EPOCHS=2\", \"HOME_DIR\"]\n").unwrap();
+        assert_eq!(layer.env.unwrap().names(), "EPOCHS,HOME_DIR");
+        assert!(toml::from_str::<Layer>("env = [\"2X=1\"]\n").is_err());
     }
 
-    /// README's settings table shows the defaults `--help` and `--show-config` show.
+    /// The settings table of docs/configuration.md shows the defaults `--help` and
+    /// `--show-config` show.
     #[test]
-    fn the_readme_table_gives_each_default() {
-        let readme = include_str!("../../README.md");
+    fn the_documented_table_gives_each_default() {
+        let docs = include_str!("../../docs/configuration.md");
         for (name, fallback) in fallbacks() {
             let Fallback::Value(value) = fallback else {
                 continue;
             };
             let key = format!("| `{name}`");
-            let row = readme
+            let row = docs
                 .lines()
                 .find(|line| line.starts_with('|') && line.contains(&key))
-                .unwrap_or_else(|| panic!("README's settings table has no row for `{name}`"));
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{name}`"));
             let default = row
                 .trim_end_matches('|')
                 .rsplit('|')
@@ -248,7 +254,7 @@ mod tests {
             let shown = value.trim_end_matches('*');
             assert!(
                 default.contains(&format!("`{value}`")) || default.contains(shown),
-                "README gives `{name}` the default {default:?}, not `{value}`"
+                "docs/configuration.md gives `{name}` the default {default:?}, not `{value}`"
             );
         }
     }

@@ -40,7 +40,11 @@ impl FromStr for Forward {
             4 => (Some(words[0].clone()), &words[1..]),
             _ => return Err(hint()),
         };
-        let port = |text: &str| text.parse::<u16>().map_err(|_| hint());
+        let port = |text: &str| match text.parse::<u32>() {
+            Ok(port) => u16::try_from(port)
+                .map_err(|_| format!("`{s}`: port {port} is out of range (ports go up to 65535)")),
+            Err(_) => Err(hint()),
+        };
         let forward = Forward {
             bind: bind.filter(|b| !b.is_empty()),
             port: port(&rest[0])?,
@@ -332,5 +336,7 @@ mod tests {
         assert!("8888:localhost".parse::<Forward>().is_err());
         assert!("x:localhost:1".parse::<Forward>().is_err());
         assert!("1:localhost:0".parse::<Forward>().is_err());
+        let refused = "70000:localhost:80".parse::<Forward>().unwrap_err();
+        assert!(refused.contains("port 70000 is out of range"), "{refused}");
     }
 }

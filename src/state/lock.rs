@@ -81,19 +81,18 @@ pub fn busy(state_dir: &Path, local_dir: &Path) -> bool {
     path.exists() && matches!(try_lock(&path), Ok(Err(_)))
 }
 
-/// The lock files in `state_dir` that no run holds, removed unless `dry_run`; how many.
-pub fn sweep(state_dir: &Path, dry_run: bool) -> usize {
+/// Removes the lock files in `state_dir` that no run holds.
+pub fn sweep(state_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(locks_dir(state_dir)) else {
-        return 0;
+        return;
     };
-    entries
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| {
-            let path = entry.path();
-            // Unlinked while held: a run that opened it before sees that and opens a new one.
-            matches!(try_lock(&path), Ok(Ok(_held)) if dry_run || std::fs::remove_file(&path).is_ok())
-        })
-        .count()
+    for entry in entries.filter_map(|entry| entry.ok()) {
+        let path = entry.path();
+        // Unlinked while held: a run that opened it before sees that and opens a new one.
+        if let Ok(Ok(_held)) = try_lock(&path) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// The lock, or the pid of the run that holds it.

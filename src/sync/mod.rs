@@ -41,7 +41,7 @@ use itemize::{Item, Kind};
 pub use manifest::Manifest;
 pub use options::{Options, first_push_size, outdated_warning};
 use options::{Way, filters};
-pub use report::Report;
+pub use report::{Pulled, Report};
 
 /// rsync's own name for the remote end; the transport ignores it.
 const REMOTE_HOST: &str = "ec2";
@@ -94,7 +94,7 @@ impl<'a> Rsync<'a> {
 
     /// `-v`: the names of what moved.
     fn list(&self, item: &Item) {
-        if self.printer.lists_files() && item.transferred() && item.kind != Kind::Dir {
+        if self.printer.verbose() && item.transferred() && item.kind != Kind::Dir {
             self.printer.info(&format!("  {}", escape_path(&item.path)));
         }
     }

@@ -137,9 +137,14 @@ pub fn outdated_warning(version: Version, state_dir: &Path) -> Option<String> {
         return None;
     }
     let _ = std::fs::create_dir_all(state_dir).and_then(|()| std::fs::write(&marker, b""));
+    // The number alone cannot tell: distributions backport the fixes to older versions.
     Some(format!(
         "your rsync is {version}: versions before {SAFE_VERSION} let a compromised instance write \
-         outside this directory while pulling; {UPGRADE} (said once)"
+         outside this directory while pulling, unless your distribution backported the fixes \
+         (CVE-2024-12084 to -12088; Debian 12 has them from 3.2.7-1+deb12u1). Check: `zcat \
+         /usr/share/doc/rsync/changelog.Debian.gz | grep CVE-2024-12087` (Debian, Ubuntu) or \
+         your distribution's security notices; without them, {UPGRADE} (said once on this \
+         machine)"
     ))
 }
 
@@ -232,6 +237,17 @@ pub async fn first_push_size(options: &Options, local_dir: &Path) -> Result<(u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_rsync_is_warned_of_once_per_machine_with_how_to_check_for_backports() {
+        let state = tempfile::tempdir().unwrap();
+        let old = Version(3, 2, 7);
+        let warning = outdated_warning(old, state.path()).expect("warned the first time");
+        assert!(warning.contains("backported the fixes"), "{warning}");
+        assert!(warning.contains("grep CVE-2024-12087"), "{warning}");
+        assert_eq!(outdated_warning(old, state.path()), None, "said once");
+        assert_eq!(outdated_warning(SAFE_VERSION, state.path()), None);
+    }
 
     #[test]
     fn rsyncignore_may_re_include_what_the_fixed_rules_hold_back_and_the_pull_holds_back_more() {

@@ -14,7 +14,7 @@ use super::itemize::{Item, Kind};
 use super::manifest::Stamp;
 use super::options::Way;
 use super::pull_plan::{kind_of, plan};
-use super::report::{Conflict, Report};
+use super::report::{Conflict, Pulled, Report};
 use super::temp::{LocalTemp, temp_dir_option};
 use super::{LISTING, Manifest, Rsync};
 
@@ -30,7 +30,7 @@ impl Rsync<'_> {
     /// Brings home what the instance changed since the last sync, keeping both versions where
     /// both sides changed (added to `report`, with what the rules keep there). Fails, after
     /// bringing home what it could, if anything could not come home.
-    pub async fn pull(&self, manifest: &mut Manifest, report: &mut Report) -> Result<()> {
+    pub async fn pull(&self, manifest: &mut Manifest, report: &mut Report) -> Result<Pulled> {
         let temp = LocalTemp::take(self.local_dir)?;
         let temp = temp.path();
         // What differs, without changing anything; what the rules hide, and the unsafe links.
@@ -59,11 +59,18 @@ impl Rsync<'_> {
                     .is_some_and(|synced| synced.stamp.matches_listing(item.size, &item.mtime))
             },
         );
+        let mut pulled = Pulled::default();
         if !plan.fetch.is_empty() {
             let fetched = self.fetch(&plan.fetch, self.local_dir, temp).await?;
             for item in &fetched.items {
                 self.list(item);
                 self.note_home(manifest, item, &item.path);
+                if item.kind != Kind::Dir {
+                    pulled.add(Pulled {
+                        files: 1,
+                        bytes: item.size,
+                    });
+                }
             }
             failures.extend(fetched.failure);
         }
@@ -80,7 +87,7 @@ impl Rsync<'_> {
                 failures.join("\n")
             );
         }
-        Ok(())
+        Ok(pulled)
     }
 
     /// Brings `items` home into `into` (this directory, or a staging one).

@@ -5,7 +5,30 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::printer::escape_path;
+use crate::printer::{escape_path, format_bytes};
+
+/// What pulls brought home: files (links counted as files) and their bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pulled {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl Pulled {
+    pub fn add(&mut self, other: Pulled) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+    }
+
+    /// "pulled 3 files (1.2 MiB)", or `nothing` when nothing came.
+    pub fn describe(&self, nothing: &str) -> String {
+        match self.files {
+            0 => nothing.to_string(),
+            1 => format!("pulled 1 file ({})", format_bytes(self.bytes)),
+            n => format!("pulled {n} files ({})", format_bytes(self.bytes)),
+        }
+    }
+}
 
 /// A path changed on both sides (or of another kind on each): the instance's version was saved
 /// beside it.

@@ -310,8 +310,15 @@ fn a_cluster_job_detaches_lists_as_one_and_finishes_with_every_node_s_results() 
     assert_eq!(rows.len(), 1, "one entry per cluster\n{list}");
     assert_eq!(rows[0]["instances"], serde_json::json!(ids), "{list}");
 
-    let finish = Run::of(project.ssh_ec2(&cloud).args(["--nodes", "2", "--finish"]));
+    // The cluster is found whole, whatever --nodes says.
+    let finish = Run::of(project.ssh_ec2(&cloud).arg("--finish"));
     finish.assert_code(0);
+    // Its cost is the nodes' life so far, which is what the bill shows, not this run's.
+    assert!(
+        finish.stderr.contains("since it started, terminated")
+            && finish.stderr.contains("for 2 instances at"),
+        "{finish}"
+    );
     for rank in 0..2 {
         assert_eq!(
             project.read(&format!("done-{rank}.txt")).as_deref(),
@@ -434,6 +441,53 @@ fn a_node_lost_mid_run_fails_it_with_its_rank_and_the_others_results_still_come_
         project.read("from-0.txt").as_deref(),
         Some("mine\n"),
         "{run}"
+    );
+    assert_nothing_left(&cloud, &project, &run);
+}
+
+/// Bytes the laptop has sent onto the VPC's bridge so far (its side of every connection to
+/// the nodes).
+fn laptop_bytes_onto_the_bridge(cloud: &TestCloud) -> u64 {
+    let out = cloud
+        .laptop
+        .command("/usr/sbin/ip")
+        .args(["-j", "-s", "link", "show", "dev", "vpc"])
+        .output()
+        .expect("ip on the laptop");
+    assert!(out.status.success(), "{out:?}");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["stats64"]["tx"]["bytes"]
+        .as_u64()
+        .expect("tx bytes")
+}
+
+#[test]
+fn the_directory_crosses_the_laptop_s_link_once_for_three_nodes() {
+    use std::io::Read;
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let size = 40 << 20;
+    let mut random = vec![0; size];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut random)
+        .unwrap();
+    std::fs::write(project.path().join("data.bin"), &random).unwrap();
+    let before = laptop_bytes_onto_the_bridge(&cloud);
+    let run = Run::of(project.ssh_ec2(&cloud).args([
+        "--nodes",
+        "3",
+        "cmp data.bin data.bin && wc -c < data.bin > size-$SSH_EC2_NODE_RANK.txt",
+    ]));
+    let sent = laptop_bytes_onto_the_bridge(&cloud) - before;
+    run.assert_code(0);
+    for rank in 0..3 {
+        let size_there = project.read(&format!("size-{rank}.txt"));
+        assert_eq!(size_there, Some(format!("{size}\n")), "node {rank}\n{run}");
+    }
+    assert!(
+        sent < size as u64 * 16 / 10,
+        "the laptop sent {sent} bytes onto the bridge for a {size}-byte file on 3 nodes\n{run}"
     );
     assert_nothing_left(&cloud, &project, &run);
 }

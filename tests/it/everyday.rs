@@ -38,12 +38,20 @@ fn dry_run_creates_nothing_and_names_the_image_the_type_and_the_price() {
         "2 files",
         G4DN_PRICE,
         "yes (RunInstances with DryRun answered DryRunOperation)",
-        "#cloud-config",
-        "(elided: the instance's ed25519 host private key",
+        "secrets elided (-v shows them)",
     ] {
         assert!(run.stdout.contains(expected), "`{expected}` missing\n{run}");
     }
-    assert!(!run.stdout.contains("PRIVATE KEY-----"), "{run}");
+    assert!(!run.stdout.contains("#cloud-config"), "only with -v\n{run}");
+    let verbose = Run::of(project.ssh_ec2(&cloud).args(["--dry-run", "-v", "true"]));
+    verbose.assert_code(0);
+    for expected in [
+        "#cloud-config",
+        "(elided: the instance's ed25519 host private key",
+    ] {
+        assert!(verbose.stdout.contains(expected), "`{expected}`\n{verbose}");
+    }
+    assert!(!verbose.stdout.contains("PRIVATE KEY-----"), "{verbose}");
 
     let json = Run::of(project.ssh_ec2(&cloud).args(["--dry-run", "--json"]));
     json.assert_code(0);

@@ -1,5 +1,5 @@
 //! examples/ runs end to end: its Makefile's on-ec2-% recipe on the test bed, make's exit
-//! status kept.
+//! status kept, a make variable passed on.
 
 use crate::common;
 
@@ -32,7 +32,8 @@ fn the_example_makefile_runs_recipes_on_ec2_and_keeps_makes_exit_status() {
         Run::of(
             project
                 .program_for(&cloud, Path::new("make"))
-                .args(["--no-print-directory", target]),
+                .arg("--no-print-directory")
+                .args(target.split_whitespace()),
         )
     };
 
@@ -44,6 +45,14 @@ fn the_example_makefile_runs_recipes_on_ec2_and_keeps_makes_exit_status() {
         metrics.contains("\"epochs\": 3"),
         "results came home\n{trained}"
     );
+
+    // A make variable reaches the instance's `make train` (as -e EPOCHS, its value in the
+    // command's environment).
+    let two = make("on-ec2-train EPOCHS=2");
+    two.assert_code(0);
+    assert!(two.stdout.contains("epoch 2/2"), "{two}");
+    let metrics = project.read("results/metrics.json").unwrap_or_default();
+    assert!(metrics.contains("\"epochs\": 2"), "{two}");
 
     let failed = make("on-ec2-no-such-recipe");
     failed.assert_code(2);

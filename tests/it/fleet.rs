@@ -32,6 +32,14 @@ fn list_json_names_the_instance_its_directory_and_its_job() {
     assert_eq!(row["region"], cloud.region.as_str(), "{listed}");
     assert_eq!(row["keys_here"], true, "{listed}");
     assert_eq!(row["job"], "none", "asked over SSH\n{listed}");
+    // Its life so far, and what it has cost (g4dn.xlarge on demand, moto's price).
+    assert!(row["running_for_seconds"].as_u64().is_some(), "{listed}");
+    assert!(
+        row["cost_usd"].as_f64().is_some_and(|usd| usd >= 0.0),
+        "{listed}"
+    );
+    let text = Run::of(project.ssh_ec2(&cloud).arg("--list"));
+    assert!(text.stdout.contains("COST SO FAR"), "{text}");
     assert!(row["launched"].as_str().is_some(), "{listed}");
 
     // A table on a terminal (or anywhere without --json).
@@ -72,7 +80,7 @@ fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
         Some("result\n"),
         "{down}"
     );
-    assert!(down.stderr.contains("pulled results back"), "{down}");
+    assert!(down.stderr.contains("pulled 3 files (7 bytes)"), "{down}");
     assert!(down.stderr.contains("terminated"), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 
@@ -216,7 +224,7 @@ fn a_signal_while_a_stopped_instance_starts_ends_the_wait_and_stops_it_again() {
     // --down starts it, brings its results home, then ends it.
     let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
     down.assert_code(0);
-    assert!(down.stderr.contains("pulled results back"), "{down}");
+    assert!(down.stderr.contains("pulled "), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 }
 
@@ -296,7 +304,10 @@ fn an_expired_instance_is_listed_with_its_expiry_and_ended_by_gc() {
         Some("only there\n"),
         "{removed}"
     );
-    assert!(removed.stderr.contains("pulled results back"), "{removed}");
+    assert!(
+        removed.stderr.contains("pulled 1 file (11 bytes)"),
+        "{removed}"
+    );
     assert_nothing_left(&cloud, &project, &removed);
 
     // Its directory gone from this machine: nothing to bring its results home to.
@@ -479,4 +490,16 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
     let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
     down.assert_code(0);
     assert_nothing_left(&cloud, &project, &down);
+}
+
+#[test]
+fn gc_after_ordinary_runs_finds_nothing_to_clean_up() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(project.ssh_ec2(&cloud).arg("true")).assert_code(0);
+    Run::of(project.ssh_ec2(&cloud).arg("true")).assert_code(0);
+    let gc = Run::of(project.ssh_ec2(&cloud).arg("--gc"));
+    gc.assert_code(0);
+    assert_eq!(gc.stdout, "", "{gc}");
+    assert!(gc.stderr.contains("nothing to clean up"), "{gc}");
 }

@@ -209,6 +209,31 @@ fn attach_and_finish_without_a_job_or_an_instance_say_so_and_launch_nothing() {
 }
 
 #[test]
+fn ctrl_c_typed_in_a_terminal_ends_the_run_with_130_as_make_expects() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let pane = Pane::shell(&project, &cloud);
+
+    pane.type_line(
+        "ssh-ec2 'echo started > started.txt; printf \"%s-ready\\n\" cmd; sleep 60'; echo \"run=$?\"",
+    );
+    pane.wait_for("cmd-ready");
+    pane.tmux(&["send-keys", "C-c"]);
+    let screen = pane.wait_for("run=130");
+    assert!(!screen.contains("killed by signal"), "{screen}");
+    assert_eq!(
+        project.read("started.txt").as_deref(),
+        Some("started\n"),
+        "{screen}"
+    );
+    assert_eq!(
+        state_of(&cloud.instances()[0]),
+        InstanceStateName::Terminated,
+        "{screen}"
+    );
+}
+
+#[test]
 fn ctrl_c_typed_in_a_foreground_tmux_run_reaches_the_job_whose_status_is_the_runs() {
     let cloud = TestCloud::start();
     let project = Project::new();

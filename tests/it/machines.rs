@@ -219,6 +219,59 @@ fn connect_dials_the_address_it_is_given_instead_of_the_instances() {
     end(&cloud, &mut project.ssh_ec2(&cloud));
 }
 
+#[test]
+fn address_private_dials_the_private_one_and_public_is_refused_naming_the_setting() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let private = Run::of(project.ssh_ec2(&cloud).args([
+        "--address",
+        "private",
+        "--leave",
+        "echo by its private address",
+    ]));
+    private.assert_code(0);
+    let address = cloud.instances()[0]
+        .private_ip_address()
+        .unwrap()
+        .to_string();
+    assert_eq!(private.stdout, "by its private address\n", "{private}");
+    assert!(
+        (private.stderr).contains(&format!("connected to ubuntu@{address}:22")),
+        "{private}"
+    );
+
+    // The bed's instances have no public address, as in a private subnet.
+    let public = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--address", "public", "--leave", "true"]),
+    );
+    public.assert_code(255);
+    for said in [
+        "has no public address (--address public, SSH_EC2_ADDRESS)",
+        &format!("--address private dials {address}"),
+    ] {
+        assert!(public.stderr.contains(said), "{said}\n{public}");
+    }
+    let shown = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--address", "private", "--show-config"]),
+    );
+    let row = |l: &str| l.split_whitespace().collect::<Vec<_>>() == ["address", "flag", "private"];
+    assert!(shown.stdout.lines().any(row), "{shown}");
+    let dry = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--address", "private", "--dry-run"]),
+    );
+    assert!(
+        dry.stdout.contains("the instance's private address"),
+        "{dry}"
+    );
+    end(&cloud, &mut project.ssh_ec2(&cloud));
+}
+
 /// Whether `from`'s instance reaches `to`'s sshd (as a cluster's nodes would), asked on it.
 fn reaches(cloud: &TestCloud, from: &Project, address: &str) -> bool {
     let probe = format!(

@@ -226,6 +226,9 @@ fn every_change_to_an_instance_or_group_needs_the_owner_tag() {
         "ec2:RevokeSecurityGroupIngress",
         "ec2:DeleteSecurityGroup",
         "ec2:DeleteTags",
+        // A cluster's: its placement group, and the head moved into the run's SSH group.
+        "ec2:DeletePlacementGroup",
+        "ec2:ModifyInstanceAttribute",
     ];
     for action in changes {
         let granting: Vec<&Value> = (statements(&policy).iter())
@@ -273,5 +276,33 @@ fn the_s3_roles_reach_only_the_account_s_own_buckets() {
                 "{statement:#}"
             );
         }
+    }
+}
+
+#[test]
+fn a_cluster_s_placement_groups_are_made_tagged_and_launched_into_only_when_tagged() {
+    let policy = parse(USER_POLICY);
+    let on_groups = |action: &str| -> Vec<&Value> {
+        (statements(&policy).iter())
+            .filter(|s| allows(s, action) && on(s, "placement-group"))
+            .collect()
+    };
+    let creating = on_groups("ec2:CreatePlacementGroup");
+    assert!(!creating.is_empty(), "CreatePlacementGroup is granted");
+    for statement in creating {
+        assert_eq!(
+            condition(statement, "Null", "aws:RequestTag/ssh-ec2:owner"),
+            "false",
+            "{statement:#}"
+        );
+    }
+    let launching = on_groups("ec2:RunInstances");
+    assert!(!launching.is_empty(), "launching into a placement group");
+    for statement in launching {
+        assert_eq!(
+            condition(statement, "Null", "aws:ResourceTag/ssh-ec2:owner"),
+            "false",
+            "{statement:#}"
+        );
     }
 }

@@ -64,9 +64,20 @@ fn leave_then_a_second_run_reuses_the_running_instance() {
     assert_eq!(running.len(), 1, "{first}");
     assert!(first.stderr.contains("left running"), "{first}");
 
+    // What changed there since is brought home before the push, and said.
+    std::fs::write(cloud.remote(&project).join("k9.txt"), "from before\n").unwrap();
     let second = Run::of(project.ssh_ec2(&cloud).args(["-l", "echo again"]));
     second.assert_code(0);
     assert_eq!(second.stdout, "again\n");
+    assert_eq!(project.read("k9.txt").as_deref(), Some("from before\n"));
+    assert!(
+        second.stderr.contains("pulled 1 file (12 bytes)"),
+        "{second}"
+    );
+    assert!(
+        !second.stderr.contains("waiting for"),
+        "found running: no wait for it to run\n{second}"
+    );
     let still = cloud.instances_in(InstanceStateName::Running);
     assert_eq!(still.len(), 1);
     assert_eq!(

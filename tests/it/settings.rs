@@ -100,7 +100,12 @@ fn show_config_says_where_every_setting_came_from() {
         "apt-get update\\napt-get install -y htop",
     );
     assert_row(&run, "boot_timeout", "default", "600");
-    assert_row(&run, "user", "default", "(guessed from the image name)");
+    assert_row(
+        &run,
+        "user",
+        "default",
+        "ec2-user  (guessed from the image name)",
+    );
     assert_row(&run, "image_id", "default", "(none)");
     let user_file = format!(
         "user file     {}",
@@ -135,7 +140,16 @@ fn show_config_says_where_every_setting_came_from() {
         "default",
         "($USER, else the account's name)",
     );
-    assert_row(&run, "remote_dir", "default", "(~/<directory name>)");
+    // What they come to here, before the rule.
+    let dir = project.path().file_name().unwrap().to_str().unwrap();
+    let resolved = format!("~/{dir}  (~/<directory name>)");
+    assert_row(&run, "remote_dir", "default", &resolved);
+    assert_row(
+        &run,
+        "user",
+        "default",
+        "ubuntu  (guessed from the image name)",
+    );
     assert_row(
         &run,
         "image_name",

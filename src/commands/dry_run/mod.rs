@@ -27,6 +27,8 @@ pub(super) struct Report {
     remote_dir: String,
     /// `None`: a login shell.
     command: Option<String>,
+    /// The names of the variables the command would get (never their values).
+    env: Vec<String>,
     /// This directory's instance, which the run would reuse (then nothing is launched).
     reuse: Option<Reused>,
     /// What would be launched, when there is no instance to reuse.
@@ -99,7 +101,7 @@ pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitS
     };
     let out = match json {
         true => serde_json::to_string_pretty(&report).context("cannot write the report")? + "\n",
-        false => text::text(&report),
+        false => text::text(&report, printer.verbose()),
     };
     printer.out(out)?;
     Ok(match report.launch {
@@ -169,6 +171,7 @@ async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report>
         directory: plan.local_dir.display().to_string(),
         remote_dir: plan.remote_dir.to_string(),
         command: plan.command.clone(),
+        env: plan.env.names(),
         reuse,
         launch,
         ssh_cidr,
@@ -176,7 +179,7 @@ async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report>
         connect: plan.reach.dial.connect.as_ref().map(ToString::to_string),
         address: plan.reach.dial.address.to_string(),
         end_of_life: spec.end_of_life.to_string(),
-        lifetime: spec.watchdog.describe(),
+        lifetime: spec.watchdog.describe(spec.launch.spot.is_some()),
         spot: spec.launch.spot.as_ref().map(|spot| spot.max_price.clone()),
         sync,
         price,

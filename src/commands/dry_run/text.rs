@@ -4,8 +4,10 @@ use std::fmt::Write as _;
 
 use super::{Launch, Report};
 use crate::cloud::TypeInfo;
+use crate::printer::format_bytes;
 
-pub(super) fn text(report: &Report) -> String {
+/// The report; the user-data (long, escaped scripts) only when `verbose`.
+pub(super) fn text(report: &Report, verbose: bool) -> String {
     let mut out = Rows(String::from(
         "Dry run: nothing was created, started or changed.\n\n",
     ));
@@ -16,6 +18,10 @@ pub(super) fn text(report: &Report) -> String {
         "command",
         report.command.as_deref().unwrap_or("(a login shell)"),
     );
+    if !report.env.is_empty() {
+        let names = report.env.join(", ");
+        out.row("environment", &format!("{names} (values not shown)"));
+    }
     if let Some(reused) = &report.reuse {
         let started = match reused.state.as_str() {
             "stopped" | "stopping" => " (started first)",
@@ -34,7 +40,7 @@ pub(super) fn text(report: &Report) -> String {
     }
     run_rows(&mut out, report);
     if let Some(launch) = &report.launch {
-        verdict(&mut out, launch);
+        verdict(&mut out, launch, verbose);
     }
     out.0
 }
@@ -144,7 +150,7 @@ fn run_rows(out: &mut Rows, report: &Report) {
             Some(size) => format!(
                 "{} files, {} (at most: what the instance has already is not sent again)",
                 size.files,
-                bytes(size.bytes)
+                format_bytes(size.bytes)
             ),
             None => "none (--no-rsync)".to_string(),
         },
@@ -160,8 +166,8 @@ fn run_rows(out: &mut Rows, report: &Report) {
     );
 }
 
-/// Whether AWS would allow the launch, and the user-data it would get.
-fn verdict(out: &mut Rows, launch: &Launch) {
+/// Whether AWS would allow the launch, and the user-data it would get (when `verbose`).
+fn verdict(out: &mut Rows, launch: &Launch, verbose: bool) {
     match launch.allowed {
         true => out.row(
             "AWS allows it",
@@ -173,6 +179,14 @@ fn verdict(out: &mut Rows, launch: &Launch) {
                 out.indented(line);
             }
         }
+    }
+    if !verbose {
+        let lines = launch.user_data.lines().count();
+        out.row(
+            "user-data",
+            &format!("{lines} lines, secrets elided (-v shows them)"),
+        );
+        return;
     }
     out.0.push_str("\nuser-data, secrets elided:\n");
     for line in launch.user_data.lines() {
@@ -187,11 +201,14 @@ fn describe_type(info: &TypeInfo) -> String {
         parts.push(format!("{vcpus} vCPUs"));
     }
     if let Some(mib) = info.memory_mib {
-        parts.push(format!("{} memory", bytes(mib.max(0) as u64 * 1024 * 1024)));
+        parts.push(format!(
+            "{} memory",
+            format_bytes(mib.max(0) as u64 * 1024 * 1024)
+        ));
     }
     for gpu in &info.gpus {
         let memory = gpu.memory_mib.map_or(String::new(), |mib| {
-            format!(" ({} each)", bytes(mib.max(0) as u64 * 1024 * 1024))
+            format!(" ({} each)", format_bytes(mib.max(0) as u64 * 1024 * 1024))
         });
         parts.push(format!(
             "{} × {} {}{memory}",
@@ -207,34 +224,4 @@ fn describe_type(info: &TypeInfo) -> String {
         parts.join(", "),
         info.architectures.join(", ")
     )
-}
-
-fn bytes(count: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if count < 1024 {
-        return format!("{count} bytes");
-    }
-    let mut value = count as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    let value = match value.fract() {
-        0.0 => format!("{value}"),
-        _ => format!("{value:.1}"),
-    };
-    format!("{value} {}", UNITS[unit])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bytes;
-
-    #[test]
-    fn sizes_read_like_sizes() {
-        assert_eq!(bytes(12), "12 bytes");
-        assert_eq!(bytes(16 * 1024 * 1024 * 1024), "16 GiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-    }
 }

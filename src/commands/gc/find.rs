@@ -129,7 +129,6 @@ pub(super) async fn find(
     let (local, kept) = stale_local_state(&mut caller, plan, store, &owned).await;
     found.local = local;
     found.skipped.extend(kept);
-    found.locks = lock::sweep(state_dir, true);
     found.from_elsewhere = from_elsewhere;
     Ok(found)
 }

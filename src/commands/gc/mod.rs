@@ -48,8 +48,6 @@ struct Leftovers {
     launches: Vec<Launch>,
     /// Local paths to remove, and why.
     local: Vec<(PathBuf, String)>,
-    /// Lock files no run holds.
-    locks: usize,
     /// Left alone, and why.
     skipped: Vec<String>,
     /// Regions that could not be looked in.
@@ -75,8 +73,7 @@ pub async fn gc(
         && found.groups.is_empty()
         && found.placement_groups.is_empty()
         && found.launches.is_empty()
-        && found.local.is_empty()
-        && found.locks == 0;
+        && found.local.is_empty();
     if nothing {
         printer.info("nothing to clean up");
     } else if !yes {

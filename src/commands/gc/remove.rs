@@ -105,7 +105,9 @@ pub(super) async fn remove(
         }
     }
     drop(removal.locks);
-    lock::sweep(&plan.dirs.root, false);
+    // Every run leaves its directory's lock file behind, unheld: bookkeeping, not a leftover
+    // to report, swept along.
+    lock::sweep(&plan.dirs.root);
     removal.failed
 }
 

@@ -65,9 +65,6 @@ pub(super) fn report(found: &Leftovers, owner: &str) -> String {
     for (path, why) in &found.local {
         lines.push(format!("local state {}: {why}", path.display()));
     }
-    if found.locks > 0 {
-        lines.push(format!("{} lock files that no run holds", found.locks));
-    }
     for skipped in &found.skipped {
         lines.push(format!("left alone: {skipped}"));
     }

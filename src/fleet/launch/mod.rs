@@ -93,7 +93,7 @@ pub async fn launch(
         store.note_ingress(&head.id, cidr);
     }
     let market = match head.spot {
-        true => "spot; terminated, not stopped, when it ends itself or AWS interrupts it",
+        true => "spot: AWS may take it back",
         false => "on-demand",
     };
     let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
@@ -101,7 +101,7 @@ pub async fn launch(
         "launched {} ({}, {market}); {}",
         ids.join(", "),
         head.instance_type,
-        spec.watchdog.describe()
+        spec.watchdog.describe(head.spot)
     ));
     let volume_gib = (resolved.types.iter())
         .find(|(kind, _)| kind.name == head.instance_type)

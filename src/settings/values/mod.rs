@@ -3,6 +3,7 @@
 //! way it is written, so that `--help`, `--show-config` and the messages spell it one way.
 
 mod durations;
+mod env;
 mod lists;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 pub use durations::{Limit, Timeout};
+pub use env::{EnvEntries, EnvEntry, check_name};
 pub use lists::{InstanceTypes, SubnetIds, Tag, Tags};
 
 /// What happens to the instance once the command is done.
@@ -261,6 +263,12 @@ impl Shown for InstanceTypes {
 impl Shown for SubnetIds {
     fn shown(&self) -> String {
         self.0.join(",")
+    }
+}
+
+impl Shown for EnvEntries {
+    fn shown(&self) -> String {
+        self.names()
     }
 }
 
