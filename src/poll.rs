@@ -31,6 +31,15 @@ impl<'a> Poll<'a> {
         }
     }
 
+    /// Starts from `delay` rather than 50 ms: for what is known to take a while (an instance
+    /// shutting down), so that it is not asked over and over in its first second.
+    pub fn starting_at(self, delay: Duration) -> Poll<'a> {
+        Poll {
+            next: delay.min(self.cap),
+            ..self
+        }
+    }
+
     /// Gives up at `deadline`: `wait` then says so instead of sleeping.
     pub fn until(self, deadline: Instant) -> Poll<'a> {
         Poll {
@@ -85,6 +94,16 @@ mod tests {
     fn delays_double_up_to_the_cap_with_jitter() {
         let mut poll = Poll::every(Duration::from_millis(300));
         for step in [50, 100, 200, 300, 300] {
+            let delay = poll.next_delay();
+            let step = Duration::from_millis(step);
+            assert!(step / 2 <= delay && delay <= step, "{delay:?} for {step:?}");
+        }
+    }
+
+    #[test]
+    fn a_slow_wait_starts_from_its_own_delay() {
+        let mut poll = Poll::every(Duration::from_secs(10)).starting_at(Duration::from_secs(1));
+        for step in [1000, 2000, 4000, 8000, 10000] {
             let delay = poll.next_delay();
             let step = Duration::from_millis(step);
             assert!(step / 2 <= delay && delay <= step, "{delay:?} for {step:?}");

@@ -150,24 +150,30 @@ impl Cloud {
         Ok(subnets)
     }
 
-    /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from `cidr`
-    /// only.
+    /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from the
+    /// CIDR `cidr` gives (this machine's address, which may still be on its way: the group is
+    /// created meanwhile) only. The group's id and the CIDR.
     pub async fn create_ssh_group(
         &self,
         name: &str,
         vpc: &str,
-        cidr: IpNet,
+        cidr: impl Future<Output = Result<IpNet>>,
         tags: &[(String, String)],
-    ) -> Result<String> {
+    ) -> Result<(String, IpNet)> {
         let purpose = "ssh-ec2: SSH from the launching machine only; deleted with the instance";
-        let group = self.create_group(name, vpc, tags, purpose).await?;
-        if let Err(e) = self.allow_ssh_from(&group, cidr).await {
-            return Err(match self.delete_ssh_group(&group).await {
+        let (group, cidr) = tokio::join!(self.create_group(name, vpc, tags, purpose), cidr);
+        let group = group?;
+        let opened = match cidr {
+            Ok(cidr) => self.allow_ssh_from(&group, cidr).await.map(|()| cidr),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(cidr) => Ok((group, cidr)),
+            Err(e) => Err(match self.delete_ssh_group(&group).await {
                 Ok(()) => e,
                 Err(leak) => e.context(format!("{leak:#}")),
-            });
+            }),
         }
-        Ok(group)
     }
 
     /// Creates the group `name` in `vpc`, with no rule yet. The name is the launch's own, so a

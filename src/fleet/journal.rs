@@ -27,6 +27,9 @@ pub struct Launch {
     pub dir: String,
     /// The security group's id, once it is created.
     pub group: Option<String>,
+    /// The CIDR its tcp/22 rule lets in, once it is set.
+    #[serde(default)]
+    pub ingress: Option<ipnet::IpNet>,
     /// How many nodes it launches together (a cluster's).
     #[serde(default = "one")]
     pub nodes: u32,
@@ -62,6 +65,7 @@ impl Launch {
             region: region.to_string(),
             dir: dir.to_string(),
             group: None,
+            ingress: None,
             nodes,
             node_group: None,
             placement_group: None,

@@ -20,7 +20,7 @@ mod spec;
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 
 use crate::cloud::{Cloud, Image, Instance, State, caller_cidr, guess_user};
@@ -143,22 +143,15 @@ async fn find_or_launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     // This machine's address is needed whether the instance is found or launched (unless
-    // into an admin-made group): asked while the instance is looked for.
-    let ahead = async {
-        match spec.launch.security_group {
-            Some(_) => None,
-            None => Some(ingress_cidr(&spec.ingress, printer).await),
-        }
-    };
-    let ahead = interrupt.cancel(async { Ok(ahead.await) });
-    let (found, ahead) =
-        tokio::try_join!(find_here(cloud, spec, store, printer, interrupt), ahead)?;
-    match found {
+    // into an admin-made group): asked from now, while the instance is looked for.
+    let caller =
+        (spec.launch.security_group.is_none()).then(|| Caller::ask(&spec.ingress, printer));
+    match find_here(cloud, spec, store, printer, interrupt).await? {
         Some(found) => {
             check_nodes(spec, &found.0)?;
-            reuse(cloud, spec, store, found, ahead, printer, interrupt).await
+            reuse(cloud, spec, store, found, caller, printer, interrupt).await
         }
-        None => launch::launch(cloud, spec, store, ahead, printer, interrupt).await,
+        None => launch::launch(cloud, spec, store, caller, printer, interrupt).await,
     }
 }
 
@@ -206,15 +199,39 @@ async fn find_here(
     Ok(Some((found, origin)))
 }
 
-/// This machine's address for the SSH rule, when it was looked up ahead of need.
-pub type Ahead = Option<Result<IpNet>>;
+/// The CIDR the SSH rule lets in, on its way: asked of checkip ahead of need (or the CIDR set,
+/// said with its warning when wide).
+pub struct Caller(tokio::task::JoinHandle<Result<IpNet>>);
+
+impl Caller {
+    /// Starts asking; a `Caller` never waited for is left to finish on its own.
+    pub fn ask(ingress: &Ingress, printer: &Printer) -> Caller {
+        Caller(match ingress {
+            Ingress::Cidr(cidr) => {
+                if let Some(warning) = wide_ingress_warning(cidr) {
+                    printer.warn(&warning);
+                }
+                let cidr = *cidr;
+                tokio::spawn(async move { Ok(cidr) })
+            }
+            Ingress::CallerIp { checkip_url } => {
+                let url = checkip_url.clone();
+                tokio::spawn(async move { caller_cidr(&url).await })
+            }
+        })
+    }
+
+    pub async fn cidr(self) -> Result<IpNet> {
+        self.0.await.context("the checkip request panicked")?
+    }
+}
 
 async fn reuse(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
     (instances, origin): (Vec<Instance>, Origin),
-    ahead: Ahead,
+    caller: Option<Caller>,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
@@ -236,7 +253,7 @@ async fn reuse(
         head.state.as_str()
     ));
     // Done before starting it, so a failure (or a signal) here leaves the instance as it was.
-    let prepared = prepare(cloud, spec, store, &instances, ahead, printer);
+    let prepared = prepare(cloud, spec, store, &instances, caller, printer);
     interrupt.cancel(prepared).await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
     if let Err(e) = interrupt.cancel(start(cloud, &instances, &phase)).await {
@@ -268,15 +285,13 @@ async fn prepare(
     spec: &MachineSpec,
     store: &Store,
     nodes: &[Instance],
-    ahead: Ahead,
+    caller: Option<Caller>,
     printer: &Printer,
 ) -> Result<()> {
     let head = &nodes[0];
     if let Some(group) = &head.security_group {
-        let cidr = match ahead {
-            Some(looked_up) => looked_up?,
-            None => ingress_cidr(&spec.ingress, printer).await?,
-        };
+        let caller = caller.unwrap_or_else(|| Caller::ask(&spec.ingress, printer));
+        let cidr = caller.cidr().await?;
         let last = store.ingress(&head.id);
         if last != Some(cidr) {
             cloud.allow_ssh_only_from(group, cidr, last).await?;
@@ -335,13 +350,5 @@ pub fn launch_user(spec: &MachineSpec, image: &Image) -> String {
 
 /// The CIDR the SSH rule lets in; one set wider than a site's is let in with a warning.
 pub async fn ingress_cidr(ingress: &Ingress, printer: &Printer) -> Result<IpNet> {
-    match ingress {
-        Ingress::Cidr(cidr) => {
-            if let Some(warning) = wide_ingress_warning(cidr) {
-                printer.warn(&warning);
-            }
-            Ok(*cidr)
-        }
-        Ingress::CallerIp { checkip_url } => caller_cidr(checkip_url).await,
-    }
+    Caller::ask(ingress, printer).cidr().await
 }

@@ -159,15 +159,14 @@ async fn connect_and_release(held: &Held) -> Result<()> {
     release(&Cloud::connect(&account).await, held).await
 }
 
-/// Tries again until nothing is held, for as long as an instance may take to terminate.
+/// Tries again (a try was just made) until nothing is held, for as long as an instance may
+/// take to terminate: tens of seconds, so from a second between tries up to ten.
 pub async fn release(cloud: &Cloud, held: &Held) -> Result<()> {
-    let mut poll = Poll::every(Duration::from_secs(10)).within(TRANSITION_TIMEOUT);
+    let mut poll = Poll::every(Duration::from_secs(10))
+        .starting_at(Duration::from_secs(1))
+        .within(TRANSITION_TIMEOUT);
     let mut held = held.clone();
-    loop {
-        held = release_once(cloud, &held).await?;
-        if held.is_empty() {
-            return Ok(());
-        }
+    while !held.is_empty() {
         if !poll.wait().await? {
             anyhow::bail!(
                 "{} in {} still in use after {} minutes",
@@ -176,7 +175,9 @@ pub async fn release(cloud: &Cloud, held: &Held) -> Result<()> {
                 TRANSITION_TIMEOUT.as_secs() / 60
             );
         }
+        held = release_once(cloud, &held).await?;
     }
+    Ok(())
 }
 
 /// The time now, for the log.

@@ -82,6 +82,25 @@ fn the_lookups_before_a_launch_go_out_together_and_once_each() {
     assert_nothing_left(&cloud, &project, &run);
 }
 
+#[test]
+fn this_machine_s_address_is_asked_while_the_instance_is_looked_for() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    // Every answer held (a timed-out attempt's retry too) until checkip has been asked.
+    cloud.set_faults(json!([{"action": "DescribeInstances", "hold": true}]));
+    let mut running = project.ssh_ec2(&cloud);
+    running.arg("true");
+    let child = start_until_held(&cloud, &mut running, "DescribeInstances");
+    wait_until("checkip, while the look for the instance waits", || {
+        cloud.count_events("checkip") == 1
+    });
+    cloud.set_faults(json!([]));
+    let run = Run::collect(child);
+    run.assert_code(0);
+    assert_eq!(cloud.count_events("checkip"), 1, "asked once\n{run}");
+    assert_nothing_left(&cloud, &project, &run);
+}
+
 /// The value of the `ssh-ec2:expires-at` tag of the cloud's only instance.
 fn expiry_tag(cloud: &TestCloud) -> Option<String> {
     common::tag(&cloud.instances()[0], "ssh-ec2:expires-at")

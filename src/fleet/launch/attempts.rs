@@ -38,16 +38,19 @@ impl Launcher<'_> {
     ) -> Outcome {
         let group = match group {
             Group::Admin(id) => id,
-            Group::Own(cidr) => {
+            Group::Own(caller) => {
                 let name = launch.group_name();
                 let tags = &self.spec.launch.tags;
-                match self
-                    .cloud
+                let cidr = caller.cidr();
+                match (self.cloud)
                     .create_ssh_group(&name, &resolved.vpc, cidr, tags)
                     .await
                 {
                     // Recorded at once: the journal deletes the launch's own group, and only it.
-                    Ok(group) => launch.group.insert(group).clone(),
+                    Ok((group, cidr)) => {
+                        launch.ingress = Some(cidr);
+                        launch.group.insert(group).clone()
+                    }
                     Err(e) => return Outcome::Failed(e),
                 }
             }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::end_of_life::{self, Origin};
 use super::journal::Launch;
 use super::spec::MachineSpec;
-use super::{Ahead, Machine, Node, ingress_cidr};
+use super::{Caller, Machine, Node};
 use crate::cloud::{Cloud, Image, Instance};
 use crate::interrupt::{Interrupt, Interrupted, Signal};
 use crate::price;
@@ -25,8 +25,8 @@ pub use resolve::{Resolved, resolve};
 enum Group {
     /// An admin-made one, by id: used as it is.
     Admin(String),
-    /// One of its own, made for the launch, letting this CIDR in on tcp/22.
-    Own(ipnet::IpNet),
+    /// One of its own, made for the launch, letting this CIDR (on its way) in on tcp/22.
+    Own(Caller),
 }
 
 /// How a launch attempt ended.
@@ -48,7 +48,7 @@ pub async fn launch(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
-    ahead: Ahead,
+    caller: Option<Caller>,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
@@ -67,7 +67,7 @@ pub async fn launch(
         resolved,
         account,
         group,
-    } = settle_first(cloud, spec, store, ahead, printer, interrupt).await?;
+    } = settle_first(cloud, spec, store, caller, printer, interrupt).await?;
     let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
@@ -81,15 +81,11 @@ pub async fn launch(
         printer,
         interrupt,
     };
-    let own_cidr = match group {
-        Group::Own(cidr) => Some(cidr),
-        Group::Admin(_) => None,
-    };
     let outcome = send(&launcher, &mut launch, group, &new_keys, &resolved).await;
     let (instances, user) = settle(cloud, store, printer, &launch, outcome).await?;
     let keys = adopt(cloud, store, printer, new_keys, &launch, &instances).await?;
     let head = &instances[0];
-    if let Some(cidr) = own_cidr {
+    if let Some(cidr) = launch.ingress {
         store.note_ingress(&head.id, cidr);
     }
     let market = match head.spot {
@@ -139,7 +135,7 @@ async fn settle_first(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
-    ahead: Ahead,
+    caller: Option<Caller>,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Settled> {
@@ -189,11 +185,12 @@ async fn settle_first(
             kind.name
         ));
     }
-    // An admin-made group is only looked up; no checkip is needed for it (nor asked).
-    let group = match (&resolved.admin_group, ahead) {
+    // An admin-made group is only looked up; no checkip is needed for it (nor asked). This
+    // machine's address is waited for only once the group exists.
+    let group = match (&resolved.admin_group, caller) {
         (Some(id), _) => Group::Admin(id.clone()),
-        (None, Some(looked_up)) => Group::Own(looked_up?),
-        (None, None) => Group::Own(ingress_cidr(&spec.ingress, printer).await?),
+        (None, Some(caller)) => Group::Own(caller),
+        (None, None) => Group::Own(Caller::ask(&spec.ingress, printer)),
     };
     Ok(Settled {
         resolved,
