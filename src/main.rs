@@ -37,6 +37,12 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == ssh::relay::TRANSPORT_FLAG) {
         return exit(ssh::transport::transport_main(&args[2..]));
     }
+    if args
+        .get(1)
+        .is_some_and(|a| a == fleet::release::HELPER_FLAG)
+    {
+        return exit(fleet::release::helper_main(&args[2..]));
+    }
     let request = match cli::parse(&args) {
         Ok(request) => request,
         Err(e) => {

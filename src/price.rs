@@ -2,6 +2,7 @@
 //! current spot price; else, or when that is unknown, on demand from the AWS Price List, else
 //! from the price table shipped with ssh-ec2, `data/prices.toml`, read at build time, with its
 //! date), and a run's cost from it. A price that is not known is said so; it never stops a run.
+//! What AWS answered is kept in the state directory for a while (`state::known`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cloud::Cloud;
+use crate::state::known::{Known, PRICE_AGE, SPOT_PRICE_AGE};
 
 const TABLE: &str = include_str!("../data/prices.toml");
 /// AWS prorates monthly storage prices over 730 hours.
@@ -43,20 +45,22 @@ impl fmt::Display for Hourly {
 
 /// What an hour of `instance_type` costs in `cloud`'s region: for a `spot` instance the spot
 /// price now (in `zone` when known, else the lowest across zones), else or failing that the
-/// on-demand price.
+/// on-demand price. What AWS said is kept (`Known`): a price is asked once a day (a spot price
+/// once an hour), not before and after every run.
 pub async fn hourly(
     cloud: &Cloud,
+    known: &Known,
     instance_type: &str,
     spot: bool,
     zone: Option<&str>,
 ) -> Option<Hourly> {
-    if spot && let Some((usd, zone)) = cloud.spot_price(instance_type, zone).await {
+    if spot && let Some((usd, zone)) = spot_price(cloud, known, instance_type, zone).await {
         return Some(Hourly {
             usd,
             source: format!("spot in {zone}, EC2's current spot price"),
         });
     }
-    let on_demand = match cloud.on_demand_price(instance_type).await {
+    let on_demand = match on_demand_price(cloud, known, instance_type).await {
         Some(usd) => Some(Hourly {
             usd,
             source: "on demand, AWS Price List".to_string(),
@@ -70,6 +74,37 @@ pub async fn hourly(
         }),
         false => on_demand,
     }
+}
+
+/// The Price List's answer (`None`: no price from it, for a day too), kept or asked.
+async fn on_demand_price(cloud: &Cloud, known: &Known, instance_type: &str) -> Option<f64> {
+    let key = format!("price/{}/{instance_type}", cloud.region);
+    if let Some(usd) = known.get(&key, PRICE_AGE) {
+        return usd;
+    }
+    let usd = cloud.on_demand_price(instance_type).await;
+    known.put(&key, &usd);
+    usd
+}
+
+/// EC2's spot price and its zone (`None`: it did not say), kept or asked.
+async fn spot_price(
+    cloud: &Cloud,
+    known: &Known,
+    instance_type: &str,
+    zone: Option<&str>,
+) -> Option<(f64, String)> {
+    let key = format!(
+        "spot/{}/{instance_type}/{}",
+        cloud.region,
+        zone.unwrap_or("any zone")
+    );
+    if let Some(price) = known.get(&key, SPOT_PRICE_AGE) {
+        return price;
+    }
+    let price = cloud.spot_price(instance_type, zone).await;
+    known.put(&key, &price);
+    price
 }
 
 /// The on-demand price of `instance_type` in `region`, if the shipped table has it.

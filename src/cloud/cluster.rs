@@ -2,14 +2,12 @@
 //! type allows it), its own security group (the nodes reach each other, on any port; nothing
 //! else gets in through it), and the SSH group on its head only.
 
-use std::time::Duration;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aws_sdk_ec2::types::{IpPermission, PlacementStrategy, ResourceType, UserIdGroupPair};
 
+use super::network::{deletion, once_released};
 use super::tags::{Owner, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
 use super::{AwsResultExt, Cloud};
-use crate::poll::Poll;
 
 /// A placement group ssh-ec2 made for one of the owner's clusters.
 #[derive(Debug, Clone)]
@@ -45,34 +43,31 @@ impl Cloud {
     /// Deletes the placement group `name` once its instances are gone; one already gone is
     /// deleted. AWS refuses while terminated instances still count as in it: retried a while.
     pub async fn delete_placement_group(&self, name: &str) -> Result<()> {
-        let mut poll = Poll::every(Duration::from_secs(5)).within(Duration::from_secs(180));
-        loop {
-            let deleted = self
-                .ec2
-                .delete_placement_group()
-                .group_name(name)
-                .send()
-                .await
-                .explain(format_args!("delete placement group {name}"));
-            match deleted {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code.as_deref() == Some("InvalidPlacementGroup.Unknown") => {
-                    return Ok(());
-                }
-                Err(e)
-                    if e.code.as_deref() == Some("InvalidPlacementGroup.InUse")
-                        && poll.wait().await? =>
-                {
-                    tracing::debug!("placement group {name} still in use; retrying");
-                }
-                Err(e) => {
-                    return Err(e).context(format!(
-                        "delete it yourself once its instances are gone: `aws ec2 \
-                         delete-placement-group --group-name {name}`"
-                    ));
-                }
-            }
-        }
+        let what = format!("placement group {name}");
+        once_released(&what, async || self.try_delete_placement_group(name).await).await
+    }
+
+    /// One try at deleting the placement group `name`: `false` while AWS still counts an
+    /// instance in it; one already gone counts as deleted.
+    pub async fn try_delete_placement_group(&self, name: &str) -> Result<bool> {
+        let deleted = self
+            .ec2
+            .delete_placement_group()
+            .group_name(name)
+            .send()
+            .await
+            .explain(format_args!("delete placement group {name}"));
+        let yourself = || {
+            format!(
+                "delete it yourself once its instances are gone: `aws ec2 \
+                 delete-placement-group --group-name {name}`"
+            )
+        };
+        let codes = [
+            "InvalidPlacementGroup.Unknown",
+            "InvalidPlacementGroup.InUse",
+        ];
+        deletion(deleted, codes, yourself)
     }
 
     /// The placement groups ssh-ec2 made for `owner`'s clusters, from this machine.

@@ -10,6 +10,8 @@ pub struct Image {
     pub id: String,
     pub name: String,
     pub architecture: String,
+    /// When it was made, ISO 8601 (which sorts as text).
+    pub created: String,
     /// The EBS root volume the image boots from, if it has one.
     pub root_volume: Option<RootVolume>,
 }
@@ -40,6 +42,7 @@ impl Image {
             id: image.image_id()?.to_string(),
             name: image.name().unwrap_or_default().to_string(),
             architecture: image.architecture().map_or("", |a| a.as_str()).to_string(),
+            created: image.creation_date().unwrap_or_default().to_string(),
             root_volume,
         })
     }
@@ -67,101 +70,109 @@ impl Cloud {
             })
     }
 
-    /// The newest available Amazon-owned image whose name matches `pattern` and that an
-    /// instance of `kind` can run (the newest match is often built for another architecture).
-    pub async fn newest_image(&self, pattern: &str, kind: &TypeInfo) -> Result<Image> {
+    /// The available Amazon-owned images whose name matches `pattern`, for any architecture:
+    /// asked once, beside the types' lookup, then chosen for each type (`newest_for`).
+    pub async fn images_named(&self, pattern: &str) -> Result<Vec<Image>> {
         let found = self
             .ec2
             .describe_images()
             .owners("amazon")
             .filters(Filter::builder().name("name").values(pattern).build())
             .filters(Filter::builder().name("state").values("available").build())
-            .filters(
-                Filter::builder()
-                    .name("architecture")
-                    .set_values(Some(kind.architectures.clone()))
-                    .build(),
-            )
             .send()
             .await
             .explain(format_args!(
                 "look up images named \"{pattern}\" in {}",
                 self.region
             ))?;
-        // ISO 8601 timestamps sort chronologically as text.
-        let newest = found
-            .images()
-            .iter()
-            .max_by_key(|image| image.creation_date().unwrap_or(""));
-        match newest.and_then(Image::from_sdk) {
-            Some(image) => Ok(image),
-            None => bail!(
-                "no Amazon image named \"{pattern}\" for a {} in {}: check --image-name, or \
-                 pass --image-id",
-                kind.name,
-                self.region
-            ),
-        }
+        Ok(found.images().iter().filter_map(Image::from_sdk).collect())
     }
 
-    /// What an instance of `instance_type` has; fails when the type is not offered here.
-    pub async fn instance_type(&self, instance_type: &str) -> Result<TypeInfo> {
+    /// What an instance of each of `names` has, in that order, asked in one request; fails
+    /// when one is not offered here.
+    pub async fn instance_types(&self, names: &[&str]) -> Result<Vec<TypeInfo>> {
         let found = self
             .ec2
             .describe_instance_types()
-            .instance_types(InstanceType::from(instance_type))
+            .set_instance_types(Some(names.iter().map(|&n| InstanceType::from(n)).collect()))
             .send()
             .await
             .explain(format_args!(
-                "look up instance type {instance_type} in {}",
+                "look up instance type {} in {}",
+                names.join(", "),
                 self.region
             ))?;
-        let info = found.instance_types().first();
-        let architectures: Vec<String> = info
-            .and_then(|t| t.processor_info())
-            .map(|p| p.supported_architectures())
-            .unwrap_or_default()
+        let known: Vec<TypeInfo> = found
+            .instance_types()
             .iter()
-            .map(|a| a.as_str().to_string())
+            .filter_map(type_info)
             .collect();
-        let Some(info) = info.filter(|_| !architectures.is_empty()) else {
-            bail!(
-                "instance type {instance_type} is not offered in {}: check --instance-type",
-                self.region
-            );
-        };
-        let gpus = info
-            .gpu_info()
-            .map(|g| g.gpus())
-            .unwrap_or_default()
-            .iter()
-            .map(|gpu| Gpus {
-                count: gpu.count().unwrap_or(0),
-                maker: gpu.manufacturer().unwrap_or_default().to_string(),
-                model: gpu.name().unwrap_or_default().to_string(),
-                memory_mib: gpu.memory_info().and_then(|m| m.size_in_mib()),
+        (names.iter())
+            .map(|&name| {
+                let info = known.iter().find(|info| info.name == name);
+                info.cloned().with_context(|| {
+                    format!(
+                        "instance type {name} is not offered in {}: check --instance-type \
+                         (and --fallback-types)",
+                        self.region
+                    )
+                })
             })
-            .collect();
-        Ok(TypeInfo {
-            name: instance_type.to_string(),
-            architectures,
-            vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()),
-            memory_mib: info.memory_info().and_then(|m| m.size_in_mib()),
-            gpus,
-            cluster_placement: info.placement_group_info().is_some_and(|p| {
-                p.supported_strategies()
-                    .contains(&PlacementGroupStrategy::Cluster)
-            }),
-            efa: info
-                .network_info()
-                .and_then(|n| n.efa_supported())
-                .unwrap_or(false),
-        })
+            .collect()
     }
 }
 
+/// The newest of `images` that an instance of `kind` can run (the newest match of a name is
+/// often built for another architecture).
+pub fn newest_for(images: &[Image], kind: &TypeInfo) -> Option<Image> {
+    (images.iter())
+        .filter(|image| kind.architectures.contains(&image.architecture))
+        .max_by(|a, b| a.created.cmp(&b.created))
+        .cloned()
+}
+
+/// What DescribeInstanceTypes says of one type; `None` without a name or an architecture.
+fn type_info(info: &aws_sdk_ec2::types::InstanceTypeInfo) -> Option<TypeInfo> {
+    let architectures: Vec<String> = (info.processor_info())
+        .map(|p| p.supported_architectures())
+        .unwrap_or_default()
+        .iter()
+        .map(|a| a.as_str().to_string())
+        .collect();
+    if architectures.is_empty() {
+        return None;
+    }
+    let gpus = info
+        .gpu_info()
+        .map(|g| g.gpus())
+        .unwrap_or_default()
+        .iter()
+        .map(|gpu| Gpus {
+            count: gpu.count().unwrap_or(0),
+            maker: gpu.manufacturer().unwrap_or_default().to_string(),
+            model: gpu.name().unwrap_or_default().to_string(),
+            memory_mib: gpu.memory_info().and_then(|m| m.size_in_mib()),
+        })
+        .collect();
+    Some(TypeInfo {
+        name: info.instance_type()?.as_str().to_string(),
+        architectures,
+        vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()),
+        memory_mib: info.memory_info().and_then(|m| m.size_in_mib()),
+        gpus,
+        cluster_placement: info.placement_group_info().is_some_and(|p| {
+            p.supported_strategies()
+                .contains(&PlacementGroupStrategy::Cluster)
+        }),
+        efa: info
+            .network_info()
+            .and_then(|n| n.efa_supported())
+            .unwrap_or(false),
+    })
+}
+
 /// What an instance type offers, as DescribeInstanceTypes says.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TypeInfo {
     pub name: String,
     pub architectures: Vec<String>,
@@ -192,7 +203,7 @@ impl TypeInfo {
 }
 
 /// GPUs of one model in an instance type.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Gpus {
     pub count: i32,
     pub maker: String,

@@ -31,7 +31,7 @@ use crate::settings::defaults::REGION as FALLBACK_REGION;
 pub use cluster::OwnedPlacementGroup;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
-pub use image::{Image, TypeInfo, guess_user};
+pub use image::{Image, TypeInfo, guess_user, newest_for};
 pub use instance::{Instance, Owned, State};
 pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
 pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
@@ -71,12 +71,14 @@ impl std::ops::Deref for InRegion<'_> {
 pub struct Cloud {
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
-    /// The AWS Price List, asked briefly, once per instance type (`prices`).
+    /// The AWS Price List, asked briefly.
     pricing: aws_sdk_pricing::Client,
-    prices: Mutex<HashMap<String, Option<f64>>>,
     /// To decode why AWS refused something, and to learn the account.
     sts: aws_sdk_sts::Client,
     pub region: String,
+    /// The AWS profile it was connected with (`Account::profile`), for a helper process that
+    /// must act with the same credentials.
+    pub profile: Option<String>,
     /// What this process created (or found after a lost answer), and when.
     created: Mutex<HashMap<String, Instant>>,
     /// What the clients were made from, for a connection to another region.
@@ -139,10 +141,10 @@ impl Cloud {
                 .retry_config(patient_retries())
                 .build();
         }
-        Cloud::from_config(config)
+        Cloud::from_config(config, account.profile.clone())
     }
 
-    fn from_config(config: SdkConfig) -> Cloud {
+    fn from_config(config: SdkConfig, profile: Option<String>) -> Cloud {
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
@@ -160,9 +162,9 @@ impl Cloud {
             ec2: aws_sdk_ec2::Client::from_conf(ec2),
             iam: aws_sdk_iam::Client::new(&config),
             pricing: aws_sdk_pricing::Client::from_conf(pricing),
-            prices: Mutex::default(),
             sts: aws_sdk_sts::Client::new(&config),
             region,
+            profile,
             created: Mutex::default(),
             config,
         }
@@ -178,6 +180,7 @@ impl Cloud {
                     .into_builder()
                     .region(Region::new(region.to_string()))
                     .build(),
+                self.profile.clone(),
             ))),
         }
     }

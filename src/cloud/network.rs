@@ -10,14 +10,28 @@ use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, ResourceType}
 use ipnet::IpNet;
 
 use super::tags::{Owner, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
-use super::{AwsResultExt, Cloud};
+use super::{AwsError, AwsResultExt, Cloud};
 use crate::poll::Poll;
 
-/// A subnet to launch in, and its availability zone.
+/// A subnet to launch in, its availability zone and its VPC.
 #[derive(Debug, Clone)]
 pub struct Subnet {
     pub id: String,
     pub zone: String,
+    pub vpc: String,
+    /// The AWS account it belongs to (another's, for a subnet shared with this one).
+    pub owner: Option<String>,
+}
+
+impl Subnet {
+    fn from_sdk(subnet: &aws_sdk_ec2::types::Subnet) -> Option<Subnet> {
+        Some(Subnet {
+            id: subnet.subnet_id()?.to_string(),
+            zone: subnet.availability_zone()?.to_string(),
+            vpc: subnet.vpc_id()?.to_string(),
+            owner: subnet.owner_id().map(str::to_string),
+        })
+    }
 }
 
 /// A security group ssh-ec2 made for one of the owner's instances.
@@ -66,28 +80,37 @@ impl Cloud {
             .collect())
     }
 
-    /// The VPC to launch in: the subnet's, else the region's default VPC.
-    pub async fn vpc_for(&self, subnet_id: Option<&str>) -> Result<String> {
-        if let Some(subnet) = subnet_id {
-            let found = self
-                .ec2
-                .describe_subnets()
-                .subnet_ids(subnet)
-                .send()
-                .await
-                .explain(format_args!("look up subnet {subnet}"))?;
-            return found
-                .subnets()
-                .first()
-                .and_then(|s| s.vpc_id())
-                .map(str::to_string)
-                .with_context(|| {
+    /// The subnets `ids`, in that order, asked in one request; fails when one does not exist.
+    pub async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>> {
+        let found = self
+            .ec2
+            .describe_subnets()
+            .set_subnet_ids(Some(ids.to_vec()))
+            .send()
+            .await;
+        let found = match found {
+            Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => None,
+            found => Some(found.explain(format_args!("look up subnet {}", ids.join(", ")))?),
+        };
+        let known: Vec<Subnet> = (found.iter())
+            .flat_map(|f| f.subnets())
+            .filter_map(Subnet::from_sdk)
+            .collect();
+        (ids.iter())
+            .map(|id| {
+                let subnet = known.iter().find(|s| s.id == *id).cloned();
+                subnet.with_context(|| {
                     format!(
-                        "subnet {subnet} does not exist in {}: check --subnet-id",
+                        "subnet {id} does not exist in {}: check --subnet-id and --subnet-ids",
                         self.region
                     )
-                });
-        }
+                })
+            })
+            .collect()
+    }
+
+    /// The region's default VPC (for a region without default subnets: their VPC says it).
+    pub async fn default_vpc(&self) -> Result<String> {
         let found = self
             .ec2
             .describe_vpcs()
@@ -121,12 +144,7 @@ impl Cloud {
         let mut subnets: Vec<Subnet> = found
             .subnets()
             .iter()
-            .filter_map(|s| {
-                Some(Subnet {
-                    id: s.subnet_id()?.to_string(),
-                    zone: s.availability_zone()?.to_string(),
-                })
-            })
+            .filter_map(Subnet::from_sdk)
             .collect();
         subnets.sort_by(|a, b| a.zone.cmp(&b.zone));
         Ok(subnets)
@@ -257,10 +275,43 @@ impl Cloud {
         }
     }
 
-    /// Lets `cidr` in on tcp/22, and no longer the addresses earlier runs came from.
-    pub async fn allow_ssh_only_from(&self, group: &str, cidr: IpNet) -> Result<()> {
+    /// Lets `cidr` in on tcp/22, and no longer the addresses earlier runs came from: `last`,
+    /// the one this machine let in last, when it is known; else those ssh-ec2's rules name.
+    pub async fn allow_ssh_only_from(
+        &self,
+        group: &str,
+        cidr: IpNet,
+        last: Option<IpNet>,
+    ) -> Result<()> {
         // Added first, so that access never depends on the revoke going through.
         self.allow_ssh_from(group, cidr).await?;
+        let earlier = match last {
+            Some(last) => vec![last],
+            None => self.caller_rules(group).await?,
+        };
+        let stale: Vec<IpNet> = earlier.into_iter().filter(|old| *old != cidr).collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let revoked = self
+            .ec2
+            .revoke_security_group_ingress()
+            .group_id(group)
+            .ip_permissions(ssh_permission(&stale))
+            .send()
+            .await
+            .explain(format_args!(
+                "remove earlier callers' SSH rules from security group {group}"
+            ));
+        match revoked {
+            // Someone removed it already.
+            Err(e) if e.code.as_deref() == Some("InvalidPermission.NotFound") => Ok(()),
+            revoked => revoked.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// The CIDRs that ssh-ec2's own tcp/22 rules of `group` let in.
+    async fn caller_rules(&self, group: &str) -> Result<Vec<IpNet>> {
         let found = self
             .ec2
             .describe_security_groups()
@@ -269,7 +320,7 @@ impl Cloud {
             .await
             .explain(format_args!("read the rules of security group {group}"))?;
         let ours = |description: Option<&str>| description == Some(CALLER_RULE);
-        let stale: Vec<IpNet> = found
+        Ok(found
             .security_groups()
             .iter()
             .flat_map(|g| g.ip_permissions())
@@ -289,55 +340,79 @@ impl Cloud {
                     .filter_map(|c| c.parse::<IpNet>().ok())
                     .collect::<Vec<_>>()
             })
-            .filter(|old| *old != cidr)
-            .collect();
-        if stale.is_empty() {
-            return Ok(());
-        }
-        self.ec2
-            .revoke_security_group_ingress()
-            .group_id(group)
-            .ip_permissions(ssh_permission(&stale))
-            .send()
-            .await
-            .explain(format_args!(
-                "remove earlier callers' SSH rules from security group {group}"
-            ))?;
-        Ok(())
+            .collect())
     }
 
     /// Deletes a run's security group once its instance is gone. AWS refuses while the
     /// instance's network interface is still detaching, so this retries for a while.
     pub async fn delete_ssh_group(&self, group: &str) -> Result<()> {
-        let mut poll = Poll::every(Duration::from_secs(5)).within(Duration::from_secs(180));
-        loop {
-            // A group made moments ago that AWS does not show yet is not gone.
-            let result = self
-                .despite_lag(group, "InvalidGroup.NotFound", async || {
-                    self.ec2
-                        .delete_security_group()
-                        .group_id(group)
-                        .send()
-                        .await
-                        .explain(format_args!("delete security group {group}"))
-                })
-                .await;
-            match result {
-                Ok(_) => return Ok(()),
-                Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => return Ok(()),
-                Err(e)
-                    if e.code.as_deref() == Some("DependencyViolation") && poll.wait().await? =>
-                {
-                    tracing::debug!("{group} still in use; retrying");
-                }
-                Err(e) => {
-                    return Err(e).context(format!(
-                        "delete it yourself once nothing uses it: `aws ec2 delete-security-group --group-id {group}`"
-                    ));
-                }
-            }
+        let what = format!("security group {group}");
+        once_released(&what, async || self.try_delete_ssh_group(group).await).await
+    }
+
+    /// One try at deleting a run's security group: `false` while AWS still holds it (an
+    /// instance in it is shutting down); one already gone counts as deleted.
+    pub async fn try_delete_ssh_group(&self, group: &str) -> Result<bool> {
+        // A group made moments ago that AWS does not show yet is not gone.
+        let result = self
+            .despite_lag(group, "InvalidGroup.NotFound", async || {
+                self.ec2
+                    .delete_security_group()
+                    .group_id(group)
+                    .send()
+                    .await
+                    .explain(format_args!("delete security group {group}"))
+            })
+            .await;
+        let yourself = || {
+            format!(
+                "delete it yourself once nothing uses it: `aws ec2 delete-security-group \
+                 --group-id {group}`"
+            )
+        };
+        deletion(
+            result,
+            ["InvalidGroup.NotFound", "DependencyViolation"],
+            yourself,
+        )
+    }
+}
+
+/// What one try at a deletion came to: `true` deleted (or gone already, `codes[0]`), `false`
+/// still in use (`codes[1]`), else the error, with how to delete it by hand.
+pub(super) fn deletion<T>(
+    result: Result<T, AwsError>,
+    codes: [&str; 2],
+    yourself: impl FnOnce() -> String,
+) -> Result<bool> {
+    let [gone, in_use] = codes.map(Some);
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.code.as_deref() == gone => Ok(true),
+        Err(e) if e.code.as_deref() == in_use => {
+            tracing::debug!("still in use: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(e).context(yourself()),
+    }
+}
+
+/// Tries `delete` (one try at deleting `what`: `false` while AWS still holds it) again for a
+/// while.
+pub(super) async fn once_released(
+    what: &str,
+    mut delete: impl AsyncFnMut() -> Result<bool>,
+) -> Result<()> {
+    let mut poll = Poll::every(Duration::from_secs(5)).within(Duration::from_secs(180));
+    while !delete().await? {
+        if !poll.wait().await? {
+            bail!(
+                "{what} is still in use after 3 minutes: check the EC2 console, then `ssh-ec2 \
+                 --gc --yes` deletes it"
+            );
         }
     }
+    Ok(())
 }
 
 /// How the names of ssh-ec2's security groups start (see fleet::journal).

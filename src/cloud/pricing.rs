@@ -1,6 +1,7 @@
 //! What AWS says an instance costs now: the on-demand price from the AWS Price List and the
 //! spot price from EC2's spot price history. A price is only shown, so each question is asked
 //! once, briefly, and any failure is an unknown price (logged for `-vv`), never an error.
+//! (`price` keeps the answers for a while.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -32,12 +33,8 @@ pub(super) fn brief() -> (RetryConfig, TimeoutConfig) {
 
 impl Cloud {
     /// USD per hour of `instance_type` on demand here (Linux, shared tenancy), from the AWS
-    /// Price List; `None` when it does not answer or has no single price for it. Remembered
-    /// for the run, so the summary does not ask again.
+    /// Price List; `None` when it does not answer or has no single price for it.
     pub async fn on_demand_price(&self, instance_type: &str) -> Option<f64> {
-        if let Some(known) = self.prices.lock().expect("not poisoned").get(instance_type) {
-            return *known;
-        }
         let filters = [
             ("instanceType", instance_type),
             ("regionCode", self.region.as_str()),
@@ -56,7 +53,7 @@ impl Cloud {
                 .expect("type, field and value are set");
             request = request.filters(filter);
         }
-        let usd = match request.send().await.explain(format_args!(
+        match request.send().await.explain(format_args!(
             "get the price of {instance_type} in {} from the AWS Price List",
             self.region
         )) {
@@ -65,10 +62,7 @@ impl Cloud {
                 tracing::debug!("{e}; using ssh-ec2's price table");
                 None
             }
-        };
-        let mut prices = self.prices.lock().expect("not poisoned");
-        prices.insert(instance_type.to_string(), usd);
-        usd
+        }
     }
 
     /// The current spot price of `instance_type` (Linux/UNIX) in `zone`, or the lowest across

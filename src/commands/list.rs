@@ -102,7 +102,9 @@ async fn rows(
             (Some(running_for), true) => {
                 let instance = &owned.instance;
                 let zone = instance.zone.as_deref();
-                let hourly = price::hourly(cloud, &instance.instance_type, instance.spot, zone);
+                let known = store.known();
+                let hourly =
+                    price::hourly(cloud, &known, &instance.instance_type, instance.spot, zone);
                 let nodes = instances.len() as f64;
                 (hourly.await).map(|h| h.usd * running_for.as_secs_f64() / 3600.0 * nodes)
             }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::release::{self, Held};
 use crate::cloud::{Cloud, Instance, State};
 use crate::printer::Printer;
 use crate::settings::values::EndOfLife;
@@ -128,30 +129,29 @@ async fn terminate(
     for id in ids {
         store.forget(id);
     }
-    let head = &nodes[0];
-    let groups: Vec<&str> = [&head.security_group, &head.node_group]
-        .into_iter()
-        .filter_map(|group| group.as_deref())
-        .collect();
-    let leftover = groups
-        .iter()
-        .map(|group| format!(", then `aws ec2 delete-security-group --group-id {group}`"))
-        .collect::<String>();
-    for id in ids {
-        cloud
-            .wait_until(id, State::Terminated, Instant::now() + TRANSITION_TIMEOUT)
-            .await
-            .with_context(|| format!("check that {id} terminates in the EC2 console{leftover}"))?;
+    // AWS lets go of the groups only once the instances are `terminated`, tens of seconds to
+    // minutes from now: the prompt does not wait for that (see `release`).
+    let mut held = Held::left_by(nodes, cloud);
+    if !held.is_empty() {
+        phase.update(format!("deleting {}", held.said()));
+        held = release::release_once(cloud, &held).await?;
     }
-    for group in groups {
-        phase.update(format!("deleting security group {group}"));
-        cloud.delete_ssh_group(group).await?;
+    if held.is_empty() {
+        phase.done(format!("terminated {}", ids.join(", ")));
+        return Ok(());
     }
-    if let Some(placement) = &head.placement_group {
-        phase.update(format!("deleting placement group {placement}"));
-        cloud.delete_placement_group(placement).await?;
+    if let Err(e) = release::hand_over(&held, store) {
+        tracing::debug!("{e:#}: waiting here for AWS to let go of {}", held.said());
+        phase.update(format!("waiting for AWS to let go of {}", held.said()));
+        release::release(cloud, &held).await?;
+        phase.done(format!("terminated {}", ids.join(", ")));
+        return Ok(());
     }
-    phase.done(format!("terminated {}", ids.join(", ")));
+    phase.done(format!(
+        "terminated {}; {}: deleted in the background once AWS lets go",
+        ids.join(", "),
+        held.said(),
+    ));
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! - `journal`: the record of each launch until its instance is adopted;
 //! - `launch`: where and what to launch, moving on when a zone has no capacity;
 //! - `end_of_life`: terminate, stop or leave;
+//! - `release`: the groups terminated instances leave, deleted once AWS lets go of them;
 //! - `regions`: the owner's instances and groups in one region or all;
 //! - `spec`: what the fleet is asked for.
 
@@ -14,6 +15,7 @@ pub mod end_of_life;
 pub mod journal;
 mod launch;
 mod regions;
+pub mod release;
 mod spec;
 
 use std::time::Instant;
@@ -103,7 +105,16 @@ pub async fn find(
         ),
         _ => Origin::FoundStopped,
     };
-    reuse(cloud, spec, store, nodes, origin, printer, interrupt).await
+    reuse(
+        cloud,
+        spec,
+        store,
+        (nodes, origin),
+        None,
+        printer,
+        interrupt,
+    )
+    .await
 }
 
 /// This directory's instance, to end it (`--down`): what earlier runs here left unfinished is
@@ -117,7 +128,7 @@ pub async fn find_to_end(
     interrupt: &Interrupt,
 ) -> Result<Option<Machine>> {
     match find_here(cloud, spec, store, printer, interrupt).await? {
-        Some((nodes, origin)) => reuse(cloud, spec, store, nodes, origin, printer, interrupt)
+        Some(found) => reuse(cloud, spec, store, found, None, printer, interrupt)
             .await
             .map(Some),
         None => Ok(None),
@@ -131,12 +142,23 @@ async fn find_or_launch(
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
-    match find_here(cloud, spec, store, printer, interrupt).await? {
-        Some((nodes, origin)) => {
-            check_nodes(spec, &nodes)?;
-            reuse(cloud, spec, store, nodes, origin, printer, interrupt).await
+    // This machine's address is needed whether the instance is found or launched (unless
+    // into an admin-made group): asked while the instance is looked for.
+    let ahead = async {
+        match spec.launch.security_group {
+            Some(_) => None,
+            None => Some(ingress_cidr(&spec.ingress, printer).await),
         }
-        None => launch::launch(cloud, spec, store, printer, interrupt).await,
+    };
+    let ahead = interrupt.cancel(async { Ok(ahead.await) });
+    let (found, ahead) =
+        tokio::try_join!(find_here(cloud, spec, store, printer, interrupt), ahead)?;
+    match found {
+        Some(found) => {
+            check_nodes(spec, &found.0)?;
+            reuse(cloud, spec, store, found, ahead, printer, interrupt).await
+        }
+        None => launch::launch(cloud, spec, store, ahead, printer, interrupt).await,
     }
 }
 
@@ -184,12 +206,15 @@ async fn find_here(
     Ok(Some((found, origin)))
 }
 
+/// This machine's address for the SSH rule, when it was looked up ahead of need.
+pub type Ahead = Option<Result<IpNet>>;
+
 async fn reuse(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
-    instances: Vec<Instance>,
-    origin: Origin,
+    (instances, origin): (Vec<Instance>, Origin),
+    ahead: Ahead,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
@@ -211,9 +236,8 @@ async fn reuse(
         head.state.as_str()
     ));
     // Done before starting it, so a failure (or a signal) here leaves the instance as it was.
-    interrupt
-        .cancel(prepare(cloud, spec, head, &ids, printer))
-        .await?;
+    let prepared = prepare(cloud, spec, store, &instances, ahead, printer);
+    interrupt.cancel(prepared).await?;
     // A signal ends the wait for a stopping instance, or its start: the end of life follows.
     if let Err(e) = interrupt.cancel(start(cloud, &instances, &phase)).await {
         drop(phase);
@@ -238,21 +262,32 @@ async fn reuse(
 
 /// Opens the machine's SSH rule (on its head) to this machine's address, which may have changed
 /// since the launch, and tags this run's settings of the dead-man switch (`reach` re-arms it).
+/// What is already so (the address this machine let in last, the same tag) is left as it is.
 async fn prepare(
     cloud: &Cloud,
     spec: &MachineSpec,
-    head: &Instance,
-    ids: &[&str],
+    store: &Store,
+    nodes: &[Instance],
+    ahead: Ahead,
     printer: &Printer,
 ) -> Result<()> {
+    let head = &nodes[0];
     if let Some(group) = &head.security_group {
-        cloud
-            .allow_ssh_only_from(group, ingress_cidr(&spec.ingress, printer).await?)
-            .await?;
+        let cidr = match ahead {
+            Some(looked_up) => looked_up?,
+            None => ingress_cidr(&spec.ingress, printer).await?,
+        };
+        let last = store.ingress(&head.id);
+        if last != Some(cidr) {
+            cloud.allow_ssh_only_from(group, cidr, last).await?;
+            store.note_ingress(&head.id, cidr);
+        }
     }
-    cloud
-        .set_expiry(ids, spec.watchdog.expires_at().as_deref())
-        .await?;
+    let tag = spec.watchdog.expiry_tag();
+    if nodes.iter().any(|node| node.expires_at != tag) {
+        let ids: Vec<&str> = nodes.iter().map(|node| node.id.as_str()).collect();
+        cloud.set_expiry(&ids, tag.as_deref()).await?;
+    }
     Ok(())
 }
 

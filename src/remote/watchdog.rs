@@ -39,11 +39,19 @@ impl Arming {
         }
     }
 
-    /// The deadline in ISO 8601, UTC, by this machine's clock: the `ssh-ec2:expires-at` tag
-    /// (for `--list` and `--gc`). The instance's own deadline is its clock's.
+    /// The deadline in ISO 8601, UTC, by this machine's clock, for the launch line. The
+    /// instance's own deadline is its clock's.
     pub fn expires_at(&self) -> Option<String> {
         let lifetime = self.max_lifetime.duration()?.as_secs();
         Some(iso8601(self.began + lifetime))
+    }
+
+    /// The `ssh-ec2:expires-at` tag (for `--list` and `--gc`): the deadline rounded up to the
+    /// next `TAG_STEP`, so that the runs of the same few minutes leave it as it is (no AWS
+    /// call), and `--gc` never takes an instance for expired before it is.
+    pub fn expiry_tag(&self) -> Option<String> {
+        let lifetime = self.max_lifetime.duration()?.as_secs();
+        Some(iso8601((self.began + lifetime).next_multiple_of(TAG_STEP)))
     }
 
     /// What the settings file says: durations in seconds, no time of day.
@@ -272,6 +280,9 @@ exit 0
 "#;
 
 /// `2026-11-22T08:00:00Z` for Unix seconds: the form EC2 tags and `--list` show.
+/// What the expiry tag is rounded up to, in seconds.
+const TAG_STEP: u64 = 600;
+
 fn iso8601(secs: u64) -> String {
     use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
     DateTime::from_secs(secs as i64)
@@ -300,6 +311,18 @@ mod tests {
             Limit::Off,
         );
         assert_eq!(arming.expires_at().as_deref(), Some("2026-11-22T01:00:00Z"));
+        assert_eq!(arming.expiry_tag().as_deref(), Some("2026-11-22T01:00:00Z"));
+        let later = Arming::new(
+            UNIX_EPOCH + std::time::Duration::from_secs(1_795_305_601),
+            Limit::hours(1),
+            Limit::Off,
+        );
+        assert_eq!(later.expires_at().as_deref(), Some("2026-11-22T01:00:01Z"));
+        assert_eq!(
+            later.expiry_tag().as_deref(),
+            Some("2026-11-22T01:10:00Z"),
+            "rounded up, never down"
+        );
         // No time of day: the instance counts from when it stored them, by its own clock.
         assert_eq!(arming.settings(), "lifetime=3600\nidle=off\n");
     }

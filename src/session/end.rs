@@ -266,6 +266,7 @@ async fn say_summary(scene: &Scene<'_>, ended: bool, action: EndOfLife, span: Sp
     let elapsed = span.elapsed();
     let hourly = crate::price::hourly(
         cloud,
+        &scene.store.known(),
         &instance.instance_type,
         instance.spot,
         instance.zone.as_deref(),

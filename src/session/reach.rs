@@ -151,11 +151,12 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         printer,
         ..
     } = *scene;
-    let found = &machine.head().instance;
-    let address = match found.state {
-        State::Running => ssh_address(&plan.reach.dial, found)?,
+    let head = &machine.head().instance;
+    let id = &head.id;
+    // Found running moments ago (not started, nor just launched): its address is known.
+    let address = match head.state {
+        State::Running => ssh_address(&plan.reach.dial, head)?,
         _ => {
-            let id = &found.id;
             let phase = printer.phase(format!("waiting for {id} to run"));
             let running = cloud.wait_until(id, State::Running, deadline).await?;
             phase.done(format!("{id} is running"));

@@ -3,15 +3,20 @@
 //! - `instances/<id>/`: one directory per instance launched from here, forgotten when it is
 //!   terminated: its keys (`keys`), its manifest (what its last sync left on both sides, see
 //!   `sync::Manifest`), the OpenSSH files `--ssh-config` writes (`entries`), the size of its
-//!   root volume (to price it), and whether results may be there only (`unpulled`). Before the
+//!   root volume (to price it), the CIDR its security group lets in (`ingress`), and whether
+//!   results may be there only (`unpulled`). Before the
 //!   instance exists they wait in
 //!   `instances/pending-<launch id>/`, beside the launch's record (`launches`); adopting the
 //!   instance renames that directory in one step.
 //! - `locks/`: one lock file per project directory (`lock`); `machine-id` (`machine`).
+//! - `known.json`: what AWS said that changes slowly or never (`known`).
+//! - `release.log`: why the helper that deletes terminated instances' groups gave up, if it
+//!   did (`fleet::release`).
 
 pub mod entries;
 pub mod host_keys;
 pub mod keys;
+pub mod known;
 mod launches;
 pub mod lock;
 pub mod machine;
@@ -21,6 +26,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 
 /// Where this machine's state lives.
 #[derive(Debug, Clone)]
@@ -41,6 +47,8 @@ const PENDING: &str = "pending-";
 const MANIFEST_FILE: &str = "manifest";
 /// The GiB of the root volume it was launched with, to price it.
 const VOLUME_FILE: &str = "volume_gib";
+/// The CIDR its security group was last opened to, by this machine.
+const INGRESS_FILE: &str = "ingress";
 /// Present while the instance may hold results that are not home: from the start of a syncing
 /// run's command until a run that had the instance to itself pulled everything home.
 const UNPULLED_FILE: &str = "unpulled";
@@ -82,6 +90,17 @@ impl Store {
             .collect()
     }
 
+    /// Where the helper that deletes terminated instances' groups says why it gave up (see
+    /// `fleet::release`).
+    pub fn release_log(&self) -> PathBuf {
+        self.root.with_file_name("release.log")
+    }
+
+    /// What AWS said that changes slowly or never (see `known`).
+    pub fn known(&self) -> known::Known {
+        known::Known::in_dir(self.root.parent().unwrap_or(&self.root))
+    }
+
     /// Forgets a terminated instance, and the OpenSSH entry installed for it.
     pub fn forget(&self, instance_id: &str) {
         if let Some(entry) = self.ssh_config_entry(instance_id) {
@@ -93,15 +112,34 @@ impl Store {
     /// Remembers the size of the root volume the instance was launched with; a price without
     /// it only lacks the volume, so a failure to write is no error.
     pub fn note_volume(&self, instance_id: &str, gib: u32) {
-        let _ = fs::write(
-            self.instance_dir(instance_id).join(VOLUME_FILE),
-            gib.to_string(),
-        );
+        self.note(instance_id, VOLUME_FILE, gib);
     }
 
     /// The size of the root volume the instance was launched with, if it was noted.
     pub fn volume(&self, instance_id: &str) -> Option<u32> {
-        let text = fs::read_to_string(self.instance_dir(instance_id).join(VOLUME_FILE)).ok()?;
+        self.noted(instance_id, VOLUME_FILE)
+    }
+
+    /// Remembers the CIDR the instance's security group was just opened to (and no other), so
+    /// that the next run from the same address changes nothing. A failure to write only costs
+    /// that run a look at the group.
+    pub fn note_ingress(&self, instance_id: &str, cidr: IpNet) {
+        self.note(instance_id, INGRESS_FILE, cidr);
+    }
+
+    /// The CIDR the instance's security group was last opened to from here, if noted.
+    pub fn ingress(&self, instance_id: &str) -> Option<IpNet> {
+        self.noted(instance_id, INGRESS_FILE)
+    }
+
+    /// Writes `value` in the instance's file `name`, a note worth no error if it fails.
+    fn note(&self, instance_id: &str, name: &str, value: impl std::fmt::Display) {
+        let _ = fs::write(self.instance_dir(instance_id).join(name), value.to_string());
+    }
+
+    /// What the instance's file `name` notes, if it is there and reads as a `T`.
+    fn noted<T: std::str::FromStr>(&self, instance_id: &str, name: &str) -> Option<T> {
+        let text = fs::read_to_string(self.instance_dir(instance_id).join(name)).ok()?;
         text.trim().parse().ok()
     }
 

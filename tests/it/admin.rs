@@ -378,6 +378,30 @@ fn setup_dry_run_changes_nothing_a_second_setup_changes_nothing_and_drift_is_rep
     assert_eq!(iam_state(&cloud), repaired);
 }
 
+/// A region of the bed whose default subnets are deleted (`without_default_subnets`).
+const BARE_REGION: &str = "ap-southeast-2";
+
+/// Deletes the default subnets of `region`, as an admin may.
+fn without_default_subnets(cloud: &TestCloud, region: &str) {
+    let ec2 = cloud.ec2_in(region);
+    cloud.block_on(async {
+        let default = aws_sdk_ec2::types::Filter::builder()
+            .name("default-for-az")
+            .values("true")
+            .build();
+        let found = ec2
+            .describe_subnets()
+            .filters(default)
+            .send()
+            .await
+            .unwrap();
+        for subnet in found.subnets() {
+            let id = subnet.subnet_id().unwrap();
+            ec2.delete_subnet().subnet_id(id).send().await.unwrap();
+        }
+    });
+}
+
 /// One user without one action, and the run (from the state the sequence left) that needs it.
 struct Refusal {
     action: &'static str,
@@ -450,7 +474,12 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     );
     let id = instance_id(&instances[0]);
 
-    // Reusing it needs these; each refusal leaves it stopped.
+    // Reusing it needs these; each refusal leaves it stopped. This machine forgets which
+    // address it let in, so that the group is read and opened again (a run that knows it
+    // changes nothing there).
+    let ingress = (project.home().join(".local/state/ssh-ec2/instances"))
+        .join(&id)
+        .join("ingress");
     for (action, args) in [
         ("ec2:StartInstances", &["true"][..]),
         ("ec2:DescribeSecurityGroups", &["true"]),
@@ -461,9 +490,10 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
             &["--ssh-cidr=10.1.2.3/32", "true"],
         ),
         // Each run keeps the ssh-ec2:expires-at tag in step with its --max-lifetime.
-        ("ec2:CreateTags", &["true"]),
+        ("ec2:CreateTags", &["--max-lifetime=2d", "true"]),
         ("ec2:DeleteTags", &["--max-lifetime=off", "true"]),
     ] {
+        let _ = std::fs::remove_file(&ingress);
         check(Refusal { action, args });
     }
     assert_eq!(
@@ -483,21 +513,30 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     assert!(cloud.live_instances().is_empty(), "{reuse}");
     assert!(cloud.run_security_groups().is_empty(), "{reuse}");
 
-    // A launch needs these: each refusal leaves nothing behind.
+    // A launch needs these: each refusal leaves nothing behind. What AWS said of the type is
+    // forgotten each time, so that it is asked.
+    let known = project.home().join(".local/state/ssh-ec2/known.json");
     for (action, args) in [
         ("ec2:DescribeInstances", &["true"][..]),
         ("ec2:DescribeImages", &["true"]),
         ("ec2:DescribeInstanceTypes", &["true"]),
-        ("ec2:DescribeVpcs", &["true"]),
         ("ec2:DescribeSubnets", &["true"]),
         ("ec2:CreateSecurityGroup", &["true"]),
         ("ec2:RunInstances", &["true"]),
         ("iam:GetInstanceProfile", &[PROFILE, "true"]),
     ] {
+        let _ = std::fs::remove_file(&known);
         let run = check(Refusal { action, args });
         assert!(cloud.live_instances().is_empty(), "{run}");
         assert!(cloud.run_security_groups().is_empty(), "{run}");
     }
+
+    // The default VPC is asked for only in a region without default subnets to name it.
+    without_default_subnets(&cloud, BARE_REGION);
+    check(Refusal {
+        action: "ec2:DescribeVpcs",
+        args: &["--region", BARE_REGION, "true"],
+    });
 
     // The end of life needs these.
     let run = check(Refusal {
@@ -562,6 +601,8 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     assert!(priced.stdout.contains("/hour (spot in "), "{priced}");
     let action = "ec2:DescribeSpotPriceHistory";
     let blind = create_user(&cloud, "user-no-spot-price", &without(&policy, action));
+    // The spot price just shown is kept for an hour: forgotten, to be asked.
+    std::fs::remove_file(&known).unwrap();
     let unpriced = spot_dry_run(&blind);
     unpriced.assert_code(0);
     assert!(

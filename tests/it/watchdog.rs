@@ -21,6 +21,24 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// The deadline a run's launch (or reuse) line says, followed by `then`, in Unix seconds.
+fn said_deadline(stderr: &str, then: &str) -> u64 {
+    let (before, _) =
+        (stderr.split_once(then)).unwrap_or_else(|| panic!("no `{then}` said\n{stderr}"));
+    let (_, at) = (before.rsplit_once("it stops itself at "))
+        .unwrap_or_else(|| panic!("no deadline said\n{stderr}"));
+    unix_of(at)
+}
+
+/// The `ssh-ec2:expires-at` tag is `deadline` rounded up to the next 10 minutes.
+fn assert_rounded_up(tag: &str, deadline: u64) {
+    let tagged = unix_of(tag);
+    assert!(
+        tagged % 600 == 0 && (deadline..deadline + 600).contains(&tagged),
+        "the tag {tag} is not {deadline} rounded up to the next 10 minutes"
+    );
+}
+
 /// Unix seconds of an ISO 8601 UTC time, as GNU date reads it.
 fn unix_of(iso: &str) -> u64 {
     assert!(
@@ -171,17 +189,12 @@ fn the_launch_tags_its_deadline_and_its_switch_stops_it_once_idle() {
     let (run, instance, config) = launch(&cloud, &project, &flags);
     let after = unix_now();
     let expires = tag(&instance, "ssh-ec2:expires-at").expect("ssh-ec2:expires-at tag");
-    let deadline = unix_of(&expires);
+    let said = said_deadline(&run.stderr, " (--max-lifetime 2h), or after 5m idle");
     assert!(
-        (before + 7_200..=after + 7_200).contains(&deadline),
-        "the tag counts from this machine's clock: {expires}\n{run}"
+        (before + 7_200..=after + 7_200).contains(&said),
+        "the launch line says when, by this machine's clock\n{run}"
     );
-    assert!(
-        run.stderr.contains(&format!(
-            "it stops itself at {expires} (--max-lifetime 2h), or after 5m idle"
-        )),
-        "the launch line says when\n{run}"
-    );
+    assert_rounded_up(&expires, said);
 
     // What cloud-init would install and start.
     let script = written_file(&config, SCRIPT);
@@ -397,17 +410,12 @@ fn each_run_rearms_a_reused_instance_and_keeps_its_expiry_tag_current() {
     let instances = cloud.instances();
     assert_eq!(instances.len(), 1, "reused\n{second}");
     let expires = tag(&instances[0], "ssh-ec2:expires-at").unwrap();
-    let deadline = unix_of(&expires);
+    let said = said_deadline(&second.stderr, " (--max-lifetime 3d) (");
     assert!(
-        (before + 3 * 86_400..=after + 3 * 86_400).contains(&deadline),
-        "the tag follows this run's --max-lifetime: {expires}\n{second}"
-    );
-    assert!(
-        second.stderr.contains(&format!(
-            "it stops itself at {expires} (--max-lifetime 3d) ("
-        )),
+        (before + 3 * 86_400..=after + 3 * 86_400).contains(&said),
         "{second}"
     );
+    assert_rounded_up(&expires, said);
     let armed =
         std::fs::read_to_string(&cloud.remote_state_entries(&project, "watchdog")[0]).unwrap();
     assert_eq!(setting(&armed, "lifetime"), "259200", "{armed}");

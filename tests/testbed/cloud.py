@@ -159,26 +159,35 @@ def admin_credentials(admin):
             "aws_secret_access_key": admin["admin_secret_access_key"]}
 
 
-class DefaultSubnets:
-    """The subnet AWS launches in when a RunInstances names none: the default subnet of the
-    zone asked for, else of the first zone (for faults.py, which adds it to the request)."""
+class MotoLookups:
+    """What faults.py asks moto directly, in any region: the subnet AWS launches in when a
+    RunInstances names none, and the security groups of instances."""
 
     def __init__(self, endpoint, home_region, credentials):
         self.endpoint, self.home_region, self.credentials = endpoint, home_region, credentials
         self.clients = {}
         self.lock = threading.Lock()
 
-    def __call__(self, region, zone):
+    def ec2(self, region):
         region = region or self.home_region
         with self.lock:
             if region not in self.clients:
                 self.clients[region] = boto3.client("ec2", region_name=region,
                                                     endpoint_url=self.endpoint, **self.credentials)
-            ec2 = self.clients[region]
+            return self.clients[region]
+
+    def default_subnet(self, region, zone):
+        """The default subnet of the zone asked for, else of the first zone."""
         default = [{"Name": "default-for-az", "Values": ["true"]}]
-        subnets = [s for s in ec2.describe_subnets(Filters=default)["Subnets"]
+        subnets = [s for s in self.ec2(region).describe_subnets(Filters=default)["Subnets"]
                    if zone in (None, s["AvailabilityZone"])]
         return min(subnets, key=lambda s: s["AvailabilityZone"])["SubnetId"] if subnets else None
+
+    def security_groups(self, region, instance_ids):
+        """{instance id: the ids of its security groups}."""
+        found = self.ec2(region).describe_instances(InstanceIds=instance_ids)["Reservations"]
+        return {i["InstanceId"]: [g["GroupId"] for g in i.get("SecurityGroups", [])]
+                for r in found for i in r["Instances"]}
 
 
 def prepare_region(ec2):
@@ -242,12 +251,12 @@ def serve(args, events, laptop):
     vpc = prepare_region(ec2)
     laptop.join(vpc)
     address = Laptop.address_in(vpc)
-    subnets = DefaultSubnets(moto, args.region, credentials)
+    lookups = MotoLookups(moto, args.region, credentials)
     simulator = Simulator(args, ec2, events, laptop)
     simulator.start()
     ready = {
         # The product's endpoint; the simulator and the tests' own checks use moto's.
-        "endpoint": faults.start(moto, subnets, simulator.wake, [laptop.netns]),
+        "endpoint": faults.start(moto, lookups, simulator.wake, [laptop.netns]),
         "moto_endpoint": moto,
         "checkip_url": start_checkip(events, address, [laptop.netns]),
         # Where ssh-ec2 runs: enter this network namespace (nsenter --net=...).

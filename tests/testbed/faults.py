@@ -14,6 +14,7 @@ does otherwise than AWS are mended on the way:
   subnets say; the bed turns public addresses off on its subnets, and boots no instance that
   has one;
 - placement groups, which moto lacks, are answered here (placement.py).
+A TerminateInstances rule may also make termination take AWS's time (shutdown.py).
 
 Control, on the same port: POST /_faults with a JSON list of rules replaces them (and releases
 held answers); GET /_log returns the log as a JSON list.
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import netns
 import placement
+import shutdown
 
 # The HTTP status AWS answers these codes with; any other code gets 400.
 STATUS = {"RequestLimitExceeded": 503, "InsufficientInstanceCapacity": 500, "InternalError": 500}
@@ -46,7 +48,9 @@ class Rule:
              MinCount is InsufficientInstanceCapacity, else at most this many are launched, or
     answer   answer this XML body with 200, for what moto lacks (DecodeAuthorizationMessage), or
     lose     true: forward, then answer 500 InternalError, or
-    hold     true: forward, then keep the answer until the rules are replaced
+    hold     true: forward, then keep the answer until the rules are replaced; and with any
+             of these on a TerminateInstances,
+    shutting_down  seconds its instances show `shutting-down`, their groups still in use
     """
 
     def __init__(self, spec):
@@ -65,9 +69,9 @@ class Rule:
 
 
 class Faults:
-    def __init__(self, moto_endpoint, default_subnet, forwarded):
+    def __init__(self, moto_endpoint, lookups, forwarded):
         self.moto = urlsplit(moto_endpoint)
-        self.default_subnet = default_subnet
+        self.default_subnet = lookups.default_subnet
         self.forwarded = forwarded
         self.lock = threading.Lock()
         self.rules = []
@@ -76,6 +80,7 @@ class Faults:
         self.launches = {}        # ClientToken -> moto's answer to the first RunInstances
         self.released = threading.Event()
         self.placement = placement.PlacementGroups()
+        self.shutdowns = shutdown.Shutdowns(lookups.security_groups)
 
     def set_rules(self, specs):
         with self.lock:
@@ -105,6 +110,7 @@ class Faults:
             replay = self.launches.get(token)
         if replay:
             return replay, "replayed"
+        self.shutdowns.check(action, params, region, dict(self.placement.placed))
         if action in placement.ACTIONS:
             return (200, "text/xml", self.placement.answer(action, params, region)), "answered"
         if action == "RunInstances":
@@ -136,6 +142,8 @@ class Faults:
             self.placement.terminated(params)
         if action in ("RunInstances", "DescribeInstances"):
             body = self.placement.echo(body)
+        if action == "DescribeInstances":
+            body = self.shutdowns.shown(body)
         return status, content_type, body
 
     def in_a_subnet(self, params, region, body):
@@ -173,12 +181,13 @@ def error_answer(service, code, status, message):
     return status, "text/xml", ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
 
 
-def start(moto_endpoint, default_subnet, forwarded, namespaces):
+def start(moto_endpoint, lookups, forwarded, namespaces):
     """Starts the proxy on a free loopback port, here and in each network namespace of
-    `namespaces`, in daemon threads; returns its URL. `default_subnet(region, zone)` is the
-    subnet AWS would launch in (zone None: any zone), or None; `forwarded()` is called after
-    each request moto has answered."""
-    faults = Faults(moto_endpoint, default_subnet, forwarded)
+    `namespaces`, in daemon threads; returns its URL. `lookups.default_subnet(region, zone)` is
+    the subnet AWS would launch in (zone None: any zone), or None;
+    `lookups.security_groups(region, ids)` the groups of instances; `forwarded()` is called
+    after each request moto has answered."""
+    faults = Faults(moto_endpoint, lookups, forwarded)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the SDK expects
@@ -219,12 +228,16 @@ def start(moto_endpoint, default_subnet, forwarded, namespaces):
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("host", "content-length", "connection")}
+            shutting_down = rule.get("shutting_down") if action == "TerminateInstances" else None
+            held = faults.shutdowns.held(region, params) if shutting_down else {}
             try:
                 answer, outcome = faults.forward(action, params, region, self.path, headers, body)
             except placement.Refusal as refusal:
                 faults.record(action, params, f"error {refusal.code}")
                 self.reply(error_answer(service, refusal.code, 400, str(refusal)))
                 return
+            if shutting_down and answer[0] == 200:
+                faults.shutdowns.begin(held, shutting_down)
             if rule.get("lose"):
                 faults.record(action, params, f"lost ({outcome})")
                 answer = error_answer(service, "InternalError", 500, "injected: answer lost")

@@ -14,6 +14,7 @@ use crate::price::{self, Hourly};
 use crate::printer::Printer;
 use crate::session::Plan;
 use crate::state::keys::LoginKey;
+use crate::state::known::Known;
 use crate::status::ExitStatus;
 
 /// Stands for the generated keys, which a dry run does not make (and would never print).
@@ -111,6 +112,7 @@ pub async fn dry_run(plan: &Plan, json: bool, printer: &Printer) -> Result<ExitS
 
 async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report> {
     let spec = &plan.machine;
+    let known = Known::in_dir(&plan.dirs.root);
     let nodes = cloud.find_owned(&spec.ownership).await?;
     let found = nodes.first();
     // A run opens tcp/22 only in a group of its own (and then asks checkip); an admin-made
@@ -144,11 +146,11 @@ async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report>
     let price = match found {
         Some(instance) => {
             let zone = instance.zone.as_deref();
-            price::hourly(cloud, &instance.instance_type, instance.spot, zone).await
+            price::hourly(cloud, &known, &instance.instance_type, instance.spot, zone).await
         }
         None => {
             let spot = spec.launch.spot.is_some();
-            price::hourly(cloud, &spec.launch.instance_type, spot, None).await
+            price::hourly(cloud, &known, &spec.launch.instance_type, spot, None).await
         }
     };
     let (reuse, launch) = match found {
@@ -187,7 +189,7 @@ async fn survey(cloud: &Cloud, plan: &Plan, printer: &Printer) -> Result<Report>
 /// What `fleet::launch` would launch, resolved the same way, and whether AWS would allow it.
 async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
     let spec = &plan.machine.launch;
-    let resolved = fleet::resolve(cloud, spec).await?;
+    let resolved = fleet::resolve(cloud, &Known::in_dir(&plan.dirs.root), spec).await?;
     let zones = resolved.zones();
     let Resolved {
         mut types,
@@ -225,7 +227,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             tags: &spec.tags,
             client_token: &format!("ssh-ec2-dry-run-{}", std::process::id()),
             launch_id: "dry-run",
-            expires_at: plan.machine.watchdog.expires_at().as_deref(),
+            expires_at: plan.machine.watchdog.expiry_tag().as_deref(),
             spot: spec.spot.as_ref().map(|spot| spot.max_price.as_deref()),
             count: spec.nodes,
             // Neither exists before the launch: the request is asked without them.

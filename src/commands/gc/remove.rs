@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::{Leftovers, Why};
-use crate::cloud::{Cloud, Instance, Owned, State};
+use crate::cloud::{Cloud, Instance, Owned};
 use crate::fleet::end_of_life;
 use crate::fleet::journal::{self, Launch};
 use crate::plan::FleetPlan;
@@ -34,7 +34,8 @@ async fn down_in(dir: &Path, owned: &Owned, plan: &FleetPlan, cloud: &Cloud) -> 
         .await
         .with_context(|| format!("cannot run `ssh-ec2 --down` in {}", dir.display()))?;
     let ended = match cloud.in_region(&owned.region).lookup(id).await {
-        Ok(found) => found.is_none_or(|instance| instance.state == State::Terminated),
+        // Shutting down is ended: its groups go in the background (see `fleet::release`).
+        Ok(found) => found.is_none_or(|instance| !instance.state.is_live()),
         Err(_) => false,
     };
     match (status.success(), ended) {

@@ -223,7 +223,7 @@ impl Attempts<'_> {
                 tags: &wanted.tags,
                 client_token: &launch.client_token(n),
                 launch_id: &launch.id,
-                expires_at: self.by.spec.watchdog.expires_at().as_deref(),
+                expires_at: self.by.spec.watchdog.expiry_tag().as_deref(),
                 spot: spot.map(|spot| spot.max_price.as_deref()),
                 count: wanted.nodes,
                 node_group: self.node_group.as_deref(),

@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::end_of_life::{self, Origin};
 use super::journal::Launch;
 use super::spec::MachineSpec;
-use super::{Machine, Node, ingress_cidr};
+use super::{Ahead, Machine, Node, ingress_cidr};
 use crate::cloud::{Cloud, Image, Instance};
 use crate::interrupt::{Interrupt, Interrupted, Signal};
 use crate::price;
@@ -48,20 +48,11 @@ pub async fn launch(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
+    ahead: Ahead,
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let wanted = &spec.launch;
-    // Until something is created, a signal ends the launch at once.
-    let spot = wanted.spot.is_some();
-    let hourly = price::hourly(cloud, &wanted.instance_type, spot, None);
-    let hourly = interrupt.cancel(async { Ok(hourly.await) }).await?;
-    // Before anything is paid for.
-    printer.info(&price::price_line(
-        hourly.as_ref(),
-        &wanted.instance_type,
-        &cloud.region,
-    ));
     let phase = printer.phase(match wanted.nodes {
         1 => format!(
             "launching a {} instance in {}",
@@ -72,34 +63,11 @@ pub async fn launch(
             wanted.instance_type, cloud.region
         ),
     });
-    // The account goes into the launch's record, for a later --gc (see `journal::Launch`).
-    let (resolved, account) = interrupt
-        .cancel(async { Ok(tokio::join!(resolve(cloud, wanted), cloud.account_id())) })
-        .await?;
-    let resolved = resolved?;
-    let account = account
-        .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
-        .ok();
-    for (kind, _) in resolved
-        .types
-        .iter()
-        .filter(|(k, _)| wanted.nodes > 1 && !k.cluster_placement)
-    {
-        printer.info(&format!(
-            "{} takes no cluster placement group: its nodes are launched in one zone, but \
-             maybe not close together",
-            kind.name
-        ));
-    }
-    // An admin-made group is only looked up; no checkip is needed for it.
-    let group = match &resolved.admin_group {
-        Some(id) => Group::Admin(id.clone()),
-        None => Group::Own(
-            interrupt
-                .cancel(ingress_cidr(&spec.ingress, printer))
-                .await?,
-        ),
-    };
+    let Settled {
+        resolved,
+        account,
+        group,
+    } = settle_first(cloud, spec, store, ahead, printer, interrupt).await?;
     let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {
@@ -113,10 +81,17 @@ pub async fn launch(
         printer,
         interrupt,
     };
+    let own_cidr = match group {
+        Group::Own(cidr) => Some(cidr),
+        Group::Admin(_) => None,
+    };
     let outcome = send(&launcher, &mut launch, group, &new_keys, &resolved).await;
     let (instances, user) = settle(cloud, store, printer, &launch, outcome).await?;
     let keys = adopt(cloud, store, printer, new_keys, &launch, &instances).await?;
     let head = &instances[0];
+    if let Some(cidr) = own_cidr {
+        store.note_ingress(&head.id, cidr);
+    }
     let market = match head.spot {
         true => "spot: AWS may take it back",
         false => "on-demand",
@@ -146,6 +121,84 @@ pub async fn launch(
         user,
         origin: Origin::Launched,
         volume_gib,
+    })
+}
+
+/// What a launch settles before it creates anything.
+struct Settled {
+    resolved: Resolved,
+    /// The AWS account, for the launch's record (for a later --gc, see `journal::Launch`).
+    account: Option<String>,
+    group: Group,
+}
+
+/// The price (said before anything is paid for), what to launch and where, the account, and
+/// this machine's address: independent lookups, asked together (one round trip, not one after
+/// another). Until something is created, a signal ends the launch at once.
+async fn settle_first(
+    cloud: &Cloud,
+    spec: &MachineSpec,
+    store: &Store,
+    ahead: Ahead,
+    printer: &Printer,
+    interrupt: &Interrupt,
+) -> Result<Settled> {
+    let wanted = &spec.launch;
+    let known = store.known();
+    let price = price::hourly(
+        cloud,
+        &known,
+        &wanted.instance_type,
+        wanted.spot.is_some(),
+        None,
+    );
+    // The default subnets name the account; STS is asked when there are subnets given.
+    let account = async {
+        match wanted.subnets.is_empty() {
+            true => None,
+            false => Some(cloud.account_id().await),
+        }
+    };
+    let lookups = async {
+        let (hourly, resolved, account) =
+            tokio::join!(price, resolve(cloud, &known, wanted), account);
+        Ok((hourly, resolved?, account))
+    };
+    let (hourly, resolved, account) = interrupt.cancel(lookups).await?;
+    printer.info(&price::price_line(
+        hourly.as_ref(),
+        &wanted.instance_type,
+        &cloud.region,
+    ));
+    let account = match (&resolved.account, account) {
+        (Some(account), _) => Ok(account.clone()),
+        (None, Some(asked)) => asked,
+        (None, None) => cloud.account_id().await,
+    };
+    let account = account
+        .inspect_err(|e| tracing::debug!("the launch records no account: {e:#}"))
+        .ok();
+    for (kind, _) in resolved
+        .types
+        .iter()
+        .filter(|(k, _)| wanted.nodes > 1 && !k.cluster_placement)
+    {
+        printer.info(&format!(
+            "{} takes no cluster placement group: its nodes are launched in one zone, but \
+             maybe not close together",
+            kind.name
+        ));
+    }
+    // An admin-made group is only looked up; no checkip is needed for it (nor asked).
+    let group = match (&resolved.admin_group, ahead) {
+        (Some(id), _) => Group::Admin(id.clone()),
+        (None, Some(looked_up)) => Group::Own(looked_up?),
+        (None, None) => Group::Own(ingress_cidr(&spec.ingress, printer).await?),
+    };
+    Ok(Settled {
+        resolved,
+        account,
+        group,
     })
 }
 
