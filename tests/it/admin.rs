@@ -416,6 +416,30 @@ impl Refusal {
     }
 }
 
+/// The user-policy test's cloud and users, and the actions it showed to be needed.
+struct PolicyTest<'a> {
+    cloud: &'a TestCloud,
+    project: &'a Project,
+    /// The user policy, as moto checks it.
+    policy: Value,
+    /// A user holding all of it.
+    full: User,
+    checked: Vec<String>,
+}
+
+impl PolicyTest<'_> {
+    fn run_as_full(&self, args: &[&str]) -> Run {
+        Run::of(as_user(self.project, self.cloud, &self.full).args(args))
+    }
+
+    /// Runs `refusal` as a user without its action, which it shows to be needed.
+    fn check(&mut self, refusal: Refusal) -> Run {
+        let run = refusal.check(self.cloud, self.project, &self.policy, self.checked.len());
+        self.checked.push(refusal.action.to_string());
+        run
+    }
+}
+
 #[test]
 fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_needed() {
     let cloud = iam_cloud();
@@ -428,8 +452,35 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     Run::of(as_user(&project, &cloud, &admin).arg("--setup")).assert_code(0);
     let policy = as_moto_checks_it(USER_POLICY);
     let full = create_user(&cloud, "user-full", &policy);
-    let run_as_full = |args: &[&str]| Run::of(as_user(&project, &cloud, &full).args(args));
-    let not_admin = run_as_full(&["--setup", "--dry-run"]);
+    let mut test = PolicyTest {
+        cloud: &cloud,
+        project: &project,
+        policy,
+        full,
+        checked: Vec::new(),
+    };
+    setup_is_refused_and_a_dry_run_asks_ec2(&test);
+    reusing_a_stopped_instance_needs(&mut test);
+    a_launch_needs(&mut test);
+    the_end_of_life_needs(&mut test);
+    a_spot_run_goes_on_without_the_spot_price(&mut test);
+
+    // Every EC2 action of the policy was shown to be needed.
+    let mut ec2_actions: Vec<String> = allowed_actions(&test.policy)
+        .into_iter()
+        .filter(|a| a.starts_with("ec2:"))
+        .collect();
+    ec2_actions.sort();
+    test.checked.retain(|a| a.starts_with("ec2:"));
+    test.checked.sort();
+    assert_eq!(test.checked, ec2_actions);
+    cloud.assert_no_bed_errors();
+}
+
+/// A user of the policy may not run --setup; --dry-run asks EC2 itself, with its DryRun
+/// flag, whether the launch would be allowed.
+fn setup_is_refused_and_a_dry_run_asks_ec2(test: &PolicyTest) {
+    let not_admin = test.run_as_full(&["--setup", "--dry-run"]);
     assert_refused(&not_admin, "iam:ListPolicies");
     assert!(
         not_admin
@@ -437,32 +488,29 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
             .contains("it needs an AWS admin's credentials"),
         "{not_admin}"
     );
-    // --dry-run asks EC2 itself, with its DryRun flag, whether the launch would be allowed.
-    let allowed = run_as_full(&[PROFILE, "--dry-run", "true"]);
+    let allowed = test.run_as_full(&[PROFILE, "--dry-run", "true"]);
     allowed.assert_code(0);
     assert!(allowed.stdout.contains("DryRunOperation"), "{allowed}");
     let cannot_launch = create_user(
-        &cloud,
+        test.cloud,
         "user-dry-run",
-        &without(&policy, "ec2:RunInstances"),
+        &without(&test.policy, "ec2:RunInstances"),
     );
-    let denied = Run::of(as_user(&project, &cloud, &cannot_launch).args(["--dry-run", "true"]));
+    let denied =
+        Run::of(as_user(test.project, test.cloud, &cannot_launch).args(["--dry-run", "true"]));
     denied.assert_code(1);
     assert!(denied.stdout.contains("ec2:RunInstances"), "{denied}");
-    assert!(cloud.live_instances().is_empty(), "{denied}");
+    assert!(test.cloud.live_instances().is_empty(), "{denied}");
+}
 
-    let mut checked = Vec::new();
-    let mut check = |refusal: Refusal| {
-        let run = refusal.check(&cloud, &project, &policy, checked.len());
-        checked.push(refusal.action.to_string());
-        run
-    };
-
+/// What reusing a stopped instance needs: each refusal leaves it stopped; then the run that
+/// reuses it, and terminates it.
+fn reusing_a_stopped_instance_needs(test: &mut PolicyTest) {
     // A launch (with an instance profile) that stops the instance.
-    let stop = run_as_full(&[PROFILE, "--stop", "echo", "one"]);
+    let stop = test.run_as_full(&[PROFILE, "--stop", "echo", "one"]);
     stop.assert_code(0);
     assert_eq!(stop.stdout, "one\n", "{stop}");
-    let instances = cloud.live_instances();
+    let instances = test.cloud.live_instances();
     assert_eq!(instances.len(), 1, "{stop}");
     assert_eq!(
         state_of(&instances[0]),
@@ -485,10 +533,10 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         ("ec2:CreateTags", &["true"]),
         ("ec2:DeleteTags", &["--max-lifetime=off", "true"]),
     ] {
-        check(Refusal { action, args });
+        test.check(Refusal { action, args });
     }
     assert_eq!(
-        cloud
+        test.cloud
             .live_instances()
             .iter()
             .map(state_of)
@@ -497,14 +545,16 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     );
 
     // The run that reuses the stopped instance, and terminates it.
-    let reuse = run_as_full(&["echo", "two"]);
+    let reuse = test.run_as_full(&["echo", "two"]);
     reuse.assert_code(0);
     assert_eq!(reuse.stdout, "two\n", "{reuse}");
     assert!(reuse.stderr.contains(&format!("reusing {id}")), "{reuse}");
-    assert!(cloud.live_instances().is_empty(), "{reuse}");
-    assert!(cloud.run_security_groups().is_empty(), "{reuse}");
+    assert!(test.cloud.live_instances().is_empty(), "{reuse}");
+    assert!(test.cloud.run_security_groups().is_empty(), "{reuse}");
+}
 
-    // A launch needs these: each refusal leaves nothing behind.
+/// A launch needs these: each refusal leaves nothing behind.
+fn a_launch_needs(test: &mut PolicyTest) {
     for (action, args) in [
         ("ec2:DescribeInstances", &["true"][..]),
         ("ec2:DescribeImages", &["true"]),
@@ -515,41 +565,44 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         ("ec2:RunInstances", &["true"]),
         ("iam:GetInstanceProfile", &[PROFILE, "true"]),
     ] {
-        let run = check(Refusal { action, args });
-        assert!(cloud.live_instances().is_empty(), "{run}");
-        assert!(cloud.run_security_groups().is_empty(), "{run}");
+        let run = test.check(Refusal { action, args });
+        assert!(test.cloud.live_instances().is_empty(), "{run}");
+        assert!(test.cloud.run_security_groups().is_empty(), "{run}");
     }
+}
 
-    // The end of life needs these.
-    let run = check(Refusal {
+/// What the end of life needs: refused, it leaves the instance running, which the user sees
+/// with --list and ends with --down.
+fn the_end_of_life_needs(test: &mut PolicyTest) {
+    let run = test.check(Refusal {
         action: "ec2:DeleteSecurityGroup",
         args: &["true"],
     });
     assert!(
-        cloud.live_instances().is_empty(),
+        test.cloud.live_instances().is_empty(),
         "terminated all the same\n{run}"
     );
-    let left = cloud.run_security_groups();
+    let left = test.cloud.run_security_groups();
     assert_eq!(left.len(), 1, "{run}");
-    cloud
+    test.cloud
         .block_on(
-            cloud
+            test.cloud
                 .ec2()
                 .delete_security_group()
                 .group_id(left[0].group_id().unwrap())
                 .send(),
         )
         .unwrap();
-    check(Refusal {
+    test.check(Refusal {
         action: "ec2:TerminateInstances",
         args: &["true"],
     });
-    check(Refusal {
+    test.check(Refusal {
         action: "ec2:StopInstances",
         args: &["--stop", "true"],
     });
     assert_eq!(
-        cloud
+        test.cloud
             .live_instances()
             .iter()
             .map(state_of)
@@ -558,31 +611,37 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
         "refused, the end of life left it running"
     );
     // The user sees it with --list (in every region too), and ends it with --down.
-    let list = run_as_full(&["--list", "--json"]);
+    let list = test.run_as_full(&["--list", "--json"]);
     list.assert_code(0);
-    let running = instance_id(&cloud.live_instances()[0]);
+    let running = instance_id(&test.cloud.live_instances()[0]);
     assert!(list.stdout.contains(&running), "{list}");
-    let everywhere = run_as_full(&["--list", "--json", "--all-regions"]);
+    let everywhere = test.run_as_full(&["--list", "--json", "--all-regions"]);
     everywhere.assert_code(0);
     assert!(everywhere.stdout.contains(&running), "{everywhere}");
-    check(Refusal {
+    test.check(Refusal {
         action: "ec2:DescribeRegions",
         args: &["--list", "--all-regions"],
     });
-    run_as_full(&["--down"]).assert_code(0);
-    assert!(cloud.live_instances().is_empty());
-    assert!(cloud.run_security_groups().is_empty());
+    test.run_as_full(&["--down"]).assert_code(0);
+    assert!(test.cloud.live_instances().is_empty());
+    assert!(test.cloud.run_security_groups().is_empty());
+}
 
-    // Prices are only shown: without the spot price a spot run is priced on demand, says so,
-    // and goes on.
+/// Prices are only shown: without the spot price a spot run is priced on demand, says so,
+/// and goes on.
+fn a_spot_run_goes_on_without_the_spot_price(test: &mut PolicyTest) {
     let spot_dry_run = |user: &User| {
-        Run::of(as_user(&project, &cloud, user).args(["--dry-run", "--spot", "true"]))
+        Run::of(as_user(test.project, test.cloud, user).args(["--dry-run", "--spot", "true"]))
     };
-    let priced = spot_dry_run(&full);
+    let priced = spot_dry_run(&test.full);
     priced.assert_code(0);
     assert!(priced.stdout.contains("/hour (spot in "), "{priced}");
     let action = "ec2:DescribeSpotPriceHistory";
-    let blind = create_user(&cloud, "user-no-spot-price", &without(&policy, action));
+    let blind = create_user(
+        test.cloud,
+        "user-no-spot-price",
+        &without(&test.policy, action),
+    );
     let unpriced = spot_dry_run(&blind);
     unpriced.assert_code(0);
     assert!(
@@ -591,18 +650,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
             .contains("/hour (spot price unknown: on demand"),
         "{unpriced}"
     );
-    checked.push(action.to_string());
-
-    // Every EC2 action of the policy was shown to be needed.
-    let mut ec2_actions: Vec<String> = allowed_actions(&policy)
-        .into_iter()
-        .filter(|a| a.starts_with("ec2:"))
-        .collect();
-    ec2_actions.sort();
-    checked.retain(|a| a.starts_with("ec2:"));
-    checked.sort();
-    assert_eq!(checked, ec2_actions);
-    cloud.assert_no_bed_errors();
+    test.checked.push(action.to_string());
 }
 
 /// The admin's group: its id, and its rules as text (to see that they never change).
