@@ -680,58 +680,9 @@ fn admin_group(cloud: &TestCloud, name: &str) -> Option<(String, String)> {
 fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
     let cloud = iam_cloud();
     let project = Project::new();
-    let ec2 = cloud.ec2();
-    let vpc = cloud.block_on(async {
-        let vpcs = ec2
-            .describe_vpcs()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("is-default")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        vpcs.vpcs()[0].vpc_id().unwrap().to_string()
-    });
-    let group_id = cloud.block_on(async {
-        let created = ec2
-            .create_security_group()
-            .group_name("team-ssh")
-            .description("SSH from the office")
-            .vpc_id(&vpc)
-            .send()
-            .await
-            .unwrap();
-        let id = created.group_id().unwrap().to_string();
-        ec2.authorize_security_group_ingress()
-            .group_id(&id)
-            .ip_permissions(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(22)
-                    .to_port(22)
-                    .ip_ranges(IpRange::builder().cidr_ip("172.31.0.0/16").build())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        id
-    });
+    let group_id = make_admin_group(&cloud, "team-ssh");
     let (_, rules) = admin_group(&cloud, "team-ssh").unwrap();
-    // A locked-down account: users may not make, open or delete security groups.
-    let mut policy = as_moto_checks_it(USER_POLICY);
-    for action in [
-        "ec2:CreateSecurityGroup",
-        "ec2:AuthorizeSecurityGroupIngress",
-        "ec2:RevokeSecurityGroupIngress",
-        "ec2:DeleteSecurityGroup",
-    ] {
-        policy = without(&policy, action);
-    }
-    let user = create_user(&cloud, "locked-down", &policy);
+    let user = create_user(&cloud, "locked-down", &locked_down_policy());
     let run_as_user = |args: &[&str]| Run::of(as_user(&project, &cloud, &user).args(args));
 
     let own_group = run_as_user(&["true"]);
@@ -784,10 +735,91 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
         "{by_id}"
     );
 
-    // A dry run shows the group a launch would use, and asks no checkip (a run does not).
+    dry_run_shows_the_admin_group(&cloud, &project, &user, &group_id);
+
+    let unknown = run_as_user(&["--security-group", "no-such-group", "true"]);
+    assert_eq!(unknown.code, Some(255), "{unknown}");
+    assert!(
+        unknown
+            .stderr
+            .contains("there is no security group no-such-group in"),
+        "{unknown}"
+    );
+    assert_eq!(cloud.instances().len(), 2, "nothing launched\n{unknown}");
+    assert_eq!(cloud.run_security_groups().len(), 1, "only the admin's");
+    cloud.assert_no_bed_errors();
+}
+
+/// Makes, as an admin would, a security group `name` in the default VPC that opens tcp/22 to
+/// 172.31.0.0/16; returns its id.
+fn make_admin_group(cloud: &TestCloud, name: &str) -> String {
+    let ec2 = cloud.ec2();
+    let vpc = cloud.block_on(async {
+        let vpcs = ec2
+            .describe_vpcs()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("is-default")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        vpcs.vpcs()[0].vpc_id().unwrap().to_string()
+    });
+    cloud.block_on(async {
+        let created = ec2
+            .create_security_group()
+            .group_name(name)
+            .description("SSH from the office")
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .unwrap();
+        let id = created.group_id().unwrap().to_string();
+        ec2.authorize_security_group_ingress()
+            .group_id(&id)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(IpRange::builder().cidr_ip("172.31.0.0/16").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        id
+    })
+}
+
+/// A locked-down account's user policy: users may not make, open or delete security groups.
+fn locked_down_policy() -> Value {
+    let mut policy = as_moto_checks_it(USER_POLICY);
+    for action in [
+        "ec2:CreateSecurityGroup",
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:RevokeSecurityGroupIngress",
+        "ec2:DeleteSecurityGroup",
+    ] {
+        policy = without(&policy, action);
+    }
+    policy
+}
+
+/// A dry run shows the admin's group a launch would use, and asks no checkip (a run does
+/// not); an unknown group is refused.
+fn dry_run_shows_the_admin_group(
+    cloud: &TestCloud,
+    project: &Project,
+    user: &User,
+    group_id: &str,
+) {
     let checkip = common::Tripwire::on(&cloud.laptop);
     let dry_run = Run::of(
-        as_user(&project, &cloud, &user)
+        as_user(project, cloud, user)
             .env("SSH_EC2_CHECKIP_URL", checkip.url())
             .args(["--security-group", "team-ssh", "--dry-run", "true"]),
     );
@@ -803,7 +835,12 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
         "{dry_run}"
     );
     assert!(!checkip.was_called(), "{dry_run}");
-    let unknown_dry_run = run_as_user(&["--security-group", "no-such-group", "--dry-run", "true"]);
+    let unknown_dry_run = Run::of(as_user(project, cloud, user).args([
+        "--security-group",
+        "no-such-group",
+        "--dry-run",
+        "true",
+    ]));
     assert_eq!(unknown_dry_run.code, Some(255), "{unknown_dry_run}");
     assert!(
         unknown_dry_run
@@ -811,16 +848,4 @@ fn an_admin_made_security_group_is_used_as_it_is_and_outlives_the_instance() {
             .contains("there is no security group no-such-group in"),
         "{unknown_dry_run}"
     );
-
-    let unknown = run_as_user(&["--security-group", "no-such-group", "true"]);
-    assert_eq!(unknown.code, Some(255), "{unknown}");
-    assert!(
-        unknown
-            .stderr
-            .contains("there is no security group no-such-group in"),
-        "{unknown}"
-    );
-    assert_eq!(cloud.instances().len(), 2, "nothing launched\n{unknown}");
-    assert_eq!(cloud.run_security_groups().len(), 1, "only the admin's");
-    cloud.assert_no_bed_errors();
 }
