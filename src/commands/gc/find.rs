@@ -63,10 +63,17 @@ struct Known<'a> {
 }
 
 impl Known<'_> {
-    /// Whether a run goes on in `dir`.
-    fn busy(&self, dir: &Option<String>) -> bool {
-        dir.as_deref()
-            .is_some_and(|dir| lock::busy(self.state_dir, Path::new(dir)))
+    /// Whether a run goes on in `dir`: then `what` is left alone, and `found` says why.
+    fn busy(&self, what: &str, dir: &Option<String>, found: &mut Leftovers) -> bool {
+        let busy = dir
+            .as_deref()
+            .is_some_and(|dir| lock::busy(self.state_dir, Path::new(dir)));
+        if busy {
+            found
+                .skipped
+                .push(format!("{what}: a run in {} goes on", show(dir)));
+        }
+        busy
     }
 
     /// Adds this machine's instances nothing here can use any more; returns how many
@@ -100,10 +107,7 @@ impl Known<'_> {
                 (true, true, false) => Why::Expired,
                 (true, false, _) => continue,
             };
-            if self.busy(&owned.dir) {
-                found
-                    .skipped
-                    .push(format!("{id}: a run in {} goes on", show(&owned.dir)));
+            if self.busy(id, &owned.dir, found) {
                 continue;
             }
             found.instances.push((nodes.clone(), why));
@@ -129,12 +133,7 @@ impl Known<'_> {
             if used || launched || !group.this_machine {
                 continue;
             }
-            if self.busy(&group.dir) {
-                found.skipped.push(format!(
-                    "{}: a run in {} goes on",
-                    group.id,
-                    show(&group.dir)
-                ));
+            if self.busy(&group.id, &group.dir, found) {
                 continue;
             }
             found.groups.push((region, group));
@@ -157,12 +156,8 @@ impl Known<'_> {
             if used || launched {
                 continue;
             }
-            if self.busy(&placement.dir) {
-                found.skipped.push(format!(
-                    "placement group {}: a run in {} goes on",
-                    placement.name,
-                    show(&placement.dir)
-                ));
+            let what = format!("placement group {}", placement.name);
+            if self.busy(&what, &placement.dir, found) {
                 continue;
             }
             found.placement_groups.push((region, placement));
