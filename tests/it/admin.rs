@@ -488,6 +488,7 @@ fn the_user_policy_lets_a_user_run_list_and_down_and_each_of_its_ec2_actions_is_
     a_launch_needs(&mut test);
     the_end_of_life_needs(&mut test);
     a_spot_run_goes_on_without_the_spot_price(&mut test);
+    a_cluster_needs(&mut test);
 
     // Every EC2 action of the policy was shown to be needed.
     let mut ec2_actions: Vec<String> = allowed_actions(&test.policy)
@@ -692,6 +693,25 @@ fn a_spot_run_goes_on_without_the_spot_price(test: &mut PolicyTest) {
         "{unpriced}"
     );
     test.checked.push(action.to_string());
+}
+
+/// A cluster (`--nodes 2`) puts its head in the run's SSH group: refused, nothing is left.
+/// Its placement groups are answered by the bed's proxy, which moto's IAM never sees: their
+/// statements' conditions are checked in policies.rs.
+fn a_cluster_needs(test: &mut PolicyTest) {
+    let run = test.check(Refusal {
+        action: "ec2:ModifyInstanceAttribute",
+        args: &["--nodes", "2", "true"],
+    });
+    assert!(test.cloud.live_instances().is_empty(), "{run}");
+    test.checked.extend(
+        [
+            "ec2:CreatePlacementGroup",
+            "ec2:DeletePlacementGroup",
+            "ec2:DescribePlacementGroups",
+        ]
+        .map(String::from),
+    );
 }
 
 /// The admin's group: its id, and its rules as text (to see that they never change).
