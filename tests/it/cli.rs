@@ -334,6 +334,10 @@ fn instance_types_are_checked_and_images_must_fit_them() {
         bogus.stderr.contains("g9.bogus") && bogus.stderr.contains("check --instance-type"),
         "{bogus}"
     );
+    assert!(
+        !bogus.stderr.contains("launching") && !bogus.stderr.contains("/hour"),
+        "refused before any launch step or price\n{bogus}"
+    );
     // Graviton: the only images are x86_64 ones.
     let arm = Run::of(
         project
