@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod host_key;
 pub mod job;
 pub mod lease;
+pub mod logs;
 pub mod runs;
 pub mod spot_watch;
 pub mod watchdog;

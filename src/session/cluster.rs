@@ -18,6 +18,7 @@ use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::cluster::{Layout, fan_out_command};
 use crate::remote::job::{Job, JobState, Multiplexer};
+use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::remote::{self, RemoteDir};
 use crate::settings::values::HostPort;
@@ -167,7 +168,8 @@ pub async fn start_worker_jobs(
 ) -> Result<()> {
     for worker in &reached.workers {
         let command = reached.cluster.layout().command_for(worker.rank, command);
-        let start = job.start_command(multiplexer, &reached.remote_dir, &command, size);
+        let log = LogName::job(worker.rank, reached.cluster.addresses.len());
+        let start = job.start_command(multiplexer, &reached.remote_dir, &command, size, &log);
         (worker.session.run_captured(&start).await)
             .with_context(|| format!("cannot start job {} on node {}", job.name(), worker.rank))?;
     }

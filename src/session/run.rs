@@ -23,6 +23,7 @@ use crate::fleet::end_of_life::Origin;
 use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::job::Job;
+use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
@@ -75,6 +76,7 @@ pub async fn run(
             &reached.remote_dir,
             head_command.as_deref().unwrap_or(login_shell),
             size,
+            &LogName::job(0, reached.cluster.addresses.len()),
         ))
         .await?;
     if let Some(command) = command {

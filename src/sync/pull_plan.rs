@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::itemize::{Item, Kind};
+use crate::remote::logs::is_log;
 
 /// What a pull does with one path the instance lists differently from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,12 +18,15 @@ enum Decision {
 }
 
 /// `there` and `here` (`None`: nothing) are what each side holds at the path; whether each is
-/// what the last sync left. A change of kind on either side is a change.
+/// what the last sync left. A change of kind on either side is a change. A log of the
+/// instance's (`remote::logs`) that it changed replaces this side's copy: only the instance
+/// writes it, and a new instance's log is the latest, not a conflict with an older one's.
 fn decide(
     there: Kind,
     here: Option<Kind>,
     here_unchanged: bool,
     there_unchanged: bool,
+    log: bool,
 ) -> Decision {
     use Decision::*;
     match (there, here) {
@@ -33,7 +37,7 @@ fn decide(
         (_, None) => Fetch,
         (_, Some(here)) if here != there && there_unchanged => KeepLocal,
         (_, Some(here)) if here != there => KeepBoth,
-        _ if here_unchanged => Fetch,
+        _ if here_unchanged || (log && !there_unchanged) => Fetch,
         _ if there_unchanged => KeepLocal,
         _ => KeepBoth,
     }
@@ -75,6 +79,7 @@ pub(super) fn plan<'a>(
             kind,
             same && here_unchanged(item),
             there_unchanged(item),
+            is_log(&item.path),
         ) {
             Decision::Fetch => plan.fetch.push(item),
             Decision::KeepBoth => plan.both.push(item),
@@ -128,9 +133,29 @@ mod tests {
         ];
         for (there, here, here_unchanged, there_unchanged, expected) in table {
             assert_eq!(
-                decide(there, here, here_unchanged, there_unchanged),
+                decide(there, here, here_unchanged, there_unchanged, false),
                 expected,
                 "{there:?} there, {here:?} here"
+            );
+        }
+    }
+
+    #[test]
+    fn a_log_the_instance_changed_replaces_the_local_copy_and_is_never_a_conflict() {
+        #[rustfmt::skip]
+        let table = [
+            // there, here, here unchanged, there unchanged: decision
+            (File, Some(File), false, false, Fetch),
+            (File, Some(File), true, false, Fetch),
+            (File, Some(File), false, true, KeepLocal),
+            (File, None, false, true, KeepLocal),
+            (File, Some(Link), false, false, KeepBoth),
+        ];
+        for (there, here, here_unchanged, there_unchanged, expected) in table {
+            assert_eq!(
+                decide(there, here, here_unchanged, there_unchanged, true),
+                expected,
+                "{there:?} there, {here:?} here, {here_unchanged} {there_unchanged}"
             );
         }
     }
