@@ -273,7 +273,8 @@ pub fn start_workers(
     let mut running = Vec::new();
     for worker in workers {
         let command = cluster.layout().command_for(worker.rank, command);
-        let line = record.command_line(dir, Some(&command), false);
+        let log = LogName::run(worker.rank, cluster.addresses.len());
+        let line = record.command_line(dir, Some(&command), Some(&log));
         let (session, rank, sender) = (worker.session.clone(), worker.rank, sender.clone());
         tokio::spawn(async move {
             let exit = stream_worker(&session, &line, rank).await;

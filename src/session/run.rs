@@ -264,17 +264,19 @@ async fn stream_command(
         printer,
         ..
     } = *scene;
-    // Without a PTY, stdout is a pipe that `| head` may close: it goes through the record.
-    let relay_stdout = !plan.terminal.pty;
+    // Without a PTY, the output goes through relays that write the log too, and stdout is a
+    // pipe that `| head` may close (see `RunRecord::command_line`).
+    let nodes = reached.cluster.addresses.len();
+    let log = (!plan.terminal.pty).then(|| LogName::run(0, nodes));
     let cut_output = record.cut_output_command();
     // The nodes' variables (for one instance too: rank 0 of 1).
     let command = (plan.command.as_deref()).map(|c| reached.cluster.layout().command_for(0, c));
     let command_line =
-        record.command_line(&scene.plan.remote_dir, command.as_deref(), relay_stdout);
+        record.command_line(&scene.plan.remote_dir, command.as_deref(), log.as_ref());
     let ran = run_command(
         session,
         &command_line,
-        relay_stdout.then_some(cut_output.as_str()),
+        log.is_some().then_some(cut_output.as_str()),
         plan.terminal.pty,
         plan.terminal.forward_stdin,
         interrupt,

@@ -16,6 +16,7 @@ mod forward;
 mod gc_keys;
 mod host_keys;
 mod jobs;
+mod logs;
 mod machines;
 mod policies;
 mod reuse;
