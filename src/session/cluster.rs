@@ -12,6 +12,7 @@ use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
 use super::host_key;
+use super::output::stream_worker;
 use super::reach::{Reached, connect};
 use crate::fleet::Machine;
 use crate::poll::Poll;
@@ -260,14 +261,15 @@ pub struct WorkerCommands {
 }
 
 /// Starts `command` on every worker, in the remote directory, with its node's variables; its
-/// output comes here line by line, each prefixed `[node K] `. Each records it as the head does
-/// (`record`).
+/// output comes here line by line, each prefixed `[node K] `, and goes to its log on the node.
+/// Each records it as the head does (`record`).
 pub fn start_workers(
     workers: &[Worker],
     dir: &RemoteDir,
     cluster: &Cluster,
     command: &str,
     record: &RunRecord,
+    printer: &Printer,
 ) -> WorkerCommands {
     let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
     let mut running = Vec::new();
@@ -276,8 +278,9 @@ pub fn start_workers(
         let log = LogName::run(worker.rank, cluster.addresses.len());
         let line = record.command_line(dir, Some(&command), Some(&log));
         let (session, rank, sender) = (worker.session.clone(), worker.rank, sender.clone());
+        let printer = printer.clone();
         tokio::spawn(async move {
-            let exit = stream_worker(&session, &line, rank).await;
+            let exit = stream_worker(&session, &line, rank, &printer).await;
             let _ = sender.send(Ended { rank, exit });
         });
         running.push((worker.rank, worker.session.clone()));
@@ -412,83 +415,4 @@ pub fn node_failed(failure: Ended, machine: &Machine) -> Result<RemoteExit> {
     failure
         .exit
         .with_context(|| format!("node {rank} ({id}) was lost before its command ended"))
-}
-
-/// Runs `line` on a worker, its output prefixed with its rank, until the command ends.
-async fn stream_worker(session: &Session, line: &str, rank: usize) -> Result<RemoteExit> {
-    use russh::ChannelMsg;
-    let mut channel = session.open_exec(line).await?;
-    channel
-        .eof()
-        .await
-        .context("the connection to the node was lost")?;
-    let prefix = format!("[node {rank}] ");
-    let (mut out, mut err) = (Prefixed::new(&prefix), Prefixed::new(&prefix));
-    let mut exit = None;
-    while let Some(message) = channel.wait().await {
-        match message {
-            ChannelMsg::Data { data } => out.write(&data, &mut std::io::stdout()),
-            ChannelMsg::ExtendedData { data, .. } => err.write(&data, &mut std::io::stderr()),
-            ChannelMsg::ExitStatus { exit_status } => exit = Some(RemoteExit::Status(exit_status)),
-            ChannelMsg::ExitSignal { signal_name, .. } => {
-                exit = Some(RemoteExit::Signal(format!("{signal_name:?}")));
-            }
-            ChannelMsg::Failure => anyhow::bail!("node {rank} refused to run the command"),
-            _ => {}
-        }
-    }
-    out.finish(&mut std::io::stdout());
-    err.finish(&mut std::io::stderr());
-    exit.context("its connection closed before the command's exit status came")
-}
-
-/// Output cut into whole lines, each written with a prefix in one write (so that the nodes'
-/// lines do not mix within a line).
-struct Prefixed {
-    prefix: Vec<u8>,
-    partial: Vec<u8>,
-}
-
-impl Prefixed {
-    fn new(prefix: &str) -> Prefixed {
-        Prefixed {
-            prefix: prefix.as_bytes().to_vec(),
-            partial: Vec::new(),
-        }
-    }
-
-    fn write(&mut self, data: &[u8], to: &mut impl std::io::Write) {
-        self.partial.extend_from_slice(data);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let _ = to.write_all(&[self.prefix.as_slice(), &line].concat());
-        }
-        let _ = to.flush();
-    }
-
-    /// The last line, if it had no newline.
-    fn finish(&mut self, to: &mut impl std::io::Write) {
-        if !self.partial.is_empty() {
-            self.partial.push(b'\n');
-            self.write(&[], to);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_line_of_a_node_carries_its_rank() {
-        let mut prefixed = Prefixed::new("[node 2] ");
-        let mut out = Vec::new();
-        prefixed.write(b"a\nb", &mut out);
-        prefixed.write(b"c\n\nd", &mut out);
-        prefixed.finish(&mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "[node 2] a\n[node 2] bc\n[node 2] \n[node 2] d\n"
-        );
-    }
 }

@@ -12,6 +12,7 @@ mod end;
 mod host_key;
 mod job;
 mod lease;
+mod output;
 mod progress;
 mod pull;
 mod reach;

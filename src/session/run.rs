@@ -191,6 +191,7 @@ async fn run_directly(
                 &reached.cluster,
                 command,
                 &record,
+                printer,
             )
         });
     let (ran, spot_notice, first) =
