@@ -25,7 +25,7 @@ pub const MODE_FLAGS: [&str; 10] = [
     "finish",
 ];
 /// The modes `--dry-run` cannot go with.
-const NOT_WITH_DRY_RUN: [&str; 9] = [
+const NOT_WITH_DRY_RUN: [&str; 10] = [
     "generate",
     "show_config",
     "list",
@@ -35,6 +35,20 @@ const NOT_WITH_DRY_RUN: [&str; 9] = [
     "detach",
     "attach",
     "finish",
+    "logs",
+];
+/// The modes `--logs` cannot go with: all but `--finish`, whose `-f` means `--follow` beside it
+/// (as `tail -f` does), so it is left out of the group of modes.
+const NOT_WITH_LOGS: [&str; 9] = [
+    "generate",
+    "show_config",
+    "setup",
+    "list",
+    "down",
+    "gc",
+    "ssh_config",
+    "detach",
+    "attach",
 ];
 /// The modes that run no command (`--attach` and `--finish` say why themselves).
 const WITHOUT_COMMAND: [&str; 7] = [
@@ -67,6 +81,7 @@ const WITHOUT_COMMAND: [&str; 7] = [
 #[command(group(ArgGroup::new("final_state").multiple(false).args(["terminate", "stop", "leave"])))]
 #[command(group(ArgGroup::new("json_modes").args(["list", "dry_run"]).multiple(true)))]
 #[command(group(ArgGroup::new("region_modes").args(["list", "gc"]).multiple(true)))]
+#[command(group(ArgGroup::new("node_modes").args(["attach", "logs"]).multiple(true)))]
 pub struct Cli {
     #[command(flatten)]
     pub end_of_life: EndOfLifeFlags,
@@ -122,13 +137,24 @@ pub struct JobFlags {
     /// Attach to this directory's job (detach again with Ctrl-B d, or Ctrl-A d for screen).
     #[arg(short, long)]
     pub attach: bool,
-    /// Wait for this directory's job to end (attached on a terminal), pull its results, apply
-    /// the end of life; exit with the job's status.
+    /// Wait for this directory's job to end (attached on a terminal, else printing what it
+    /// prints), pull its results, apply the end of life; exit with the job's status. With
+    /// --logs, -f is --follow.
     #[arg(short, long)]
     pub finish: bool,
     /// With --finish: wait without attaching.
     #[arg(long, requires = "finish")]
     pub no_attach: bool,
+    /// Print this directory's job's log (ssh-ec2-logs/ on the instance) without attaching,
+    /// from any terminal or a pipe; exit with the job's status once it ended.
+    #[arg(long, conflicts_with_all = NOT_WITH_LOGS)]
+    pub logs: bool,
+    /// With --logs (also -f): go on printing the log while the job runs, until it ends.
+    #[arg(long, requires = "logs")]
+    pub follow: bool,
+    /// With --attach or --logs: node K of a --nodes cluster (0 is the head).
+    #[arg(long, value_name = "K", requires = "node_modes")]
+    pub node: Option<usize>,
     /// Run the command inside tmux or screen (none: directly). Default: none, tmux with --detach.
     #[arg(long = "multi", alias = "multiplex", value_name = "tmux|screen|none")]
     pub multiplex: Option<Multiplex>,
