@@ -172,8 +172,8 @@ impl Job {
                 shell_quote(&wrapper)
             ),
             Multiplexer::Screen => format!(
-                "{}screen -c \"$r/screenrc\" -L -Logfile \"$l\" -dmS {} sh -c {}",
-                Job::screen_options(),
+                "{}screen -c \"$r/screenrc\" -L -dmS {} sh -c {}",
+                Job::screen_settings(),
                 self.name,
                 shell_quote(&wrapper)
             ),

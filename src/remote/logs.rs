@@ -77,6 +77,8 @@ const LOG: &str = "log";
 const LOGGER: &str = "logger";
 /// The record file with how many bytes of the log the user has seen.
 const SEEN: &str = "seen";
+/// The record's link to the log, for screen.
+const SCREEN_LOG: &str = "screen.log";
 
 impl Job {
     /// Prints the job's log from byte `from` (0: the start) to its end; with `follow`, goes on
@@ -152,13 +154,16 @@ impl Job {
         format!("echo $PPID > {}/{LOGGER}; ", self.record())
     }
 
-    /// screen's options that write the pane's output to the log, flushed every second (screen's
-    /// own default is 10 s), the user's ~/.screenrc still read; `r` is the record's variable.
-    pub(super) fn screen_options() -> String {
+    /// Makes screen's settings (`-c "$r/screenrc"`, `r` the record's variable) write the
+    /// window's output to the log with `-L`, flushed every second (screen's own default is
+    /// 10 s), the user's ~/.screenrc still read. screen is told a name in the record, a link to
+    /// the log: its settings would read `$` and quotes in the directory's name (and
+    /// `-Logfile` needs screen 4.6). Goes on with `&&`.
+    pub(super) fn screen_settings() -> String {
         format!(
             "{{ [ -f \"$HOME/.screenrc\" ] && echo \"source \\\"$HOME/.screenrc\\\"\"; \
-             echo 'logfile flush 1'; }} > \"$r/screenrc\" && \
-             l=$(cat \"$r/{LOG}\" 2>/dev/null || echo /dev/null) && "
+             echo 'logfile flush 1'; echo \"logfile $r/{SCREEN_LOG}\"; }} > \"$r/screenrc\" && \
+             ln -sf \"$(cat \"$r/{LOG}\" 2>/dev/null || echo /dev/null)\" \"$r/{SCREEN_LOG}\" && "
         )
     }
 }

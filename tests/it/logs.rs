@@ -141,10 +141,16 @@ fn logs_prints_from_a_pipe_and_finish_then_prints_only_what_was_not_seen() {
 }
 
 #[test]
-fn logs_follow_prints_the_job_s_output_as_it_comes_until_it_ends_with_its_status() {
+fn logs_follow_prints_a_screen_job_s_output_as_it_comes_until_it_ends_with_its_status() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(project.ssh_ec2(&cloud).args(["--detach", &job(6)])).assert_code(0);
+    let detach = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--multi", "screen", "--detach", &job(6)]),
+    );
+    detach.assert_code(0);
+    assert!(detach.stderr.contains("in screen"), "{detach}");
 
     let mut child = project
         .ssh_ec2(&cloud)
