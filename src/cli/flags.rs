@@ -10,9 +10,10 @@ use crate::settings::values::{
 };
 use crate::ssh::forward::Forward;
 
-/// The flags that choose a mode: at most one of them. `--dry-run` is a mode of its own, but
-/// also goes with `--setup`.
-pub const MODE_FLAGS: [&str; 10] = [
+/// The flags that choose a mode (at most one of them), but `--finish`; `--dry-run` is a mode
+/// of its own, but also goes with `--setup`. `--logs` goes with none of them but `--finish`,
+/// whose `-f` means `--follow` beside it, as with `tail -f`.
+const MODES_BUT_FINISH: [&str; 9] = [
     "generate",
     "show_config",
     "setup",
@@ -22,7 +23,6 @@ pub const MODE_FLAGS: [&str; 10] = [
     "ssh_config",
     "detach",
     "attach",
-    "finish",
 ];
 /// The modes `--dry-run` cannot go with.
 const NOT_WITH_DRY_RUN: [&str; 10] = [
@@ -36,19 +36,6 @@ const NOT_WITH_DRY_RUN: [&str; 10] = [
     "attach",
     "finish",
     "logs",
-];
-/// The modes `--logs` cannot go with: all but `--finish`, whose `-f` means `--follow` beside it
-/// (as `tail -f` does), so it is left out of the group of modes.
-const NOT_WITH_LOGS: [&str; 9] = [
-    "generate",
-    "show_config",
-    "setup",
-    "list",
-    "down",
-    "gc",
-    "ssh_config",
-    "detach",
-    "attach",
 ];
 /// The modes that run no command (`--attach` and `--finish` say why themselves).
 const WITHOUT_COMMAND: [&str; 7] = [
@@ -74,7 +61,7 @@ const WITHOUT_COMMAND: [&str; 7] = [
                   preset of theirs, ./.env and the environment; flags win. --show-config shows \
                   where each one came from; --help adds examples and the variables."
 )]
-#[command(group(ArgGroup::new("mode").multiple(false).args(MODE_FLAGS)))]
+#[command(group(ArgGroup::new("mode").multiple(false).args(MODES_BUT_FINISH).arg("finish")))]
 #[command(group(
     ArgGroup::new("without_command").multiple(true).args(WITHOUT_COMMAND).conflicts_with("command")
 ))]
@@ -147,7 +134,7 @@ pub struct JobFlags {
     pub no_attach: bool,
     /// Print this directory's job's log (ssh-ec2-logs/ on the instance) without attaching,
     /// from any terminal or a pipe; exit with the job's status once it ended.
-    #[arg(long, conflicts_with_all = NOT_WITH_LOGS)]
+    #[arg(long, conflicts_with_all = MODES_BUT_FINISH)]
     pub logs: bool,
     /// With --logs (also -f): go on printing the log while the job runs, until it ends.
     #[arg(long, requires = "logs")]

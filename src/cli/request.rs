@@ -160,7 +160,7 @@ fn choose_mode(
             () if ssh_config => InstanceMode::SshConfig { install },
             () if detach => InstanceMode::Detach,
             () if attach => InstanceMode::Attach { node },
-            // `-f` beside `--logs` is `--follow` (see `flags::NOT_WITH_LOGS`).
+            // `-f` beside `--logs` is `--follow` (see `flags::MODES_BUT_FINISH`).
             () if logs => InstanceMode::Logs {
                 follow: follow || finish,
                 node,

@@ -112,52 +112,41 @@ mod tests {
     use Kind::{Dir, File, Link};
     use std::path::PathBuf;
 
-    #[test]
-    fn a_change_of_kind_keeps_both_sides() {
-        #[rustfmt::skip]
-        let table = [
-            // there, here, here unchanged, there unchanged: decision
-            (File, Some(File), true, false, Fetch),
-            (File, Some(File), false, true, KeepLocal),
-            (File, Some(File), false, false, KeepBoth),
-            (File, None, false, false, Fetch),
-            (File, None, false, true, KeepLocal),
-            (Dir, Some(Dir), false, false, Fetch),
-            (Dir, None, false, false, Fetch),
-            (Dir, Some(Link), true, false, KeepBothTree),
-            (Dir, Some(File), true, true, KeepBothTree),
-            (File, Some(Dir), false, false, KeepBoth),
-            (Link, Some(File), false, false, KeepBoth),
-            (File, Some(Link), false, false, KeepBoth),
-            (File, Some(Dir), false, true, KeepLocal),
-        ];
-        for (there, here, here_unchanged, there_unchanged, expected) in table {
-            assert_eq!(
-                decide(there, here, here_unchanged, there_unchanged, false),
-                expected,
-                "{there:?} there, {here:?} here"
-            );
+    /// Each row: there, here, here unchanged, there unchanged; the decision for a file, then
+    /// for a log.
+    fn check(table: &[(Kind, Option<Kind>, bool, bool, Decision, Decision)]) {
+        for &(there, here, here_unchanged, there_unchanged, file, log) in table {
+            for (is_log, expected) in [(false, file), (true, log)] {
+                assert_eq!(
+                    decide(there, here, here_unchanged, there_unchanged, is_log),
+                    expected,
+                    "{there:?} there, {here:?} here, {here_unchanged} {there_unchanged}, log \
+                     {is_log}"
+                );
+            }
         }
     }
 
     #[test]
-    fn a_log_the_instance_changed_replaces_the_local_copy_and_is_never_a_conflict() {
+    fn a_change_of_kind_keeps_both_sides_and_a_log_the_instance_changed_comes_home() {
         #[rustfmt::skip]
-        let table = [
-            // there, here, here unchanged, there unchanged: decision
-            (File, Some(File), false, false, Fetch),
-            (File, Some(File), true, false, Fetch),
-            (File, Some(File), false, true, KeepLocal),
-            (File, None, false, true, KeepLocal),
-            (File, Some(Link), false, false, KeepBoth),
-        ];
-        for (there, here, here_unchanged, there_unchanged, expected) in table {
-            assert_eq!(
-                decide(there, here, here_unchanged, there_unchanged, true),
-                expected,
-                "{there:?} there, {here:?} here, {here_unchanged} {there_unchanged}"
-            );
-        }
+        check(&[
+            // there, here, here unchanged, there unchanged: a file's decision, a log's
+            (File, Some(File), true, false, Fetch, Fetch),
+            (File, Some(File), false, true, KeepLocal, KeepLocal),
+            // A log is the instance's: never a conflict.
+            (File, Some(File), false, false, KeepBoth, Fetch),
+            (File, None, false, false, Fetch, Fetch),
+            (File, None, false, true, KeepLocal, KeepLocal),
+            (Dir, Some(Dir), false, false, Fetch, Fetch),
+            (Dir, None, false, false, Fetch, Fetch),
+            (Dir, Some(Link), true, false, KeepBothTree, KeepBothTree),
+            (Dir, Some(File), true, true, KeepBothTree, KeepBothTree),
+            (File, Some(Dir), false, false, KeepBoth, KeepBoth),
+            (Link, Some(File), false, false, KeepBoth, KeepBoth),
+            (File, Some(Link), false, false, KeepBoth, KeepBoth),
+            (File, Some(Dir), false, true, KeepLocal, KeepLocal),
+        ]);
     }
 
     #[test]

@@ -21,13 +21,7 @@ fn a_foreground_run_s_whole_output_comes_home_in_its_log() {
     );
     run.assert_code(0);
     assert_eq!(run.stdout, "to-stdout\n", "the output still streams\n{run}");
-    let log = project
-        .read("ssh-ec2-logs/run.log")
-        .unwrap_or_else(|| panic!("the run's log came home\n{run}"));
-    assert!(
-        log.contains("to-stdout\n") && log.contains("to-stderr\n"),
-        "{log}\n{run}"
-    );
+    home_log_with(&project, "run.log", &["to-stdout\n", "to-stderr\n"], &run);
     assert_nothing_left(&cloud, &project, &run);
 }
 
@@ -59,6 +53,16 @@ fn a_failed_command_s_log_comes_home_and_a_local_copy_is_replaced_not_kept_besid
         InstanceStateName::Terminated,
         "{run}"
     );
+}
+
+/// The log `name` as it came home, which holds each of `lines`.
+fn home_log_with(project: &Project, name: &str, lines: &[&str], run: &Run) {
+    let log = project
+        .read(&format!("ssh-ec2-logs/{name}"))
+        .unwrap_or_else(|| panic!("{name} came home\n{run}"));
+    for line in lines {
+        assert!(log.contains(line), "{line} in {name}: {log}\n{run}");
+    }
 }
 
 /// A job that prints a line, waits for the test's go, prints another and exits with `status`.
@@ -97,13 +101,7 @@ fn finish_without_a_terminal_prints_the_job_s_output_and_its_log_comes_home() {
         assert!(finish.stdout.contains(line), "{line}\n{finish}");
     }
     assert!(finish.stderr.contains("job ended (exit 3)"), "{finish}");
-    let log = project
-        .read("ssh-ec2-logs/job.log")
-        .unwrap_or_else(|| panic!("the job's log came home\n{finish}"));
-    assert!(
-        log.contains("before-go") && log.contains("after-go"),
-        "{log}\n{finish}"
-    );
+    home_log_with(&project, "job.log", &["before-go", "after-go"], &finish);
     assert_nothing_left(&cloud, &project, &finish);
 }
 
@@ -238,12 +236,8 @@ fn every_node_s_log_of_a_cluster_run_and_of_its_job_comes_home() {
     let finish = Run::of(project.ssh_ec2(&cloud).arg("--finish"));
     finish.assert_code(0);
     for rank in 0..2 {
-        let log = project.read(&format!("ssh-ec2-logs/job-node-{rank}.log"));
-        assert!(
-            log.as_deref()
-                .is_some_and(|log| log.contains(&format!("job-of-{rank}"))),
-            "node {rank}: {log:?}\n{finish}"
-        );
+        let (log, line) = (format!("job-node-{rank}.log"), format!("job-of-{rank}"));
+        home_log_with(&project, &log, &[&line], &finish);
     }
     assert_nothing_left(&cloud, &project, &finish);
 }
