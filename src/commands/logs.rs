@@ -6,12 +6,18 @@ use anyhow::Result;
 
 use crate::printer::Printer;
 use crate::remote::job::Job;
-use crate::session::{Ground, Plan, print_log, reach};
+use crate::session::{Ground, Plan, home_log, print_log, reach};
 use crate::status::ExitStatus;
 
 pub async fn logs(plan: &Plan, printer: &Printer, follow: bool, node: usize) -> Result<ExitStatus> {
     let ground = Ground::open(&plan.account, &plan.dirs).await?;
-    let machine = ground.find(plan, printer, false).await?;
+    let machine = match ground.find(plan, printer, false).await {
+        Ok(machine) => machine,
+        Err(e) => match home_log(&plan.local_dir, node) {
+            Some(log) => return Err(e.context(format!("the log of the last job came home: {log}"))),
+            None => return Err(e),
+        },
+    };
     let scene = ground.scene(plan, &machine, printer);
     let reached = reach(&scene).await?;
     let job = Job::for_dir(&plan.local_dir);

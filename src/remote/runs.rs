@@ -10,6 +10,9 @@ use super::lease::Lease;
 use super::logs::{LOG_DIR, LogName};
 use super::{RemoteDir, shell_quote};
 
+/// The signals that end a command, which its output's relays ignore.
+const ENDING: &str = "TERM INT HUP QUIT";
+
 /// Shell functions: `running RECORD` succeeds while anything of the record's command runs: its
 /// process group has a live member, in this boot (after a restart its pid may be another's).
 pub(super) fn running_functions() -> String {
@@ -78,13 +81,17 @@ impl RunRecord {
     }
 
     /// The relays of `command_line` through the log, which is emptied first (a log that cannot
-    /// be written is no reason not to run the command).
+    /// be written is no reason not to run the command). They are in the command's process
+    /// group, but ignore the signals that end it (`signal_command`, Ctrl-C passed on), so that
+    /// what it says as it ends still reaches the session and the log; they end once it has
+    /// closed its output.
     fn logging(&self, log: &LogName) -> String {
         format!(
             "{running}; t=; for o in {scope}/*; do [ \"$o\" = \"$r\" ] || ! running \"$o\" || \
              t=-{token}; done; l={log}; {{ mkdir -p {LOG_DIR} && : > \"$l\"; }} 2>/dev/null; \
-             mkfifo \"$r/out\" \"$r/err\" && {{ tee -a \"$l\" < \"$r/out\" & echo $! > \"$r/cat\"; }} && \
-             {{ tee -a \"$l\" < \"$r/err\" >&2 & }} && ",
+             trap '' {ENDING} && mkfifo \"$r/out\" \"$r/err\" && \
+             {{ tee -a \"$l\" < \"$r/out\" & echo $! > \"$r/cat\"; }} && \
+             {{ tee -a \"$l\" < \"$r/err\" >&2 & }} && trap - {ENDING} && ",
             running = running_functions(),
             scope = scope_dir(&self.scope),
             token = self.token,
@@ -92,9 +99,9 @@ impl RunRecord {
         )
     }
 
-    /// Tells the command its stdout is gone (see `command_line`).
+    /// Tells the command its stdout is gone (see `command_line`): its relay ignores SIGTERM.
     pub fn cut_output_command(&self) -> String {
-        format!("kill \"$(cat {}/cat)\" 2>/dev/null; true", self.dir())
+        format!("kill -KILL \"$(cat {}/cat)\" 2>/dev/null; true", self.dir())
     }
 
     /// Signals the command's whole process group (`0`: none, a probe); prints whether anything of
@@ -249,6 +256,52 @@ mod tests {
             "second\n"
         );
         assert_eq!(std::fs::read_to_string(logs.join("run.log")).unwrap(), log);
+    }
+
+    /// SIGTERM to the command's whole group, as `signal_command` sends it: what the command
+    /// says as it ends still reaches the session and the log.
+    #[test]
+    fn a_command_ended_by_its_group_s_sigterm_is_still_heard() {
+        use std::io::{BufRead, BufReader, Read};
+        use std::os::unix::process::CommandExt;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("p")).unwrap();
+        let record = RunRecord {
+            scope: "s".into(),
+            token: "t".into(),
+        };
+        let command = "trap 'echo bye; echo bye-err >&2; exit 143' TERM; echo ready; \
+                       while :; do sleep 0.1; done";
+        let dir = RemoteDir::parse("~/p").unwrap();
+        let line = record.command_line(&dir, Some(command), Some(&LogName::run(0, 1)));
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .env("HOME", home.path())
+            .env("SHELL", "/bin/sh")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        assert_eq!(ready, "ready\n");
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let (mut rest, mut errors) = (String::new(), String::new());
+        stdout.read_to_string(&mut rest).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut errors)
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(143));
+        assert_eq!((rest.as_str(), errors.as_str()), ("bye\n", "bye-err\n"));
+        let log = std::fs::read_to_string(home.path().join("p/ssh-ec2-logs/run.log")).unwrap();
+        assert!(log.contains("bye\n") && log.contains("bye-err\n"), "{log}");
     }
 
     #[test]

@@ -111,11 +111,14 @@ pub async fn follow_job(
         false => format!("waiting for job {} to end; its output follows", job.name()),
     });
     let mut poll = Poll::every(Duration::from_secs(5)).interruptible(interrupt);
-    let mut shown = None;
+    let (mut shown, mut showing) = (None, true);
     loop {
-        let watched = match attach {
-            true => watch_attached(scene, &reached.session, job, multiplexer).await,
-            false => show_unseen(scene, &reached.session, job, &mut shown).await,
+        let watched = match (attach, showing) {
+            (true, _) => watch_attached(scene, &reached.session, job, multiplexer).await,
+            (false, true) => show_unseen(scene, &reached.session, job, &mut shown)
+                .await
+                .map(|shows| showing = shows),
+            (false, false) => Ok(()),
         };
         if interrupt.first().is_some() {
             return Ok(Followed::Detached);
@@ -127,7 +130,7 @@ pub async fn follow_job(
         match state {
             Ok(state) => match followed(state, attach, job, multiplexer)? {
                 Some(followed) => return Ok(followed),
-                // Its log's writer is unknown (an earlier ssh-ec2 started it): look again.
+                // Not shown, or its log's writer is unknown: look again.
                 None => {
                     poll.wait().await?;
                     continue;

@@ -3,12 +3,15 @@
 //! (`--logs`); how much of it the user has seen, kept in the job's record on the instance
 //! (attaching counts as seeing it all); and the log made complete before it is pulled home.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 
 use super::Scene;
 use super::job::{job_state, until_interrupted};
 use super::output::stream_log;
 use super::reach::Reached;
+use crate::interrupt::Interrupted;
 use crate::printer::Printer;
 use crate::remote::job::{Job, JobState, Multiplexer};
 use crate::remote::logs::LogName;
@@ -60,28 +63,43 @@ async fn stream(
 
 /// Shows on stdout what the job printed since the user last saw it, following it while the job
 /// runs (see `stream`). `shown`: how far the showing got, kept across reconnections (`None`:
-/// from what the user saw). A closed stdout ends the showing, not the wait.
+/// from what the user saw). A closed stdout ends the showing, not the wait. `false`: it cannot
+/// be shown (said, but for a job without a log): the caller waits for the job without it.
+/// Fails only on a signal or a lost connection.
 pub async fn show_unseen(
     scene: &Scene<'_>,
     session: &Session,
     job: &Job,
     shown: &mut Option<u64>,
-) -> Result<()> {
-    let mut at = match *shown {
-        Some(at) => at,
-        None => seen(session, job).await?,
+) -> Result<bool> {
+    let mut at = *shown;
+    let showing = async {
+        let at = at.insert(match *shown {
+            Some(at) => at,
+            None => seen(session, job).await?,
+        });
+        let mut open = true;
+        let mut emit = |data: &[u8]| {
+            open = open && scene.printer.out(data).is_ok();
+            Ok(())
+        };
+        stream(scene, session, job, (at, true), &mut emit).await
     };
-    let mut open = true;
-    let mut emit = |data: &[u8]| {
-        open = open && scene.printer.out(data).is_ok();
-        Ok(())
-    };
-    let streamed = stream(scene, session, job, (&mut at, true), &mut emit).await;
-    *shown = Some(at);
-    if !session.is_closed() {
+    let streamed = showing.await;
+    *shown = at;
+    if let (Some(at), false) = (at, session.is_closed()) {
         mark_seen(session, job, Some(at)).await;
     }
-    streamed.map(drop)
+    match streamed {
+        Err(e) if !session.is_closed() && !e.is::<Interrupted>() => {
+            scene.printer.warn(&format!(
+                "cannot show what job {} prints ({e:#}): waiting for it without",
+                job.name()
+            ));
+            Ok(false)
+        }
+        streamed => streamed,
+    }
 }
 
 /// `--logs`: prints the log of the job on `session` (node `rank`) whole, following it while the
@@ -131,12 +149,20 @@ pub fn lost(job: &Job, multiplexer: Multiplexer) -> String {
 /// Why there is no job to show on node `rank`, and where the last one's log is, if it is home.
 fn no_job(scene: &Scene<'_>, rank: usize) -> String {
     let id = &scene.machine.nodes[rank].instance.id;
-    let log = LogName::job(rank, scene.machine.nodes.len()).path("");
-    let home = match scene.plan.local_dir.join(&log).is_file() {
-        true => format!("; the log of the last one came home: {log}"),
-        false => String::new(),
+    let home = match home_log(&scene.plan.local_dir, rank) {
+        Some(log) => format!("; the log of the last one came home: {log}"),
+        None => String::new(),
     };
     format!("no job of this directory on {id}: `ssh-ec2 --detach COMMAND` starts one{home}")
+}
+
+/// The log of this directory's last job on node `rank`, if it came home: on one instance, or
+/// on a cluster.
+pub fn home_log(local_dir: &Path, rank: usize) -> Option<String> {
+    let one = (rank == 0).then(|| LogName::job(0, 1));
+    (one.into_iter().chain([LogName::job(rank, 2)]))
+        .map(|name| name.path(""))
+        .find(|log| local_dir.join(log).is_file())
 }
 
 /// The line that says how the job ended.

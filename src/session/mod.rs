@@ -39,7 +39,7 @@ pub use end::end_of_run;
 pub use job::{
     Followed, attach_node, come_back_hint, conclude_job, end_job, follow_job, job_state,
 };
-pub use logs::{cut_short, job_ended, lost, print_log, show_unseen};
+pub use logs::{cut_short, home_log, job_ended, lost, print_log, show_unseen};
 pub use progress::Progress;
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};

@@ -134,7 +134,11 @@ fn logs_prints_from_a_pipe_and_finish_then_prints_only_what_was_not_seen() {
     // Without an instance: where the last job's log is.
     let none = Run::of(project.ssh_ec2(&cloud).arg("--logs"));
     none.assert_code(255);
-    assert!(none.stderr.contains("has no instance"), "{none}");
+    assert!(
+        none.stderr.contains("has no instance")
+            && none.stderr.contains("came home: ssh-ec2-logs/job.log"),
+        "{none}"
+    );
     assert_nothing_left(&cloud, &project, &finish);
 }
 
