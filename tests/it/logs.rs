@@ -6,6 +6,7 @@ use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
+use std::sync::mpsc;
 
 use aws_sdk_ec2::types::InstanceStateName;
 use common::{Pane, Project, Run, TestCloud, assert_nothing_left, state_of};
@@ -162,19 +163,13 @@ fn logs_follow_prints_a_screen_job_s_output_as_it_comes_until_it_ends_with_its_s
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("before-go") {
-        line.clear();
-        let read = stdout.read_line(&mut line).unwrap();
-        assert!(read > 0, "--logs -f ended before the job printed");
-    }
-    // Still following: only now does the job go on.
-    go(&cloud, &project);
-    let rest = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stdout.read_to_string(&mut rest);
-        rest
+    // Its lines as they come, so that a --logs -f that shows nothing fails the test, not hangs it.
+    let (lines, printed) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
     });
     let mut stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
@@ -182,10 +177,23 @@ fn logs_follow_prints_a_screen_job_s_output_as_it_comes_until_it_ends_with_its_s
         let _ = stderr.read_to_string(&mut text);
         text
     });
+    let first = printed.recv_timeout(common::RUN_TIMEOUT);
+    if !first
+        .as_deref()
+        .is_ok_and(|line| line.contains("before-go"))
+    {
+        let _ = child.kill();
+        panic!("--logs -f did not print the job's first line: {first:?}");
+    }
+    // Still following: only now does the job go on.
+    go(&cloud, &project);
     let status = common::wait_or_kill(child, common::RUN_TIMEOUT);
-    let (rest, stderr) = (rest.join().unwrap(), stderr.join().unwrap());
-    assert_eq!(status.and_then(|s| s.code()), Some(6), "{rest}\n{stderr}");
-    assert!(rest.contains("after-go"), "{rest}\n{stderr}");
+    let (rest, stderr): (Vec<String>, String) = (printed.iter().collect(), stderr.join().unwrap());
+    assert_eq!(status.and_then(|s| s.code()), Some(6), "{rest:?}\n{stderr}");
+    assert!(
+        rest.iter().any(|l| l.contains("after-go")),
+        "{rest:?}\n{stderr}"
+    );
     assert!(stderr.contains("job ended (exit 6)"), "{stderr}");
 
     let finish = Run::of(project.ssh_ec2(&cloud).arg("--finish"));
