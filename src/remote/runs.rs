@@ -292,7 +292,7 @@ mod tests {
         let command = "trap 'echo bye; echo bye-err >&2; exit 143' TERM; echo ready; \
                        while :; do sleep 0.1; done";
         let dir = RemoteDir::parse("~/p").unwrap();
-        let line = record.command_line(&dir, Some(command), Some(&LogName::run(0, 1)));
+        let line = record.command_line(&dir, Some(command), Some(&LogName::run(0, 1)), false);
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(line)

@@ -112,9 +112,10 @@ mod tests {
     use Kind::{Dir, File, Link};
     use std::path::PathBuf;
 
-    /// Each row: there, here, here unchanged, there unchanged; the decision for a file, then
-    /// for a log.
-    fn check(table: &[(Kind, Option<Kind>, bool, bool, Decision, Decision)]) {
+    /// There, here, here unchanged, there unchanged; the decision for a file, then for a log.
+    type Row = (Kind, Option<Kind>, bool, bool, Decision, Decision);
+
+    fn check(table: &[Row]) {
         for &(there, here, here_unchanged, there_unchanged, file, log) in table {
             for (is_log, expected) in [(false, file), (true, log)] {
                 assert_eq!(
