@@ -34,6 +34,30 @@ pub struct Reached {
     pub cluster: Cluster,
 }
 
+impl Reached {
+    /// The session to node `rank` of the machine (0: the head; a cluster's other nodes through
+    /// it).
+    pub fn node(&self, rank: usize) -> Result<&Arc<Session>> {
+        if rank == 0 {
+            return Ok(&self.session);
+        }
+        let nodes = self.cluster.addresses.len();
+        (self.workers.iter())
+            .find(|worker| worker.rank == rank)
+            .map(|worker| &worker.session)
+            .with_context(|| match nodes {
+                1 => format!(
+                    "--node {rank}: this directory's instance is one node, not a --nodes \
+                     cluster; leave --node out"
+                ),
+                _ => format!(
+                    "--node {rank}: this directory's cluster has {nodes} nodes, 0 (the head) to {}",
+                    nodes - 1
+                ),
+            })
+    }
+}
+
 /// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
 /// makes sure the remote directory exists.
 pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
