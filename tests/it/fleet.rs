@@ -80,7 +80,8 @@ fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
         Some("result\n"),
         "{down}"
     );
-    assert!(down.stderr.contains("pulled 3 files (7 bytes)"), "{down}");
+    // out.txt, go, ended, and the command's log.
+    assert!(down.stderr.contains("pulled 4 files ("), "{down}");
     assert!(down.stderr.contains("terminated"), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 
