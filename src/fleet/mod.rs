@@ -278,7 +278,12 @@ async fn prepare(
             None => ingress_cidr(&spec.ingress, printer).await?,
         };
         let last = store.ingress(&head.id);
-        if last != Some(cidr) {
+        if last == Some(cidr) {
+            // Asked again all the same: someone may have removed the rule since (an admin, a
+            // clean-up script), and a run that trusted its record would wait for a connection
+            // that never comes. AWS answers a rule that is there as a duplicate.
+            cloud.allow_ssh_from(group, cidr).await?;
+        } else {
             cloud.allow_ssh_only_from(group, cidr, last).await?;
             store.note_ingress(&head.id, cidr);
         }
