@@ -6,14 +6,11 @@
   first time a connection carries a request for that host; EC2's state changes are slowed to a
   scaled real pace by rewriting moto's answers (ec2pace.py); every request is logged;
 - a TCP relay between the laptop and the instances' sshds that delays each direction and caps
-  its rate (the kernel here has no netem qdisc).
+  its rate (relay.py).
 
 It runs on the test bed's laptop (bench/bed.py puts the benchmark there, and it inherits that),
-and the relay is transparent: while the profile has one, an nftables rule of the laptop
-(REDIRECT_RULES) sends every connection to port 22 of a VPC address to the relay, which dials
-the address the connection was for (SO_ORIGINAL_DST), its own connections marked so that the
-rule lets them by. ssh-ec2 and OpenSSH dial the instance's private address, as they would
-without the link, and a cold run's new instance is reached through it too.
+and the relay is transparent: ssh-ec2 and OpenSSH dial the instance's private address, as they
+would without the link, and a cold run's new instance is reached through it too.
 
 The profile can be switched while it runs. Control, on the AWS proxy's port, answered at once:
 GET /_link/log?since=N (the request and connection log, JSON), POST /_link/profile
@@ -27,8 +24,6 @@ import asyncio
 import http.client
 import json
 import re
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -37,22 +32,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from ec2pace import Ec2Pace
+from relay import add_redirect, relay_handler, remove_redirect, set_nodelay
 
-CHUNK = 256 * 1024       # the relay's reads: large enough that Python's cost per read stays low
 MIN_WINDOW = 4 << 20     # bytes in flight per direction when the profile sets no TCP window
-MARK = 0x5EC2            # on the relay's own connections: the redirect rule lets them by
-SO_MARK = getattr(socket, "SO_MARK", 36)
-SO_ORIGINAL_DST = 80     # linux/netfilter_ipv4.h
-# SSH to any address off loopback (on the laptop, only the VPC's are reachable) goes to the
-# relay, unless the relay itself dials it. Priority -100: NAT, before the bed's own filter.
-REDIRECT_RULES = """\
-table ip bench_link {{
-  chain output {{
-    type nat hook output priority -100; policy accept;
-    meta mark != {mark:#x} ip daddr != 127.0.0.0/8 tcp dport 22 redirect to :{port}
-  }}
-}}
-"""
 
 
 @dataclass(frozen=True)
@@ -127,18 +109,9 @@ class Link:
         was = self.profile and self.profile.relay
         self.profile = profile
         if profile.relay and not was:
-            nft(REDIRECT_RULES.format(mark=MARK, port=self.relay_port))
+            add_redirect(self.relay_port)
         elif was and not profile.relay:
             remove_redirect()
-
-
-def nft(script):
-    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-
-
-def remove_redirect():
-    # Declaring the table first makes the deletion succeed whether or not it is there.
-    nft("table ip bench_link\ndelete table ip bench_link\n")
 
 
 # ---------------------------------------------------------------- the HTTP proxies
@@ -196,12 +169,6 @@ def describe(listener, headers, body):
         return headers["x-amz-target"].rsplit(".", 1)[-1], service, region, {}
     params = dict(parse_qsl(body.decode(errors="replace")))
     return params.get("Action", listener), service, region, params
-
-
-def set_nodelay(writer):
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def proxy_handler(link, listener, upstream):
@@ -265,130 +232,6 @@ async def exchange(link, listener, upstream, connection, hosts, request):
               note=note,
               params={k: v for k, v in params.items() if k not in ("UserData", "Version")})
     return answer_bytes(status, answer_headers, answer)
-
-
-# ---------------------------------------------------------------- the SSH relay
-
-class Window:
-    """Bytes in flight on one direction, as TCP's window: taken when read, given back when
-    the data's acknowledgement would be home (one round trip after it left)."""
-
-    def __init__(self, size):
-        self.size, self.used = size, 0
-        self.freed = asyncio.Event()
-
-    async def take(self, n):
-        while self.used and self.used + n > self.size:
-            self.freed.clear()
-            await self.freed.wait()
-        self.used += n
-
-    def give(self, n):
-        self.used -= n
-        self.freed.set()
-
-
-async def carry(link, reader, writer, counter):
-    """One direction: each chunk leaves when the link is free and has serialized it (the rate
-    cap), and arrives one way's delay later. Ends with a half-close at the far end."""
-    loop = asyncio.get_running_loop()
-    queue = asyncio.Queue()
-    window = Window(link.profile.in_flight())
-
-    async def send():
-        free_at = loop.time()  # when the link has finished the previous chunk
-        while True:
-            data = await reader.read(CHUNK)
-            profile = link.profile
-            if data:
-                await window.take(len(data))
-            start = max(loop.time(), free_at)
-            free_at = start + (len(data) * 8 / profile.rate if profile.rate else 0)
-            queue.put_nowait((free_at + profile.rtt / 2, data))
-            if not data:
-                return
-
-    async def deliver():
-        while True:
-            at, data = await queue.get()
-            if (delay := at - loop.time()) > 0:
-                await asyncio.sleep(delay)
-            if not data:
-                if writer.can_write_eof():
-                    writer.write_eof()
-                return
-            writer.write(data)
-            await writer.drain()
-            counter[0] += len(data)
-            loop.call_at(max(at, loop.time()) + link.profile.rtt / 2, window.give, len(data))
-
-    async with asyncio.TaskGroup() as tasks:  # one fails: the other is cancelled
-        tasks.create_task(send())
-        tasks.create_task(deliver())
-
-
-def destination(writer):
-    """Where a connection the redirect rule brought to the relay was going (host, port)."""
-    sock = writer.get_extra_info("socket")
-    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    port, address = struct.unpack("!2xH4s8x", raw)
-    target = (socket.inet_ntoa(address), port)
-    if target == sock.getsockname()[:2]:
-        raise ConnectionRefusedError("a connection to the relay's own port, and no target set")
-    return target
-
-
-async def dial(target):
-    """A connection to `target`, marked so that the redirect rule does not bring it back."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, target)
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
-
-
-def leaves(error):
-    """The exceptions inside an exception group, however deeply nested (TaskGroups nest)."""
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from leaves(inner)
-    else:
-        yield error
-
-
-def relay_handler(link):
-    async def handle(client_reader, client_writer):
-        set_nodelay(client_writer)
-        link.connections += 1
-        entry = {"kind": "ssh", "connection": link.connections, "opened": time.time(),
-                 "up": [0], "down": [0]}
-        try:
-            await asyncio.sleep(link.profile.rtt)  # the TCP handshake of a real link
-            if link.pace.booting(time.time()):
-                # The instance is still pending: nothing listens at its address yet.
-                entry["refused"] = "pending"
-                client_writer.transport.abort()
-                return
-            server_reader, server_writer = await dial(link.target or destination(client_writer))
-            set_nodelay(server_writer)
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(carry(link, client_reader, server_writer, entry["up"]))
-                    tasks.create_task(carry(link, server_reader, client_writer, entry["down"]))
-            finally:
-                server_writer.close()
-        except* (ConnectionError, OSError) as group:
-            entry["error"] = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(group))
-        finally:
-            client_writer.close()
-            entry.update(closed=time.time(), up=entry["up"][0], down=entry["down"][0])
-            link.note(**entry)
-
-    return handle
 
 
 # ---------------------------------------------------------------- the benchmarks' side

@@ -56,6 +56,10 @@ pub const FILES: &[(&str, &str)] = &[
         "what is not synced, as rsync's --exclude-from",
     ),
     (
+        "./ssh-ec2-logs/",
+        "each job's, run's and cluster node's output, as the instance logged it (it comes home)",
+    ),
+    (
         "~/.local/state/ssh-ec2/",
         "each instance's keys and manifest, locks, this machine's id ($XDG_STATE_HOME)",
     ),

@@ -11,9 +11,10 @@ use crate::settings::values::{
 };
 use crate::ssh::forward::Forward;
 
-/// The flags that choose a mode: at most one of them. `--dry-run` is a mode of its own, but
-/// also goes with `--setup`.
-pub const MODE_FLAGS: [&str; 10] = [
+/// The flags that choose a mode (at most one of them), but `--finish`; `--dry-run` is a mode
+/// of its own, but also goes with `--setup`. `--logs` goes with none of them but `--finish`,
+/// whose `-f` means `--follow` beside it, as with `tail -f`.
+const MODES_BUT_FINISH: [&str; 9] = [
     "generate",
     "show_config",
     "setup",
@@ -23,10 +24,9 @@ pub const MODE_FLAGS: [&str; 10] = [
     "ssh_config",
     "detach",
     "attach",
-    "finish",
 ];
 /// The modes `--dry-run` cannot go with.
-const NOT_WITH_DRY_RUN: [&str; 9] = [
+const NOT_WITH_DRY_RUN: [&str; 10] = [
     "generate",
     "show_config",
     "list",
@@ -36,6 +36,7 @@ const NOT_WITH_DRY_RUN: [&str; 9] = [
     "detach",
     "attach",
     "finish",
+    "logs",
 ];
 /// The modes that run no command (`--attach` and `--finish` say why themselves).
 const WITHOUT_COMMAND: [&str; 7] = [
@@ -57,13 +58,14 @@ const WITHOUT_COMMAND: [&str; 7] = [
                   the directory to it with rsync, runs COMMAND there (a login shell if none), pulls \
                   new and changed files back, then terminates, stops or leaves the instance."
 )]
-#[command(group(ArgGroup::new("mode").multiple(false).args(MODE_FLAGS)))]
+#[command(group(ArgGroup::new("mode").multiple(false).args(MODES_BUT_FINISH).arg("finish")))]
 #[command(group(
     ArgGroup::new("without_command").multiple(true).args(WITHOUT_COMMAND).conflicts_with("command")
 ))]
 #[command(group(ArgGroup::new("final_state").multiple(false).args(["terminate", "stop", "leave"])))]
 #[command(group(ArgGroup::new("json_modes").args(["list", "dry_run"]).multiple(true)))]
 #[command(group(ArgGroup::new("region_modes").args(["list", "gc"]).multiple(true)))]
+#[command(group(ArgGroup::new("node_modes").args(["attach", "logs"]).multiple(true)))]
 pub struct Cli {
     #[command(flatten)]
     pub end_of_life: EndOfLifeFlags,
@@ -122,13 +124,24 @@ pub struct JobFlags {
     /// Attach to this directory's job (detach again with Ctrl-B d, or Ctrl-A d for screen).
     #[arg(short, long)]
     pub attach: bool,
-    /// Wait for this directory's job to end (attached on a terminal), pull its results, apply
-    /// the end of life; exit with the job's status.
+    /// Wait for this directory's job to end (attached on a terminal, else printing what it
+    /// prints), pull its results, apply the end of life; exit with the job's status. With
+    /// --logs, -f is --follow.
     #[arg(short, long)]
     pub finish: bool,
     /// With --finish: wait without attaching.
     #[arg(long, requires = "finish")]
     pub no_attach: bool,
+    /// Print this directory's job's log (ssh-ec2-logs/ on the instance) without attaching,
+    /// from any terminal or a pipe; exit with the job's status once it ended.
+    #[arg(long, conflicts_with_all = MODES_BUT_FINISH)]
+    pub logs: bool,
+    /// With --logs (also -f): go on printing the log while the job runs, until it ends.
+    #[arg(long, requires = "logs")]
+    pub follow: bool,
+    /// With --attach or --logs: node K of a --nodes cluster (0 is the head).
+    #[arg(long, value_name = "K", requires = "node_modes")]
+    pub node: Option<usize>,
     /// Run the command inside tmux or screen (none: directly).
     #[arg(long = "multi", alias = "multiplex", value_name = "tmux|screen|none")]
     pub multiplex: Option<Multiplex>,

@@ -40,8 +40,11 @@ pub enum InstanceMode {
     Run,
     /// Like Run, but start the command in tmux/screen and return at once.
     Detach,
-    /// Attach to this directory's job; no sync, no end of life.
-    Attach,
+    /// Attach to this directory's job (on node `node` of a cluster); no sync, no end of life.
+    Attach { node: usize },
+    /// Print this directory's job's log (node `node`'s), following it while it runs with
+    /// `follow`; no sync, no end of life.
+    Logs { follow: bool, node: usize },
     /// Wait for this directory's job (attached or not), pull, end of life.
     Finish { attach: bool },
     /// Pull this directory's results, then terminate its instance; never launches. `force`:
@@ -137,9 +140,13 @@ fn choose_mode(
         attach,
         finish,
         no_attach,
+        logs,
+        follow,
+        node,
         multiplex,
         reconnect_timeout,
     } = job;
+    let node = node.unwrap_or(0);
     let ConfigFlags {
         preset,
         show_config,
@@ -165,7 +172,12 @@ fn choose_mode(
             () if down => InstanceMode::Down { force },
             () if ssh_config => InstanceMode::SshConfig { install },
             () if detach => InstanceMode::Detach,
-            () if attach => InstanceMode::Attach,
+            () if attach => InstanceMode::Attach { node },
+            // `-f` beside `--logs` is `--follow` (see `flags::MODES_BUT_FINISH`).
+            () if logs => InstanceMode::Logs {
+                follow: follow || finish,
+                node,
+            },
             () if finish => InstanceMode::Finish { attach: !no_attach },
             () if dry_run => InstanceMode::DryRun { json },
             () => InstanceMode::Run,
@@ -189,9 +201,12 @@ fn check_command(mode: Mode, has_command: bool) -> Result<(), String> {
         return Ok(());
     };
     match (mode, has_command) {
-        (InstanceMode::Attach | InstanceMode::Finish { .. }, true) => Err(
-            "--attach and --finish take no command: they come back to this directory's job \
-             (run `ssh-ec2 --detach COMMAND` to start one)"
+        (
+            InstanceMode::Attach { .. } | InstanceMode::Finish { .. } | InstanceMode::Logs { .. },
+            true,
+        ) => Err(
+            "--attach, --finish and --logs take no command: they come back to this directory's \
+             job (run `ssh-ec2 --detach COMMAND` to start one)"
                 .into(),
         ),
         (InstanceMode::Detach, false) => {
@@ -370,6 +385,24 @@ mod tests {
             instance(InstanceMode::Down { force: true })
         );
         assert_eq!(
+            mode(&["--logs", "-f", "--node", "1"]),
+            instance(InstanceMode::Logs {
+                follow: true,
+                node: 1
+            })
+        );
+        assert_eq!(
+            mode(&["--logs"]),
+            instance(InstanceMode::Logs {
+                follow: false,
+                node: 0
+            })
+        );
+        assert_eq!(
+            mode(&["-a", "--node", "2"]),
+            instance(InstanceMode::Attach { node: 2 })
+        );
+        assert_eq!(
             mode(&["--gc", "--yes", "--all-regions"]),
             Ok(Mode::Fleet(FleetMode::Gc {
                 yes: true,
@@ -384,6 +417,11 @@ mod tests {
             &["--all-regions"],
             &["--json"],
             &["--force", "true"],
+            &["--follow"],
+            &["--node", "1"],
+            &["--finish", "--node", "1"],
+            &["--logs", "--detach", "true"],
+            &["--logs", "--dry-run"],
         ] {
             assert!(mode(refused).is_err(), "{refused:?}");
         }
@@ -392,6 +430,7 @@ mod tests {
                 .unwrap_err()
                 .contains("take no command")
         );
+        assert!(mode(&["--logs", "ls"]).is_err());
         assert!(mode(&["--detach"]).unwrap_err().contains("needs a command"));
     }
 }

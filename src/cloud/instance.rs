@@ -73,10 +73,10 @@ pub struct Instance {
     pub node_group: Option<String>,
     /// A cluster's placement group.
     pub placement_group: Option<String>,
-    /// When it ends itself, ISO 8601 (its `ssh-ec2:expires-at` tag).
-    pub expires_at: Option<String>,
     /// When it last started running (EC2's launch time; a start after a stop moves it).
     pub running_since: Option<std::time::SystemTime>,
+    /// When it ends itself, ISO 8601 (its `ssh-ec2:expires-at` tag).
+    pub expires_at: Option<String>,
 }
 
 /// An instance's place in the launch that made it: EC2's launch index among the launch's count.
@@ -115,8 +115,8 @@ impl Instance {
                 .and_then(|p| p.group_name())
                 .filter(|name| !name.is_empty())
                 .map(str::to_string),
-            expires_at: tag(TAG_EXPIRES_AT).map(str::to_string),
             running_since: (instance.launch_time()).and_then(|t| (*t).try_into().ok()),
+            expires_at: tag(TAG_EXPIRES_AT).map(str::to_string),
         })
     }
 }

@@ -261,7 +261,7 @@ impl Cloud {
     }
 
     /// Lets `cidr` in on tcp/22.
-    async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
+    pub async fn allow_ssh_from(&self, group: &str, cidr: IpNet) -> Result<()> {
         let result = self
             .despite_lag(group, "InvalidGroup.NotFound", async || {
                 self.ec2

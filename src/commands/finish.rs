@@ -1,6 +1,6 @@
-//! `ssh-ec2 --finish`: wait for this directory's job to end (attached on a terminal), and for
-//! the commands of earlier runs whose clients are gone, bring the results home, apply the end
-//! of life; the job's exit status. Also after a killed client.
+//! `ssh-ec2 --finish`: wait for this directory's job to end (attached on a terminal, else
+//! showing what it prints), and for the commands of earlier runs whose clients are gone, bring
+//! the results home, apply the end of life; the job's exit status. Also after a killed client.
 
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use crate::printer::Printer;
 use crate::remote::job::{Job, JobState};
 use crate::session::{
     self, Followed, Ground, Plan, Progress, Scene, Span, conclude_job, follow_job, job_state,
-    pull_home, reach_and_join, wait_for_earlier,
+    pull_home, reach_and_join, show_unseen, wait_for_earlier,
 };
 use crate::state::lock::DirLock;
 use crate::status::ExitStatus;
@@ -44,7 +44,12 @@ async fn work(
     } = *scene;
     let mut reached = reach_and_join(scene, lock, progress).await?;
     let job = Job::for_dir(&scene.plan.local_dir);
-    let followed = match job_state(&reached.session, &job).await? {
+    let state = job_state(&reached.session, &job).await?;
+    if !matches!(state, JobState::None | JobState::Running(_)) {
+        // Nothing to attach to: what it printed since the user last saw it.
+        show_unseen(scene, &reached.session, &job, &mut None).await?;
+    }
+    let followed = match state {
         JobState::None if progress.earlier.is_empty() => bail!(
             "no job of this directory on {}, and no command of an earlier run: nothing to \
              finish (`ssh-ec2 --detach COMMAND` starts one)",

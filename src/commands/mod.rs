@@ -1,5 +1,5 @@
-//! The modes, one thin file each: `run` (also `--detach`), `attach`, `finish` and `down` on this
-//! directory's instance (their lifecycle is `session`'s); `list` and `gc` for what ssh-ec2
+//! The modes, one thin file each: `run` (also `--detach`), `attach`, `finish`, `logs` and `down`
+//! on this directory's instance (their lifecycle is `session`'s); `list` and `gc` for what ssh-ec2
 //! made anywhere; `dry_run` and `ssh_config`, which launch nothing; `setup`, for the admin;
 //! `show_config` and `generate`, which stay local. Each resolves only what it needs (`plan`).
 
@@ -10,6 +10,7 @@ mod finish;
 mod gc;
 mod generate;
 mod list;
+mod logs;
 mod run;
 mod setup;
 mod show_config;
@@ -54,7 +55,10 @@ pub fn start(request: Request, printer: &Printer) -> Result<ExitStatus> {
                 match mode {
                     InstanceMode::Run => run::run(&plan, printer, false).await,
                     InstanceMode::Detach => run::run(&plan, printer, true).await,
-                    InstanceMode::Attach => attach::attach(&plan, printer).await,
+                    InstanceMode::Attach { node } => attach::attach(&plan, printer, node).await,
+                    InstanceMode::Logs { follow, node } => {
+                        logs::logs(&plan, printer, follow, node).await
+                    }
                     InstanceMode::Finish { attach } => finish::finish(&plan, printer, attach).await,
                     InstanceMode::Down { force } => down::down(&plan, printer, force).await,
                     InstanceMode::DryRun { json } => dry_run::dry_run(&plan, json, printer).await,

@@ -39,8 +39,8 @@ pub async fn ssh_config(
             instance.state.as_str()
         );
     }
-    let address = ssh_address(&plan.reach.dial, &instance)?;
-    let user = crate::fleet::login_user(spec, &instance);
+    let address = ssh_address(&plan.reach.dial, instance)?;
+    let user = crate::fleet::login_user(spec, instance);
     let entry = Entry {
         local_dir: &plan.local_dir,
         login: &spec.login,

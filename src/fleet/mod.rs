@@ -293,7 +293,12 @@ async fn prepare(
         let caller = caller.unwrap_or_else(|| Caller::ask(&spec.ingress, printer));
         let cidr = caller.cidr().await?;
         let last = store.ingress(&head.id);
-        if last != Some(cidr) {
+        if last == Some(cidr) {
+            // Asked again all the same: someone may have removed the rule since (an admin, a
+            // clean-up script), and a run that trusted its record would wait for a connection
+            // that never comes. AWS answers a rule that is there as a duplicate.
+            cloud.allow_ssh_from(group, cidr).await?;
+        } else {
             cloud.allow_ssh_only_from(group, cidr, last).await?;
             store.note_ingress(&head.id, cidr);
         }

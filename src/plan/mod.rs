@@ -176,7 +176,7 @@ fn syncs(mode: InstanceMode) -> bool {
 /// The modes that open `-L` and `-R` while they follow a command or a job.
 fn forwards(mode: InstanceMode) -> bool {
     use InstanceMode::*;
-    matches!(mode, Run | Detach | Attach | Finish { .. })
+    matches!(mode, Run | Detach | Attach { .. } | Finish { .. })
 }
 
 fn dial(values: &Values) -> Dial {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use super::logs::LogName;
 use super::{RemoteDir, shell_quote};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +100,7 @@ impl Job {
         &self.name
     }
 
-    fn record(&self) -> String {
+    pub(super) fn record(&self) -> String {
         format!("{}/{}", super::state_dir("jobs"), self.name)
     }
 
@@ -138,8 +139,9 @@ impl Job {
     }
 
     /// Writes the record and starts `command` in `dir` inside the multiplexer, detached, at
-    /// the given terminal size. With `env`, the user's variables come on stdin, into the
-    /// record, and the wrapper exports them to the command (see `remote::env`).
+    /// the given terminal size, its whole output written to its log (see `logs`). With `env`,
+    /// the user's variables come on stdin, into the record, and the wrapper exports them to
+    /// the command (see `remote::env`).
     pub fn start_command(
         &self,
         multiplexer: Multiplexer,
@@ -147,6 +149,7 @@ impl Job {
         command: &str,
         (cols, rows): (u16, u16),
         env: bool,
+        log: &LogName,
     ) -> String {
         let record = self.record();
         let stamp = "date -u +%Y-%m-%dT%H:%M:%SZ";
@@ -157,13 +160,17 @@ impl Job {
             ),
             false => Default::default(),
         };
+        let logging = match multiplexer {
+            Multiplexer::Tmux => self.tmux_logging(),
+            Multiplexer::Screen => self.screen_logging(),
+        };
         // The wrapper outlives any connection: it keeps the status even when nobody attaches.
         // Its pid tells the instance's dead-man switch (see `watchdog`) that the job lives.
         // SIGTERM to the job's group (`--down --force`) is the command's to handle: the
         // wrapper waits for it (a trap, unlike an ignored signal, is not inherited), since its
         // end as the pane's session leader would hang up on the command at once.
         let wrapper = format!(
-            "trap : TERM; echo $$ > {record}/pid; cd {dir} && {load_env}\"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
+            "trap : TERM; echo $$ > {record}/pid; {logging}cd {dir} && {load_env}\"${{SHELL:-/bin/sh}}\" -l -c {command}; s=$?; \
              echo $s > {record}/exit.new && mv {record}/exit.new {record}/exit; {stamp} > {record}/ended",
             dir = dir.for_shell(),
             command = shell_quote(command),
@@ -174,16 +181,20 @@ impl Job {
                 self.name,
                 shell_quote(&wrapper)
             ),
-            Multiplexer::Screen => {
-                format!("screen -dmS {} sh -c {}", self.name, shell_quote(&wrapper))
-            }
+            Multiplexer::Screen => format!(
+                "{}screen -c \"$r/screenrc\" -L -dmS {} sh -c {}",
+                Job::screen_settings(),
+                self.name,
+                shell_quote(&wrapper)
+            ),
         };
         format!(
             "r={record} && rm -rf \"$r\" && mkdir -p \"$r\" && {write_env}printf '%s\\n' {command} > \"$r/command\" && \
              printf '%s\\n' {dir} > \"$r/dir\" && {stamp} > \"$r/started\" && \
-             echo {multiplexer} > \"$r/multiplexer\" && {launch}",
+             echo {multiplexer} > \"$r/multiplexer\" && {log_setup}{launch}",
             command = shell_quote(command),
             dir = shell_quote(&dir.to_string()),
+            log_setup = Job::log_setup(&dir.for_shell(), log),
         )
     }
 

@@ -7,6 +7,7 @@ pub mod env;
 pub mod host_key;
 pub mod job;
 pub mod lease;
+pub mod logs;
 pub mod runs;
 pub mod spot_watch;
 pub mod watchdog;

@@ -7,7 +7,11 @@
 //! or ended with results that may not be home yet; a run removes it once they are.
 
 use super::lease::Lease;
+use super::logs::{LOG_DIR, LogName};
 use super::{RemoteDir, shell_quote};
+
+/// The signals that end a command, which its output's relays ignore.
+const ENDING: &str = "TERM INT HUP QUIT";
 
 /// Shell functions: `running RECORD` succeeds while anything of the record's command runs: its
 /// process group has a live member, in this boot (after a restart its pid may be another's).
@@ -44,9 +48,12 @@ impl RunRecord {
     /// command (so its profile, e.g. conda, is loaded), or starts interactively when there is
     /// none. sshd makes it a session leader, so its pid names its process group.
     ///
-    /// With `relay_stdout` (no PTY), stdout goes through a FIFO that a `cat` copies to the
-    /// session: killing that `cat` is how ssh's "end of output" reaches the command, which gets
-    /// SIGPIPE at its next write, exactly as when OpenSSH's client loses its stdout.
+    /// With a `log` (no PTY), stdout and stderr go through FIFOs that a `tee` each copies to the
+    /// session and to the log (see `logs`; `run-<token>.log` when another run's command of this
+    /// directory is running, so that neither replaces the other's). Killing the stdout `tee` is
+    /// how ssh's "end of output" reaches the command, which gets SIGPIPE at its next write,
+    /// exactly as when OpenSSH's client loses its stdout. On a PTY the command writes to the
+    /// terminal itself: no log.
     ///
     /// With `env`, the user's variables, written first by `write_env_command`, are exported to
     /// the login shell (see `remote::env`).
@@ -54,7 +61,7 @@ impl RunRecord {
         &self,
         dir: &RemoteDir,
         command: Option<&str>,
-        relay_stdout: bool,
+        log: Option<&LogName>,
         env: bool,
     ) -> String {
         let mut line = format!(
@@ -67,15 +74,15 @@ impl RunRecord {
         if env {
             line.push_str(&format!("{} && ", super::env::load_command("\"$r\"")));
         }
-        if relay_stdout {
-            line.push_str("mkfifo \"$r/out\" && { cat \"$r/out\" & echo $! > \"$r/cat\"; } && ");
+        if let Some(log) = log {
+            line.push_str(&self.logging(log));
         }
         line.push_str("exec \"${SHELL:-/bin/sh}\" -l");
         if let Some(command) = command {
             line.push_str(&format!(" -c {}", shell_quote(command)));
         }
-        if relay_stdout {
-            line.push_str(" > \"$r/out\"");
+        if log.is_some() {
+            line.push_str(" > \"$r/out\" 2> \"$r/err\"");
         }
         line
     }
@@ -85,9 +92,28 @@ impl RunRecord {
         super::env::write_command(&self.dir())
     }
 
-    /// Tells the command its stdout is gone (see `command_line`).
+    /// The relays of `command_line` through the log, which is emptied first (a log that cannot
+    /// be written is no reason not to run the command). They are in the command's process
+    /// group, but ignore the signals that end it (`signal_command`, Ctrl-C passed on), so that
+    /// what it says as it ends still reaches the session and the log; they end once it has
+    /// closed its output.
+    fn logging(&self, log: &LogName) -> String {
+        format!(
+            "{running}; t=; for o in {scope}/*; do [ \"$o\" = \"$r\" ] || ! running \"$o\" || \
+             t=-{token}; done; l={log}; {{ mkdir -p {LOG_DIR} && : > \"$l\"; }} 2>/dev/null; \
+             trap '' {ENDING} && mkfifo \"$r/out\" \"$r/err\" && \
+             {{ tee -a \"$l\" < \"$r/out\" & echo $! > \"$r/cat\"; }} && \
+             {{ tee -a \"$l\" < \"$r/err\" >&2 & }} && trap - {ENDING} && ",
+            running = running_functions(),
+            scope = scope_dir(&self.scope),
+            token = self.token,
+            log = log.path("$t"),
+        )
+    }
+
+    /// Tells the command its stdout is gone (see `command_line`): its relay ignores SIGTERM.
     pub fn cut_output_command(&self) -> String {
-        format!("kill \"$(cat {}/cat)\" 2>/dev/null; true", self.dir())
+        format!("kill -KILL \"$(cat {}/cat)\" 2>/dev/null; true", self.dir())
     }
 
     /// Signals the command's whole process group (`0`: none, a probe); prints whether anything of
@@ -189,23 +215,114 @@ mod tests {
                       { cat /proc/sys/kernel/random/boot_id; true; } > \"$r/boot\" 2>/dev/null && \
                       date -u +%Y-%m-%dT%H:%M:%SZ > \"$r/started\" && cd \"$HOME\"/p && ";
         assert_eq!(
-            record.command_line(&dir, Some("make train"), false, false),
-            format!("{prefix}exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'")
-        );
-        assert_eq!(
-            record.command_line(&dir, Some("make train"), false, true),
+            record.command_line(&dir, Some("make train"), None, true),
             format!(
                 "{prefix}. \"$r\"/env && rm -f \"$r\"/env && \
                  exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'"
             )
         );
         assert_eq!(
-            record.command_line(&dir, None, true, false),
-            format!(
-                "{prefix}mkfifo \"$r/out\" && {{ cat \"$r/out\" & echo $! > \"$r/cat\"; }} && \
-                 exec \"${{SHELL:-/bin/sh}}\" -l > \"$r/out\""
-            )
+            record.command_line(&dir, Some("make train"), None, false),
+            format!("{prefix}exec \"${{SHELL:-/bin/sh}}\" -l -c 'make train'")
         );
+        let logged = record.command_line(&dir, None, Some(&LogName::run(0, 1)), false);
+        assert!(logged.starts_with(prefix), "{logged}");
+        assert!(
+            logged.ends_with("exec \"${SHELL:-/bin/sh}\" -l > \"$r/out\" 2> \"$r/err\""),
+            "{logged}"
+        );
+    }
+
+    /// A command line with its log, run by a real shell: both streams reach the session and
+    /// the log; another run's command, still running, keeps its own log.
+    #[test]
+    fn the_output_goes_to_the_session_and_to_a_log_of_the_run_s_own() {
+        let home = tempfile::tempdir().unwrap();
+        let project = home.path().join("p");
+        std::fs::create_dir(&project).unwrap();
+        let dir = RemoteDir::parse("~/p").unwrap();
+        let run = |token: &str, command: &str| {
+            let record = RunRecord {
+                scope: "s".into(),
+                token: token.into(),
+            };
+            let line = record.command_line(&dir, Some(command), Some(&LogName::run(0, 1)), false);
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(line)
+                .env("HOME", home.path())
+                .env("SHELL", "/bin/sh")
+                .output()
+                .unwrap()
+        };
+        let output = run("a", "echo out; echo err >&2; exit 3");
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+        let log = std::fs::read_to_string(project.join("ssh-ec2-logs/run.log")).unwrap();
+        assert!(log.contains("out\n") && log.contains("err\n"), "{log}");
+
+        // Run `a`'s record says its command still runs (this test's own process group).
+        let a = home.path().join(".ssh-ec2/runs/s/a");
+        let boot = std::fs::read(a.join("boot")).unwrap();
+        assert!(!boot.is_empty());
+        let group = nix::unistd::getpgrp().to_string();
+        std::fs::write(a.join("pid"), group).unwrap();
+        run("b", "echo second");
+        let logs = project.join("ssh-ec2-logs");
+        assert_eq!(
+            std::fs::read_to_string(logs.join("run-b.log")).unwrap(),
+            "second\n"
+        );
+        assert_eq!(std::fs::read_to_string(logs.join("run.log")).unwrap(), log);
+    }
+
+    /// SIGTERM to the command's whole group, as `signal_command` sends it: what the command
+    /// says as it ends still reaches the session and the log.
+    #[test]
+    fn a_command_ended_by_its_group_s_sigterm_is_still_heard() {
+        use std::io::{BufRead, BufReader, Read};
+        use std::os::unix::process::CommandExt;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("p")).unwrap();
+        let record = RunRecord {
+            scope: "s".into(),
+            token: "t".into(),
+        };
+        let command = "trap 'echo bye; echo bye-err >&2; exit 143' TERM; echo ready; \
+                       while :; do sleep 0.1; done";
+        let dir = RemoteDir::parse("~/p").unwrap();
+        let line = record.command_line(&dir, Some(command), Some(&LogName::run(0, 1)), false);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .env("HOME", home.path())
+            .env("SHELL", "/bin/sh")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        assert_eq!(ready, "ready\n");
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let (mut rest, mut errors) = (String::new(), String::new());
+        stdout.read_to_string(&mut rest).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut errors)
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(143));
+        // The shell may say first that SIGTERM ended its `sleep`.
+        assert_eq!(rest, "bye\n");
+        assert!(errors.ends_with("bye-err\n"), "{errors}");
+        let log = std::fs::read_to_string(home.path().join("p/ssh-ec2-logs/run.log")).unwrap();
+        assert!(log.contains("bye\n") && log.contains("bye-err\n"), "{log}");
     }
 
     #[test]

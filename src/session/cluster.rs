@@ -13,6 +13,7 @@ use russh::keys::ssh_key::LineEnding;
 use super::Scene;
 use super::env::{JobStart, write_env};
 use super::host_key;
+use super::output::stream_worker;
 use super::reach::{Reached, connect};
 use crate::fleet::Machine;
 use crate::poll::Poll;
@@ -20,6 +21,7 @@ use crate::printer::Printer;
 use crate::remote::cluster::{Layout, fan_out_command};
 use crate::remote::env::Environment;
 use crate::remote::job::{Job, JobState};
+use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::remote::{self, RemoteDir};
 use crate::settings::values::HostPort;
@@ -167,7 +169,8 @@ pub async fn start_worker_jobs(
 ) -> Result<()> {
     for worker in &reached.workers {
         let command = reached.cluster.layout().command_for(worker.rank, command);
-        (start.on(&worker.session, &command).await).with_context(|| {
+        let log = LogName::job(worker.rank, reached.cluster.addresses.len());
+        (start.on(&worker.session, &command, &log).await).with_context(|| {
             format!(
                 "cannot start job {} on node {}",
                 start.job.name(),
@@ -262,26 +265,29 @@ pub struct WorkerCommands {
 }
 
 /// Starts `command` on every worker, in the remote directory, with its node's variables and
-/// the user's (`env`); its output comes here line by line, each prefixed `[node K] `. Each
-/// records it as the head does (`record`).
+/// the user's (`env`); its output comes here line by line, each prefixed `[node K] `, and goes
+/// to its log on the node. Each records it as the head does (`record`).
 pub fn start_workers(
     workers: &[Worker],
     dir: &RemoteDir,
     cluster: &Cluster,
     (command, env): (&str, &Environment),
     record: &RunRecord,
+    printer: &Printer,
 ) -> WorkerCommands {
     let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
     let mut running = Vec::new();
     for worker in workers {
         let command = cluster.layout().command_for(worker.rank, command);
-        let line = record.command_line(dir, Some(&command), false, !env.is_empty());
+        let log = LogName::run(worker.rank, cluster.addresses.len());
+        let line = record.command_line(dir, Some(&command), Some(&log), !env.is_empty());
         let (session, rank, sender) = (worker.session.clone(), worker.rank, sender.clone());
         let (record, env) = (record.clone(), env.clone());
+        let printer = printer.clone();
         tokio::spawn(async move {
             let exit = async {
                 write_env(&session, &record, &env).await?;
-                stream_worker(&session, &line, rank).await
+                stream_worker(&session, &line, rank, &printer).await
             };
             let _ = sender.send(Ended {
                 rank,
@@ -420,83 +426,4 @@ pub fn node_failed(failure: Ended, machine: &Machine) -> Result<RemoteExit> {
     failure
         .exit
         .with_context(|| format!("node {rank} ({id}) was lost before its command ended"))
-}
-
-/// Runs `line` on a worker, its output prefixed with its rank, until the command ends.
-async fn stream_worker(session: &Session, line: &str, rank: usize) -> Result<RemoteExit> {
-    use russh::ChannelMsg;
-    let mut channel = session.open_exec(line).await?;
-    channel
-        .eof()
-        .await
-        .context("the connection to the node was lost")?;
-    let prefix = format!("[node {rank}] ");
-    let (mut out, mut err) = (Prefixed::new(&prefix), Prefixed::new(&prefix));
-    let mut exit = None;
-    while let Some(message) = channel.wait().await {
-        match message {
-            ChannelMsg::Data { data } => out.write(&data, &mut std::io::stdout()),
-            ChannelMsg::ExtendedData { data, .. } => err.write(&data, &mut std::io::stderr()),
-            ChannelMsg::ExitStatus { exit_status } => exit = Some(RemoteExit::Status(exit_status)),
-            ChannelMsg::ExitSignal { signal_name, .. } => {
-                exit = Some(RemoteExit::Signal(format!("{signal_name:?}")));
-            }
-            ChannelMsg::Failure => anyhow::bail!("node {rank} refused to run the command"),
-            _ => {}
-        }
-    }
-    out.finish(&mut std::io::stdout());
-    err.finish(&mut std::io::stderr());
-    exit.context("its connection closed before the command's exit status came")
-}
-
-/// Output cut into whole lines, each written with a prefix in one write (so that the nodes'
-/// lines do not mix within a line).
-struct Prefixed {
-    prefix: Vec<u8>,
-    partial: Vec<u8>,
-}
-
-impl Prefixed {
-    fn new(prefix: &str) -> Prefixed {
-        Prefixed {
-            prefix: prefix.as_bytes().to_vec(),
-            partial: Vec::new(),
-        }
-    }
-
-    fn write(&mut self, data: &[u8], to: &mut impl std::io::Write) {
-        self.partial.extend_from_slice(data);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let _ = to.write_all(&[self.prefix.as_slice(), &line].concat());
-        }
-        let _ = to.flush();
-    }
-
-    /// The last line, if it had no newline.
-    fn finish(&mut self, to: &mut impl std::io::Write) {
-        if !self.partial.is_empty() {
-            self.partial.push(b'\n');
-            self.write(&[], to);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_line_of_a_node_carries_its_rank() {
-        let mut prefixed = Prefixed::new("[node 2] ");
-        let mut out = Vec::new();
-        prefixed.write(b"a\nb", &mut out);
-        prefixed.write(b"c\n\nd", &mut out);
-        prefixed.finish(&mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "[node 2] a\n[node 2] bc\n[node 2] \n[node 2] d\n"
-        );
-    }
 }

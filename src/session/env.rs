@@ -6,6 +6,7 @@ use anyhow::Result;
 use crate::remote::RemoteDir;
 use crate::remote::env::Environment;
 use crate::remote::job::{Job, Multiplexer};
+use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::ssh::Session;
 
@@ -33,9 +34,9 @@ pub struct JobStart<'a> {
 }
 
 impl JobStart<'_> {
-    /// Starts `command` as the job on the node of `session`, the user's variables on the
-    /// channel's stdin (never on its command line).
-    pub async fn on(&self, session: &Session, command: &str) -> Result<()> {
+    /// Starts `command` as the job on the node of `session`, its output into `log`, the user's
+    /// variables on the channel's stdin (never on its command line).
+    pub async fn on(&self, session: &Session, command: &str, log: &LogName) -> Result<()> {
         let JobStart {
             job,
             multiplexer,
@@ -43,7 +44,7 @@ impl JobStart<'_> {
             size,
             env,
         } = self;
-        let start = job.start_command(*multiplexer, dir, command, *size, !env.is_empty());
+        let start = job.start_command(*multiplexer, dir, command, *size, !env.is_empty(), log);
         match env.is_empty() {
             true => session.run_captured(&start).await?,
             false => (session.run_fed("the job's start", &start, env.script().as_bytes())).await?,

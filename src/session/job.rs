@@ -2,11 +2,13 @@
 //! it (attached through a PTY, or by watching its record), coming back to it after a dropped
 //! connection, and concluding it (its status, its results home, its record forgotten).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use super::cluster::{finish_worker_jobs, forget_worker_jobs};
+use super::logs::{ended_line, mark_seen, settle_logs, show_unseen};
 use super::progress::Progress;
 use super::pull::pull_home;
 use super::reach::{Reached, open_forwards, reconnect_if_closed};
@@ -82,9 +84,9 @@ pub async fn choose_multiplexer(
 }
 
 /// Follows a running job until it ends or the user detaches: attached through a PTY when
-/// `attach`, else by watching its record. A dropped connection is re-established (with the
-/// forwards) until the reconnect deadline; past it, the job goes on and the error says how to
-/// come back.
+/// `attach`, else by showing its log as it is written (see `logs`). A dropped connection is
+/// re-established (with the forwards) until the reconnect deadline; past it, the job goes on
+/// and the error says how to come back.
 pub async fn follow_job(
     scene: &Scene<'_>,
     reached: &mut Reached,
@@ -106,13 +108,17 @@ pub async fn follow_job(
             job.name(),
             multiplexer.detach_keys()
         ),
-        false => format!("waiting for job {} to end", job.name()),
+        false => format!("waiting for job {} to end; its output follows", job.name()),
     });
     let mut poll = Poll::every(Duration::from_secs(5)).interruptible(interrupt);
+    let (mut shown, mut showing) = (None, true);
     loop {
-        let watched = match attach {
-            true => watch_attached(scene, reached, job, multiplexer).await,
-            false => poll.wait().await.map(drop),
+        let watched = match (attach, showing) {
+            (true, _) => watch_attached(scene, &reached.session, job, multiplexer).await,
+            (false, true) => show_unseen(scene, &reached.session, job, &mut shown)
+                .await
+                .map(|shows| showing = shows),
+            (false, false) => Ok(()),
         };
         if interrupt.first().is_some() {
             return Ok(Followed::Detached);
@@ -122,16 +128,14 @@ pub async fn follow_job(
             Err(lost) => Err(lost),
         };
         match state {
-            Ok(JobState::Running(_)) if attach => return Ok(Followed::Detached),
-            Ok(JobState::Running(_)) => continue,
-            Ok(JobState::Ended(_, status)) => return Ok(Followed::Ended(status)),
-            Ok(JobState::Interrupted(_)) => return Ok(Followed::Interrupted),
-            Ok(JobState::Lost(_)) => bail!(
-                "job {} ended without an exit status (its {multiplexer} session was killed, or \
-                 the instance restarted)",
-                job.name()
-            ),
-            Ok(JobState::None) => bail!("the record of job {} is gone", job.name()),
+            Ok(state) => match followed(state, attach, job, multiplexer)? {
+                Some(followed) => return Ok(followed),
+                // Not shown, or its log's writer is unknown: look again.
+                None => {
+                    poll.wait().await?;
+                    continue;
+                }
+            },
             Err(e) if !reached.session.is_closed() => return Err(e),
             Err(_) => {}
         }
@@ -152,17 +156,70 @@ pub async fn follow_job(
     }
 }
 
+/// What the job's state says once the view of it ended: how following it ended, or `None` to
+/// go on following it (still running, not attached).
+fn followed(
+    state: JobState,
+    attach: bool,
+    job: &Job,
+    multiplexer: Multiplexer,
+) -> Result<Option<Followed>> {
+    Ok(Some(match state {
+        JobState::Running(_) if attach => Followed::Detached,
+        JobState::Running(_) => return Ok(None),
+        JobState::Ended(_, status) => Followed::Ended(status),
+        JobState::Interrupted(_) => Followed::Interrupted,
+        JobState::Lost(_) => bail!(
+            "job {} ended without an exit status (its {multiplexer} session was killed, or \
+             the instance restarted)",
+            job.name()
+        ),
+        JobState::None => bail!("the record of job {} is gone", job.name()),
+    }))
+}
+
+/// Attaches this terminal to the job on a cluster's node other than the head (`session`,
+/// reached through the head), until the user detaches or the job ends. A dropped connection
+/// is not re-established: the error says how to come back.
+pub async fn attach_node(
+    scene: &Scene<'_>,
+    session: &Arc<Session>,
+    (job, rank): (&Job, usize),
+    multiplexer: Multiplexer,
+) -> Result<Followed> {
+    scene.printer.info(&format!(
+        "attaching to job {} on node {rank} ({} leaves it running)",
+        job.name(),
+        multiplexer.detach_keys()
+    ));
+    let watched = watch_attached(scene, session, job, multiplexer).await;
+    let state = match watched {
+        Ok(()) => job_state(session, job).await,
+        Err(lost) => Err(lost),
+    };
+    let come_back = || {
+        format!(
+            "the job goes on on node {rank} ({}): come back with `ssh-ec2 --attach --node \
+             {rank}`",
+            scene.machine.nodes[rank].instance.id
+        )
+    };
+    let followed = followed(state.with_context(come_back)?, true, job, multiplexer)?;
+    Ok(followed.unwrap_or(Followed::Detached))
+}
+
 /// The job's pane in this terminal, until the user detaches, the job ends, or AWS's
-/// interruption notice comes (which detaches the view, as the detach keys would).
+/// interruption notice comes (which detaches the view, as the detach keys would). The user has
+/// seen its log then.
 async fn watch_attached(
     scene: &Scene<'_>,
-    reached: &Reached,
+    session: &Arc<Session>,
     job: &Job,
     multiplexer: Multiplexer,
 ) -> Result<()> {
     let attach_line = job.attach_command(multiplexer);
     let attached = run_command(
-        &reached.session,
+        session,
         &attach_line,
         None,
         true,
@@ -171,17 +228,21 @@ async fn watch_attached(
         scene.printer,
     );
     tokio::pin!(attached);
-    tokio::select! {
+    let watched = tokio::select! {
         ran = &mut attached => ran.map(drop),
         () = until_interrupted(scene.machine.head().instance.spot, async || {
-            let state = job_state(&reached.session, job).await;
+            let state = job_state(session, job).await;
             matches!(state, Ok(JobState::Interrupted(_)))
         }) => {
             let detach = job.detach_command(multiplexer);
-            let _ = reached.session.run_captured(&detach).await;
+            let _ = session.run_captured(&detach).await;
             attached.await.map(drop)
         }
+    };
+    if watched.is_ok() {
+        mark_seen(session, job, None).await;
     }
+    watched
 }
 
 /// Returns once `marked` finds the spot watch's interruption mark (see `remote::spot_watch`);
@@ -242,6 +303,10 @@ pub async fn conclude_job(
         _ => status,
     };
     progress.exit = status.map(|status| RemoteExit::Status(status as u32));
+    if let Some(status) = status {
+        scene.printer.info(&ended_line(status));
+    }
+    settle_logs(reached, job).await;
     pull_home(scene, reached, manifest, progress).await?;
     reached.session.run_captured(&job.forget_command()).await?;
     forget_worker_jobs(reached, job).await?;

@@ -13,6 +13,8 @@ mod env;
 mod host_key;
 mod job;
 mod lease;
+mod logs;
+mod output;
 mod progress;
 mod pull;
 mod reach;
@@ -36,7 +38,10 @@ use crate::state::{Dirs, Store};
 
 pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
 pub use end::{Span, end_of_run};
-pub use job::{Followed, come_back_hint, conclude_job, end_job, follow_job, job_state};
+pub use job::{
+    Followed, attach_node, come_back_hint, conclude_job, end_job, follow_job, job_state,
+};
+pub use logs::{cut_short, home_log, job_ended, lost, print_log, show_unseen};
 pub use progress::Progress;
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};

@@ -34,6 +34,30 @@ pub struct Reached {
     pub cluster: Cluster,
 }
 
+impl Reached {
+    /// The session to node `rank` of the machine (0: the head; a cluster's other nodes through
+    /// it).
+    pub fn node(&self, rank: usize) -> Result<&Arc<Session>> {
+        if rank == 0 {
+            return Ok(&self.session);
+        }
+        let nodes = self.cluster.addresses.len();
+        (self.workers.iter())
+            .find(|worker| worker.rank == rank)
+            .map(|worker| &worker.session)
+            .with_context(|| match nodes {
+                1 => format!(
+                    "--node {rank}: this directory's instance is one node, not a --nodes \
+                     cluster; leave --node out"
+                ),
+                _ => format!(
+                    "--node {rank}: this directory's cluster has {nodes} nodes, 0 (the head) to {}",
+                    nodes - 1
+                ),
+            })
+    }
+}
+
 /// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
 /// makes sure the remote directory exists.
 pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
@@ -151,11 +175,12 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
         printer,
         ..
     } = *scene;
-    let found = &machine.head().instance;
-    let address = match found.state {
-        State::Running => ssh_address(&plan.reach.dial, found)?,
+    let head = &machine.head().instance;
+    let id = &head.id;
+    // Found running moments ago (not started, nor just launched): its address is known.
+    let address = match head.state {
+        State::Running => ssh_address(&plan.reach.dial, head)?,
         _ => {
-            let id = &found.id;
             let phase = printer.phase(format!("waiting for {id} to run"));
             let running = cloud.wait_until(id, State::Running, deadline).await?;
             phase.done(format!("{id} is running"));

@@ -24,6 +24,7 @@ use crate::fleet::end_of_life::Origin;
 use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::job::Job;
+use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
@@ -80,6 +81,7 @@ pub async fn run(
         .on(
             &reached.session,
             head_command.as_deref().unwrap_or(login_shell),
+            &LogName::job(0, reached.cluster.addresses.len()),
         )
         .await?;
     if let Some(command) = command {
@@ -196,6 +198,7 @@ async fn run_directly(
                 &reached.cluster,
                 (command, &plan.env),
                 &record,
+                printer,
             )
         });
     let (ran, spot_notice, first) =
@@ -272,19 +275,21 @@ async fn stream_command(
         printer,
         ..
     } = *scene;
-    // Without a PTY, stdout is a pipe that `| head` may close: it goes through the record.
-    let relay_stdout = !plan.terminal.pty;
+    // Without a PTY, the output goes through relays that write the log too, and stdout is a
+    // pipe that `| head` may close (see `RunRecord::command_line`).
+    let nodes = reached.cluster.addresses.len();
+    let log = (!plan.terminal.pty).then(|| LogName::run(0, nodes));
     let cut_output = record.cut_output_command();
     // The nodes' variables (for one instance too: rank 0 of 1).
     let command = (plan.command.as_deref()).map(|c| reached.cluster.layout().command_for(0, c));
     let env = !plan.env.is_empty();
-    let command_line = record.command_line(&plan.remote_dir, command.as_deref(), relay_stdout, env);
+    let command_line = record.command_line(&plan.remote_dir, command.as_deref(), log.as_ref(), env);
     let ran = async {
         write_env(session, record, &plan.env).await?;
         run_command(
             session,
             &command_line,
-            relay_stdout.then_some(cut_output.as_str()),
+            log.is_some().then_some(cut_output.as_str()),
             plan.terminal.pty,
             plan.terminal.forward_stdin,
             interrupt,

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use super::secrets::{self, KeyFile};
 use super::{PUSH_OPTIONS, contents_of};
+use crate::remote::logs::LOG_DIR;
 
 /// How this directory is synced: with which rsync, and what it holds back.
 #[derive(Debug)]
@@ -171,8 +172,19 @@ pub(super) enum Way {
 
 /// What a transfer leaves out: rsync's temporary files, then `.rsyncignore` (whose `+` rules
 /// may re-include what follows), the secrets, and on a pull the version-control metadata.
+///
+/// The logs the instance writes (`remote::logs`) are its own, and ruled on before
+/// `.rsyncignore` so that no line there changes it: never pushed (an older copy of a log would
+/// replace the one a job appends to), always pulled (a common `*.log` line would keep them on
+/// the instance). Only the logs' own names are let through: what lies under them is ruled on
+/// as anywhere else.
 pub(super) fn filters(options: &Options, way: Way) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![format!("--filter=- /{TEMP_DIR}/").into()];
+    let logs: &[String] = match way {
+        Way::Push => &[format!("- /{LOG_DIR}/")],
+        Way::Pull => &[format!("+ /{LOG_DIR}/"), format!("+ /{LOG_DIR}/*.log")],
+    };
+    args.extend(logs.iter().map(|rule| format!("--filter={rule}").into()));
     if let Some(ignore) = &options.ignore_file {
         let mut option = OsString::from("--exclude-from=");
         option.push(ignore);
@@ -266,16 +278,25 @@ mod tests {
         };
         let push = rules(Way::Push);
         assert_eq!(push[0], "--filter=- /.ssh-ec2-tmp/", "never overridden");
+        assert_eq!(push[1], "--filter=- /ssh-ec2-logs/", "the instance's own");
         assert_eq!(
-            push[1], "--exclude-from=/p/.rsyncignore",
+            push[2], "--exclude-from=/p/.rsyncignore",
             "first of the rest"
         );
         assert!(push.contains(&"--filter=- /sub/.env".to_string()));
         assert!(!push.iter().any(|rule| rule.ends_with(".git")), "pushed");
         let pull = rules(Way::Pull);
-        assert_eq!(pull[..push.len()], push[..]);
         assert_eq!(
-            pull[push.len()..],
+            pull[1..3],
+            [
+                "--filter=+ /ssh-ec2-logs/",
+                "--filter=+ /ssh-ec2-logs/*.log"
+            ],
+            "the logs come home, whatever .rsyncignore says"
+        );
+        assert_eq!(pull[3..push.len() + 1], push[2..]);
+        assert_eq!(
+            pull[push.len() + 1..],
             ["--filter=- .git", "--filter=- .hg", "--filter=- .svn"]
         );
         assert!(is_version_control(Path::new("vendor/lib/.git")));

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::itemize::{Item, Kind};
+use crate::remote::logs::is_log;
 
 /// What a pull does with one path the instance lists differently from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,12 +18,15 @@ enum Decision {
 }
 
 /// `there` and `here` (`None`: nothing) are what each side holds at the path; whether each is
-/// what the last sync left. A change of kind on either side is a change.
+/// what the last sync left. A change of kind on either side is a change. A log of the
+/// instance's (`remote::logs`) that it changed replaces this side's copy: only the instance
+/// writes it, and a new instance's log is the latest, not a conflict with an older one's.
 fn decide(
     there: Kind,
     here: Option<Kind>,
     here_unchanged: bool,
     there_unchanged: bool,
+    log: bool,
 ) -> Decision {
     use Decision::*;
     match (there, here) {
@@ -33,7 +37,7 @@ fn decide(
         (_, None) => Fetch,
         (_, Some(here)) if here != there && there_unchanged => KeepLocal,
         (_, Some(here)) if here != there => KeepBoth,
-        _ if here_unchanged => Fetch,
+        _ if here_unchanged || (log && !there_unchanged) => Fetch,
         _ if there_unchanged => KeepLocal,
         _ => KeepBoth,
     }
@@ -75,6 +79,7 @@ pub(super) fn plan<'a>(
             kind,
             same && here_unchanged(item),
             there_unchanged(item),
+            is_log(&item.path),
         ) {
             Decision::Fetch => plan.fetch.push(item),
             Decision::KeepBoth => plan.both.push(item),
@@ -107,32 +112,42 @@ mod tests {
     use Kind::{Dir, File, Link};
     use std::path::PathBuf;
 
-    #[test]
-    fn a_change_of_kind_keeps_both_sides() {
-        #[rustfmt::skip]
-        let table = [
-            // there, here, here unchanged, there unchanged: decision
-            (File, Some(File), true, false, Fetch),
-            (File, Some(File), false, true, KeepLocal),
-            (File, Some(File), false, false, KeepBoth),
-            (File, None, false, false, Fetch),
-            (File, None, false, true, KeepLocal),
-            (Dir, Some(Dir), false, false, Fetch),
-            (Dir, None, false, false, Fetch),
-            (Dir, Some(Link), true, false, KeepBothTree),
-            (Dir, Some(File), true, true, KeepBothTree),
-            (File, Some(Dir), false, false, KeepBoth),
-            (Link, Some(File), false, false, KeepBoth),
-            (File, Some(Link), false, false, KeepBoth),
-            (File, Some(Dir), false, true, KeepLocal),
-        ];
-        for (there, here, here_unchanged, there_unchanged, expected) in table {
-            assert_eq!(
-                decide(there, here, here_unchanged, there_unchanged),
-                expected,
-                "{there:?} there, {here:?} here"
-            );
+    /// There, here, here unchanged, there unchanged; the decision for a file, then for a log.
+    type Row = (Kind, Option<Kind>, bool, bool, Decision, Decision);
+
+    fn check(table: &[Row]) {
+        for &(there, here, here_unchanged, there_unchanged, file, log) in table {
+            for (is_log, expected) in [(false, file), (true, log)] {
+                assert_eq!(
+                    decide(there, here, here_unchanged, there_unchanged, is_log),
+                    expected,
+                    "{there:?} there, {here:?} here, {here_unchanged} {there_unchanged}, log \
+                     {is_log}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_change_of_kind_keeps_both_sides_and_a_log_the_instance_changed_comes_home() {
+        #[rustfmt::skip]
+        check(&[
+            // there, here, here unchanged, there unchanged: a file's decision, a log's
+            (File, Some(File), true, false, Fetch, Fetch),
+            (File, Some(File), false, true, KeepLocal, KeepLocal),
+            // A log is the instance's: never a conflict.
+            (File, Some(File), false, false, KeepBoth, Fetch),
+            (File, None, false, false, Fetch, Fetch),
+            (File, None, false, true, KeepLocal, KeepLocal),
+            (Dir, Some(Dir), false, false, Fetch, Fetch),
+            (Dir, None, false, false, Fetch, Fetch),
+            (Dir, Some(Link), true, false, KeepBothTree, KeepBothTree),
+            (Dir, Some(File), true, true, KeepBothTree, KeepBothTree),
+            (File, Some(Dir), false, false, KeepBoth, KeepBoth),
+            (Link, Some(File), false, false, KeepBoth, KeepBoth),
+            (File, Some(Link), false, false, KeepBoth, KeepBoth),
+            (File, Some(Dir), false, true, KeepLocal, KeepLocal),
+        ]);
     }
 
     #[test]

@@ -27,20 +27,23 @@ pub fn refused(
     run
 }
 
-#[test]
-fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
-    let project = Project::new();
-    let args = |args: &'static [&'static str]| {
-        move |c: &mut std::process::Command| {
-            c.args(args);
-        }
-    };
-    let env = |name: &'static str, value: &'static str| {
-        move |c: &mut std::process::Command| {
-            c.env(name, value);
-        }
-    };
+/// A `refused` setup that gives ssh-ec2 `args`.
+fn args(args: &'static [&'static str]) -> impl FnOnce(&mut std::process::Command) {
+    move |c| {
+        c.args(args);
+    }
+}
 
+/// A `refused` setup that sets the environment variable `name` to `value`.
+fn env(name: &'static str, value: &'static str) -> impl FnOnce(&mut std::process::Command) {
+    move |c| {
+        c.env(name, value);
+    }
+}
+
+#[test]
+fn bad_flags_are_refused_before_any_aws_call_with_what_to_write_instead() {
+    let project = Project::new();
     refused(
         &project,
         args(&["--frobnicate", "true"]),
@@ -71,24 +74,6 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         args(&["--stop", "--leave", "true"]),
         &["cannot be used with"],
     );
-    // One mode at a time: a --dry-run beside --down or --gc --yes must not do them.
-    for modes in [
-        &["--down", "--dry-run"][..],
-        &["--gc", "--yes", "--dry-run"],
-        &["--list", "--dry-run"],
-        &["--setup", "--down"],
-        &["--list", "--gc"],
-        &["--down", "--ssh-config"],
-        &["--show-config", "--attach"],
-    ] {
-        refused(
-            &project,
-            |c: &mut std::process::Command| {
-                c.args(modes);
-            },
-            &["cannot be used with"],
-        );
-    }
     refused(
         &project,
         args(&["--boot-timeout", "0", "true"]),
@@ -100,6 +85,35 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         args(&["-i", "/nonexistent/key.pem", "true"]),
         &["/nonexistent/key.pem does not exist"],
     );
+    refused(&project, args(&["--attach", "ls"]), &["take no command"]);
+    refused(&project, args(&["--detach"]), &["--detach needs a command"]);
+    refused(
+        &project,
+        args(&["--detach", "--multi", "none", "make"]),
+        &["drop --multi none"],
+    );
+}
+
+#[test]
+fn modes_given_together_are_refused_before_any_aws_call() {
+    let project = Project::new();
+    // One mode at a time: a --dry-run beside --down or --gc --yes must not do them.
+    for modes in [
+        &["--down", "--dry-run"][..],
+        &["--gc", "--yes", "--dry-run"],
+        &["--list", "--dry-run"],
+        &["--setup", "--down"],
+        &["--list", "--gc"],
+        &["--down", "--ssh-config"],
+        &["--show-config", "--attach"],
+    ] {
+        refused(&project, args(modes), &["cannot be used with"]);
+    }
+}
+
+#[test]
+fn bad_environment_values_are_refused_before_any_aws_call_with_what_to_write_instead() {
+    let project = Project::new();
     refused(
         &project,
         env("AWS_FINAL_STATE", "explode"),
@@ -115,13 +129,6 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         env("MULTIPLEX", "byobu"),
         &["MULTIPLEX=byobu", "tmux, screen or none"],
     );
-    refused(&project, args(&["--attach", "ls"]), &["take no command"]);
-    refused(&project, args(&["--detach"]), &["--detach needs a command"]);
-    refused(
-        &project,
-        args(&["--detach", "--multi", "none", "make"]),
-        &["drop --multi none"],
-    );
     refused(
         &project,
         env("AWS_KEY_NAME", "team"),
@@ -132,7 +139,11 @@ fn bad_input_is_refused_before_any_aws_call_with_what_to_write_instead() {
         env("PATH", "/nonexistent"),
         &["rsync not found", "--no-rsync"],
     );
+}
 
+#[test]
+fn the_home_directory_and_a_config_typo_are_refused_before_any_aws_call() {
+    let project = Project::new();
     let home = project.home().to_path_buf();
     refused(
         &project,
@@ -322,6 +333,10 @@ fn instance_types_are_checked_and_images_must_fit_them() {
     assert!(
         bogus.stderr.contains("g9.bogus") && bogus.stderr.contains("check --instance-type"),
         "{bogus}"
+    );
+    assert!(
+        !bogus.stderr.contains("launching") && !bogus.stderr.contains("/hour"),
+        "refused before any launch step or price\n{bogus}"
     );
     // Graviton: the only images are x86_64 ones.
     let arm = Run::of(

@@ -74,38 +74,8 @@ fn three_nodes_each_get_their_variables_and_every_node_s_results_come_home() {
         .collect();
     assert!(zones.iter().all(|z| *z == zones[0]), "one zone: {zones:?}");
 
-    for (rank, ip) in ips.iter().enumerate() {
-        let read = |name: &str| {
-            project
-                .read(&format!("{name}-{rank}.txt"))
-                .unwrap_or_else(|| panic!("{name}-{rank}.txt came home\n{run}"))
-        };
-        let env = variables(&read("env"));
-        let (rank, head) = (rank.to_string(), ips[0].as_str());
-        for (name, value) in [
-            ("SSH_EC2_NODE_RANK", rank.as_str()),
-            ("SSH_EC2_NUM_NODES", "3"),
-            ("SSH_EC2_HEAD_IP", head),
-            // No GPU on the bed: one process per node.
-            ("SSH_EC2_GPUS_PER_NODE", "0"),
-            ("PET_NNODES", "3"),
-            ("PET_NODE_RANK", rank.as_str()),
-            ("PET_MASTER_ADDR", head),
-            ("PET_MASTER_PORT", "29500"),
-            ("PET_NPROC_PER_NODE", "1"),
-            ("MASTER_ADDR", head),
-            ("MASTER_PORT", "29500"),
-        ] {
-            assert_eq!(
-                env.get(name).map(String::as_str),
-                Some(value),
-                "{name} on node {rank}"
-            );
-        }
-        assert_eq!(read("ips"), ips.join("\n") + "\n", "node {rank}");
-        assert_eq!(read("address"), *ip, "node {rank} runs on its own instance");
-        let hostfile: String = ips.iter().map(|ip| format!("{ip} slots=1\n")).collect();
-        assert_eq!(read("hostfile"), hostfile, "node {rank}");
+    for rank in 0..ips.len() {
+        assert_node_s_files(&project, &run, rank, &ips);
     }
     // Where the nodes wrote one file otherwise, the head's stays; the others' beside it.
     assert_eq!(project.read("shared.txt").unwrap(), "from node 0\n");
@@ -143,6 +113,43 @@ fn three_nodes_each_get_their_variables_and_every_node_s_results_come_home() {
         );
     }
     assert_nothing_left(&cloud, &project, &end);
+}
+
+/// What node `rank` wrote came home: its variables, the nodes' addresses (`ips`, in rank
+/// order), its own address and the hostfile.
+fn assert_node_s_files(project: &Project, run: &Run, rank: usize, ips: &[String]) {
+    let ip = &ips[rank];
+    let read = |name: &str| {
+        project
+            .read(&format!("{name}-{rank}.txt"))
+            .unwrap_or_else(|| panic!("{name}-{rank}.txt came home\n{run}"))
+    };
+    let env = variables(&read("env"));
+    let (rank, head) = (rank.to_string(), ips[0].as_str());
+    for (name, value) in [
+        ("SSH_EC2_NODE_RANK", rank.as_str()),
+        ("SSH_EC2_NUM_NODES", "3"),
+        ("SSH_EC2_HEAD_IP", head),
+        // No GPU on the bed: one process per node.
+        ("SSH_EC2_GPUS_PER_NODE", "0"),
+        ("PET_NNODES", "3"),
+        ("PET_NODE_RANK", rank.as_str()),
+        ("PET_MASTER_ADDR", head),
+        ("PET_MASTER_PORT", "29500"),
+        ("PET_NPROC_PER_NODE", "1"),
+        ("MASTER_ADDR", head),
+        ("MASTER_PORT", "29500"),
+    ] {
+        assert_eq!(
+            env.get(name).map(String::as_str),
+            Some(value),
+            "{name} on node {rank}"
+        );
+    }
+    assert_eq!(read("ips"), ips.join("\n") + "\n", "node {rank}");
+    assert_eq!(read("address"), *ip, "node {rank} runs on its own instance");
+    let hostfile: String = ips.iter().map(|ip| format!("{ip} slots=1\n")).collect();
+    assert_eq!(read("hostfile"), hostfile, "node {rank}");
 }
 
 /// Every rank connects to the head at PET_MASTER_ADDR:PET_MASTER_PORT and says its rank; the

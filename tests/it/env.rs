@@ -15,15 +15,17 @@ fn unique(label: &str) -> String {
     format!("{label}-{:016x}", rand::random::<u64>())
 }
 
-/// The regular files under `dir` (at any depth) that hold `value`. A FIFO (a run's stdout
-/// relay) is not opened: reading it would take the command's output.
+/// The regular files under `dir` (at any depth) that hold `value`, but for the command's logs
+/// (`ssh-ec2-logs/`). A FIFO (a run's stdout relay) is not opened: reading it would take the
+/// command's output.
 fn files_holding(dir: &Path, value: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in common::entries(dir) {
         let Ok(kind) = std::fs::symlink_metadata(&entry).map(|m| m.file_type()) else {
             continue;
         };
-        if kind.is_dir() {
+        // What the command printed is in its log: its own output, not ssh-ec2 keeping a value.
+        if kind.is_dir() && entry.file_name().is_some_and(|n| n != "ssh-ec2-logs") {
             found.extend(files_holding(&entry, value));
         } else if kind.is_file() {
             let text = std::fs::read(&entry).unwrap_or_default();

@@ -264,42 +264,11 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
     let id = instance_id(&cloud.instances()[0]);
 
-    let printed = Run::of(project.ssh_ec2(&cloud).arg("--ssh-config"));
-    printed.assert_code(0);
     let alias = format!(
         "ssh-ec2-{}",
         project.path().file_name().unwrap().to_str().unwrap()
     );
-    assert!(
-        printed.stdout.contains(&format!("Host {alias}\n")),
-        "{printed}"
-    );
-    assert!(printed.stdout.contains("StrictHostKeyChecking yes"));
-    assert!(printed.stdout.contains(&format!("HostKeyAlias {id}")));
-    let config = project.home().join("printed.conf");
-    std::fs::write(&config, &printed.stdout).unwrap();
-    let dir = project.path().file_name().unwrap().to_str().unwrap();
-    let out = ssh(&cloud, &config, &alias, &format!("cat {dir}/note.txt"));
-    assert!(
-        out.status.success(),
-        "ssh with the printed block: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the laptop\n");
-
-    // The same block with the host key filed under another name: OpenSSH must refuse.
-    let unpinned = printed.stdout.replace(
-        &format!("HostKeyAlias {id}"),
-        "HostKeyAlias not-the-instance",
-    );
-    std::fs::write(&config, unpinned).unwrap();
-    let refused = ssh(&cloud, &config, &alias, "true");
-    assert!(!refused.status.success(), "host-key checking is on");
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("host key"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    printed_block_lets_openssh_in_with_the_pinned_host_key_only(&cloud, &project, &id, &alias);
 
     // --install: included by ~/.ssh/config (once, at its top), gone with the instance.
     let ssh_dir = project.home().join(".ssh");
@@ -356,6 +325,48 @@ fn ssh_config_lets_openssh_in_with_the_pinned_host_key_only() {
         InstanceStateName::Terminated
     );
     cloud.assert_no_bed_errors();
+}
+
+/// The printed block, in a config of its own: OpenSSH gets in with it, and refuses the host
+/// key filed under another name.
+fn printed_block_lets_openssh_in_with_the_pinned_host_key_only(
+    cloud: &TestCloud,
+    project: &Project,
+    id: &str,
+    alias: &str,
+) {
+    let printed = Run::of(project.ssh_ec2(cloud).arg("--ssh-config"));
+    printed.assert_code(0);
+    assert!(
+        printed.stdout.contains(&format!("Host {alias}\n")),
+        "{printed}"
+    );
+    assert!(printed.stdout.contains("StrictHostKeyChecking yes"));
+    assert!(printed.stdout.contains(&format!("HostKeyAlias {id}")));
+    let config = project.home().join("printed.conf");
+    std::fs::write(&config, &printed.stdout).unwrap();
+    let dir = project.path().file_name().unwrap().to_str().unwrap();
+    let out = ssh(cloud, &config, alias, &format!("cat {dir}/note.txt"));
+    assert!(
+        out.status.success(),
+        "ssh with the printed block: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the laptop\n");
+
+    // The same block with the host key filed under another name: OpenSSH must refuse.
+    let unpinned = printed.stdout.replace(
+        &format!("HostKeyAlias {id}"),
+        "HostKeyAlias not-the-instance",
+    );
+    std::fs::write(&config, unpinned).unwrap();
+    let refused = ssh(cloud, &config, alias, "true");
+    assert!(!refused.status.success(), "host-key checking is on");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("host key"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::InstanceStateName;
+use aws_sdk_ec2::types::{Instance, InstanceStateName};
 use common::{
     Project, Run, TestCloud, assert_nothing_left, instance_id, signal, start_until_held,
     start_until_ready, state_of, wait_or_kill,
@@ -80,7 +80,8 @@ fn down_after_a_sigkilled_run_pulls_then_terminates_and_again_is_a_no_op() {
         Some("result\n"),
         "{down}"
     );
-    assert!(down.stderr.contains("pulled 3 files (7 bytes)"), "{down}");
+    // out.txt, go, ended, and the command's log.
+    assert!(down.stderr.contains("pulled 4 files ("), "{down}");
     assert!(down.stderr.contains("terminated"), "{down}");
     assert_nothing_left(&cloud, &project, &down);
 
@@ -107,45 +108,8 @@ fn down_without_an_instance_says_so_and_launches_nothing() {
 fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    // An instance ended behind ssh-ec2's back: its group and keys stay.
-    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
-    let first = instance_id(&cloud.instances()[0]);
-    cloud
-        .block_on(
-            cloud
-                .ec2()
-                .terminate_instances()
-                .instance_ids(&first)
-                .send(),
-        )
-        .unwrap();
-    cloud.wait_for_events("sshd-stopped", 1);
-    // A run killed while its security group was being created: a launch with no instance.
-    cloud.set_faults(json!([{"action": "CreateSecurityGroup", "hold": true}]));
-    let mut child = start_until_held(
-        &cloud,
-        project.ssh_ec2(&cloud).arg("true"),
-        "CreateSecurityGroup",
-    );
-    child.kill().unwrap();
-    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
-    cloud.set_faults(json!([]));
-    // An instance whose keys this machine lost.
     let other = Project::new();
-    Run::of(other.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
-    let keyless = cloud
-        .instances_in(InstanceStateName::Running)
-        .iter()
-        .map(instance_id)
-        .next()
-        .unwrap();
-    std::fs::remove_dir_all(
-        other
-            .home()
-            .join(".local/state/ssh-ec2/instances")
-            .join(&keyless),
-    )
-    .unwrap();
+    let (first, keyless) = leave_leftovers(&cloud, &project, &other);
     // `other` has its own HOME: gc there sees only its own state; the project's, here.
     assert_eq!(cloud.run_security_groups().len(), 3);
 
@@ -194,6 +158,51 @@ fn gc_finds_then_removes_orphaned_groups_launches_instances_and_local_state() {
     assert_nothing_left(&cloud, &other, &removed);
     assert_nothing_left(&cloud, &project, &removed);
     cloud.assert_no_bed_errors();
+}
+
+/// Leaves what --gc finds: an instance of `project` ended behind ssh-ec2's back (its group and
+/// keys stay), a launch of it killed with no instance, and an instance whose keys `other`
+/// lost. Returns the ended instance and the keyless one.
+fn leave_leftovers(cloud: &TestCloud, project: &Project, other: &Project) -> (String, String) {
+    // An instance ended behind ssh-ec2's back: its group and keys stay.
+    Run::of(project.ssh_ec2(cloud).args(["--leave", "true"])).assert_code(0);
+    let first = instance_id(&cloud.instances()[0]);
+    cloud
+        .block_on(
+            cloud
+                .ec2()
+                .terminate_instances()
+                .instance_ids(&first)
+                .send(),
+        )
+        .unwrap();
+    cloud.wait_for_events("sshd-stopped", 1);
+    // A run killed while its security group was being created: a launch with no instance.
+    cloud.set_faults(json!([{"action": "CreateSecurityGroup", "hold": true}]));
+    let mut child = start_until_held(
+        cloud,
+        project.ssh_ec2(cloud).arg("true"),
+        "CreateSecurityGroup",
+    );
+    child.kill().unwrap();
+    wait_or_kill(child, Duration::from_secs(10)).expect("SIGKILL ends it");
+    cloud.set_faults(json!([]));
+    // An instance whose keys this machine lost.
+    Run::of(other.ssh_ec2(cloud).args(["--leave", "true"])).assert_code(0);
+    let keyless = cloud
+        .instances_in(InstanceStateName::Running)
+        .iter()
+        .map(instance_id)
+        .next()
+        .unwrap();
+    std::fs::remove_dir_all(
+        other
+            .home()
+            .join(".local/state/ssh-ec2/instances")
+            .join(&keyless),
+    )
+    .unwrap();
+    (first, keyless)
 }
 
 #[test]
@@ -380,31 +389,8 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
     // The same owner, machine and directory in another region, its keys not on this machine:
     // as left by a run there whose state was lost.
     let elsewhere = "us-west-2";
-    let tags: Vec<_> = here
-        .tags()
-        .iter()
-        .filter(|t| t.key().is_some_and(|k| !k.starts_with("aws:")))
-        .cloned()
-        .collect();
     let there = cloud.ec2_in(elsewhere);
-    let launched = cloud
-        .block_on(
-            there
-                .run_instances()
-                .image_id(here.image_id().unwrap())
-                .instance_type(here.instance_type().unwrap().clone())
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(
-                    aws_sdk_ec2::types::TagSpecification::builder()
-                        .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                        .set_tags(Some(tags))
-                        .build(),
-                )
-                .send(),
-        )
-        .unwrap();
-    let far = launched.instances()[0].instance_id().unwrap().to_string();
+    let far = launch_like(&cloud, &there, &here);
 
     let regional = Run::of(project.ssh_ec2(&cloud).args(["--list", "--json"]));
     regional.assert_code(0);
@@ -458,15 +444,51 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
         "this machine's instance with its keys is left alone\n{removed}"
     );
 
-    // A region the account may not look in (an organization's policy, say): the others are
-    // still listed and cleaned, and the run fails naming it.
+    assert_a_denied_region_is_named(&cloud, &project);
+
+    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
+    down.assert_code(0);
+    assert_nothing_left(&cloud, &project, &down);
+}
+
+/// Launches, with `there` (a client of another region), an instance tagged as `here` is.
+fn launch_like(cloud: &TestCloud, there: &aws_sdk_ec2::Client, here: &Instance) -> String {
+    let tags: Vec<_> = here
+        .tags()
+        .iter()
+        .filter(|t| t.key().is_some_and(|k| !k.starts_with("aws:")))
+        .cloned()
+        .collect();
+    let launched = cloud
+        .block_on(
+            there
+                .run_instances()
+                .image_id(here.image_id().unwrap())
+                .instance_type(here.instance_type().unwrap().clone())
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(
+                    aws_sdk_ec2::types::TagSpecification::builder()
+                        .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                        .set_tags(Some(tags))
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    launched.instances()[0].instance_id().unwrap().to_string()
+}
+
+/// A region the account may not look in (an organization's policy, say): the others are
+/// still listed and cleaned, and the run fails naming it.
+fn assert_a_denied_region_is_named(cloud: &TestCloud, project: &Project) {
     let denied = "ap-south-1";
     cloud.set_faults(json!([
         {"action": "DescribeInstances", "region": denied, "error": "UnauthorizedOperation"},
     ]));
     let partial = Run::of(
         project
-            .ssh_ec2(&cloud)
+            .ssh_ec2(cloud)
             .args(["--list", "--json", "--all-regions"]),
     );
     partial.assert_code(255);
@@ -479,17 +501,13 @@ fn all_regions_lists_and_cleans_up_instances_beyond_the_current_region() {
                 .contains(&format!("could not look in {denied}")),
         "{partial}"
     );
-    let gc = Run::of(project.ssh_ec2(&cloud).args(["--gc", "--all-regions"]));
+    let gc = Run::of(project.ssh_ec2(cloud).args(["--gc", "--all-regions"]));
     gc.assert_code(255);
     assert!(
         gc.stderr.contains(&format!("could not look in {denied}")),
         "{gc}"
     );
     cloud.set_faults(json!([]));
-
-    let down = Run::of(project.ssh_ec2(&cloud).arg("--down"));
-    down.assert_code(0);
-    assert_nothing_left(&cloud, &project, &down);
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod forward;
 mod gc_keys;
 mod host_keys;
 mod jobs;
+mod logs;
 mod machines;
 mod policies;
 mod release;

@@ -145,7 +145,8 @@ fn a_warm_run_asks_only_what_it_does_not_know() {
         .collect();
     assert_eq!(rules, [format!("{}/32", cloud.laptop.address)]);
 
-    // Again from there: the rule, the tag (within its 10 minutes) and the price are known.
+    // Again from there: the tag (within its 10 minutes) and the price are known; the rule is
+    // asked for again (it may have been removed since), answered as a duplicate.
     let tag = expiry_tag(&cloud);
     let seen = cloud.aws_calls().len();
     let warm = Run::of(project.ssh_ec2(&cloud).args(["--leave", "echo warm"]));
@@ -156,8 +157,11 @@ fn a_warm_run_asks_only_what_it_does_not_know() {
     assert_eq!(calls.remove("CreateTags").unwrap_or(0), retagged, "{warm}");
     assert_eq!(
         calls,
-        BTreeMap::from([("DescribeInstances".to_string(), 1)]),
-        "only the look for this directory's instance\n{warm}"
+        BTreeMap::from([
+            ("AuthorizeSecurityGroupIngress".to_string(), 1),
+            ("DescribeInstances".to_string(), 1)
+        ]),
+        "the look for this directory's instance, and its rule\n{warm}"
     );
     assert!(warm.stderr.contains("left running"), "{warm}");
     common::end(&cloud, &mut project.ssh_ec2(&cloud));

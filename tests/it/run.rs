@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use aws_sdk_ec2::types::InstanceStateName;
+use aws_sdk_ec2::types::{Instance, InstanceStateName};
 use common::{CloudOptions, Project, Run, TestCloud, end, instance_id, state_of};
 
 #[test]
@@ -260,6 +260,29 @@ fn launch_shape_is_locked_down() {
     );
     run.assert_code(0);
     let instance = &cloud.instances_in(InstanceStateName::Running)[0];
+    assert_instance_locked_down(&cloud, &project, instance);
+    assert_ssh_open_to_the_caller_only(&cloud);
+
+    let user_data = cloud.user_data(&instance_id(instance));
+    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
+    assert!(
+        !user_data.contains("AWS_SECRET") && !user_data.contains("testing"),
+        "no credentials"
+    );
+
+    // End it, so the test leaves nothing behind.
+    Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["--terminate", "--no-rsync", "true"]),
+    )
+    .assert_code(0);
+    assert!(cloud.instances_in(InstanceStateName::Running).is_empty());
+}
+
+/// The instance: the newest DL AMI, the project's type and tags, IMDSv2 only, stopped (not
+/// terminated) when shut down from inside, its volumes deleted with it.
+fn assert_instance_locked_down(cloud: &TestCloud, project: &Project, instance: &Instance) {
     let id = instance_id(instance);
     assert_eq!(
         instance.image_id(),
@@ -311,7 +334,11 @@ fn launch_shape_is_locked_down() {
             .iter()
             .all(|v| v.ebs().and_then(|e| e.delete_on_termination()) == Some(true))
     );
+}
 
+/// One security group, tagged at creation, opens tcp/22 to the caller's /32 only, which came
+/// from the checkip URL.
+fn assert_ssh_open_to_the_caller_only(cloud: &TestCloud) {
     let groups = cloud.run_security_groups();
     assert_eq!(groups.len(), 1);
     assert!(
@@ -339,22 +366,6 @@ fn launch_shape_is_locked_down() {
         1,
         "the caller's IP came from the checkip URL"
     );
-
-    let user_data = cloud.user_data(&id);
-    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
-    assert!(
-        !user_data.contains("AWS_SECRET") && !user_data.contains("testing"),
-        "no credentials"
-    );
-
-    // End it, so the test leaves nothing behind.
-    Run::of(
-        project
-            .ssh_ec2(&cloud)
-            .args(["--terminate", "--no-rsync", "true"]),
-    )
-    .assert_code(0);
-    assert!(cloud.instances_in(InstanceStateName::Running).is_empty());
 }
 
 #[test]

@@ -59,6 +59,13 @@ fn write(path: &std::path::Path, text: &str) {
 #[test]
 fn show_config_says_where_every_setting_came_from() {
     let project = Project::new();
+    every_source_is_named(&project);
+    defaults_say_how_they_are_computed(&project);
+}
+
+/// A user file (under XDG_CONFIG_HOME) with a preset, a project file, `.env`, the environment
+/// and flags: each setting is shown with its source; the project's own `.env` keys are not.
+fn every_source_is_named(project: &Project) {
     let xdg = project.home().join("xdg");
     write(
         &xdg.join("ssh-ec2/config.toml"),
@@ -72,7 +79,7 @@ fn show_config_says_where_every_setting_came_from() {
         ".env",
         "AWS_IMAGE_NAME=\"from-dotenv*\"\nDATABASE_URL=postgres://secret\n",
     );
-    let run = show_config(&project, |c| {
+    let run = show_config(project, |c| {
         c.env("XDG_CONFIG_HOME", &xdg)
             .env("AWS_INSTANCE_TYPE", "g5.xlarge")
             .env("AWS_USER_DATA", "apt-get update\napt-get install -y htop")
@@ -117,14 +124,17 @@ fn show_config_says_where_every_setting_came_from() {
         !run.stdout.contains("DATABASE_URL") && !run.stdout.contains("postgres"),
         "the project's own .env keys are not ssh-ec2's\n{run}"
     );
+}
 
-    // Without XDG_CONFIG_HOME, the user file is under HOME; computed defaults say how.
+/// Then, without XDG_CONFIG_HOME, the user file is under HOME; computed defaults say how,
+/// and what they come to here.
+fn defaults_say_how_they_are_computed(project: &Project) {
     write(
         &project.home().join(".config/ssh-ec2/config.toml"),
         "instance_type = \"from-home\"\n",
     );
     std::fs::remove_file(project.path().join(".env")).unwrap();
-    let run = show_config(&project, |c| {
+    let run = show_config(project, |c| {
         c.env_remove("AWS_REGION");
     });
     assert_row(&run, "instance_type", "user file", "from-home");

@@ -34,7 +34,7 @@ fn said_deadline(stderr: &str, then: &str) -> u64 {
 fn assert_rounded_up(tag: &str, deadline: u64) {
     let tagged = unix_of(tag);
     assert!(
-        tagged % 600 == 0 && (deadline..deadline + 600).contains(&tagged),
+        tagged.is_multiple_of(600) && (deadline..deadline + 600).contains(&tagged),
         "the tag {tag} is not {deadline} rounded up to the next 10 minutes"
     );
 }

@@ -199,18 +199,7 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
     } = resolved;
     let (instance_type, image) = types.swap_remove(0);
     let user = fleet::launch_user(&plan.machine, &image);
-    let login_key = match &plan.machine.login {
-        LoginKey::PerRun => Some(MADE_AT_LAUNCH),
-        LoginKey::KeyPair { .. } => None,
-    };
-    let user_data = UserData {
-        host_private_openssh: ELIDED_HOST_KEY,
-        host_public_openssh: MADE_AT_LAUNCH,
-        authorized_key: login_key,
-        extra_commands: spec.extra_boot_commands.as_deref(),
-        watchdog: &plan.machine.watchdog,
-    }
-    .render();
+    let user_data = preview_user_data(plan);
     let asked = cloud
         .may_launch(&LaunchRequest {
             image: &image,
@@ -236,23 +225,8 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
             efa: spec.efa,
         })
         .await;
-    // Throttled, failing inside AWS, or no answer: that is no verdict on the launch.
-    let asked = match asked {
-        Err(e)
-            if e.downcast_ref::<AwsError>()
-                .is_some_and(|aws| aws.inconclusive) =>
-        {
-            return Err(e.context("AWS gave no verdict on the launch: try again"));
-        }
-        asked => asked,
-    };
-    let placement = (spec.nodes > 1).then(|| match instance_type.cluster_placement {
-        true => "a cluster placement group, made at launch".to_string(),
-        false => format!(
-            "none: {} takes no cluster placement group",
-            instance_type.name
-        ),
-    });
+    let asked = verdict(asked)?;
+    let placement = (spec.nodes > 1).then(|| placement(&instance_type));
     Ok(Launch {
         nodes: spec.nodes,
         placement,
@@ -272,6 +246,47 @@ async fn preview_launch(cloud: &Cloud, plan: &Plan) -> Result<Launch> {
         refusal: asked.as_ref().err().map(|e| format!("{e:#}")),
         refusal_lines: asked.err().as_ref().map_or(Vec::new(), lines_of),
     })
+}
+
+/// The user-data a launch would pass, with the keys it would make elided.
+fn preview_user_data(plan: &Plan) -> String {
+    let login_key = match &plan.machine.login {
+        LoginKey::PerRun => Some(MADE_AT_LAUNCH),
+        LoginKey::KeyPair { .. } => None,
+    };
+    UserData {
+        host_private_openssh: ELIDED_HOST_KEY,
+        host_public_openssh: MADE_AT_LAUNCH,
+        authorized_key: login_key,
+        extra_commands: plan.machine.launch.extra_boot_commands.as_deref(),
+        watchdog: &plan.machine.watchdog,
+    }
+    .render()
+}
+
+/// The DryRun launch's answer: allowed (`Ok`) or refused (`Err` inside), or an error when
+/// AWS gave no verdict: throttled, failing inside AWS, or no answer.
+fn verdict(asked: Result<()>) -> Result<Result<()>> {
+    match asked {
+        Err(e)
+            if e.downcast_ref::<AwsError>()
+                .is_some_and(|aws| aws.inconclusive) =>
+        {
+            Err(e.context("AWS gave no verdict on the launch: try again"))
+        }
+        asked => Ok(asked),
+    }
+}
+
+/// A cluster's placement, for a cluster of `instance_type`.
+fn placement(instance_type: &TypeInfo) -> String {
+    match instance_type.cluster_placement {
+        true => "a cluster placement group, made at launch".to_string(),
+        false => format!(
+            "none: {} takes no cluster placement group",
+            instance_type.name
+        ),
+    }
 }
 
 /// An error's causes, one line each.

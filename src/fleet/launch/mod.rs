@@ -53,6 +53,12 @@ pub async fn launch(
     interrupt: &Interrupt,
 ) -> Result<Machine> {
     let wanted = &spec.launch;
+    let Settled {
+        resolved,
+        account,
+        group,
+    } = settle_first(cloud, spec, store, caller, printer, interrupt).await?;
+    // Only once the type, its image and price are known: a bad type is refused before it.
     let phase = printer.phase(match wanted.nodes {
         1 => format!(
             "launching a {} instance in {}",
@@ -63,11 +69,6 @@ pub async fn launch(
             wanted.instance_type, cloud.region
         ),
     });
-    let Settled {
-        resolved,
-        account,
-        group,
-    } = settle_first(cloud, spec, store, caller, printer, interrupt).await?;
     let mut launch = Launch::new(&cloud.region, &spec.ownership.dir, wanted.nodes, account);
     let new_keys = store.generate(&spec.login, &launch.id)?;
     if let Err(e) = launch.save(store) {

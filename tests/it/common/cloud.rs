@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName, SecurityGroup};
 use serde_json::Value;
 
+use super::bed_log::{BedLog, read_log};
 use super::{INSTALL_HINT, Laptop, manifest_dir, state_of, wait_or_kill};
 
 #[derive(Default)]
@@ -45,8 +45,8 @@ pub struct TestCloud {
     pub user: String,
     runtime: tokio::runtime::Runtime,
     sdk: aws_config::SdkConfig,
-    /// How many of the bed's error events the test provoked and took (`take_bed_errors`).
-    errors_taken: AtomicUsize,
+    /// What the bed saw go wrong, and what of it the test took (`take_bed_errors`).
+    log: Arc<BedLog>,
 }
 
 /// cloud.py stops its machines and servers when its stdin closes; killed if it does not.
@@ -66,19 +66,13 @@ impl Drop for CloudProcess {
 
 impl Drop for TestCloud {
     /// What the bed saw go wrong (a machine that could not boot...) fails the test, loudly,
-    /// unless it is failing already; then it is shown.
+    /// unless it is failing already: then its runs' failure messages showed it (`Run`).
     fn drop(&mut self) {
-        let errors = self.bed_errors();
-        if errors.is_empty() {
+        if std::thread::panicking() {
             return;
         }
-        let report = format!(
-            "the test bed reported errors: {errors:#?}\n{}",
-            self.stderr_log()
-        );
-        match std::thread::panicking() {
-            true => eprintln!("{report}"),
-            false => panic!("{report}"),
+        if let Some(report) = self.log.report() {
+            panic!("{report}");
         }
     }
 }
@@ -131,6 +125,7 @@ impl TestCloud {
             child: Some(child),
         };
         let ready = read_ready_line(stdout, &state);
+        let log = BedLog::new(state.path());
         let text = |key: &str| ready[key].as_str().unwrap().to_string();
         let region = text("region");
         // The test's own look at the cloud goes past the proxy, as the admin under --iam.
@@ -157,7 +152,7 @@ impl TestCloud {
                 .enable_all()
                 .build()
                 .unwrap(),
-            errors_taken: AtomicUsize::new(0),
+            log,
         }
     }
 
@@ -207,17 +202,9 @@ impl TestCloud {
         body.to_string()
     }
 
-    pub fn stderr_log(&self) -> String {
-        read_log(self.state.path())
-    }
-
     /// The boot simulator's events (sshd-started, sshd-stopped, disk-deleted, checkip, error…).
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.state.path().join("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        self.log.events()
     }
 
     pub fn count_events(&self, name: &str) -> usize {
@@ -240,31 +227,17 @@ impl TestCloud {
         assert_eq!(self.count_events(name), count, "{:#?}", self.events());
     }
 
-    /// The bed's `error` events that the test has not taken (`take_bed_errors`).
-    fn bed_errors(&self) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "error")
-            .skip(self.errors_taken.load(Ordering::Relaxed))
-            .collect()
-    }
-
     /// The bed's errors so far, which a test provoked on purpose: they fail it no longer.
     pub fn take_bed_errors(&self) -> Vec<Value> {
-        let errors = self.bed_errors();
-        self.errors_taken.fetch_add(errors.len(), Ordering::Relaxed);
-        errors
+        self.log.take_errors()
     }
 
     /// Fails the test if the bed itself reported an error (bad user-data, a failed boot…);
     /// dropping the cloud checks this too, at the end of every test.
     pub fn assert_no_bed_errors(&self) {
-        let errors = self.bed_errors();
-        assert!(
-            errors.is_empty(),
-            "the test bed reported errors: {errors:#?}\n{}",
-            self.stderr_log()
-        );
+        if let Some(report) = self.log.report() {
+            panic!("{report}");
+        }
     }
 
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -420,8 +393,4 @@ fn sdk_config(
             ),
         )
         .build()
-}
-
-fn read_log(state: &std::path::Path) -> String {
-    std::fs::read_to_string(state.join("cloud.stderr")).unwrap_or_default()
 }

@@ -5,6 +5,7 @@
 //! against them through its standard settings. Nothing but loopback and the bed's own bridge;
 //! every process, namespace and link started here goes when its guard drops.
 
+mod bed_log;
 mod cloud;
 mod fakes;
 mod laptop;
@@ -71,7 +72,11 @@ pub fn end(cloud: &TestCloud, command: &mut std::process::Command) {
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}{}",
+            bed_log::reports()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -4,7 +4,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{TestCloud, wait_until};
+use super::{TestCloud, bed_log, wait_until};
 
 /// A run against the local bed takes seconds; this only catches hangs.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -109,7 +109,9 @@ impl std::fmt::Display for Run {
             f,
             "--- exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
             self.code, self.stdout, self.stderr
-        )
+        )?;
+        // Said here, in the failure message: a failing test's cloud says nothing when it drops.
+        write!(f, "{}", bed_log::reports())
     }
 }
 
