@@ -12,6 +12,7 @@ mod launch;
 mod network;
 mod pricing;
 mod refused;
+mod sent;
 mod tags;
 pub mod userdata;
 
@@ -79,6 +80,8 @@ pub struct Cloud {
     /// The AWS profile it was connected with (`Account::profile`), for a helper process that
     /// must act with the same credentials.
     pub profile: Option<String>,
+    /// Set once a request to EC2 has left (see `sent`).
+    sent: tokio::sync::watch::Receiver<bool>,
     /// What this process created (or found after a lost answer), and when.
     created: Mutex<HashMap<String, Instant>>,
     /// What the clients were made from, for a connection to another region.
@@ -148,9 +151,11 @@ impl Cloud {
         let region = config
             .region()
             .map_or(FALLBACK_REGION.to_string(), |r| r.to_string());
+        let (sent, sent_seen) = sent::Sent::new();
         let ec2 = aws_sdk_ec2::config::Builder::from(&config)
             .retry_classifier(launch::CapacityIsAnAnswer)
             .retry_classifier(refused::RefusedIsAnAnswer)
+            .interceptor(sent)
             .build();
         let (retry, timeout) = pricing::brief();
         let pricing = aws_sdk_pricing::config::Builder::from(&config)
@@ -165,6 +170,7 @@ impl Cloud {
             sts: aws_sdk_sts::Client::new(&config),
             region,
             profile,
+            sent: sent_seen,
             created: Mutex::default(),
             config,
         }
@@ -238,6 +244,13 @@ impl Cloud {
             .await
             .explain(format_args!("find the IAM instance profile `{name}`"))?;
         Ok(())
+    }
+
+    /// Resolves once a request to EC2 has left (`true`: the credentials were found, the run
+    /// reaches AWS), or once this connection is gone without one (`false`).
+    pub fn sent(&self) -> impl Future<Output = bool> + Send + 'static {
+        let mut sent = self.sent.clone();
+        async move { sent.wait_for(|sent| *sent).await.is_ok() }
     }
 
     /// Remembers that `id` exists from now on, whatever AWS says in the next moments.

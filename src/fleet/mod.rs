@@ -144,8 +144,8 @@ async fn find_or_launch(
 ) -> Result<Machine> {
     // This machine's address is needed whether the instance is found or launched (unless
     // into an admin-made group): asked from now, while the instance is looked for.
-    let caller =
-        (spec.launch.security_group.is_none()).then(|| Caller::ask(&spec.ingress, printer));
+    let caller = (spec.launch.security_group.is_none())
+        .then(|| Caller::ask_once_sent(&spec.ingress, printer, cloud.sent()));
     match find_here(cloud, spec, store, printer, interrupt).await? {
         Some(found) => {
             check_nodes(spec, &found.0)?;
@@ -206,6 +206,16 @@ pub struct Caller(tokio::task::JoinHandle<Result<IpNet>>);
 impl Caller {
     /// Starts asking; a `Caller` never waited for is left to finish on its own.
     pub fn ask(ingress: &Ingress, printer: &Printer) -> Caller {
+        Caller::ask_once_sent(ingress, printer, std::future::ready(true))
+    }
+
+    /// Starts asking once `sent` says the run's first AWS request has left: a run that cannot
+    /// reach AWS (`false`) asks nothing of checkip either.
+    pub fn ask_once_sent(
+        ingress: &Ingress,
+        printer: &Printer,
+        sent: impl Future<Output = bool> + Send + 'static,
+    ) -> Caller {
         Caller(match ingress {
             Ingress::Cidr(cidr) => {
                 if let Some(warning) = wide_ingress_warning(cidr) {
@@ -216,7 +226,12 @@ impl Caller {
             }
             Ingress::CallerIp { checkip_url } => {
                 let url = checkip_url.clone();
-                tokio::spawn(async move { caller_cidr(&url).await })
+                tokio::spawn(async move {
+                    if !sent.await {
+                        bail!("this machine's address was not asked: AWS was never reached");
+                    }
+                    caller_cidr(&url).await
+                })
             }
         })
     }
