@@ -3,6 +3,7 @@
 //! credentials the standard way (AWS_ENDPOINT_URL, AWS_PROFILE, …); nothing here knows about
 //! tests.
 
+mod checkip;
 mod cluster;
 mod explain;
 mod iam;
@@ -13,6 +14,7 @@ mod network;
 mod pricing;
 mod refused;
 mod sent;
+mod subnets;
 mod tags;
 pub mod userdata;
 
@@ -29,13 +31,15 @@ use aws_sdk_ec2::config::Region;
 
 use crate::poll::Poll;
 use crate::settings::defaults::REGION as FALLBACK_REGION;
+pub use checkip::caller_cidr;
 pub use cluster::OwnedPlacementGroup;
 pub use explain::{AwsError, AwsResultExt};
 pub use iam::Change;
 pub use image::{Image, TypeInfo, guess_user, newest_for};
 pub use instance::{Instance, Owned, State};
 pub use launch::{CAPACITY_CODES, LaunchRequest, SPOT_CAPACITY_CODES};
-pub use network::{GROUP_PREFIX, SshGroup, Subnet, caller_cidr};
+pub use network::{GROUP_PREFIX, SshGroup};
+pub use subnets::Subnet;
 pub use tags::{Owner, Ownership};
 
 /// Which AWS account and region to talk to, as the settings say.

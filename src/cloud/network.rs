@@ -1,7 +1,6 @@
-//! The VPC and subnets to launch in, and the security group: the instance's own (SSH from the
-//! caller's address only, deleted after terminate), or an admin-made one, used as it is.
+//! The security group to launch in: the instance's own (SSH from the caller's address only,
+//! deleted after terminate), or an admin-made one, used as it is.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -12,27 +11,6 @@ use ipnet::IpNet;
 use super::tags::{Owner, TAG_DIR, TAG_OWNER, tag_filter, tag_of, tag_specification};
 use super::{AwsError, AwsResultExt, Cloud};
 use crate::poll::Poll;
-
-/// A subnet to launch in, its availability zone and its VPC.
-#[derive(Debug, Clone)]
-pub struct Subnet {
-    pub id: String,
-    pub zone: String,
-    pub vpc: String,
-    /// The AWS account it belongs to (another's, for a subnet shared with this one).
-    pub owner: Option<String>,
-}
-
-impl Subnet {
-    fn from_sdk(subnet: &aws_sdk_ec2::types::Subnet) -> Option<Subnet> {
-        Some(Subnet {
-            id: subnet.subnet_id()?.to_string(),
-            zone: subnet.availability_zone()?.to_string(),
-            vpc: subnet.vpc_id()?.to_string(),
-            owner: subnet.owner_id().map(str::to_string),
-        })
-    }
-}
 
 /// A security group ssh-ec2 made for one of the owner's instances.
 #[derive(Debug, Clone)]
@@ -78,76 +56,6 @@ impl Cloud {
                 })
             })
             .collect())
-    }
-
-    /// The subnets `ids`, in that order, asked in one request; fails when one does not exist.
-    pub async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>> {
-        let found = self
-            .ec2
-            .describe_subnets()
-            .set_subnet_ids(Some(ids.to_vec()))
-            .send()
-            .await;
-        let found = match found {
-            Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => None,
-            found => Some(found.explain(format_args!("look up subnet {}", ids.join(", ")))?),
-        };
-        let known: Vec<Subnet> = (found.iter())
-            .flat_map(|f| f.subnets())
-            .filter_map(Subnet::from_sdk)
-            .collect();
-        (ids.iter())
-            .map(|id| {
-                let subnet = known.iter().find(|s| s.id == *id).cloned();
-                subnet.with_context(|| {
-                    format!(
-                        "subnet {id} does not exist in {}: check --subnet-id and --subnet-ids",
-                        self.region
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// The region's default VPC (for a region without default subnets: their VPC says it).
-    pub async fn default_vpc(&self) -> Result<String> {
-        let found = self
-            .ec2
-            .describe_vpcs()
-            .filters(Filter::builder().name("is-default").values("true").build())
-            .send()
-            .await
-            .explain(format_args!("find the default VPC of {}", self.region))?;
-        match found.vpcs().first().and_then(|v| v.vpc_id()) {
-            Some(vpc) => Ok(vpc.to_string()),
-            None => bail!(
-                "no default VPC in {}: pass --subnet-id (a public subnet of your VPC)",
-                self.region
-            ),
-        }
-    }
-
-    /// The default subnet of each availability zone of the default VPC, by zone name.
-    pub async fn default_subnets(&self) -> Result<Vec<Subnet>> {
-        let found = self
-            .ec2
-            .describe_subnets()
-            .filters(
-                Filter::builder()
-                    .name("default-for-az")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await
-            .explain(format_args!("list the default subnets of {}", self.region))?;
-        let mut subnets: Vec<Subnet> = found
-            .subnets()
-            .iter()
-            .filter_map(Subnet::from_sdk)
-            .collect();
-        subnets.sort_by(|a, b| a.zone.cmp(&b.zone));
-        Ok(subnets)
     }
 
     /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from the
@@ -456,40 +364,4 @@ fn ssh_permission(cidrs: &[IpNet]) -> IpPermission {
         .set_ip_ranges((!v4.is_empty()).then_some(v4))
         .set_ipv6_ranges((!v6.is_empty()).then_some(v6))
         .build()
-}
-
-/// This machine's public address as a single-host CIDR, from a checkip service (a plain-text
-/// body with the caller's IP, like https://checkip.amazonaws.com).
-pub async fn caller_cidr(checkip_url: &str) -> Result<IpNet> {
-    let url = checkip_url.to_string();
-    let body = tokio::task::spawn_blocking(move || fetch_text(&url))
-        .await
-        .context("the checkip request panicked")?
-        .with_context(|| {
-            format!(
-                "cannot learn this machine's public IP from {checkip_url}: pass --ssh-cidr \
-                 YOUR.PUBLIC.IP/32, or set SSH_EC2_CHECKIP_URL to a service that works from here"
-            )
-        })?;
-    let ip: std::net::IpAddr = body.trim().parse().with_context(|| {
-        format!(
-            "{checkip_url} answered `{}`, not an IP address: pass --ssh-cidr",
-            body.trim()
-        )
-    })?;
-    Ok(IpNet::from(ip))
-}
-
-fn fetch_text(url: &str) -> Result<String> {
-    let tls = ureq::tls::TlsConfig::builder()
-        .provider(ureq::tls::TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .build();
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_global(Some(Duration::from_secs(15)))
-            .build(),
-    );
-    Ok(agent.get(url).call()?.body_mut().read_to_string()?)
 }
