@@ -19,6 +19,7 @@ mod progress;
 mod pull;
 mod reach;
 mod run;
+mod workers;
 
 use std::path::PathBuf;
 use std::time::Duration;

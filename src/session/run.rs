@@ -7,10 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::Scene;
-use super::cluster::{
-    Ended, WorkerCommands, fan_out, first_failure, how_it_ended, node_failed, start_worker_jobs,
-    start_workers, workers_outcome,
-};
+use super::cluster::{fan_out, start_worker_jobs};
 use super::env::{JobStart, write_env};
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
@@ -20,6 +17,9 @@ use super::lease::Presence;
 use super::progress::Progress;
 use super::pull::{NoteSignals, pull_results, pull_workers, rsync};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
+use super::workers::{
+    Ended, WorkerCommands, first_failure, how_it_ended, node_failed, start_workers, workers_outcome,
+};
 use crate::fleet::end_of_life::Origin;
 use crate::poll::Poll;
 use crate::printer::Printer;
