@@ -83,7 +83,7 @@ fn three_nodes_each_get_their_variables_and_every_node_s_results_come_home() {
         assert_eq!(
             project
                 .read(&format!("shared.from-node-{rank}.txt"))
-                .unwrap(),
+                .unwrap_or_else(|| panic!("node {rank}'s copy of shared.txt came home\n{run}")),
             format!("from node {rank}\n"),
             "{run}"
         );
