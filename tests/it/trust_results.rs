@@ -242,7 +242,7 @@ fn process_tree(pid: i32) -> Vec<i32> {
 
 #[test]
 fn temporary_files_of_a_pull_cut_by_a_crash_are_never_pushed_and_are_removed() {
-    use nix::sys::signal::{Signal::SIGKILL, kill};
+    use nix::sys::signal::{Signal, kill};
     let cloud = TestCloud::start();
     let project = Project::new();
     let mut child = start_until_ready(
@@ -250,13 +250,24 @@ fn temporary_files_of_a_pull_cut_by_a_crash_are_never_pushed_and_are_removed() {
             .ssh_ec2(&cloud)
             .arg("head -c 300000000 /dev/urandom > big.bin; echo ready"),
     );
+    let signal_all = |pids: &[i32], signal| {
+        for &pid in pids {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    };
+    // Frozen the moment the temporary file shows: on loopback the rest of the transfer can
+    // take less than the time between two looks, and would rename it before the crash.
+    let mut laptop = Vec::new();
     wait_until("the pull of big.bin to be under way", || {
-        !temporary_copies(project.path(), "big.bin").is_empty()
+        let under_way = !temporary_copies(project.path(), "big.bin").is_empty();
+        if under_way {
+            laptop = process_tree(child.id() as i32);
+            signal_all(&laptop, Signal::SIGSTOP);
+        }
+        under_way
     });
     // The laptop dies: ssh-ec2, its rsync, rsync's receiver, all at once.
-    for pid in process_tree(child.id() as i32) {
-        let _ = kill(nix::unistd::Pid::from_raw(pid), SIGKILL);
-    }
+    signal_all(&laptop, Signal::SIGKILL);
     child.wait().unwrap();
     let left = temporary_copies(project.path(), "big.bin");
     assert!(!left.is_empty(), "the crash left a temporary file");
