@@ -33,6 +33,7 @@ import netns
 from machines import Laptop
 from simulator import Simulator
 
+DEFAULT_REGION = "eu-central-1"
 # Ready-line key -> (AMI id, name, creation date). The Ubuntu DLAMI name pattern matches the
 # first two; the newest of them (20261015) is the one the product must pick.
 AMIS = {
@@ -209,7 +210,8 @@ def parse_args():
     parser.add_argument("--state-dir", type=Path, required=True,
                         help="directory for events.jsonl, the AMI list and one folder per instance")
     parser.add_argument("--user", default="ubuntu", help="the only user sshd lets in")
-    parser.add_argument("--region", default="eu-central-1", help="the region whose instances boot")
+    parser.add_argument("--region", default=DEFAULT_REGION,
+                        help="the region whose instances boot")
     parser.add_argument("--boot-delay", type=float, default=0.0,
                         help="seconds from 'running' to sshd listening")
     parser.add_argument("--wrong-host-key", action="store_true",
@@ -222,15 +224,19 @@ def parse_args():
     return parser.parse_args()
 
 
-def start_moto(state_dir):
-    """moto_server on a free loopback port, with the bed's AMIs; returns its endpoint. It serves
-    from daemon threads, whose sockets close when the process exits: shutting it down first
-    would only add its 0.5 s poll interval to every test."""
-    # moto and boto3 must see neither the caller's AWS settings nor real credentials.
+def isolate_from_aws():
+    """moto and boto3 must see neither the caller's AWS settings nor real credentials."""
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         del os.environ[name]
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                       AWS_EC2_METADATA_DISABLED="true")
+
+
+def start_moto(state_dir):
+    """moto_server on a free loopback port, with the bed's AMIs; returns its endpoint. It serves
+    from daemon threads, whose sockets close when the process exits: shutting it down first
+    would only add its 0.5 s poll interval to every test."""
+    isolate_from_aws()
     amis_path = state_dir / "amis.json"
     write_amis_file(amis_path)
     os.environ["MOTO_AMIS_PATH"] = str(amis_path)  # read when moto's EC2 models are imported
@@ -296,12 +302,20 @@ def main():
             laptop.stop()
 
 
-if __name__ == "__main__":
+def run():
+    """main(), then the process's end (here or in a child of forks.py)."""
     try:
         main()
     except SystemExit as e:
         if e.code not in (None, 0):
-            raise
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else 1)
     # Cleanup is done: skip interpreter teardown, which takes ~0.5 s with moto's many modules.
     sys.stderr.flush()
     os._exit(0)
+
+
+if __name__ == "__main__":
+    run()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use aws_sdk_ec2::types::{Instance, InstanceStateName, SecurityGroup};
 use serde_json::Value;
 
 use super::bed_log::{BedLog, read_log};
+use super::forks::cloud_command;
 use super::{INSTALL_HINT, Laptop, manifest_dir, state_of, wait_or_kill};
 
 #[derive(Default)]
@@ -95,9 +96,8 @@ impl TestCloud {
             .tempdir()
             .unwrap();
         let stderr = std::fs::File::create(state.path().join("cloud.stderr")).unwrap();
-        let mut command = Command::new(&python);
+        let mut command = cloud_command(&python);
         command
-            .arg(manifest_dir().join("tests/testbed/cloud.py"))
             .arg("--state-dir")
             .arg(state.path())
             .args(["--user", &user])

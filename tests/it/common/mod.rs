@@ -8,6 +8,7 @@
 mod bed_log;
 mod cloud;
 mod fakes;
+mod forks;
 mod laptop;
 mod machines;
 mod pane;
