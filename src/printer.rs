@@ -52,6 +52,15 @@ impl Printer {
         }
     }
 
+    /// The same printer, each phase a line instead of a spinner: for phases under way at once
+    /// (a cluster's nodes), whose spinners would draw over each other on one line.
+    pub fn lines_only(&self) -> Printer {
+        Printer {
+            spinners: false,
+            ..self.clone()
+        }
+    }
+
     /// `-v`: rsync lists the files it transfers, `--dry-run` shows the user-data.
     pub fn verbose(&self) -> bool {
         self.verbosity >= Verbosity::ListFiles

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use futures_util::future::try_join_all;
 use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
@@ -55,15 +56,15 @@ impl Cluster {
 }
 
 /// Reaches every worker through the head's session, by its private address, each pinned to
-/// its own host key; re-arms its dead-man switch and makes its remote directory.
+/// its own host key; re-arms its dead-man switch and makes its remote directory. All at once:
+/// each costs round trips over the head's link, the same for one worker or many.
 pub async fn reach_workers(
     scene: &Scene<'_>,
     head: &Arc<Session>,
     deadline: Instant,
 ) -> Result<Vec<Worker>> {
-    let machine = scene.machine;
-    let mut workers = Vec::new();
-    for (rank, node) in machine.nodes.iter().enumerate().skip(1) {
+    let nodes = scene.machine.nodes.iter().enumerate().skip(1);
+    try_join_all(nodes.map(|(rank, node)| async move {
         let address = node.instance.private_ip.clone().with_context(|| {
             format!(
                 "node {rank} ({}) has no private address: the cluster cannot reach it",
@@ -75,7 +76,7 @@ pub async fn reach_workers(
                 host: address,
                 port: 22,
             },
-            user: machine.user.clone(),
+            user: scene.machine.user.clone(),
             keys: node.keys.clone(),
             via: Some(head.clone()),
         };
@@ -93,13 +94,13 @@ pub async fn reach_workers(
         session
             .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
             .await?;
-        workers.push(Worker {
+        Ok(Worker {
             rank,
             target,
             session,
-        });
-    }
-    Ok(workers)
+        })
+    }))
+    .await
 }
 
 /// Sets every node up so that they reach each other by SSH (a key made for this run, the host
@@ -126,12 +127,13 @@ pub async fn set_up(
     let private = key.to_openssh(LineEnding::LF)?;
     let command = cluster.layout().setup_command(&host_keys, &public);
     let sessions = std::iter::once(head).chain(workers.iter().map(|w| &*w.session));
-    for (rank, session) in sessions.enumerate() {
-        session
-            .run_fed("the cluster's set-up", &command, private.as_bytes())
-            .await
-            .with_context(|| format!("cannot set node {rank} up to reach the others"))?;
-    }
+    try_join_all(sessions.enumerate().map(|(rank, session)| {
+        let set_up = session.run_fed("the cluster's set-up", &command, private.as_bytes());
+        async move {
+            (set_up.await).with_context(|| format!("cannot set node {rank} up to reach the others"))
+        }
+    }))
+    .await?;
     Ok(cluster)
 }
 

@@ -87,35 +87,23 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
-    let settling = async {
-        host_key::settle(scene, id, &mut target, &session).await;
-        Ok(())
+    // A cluster's other nodes are reached while the head is set up (each costs round trips
+    // over the laptop's link), their phases as lines: spinners would draw over each other.
+    let printer = match scene.machine.nodes.len() {
+        1 => printer.clone(),
+        _ => printer.lines_only(),
     };
-    interrupt.cancel(settling).await?;
-    arm_watchdog(scene, &session).await?;
-    let pwd = session
-        .run_captured(&remote::prepare_dir_command(&plan.remote_dir))
-        .await?;
-    // The last line: a chatty shell profile may print before `pwd` does.
-    let remote_dir =
-        RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
-            format!(
-                "the instance did not report the path of {}: check --remote-dir",
-                plan.remote_dir
-            )
-        })?;
-    let (workers, cluster) = match scene.machine.nodes.len() {
-        1 => (Vec::new(), Cluster::of(scene.machine)),
-        n => {
-            let phase = printer.phase(match n - 1 {
-                1 => "reaching the other node".to_string(),
-                others => format!("reaching the {others} other nodes"),
-            });
-            let workers = reach_workers(scene, &session, deadline).await?;
-            let cluster = set_up(scene, &target, &session, &workers).await?;
-            phase.done(format!("reached the {n} nodes of the cluster"));
-            (workers, cluster)
-        }
+    let scene = &Scene {
+        printer: &printer,
+        ..*scene
+    };
+    let (remote_dir, workers) = tokio::try_join!(
+        prepare_head(scene, &mut target, &session),
+        reach_other_nodes(scene, &session, deadline)
+    )?;
+    let cluster = match workers.is_empty() {
+        true => Cluster::of(scene.machine),
+        false => set_up(scene, &target, &session, &workers).await?,
     };
     Ok(Reached {
         target,
@@ -124,6 +112,51 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
         workers,
         cluster,
     })
+}
+
+/// Replaces the head's host key from its user-data, re-arms its dead-man switch, and makes
+/// the remote directory, whose path it returns.
+async fn prepare_head(
+    scene: &Scene<'_>,
+    target: &mut Target,
+    session: &Session,
+) -> Result<RemoteDir> {
+    let id = &scene.machine.head().instance.id;
+    let settling = async {
+        host_key::settle(scene, id, target, session).await;
+        Ok(())
+    };
+    scene.interrupt.cancel(settling).await?;
+    arm_watchdog(scene, session).await?;
+    let pwd = session
+        .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
+        .await?;
+    // The last line: a chatty shell profile may print before `pwd` does.
+    RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
+        format!(
+            "the instance did not report the path of {}: check --remote-dir",
+            scene.plan.remote_dir
+        )
+    })
+}
+
+/// A cluster's workers, reached through the head's session (none for one machine).
+async fn reach_other_nodes(
+    scene: &Scene<'_>,
+    head: &Arc<Session>,
+    deadline: Instant,
+) -> Result<Vec<Worker>> {
+    let others = scene.machine.nodes.len() - 1;
+    if others == 0 {
+        return Ok(Vec::new());
+    }
+    let phase = scene.printer.phase(match others {
+        1 => "reaching the other node".to_string(),
+        others => format!("reaching the {others} other nodes"),
+    });
+    let workers = reach_workers(scene, head, deadline).await?;
+    phase.done(format!("reached the {} nodes of the cluster", others + 1));
+    Ok(workers)
 }
 
 /// Every connection re-arms the dead-man switch with this run's settings.
