@@ -62,6 +62,13 @@ class Bed:
 
     def instance(self):
         """The one running instance's `sshd-started` event (id, address, pid)."""
+        up = self.instances()
+        if len(up) != 1:
+            raise SystemExit(f"bench: expected one running instance, the bed has {sorted(up)}")
+        return next(iter(up.values()))
+
+    def instances(self):
+        """Instance id -> `sshd-started` event (id, address, pid), of every running instance."""
         up = {}
         for line in (self.state / "events.jsonl").read_text().splitlines():
             event = json.loads(line)
@@ -71,9 +78,7 @@ class Bed:
                 up.pop(event["instance"], None)
             elif event["event"] == "error":
                 raise SystemExit(f"bench: the simulated cloud failed: {event}")
-        if len(up) != 1:
-            raise SystemExit(f"bench: expected one running instance, the bed has {sorted(up)}")
-        return next(iter(up.values()))
+        return up
 
     def sshd_address(self):
         """(host, port) at which the laptop reaches the running instance's sshd."""
@@ -83,9 +88,10 @@ class Bed:
         """The running instance's pid 1, its sshd (for the CPU accounting of its side)."""
         return self.instance()["pid"]
 
-    def instance_home(self, user):
-        """The running instance's home directory of `user`, as a path on this machine."""
-        return self.state / self.instance()["instance"] / "disk/home" / user
+    def instance_home(self, user, instance=None):
+        """The home directory of `user` on `instance` (the one running instance by default),
+        as a path on this machine."""
+        return self.state / (instance or self.instance()["instance"]) / "disk/home" / user
 
     def stop(self):
         _setns(f"/proc/self/fd/{self.home_netns}")  # back home: the laptop goes with the cloud

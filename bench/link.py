@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from ec2pace import Ec2Pace
-from relay import add_redirect, relay_handler, remove_redirect, set_nodelay
+from relay import Line, add_redirect, relay_handler, remove_redirect, set_nodelay
 
 MIN_WINDOW = 4 << 20     # bytes in flight per direction when the profile sets no TCP window
 
@@ -63,6 +63,8 @@ PROFILES = {p.name: p for p in (
     # A laptop on a good home or office link to a region 80 ms away. TCP + TLS 1.3: 2 round trips.
     Profile("wan", rtt=0.080, rate=100e6, tls_rtts=2, pace=0.1),
     Profile("fat", rtt=0.080, rate=1e9, tls_rtts=2, pace=0.1),
+    # A home connection's upload (cable's or DSL's), where copies to several machines queue up.
+    Profile("uplink", rtt=0.030, rate=20e6, tls_rtts=2, pace=0.1),
 )}
 
 
@@ -72,6 +74,7 @@ class Link:
         self.relay_port = None        # once it listens
         self.target = None            # (host, port) the relay dials; None: where each was going
         self.pace = Ec2Pace()
+        self.up, self.down = Line(), Line()  # the laptop's link, each way, shared by all SSH
         self.log = []                 # dicts, in order; see note()
         self.connections = 0
         self.idle = {}                # (service, region) -> ids of idle connections to it

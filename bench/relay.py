@@ -4,7 +4,8 @@ it delays each direction and caps its rate (the kernel here has no netem qdisc).
 It is transparent: while link.py's profile has a relay, an nftables rule of the laptop
 (REDIRECT_RULES) sends every connection to port 22 of a VPC address to it, and it dials the
 address the connection was for (SO_ORIGINAL_DST), on a socket marked so that the rule lets it
-by. `link` below is link.Link: its profile, its EC2 pace, its log and a fixed target if set.
+by. `link` below is link.Link: its profile, its EC2 pace, its log, a fixed target if set, and
+the two lines (up and down) that every connection shares.
 """
 
 import asyncio
@@ -67,23 +68,34 @@ class Window:
         self.freed.set()
 
 
-async def carry(link, reader, writer, counter):
-    """One direction: each chunk leaves when the link is free and has serialized it (the rate
+class Line:
+    """One direction of the link, shared by every connection on it, as a home uplink is: a
+    chunk is serialized once the chunks sent before it, whichever connection's, are out."""
+
+    def __init__(self):
+        self.free_at = 0.0  # loop time at which the line has sent everything given so far
+
+    def send(self, now, size, rate):
+        """When a chunk of `size` bytes given now has left, at `rate` bits/s (0: no cap)."""
+        self.free_at = max(now, self.free_at) + (size * 8 / rate if rate else 0)
+        return self.free_at
+
+
+async def carry(link, line, reader, writer, counter):
+    """One direction: each chunk leaves when the line is free and has serialized it (the rate
     cap), and arrives one way's delay later. Ends with a half-close at the far end."""
     loop = asyncio.get_running_loop()
     queue = asyncio.Queue()
     window = Window(link.profile.in_flight())
 
     async def send():
-        free_at = loop.time()  # when the link has finished the previous chunk
         while True:
             data = await reader.read(CHUNK)
             profile = link.profile
             if data:
                 await window.take(len(data))
-            start = max(loop.time(), free_at)
-            free_at = start + (len(data) * 8 / profile.rate if profile.rate else 0)
-            queue.put_nowait((free_at + profile.rtt / 2, data))
+            sent = line.send(loop.time(), len(data), profile.rate)
+            queue.put_nowait((sent + profile.rtt / 2, data))
             if not data:
                 return
 
@@ -156,8 +168,10 @@ def relay_handler(link):
             set_nodelay(server_writer)
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(carry(link, client_reader, server_writer, entry["up"]))
-                    tasks.create_task(carry(link, server_reader, client_writer, entry["down"]))
+                    tasks.create_task(carry(link, link.up, client_reader, server_writer,
+                                            entry["up"]))
+                    tasks.create_task(carry(link, link.down, server_reader, client_writer,
+                                            entry["down"]))
             finally:
                 server_writer.close()
         except* (ConnectionError, OSError) as group:

@@ -27,8 +27,8 @@ pub(super) struct Launcher<'a> {
 }
 
 impl Launcher<'_> {
-    /// The launch's security group (its own, made and recorded now, or the admin's), then the
-    /// RunInstances attempts with the keys in the user-data.
+    /// The launch's security groups (its own, made and recorded now, or the admin's; and a
+    /// cluster's), then the RunInstances attempts with the keys in the user-data.
     pub(super) async fn send(
         &self,
         launch: &mut Launch,
@@ -36,28 +36,35 @@ impl Launcher<'_> {
         keys: &NewKeys,
         resolved: &Resolved,
     ) -> Outcome {
-        let group = match group {
-            Group::Admin(id) => id,
-            Group::Own(caller) => {
-                let name = launch.group_name();
-                let tags = &self.spec.launch.tags;
-                let cidr = caller.cidr();
-                match (self.cloud)
-                    .create_ssh_group(&name, &resolved.vpc, cidr, tags)
+        let tags = &self.spec.launch.tags;
+        let ssh_name = launch.group_name();
+        let ssh_group = async {
+            match group {
+                Group::Admin(id) => Ok((id, None)),
+                Group::Own(caller) => (self.cloud)
+                    .create_ssh_group(&ssh_name, &resolved.vpc, caller.cidr(), tags)
                     .await
-                {
-                    // Recorded at once: the journal deletes the launch's own group, and only it.
-                    Ok((group, cidr)) => {
-                        launch.ingress = Some(cidr);
-                        launch.group.insert(group).clone()
-                    }
-                    Err(e) => return Outcome::Failed(e),
-                }
+                    .map(|(group, cidr)| (group, Some(cidr))),
             }
         };
-        if let Err(e) = self.cluster_groups(launch, resolved).await {
-            return Outcome::Failed(e);
+        // At once: each group is a round trip or two to AWS.
+        let (ssh_group, (node_group, placement_group)) =
+            tokio::join!(ssh_group, self.cluster_groups(launch, resolved));
+        // Recorded at once, whatever else failed: the journal deletes the launch's own groups,
+        // and only them.
+        if let Ok((group, Some(cidr))) = &ssh_group {
+            launch.ingress = Some(*cidr);
+            launch.group = Some(group.clone());
         }
+        launch.node_group = node_group.as_ref().ok().cloned().flatten();
+        launch.placement_group = placement_group.as_ref().ok().cloned().flatten();
+        let saved = launch.save(self.store);
+        let group = match (ssh_group, node_group, placement_group, saved) {
+            (Ok((group, _)), Ok(_), Ok(_), Ok(())) => group,
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+                return Outcome::Failed(e);
+            }
+        };
         let user_data = UserData {
             host_private_openssh: &keys.host_private_openssh,
             host_public_openssh: &keys.host_public_openssh,
@@ -81,30 +88,30 @@ impl Launcher<'_> {
 
 impl Launcher<'_> {
     /// A cluster's own security group, and its placement group when one of its types takes
-    /// it; each recorded at once, so that the journal deletes them.
-    async fn cluster_groups(&self, launch: &mut Launch, resolved: &Resolved) -> anyhow::Result<()> {
+    /// it, made at once; None for one machine.
+    async fn cluster_groups(
+        &self,
+        launch: &Launch,
+        resolved: &Resolved,
+    ) -> (Result<Option<String>>, Result<Option<String>>) {
         if launch.nodes < 2 {
-            return Ok(());
+            return (Ok(None), Ok(None));
         }
         let tags = &self.spec.launch.tags;
-        let name = launch.node_group_name();
-        let group = self
-            .cloud
-            .create_node_group(&name, &resolved.vpc, tags)
-            .await?;
-        launch.node_group = Some(group);
-        launch.save(self.store)?;
-        if resolved
-            .types
-            .iter()
-            .any(|(kind, _)| kind.cluster_placement)
-        {
-            let name = launch.placement_group_name();
-            self.cloud.create_placement_group(&name, tags).await?;
-            launch.placement_group = Some(name);
-            launch.save(self.store)?;
-        }
-        Ok(())
+        let (group_name, placement_name) =
+            (launch.node_group_name(), launch.placement_group_name());
+        let group = (self.cloud).create_node_group(&group_name, &resolved.vpc, tags);
+        let placement = async {
+            if !(resolved.types.iter()).any(|(kind, _)| kind.cluster_placement) {
+                return Ok(None);
+            }
+            (self.cloud)
+                .create_placement_group(&placement_name, tags)
+                .await
+                .map(|()| Some(placement_name.clone()))
+        };
+        let (group, placement) = tokio::join!(group, placement);
+        (group.map(Some), placement)
     }
 }
 
