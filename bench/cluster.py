@@ -224,8 +224,7 @@ class ClusterBench(Bench):
                       f"{rounds.spread(side)}), whole {median(m.whole for m in runs):7.3f} s, "
                       f"{sent:.1f} MB up the link")
             print("  ssh-ec2's upload: its sync phase (the push to the head, then the copy from "
-                  "the head to the others);
-  its whole run adds finding the cluster, reaching "
+                  "the head to the others);\n  its whole run adds finding the cluster, reaching "
                   "its nodes, `true` and the pull; by hand: the four rsyncs")
 
 
