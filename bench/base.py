@@ -29,6 +29,9 @@ PUSH_OPTIONS = ["--archive", "--no-owner", "--no-group", *COMMON_OPTIONS]
 PULL_OPTIONS = ["--recursive", "--links", "--times", "--no-perms", "--chmod=ugo=rwX",
                 *COMMON_OPTIONS]
 MB = 1 << 20
+# Where ssh-ec2 keeps the runs' logs in the project (they come home with the results): its own,
+# not a payload.
+RUN_LOGS = "ssh-ec2-logs"
 # What a scenario's project directory holds -> its name in the data store (Bench.store).
 PAYLOADS = {"tree": "tree", "big": "big.bin", "small": "small"}
 
@@ -197,7 +200,9 @@ class Bench:
         if getattr(self, "holding", None) == payload:
             return
         for item in list(self.project.iterdir()):
-            if item.name != "out.bin":
+            if item.name == RUN_LOGS:
+                shutil.rmtree(item)
+            elif item.name != "out.bin":
                 item.rename(self.store / item.name)
         (self.project / "out.bin").unlink(missing_ok=True)
         item = PAYLOADS[payload]
