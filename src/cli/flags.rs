@@ -49,6 +49,20 @@ const WITHOUT_COMMAND: [&str; 7] = [
     "ssh_config",
 ];
 
+/// The modes that start no command, so take no environment for one: `-e` there would be
+/// silently lost (`--show-config` and `--dry-run` show the names).
+const NOT_WITH_ENV: [&str; 9] = [
+    "generate",
+    "setup",
+    "list",
+    "down",
+    "gc",
+    "ssh_config",
+    "attach",
+    "finish",
+    "logs",
+];
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ssh-ec2",
@@ -268,11 +282,11 @@ pub struct NetworkFlags {
 pub struct EnvFlags {
     /// Set NAME in the remote command's environment, to VALUE or to its value here (refused
     /// when unset). Repeat for more. Sent over SSH, never on a command line.
-    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]", conflicts_with_all = NOT_WITH_ENV)]
     pub env: Vec<EnvEntry>,
     /// Read variables for the remote command from FILE: NAME=VALUE lines (or NAME, for its
     /// value here), # comments. Repeat for more; -e wins.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = NOT_WITH_ENV)]
     pub env_file: Vec<PathBuf>,
     /// Also send variables whose names look like secrets (AWS_*, *_TOKEN, *_SECRET*,
     /// *PASSWORD*): every process of the login user on the instance can read them.

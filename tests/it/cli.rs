@@ -106,6 +106,10 @@ fn modes_given_together_are_refused_before_any_aws_call() {
         &["--list", "--gc"],
         &["--down", "--ssh-config"],
         &["--show-config", "--attach"],
+        // A mode that starts no command takes no environment for one.
+        &["--attach", "-e", "EPOCHS=2"],
+        &["--finish", "--env-file", "run.env"],
+        &["--down", "-e", "EPOCHS=2"],
     ] {
         refused(&project, args(modes), &["cannot be used with"]);
     }
