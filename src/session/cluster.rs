@@ -14,15 +14,14 @@ use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
 use super::env::JobStart;
-use super::host_key;
-use super::reach::{Reached, connect};
+use super::reach::{Reached, connect, prepare_node};
 use crate::fleet::Machine;
 use crate::poll::Poll;
 use crate::printer::Printer;
+use crate::remote::RemoteDir;
 use crate::remote::cluster::{Layout, fan_out_command};
 use crate::remote::job::{Job, JobState};
 use crate::remote::logs::LogName;
-use crate::remote::{self, RemoteDir};
 use crate::settings::values::HostPort;
 use crate::ssh::{Session, Target};
 
@@ -85,15 +84,7 @@ pub async fn reach_workers(
             .cancel(connect(&target, deadline, scene.printer))
             .await
             .with_context(|| format!("cannot reach node {rank} ({})", node.instance.id))?;
-        let settling = async {
-            host_key::settle(scene, &node.instance.id, &mut target, &session).await;
-            Ok(())
-        };
-        scene.interrupt.cancel(settling).await?;
-        super::reach::arm_watchdog(scene, &session).await?;
-        session
-            .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
-            .await?;
+        prepare_node(scene, &node.instance.id, &mut target, &session).await?;
         Ok(Worker {
             rank,
             target,

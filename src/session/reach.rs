@@ -114,23 +114,14 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     })
 }
 
-/// Replaces the head's host key from its user-data, re-arms its dead-man switch, and makes
-/// the remote directory, whose path it returns.
+/// Prepares the head (`prepare_node`) and returns the remote directory's path.
 async fn prepare_head(
     scene: &Scene<'_>,
     target: &mut Target,
     session: &Session,
 ) -> Result<RemoteDir> {
     let id = &scene.machine.head().instance.id;
-    let settling = async {
-        host_key::settle(scene, id, target, session).await;
-        Ok(())
-    };
-    scene.interrupt.cancel(settling).await?;
-    arm_watchdog(scene, session).await?;
-    let pwd = session
-        .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
-        .await?;
+    let pwd = prepare_node(scene, id, target, session).await?;
     // The last line: a chatty shell profile may print before `pwd` does.
     RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
         format!(
@@ -138,6 +129,29 @@ async fn prepare_head(
             scene.plan.remote_dir
         )
     })
+}
+
+/// Replaces the host key the node `id` got in its user-data (an exec channel, then a second
+/// connection) while, beside it on this one, its dead-man switch is re-armed and the remote
+/// directory made; what the instance said of the directory (`pwd`).
+pub(super) async fn prepare_node(
+    scene: &Scene<'_>,
+    id: &str,
+    target: &mut Target,
+    session: &Session,
+) -> Result<String> {
+    let settling = async {
+        host_key::settle(scene, id, target, session).await;
+        Ok(())
+    };
+    let armed_dir = async {
+        arm_watchdog(scene, session).await?;
+        session
+            .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
+            .await
+    };
+    let ((), pwd) = tokio::try_join!(scene.interrupt.cancel(settling), armed_dir)?;
+    Ok(pwd)
 }
 
 /// A cluster's workers, reached through the head's session (none for one machine).
@@ -160,7 +174,7 @@ async fn reach_other_nodes(
 }
 
 /// Every connection re-arms the dead-man switch with this run's settings.
-pub(super) async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
+async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
     let watchdog = &scene.plan.machine.watchdog;
     let job = Job::for_dir(&scene.plan.local_dir);
     session
