@@ -14,7 +14,8 @@ use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
 use super::env::JobStart;
-use super::reach::{Reached, connect, prepare_node};
+use super::prepare::prepare_node;
+use super::reach::{Reached, connect};
 use crate::fleet::Machine;
 use crate::poll::Poll;
 use crate::printer::Printer;
@@ -119,9 +120,10 @@ pub async fn set_up(
     let command = cluster.layout().setup_command(&host_keys, &public);
     let sessions = std::iter::once(head).chain(workers.iter().map(|w| &*w.session));
     try_join_all(sessions.enumerate().map(|(rank, session)| {
-        let set_up = session.run_fed("the cluster's set-up", &command, private.as_bytes());
+        let installing = session.run_fed("the cluster's set-up", &command, private.as_bytes());
         async move {
-            (set_up.await).with_context(|| format!("cannot set node {rank} up to reach the others"))
+            (installing.await)
+                .with_context(|| format!("cannot set node {rank} up to reach the others"))
         }
     }))
     .await?;

@@ -15,6 +15,7 @@ mod job;
 mod lease;
 mod logs;
 mod output;
+mod prepare;
 mod progress;
 mod pull;
 mod reach;

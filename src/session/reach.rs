@@ -1,7 +1,6 @@
 //! Reaching the instance: waiting for it to run and for its sshd to let us in (one boot
-//! deadline for both), replacing the host key of its user-data, re-arming its dead-man switch,
-//! making sure the remote directory exists; reconnecting after a dropped connection; and the
-//! `-L`/`-R` forwards on a session.
+//! deadline for both), preparing it and a cluster's other nodes (`prepare`); reconnecting
+//! after a dropped connection; and the `-L`/`-R` forwards on a session.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,15 +8,15 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::cluster::{Cluster, Worker, reach_workers, set_up};
-use super::host_key;
 use super::lease::Presence;
+use super::prepare::prepare_head;
 use super::progress::Progress;
 use super::{Dial, Plan, Scene};
 use crate::cloud::{Cloud, Instance, State};
 use crate::printer::Printer;
+use crate::remote::RemoteDir;
 use crate::remote::job::Job;
-use crate::remote::{self, RemoteDir};
-use crate::settings::values::{Address, HostPort, Limit};
+use crate::settings::values::{Address, HostPort};
 use crate::ssh::forward::Forwarding;
 use crate::ssh::{Session, Target};
 use crate::state::entries::Entry;
@@ -114,46 +113,6 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     })
 }
 
-/// Prepares the head (`prepare_node`) and returns the remote directory's path.
-async fn prepare_head(
-    scene: &Scene<'_>,
-    target: &mut Target,
-    session: &Session,
-) -> Result<RemoteDir> {
-    let id = &scene.machine.head().instance.id;
-    let pwd = prepare_node(scene, id, target, session).await?;
-    // The last line: a chatty shell profile may print before `pwd` does.
-    RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
-        format!(
-            "the instance did not report the path of {}: check --remote-dir",
-            scene.plan.remote_dir
-        )
-    })
-}
-
-/// Replaces the host key the node `id` got in its user-data (an exec channel, then a second
-/// connection) while, beside it on this one, its dead-man switch is re-armed and the remote
-/// directory made; what the instance said of the directory (`pwd`).
-pub(super) async fn prepare_node(
-    scene: &Scene<'_>,
-    id: &str,
-    target: &mut Target,
-    session: &Session,
-) -> Result<String> {
-    let settling = async {
-        host_key::settle(scene, id, target, session).await;
-        Ok(())
-    };
-    let armed_dir = async {
-        arm_watchdog(scene, session).await?;
-        session
-            .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
-            .await
-    };
-    let ((), pwd) = tokio::try_join!(scene.interrupt.cancel(settling), armed_dir)?;
-    Ok(pwd)
-}
-
 /// A cluster's workers, reached through the head's session (none for one machine).
 async fn reach_other_nodes(
     scene: &Scene<'_>,
@@ -171,28 +130,6 @@ async fn reach_other_nodes(
     let workers = reach_workers(scene, head, deadline).await?;
     phase.done(format!("reached the {} nodes of the cluster", others + 1));
     Ok(workers)
-}
-
-/// Every connection re-arms the dead-man switch with this run's settings.
-async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
-    let watchdog = &scene.plan.machine.watchdog;
-    let job = Job::for_dir(&scene.plan.local_dir);
-    session
-        .run_captured(&watchdog.arm_command(&job))
-        .await
-        .context("cannot re-arm the instance's dead-man switch (~/.ssh-ec2/watchdog)")?;
-    if watchdog.max_lifetime == Limit::Off {
-        let until = match watchdog.idle_stop {
-            Limit::Off => "never stops by itself".to_string(),
-            idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
-        };
-        scene.printer.warn(&format!(
-            "--max-lifetime off: {} {until}; end it yourself: `ssh-ec2 --finish` here waits for \
-             a job and applies the end of life, `ssh-ec2 --down` brings the results home and ends it",
-            scene.machine.head().instance.id
-        ));
-    }
-    Ok(())
 }
 
 /// Reaches the instance and takes this run's lease on it (learning what earlier runs' commands

@@ -1,0 +1,74 @@
+//! What every node gets once reached, over its first connection: the host key of its
+//! user-data replaced, its dead-man switch re-armed with this run's settings, the remote
+//! directory made.
+
+use anyhow::{Context, Result};
+
+use super::Scene;
+use super::host_key;
+use crate::remote::job::Job;
+use crate::remote::{self, RemoteDir};
+use crate::settings::values::Limit;
+use crate::ssh::{Session, Target};
+
+/// Prepares the head (`prepare_node`) and returns the remote directory's path.
+pub(super) async fn prepare_head(
+    scene: &Scene<'_>,
+    target: &mut Target,
+    session: &Session,
+) -> Result<RemoteDir> {
+    let id = &scene.machine.head().instance.id;
+    let pwd = prepare_node(scene, id, target, session).await?;
+    // The last line: a chatty shell profile may print before `pwd` does.
+    RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
+        format!(
+            "the instance did not report the path of {}: check --remote-dir",
+            scene.plan.remote_dir
+        )
+    })
+}
+
+/// Replaces the host key the node `id` got in its user-data (an exec channel, then a second
+/// connection) while, beside it on this one, its dead-man switch is re-armed and the remote
+/// directory made; what the instance said of the directory (`pwd`).
+pub(super) async fn prepare_node(
+    scene: &Scene<'_>,
+    id: &str,
+    target: &mut Target,
+    session: &Session,
+) -> Result<String> {
+    let settling = async {
+        host_key::settle(scene, id, target, session).await;
+        Ok(())
+    };
+    let armed_dir = async {
+        arm_watchdog(scene, session).await?;
+        session
+            .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
+            .await
+    };
+    let ((), pwd) = tokio::try_join!(scene.interrupt.cancel(settling), armed_dir)?;
+    Ok(pwd)
+}
+
+/// Every connection re-arms the dead-man switch with this run's settings.
+async fn arm_watchdog(scene: &Scene<'_>, session: &Session) -> Result<()> {
+    let watchdog = &scene.plan.machine.watchdog;
+    let job = Job::for_dir(&scene.plan.local_dir);
+    session
+        .run_captured(&watchdog.arm_command(&job))
+        .await
+        .context("cannot re-arm the instance's dead-man switch (~/.ssh-ec2/watchdog)")?;
+    if watchdog.max_lifetime == Limit::Off {
+        let until = match watchdog.idle_stop {
+            Limit::Off => "never stops by itself".to_string(),
+            idle => format!("runs (and is billed) as long as it is used, until {idle} idle"),
+        };
+        scene.printer.warn(&format!(
+            "--max-lifetime off: {} {until}; end it yourself: `ssh-ec2 --finish` here waits for \
+             a job and applies the end of life, `ssh-ec2 --down` brings the results home and ends it",
+            scene.machine.head().instance.id
+        ));
+    }
+    Ok(())
+}
