@@ -5,6 +5,7 @@ rsync by hand), both dialling its private address; the data they move; scenarios
 alternating rounds (timing.py); and a clean-up however a run ends.
 """
 
+import argparse
 import os
 import random
 import shlex
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bed import Bed
-from link import LinkProcess
+from link import PROFILES, LinkProcess
 from measure import RUN_TIMEOUT, CpuGroup, Measure, log, run_measured
 from timing import alternate
 
@@ -34,6 +35,31 @@ MB = 1 << 20
 RUN_LOGS = "ssh-ec2-logs"
 # What a scenario's project directory holds -> its name in the data store (Bench.store).
 PAYLOADS = {"tree": "tree", "big": "big.bin", "small": "small"}
+
+
+# ---------------------------------------------------------------- the command line
+
+def arguments(doc, scenarios=None):
+    """A benchmark's parser, with what every benchmark takes (and `--only`, given its
+    scenarios); it adds its own options, then calls `parse`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--ssh-ec2", required=True, help="the ssh-ec2 binary to measure")
+    parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
+    if scenarios:
+        parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(scenarios))
+    return parser
+
+
+def parse(parser, scenarios=None):
+    """(args, the scenarios to run: those of `--only`, or all of them)."""
+    args = parser.parse_args()
+    if not scenarios:
+        return args, None
+    keys = args.only.split(",") if args.only else scenarios
+    if unknown := set(keys) - set(scenarios):
+        parser.error(f"no scenario {', '.join(sorted(unknown))}")
+    return args, keys
 
 
 # ---------------------------------------------------------------- the data
@@ -239,6 +265,21 @@ class Bench:
         s.rounds = alternate(s.key, sides, s.repeat, once)
         log(f"{s.title}: ssh-ec2 {s.rounds.median('ssh-ec2'):.3f} s, by hand "
             f"{s.rounds.median('by hand'):.3f} s, {s.rounds.ratio('ssh-ec2', 'by hand'):.2f}x")
+
+    # -- the report
+
+    def print_header(self, title, profiles):
+        """A report's first lines: the binary, the machine, the link's profiles it used."""
+        version = subprocess.run([self.ssh_ec2, "--version"], capture_output=True,
+                                 text=True).stdout.strip()
+        print(f"{title}: {version} ({self.ssh_ec2})")
+        print(f"  {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end")
+        for name in profiles:
+            p = PROFILES[name]
+            print(f"  profile {name}: SSH through the relay, {p.rtt * 1000:.0f} ms RTT, "
+                  f"{p.rate / 1e6:.0f} Mbit/s each way on one line for every connection; AWS "
+                  f"requests {p.rtt * 1000:.0f} ms each, +{p.tls_rtts} round trips per new "
+                  f"HTTPS connection; EC2 states at {p.pace:g} of the real pace")
 
     # -- the end
 

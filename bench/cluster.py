@@ -17,7 +17,6 @@ Prints figures and ratios (medians; ratios pair by pair, sides alternating) and 
 nothing. See bench/README.md.
 """
 
-import argparse
 import json
 import os
 import shlex
@@ -26,8 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from base import PUSH_OPTIONS, REMOTE_USER, Bench, make_tree
-from link import PROFILES
+from base import PUSH_OPTIONS, REMOTE_USER, Bench, arguments, make_tree, parse
 from measure import RUN_TIMEOUT, log, run_measured
 from timing import alternate, median
 
@@ -182,16 +180,7 @@ class ClusterBench(Bench):
 
     def report(self):
         r = self.results
-        version = subprocess.run([self.ssh_ec2, "--version"], capture_output=True,
-                                 text=True).stdout.strip()
-        print(f"ssh-ec2 clusters: {version} ({self.ssh_ec2})")
-        print(f"  {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end")
-        for name in ("wan", "uplink"):
-            p = PROFILES[name]
-            print(f"  profile {name}: SSH through the relay, {p.rtt * 1000:.0f} ms RTT, "
-                  f"{p.rate / 1e6:.0f} Mbit/s each way shared by all connections; AWS "
-                  f"requests {p.rtt * 1000:.0f} ms each; EC2 states at {p.pace:g} of the real "
-                  "pace")
+        self.print_header("ssh-ec2 clusters", ("wan", "uplink"))
         print()
         print(f"  {'goal':<66} {'today':>7}   target")
         if "launch" in r:
@@ -244,9 +233,7 @@ def run(bench, keys):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ssh-ec2", required=True, help="the ssh-ec2 binary to measure")
-    parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
+    parser = arguments(__doc__, SCENARIOS)
     parser.add_argument("--launch-repeat", type=int, default=3,
                         help="rounds of cold runs, one node and four (3)")
     parser.add_argument("--upload-repeat", type=int, default=3, help="rounds of uploads (3)")
@@ -255,12 +242,7 @@ def main():
     parser.add_argument("--small-mb", type=int, default=1, help="MiB in them (1)")
     parser.add_argument("--files", type=int, default=200, help="files uploaded (200)")
     parser.add_argument("--upload-mb", type=int, default=24, help="MiB in them (24)")
-    parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
-    args = parser.parse_args()
-    keys = args.only.split(",") if args.only else SCENARIOS
-    if unknown := set(keys) - set(SCENARIOS):
-        parser.error(f"no scenario {', '.join(sorted(unknown))}")
+    args, keys = parse(parser, SCENARIOS)
 
     bench = ClusterBench(args)
     return bench.run_to_end(lambda: run(bench, keys))

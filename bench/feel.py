@@ -18,7 +18,6 @@ It prints figures and ratios (medians; ratios pair by pair, sides alternating) a
 nothing. See bench/README.md.
 """
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -32,7 +31,7 @@ from measure import cpu_seconds, log, run_measured
 from report import report
 from sessions import SERVER, transfer
 from sync import SyncBench
-from base import MB, make_big, make_tree
+from base import MB, arguments, make_big, make_tree, parse
 from timing import alternate, median
 
 SCENARIOS = ["relay", "help", "calls", "cold", "warm", "files", "big"]
@@ -191,9 +190,7 @@ def run(bench, keys):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ssh-ec2", required=True, help="the ssh-ec2 binary to measure")
-    parser.add_argument("--only", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
+    parser = arguments(__doc__, SCENARIOS)
     parser.add_argument("--repeat", type=int, default=5, help="rounds of the warm runs (5)")
     parser.add_argument("--files-repeat", type=int, default=3,
                         help="rounds of the 10k-file tree, on each profile (3)")
@@ -208,12 +205,7 @@ def main():
     parser.add_argument("--big-mb", type=int, default=300, help="MiB in the big file (300)")
     parser.add_argument("--relay-mb", type=int, default=500,
                         help="MiB through the relay to measure it (500)")
-    parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
-    args = parser.parse_args()
-    keys = args.only.split(",") if args.only else SCENARIOS
-    if unknown := set(keys) - set(SCENARIOS):
-        parser.error(f"no scenario {', '.join(sorted(unknown))}")
+    args, keys = parse(parser, SCENARIOS)
 
     bench = Feel(args)
     return bench.run_to_end(lambda: (run(bench, keys), report(bench)))

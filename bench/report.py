@@ -1,11 +1,7 @@
 """What feel.py prints: each of issue 15's goals next to today's figure, then what explains
 them (the critical path, a cold run's timeline, the sync scenarios' CPU)."""
 
-import os
-import subprocess
-
 from runlog import action_counts, new_connections
-from link import PROFILES
 from timing import median
 
 
@@ -19,16 +15,7 @@ def seconds(value):
 
 def report(bench):
     r = bench.results
-    version = subprocess.run([bench.ssh_ec2, "--version"], capture_output=True,
-                             text=True).stdout.strip()
-    print(f"ssh-ec2 where users are: {version} ({bench.ssh_ec2})")
-    print(f"  {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end")
-    for name in ("wan", "fat"):
-        p = PROFILES[name]
-        print(f"  profile {name}: SSH through a relay, {p.rtt * 1000:.0f} ms RTT, "
-              f"{p.rate / 1e6:.0f} Mbit/s each way; AWS requests {p.rtt * 1000:.0f} ms each, "
-              f"+{p.tls_rtts} round trips per new HTTPS connection; EC2 states at "
-              f"{p.pace:g} of the real pace")
+    bench.print_header("ssh-ec2 where users are", ("wan", "fat"))
     if "relay-bare" in r:
         (bare, bare_cpu), (fat, fat_cpu) = r["relay-bare"], r["relay-fat"]
         print(f"  the relay carries {bare / 1e6:.0f} Mbit/s one way with nothing added "

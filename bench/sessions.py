@@ -15,7 +15,6 @@ It prints the median wall time of each side and their ratio. It never asserts a 
 a measurement, not a test. See bench/README.md.
 """
 
-import argparse
 import fcntl
 import hashlib
 import os
@@ -31,7 +30,7 @@ import time
 
 from bed import free_port
 from measure import RUN_TIMEOUT, log, run_measured
-from base import MB, PUSH_OPTIONS, Bench, make_tree
+from base import MB, PUSH_OPTIONS, Bench, arguments, make_tree, parse
 from timing import alternate
 
 # The job of both sides: its first screen shows the marker, then it waits to be killed.
@@ -212,17 +211,14 @@ def report(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ssh-ec2", required=True, help="the ssh-ec2 binary to measure")
+    parser = arguments(__doc__)
     parser.add_argument("--files", type=int, default=1000,
                         help="files in the project directory (1000)")
     parser.add_argument("--tree-mb", type=int, default=10, help="MiB in them (10)")
     parser.add_argument("--forward-mb", type=int, default=200,
                         help="MiB through the forward (200)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per side (5)")
-    parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
-    args = parser.parse_args()
+    args, _ = parse(parser)
 
     bench = Sessions(args)
     return bench.run_to_end(lambda: run(bench, args))

@@ -16,14 +16,13 @@ negotiated, the local processes, their CPU time, and ssh-ec2's peak RSS. It neve
 timing: it is a measurement, not a test. See bench/README.md.
 """
 
-import argparse
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from base import MB, RUN_LOGS, Bench, Scenario, make_big, make_tree
+from base import MB, RUN_LOGS, Bench, Scenario, arguments, make_big, make_tree, parse
 from link import PROFILES
 from measure import log, run_measured
 from timing import median
@@ -173,8 +172,7 @@ class SyncBench(Bench):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ssh-ec2", required=True, help="the ssh-ec2 binary to measure")
+    parser = arguments(__doc__)
     parser.add_argument("--files", type=int, default=10_000, help="files in the tree (10000)")
     parser.add_argument("--tree-mb", type=int, default=40, help="MiB in the tree (40)")
     parser.add_argument("--big-mb", type=int, default=1024, help="MiB in the big file (1024)")
@@ -186,9 +184,7 @@ def main():
     parser.add_argument("--profile", default="loopback", choices=PROFILES,
                         help="the link both sides go through (link.py; loopback: none, "
                         "straight over the bed's bridge)")
-    parser.add_argument("--tmp", default="/tmp", help="where the data goes (/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
-    args = parser.parse_args()
+    args, _ = parse(parser)
 
     bench = SyncBench(args)
     return bench.run_to_end(lambda: run(bench, args))
