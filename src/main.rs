@@ -43,6 +43,9 @@ fn main() -> ExitCode {
     {
         return exit(fleet::release::helper_main(&args[2..]));
     }
+    if args.get(1).is_some_and(|a| a == ssh::held::HOLDER_FLAG) {
+        return exit(ssh::held::holder_main(&args[2..]));
+    }
     let request = match cli::parse(&args) {
         Ok(request) => request,
         Err(e) => {

@@ -263,6 +263,7 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         connect,
         ssh_cidr,
         security_group,
+        keep_connection,
         boot_timeout,
     } = network;
     // Every field listed: a setting added to the table must be mapped (or set to None) here.
@@ -295,6 +296,7 @@ fn instance_layer(instance: InstanceFlags, network: NetworkFlags) -> Layer {
         connect,
         ssh_cidr,
         checkip_url: None,
+        keep_connection,
         boot_timeout,
         reconnect_timeout: None,
         multiplex: None,

@@ -70,7 +70,7 @@ async fn work(
             // From here on, results of the job may be on the instance only.
             progress.command_started = true;
             let followed = follow_job(scene, &mut reached, &job, multiplexer, attach).await;
-            progress.session = Some(reached.session.clone());
+            progress.reached(&reached);
             Some(followed?)
         }
     };

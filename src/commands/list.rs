@@ -146,6 +146,7 @@ async fn ask_job(plan: &FleetPlan, store: &Store, owned: &Owned, printer: &Print
             user: fleet::recorded_user(&owned.instance),
             keys: store.load(id, &plan.login)?,
             via: None,
+            held: None,
         };
         let phase = printer.phase(format!("asking {id} for its job"));
         let session = Session::connect(&target, Instant::now() + ASK_TIMEOUT, &phase).await?;

@@ -9,6 +9,7 @@ use super::release::{self, Held};
 use crate::cloud::{Cloud, Instance, State};
 use crate::printer::Printer;
 use crate::settings::values::EndOfLife;
+use crate::ssh::held;
 use crate::state::Store;
 
 /// Where the run's instance came from.
@@ -81,6 +82,12 @@ pub async fn apply(
     printer: &Printer,
 ) -> Result<()> {
     let ids: Vec<&str> = nodes.iter().map(|node| node.id.as_str()).collect();
+    // A connection kept to them ends first: it never outlives their end of life.
+    if action != EndOfLife::Leave {
+        for id in &ids {
+            held::release(&store.held_socket(id));
+        }
+    }
     let ended = match action {
         EndOfLife::Terminate => terminate(cloud, store, nodes, &ids, printer).await,
         EndOfLife::Stop => stop(cloud, &ids, printer).await,

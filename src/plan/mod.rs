@@ -148,6 +148,7 @@ pub fn for_instance(
             dial: dial(&values),
             boot_timeout: values.boot_timeout.duration(),
             reconnect_timeout: values.reconnect_timeout.duration(),
+            keep_connection: values.keep_connection.duration(),
         },
         terminal: terminal(host),
         forwards,

@@ -188,8 +188,10 @@ fn script() -> String {
 
 /// The switch itself, run as root. Its paths can be moved through the environment (for a test
 /// of the script); the clock is `date +%s`, and a settings file was armed at its modification
-/// time, both the instance's. Active means: an SSH login (sshd names its session processes
-/// `user@tty`), a run's lease that still counts (see `lease`), a foreground run's command that
+/// time, both the instance's. Active means: an SSH login running something (a process under
+/// the session process sshd names `user@tty`: a shell, a command; a connection kept open with
+/// nothing running, as ssh-ec2's held connection, does not count, though sshd keeps the name
+/// once a command ran), a run's lease that still counts (see `lease`), a foreground run's command that
 /// still runs, its client gone or not (see `runs`), or a job with no exit status whose wrapper
 /// lives (see `job`; a record without the wrapper's pid, from an older version, counts as
 /// running).
@@ -225,7 +227,10 @@ consider() {
 @RUNNING@
 
 active() {
-    ps -eo args= 2>/dev/null | grep -Eq '^sshd(-session)?: [^ ]+@' && return 0
+    ps -eo pid=,ppid=,args= 2>/dev/null | awk '
+        $3 ~ /^sshd(-session)?:$/ && $4 ~ /@/ { login[$1] = 1 }
+        { parent[NR] = $2 }
+        END { for (i in parent) if (parent[i] in login) exit 0; exit 1 }' && return 0
     for home in $homes; do
         for lease in "$home"/.ssh-ec2/leases/*/*; do
             [ -f "$lease" ] || continue

@@ -79,6 +79,7 @@ pub async fn reach_workers(
             user: scene.machine.user.clone(),
             keys: node.keys.clone(),
             via: Some(head.clone()),
+            held: None,
         };
         let session = scene
             .interrupt

@@ -67,7 +67,7 @@ pub async fn wait_for_earlier(
             Err(_) => {
                 let session = reached.session.clone();
                 reached.session = reconnect_if_closed(scene, &reached.target, session).await?;
-                progress.session = Some(reached.session.clone());
+                progress.reached(reached);
             }
         }
     }

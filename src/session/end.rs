@@ -18,7 +18,7 @@ use crate::interrupt::{Interrupted, Signal};
 use crate::printer::format_duration;
 use crate::remote::job::{Job, JobState};
 use crate::settings::values::EndOfLife;
-use crate::ssh::RemoteExit;
+use crate::ssh::{RemoteExit, Target, held};
 use crate::state::lock::DirLock;
 use crate::status::ExitStatus;
 
@@ -170,6 +170,9 @@ pub async fn end_of_run(
     } = *scene;
     // The last one out applies the end of life: the others' leases are read under the lock.
     let _lock = DirLock::wait(&plan.dirs.root, &plan.local_dir, printer, None).await?;
+    // A run through a held connection leaves it to its holder, which goes on.
+    let to_keep = (progress.target.take())
+        .filter(|_| !progress.session.as_ref().is_some_and(|s| s.is_held()));
     let sharing = sharing(scene, &mut progress).await;
     if progress.results_home && plan.sync.is_some() && sharing == Sharing::Alone {
         // Nobody else's command or job was there to write after this pull.
@@ -211,6 +214,9 @@ pub async fn end_of_run(
         let _notes = NoteSignals::start(interrupt, printer);
         end_of_life::apply(cloud, store, &machine.instances(), action, printer).await
     };
+    if let (Ok(()), EndOfLife::Leave, Some(target)) = (&ended, action, to_keep) {
+        keep_connection(scene, &target);
+    }
     say_summary(scene, ended.is_ok(), action, span).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
     ended?;
@@ -221,6 +227,18 @@ pub async fn end_of_run(
 }
 
 /// Drops this run's lease and tells who else uses the instance.
+/// Keeps a connection to the instance left running, for the next run here (see `ssh::held`).
+fn keep_connection(scene: &Scene<'_>, target: &Target) {
+    let (Some(keep), Some(socket)) = (scene.plan.reach.keep_connection, &target.held) else {
+        return;
+    };
+    if let Err(e) = held::hand_over(target, socket, keep) {
+        scene.printer.warn(&format!(
+            "{e:#}: the next run here connects to the instance anew"
+        ));
+    }
+}
+
 async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
     let (Some(presence), Some(session)) = (progress.presence.take(), progress.session.take())
     else {

@@ -88,6 +88,8 @@ pub struct Reach {
     pub boot_timeout: Duration,
     /// How long to try to reconnect to a running job after the connection dropped.
     pub reconnect_timeout: Duration,
+    /// How long the connection to an instance left running is kept (`None`: not kept).
+    pub keep_connection: Option<Duration>,
 }
 
 /// What the local terminal allows.

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use super::lease::Presence;
+use super::reach::Reached;
 use crate::remote::runs::Earlier;
-use crate::ssh::{RemoteExit, Session};
+use crate::ssh::{RemoteExit, Session, Target};
 use crate::sync::Report;
 
 /// How far a run got, which decides what end of life is safe.
@@ -26,4 +27,14 @@ pub struct Progress {
     pub earlier: Vec<Earlier>,
     /// The last session to the instance, to drop the lease and see who else is there.
     pub session: Option<Arc<Session>>,
+    /// Where that session goes, for the connection kept after the run.
+    pub target: Option<Target>,
+}
+
+impl Progress {
+    /// Notes the session the end of the run uses, and where it goes.
+    pub fn reached(&mut self, reached: &Reached) {
+        self.session = Some(reached.session.clone());
+        self.target = Some(reached.target.clone());
+    }
 }

@@ -141,7 +141,7 @@ pub async fn reach_and_join(
     progress: &mut Progress,
 ) -> Result<Reached> {
     let reached = reach(scene).await?;
-    progress.session = Some(reached.session.clone());
+    progress.reached(&reached);
     let job = Job::for_dir(&scene.plan.local_dir);
     let (presence, earlier) = Presence::take(&reached.session, &job).await?;
     progress.presence = Some(presence);
@@ -171,11 +171,15 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
             ssh_address(&plan.reach.dial, &running)?
         }
     };
+    // A held connection carries no `-R` (its holder does not take forwards back), and a
+    // cluster's nodes have their own.
+    let can_hold = machine.nodes.len() == 1 && plan.forwards.remote.is_empty();
     Ok(Target {
         address,
         user: machine.user.clone(),
         keys: machine.head().keys.clone(),
         via: None,
+        held: can_hold.then(|| scene.store.held_socket(id)),
     })
 }
 
@@ -223,7 +227,14 @@ pub(super) async fn connect(
 ) -> Result<Arc<Session>> {
     let phase = printer.phase(format!("connecting to {}@{}", target.user, target.address));
     let session = Session::connect(target, deadline, &phase).await?;
-    phase.done(format!("connected to {}@{}", target.user, target.address));
+    let kept = match session.is_held() {
+        true => " (the connection kept since the last run)",
+        false => "",
+    };
+    phase.done(format!(
+        "connected to {}@{}{kept}",
+        target.user, target.address
+    ));
     Ok(Arc::new(session))
 }
 

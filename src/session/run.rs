@@ -97,7 +97,7 @@ pub async fn run(
         false => {
             let attach = plan.terminal.pty;
             let followed = follow_job(scene, &mut reached, &job, multiplexer, attach).await;
-            progress.session = Some(reached.session.clone());
+            progress.reached(&reached);
             followed?
         }
     };
@@ -239,7 +239,7 @@ async fn run_directly(
         (Err(e), Err(lost)) => return Err(e.context(format!("{lost:#}"))),
         (Err(e), Ok(_)) => return Err(e),
     };
-    progress.session = Some(reached.session.clone());
+    progress.reached(&reached);
     let pulled = pull_results(scene, &reached, manifest, progress, &after_command).await;
     if let Err(e) = reached
         .session

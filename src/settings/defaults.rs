@@ -15,3 +15,5 @@ pub const RECONNECT_TIMEOUT: Timeout = Timeout::secs(300);
 /// A day: a forgotten instance costs at most that; a longer job asks for more.
 pub const MAX_LIFETIME: Limit = Limit::hours(24);
 pub const IDLE_STOP: Limit = Limit::hours(1);
+/// As long as a pause between runs while one works (OpenSSH users often set ControlPersist so).
+pub const KEEP_CONNECTION: Limit = Limit::minutes(10);

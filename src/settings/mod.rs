@@ -94,6 +94,8 @@ settings! {
     ssh_cidr: ipnet::IpNet = ["SSH_EC2_SSH_CIDR"] => computed("this machine's public IP"),
     /// Where this machine's public IP is asked.
     checkip_url: String = ["SSH_EC2_CHECKIP_URL"] => default(defaults::CHECKIP_URL.to_string()),
+    /// How long a connection to an instance left running is kept for the next run here.
+    keep_connection: Limit = ["SSH_EC2_KEEP_CONNECTION"] => default(defaults::KEEP_CONNECTION),
     /// Seconds for the instance to run with its SSH letting ssh-ec2 in.
     boot_timeout: Timeout = ["SSH_EC2_BOOT_TIMEOUT"] => default(defaults::BOOT_TIMEOUT),
     /// Seconds to keep reconnecting to a job after the connection dropped.

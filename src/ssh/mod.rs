@@ -1,19 +1,22 @@
 //! The one SSH connection of a run (russh): it checks the instance's pinned host key, then
 //! carries the command, and rsync through the relay.
 
+mod config;
 mod exec;
 pub mod forward;
+pub mod held;
 pub mod relay;
 pub mod transport;
 
-use std::borrow::Cow;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use russh::ChannelMsg;
 use russh::client::{self, Handle};
-use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, Preferred, cipher};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::poll::Poll;
 use crate::printer::Phase;
@@ -31,13 +34,18 @@ pub struct Target {
     /// Reached through this session (a cluster's head) rather than dialled: its workers take
     /// SSH from inside the cluster only.
     pub via: Option<Arc<Session>>,
+    /// Where a connection kept from an earlier run may be found (see `held`); tried before
+    /// dialling. `None` where it cannot serve: a cluster, `-R` forwards.
+    pub held: Option<PathBuf>,
 }
 
 pub struct Session {
     handle: Handle<PinnedHostKey>,
     remote_targets: forward::RemoteTargets,
-    /// The host key the server presented (one of those accepted).
+    /// The host key the instance presented (one of those accepted).
     host_key: PublicKey,
+    /// Through a connection kept from an earlier run (see `held`), not one of our own.
+    held: bool,
 }
 
 /// Accepts only the pinned host key (and the one being installed in its place, if any), and
@@ -105,6 +113,11 @@ enum AttemptError {
 impl Session {
     /// Dials `target` until its sshd lets us in, backing off between attempts, until `deadline`.
     pub async fn connect(target: &Target, deadline: Instant, phase: &Phase) -> Result<Session> {
+        if let Some(socket) = &target.held
+            && let Some(session) = held::reach(target, socket).await
+        {
+            return Ok(session);
+        }
         let mut poll = Poll::every(Duration::from_secs(2)).until(deadline);
         loop {
             match Self::attempt(target).await {
@@ -137,26 +150,43 @@ impl Session {
     }
 
     async fn attempt(target: &Target) -> Result<Session, AttemptError> {
-        let config = Arc::new(client_config());
+        let accepted: Vec<PublicKey> = target.keys.accepted_hosts().cloned().collect();
+        let opened = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+            match &target.via {
+                Some(head) => Ok(Stream::Tunnel(head.tunnel(&target.address).await?)),
+                None => Ok(Stream::Tcp(dial(&target.address).await?)),
+            }
+        });
+        match opened.await {
+            Ok(Ok(Stream::Tunnel(stream))) => Self::handshake(target, stream, &accepted).await,
+            Ok(Ok(Stream::Tcp(stream))) => Self::handshake(target, stream, &accepted).await,
+            Ok(Err(e)) => Err(AttemptError::NotYet(describe(&e))),
+            Err(_) => Err(AttemptError::NotYet(format!(
+                "no answer within {}s",
+                ATTEMPT_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Logs in as `target.user` over `stream`, to a server presenting one of `accepted`.
+    async fn handshake<S>(
+        target: &Target,
+        stream: S,
+        accepted: &[PublicKey],
+    ) -> Result<Session, AttemptError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let presented = Arc::new(Mutex::new(None));
         let remote_targets = forward::RemoteTargets::default();
         let handler = PinnedHostKey {
-            accepted: target.keys.accepted_hosts().cloned().collect(),
+            accepted: accepted.to_vec(),
             presented: presented.clone(),
             remote_targets: remote_targets.clone(),
         };
-        let accepted = handler.accepted.clone();
-        let attempt = async {
-            let mut handle = match &target.via {
-                Some(head) => {
-                    let stream = head.tunnel(&target.address).await?;
-                    client::connect_stream(config, stream, handler).await?
-                }
-                None => {
-                    let stream = dial(&target.address).await?;
-                    client::connect_stream(config, stream, handler).await?
-                }
-            };
+        let login = async {
+            let config = Arc::new(config::client_config());
+            let mut handle = client::connect_stream(config, stream, handler).await?;
             // RSA key pairs must sign with SHA-2: OpenSSH 8.8+ refuses SHA-1 `ssh-rsa`.
             let rsa_hash = match target.keys.login.algorithm().is_rsa() {
                 true => handle.best_supported_rsa_hash().await?.flatten(),
@@ -166,10 +196,10 @@ impl Session {
             let auth = handle.authenticate_publickey(&target.user, key).await?;
             Ok::<_, russh::Error>((handle, auth.success()))
         };
-        let outcome = tokio::time::timeout(Duration::from_secs(20), attempt).await;
+        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, login).await;
         let presented = presented.lock().expect("not poisoned").take();
         if let Some(key) = &presented
-            && !is_one_of(key, &accepted)
+            && !is_one_of(key, accepted)
         {
             return Err(AttemptError::HostKeyMismatch {
                 presented: key.clone(),
@@ -180,6 +210,7 @@ impl Session {
                 handle,
                 remote_targets,
                 host_key,
+                held: false,
             }),
             (Ok(Ok((_, false))), _) => Err(AttemptError::NotYet(format!(
                 "the login key for user {} was refused (still booting, or wrong --user?)",
@@ -188,8 +219,16 @@ impl Session {
             // russh checks the host key before it authenticates: not reached.
             (Ok(Ok((_, true))), None) => Err(AttemptError::NotYet("no host key seen".into())),
             (Ok(Err(e)), _) => Err(AttemptError::NotYet(describe(&e))),
-            (Err(_), _) => Err(AttemptError::NotYet("no answer within 20s".into())),
+            (Err(_), _) => Err(AttemptError::NotYet(format!(
+                "no answer within {}s",
+                ATTEMPT_TIMEOUT.as_secs()
+            ))),
         }
+    }
+
+    /// Whether this session goes through a connection kept from an earlier run.
+    pub fn is_held(&self) -> bool {
+        self.held
     }
 
     /// The host key the instance presented: the pinned one, or the one being installed.
@@ -223,7 +262,7 @@ impl Session {
         Ok(channel)
     }
 
-    async fn open_channel(&self) -> Result<russh::Channel<client::Msg>> {
+    pub(super) async fn open_channel(&self) -> Result<russh::Channel<client::Msg>> {
         self.handle
             .channel_open_session()
             .await
@@ -254,6 +293,15 @@ impl Session {
     }
 }
 
+/// What one connection attempt talks over.
+enum Stream {
+    Tcp(tokio::io::BufReader<tokio::net::TcpStream>),
+    Tunnel(russh::ChannelStream<client::Msg>),
+}
+
+/// How long one connection attempt may take: to open its stream, then to log in.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A TCP connection to `address`, read through a buffer: russh reads each packet with two reads
 /// (its length, then the rest), and one read of the buffer brings in several packets.
 async fn dial(
@@ -263,7 +311,10 @@ async fn dial(
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
-    Ok(tokio::io::BufReader::with_capacity(READ_BUFFER, socket))
+    Ok(tokio::io::BufReader::with_capacity(
+        config::READ_BUFFER,
+        socket,
+    ))
 }
 
 /// What a short command printed, once it ended well; else its failure, with its stderr.
@@ -290,102 +341,9 @@ async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Re
     }
 }
 
-/// How the session is set up: the one host key type we installed, the fastest cipher here, a
-/// keepalive, and windows and packets sized for a long fat link.
-fn client_config() -> client::Config {
-    client::Config {
-        // Only the key type we installed, so the server cannot offer another one.
-        preferred: Preferred {
-            key: Cow::Borrowed(&[Algorithm::Ed25519]),
-            cipher: Cow::Borrowed(preferred_ciphers()),
-            ..Preferred::default()
-        },
-        window_size: WINDOW,
-        // What the server may put in one packet to us: fewer, larger packets for pulls.
-        maximum_packet_size: MAX_PACKET,
-        channel_buffer_size: CHANNEL_BUFFER,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 4,
-        ..client::Config::default()
-    }
-}
-
-/// How much the instance may send on a channel before we say we took it in (the SSH window of
-/// the channels we open): a pull stalls a round trip each window, so it must cover the link's
-/// bandwidth-delay product. 16 MiB covers 1 Gbit/s at 130 ms; OpenSSH's 2 MiB (and russh's)
-/// caps a pull near 210 Mbit/s at 80 ms. It costs no memory by itself: russh gives the window
-/// back as packets arrive, holds at most `CHANNEL_BUFFER` of them per channel, then stops
-/// reading the connection until they are taken. (The other way, the instance's sshd sets the
-/// window: OpenSSH's is 2 MiB, whatever the client.)
-const WINDOW: u32 = 16 * 1024 * 1024;
-/// Packets held per channel before the connection is no longer read (russh's default): at
-/// most `CHANNEL_BUFFER * MAX_PACKET` bytes, 6.4 MB, for the channel that carries rsync.
-const CHANNEL_BUFFER: usize = 100;
-
-/// What the connection reads from the network at most at a time.
-const READ_BUFFER: usize = 64 * 1024;
-/// The largest packet we accept (russh warns above it; OpenSSH's own default is 32 KiB).
-const MAX_PACKET: u32 = 65535;
-
-/// AES-GCM first where the CPU has AES instructions: there it costs both ends of a transfer
-/// a fraction of ChaCha20-Poly1305 (russh's and OpenSSH's first choice, the fastest without
-/// them), and the server has it by default too. The rest is russh's own order.
-fn preferred_ciphers() -> &'static [cipher::Name] {
-    const AES_FIRST: &[cipher::Name] = &[
-        cipher::AES_256_GCM,
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_CTR,
-        cipher::AES_192_CTR,
-        cipher::AES_128_CTR,
-    ];
-    const CHACHA_FIRST: &[cipher::Name] = &[
-        cipher::CHACHA20_POLY1305,
-        cipher::AES_256_GCM,
-        cipher::AES_256_CTR,
-        cipher::AES_192_CTR,
-        cipher::AES_128_CTR,
-    ];
-    match aes_in_hardware() {
-        true => AES_FIRST,
-        false => CHACHA_FIRST,
-    }
-}
-
-fn aes_in_hardware() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("aes")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("aes")
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
-}
-
 fn describe(error: &russh::Error) -> String {
     match error {
         russh::Error::IO(io) => io.to_string(),
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_covers_a_fat_link_and_what_is_held_stays_small() {
-        let config = client_config();
-        // 1 Gbit/s for 100 ms, in bytes.
-        let fat_link = 1_000_000_000 / 8 / 10;
-        assert!(config.window_size >= fat_link, "{}", config.window_size);
-        assert!(config.maximum_packet_size <= 65535, "russh refuses more");
-        let held = config.channel_buffer_size * config.maximum_packet_size as usize;
-        assert!(held <= 8 * 1024 * 1024, "{held} bytes held per channel");
     }
 }

@@ -52,6 +52,8 @@ const INGRESS_FILE: &str = "ingress";
 /// Present while the instance may hold results that are not home: from the start of a syncing
 /// run's command until a run that had the instance to itself pulled everything home.
 const UNPULLED_FILE: &str = "unpulled";
+/// The socket of the connection kept between runs, and its card beside it (`held.json`).
+const HELD_SOCKET: &str = "held.sock";
 
 impl Store {
     pub fn new(state_dir: &Path) -> Self {
@@ -71,6 +73,12 @@ impl Store {
     /// What the last sync left on both sides (see `sync::Manifest`); forgotten with the keys.
     pub fn manifest_path(&self, instance_id: &str) -> PathBuf {
         self.instance_dir(instance_id).join(MANIFEST_FILE)
+    }
+
+    /// Where a connection to the instance is kept between runs (see `ssh::held`): in its
+    /// private directory, gone with it.
+    pub fn held_socket(&self, instance_id: &str) -> PathBuf {
+        self.instance_dir(instance_id).join(HELD_SOCKET)
     }
 
     /// The instances whose keys (or manifest) are kept here.
@@ -183,7 +191,7 @@ fn create_private(path: &Path, text: &str) -> Result<()> {
 
 /// Writes a file only its owner can read (OpenSSH refuses configs others can write), over
 /// the one there may be.
-fn overwrite_private(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn overwrite_private(path: &Path, text: &str) -> Result<()> {
     write_private(
         path,
         text,

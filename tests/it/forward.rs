@@ -13,7 +13,7 @@ use common::{
 
 /// `GET path` on the laptop's 127.0.0.1:port, retried until the server answers (it starts
 /// with the command).
-fn http_get(cloud: &TestCloud, port: u16, path: &str) -> String {
+pub(crate) fn http_get(cloud: &TestCloud, port: u16, path: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = (|| {

@@ -16,6 +16,7 @@ mod faults;
 mod fleet;
 mod forward;
 mod gc_keys;
+mod held;
 mod host_keys;
 mod jobs;
 mod logs;

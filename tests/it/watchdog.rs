@@ -275,13 +275,21 @@ fn stops_once_idle(script: &str, settings: &str) {
         "4242 is another's since the restart"
     );
 
-    // An SSH login keeps it, as long as it lasts.
+    // An SSH login keeps it while it runs something (a shell, a command); a connection kept
+    // open with nothing running (ssh-ec2's held connection) does not, though sshd still names
+    // its session `user@notty` once a command ran on it.
     let bench = Bench::new(script, settings, t(0));
     assert!(!bench.run("boot", t(0)));
-    bench.processes("/usr/sbin/sshd -D\nsshd: ubuntu [priv]\nsshd: ubuntu@pts/0\n-bash\n");
+    let sshd = "  1  0 /usr/sbin/sshd -D\n 10  1 sshd: ubuntu [priv]\n 11 10 sshd: ubuntu@pts/0\n";
+    bench.processes(&format!("{sshd} 12 11 -bash\n"));
     assert!(!bench.run("check", t(3_000)), "someone is logged in");
-    bench.processes("/usr/sbin/sshd -D\n");
-    assert!(bench.run("check", t(3_300)));
+    bench.processes(&format!(
+        "{sshd} 20  1 sshd: ubuntu [priv]\n 21 20 sshd: ubuntu@notty\n"
+    ));
+    assert!(
+        bench.run("check", t(3_300)),
+        "a connection running nothing is idle"
+    );
 }
 
 #[test]
@@ -319,7 +327,7 @@ fn the_lifetime_counts_by_the_instances_clock_whatever_this_machines_says() {
     for booted in [unix_now() + 30 * 3_600, unix_now() - 30 * 3_600, BOOTED] {
         let bench = Bench::new(&script, &launch_settings, booted);
         assert!(!bench.run("boot", booted + 10));
-        bench.processes("sshd: ubuntu@notty\n");
+        bench.processes(" 11 10 sshd: ubuntu@notty\n 12 11 python train.py\n");
         assert!(!bench.run("check", booted + 60), "not at the first check");
         assert!(
             !bench.run("check", booted + 7_199),

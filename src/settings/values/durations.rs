@@ -19,6 +19,10 @@ impl Limit {
         Limit::After(Duration::from_secs(n * 3_600))
     }
 
+    pub const fn minutes(n: u64) -> Limit {
+        Limit::After(Duration::from_secs(n * 60))
+    }
+
     pub fn duration(self) -> Option<Duration> {
         match self {
             Limit::Off => None,

@@ -76,6 +76,9 @@ impl Project {
         for (name, value) in cloud_environment(cloud) {
             command.env(name, value);
         }
+        // The connection kept after a run that leaves its instance outlives the run: the tests
+        // of it (held.rs) turn it on, the others would find it holding their instance's sshd.
+        command.env("SSH_EC2_KEEP_CONNECTION", "off");
         command
     }
 

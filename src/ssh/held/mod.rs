@@ -1,0 +1,173 @@
+//! The connection that stays, as OpenSSH's ControlPersist: after a run that leaves its instance
+//! running, a holder (ssh-ec2 itself, detached) keeps a pinned connection to it, and the next
+//! run here goes through that one: no TCP or SSH handshake with the instance, a local one only.
+//!
+//! A russh session cannot pass from one process to another, so the holder speaks SSH on the
+//! local side too: it listens on a socket in the instance's private state directory (0700, the
+//! socket 0600), presents a host key of its own (its public half written beside the socket),
+//! lets in only the instance's login key, and opens each channel a run asks for on its own
+//! connection, passing everything both ways (`proxy`). Beside the socket, its card says which
+//! instance key the holder saw, where, and as whom: a run uses the held connection only when it
+//! leads where the run would dial.
+//!
+//! The holder ends itself once no run has used it for `--keep-connection`, when its connection
+//! to the instance drops (the instance stopped or was terminated), or when its socket goes or is
+//! replaced: ending an instance removes it first (`release`). It never re-arms the instance's
+//! dead-man switch, which does not count a connection that runs nothing as activity.
+
+mod holder;
+mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+use serde::{Deserialize, Serialize};
+
+use super::{Session, Target, is_one_of};
+
+pub use holder::{HOLDER_FLAG, hand_over, holder_main};
+
+/// What the holder writes beside its socket once it holds the connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Card {
+    /// Where the holder's connection goes (`HOST:PORT`) and as whom.
+    address: String,
+    user: String,
+    /// The host key the instance presented to the holder (OpenSSH format).
+    instance_key: String,
+    /// The holder's own host key on the local side.
+    holder_key: String,
+    /// The holder's process.
+    pid: u32,
+}
+
+/// How long a run waits for the holder before it dials the instance itself.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn card_path(socket: &Path) -> PathBuf {
+    socket.with_extension("json")
+}
+
+/// The session through the connection held at `socket`, when there is one that leads where
+/// `target` does; `None` sends the caller to dial.
+pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
+    let card: Card = std::fs::read(card_path(socket))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())?;
+    let Some((instance_key, holder_key)) = leads_where(&card, target) else {
+        tracing::debug!("the held connection at {} goes elsewhere", socket.display());
+        return None;
+    };
+    let stream = tokio::time::timeout(LOCAL_TIMEOUT, tokio::net::UnixStream::connect(socket));
+    let stream = match stream.await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            tracing::debug!("no holder answers at {}", socket.display());
+            return None;
+        }
+    };
+    let holder = [holder_key];
+    let session = tokio::time::timeout(LOCAL_TIMEOUT, Session::handshake(target, stream, &holder));
+    match session.await {
+        Ok(Ok(session)) => Some(Session {
+            host_key: instance_key,
+            held: true,
+            ..session
+        }),
+        _ => {
+            tracing::debug!("the holder at {} did not let us in", socket.display());
+            None
+        }
+    }
+}
+
+/// The instance's key and the holder's, when the held connection goes to `target`'s address,
+/// as its user, to a host key `target` accepts.
+fn leads_where(card: &Card, target: &Target) -> Option<(PublicKey, PublicKey)> {
+    let instance_key = PublicKey::from_openssh(&card.instance_key).ok()?;
+    let holder_key = PublicKey::from_openssh(&card.holder_key).ok()?;
+    let accepted: Vec<PublicKey> = target.keys.accepted_hosts().cloned().collect();
+    let same_place = card.address == target.address.to_string() && card.user == target.user;
+    (same_place && is_one_of(&instance_key, &accepted)).then_some((instance_key, holder_key))
+}
+
+/// Ends the connection held at `socket`, if any: its holder sees the socket gone and leaves.
+pub fn release(socket: &Path) {
+    let _ = std::fs::remove_file(card_path(socket));
+    let _ = std::fs::remove_file(socket);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::keys::InstanceKeys;
+    use russh::keys::{Algorithm, PrivateKey};
+    use std::sync::Arc;
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
+    }
+
+    fn openssh(key: &PrivateKey) -> String {
+        key.public_key().to_openssh().unwrap()
+    }
+
+    #[test]
+    fn a_held_connection_serves_only_where_the_run_would_dial() {
+        let (instance, next, holder) = (key(), key(), key());
+        let target = Target {
+            address: "172.31.0.5:22".parse().unwrap(),
+            user: "ubuntu".into(),
+            keys: InstanceKeys {
+                login: Arc::new(key()),
+                host: instance.public_key().clone(),
+                next_hosts: vec![next.public_key().clone()],
+            },
+            via: None,
+            held: None,
+        };
+        let card = Card {
+            address: "172.31.0.5:22".into(),
+            user: "ubuntu".into(),
+            instance_key: openssh(&instance),
+            holder_key: openssh(&holder),
+            pid: 1,
+        };
+        let keys = leads_where(&card, &target).expect("the same place");
+        assert_eq!(
+            keys,
+            (instance.public_key().clone(), holder.public_key().clone())
+        );
+        let replacing = Card {
+            instance_key: openssh(&next),
+            ..card.clone()
+        };
+        assert!(
+            leads_where(&replacing, &target).is_some(),
+            "a key being installed"
+        );
+
+        let elsewhere = [
+            Card {
+                address: "127.0.0.1:2222".into(),
+                ..card.clone()
+            },
+            Card {
+                user: "root".into(),
+                ..card.clone()
+            },
+            Card {
+                instance_key: openssh(&key()),
+                ..card.clone()
+            },
+            Card {
+                holder_key: "not a key".into(),
+                ..card.clone()
+            },
+        ];
+        for card in elsewhere {
+            assert!(leads_where(&card, &target).is_none(), "{card:?}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The connection that stays: after a run that leaves its instance running, a holder keeps a
+//! pinned connection to it, which the next run here uses instead of dialling; it ends when idle,
+//! when the connection drops, and before the instance's end of life.
+
+use crate::common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Project, Run, TestCloud, assert_nothing_left, end, start_until_ready, wait_until};
+
+/// ssh-ec2 here with the connection kept for `keep` after a run that leaves the instance.
+fn keeping(cloud: &TestCloud, project: &Project, keep: &str) -> Command {
+    let mut command = project.ssh_ec2(cloud);
+    command.env("SSH_EC2_KEEP_CONNECTION", keep);
+    command
+}
+
+/// Where the connection to the project's instance is kept.
+fn held_socket(cloud: &TestCloud, project: &Project) -> PathBuf {
+    let id = cloud.instance_of(project);
+    (project.home())
+        .join(".local/state/ssh-ec2/instances")
+        .join(id)
+        .join("held.sock")
+}
+
+/// The holder's process, once it holds the connection (its card says).
+fn holder_pid(socket: &Path) -> i32 {
+    let card = socket.with_extension("json");
+    wait_until("the holder to hold the connection", || {
+        socket.exists() && card.exists()
+    });
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(card).unwrap()).unwrap();
+    card["pid"].as_i64().unwrap() as i32
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// How many SSH logins the instance has (sshd's `user@tty` processes), and how many of them run
+/// something (a process under one).
+fn logins_running_something(cloud: &TestCloud) -> (usize, usize) {
+    let logins: Vec<i32> = (cloud.connection_pids().into_iter())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.starts_with("sshd: ubuntu@"))
+        })
+        .collect();
+    let children = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+    };
+    let running = logins
+        .iter()
+        .filter(|&&pid| !children(pid).trim().is_empty());
+    (logins.len(), running.count())
+}
+
+/// How many connections the instance's sshd serves, seen from the command on the instance.
+const CONNECTIONS: &str = "ss -Htn state established '( sport = :22 )' | wc -l";
+
+#[test]
+fn the_next_run_goes_through_the_connection_kept_and_terminating_ends_it() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let first = Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"]));
+    first.assert_code(0);
+    let socket = held_socket(&cloud, &project);
+    let holder = holder_pid(&socket);
+    assert_eq!(mode(&socket), 0o600, "{first}");
+    assert_eq!(mode(&socket.with_extension("json")), 0o600);
+    assert_eq!(
+        mode(socket.parent().unwrap()),
+        0o700,
+        "only this user gets near it"
+    );
+
+    // The command, its exit status, stdout and stderr, and rsync both ways, all through it:
+    // the instance serves one connection, the holder's.
+    project.write("input.txt", "pushed\n");
+    let second = Run::of(keeping(&cloud, &project, "10m").args([
+        "-v",
+        "--leave",
+        &format!("cp input.txt copy.txt; {CONNECTIONS}; echo to stderr >&2; exit 3"),
+    ]));
+    second.assert_code(3);
+    assert_eq!(second.stdout.trim(), "1", "no second connection\n{second}");
+    assert!(second.stderr.contains("to stderr\n"), "{second}");
+    assert!(
+        second
+            .stderr
+            .contains("(the connection kept since the last run)"),
+        "{second}"
+    );
+    assert_eq!(project.read("copy.txt").as_deref(), Some("pushed\n"));
+    assert!(alive(holder), "it goes on holding the connection");
+    // Once the run is over, it runs nothing there: the dead-man switch, which counts an SSH
+    // login only while something runs under it, sees the instance idle (sshd names the login
+    // `ubuntu@notty` from its first command on).
+    wait_until("the login to run nothing", || {
+        logins_running_something(&cloud) == (1, 0)
+    });
+    assert_eq!(holder_pid(&socket), holder, "the same holder");
+
+    // Ending the instance ends the connection first.
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+    wait_until("the holder to end", || !alive(holder));
+    assert!(!socket.exists());
+    assert_nothing_left(&cloud, &project, &second);
+}
+
+#[test]
+fn a_forward_runs_through_the_connection_kept() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let holder = holder_pid(&held_socket(&cloud, &project));
+    project.write("page.txt", "served through the holder\n");
+    let (local, remote) = (8011, 8010);
+    let child = start_until_ready(
+        keeping(&cloud, &project, "10m")
+            .args(["--leave", "-L", &format!("{local}:localhost:{remote}")])
+            .arg(format!(
+                "python3 -m http.server {remote} --bind 127.0.0.1 >/dev/null 2>&1 & \
+                 echo ready; while [ ! -e done ]; do sleep 0.1; done; kill $!; {CONNECTIONS}"
+            )),
+    );
+    let answer = crate::forward::http_get(&cloud, local, "/page.txt");
+    std::fs::write(cloud.remote(&project).join("done"), "").unwrap();
+    let run = Run::collect(child);
+    assert!(answer.ends_with("served through the holder\n"), "{answer}");
+    assert_eq!(
+        run.stdout.trim(),
+        "1",
+        "one connection, the holder's\n{run}"
+    );
+    assert!(alive(holder));
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+    wait_until("the holder to end", || !alive(holder));
+}
+
+#[test]
+fn a_kept_connection_ends_once_idle_or_dropped_and_the_next_run_dials() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "2s").args(["--leave", "true"])).assert_code(0);
+    let socket = held_socket(&cloud, &project);
+    let holder = holder_pid(&socket);
+    wait_until("the idle holder to end", || !alive(holder));
+    assert!(!socket.exists(), "it took its socket away");
+
+    // A holder whose connection drops (a network change, the instance stopped) ends too.
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let holder = holder_pid(&socket);
+    assert!(cloud.drop_connections() > 0);
+    wait_until("the cut holder to end", || !alive(holder));
+    assert!(!socket.exists());
+
+    // One killed outright leaves its socket: the next run dials, and a new holder takes over.
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let holder = holder_pid(&socket);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the killed holder to go", || !alive(holder));
+    let run = Run::of(keeping(&cloud, &project, "10m").args(["-v", "--leave", "echo dialled"]));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "dialled\n");
+    assert!(!run.stderr.contains("kept since"), "{run}");
+    wait_until("a new holder", || holder_pid(&socket) != holder);
+    let next = holder_pid(&socket);
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+    wait_until("the new holder to end", || !alive(next));
+}
