@@ -6,6 +6,7 @@ alternating rounds (timing.py); and a clean-up however a run ends.
 """
 
 import argparse
+import json
 import os
 import random
 import shlex
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +134,35 @@ class Bench:
         self.bed = Bed(self.work / "cloud")
         if profile != "loopback":
             self.start_link(profile)
+
+    def set_profile(self, name):
+        """Switches the link's profile. A connection ssh-ec2 kept after a run (its holder's, see
+        docs/how-it-works.md) was made under the profile before and would carry later runs past
+        the new one's relay (or through the old one): it is ended first, and the next run makes
+        one through the new profile's link."""
+        self.end_kept_connections()
+        self.link.set_profile(name)
+
+    def end_kept_connections(self):
+        """Ends every holder of this ssh-ec2, those still connecting too (a run's holder starts
+        as the run ends), and takes their sockets away: the next run dials, and keeps anew."""
+        holders = []
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [self.ssh_ec2.encode(), b"--hold-connection"]:
+                holders.append(int(entry.name))
+                os.kill(int(entry.name), signal.SIGTERM)
+        for socket in (self.home / ".local/state/ssh-ec2/instances").glob("*/held.sock"):
+            socket.with_suffix(".json").unlink(missing_ok=True)
+            socket.unlink(missing_ok=True)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in holders):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ssh-ec2's holders {holders} did not end")
+            time.sleep(0.05)
 
     def start_link(self, profile):
         self.link = LinkProcess(self.bed, profile, self.logs / "link.stderr")

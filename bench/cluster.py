@@ -59,7 +59,7 @@ class ClusterBench(Bench):
 
     def launches(self):
         """Cold runs of one node and of NODES, alternating, each in a directory of its own."""
-        self.link.set_profile("wan")
+        self.set_profile("wan")
         projects = {}
         for nodes in (1, NODES):
             projects[nodes] = self.work / f"{self.name}-{nodes}"
@@ -87,7 +87,7 @@ class ClusterBench(Bench):
         """A cluster left running for the uploads (on loopback, untimed), and what the by-hand
         side needs of it: addresses, the login key, every node's pinned host key."""
         log(f"launching a {NODES}-node cluster (ssh-ec2 --nodes {NODES} --leave true)")
-        self.link.set_profile("loopback")
+        self.set_profile("loopback")
         run_measured([self.ssh_ec2, "--nodes", str(NODES), "--leave", "true"], env=self.env(),
                      cwd=self.project, log_to=self.logs / "cluster-launch.log")
         listing = subprocess.run([self.ssh_ec2, "--list", "--json"], env=self.env(),
@@ -157,7 +157,7 @@ class ClusterBench(Bench):
         return at("synced to") - at("syncing this directory"), m.seconds
 
     def uploads(self):
-        self.link.set_profile("uplink")
+        self.set_profile("uplink")
         def by_hand(log_to):
             seconds = self.four_rsyncs(log_to)
             return seconds, seconds

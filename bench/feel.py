@@ -57,7 +57,7 @@ class Feel(SyncBench):
             wait_for_port(port)
             self.link.call("/_link/target", {"host": "127.0.0.1", "port": port})
             for profile in ("bare", "fat"):
-                self.link.set_profile(profile)
+                self.set_profile(profile)
                 cpu = cpu_seconds(self.link.process.pid)
                 total, seconds = transfer(self.link.relay_address[1], size)
                 cpu = (cpu_seconds(self.link.process.pid) - cpu) / total
@@ -85,7 +85,7 @@ class Feel(SyncBench):
     def cold(self, profile, repeat):
         """`repeat` cold runs in a directory of its own (no instance left between them: each
         run's is a new machine, with an empty disk)."""
-        self.link.set_profile(profile)
+        self.set_profile(profile)
         measures = []
         self.link.new_entries()
         for i in range(repeat):
@@ -102,7 +102,7 @@ class Feel(SyncBench):
     def warm(self):
         """`ssh-ec2 --leave true` against the same by hand, and by hand through a ControlMaster
         opened before (untimed), on a small unchanged tree."""
-        self.link.set_profile("wan")
+        self.set_profile("wan")
         self.hold("small")
         control = ["-o", f"ControlPath={self.work}/master.sock"]
         # ControlPersist: it ends itself if this benchmark dies before closing it.
@@ -137,7 +137,7 @@ class Feel(SyncBench):
 
     def synced(self, key, profile, goal, repeat):
         """sync.py's scenario `key` on `profile`, with the issue's goal for its ratio."""
-        self.link.set_profile(profile)
+        self.set_profile(profile)
         s = next(s for s in self.scenarios() if s.key == key)
         s = dataclasses.replace(s, key=f"{key}-{profile}", title=f"{s.title}, {profile}",
                                 goal=goal, repeat=repeat)
@@ -185,7 +185,7 @@ def run(bench, keys):
     for key, step in steps:
         if key in keys or (key == "launch" and needs_instance):
             log(f"{key}")
-            bench.link.set_profile("loopback")
+            bench.set_profile("loopback")
             step()
 
 
