@@ -180,8 +180,8 @@ pub struct EndOfLifeFlags {
     /// (e.g. 24h, 90m, 1h30m); off: never (not recommended).
     #[arg(long, value_name = "DURATION")]
     pub max_lifetime: Option<Limit>,
-    /// The instance stops itself once no run, job or SSH login has used it for this long;
-    /// off: never.
+    /// The instance stops itself once no run, job or SSH login running something has used it
+    /// for this long; off: never.
     #[arg(long, value_name = "DURATION")]
     pub idle_stop: Option<Limit>,
 }
