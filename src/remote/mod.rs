@@ -1,6 +1,6 @@
 //! How things are spelled on the remote side: the remote directory (for the shell and for rsync),
 //! and ssh-ec2's own state in the login's home there: jobs, leases, foreground runs' records
-//! (`runs`), the dead-man switch and the spot watch.
+//! (`runs`), the last pull's stamp (`pulled`), the dead-man switch and the spot watch.
 
 pub mod cluster;
 pub mod env;
@@ -8,6 +8,7 @@ pub mod host_key;
 pub mod job;
 pub mod lease;
 pub mod logs;
+pub mod pulled;
 pub mod runs;
 pub mod spot_watch;
 pub mod watchdog;

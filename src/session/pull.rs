@@ -13,6 +13,8 @@ use super::{Plan, Scene};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
+use crate::remote::job::Job;
+use crate::remote::pulled::PullMark;
 use crate::ssh::Session;
 use crate::sync::{Manifest, Pulled, Rsync};
 
@@ -104,11 +106,7 @@ pub async fn pull_results(
     let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     // A second signal in all gives up the pull: the instance is then stopped, not terminated.
-    let pulling = async {
-        let mut pulled = rsync.pull(manifest, &mut progress.sync).await?;
-        pulled.add(pull_workers(scene, reached, progress).await?);
-        Ok::<_, anyhow::Error>(pulled)
-    };
+    let pulling = pull_nodes(scene, reached, &rsync, manifest, progress);
     let pulled = tokio::select! {
         pulled = pulling => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
@@ -134,6 +132,50 @@ pub async fn pull_results(
     phase.done(pulled.describe("pulled results back: nothing changed there"));
     forget_ended(&reached.session, progress).await;
     Ok(true)
+}
+
+/// The head's pull, then the other nodes'. A lone instance stamps the pull as it starts, and
+/// the stamp is noted here once everything came home (see `remote::pulled`).
+pub async fn pull_nodes(
+    scene: &Scene<'_>,
+    reached: &Reached,
+    rsync: &Rsync<'_>,
+    manifest: &mut Manifest,
+    progress: &mut Progress,
+) -> Result<Pulled> {
+    let Scene { plan, store, .. } = *scene;
+    let id = &scene.machine.head().instance.id;
+    let job = Job::for_dir(&plan.local_dir);
+    let mark = reached
+        .workers
+        .is_empty()
+        .then(|| PullMark::new(job.name()));
+    store.forget_pull_mark(id);
+    let mut pulled = rsync
+        .pull(manifest, &mut progress.sync, mark.as_ref())
+        .await?;
+    if let Some(mark) = &mark {
+        store.note_pull_mark(id, mark.token(), &reached.remote_dir.to_string());
+    }
+    pulled.add(pull_workers(scene, reached, progress).await?);
+    Ok(pulled)
+}
+
+/// Whether a lone instance changed nothing in the remote directory since the last pull that
+/// brought everything home: then a pull would bring nothing (one command instead of rsync's
+/// listing). Not known (never pulled, another boot, no answer) counts as changed.
+pub async fn unchanged_since_pull(scene: &Scene<'_>, reached: &Reached) -> bool {
+    let Scene { plan, store, .. } = *scene;
+    let id = &scene.machine.head().instance.id;
+    let remote_dir = &reached.remote_dir;
+    let token = store.pull_mark(id, &remote_dir.to_string());
+    let (true, Some(token)) = (reached.workers.is_empty(), token) else {
+        return false;
+    };
+    let mark = PullMark::of(Job::for_dir(&plan.local_dir).name(), &token);
+    let check = mark.unchanged_command(remote_dir);
+    let answer = reached.session.run_captured(&check).await;
+    answer.is_ok_and(|said| said.trim() == "unchanged")
 }
 
 /// What a cluster's other nodes wrote that the head did not comes home too; what they changed
@@ -164,7 +206,7 @@ pub async fn pull_workers(
         let label = format!("node-{}", worker.rank);
         let mut theirs = Manifest::load(&store.manifest_path(node));
         let theirs = rsync(plan, &worker.session, &reached.remote_dir, printer, &label)?
-            .pull(&mut theirs, &mut progress.sync)
+            .pull(&mut theirs, &mut progress.sync, None)
             .await
             .with_context(|| {
                 format!("cannot bring home what node {} ({node}) wrote", worker.rank)

@@ -15,7 +15,7 @@ use super::job::{
 };
 use super::lease::Presence;
 use super::progress::Progress;
-use super::pull::{NoteSignals, pull_results, pull_workers, rsync};
+use super::pull::{NoteSignals, pull_nodes, pull_results, rsync, unchanged_since_pull};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
 use super::workers::{
     Ended, WorkerCommands, first_failure, how_it_ended, node_failed, start_workers, workers_outcome,
@@ -28,7 +28,7 @@ use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
-use crate::sync::Manifest;
+use crate::sync::{Manifest, Pulled};
 
 /// Connect, sync up, run, pull back; with `detach`, start the job and return.
 pub async fn run(
@@ -133,14 +133,13 @@ async fn sync_up(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
         ));
-        let mut pulled = interrupt
-            .cancel(rsync.pull(manifest, &mut progress.sync))
-            .await?;
-        pulled.add(
-            interrupt
-                .cancel(pull_workers(scene, reached, progress))
-                .await?,
-        );
+        let pulled = match unchanged_since_pull(scene, reached).await {
+            true => Pulled::default(),
+            false => {
+                let pulling = pull_nodes(scene, reached, &rsync, manifest, progress);
+                interrupt.cancel(pulling).await?
+            }
+        };
         phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));

@@ -3,8 +3,10 @@
 //! - `instances/<id>/`: one directory per instance launched from here, forgotten when it is
 //!   terminated: its keys (`keys`), its manifest (what its last sync left on both sides, see
 //!   `sync::Manifest`), the OpenSSH files `--ssh-config` writes (`entries`), the size of its
-//!   root volume (to price it), the CIDR its security group lets in (`ingress`), and whether
-//!   results may be there only (`unpulled`). Before the
+//!   root volume (to price it), the CIDR its security group lets in (`ingress`), whether
+//!   results may be there only (`unpulled`), the stamp of the last complete pull
+//!   (`pulled_mark`, see `remote::pulled`) and the connection kept between runs (`held.sock`,
+//!   see `ssh::held`). Before the
 //!   instance exists they wait in
 //!   `instances/pending-<launch id>/`, beside the launch's record (`launches`); adopting the
 //!   instance renames that directory in one step.
@@ -52,6 +54,8 @@ const INGRESS_FILE: &str = "ingress";
 /// Present while the instance may hold results that are not home: from the start of a syncing
 /// run's command until a run that had the instance to itself pulled everything home.
 const UNPULLED_FILE: &str = "unpulled";
+/// The stamp on the instance of the last pull that brought everything home, and from where.
+const PULL_MARK_FILE: &str = "pulled_mark";
 /// The socket of the connection kept between runs, and its card beside it (`held.json`).
 const HELD_SOCKET: &str = "held.sock";
 
@@ -149,6 +153,30 @@ impl Store {
     fn noted<T: std::str::FromStr>(&self, instance_id: &str, name: &str) -> Option<T> {
         let text = fs::read_to_string(self.instance_dir(instance_id).join(name)).ok()?;
         text.trim().parse().ok()
+    }
+
+    /// Remembers the stamp of a pull from `remote_dir` that brought everything home (see
+    /// `remote::pulled`).
+    pub fn note_pull_mark(&self, instance_id: &str, token: &str, remote_dir: &str) {
+        self.note(
+            instance_id,
+            PULL_MARK_FILE,
+            format!("{token}\n{remote_dir}\n"),
+        );
+    }
+
+    /// The stamp of the last pull from `remote_dir` that brought everything home, if the last
+    /// pull from the instance was that one.
+    pub fn pull_mark(&self, instance_id: &str, remote_dir: &str) -> Option<String> {
+        let text = fs::read_to_string(self.instance_dir(instance_id).join(PULL_MARK_FILE)).ok()?;
+        let (token, from) = text.split_once('\n')?;
+        (from.strip_suffix('\n') == Some(remote_dir)).then(|| token.to_string())
+    }
+
+    /// Forgets the last pull's stamp as another pull starts: until that one brings everything
+    /// home, no stamp proves anything.
+    pub fn forget_pull_mark(&self, instance_id: &str) {
+        let _ = fs::remove_file(self.instance_dir(instance_id).join(PULL_MARK_FILE));
     }
 
     /// Notes, before a command starts there, that the instance may hold results not home.

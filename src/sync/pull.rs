@@ -17,6 +17,7 @@ use super::pull_plan::{kind_of, plan};
 use super::report::{Conflict, Pulled, Report};
 use super::temp::{LocalTemp, temp_dir_option};
 use super::{LISTING, Manifest, Rsync};
+use crate::remote::pulled::PullMark;
 
 /// Links that come home: as links, but not those that lead outside the tree (a compromised or
 /// careless instance could point one at the laptop's own files).
@@ -30,7 +31,13 @@ impl Rsync<'_> {
     /// Brings home what the instance changed since the last sync, keeping both versions where
     /// both sides changed (added to `report`, with what the rules keep there). Fails, after
     /// bringing home what it could, if anything could not come home.
-    pub async fn pull(&self, manifest: &mut Manifest, report: &mut Report) -> Result<Pulled> {
+    /// With `mark`, the instance stamps it as the listing starts (see `remote::pulled`).
+    pub async fn pull(
+        &self,
+        manifest: &mut Manifest,
+        report: &mut Report,
+        mark: Option<&PullMark>,
+    ) -> Result<Pulled> {
         let temp = LocalTemp::take(self.local_dir)?;
         let temp = temp.path();
         // What differs, without changing anything; what the rules hide, and the unsafe links.
@@ -42,7 +49,11 @@ impl Rsync<'_> {
             .args(["--recursive", "--times", "--no-perms", "--ignore-times"])
             .args(HOME_LINKS)
             .args(LISTING)
-            .args(["-i", "--info=NAME1", "-M--debug=FILTER1"])
+            .args(["-i", "--info=NAME1", "-M--debug=FILTER1"]);
+        if let Some(mark) = mark {
+            rsync.arg(format!("--rsync-path={}", mark.stamp_then_rsync()));
+        }
+        rsync
             .arg(self.remote_root(Path::new("")))
             .arg(self.local_root());
         let listed = self.invoke(rsync, None).await?;

@@ -488,3 +488,58 @@ fn after_a_lost_connection_the_command_is_ended_through_a_new_one_before_the_pul
         "its end is known and its results are home\n{stderr}"
     );
 }
+
+/// The lines of a `-vv` run's stderr between the line containing `from` and the one containing
+/// `to`.
+fn between<'a>(stderr: &'a str, from: &str, to: &str) -> Vec<&'a str> {
+    let lines = stderr.lines();
+    let after = lines.skip_while(|line| !line.contains(from)).skip(1);
+    after.take_while(|line| !line.contains(to)).collect()
+}
+
+#[test]
+fn a_warm_run_lists_the_instance_before_its_push_only_when_something_changed_there() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("a.txt", "a1\n");
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+
+    // Nothing changed there since the last pull: one command says so, no rsync lists the tree.
+    let quiet = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", "true"]));
+    quiet.assert_code(0);
+    let before_push = between(&quiet.stderr, "bringing home what changed", "syncing this");
+    assert!(
+        before_push
+            .iter()
+            .any(|l| l.contains("nothing changed there")),
+        "{quiet}"
+    );
+    assert!(
+        !before_push.iter().any(|l| l.contains("rsync relay runs")),
+        "{quiet}"
+    );
+
+    // A change there, its modification time set back to 1970: its change time (the kernel's)
+    // still tells, so it comes home before the push could overwrite it.
+    let there = cloud.remote(&project).join("a.txt");
+    std::fs::write(&there, "a2 from the instance\n").unwrap();
+    let file = std::fs::File::options().write(true).open(&there).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH).unwrap();
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-vv", "--leave", "cat a.txt"]),
+    );
+    run.assert_code(0);
+    assert_eq!(run.stdout, "a2 from the instance\n", "{run}");
+    assert_eq!(
+        project.read("a.txt").as_deref(),
+        Some("a2 from the instance\n")
+    );
+    let before_push = between(&run.stderr, "bringing home what changed", "syncing this");
+    assert!(
+        before_push.iter().any(|l| l.contains("rsync relay runs")),
+        "{run}"
+    );
+    common::end(&cloud, &mut project.ssh_ec2(&cloud));
+}
