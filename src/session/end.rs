@@ -226,7 +226,6 @@ pub async fn end_of_run(
     Ok(status)
 }
 
-/// Drops this run's lease and tells who else uses the instance.
 /// Keeps a connection to the instance left running, for the next run here (see `ssh::held`).
 fn keep_connection(scene: &Scene<'_>, target: &Target) {
     let (Some(keep), Some(socket)) = (scene.plan.reach.keep_connection, &target.held) else {
@@ -239,19 +238,24 @@ fn keep_connection(scene: &Scene<'_>, target: &Target) {
     }
 }
 
+/// Drops this run's lease and tells who else uses the instance.
 async fn sharing(scene: &Scene<'_>, progress: &mut Progress) -> Sharing {
     let (Some(presence), Some(session)) = (progress.presence.take(), progress.session.take())
     else {
         return Sharing::NotReached;
     };
     let job = Job::for_dir(&scene.plan.local_dir);
-    let shared = match presence.release(&session, &job).await {
+    // The job's state is asked beside the release (one round trip for both on a slow link),
+    // though it counts only when no other run is there.
+    let (released, job_now) =
+        tokio::join!(presence.release(&session, &job), job_state(&session, &job));
+    let shared = match released {
         Ok((others, earlier)) => match still_running(&earlier) {
             // Never ended under it: what it writes later would never come home.
             Some(command) => Ok(Sharing::EarlierCommand(still_running_note(command))),
             None if others > 0 => Ok(Sharing::Shared),
             // This directory's job still running counts as someone else.
-            None => job_state(&session, &job).await.map(|state| match state {
+            None => job_now.map(|state| match state {
                 JobState::Running(_) => Sharing::Shared,
                 _ => Sharing::Alone,
             }),

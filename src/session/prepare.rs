@@ -30,7 +30,8 @@ pub(super) async fn prepare_head(
 
 /// Replaces the host key the node `id` got in its user-data (an exec channel, then a second
 /// connection) while, beside it on this one, its dead-man switch is re-armed and the remote
-/// directory made; what the instance said of the directory (`pwd`).
+/// directory made (each a channel of its own: a round trip for all three on a slow link);
+/// what the instance said of the directory (`pwd`).
 pub(super) async fn prepare_node(
     scene: &Scene<'_>,
     id: &str,
@@ -41,13 +42,13 @@ pub(super) async fn prepare_node(
         host_key::settle(scene, id, target, session).await;
         Ok(())
     };
-    let armed_dir = async {
-        arm_watchdog(scene, session).await?;
-        session
-            .run_captured(&remote::prepare_dir_command(&scene.plan.remote_dir))
-            .await
-    };
-    let ((), pwd) = tokio::try_join!(scene.interrupt.cancel(settling), armed_dir)?;
+    let make_dir = remote::prepare_dir_command(&scene.plan.remote_dir);
+    let made_dir = session.run_captured(&make_dir);
+    let ((), (), pwd) = tokio::try_join!(
+        scene.interrupt.cancel(settling),
+        arm_watchdog(scene, session),
+        made_dir
+    )?;
     Ok(pwd)
 }
 
