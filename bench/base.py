@@ -228,20 +228,22 @@ class Bench:
         return run_measured([self.ssh_ec2, "--leave", *extra_args, command],
                             env=env or self.env(), cwd=self.project, log_to=log_to, tree=tree)
 
-    def run_by_hand(self, command, log_to, tree=False, sync=True, ssh_words=None):
+    def run_by_hand(self, command, log_to, tree=False, sync=True, ssh_words=None, remote=None):
         """rsync up, ssh, rsync back; `ssh_words`: another OpenSSH command line (with a
-        ControlPath, say) than self.ssh_words."""
+        ControlPath, say) than self.ssh_words; `remote`: another directory on the instance
+        than ssh-ec2's (by default the same)."""
         ssh_words = ssh_words or self.ssh_words
+        remote = remote or self.name
         rsh = shlex.join(ssh_words)
         total = Measure()
         if sync:
             total.add(run_measured(["rsync", *PUSH_OPTIONS, "-e", rsh, f"{self.project}/",
-                                    f"{self.host}:{self.name}/"], log_to=log_to, tree=tree))
-        total.add(run_measured([*ssh_words, self.host, f"cd {self.name} && {command}"],
+                                    f"{self.host}:{remote}/"], log_to=log_to, tree=tree))
+        total.add(run_measured([*ssh_words, self.host, f"cd {remote} && {command}"],
                                log_to=log_to, tree=tree))
         if sync:
             total.add(run_measured(["rsync", *PULL_OPTIONS, "-e", rsh,
-                                    f"{self.host}:{self.name}/", f"{self.project}/"],
+                                    f"{self.host}:{remote}/", f"{self.project}/"],
                                    log_to=log_to, tree=tree))
         return total
 

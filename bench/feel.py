@@ -110,12 +110,18 @@ class Feel(SyncBench):
                         "ControlPersist=600", "-f", "-N", self.host], check=True,
                        stdin=subprocess.DEVNULL, timeout=60)
         mastered = [*self.ssh_words, *control, "-o", "ControlMaster=no"]
+        by_hand = f"{self.name}.by-hand"
         sides = {
             "ssh-ec2": lambda log_to: run_measured(
                 [self.ssh_ec2, "--leave", "true"], env=self.env(), cwd=self.project,
                 log_to=log_to, lines=True),
-            "by hand": lambda log_to: self.run_by_hand("true", log_to),
-            "ControlMaster": lambda log_to: self.run_by_hand("true", log_to, ssh_words=mastered),
+            # A directory of their own on the instance: what they write there (rsync sets the
+            # directory's times) would otherwise be news to ssh-ec2's next run, which asks the
+            # instance whether anything changed since its last pull (in real use nobody else
+            # syncs the same directory between two runs).
+            "by hand": lambda log_to: self.run_by_hand("true", log_to, remote=by_hand),
+            "ControlMaster": lambda log_to: self.run_by_hand(
+                "true", log_to, ssh_words=mastered, remote=by_hand),
         }
 
         def once(side, probe):

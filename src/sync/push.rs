@@ -22,24 +22,27 @@ impl Rsync<'_> {
     /// What it sent is returned (the paths, relative to the directory): a cluster's head copies
     /// them on to its other nodes.
     pub async fn push(&self, manifest: &mut Manifest) -> Result<Vec<PathBuf>> {
-        let temp = self.remote_temp().await?;
         let started = SystemTime::now();
         // Every item here (the identical ones too: -ii), as rsync compares it with the instance.
-        let mut rsync = self.command(Some(Way::Push));
-        rsync
-            .args(PUSH_OPTIONS)
+        let mut here = self.command(Some(Way::Push));
+        here.args(PUSH_OPTIONS)
             .args(LISTING)
             .args(["-ii", "--debug=FILTER1"])
             .arg(self.local_root())
             .arg(self.remote_root(Path::new("")));
-        let here = self.invoke(rsync, None).await?;
         // Every item there, as it stands: listed into a directory that is never made.
-        let mut rsync = self.command(Some(Way::Push));
-        rsync
+        let mut there = self.command(Some(Way::Push));
+        there
             .args(["--recursive", "--links", "--times", "--dry-run", "-i"])
             .arg(self.remote_root(Path::new("")))
             .arg(nowhere());
-        let there = self.invoke(rsync, None).await?;
+        // At once: each is rsync's dozen round trips to the instance, and neither changes
+        // anything there.
+        let (temp, here, there) = tokio::try_join!(
+            self.remote_temp(),
+            self.invoke(here, None),
+            self.invoke(there, None)
+        )?;
         if let Some(failure) = (here.failure.as_ref()).or(there.failure.as_ref()) {
             // The manifest stays as it was: what the instance holds now is not known.
             bail!("could not sync this directory to the instance: {failure}");
