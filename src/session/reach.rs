@@ -60,6 +60,12 @@ impl Reached {
 /// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
 /// makes sure the remote directory exists.
 pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
+    let (target, session, deadline) = connect_head(scene).await?;
+    prepare_machine(scene, target, session, deadline).await
+}
+
+/// The head's session, once the instance runs and its sshd lets us in (before `deadline`).
+async fn connect_head(scene: &Scene<'_>) -> Result<(Target, Arc<Session>, Instant)> {
     let Scene {
         plan,
         interrupt,
@@ -67,7 +73,7 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
         ..
     } = *scene;
     let deadline = Instant::now() + plan.reach.boot_timeout;
-    let mut target = interrupt
+    let target = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
     let id = &scene.machine.head().instance.id;
@@ -86,6 +92,17 @@ pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
+    Ok((target, session, deadline))
+}
+
+/// The head prepared (see `prepare`) while a cluster's other nodes are reached through it.
+async fn prepare_machine(
+    scene: &Scene<'_>,
+    mut target: Target,
+    session: Arc<Session>,
+    deadline: Instant,
+) -> Result<Reached> {
+    let printer = scene.printer;
     // A cluster's other nodes are reached while the head is set up (each costs round trips
     // over the laptop's link), their phases as lines: spinners would draw over each other.
     let printer = match scene.machine.nodes.len() {
@@ -140,12 +157,20 @@ pub async fn reach_and_join(
     lock: DirLock,
     progress: &mut Progress,
 ) -> Result<Reached> {
-    let reached = reach(scene).await?;
-    progress.reached(&reached);
+    let (target, session, deadline) = connect_head(scene).await?;
     let job = Job::for_dir(&scene.plan.local_dir);
-    let (presence, earlier) = Presence::take(&reached.session, &job).await?;
+    // The lease is taken while the machine is prepared: a round trip less on a slow link.
+    let (prepared, taken) = tokio::join!(
+        prepare_machine(scene, target, session.clone(), deadline),
+        Presence::take(&session, &job)
+    );
+    // Taken, it is dropped at the end of the run whatever else failed.
+    progress.session = Some(session);
+    let (presence, earlier) = taken?;
     progress.presence = Some(presence);
     progress.earlier = earlier;
+    let reached = prepared?;
+    progress.reached(&reached);
     drop(lock);
     Ok(reached)
 }
