@@ -8,7 +8,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Project, Run, TestCloud, assert_nothing_left, end, start_until_ready, wait_until};
+use common::{
+    Pane, Project, Run, TestCloud, assert_nothing_left, end, signal, start_until_ready, wait_until,
+};
+use nix::sys::signal::Signal;
 
 /// ssh-ec2 here with the connection kept for `keep` after a run that leaves the instance.
 fn keeping(cloud: &TestCloud, project: &Project, keep: &str) -> Command {
@@ -181,4 +184,65 @@ fn a_kept_connection_ends_once_idle_or_dropped_and_the_next_run_dials() {
     let next = holder_pid(&socket);
     end(&cloud, &mut keeping(&cloud, &project, "10m"));
     wait_until("the new holder to end", || !alive(next));
+}
+
+#[test]
+fn a_signal_and_the_exit_signal_pass_through_the_connection_kept() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let holder = holder_pid(&held_socket(&cloud, &project));
+    let child = start_until_ready(
+        keeping(&cloud, &project, "10m")
+            .args(["--leave", "echo partial > log.txt; echo ready; sleep 60"]),
+    );
+    signal(&child, Signal::SIGQUIT);
+    let run = Run::collect(child);
+    run.assert_code(131);
+    assert!(run.stderr.contains("kept since the last run"), "{run}");
+    assert!(
+        run.stderr.contains("killed by signal TERM"),
+        "the command got SIGTERM, and its end came back\n{run}"
+    );
+    assert_eq!(project.read("log.txt").as_deref(), Some("partial\n"));
+    assert!(alive(holder));
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+    wait_until("the holder to end", || !alive(holder));
+}
+
+#[test]
+fn a_terminal_gets_its_size_resizes_and_ctrl_c_through_the_connection_kept() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let holder = holder_pid(&held_socket(&cloud, &project));
+    let pane = Pane::shell(&project, &cloud);
+    pane.type_line("export SSH_EC2_KEEP_CONNECTION=10m");
+    pane.type_line("ssh-ec2 --leave; echo \"ex\"\"it=$?\"");
+    pane.wait_for("kept since the last run");
+    pane.wait_for("opening a shell in");
+    pane.type_line("echo \"size: $(stty size)\"");
+    pane.wait_for("size: 30 100");
+    pane.tmux(&["resize-window", "-x", "120", "-y", "40"]);
+    let resized = (0..20).any(|_| {
+        pane.type_line("echo \"size: $(stty size)\"");
+        pane.shows_within("size: 40 120", std::time::Duration::from_secs(1))
+            .is_ok()
+    });
+    assert!(
+        resized,
+        "the remote PTY follows the resize:\n{}",
+        pane.screen()
+    );
+    // Ctrl-C typed goes up as a byte; the remote terminal makes it SIGINT.
+    pane.type_line("sleep 60");
+    pane.wait_for("$ sleep 60");
+    pane.tmux(&["send-keys", "C-c"]);
+    pane.type_line("echo \"st\"\"atus=$?\"");
+    pane.wait_for("status=130");
+    pane.type_line("exit 5");
+    pane.wait_for("exit=5");
+    assert!(alive(holder));
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+    wait_until("the holder to end", || !alive(holder));
 }

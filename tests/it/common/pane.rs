@@ -103,6 +103,8 @@ impl Pane {
             ("TERM", "xterm".into()),
             ("PS1", "$ ".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            // As for `Project::ssh_ec2`: the tests of the kept connection turn it on.
+            ("SSH_EC2_KEEP_CONNECTION", "off".into()),
         ];
         let exports: String = env
             .into_iter()
