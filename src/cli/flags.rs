@@ -272,8 +272,7 @@ pub struct NetworkFlags {
     /// it is used as it is, never changed nor deleted.
     #[arg(long, value_name = "ID|NAME")]
     pub security_group: Option<String>,
-    /// Keep the connection to an instance left running this long after a run (e.g. 10m, 1h),
-    /// so that the next run here starts without a handshake; off: never.
+    /// Keep the connection to an instance left running this long, for the next run; off: never.
     #[arg(long, value_name = "DURATION")]
     pub keep_connection: Option<Limit>,
     /// Give up if the instance is not running with SSH letting us in after this many seconds.

@@ -4,7 +4,8 @@
 //! other runs it is in use (`lease`), the command run directly (`run`) or as a job (`job`),
 //! the commands of earlier runs whose clients are gone (`earlier`), a cluster's other nodes
 //! (`cluster`), the final pull (`pull`), the user's variables sent with each command (`env`),
-//! and the end of the run: the end of life, the summary line and the exit status (`end`).
+//! and the end of the run: the end of life and the exit status (`end`), the summary line
+//! (`summary`).
 
 mod cluster;
 mod earlier;
@@ -20,6 +21,7 @@ mod progress;
 mod pull;
 mod reach;
 mod run;
+mod summary;
 mod workers;
 
 use std::path::PathBuf;
@@ -39,7 +41,7 @@ use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
 pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
-pub use end::{Span, end_of_run};
+pub use end::end_of_run;
 pub use job::{
     Followed, attach_node, come_back_hint, conclude_job, end_job, follow_job, job_state,
 };
@@ -48,6 +50,7 @@ pub use progress::Progress;
 pub use pull::pull_home;
 pub use reach::{reach, reach_and_join, ssh_address};
 pub use run::run;
+pub use summary::Span;
 
 /// What a mode on this directory's instance was asked to do, resolved (see `plan`).
 #[derive(Debug)]
