@@ -1,5 +1,6 @@
 //! The one SSH connection of a run (russh): it checks the instance's pinned host key, then
-//! carries the command, and rsync through the relay.
+//! carries the command, and rsync through the relay. It is dialled, or found kept from an
+//! earlier run (`held`).
 
 mod config;
 mod exec;
