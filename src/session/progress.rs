@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::lease::Presence;
-use super::reach::Reached;
 use crate::remote::runs::Earlier;
 use crate::ssh::{RemoteExit, Session, Target};
 use crate::sync::Report;
@@ -29,12 +28,4 @@ pub struct Progress {
     pub session: Option<Arc<Session>>,
     /// Where that session goes, for the connection kept after the run.
     pub target: Option<Target>,
-}
-
-impl Progress {
-    /// Notes the session the end of the run uses, and where it goes.
-    pub fn reached(&mut self, reached: &Reached) {
-        self.session = Some(reached.session.clone());
-        self.target = Some(reached.target.clone());
-    }
 }

@@ -57,6 +57,14 @@ impl Reached {
     }
 }
 
+impl Progress {
+    /// Notes the session the end of the run uses, and where it goes.
+    pub fn reached(&mut self, reached: &Reached) {
+        self.session = Some(reached.session.clone());
+        self.target = Some(reached.target.clone());
+    }
+}
+
 /// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
 /// makes sure the remote directory exists.
 pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
