@@ -246,3 +246,30 @@ fn a_terminal_gets_its_size_resizes_and_ctrl_c_through_the_connection_kept() {
     end(&cloud, &mut keeping(&cloud, &project, "10m"));
     wait_until("the holder to end", || !alive(holder));
 }
+
+#[test]
+fn a_kept_connection_that_no_longer_answers_is_passed_by() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let socket = held_socket(&cloud, &project);
+    let holder = holder_pid(&socket);
+    // The instance's end of it frozen: the holder does not know yet (a laptop that slept).
+    let frozen = cloud.connection_pids();
+    let to_all = |signal: Signal| {
+        for &pid in &frozen {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    };
+    to_all(Signal::SIGSTOP);
+    let run = Run::of(keeping(&cloud, &project, "10m").args(["--leave", "echo dialled"]));
+    to_all(Signal::SIGCONT);
+    run.assert_code(0);
+    assert_eq!(run.stdout, "dialled\n");
+    assert!(!run.stderr.contains("kept since"), "{run}");
+    // Its successor took the socket; the old holder saw it and left.
+    wait_until("the old holder to leave", || !alive(holder));
+    let next = holder_pid(&socket);
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+    wait_until("the new holder to end", || !alive(next));
+}

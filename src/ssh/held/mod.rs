@@ -42,7 +42,8 @@ struct Card {
     pid: u32,
 }
 
-/// How long a run waits for the holder before it dials the instance itself.
+/// How long a run waits for the holder, and for the instance through it, before it dials the
+/// instance itself.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn card_path(socket: &Path) -> PathBuf {
@@ -69,14 +70,27 @@ pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
     };
     let holder = [holder_key];
     let session = tokio::time::timeout(LOCAL_TIMEOUT, Session::handshake(target, stream, &holder));
-    match session.await {
-        Ok(Ok(session)) => Some(Session {
-            host_key: instance_key,
-            held: true,
-            ..session
-        }),
+    let Ok(Ok(session)) = session.await else {
+        tracing::debug!("the holder at {} did not let us in", socket.display());
+        return None;
+    };
+    // Its connection may have died without a word (a laptop that slept): a channel opened
+    // through it proves the instance answers (one round trip), else the run dials.
+    match tokio::time::timeout(LOCAL_TIMEOUT, session.open_channel()).await {
+        Ok(Ok(probe)) => {
+            let _ = probe.close().await;
+            Some(Session {
+                host_key: instance_key,
+                held: true,
+                ..session
+            })
+        }
         _ => {
-            tracing::debug!("the holder at {} did not let us in", socket.display());
+            tracing::debug!(
+                "the connection held at {} does not answer",
+                socket.display()
+            );
+            session.close().await;
             None
         }
     }
