@@ -13,7 +13,7 @@ use super::tags::{
 use super::{AwsError, AwsResultExt, Cloud};
 use crate::poll::Poll;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Pending,
     Running,
@@ -52,7 +52,7 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Instance {
     pub id: String,
     pub state: State,
@@ -80,7 +80,7 @@ pub struct Instance {
 }
 
 /// An instance's place in the launch that made it: EC2's launch index among the launch's count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub rank: u32,
     pub of: u32,

@@ -5,6 +5,7 @@
 //! owner's instances across directories and regions, for `--list` and `--gc`.
 //!
 //! - `journal`: the record of each launch until its instance is adopted;
+//! - `kept`: the instance found through the connection kept from the last run, AWS not asked;
 //! - `launch`: where and what to launch, moving on when a zone has no capacity;
 //! - `end_of_life`: terminate, stop or leave;
 //! - `release`: the groups terminated instances leave, deleted once AWS lets go of them;
@@ -13,6 +14,7 @@
 
 pub mod end_of_life;
 pub mod journal;
+pub mod kept;
 mod launch;
 mod regions;
 pub mod release;
@@ -142,6 +144,9 @@ async fn find_or_launch(
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
+    if let Some(machine) = kept::through_kept(cloud, spec, store, printer).await? {
+        return Ok(machine);
+    }
     // This machine's address is needed whether the instance is found or launched (unless
     // into an admin-made group): asked from now, while the instance is looked for.
     let caller = (spec.launch.security_group.is_none())

@@ -11,6 +11,7 @@ use super::progress::Progress;
 use super::pull::NoteSignals;
 use super::reach::stopped_under_the_run;
 use super::summary::{Span, say_summary};
+use crate::cloud::Instance;
 use crate::fleet::end_of_life::{self, Origin};
 use crate::interrupt::{Interrupted, Signal};
 use crate::remote::job::{Job, JobState};
@@ -134,6 +135,7 @@ pub async fn end_of_run(
     // A run through a held connection leaves it to its holder, which goes on.
     let to_keep = (progress.target.take())
         .filter(|_| !progress.session.as_ref().is_some_and(|s| s.is_held()));
+    let running = progress.running.take();
     let sharing = sharing(scene, &mut progress).await;
     if progress.results_home && plan.sync.is_some() && sharing == Sharing::Alone {
         // Nobody else's command or job was there to write after this pull.
@@ -176,7 +178,8 @@ pub async fn end_of_run(
         end_of_life::apply(cloud, store, &machine.instances(), action, printer).await
     };
     if let (Ok(()), EndOfLife::Leave, Some(target)) = (&ended, action, to_keep) {
-        keep_connection(scene, &target);
+        let head = running.as_ref().unwrap_or(&machine.head().instance);
+        keep_connection(scene, &target, head);
     }
     say_summary(scene, ended.is_ok(), action, span).await;
     // Something the run made is still alive against the policy: that outweighs the rest.
@@ -187,12 +190,14 @@ pub async fn end_of_run(
     Ok(status)
 }
 
-/// Keeps a connection to the instance left running, for the next run here (see `ssh::held`).
-fn keep_connection(scene: &Scene<'_>, target: &Target) {
+/// Keeps a connection to the instance left running (`head`, as last seen), for the next run
+/// here (see `ssh::held`).
+fn keep_connection(scene: &Scene<'_>, target: &Target, head: &Instance) {
     let (Some(keep), Some(socket)) = (scene.plan.reach.keep_connection, &target.held) else {
         return;
     };
-    if let Err(e) = held::hand_over(target, socket, keep) {
+    let known = crate::fleet::kept::known(&scene.plan.machine, scene.cloud, head);
+    if let Err(e) = held::hand_over(target, socket, keep, known) {
         scene.printer.warn(&format!(
             "{e:#}: the next run here connects to the instance anew"
         ));

@@ -7,6 +7,7 @@
 //! and the end of the run: the end of life and the exit status (`end`), the summary line
 //! (`summary`).
 
+mod address;
 mod cluster;
 mod earlier;
 mod end;
@@ -40,6 +41,7 @@ use crate::ssh::forward::{Forward, LocalForward};
 use crate::state::lock::DirLock;
 use crate::state::{Dirs, Store};
 
+pub use address::ssh_address;
 pub use earlier::{end_earlier, still_running, still_running_note, wait_for_earlier};
 pub use end::end_of_run;
 pub use job::{
@@ -48,7 +50,7 @@ pub use job::{
 pub use logs::{cut_short, home_log, job_ended, lost, print_log, show_unseen};
 pub use progress::Progress;
 pub use pull::pull_home;
-pub use reach::{reach, reach_and_join, ssh_address};
+pub use reach::{reach, reach_and_join};
 pub use run::run;
 pub use summary::Span;
 

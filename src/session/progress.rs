@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::lease::Presence;
+use crate::cloud::Instance;
 use crate::remote::runs::Earlier;
 use crate::ssh::{RemoteExit, Session, Target};
 use crate::sync::Report;
@@ -26,6 +27,8 @@ pub struct Progress {
     pub earlier: Vec<Earlier>,
     /// The last session to the instance, to drop the lease and see who else is there.
     pub session: Option<Arc<Session>>,
-    /// Where that session goes, for the connection kept after the run.
+    /// Where that session goes, for the connection kept after the run, and the instance as
+    /// last seen running.
     pub target: Option<Target>,
+    pub running: Option<Instance>,
 }

@@ -7,16 +7,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::address::ssh_address;
 use super::cluster::{Cluster, Worker, reach_workers, set_up};
 use super::lease::Presence;
 use super::prepare::prepare_head;
 use super::progress::Progress;
-use super::{Dial, Plan, Scene};
+use super::{Plan, Scene};
 use crate::cloud::{Cloud, Instance, State};
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
 use crate::remote::job::Job;
-use crate::settings::values::{Address, HostPort};
 use crate::ssh::forward::Forwarding;
 use crate::ssh::{Session, Target};
 use crate::state::entries::Entry;
@@ -25,6 +25,8 @@ use crate::state::lock::DirLock;
 /// The instance, reached: where its sshd is, the session, and the remote directory's path.
 pub struct Reached {
     pub target: Target,
+    /// The head as last seen running (its addresses: a launched one had none yet).
+    pub running: Instance,
     pub session: Arc<Session>,
     pub remote_dir: RemoteDir,
     /// A cluster's other nodes, reached through the head (none for one instance).
@@ -62,18 +64,27 @@ impl Progress {
     pub fn reached(&mut self, reached: &Reached) {
         self.session = Some(reached.session.clone());
         self.target = Some(reached.target.clone());
+        self.running = Some(reached.running.clone());
     }
 }
 
 /// Waits until the instance runs and its sshd lets us in (one boot deadline for both), then
 /// makes sure the remote directory exists.
 pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
-    let (target, session, deadline) = connect_head(scene).await?;
-    prepare_machine(scene, target, session, deadline).await
+    let head = connect_head(scene).await?;
+    prepare_machine(scene, head).await
 }
 
-/// The head's session, once the instance runs and its sshd lets us in (before `deadline`).
-async fn connect_head(scene: &Scene<'_>) -> Result<(Target, Arc<Session>, Instant)> {
+/// The head, running, its sshd letting us in (before `deadline`, for the other nodes too).
+struct Connected {
+    target: Target,
+    session: Arc<Session>,
+    running: Instance,
+    deadline: Instant,
+}
+
+/// The head's session, once the instance runs and its sshd lets us in.
+async fn connect_head(scene: &Scene<'_>) -> Result<Connected> {
     let Scene {
         plan,
         interrupt,
@@ -81,7 +92,7 @@ async fn connect_head(scene: &Scene<'_>) -> Result<(Target, Arc<Session>, Instan
         ..
     } = *scene;
     let deadline = Instant::now() + plan.reach.boot_timeout;
-    let target = interrupt
+    let (target, running) = interrupt
         .cancel(wait_for_ssh_target(scene, deadline))
         .await?;
     let id = &scene.machine.head().instance.id;
@@ -100,16 +111,22 @@ async fn connect_head(scene: &Scene<'_>) -> Result<(Target, Arc<Session>, Instan
     let session = interrupt
         .cancel(connect(&target, deadline, printer))
         .await?;
-    Ok((target, session, deadline))
+    Ok(Connected {
+        target,
+        session,
+        running,
+        deadline,
+    })
 }
 
 /// The head prepared (see `prepare`) while a cluster's other nodes are reached through it.
-async fn prepare_machine(
-    scene: &Scene<'_>,
-    mut target: Target,
-    session: Arc<Session>,
-    deadline: Instant,
-) -> Result<Reached> {
+async fn prepare_machine(scene: &Scene<'_>, head: Connected) -> Result<Reached> {
+    let Connected {
+        mut target,
+        session,
+        running,
+        deadline,
+    } = head;
     let printer = scene.printer;
     // A cluster's other nodes are reached while the head is set up (each costs round trips
     // over the laptop's link), their phases as lines: spinners would draw over each other.
@@ -131,6 +148,7 @@ async fn prepare_machine(
     };
     Ok(Reached {
         target,
+        running,
         session,
         remote_dir,
         workers,
@@ -165,13 +183,12 @@ pub async fn reach_and_join(
     lock: DirLock,
     progress: &mut Progress,
 ) -> Result<Reached> {
-    let (target, session, deadline) = connect_head(scene).await?;
+    let head = connect_head(scene).await?;
+    let session = head.session.clone();
     let job = Job::for_dir(&scene.plan.local_dir);
     // The lease is taken while the machine is prepared: a round trip less on a slow link.
-    let (prepared, taken) = tokio::join!(
-        prepare_machine(scene, target, session.clone(), deadline),
-        Presence::take(&session, &job)
-    );
+    let (prepared, taken) =
+        tokio::join!(prepare_machine(scene, head), Presence::take(&session, &job));
     // Taken, it is dropped at the end of the run whatever else failed.
     progress.session = Some(session);
     let (presence, earlier) = taken?;
@@ -183,8 +200,9 @@ pub async fn reach_and_join(
     Ok(reached)
 }
 
-/// Waits until the instance runs (unless it was found running) and says where its sshd is.
-async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Target> {
+/// Waits until the instance runs (unless it was found running) and says where its sshd is;
+/// the instance, running.
+async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<(Target, Instance)> {
     let Scene {
         cloud,
         plan,
@@ -195,62 +213,27 @@ async fn wait_for_ssh_target(scene: &Scene<'_>, deadline: Instant) -> Result<Tar
     let head = &machine.head().instance;
     let id = &head.id;
     // Found running moments ago (not started, nor just launched): its address is known.
-    let address = match head.state {
-        State::Running => ssh_address(&plan.reach.dial, head)?,
+    let running = match head.state {
+        State::Running => head.clone(),
         _ => {
             let phase = printer.phase(format!("waiting for {id} to run"));
             let running = cloud.wait_until(id, State::Running, deadline).await?;
             phase.done(format!("{id} is running"));
-            ssh_address(&plan.reach.dial, &running)?
+            running
         }
     };
+    let address = ssh_address(&plan.reach.dial, &running)?;
     // A held connection carries no `-R` (its holder does not take forwards back), and a
     // cluster's nodes have their own.
     let can_hold = machine.nodes.len() == 1 && plan.forwards.remote.is_empty();
-    Ok(Target {
+    let target = Target {
         address,
         user: machine.user.clone(),
         keys: machine.head().keys.clone(),
         via: None,
         held: can_hold.then(|| scene.store.held_socket(id)),
-    })
-}
-
-/// Where the instance's sshd is reached: `connect` (a tunnel), else the address chosen, port 22.
-pub fn ssh_address(dial: &Dial, instance: &Instance) -> Result<HostPort> {
-    if let Some(address) = &dial.connect {
-        return Ok(address.clone());
-    }
-    let (public, private) = (
-        instance.public_ip.as_deref(),
-        instance.private_ip.as_deref(),
-    );
-    let chosen = match dial.address {
-        Address::Public => public,
-        Address::Private => private,
-        Address::Auto => public.or(private),
     };
-    let host = chosen.with_context(|| missing_address(dial.address, &instance.id, private))?;
-    Ok(HostPort {
-        host: host.to_string(),
-        port: 22,
-    })
-}
-
-/// Why there is no address to dial, naming the setting and what to set instead.
-fn missing_address(address: Address, id: &str, private: Option<&str>) -> String {
-    let tunnel = "or --connect HOST:PORT through a tunnel (e.g. an SSM port forward)";
-    match (address, private) {
-        (Address::Public, Some(private)) => format!(
-            "{id} has no public address (--address public, SSH_EC2_ADDRESS): from inside its \
-             VPC, over a VPN or Direct Connect, --address private dials {private}; {tunnel}"
-        ),
-        (Address::Private, _) => format!(
-            "{id} has no private address (--address private, SSH_EC2_ADDRESS): use --address \
-             public or auto, {tunnel}"
-        ),
-        _ => format!("{id} has no IP address: pass --connect HOST:PORT ({tunnel})"),
-    }
+    Ok((target, running))
 }
 
 pub(super) async fn connect(
@@ -330,57 +313,4 @@ pub async fn open_forwards(
         }
     }
     Ok(forwarding)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cloud::State;
-
-    fn instance(public: Option<&str>, private: Option<&str>) -> Instance {
-        Instance {
-            public_ip: public.map(str::to_string),
-            private_ip: private.map(str::to_string),
-            ..Instance::example("i-1", State::Running)
-        }
-    }
-
-    fn dial(address: Address, connect: Option<&str>) -> Dial {
-        Dial {
-            address,
-            connect: connect.map(|c| c.parse().unwrap()),
-        }
-    }
-
-    #[test]
-    fn the_address_setting_chooses_which_one_is_dialled() {
-        let both = instance(Some("54.1.2.3"), Some("172.31.0.5"));
-        let host = |d: Dial, i: &Instance| ssh_address(&d, i).map(|a| a.to_string());
-        assert_eq!(
-            host(dial(Address::Auto, None), &both).unwrap(),
-            "54.1.2.3:22"
-        );
-        assert_eq!(
-            host(dial(Address::Private, None), &both).unwrap(),
-            "172.31.0.5:22"
-        );
-        assert_eq!(
-            host(dial(Address::Public, None), &both).unwrap(),
-            "54.1.2.3:22"
-        );
-        let private_only = instance(None, Some("172.31.0.5"));
-        assert_eq!(
-            host(dial(Address::Auto, None), &private_only).unwrap(),
-            "172.31.0.5:22"
-        );
-        let err = host(dial(Address::Public, None), &private_only).unwrap_err();
-        assert!(err.to_string().contains("--address public"), "{err}");
-        assert!(
-            err.to_string()
-                .contains("--address private dials 172.31.0.5"),
-            "{err}"
-        );
-        let tunnel = dial(Address::Public, Some("127.0.0.1:2222"));
-        assert_eq!(host(tunnel, &private_only).unwrap(), "127.0.0.1:2222");
-    }
 }

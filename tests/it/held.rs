@@ -273,3 +273,37 @@ fn a_kept_connection_that_no_longer_answers_is_passed_by() {
     end(&cloud, &mut keeping(&cloud, &project, "10m"));
     wait_until("the new holder to end", || !alive(next));
 }
+
+#[test]
+fn a_run_through_the_connection_kept_asks_aws_nothing_until_the_instance_is_gone() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let holder = holder_pid(&held_socket(&cloud, &project));
+    let before = cloud.aws_calls().len();
+    let warm = Run::of(keeping(&cloud, &project, "10m").args(["--leave", "echo warm"]));
+    warm.assert_code(0);
+    assert_eq!(warm.stdout, "warm\n");
+    let asked: Vec<_> = (cloud.aws_calls()[before..].iter())
+        .map(|call| call["action"].to_string())
+        .collect();
+    assert!(asked.is_empty(), "{asked:?}\n{warm}");
+    assert!(
+        warm.stderr.contains("its kept connection answers"),
+        "{warm}"
+    );
+
+    // Terminated behind its back: the connection drops with it, and the next run looks for the
+    // instance, finds none and launches one.
+    let id = cloud.instance_of(&project);
+    let ec2 = cloud.ec2();
+    cloud
+        .block_on(ec2.terminate_instances().instance_ids(&id).send())
+        .unwrap();
+    wait_until("the holder to end", || !alive(holder));
+    let cold = Run::of(keeping(&cloud, &project, "10m").arg("echo cold"));
+    cold.assert_code(0);
+    assert_eq!(cold.stdout, "cold\n");
+    assert!(cold.stderr.contains("launched"), "{cold}");
+    assert!(cloud.live_instances().is_empty(), "{cold}");
+}

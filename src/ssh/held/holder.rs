@@ -35,14 +35,21 @@ struct Handed {
     hosts: Vec<String>,
     socket: PathBuf,
     keep_seconds: u64,
+    /// For the card (see `Card::known`).
+    known: serde_json::Value,
 }
 
 /// How long the holder may take to connect: the instance ran a moment ago.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts a holder of a connection to `target`, listening at `socket`, for `keep` after its
-/// last use. It outlives this process.
-pub fn hand_over(target: &Target, socket: &Path, keep: Duration) -> Result<()> {
+/// last use, `known` on its card. It outlives this process.
+pub fn hand_over(
+    target: &Target,
+    socket: &Path,
+    keep: Duration,
+    known: serde_json::Value,
+) -> Result<()> {
     let handed = Handed {
         address: target.address.to_string(),
         user: target.user.clone(),
@@ -52,6 +59,7 @@ pub fn hand_over(target: &Target, socket: &Path, keep: Duration) -> Result<()> {
             .collect::<Result<_, _>>()?,
         socket: socket.to_path_buf(),
         keep_seconds: keep.as_secs(),
+        known,
     };
     let exe = std::env::current_exe().context("cannot find ssh-ec2's own program")?;
     let mut child = std::process::Command::new(exe)
@@ -100,6 +108,7 @@ async fn hold(handed: Handed) -> Result<()> {
         instance_key: upstream.host_key().to_openssh()?,
         holder_key: key.public_key().to_openssh()?,
         pid: std::process::id(),
+        known: handed.known.clone(),
     };
     let (listener, ours) = listen(&handed.socket, &card)?;
     let activity = Activity::default();

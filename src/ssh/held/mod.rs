@@ -21,10 +21,12 @@ mod proxy;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use russh::keys::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use super::{Session, Target, is_one_of};
+use crate::state::keys::InstanceKeys;
 
 pub use holder::{HOLDER_FLAG, hand_over, holder_main};
 
@@ -40,6 +42,10 @@ struct Card {
     holder_key: String,
     /// The holder's process.
     pid: u32,
+    /// What the run that started the holder knew of the instance, for the next one (see
+    /// `fleet::kept`).
+    #[serde(default)]
+    known: serde_json::Value,
 }
 
 /// How long a run waits for the holder, and for the instance through it, before it dials the
@@ -50,12 +56,54 @@ fn card_path(socket: &Path) -> PathBuf {
     socket.with_extension("json")
 }
 
+fn read_card(socket: &Path) -> Option<Card> {
+    let bytes = std::fs::read(card_path(socket)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What the run that started the holder at `socket` knew of its instance, if one is there.
+pub fn known(socket: &Path) -> Option<serde_json::Value> {
+    read_card(socket).map(|card| card.known)
+}
+
+/// Replaces what the card at `socket` says the last run knew (a later run learnt more).
+pub fn note_known(socket: &Path, known: serde_json::Value) -> anyhow::Result<()> {
+    let card = read_card(socket).context("the kept connection is gone")?;
+    let fresh = card_path(socket).with_extension("json.new");
+    crate::state::overwrite_private(&fresh, &serde_json::to_string(&Card { known, ..card })?)?;
+    std::fs::rename(&fresh, card_path(socket))?;
+    Ok(())
+}
+
+/// Whether the connection held at `socket` leads to the instance whose host keys `keys` pins,
+/// and the instance answers through it now (one round trip).
+pub async fn answers(socket: &Path, keys: &InstanceKeys) -> bool {
+    let Some(card) = read_card(socket) else {
+        return false;
+    };
+    let Ok(address) = card.address.parse::<crate::settings::values::HostPort>() else {
+        return false;
+    };
+    let target = Target {
+        address,
+        user: card.user,
+        keys: keys.clone(),
+        via: None,
+        held: None,
+    };
+    match reach(&target, socket).await {
+        Some(session) => {
+            session.close().await;
+            true
+        }
+        None => false,
+    }
+}
+
 /// The session through the connection held at `socket`, when there is one that leads where
 /// `target` does; `None` sends the caller to dial.
 pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
-    let card: Card = std::fs::read(card_path(socket))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())?;
+    let card = read_card(socket)?;
     let Some((instance_key, holder_key)) = leads_where(&card, target) else {
         tracing::debug!("the held connection at {} goes elsewhere", socket.display());
         return None;
@@ -115,7 +163,6 @@ pub fn release(socket: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::keys::InstanceKeys;
     use russh::keys::{Algorithm, PrivateKey};
     use std::sync::Arc;
 
@@ -147,6 +194,7 @@ mod tests {
             instance_key: openssh(&instance),
             holder_key: openssh(&holder),
             pid: 1,
+            known: serde_json::Value::Null,
         };
         let keys = leads_where(&card, &target).expect("the same place");
         assert_eq!(
