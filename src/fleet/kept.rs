@@ -63,10 +63,10 @@ pub async fn through_kept(
         let Ok(keys) = store.load(&id, &spec.login) else {
             continue;
         };
-        let phase = printer.phase(format!("reusing {id} (its kept connection answers)"));
         if !held::answers(&socket, &keys).await {
             continue;
         }
+        let phase = printer.phase(format!("reusing {id} (its kept connection answers)"));
         let tag = spec.watchdog.expiry_tag();
         if known.instance.expires_at != tag {
             cloud.set_expiry(&[id.as_str()], tag.as_deref()).await?;
