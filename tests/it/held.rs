@@ -78,6 +78,11 @@ fn the_next_run_goes_through_the_connection_kept_and_terminating_ends_it() {
     first.assert_code(0);
     let socket = held_socket(&cloud, &project);
     let holder = holder_pid(&socket);
+    let environ = std::fs::read(format!("/proc/{holder}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("AWS_"),
+        "the holder keeps no AWS credentials"
+    );
     assert_eq!(mode(&socket), 0o600, "{first}");
     assert_eq!(mode(&socket.with_extension("json")), 0o600);
     assert_eq!(

@@ -64,8 +64,10 @@ pub fn hand_over(
     let exe = std::env::current_exe().context("cannot find ssh-ec2's own program")?;
     let mut child = std::process::Command::new(exe)
         .arg(HOLDER_FLAG)
-        // Not the project's directory: the holder must not keep it busy.
+        // Not the project's directory: the holder must not keep it busy. Nor the run's
+        // environment: it needs nothing of it, AWS credentials least of all.
         .current_dir("/")
+        .env_clear()
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
