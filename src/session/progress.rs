@@ -31,4 +31,7 @@ pub struct Progress {
     /// last seen running.
     pub target: Option<Target>,
     pub running: Option<Instance>,
+    /// The instance changed nothing in the remote directory since the last pull that brought
+    /// everything home (asked as the run joined it): the pull before the push has nothing to do.
+    pub unchanged_there: bool,
 }

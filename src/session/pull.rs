@@ -155,7 +155,7 @@ pub async fn pull_nodes(
         .pull(manifest, &mut progress.sync, mark.as_ref())
         .await?;
     if let Some(mark) = &mark {
-        store.note_pull_mark(id, mark.token(), &reached.remote_dir.to_string());
+        store.note_pull_mark(id, mark.token(), &plan.remote_dir.to_string());
     }
     pulled.add(pull_workers(scene, reached, progress).await?);
     Ok(pulled)
@@ -164,17 +164,21 @@ pub async fn pull_nodes(
 /// Whether a lone instance changed nothing in the remote directory since the last pull that
 /// brought everything home: then a pull would bring nothing (one command instead of rsync's
 /// listing). Not known (never pulled, another boot, no answer) counts as changed.
-pub async fn unchanged_since_pull(scene: &Scene<'_>, reached: &Reached) -> bool {
-    let Scene { plan, store, .. } = *scene;
-    let id = &scene.machine.head().instance.id;
-    let remote_dir = &reached.remote_dir;
-    let token = store.pull_mark(id, &remote_dir.to_string());
-    let (true, Some(token)) = (reached.workers.is_empty(), token) else {
+pub async fn unchanged_since_pull(scene: &Scene<'_>, session: &Session) -> bool {
+    let Scene {
+        plan,
+        store,
+        machine,
+        ..
+    } = *scene;
+    let id = &machine.head().instance.id;
+    let token = store.pull_mark(id, &plan.remote_dir.to_string());
+    let (1, Some(token)) = (machine.nodes.len(), token) else {
         return false;
     };
     let mark = PullMark::of(Job::for_dir(&plan.local_dir).name(), &token);
-    let check = mark.unchanged_command(remote_dir);
-    let answer = reached.session.run_captured(&check).await;
+    let check = mark.unchanged_command(&plan.remote_dir);
+    let answer = session.run_captured(&check).await;
     answer.is_ok_and(|said| said.trim() == "unchanged")
 }
 

@@ -12,6 +12,7 @@ use super::cluster::{Cluster, Worker, reach_workers, set_up};
 use super::lease::Presence;
 use super::prepare::prepare_head;
 use super::progress::Progress;
+use super::pull::unchanged_since_pull;
 use super::{Plan, Scene};
 use crate::cloud::{Cloud, Instance, State};
 use crate::printer::Printer;
@@ -186,9 +187,14 @@ pub async fn reach_and_join(
     let head = connect_head(scene).await?;
     let session = head.session.clone();
     let job = Job::for_dir(&scene.plan.local_dir);
-    // The lease is taken while the machine is prepared: a round trip less on a slow link.
-    let (prepared, taken) =
-        tokio::join!(prepare_machine(scene, head), Presence::take(&session, &job));
+    // The lease is taken, and the instance asked whether anything changed there since the
+    // last pull, while the machine is prepared: one round trip for all on a slow link.
+    let (prepared, taken, unchanged) = tokio::join!(
+        prepare_machine(scene, head),
+        Presence::take(&session, &job),
+        unchanged_since_pull(scene, &session)
+    );
+    progress.unchanged_there = unchanged;
     // Taken, it is dropped at the end of the run whatever else failed.
     progress.session = Some(session);
     let (presence, earlier) = taken?;

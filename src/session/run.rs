@@ -15,7 +15,7 @@ use super::job::{
 };
 use super::lease::Presence;
 use super::progress::Progress;
-use super::pull::{NoteSignals, pull_nodes, pull_results, rsync, unchanged_since_pull};
+use super::pull::{NoteSignals, pull_nodes, pull_results, rsync};
 use super::reach::{Reached, open_forwards, reach_and_join, reconnect_if_closed};
 use super::workers::{
     Ended, WorkerCommands, first_failure, how_it_ended, node_failed, start_workers, workers_outcome,
@@ -133,7 +133,7 @@ async fn sync_up(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
         ));
-        let pulled = match unchanged_since_pull(scene, reached).await {
+        let pulled = match progress.unchanged_there {
             true => Pulled::default(),
             false => {
                 let pulling = pull_nodes(scene, reached, &rsync, manifest, progress);
