@@ -48,12 +48,14 @@ impl PullMark {
     }
 
     /// What rsync runs on the instance for the pull's listing (its `--rsync-path`): the stamp,
-    /// in place of the earlier ones, then rsync itself.
+    /// in place of the earlier ones, then rsync itself, whether the stamp could be made or not
+    /// (a full disk, tools that are not GNU's): without one, the next run only lists again.
     pub fn stamp_then_rsync(&self) -> String {
         format!(
-            "mkdir -p {dir} && rm -f {dir}/* && cat {BOOT_ID} > {path} && \
-             t=$(($(date -r {path} +%s%N) - 1)) && s=${{t%?????????}} && \
-             touch -d \"@$s.${{t#\"$s\"}}\" {path} && rsync",
+            "{{ mkdir -p {dir} && rm -f {dir}/* && cat {BOOT_ID} > {path}.new && \
+             t=$(($(date -r {path}.new +%s%N) - 1)) && s=${{t%?????????}} && \
+             touch -d \"@$s.${{t#\"$s\"}}\" {path}.new && mv {path}.new {path}; }} \
+             >/dev/null 2>&1; rsync",
             dir = self.dir(),
             path = self.path()
         )
@@ -66,7 +68,7 @@ impl PullMark {
         let dir = dir.for_shell();
         format!(
             "m={path}; [ -f \"$m\" ] && [ \"$(cat \"$m\")\" = \"$(cat {BOOT_ID})\" ] && \
-             [ -d {dir} ] && [ -z \"$(find {dir} -cnewer \"$m\" -print -quit 2>&1)\" ] && \
+             [ -d {dir} ] && [ -z \"$(find -H {dir} -cnewer \"$m\" -print -quit 2>&1)\" ] && \
              echo unchanged; true",
             path = self.path()
         )
@@ -119,6 +121,14 @@ mod tests {
             sh(home.path(), &format!("cd ~ && {change}"));
             assert_eq!(sh(home.path(), &check), "", "{change}");
         }
+        // A stamp that cannot be made leaves none (rsync runs all the same).
+        let blocked = home.path().join(".ssh-ec2/pulled");
+        std::fs::remove_dir_all(&blocked).unwrap();
+        std::fs::write(&blocked, "not a directory").unwrap();
+        assert_eq!(sh(home.path(), &stamp), "");
+        assert_eq!(sh(home.path(), &check), "", "no stamp, so changed");
+        std::fs::remove_file(&blocked).unwrap();
+
         // Another pull's stamp, or one from another boot, proves nothing.
         a_tick_later();
         sh(home.path(), &stamp);

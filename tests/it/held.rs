@@ -312,3 +312,28 @@ fn a_run_through_the_connection_kept_asks_aws_nothing_until_the_instance_is_gone
     assert!(cold.stderr.contains("launched"), "{cold}");
     assert!(cloud.live_instances().is_empty(), "{cold}");
 }
+
+#[test]
+fn a_replaced_holder_serves_the_runs_it_carries_to_their_end() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
+    let socket = held_socket(&cloud, &project);
+    let holder = holder_pid(&socket);
+    let child = start_until_ready(
+        keeping(&cloud, &project, "10m").args(["--leave", "echo ready; sleep 2; echo done"]),
+    );
+    // Another socket in its place, as when a run here that dialled kept its own connection.
+    let newer = socket.with_extension("newer");
+    std::fs::write(&newer, "").unwrap();
+    std::fs::rename(&newer, &socket).unwrap();
+    let run = Run::collect(child);
+    run.assert_code(0);
+    assert_eq!(run.stdout, "done\n", "after the ready line\n{run}");
+    assert!(run.stderr.contains("kept since the last run"), "{run}");
+    wait_until("the replaced holder to leave once its run ended", || {
+        !alive(holder)
+    });
+    assert!(socket.exists(), "the newer one's is left as it is");
+    end(&cloud, &mut keeping(&cloud, &project, "10m"));
+}

@@ -133,7 +133,21 @@ async fn hold(handed: Handed) -> Result<()> {
     });
     let keep = Duration::from_secs(handed.keep_seconds);
     let mut poll = Poll::every(Duration::from_secs(1));
-    while !(upstream.is_closed() || !still_ours(&handed.socket, ours) || activity.idle_for(keep)) {
+    loop {
+        let ours_still = still_ours(&handed.socket, ours);
+        // Its socket gone (an end of life) or taken by a newer holder: no new run comes, and
+        // those connected finish first (a stop or terminate waits for nobody: the connection
+        // then drops).
+        if !ours_still {
+            serving.abort();
+        }
+        let done = match ours_still {
+            true => activity.idle_for(keep),
+            false => activity.idle(),
+        };
+        if done || upstream.is_closed() {
+            break;
+        }
         poll.wait().await?;
     }
     serving.abort();

@@ -69,7 +69,7 @@ pub fn known(socket: &Path) -> Option<serde_json::Value> {
 /// Replaces what the card at `socket` says the last run knew (a later run learnt more).
 pub fn note_known(socket: &Path, known: serde_json::Value) -> anyhow::Result<()> {
     let card = read_card(socket).context("the kept connection is gone")?;
-    let fresh = card_path(socket).with_extension("json.new");
+    let fresh = card_path(socket).with_extension(format!("{}.json", std::process::id()));
     crate::state::overwrite_private(&fresh, &serde_json::to_string(&Card { known, ..card })?)?;
     std::fs::rename(&fresh, card_path(socket))?;
     Ok(())

@@ -30,6 +30,11 @@ impl Activity {
         connected == 0 && since.elapsed() >= keep
     }
 
+    /// No run is connected now.
+    pub fn idle(&self) -> bool {
+        self.idle_for(Duration::ZERO)
+    }
+
     fn begin(&self) -> InUse {
         self.0.lock().expect("not poisoned").0 += 1;
         InUse(self.clone())
