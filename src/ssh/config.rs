@@ -11,12 +11,7 @@ use russh::{Preferred, cipher, client, server};
 /// keepalive, and windows and packets sized for a long fat link.
 pub(super) fn client_config() -> client::Config {
     client::Config {
-        // Only the key type we installed, so the server cannot offer another one.
-        preferred: Preferred {
-            key: Cow::Borrowed(&[Algorithm::Ed25519]),
-            cipher: Cow::Borrowed(preferred_ciphers()),
-            ..Preferred::default()
-        },
+        preferred: preferred(),
         window_size: WINDOW,
         // What the server may put in one packet to us: fewer, larger packets for pulls.
         maximum_packet_size: MAX_PACKET,
@@ -27,17 +22,23 @@ pub(super) fn client_config() -> client::Config {
     }
 }
 
+/// Only the key type we install, so the other side cannot offer another one; the fastest
+/// cipher here first.
+fn preferred() -> Preferred {
+    Preferred {
+        key: Cow::Borrowed(&[Algorithm::Ed25519]),
+        cipher: Cow::Borrowed(preferred_ciphers()),
+        ..Preferred::default()
+    }
+}
+
 /// The holder's side of the local hop (see `held`), with `key` as its host key: the same
 /// algorithms and windows. No delay after a refused login: only this user can reach its socket.
 /// Runs come and go; the holder itself decides when it ends.
 pub(super) fn holder_config(key: PrivateKey) -> server::Config {
     server::Config {
         keys: vec![key],
-        preferred: Preferred {
-            key: Cow::Borrowed(&[Algorithm::Ed25519]),
-            cipher: Cow::Borrowed(preferred_ciphers()),
-            ..Preferred::default()
-        },
+        preferred: preferred(),
         window_size: WINDOW,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: CHANNEL_BUFFER,

@@ -67,6 +67,20 @@ fn logins_running_something(cloud: &TestCloud) -> (usize, usize) {
     (logins.len(), running.count())
 }
 
+/// A first run that leaves the instance, its connection kept: the socket and the holder.
+fn left_with_connection_kept(cloud: &TestCloud, project: &Project) -> (PathBuf, i32) {
+    Run::of(keeping(cloud, project, "10m").args(["--leave", "true"])).assert_code(0);
+    let socket = held_socket(cloud, project);
+    let holder = holder_pid(&socket);
+    (socket, holder)
+}
+
+/// Terminates the instance; its holder goes with it.
+fn end_and_see_holder_go(cloud: &TestCloud, project: &Project, holder: i32) {
+    end(cloud, &mut keeping(cloud, project, "10m"));
+    wait_until("the holder to end", || !alive(holder));
+}
+
 /// How many connections the instance's sshd serves, seen from the command on the instance.
 const CONNECTIONS: &str = "ss -Htn state established '( sport = :22 )' | wc -l";
 
@@ -119,8 +133,7 @@ fn the_next_run_goes_through_the_connection_kept_and_terminating_ends_it() {
     assert_eq!(holder_pid(&socket), holder, "the same holder");
 
     // Ending the instance ends the connection first.
-    end(&cloud, &mut keeping(&cloud, &project, "10m"));
-    wait_until("the holder to end", || !alive(holder));
+    end_and_see_holder_go(&cloud, &project, holder);
     assert!(!socket.exists());
     assert_nothing_left(&cloud, &project, &second);
 }
@@ -129,8 +142,7 @@ fn the_next_run_goes_through_the_connection_kept_and_terminating_ends_it() {
 fn a_forward_runs_through_the_connection_kept() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let holder = holder_pid(&held_socket(&cloud, &project));
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
     project.write("page.txt", "served through the holder\n");
     let (local, remote) = (8011, 8010);
     let child = start_until_ready(
@@ -151,8 +163,7 @@ fn a_forward_runs_through_the_connection_kept() {
         "one connection, the holder's\n{run}"
     );
     assert!(alive(holder));
-    end(&cloud, &mut keeping(&cloud, &project, "10m"));
-    wait_until("the holder to end", || !alive(holder));
+    end_and_see_holder_go(&cloud, &project, holder);
 }
 
 #[test]
@@ -166,15 +177,13 @@ fn a_kept_connection_ends_once_idle_or_dropped_and_the_next_run_dials() {
     assert!(!socket.exists(), "it took its socket away");
 
     // A holder whose connection drops (a network change, the instance stopped) ends too.
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let holder = holder_pid(&socket);
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
     assert!(cloud.drop_connections() > 0);
     wait_until("the cut holder to end", || !alive(holder));
     assert!(!socket.exists());
 
     // One killed outright leaves its socket: the next run dials, and a new holder takes over.
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let holder = holder_pid(&socket);
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(holder),
         nix::sys::signal::Signal::SIGKILL,
@@ -187,16 +196,14 @@ fn a_kept_connection_ends_once_idle_or_dropped_and_the_next_run_dials() {
     assert!(!run.stderr.contains("kept since"), "{run}");
     wait_until("a new holder", || holder_pid(&socket) != holder);
     let next = holder_pid(&socket);
-    end(&cloud, &mut keeping(&cloud, &project, "10m"));
-    wait_until("the new holder to end", || !alive(next));
+    end_and_see_holder_go(&cloud, &project, next);
 }
 
 #[test]
 fn a_signal_and_the_exit_signal_pass_through_the_connection_kept() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let holder = holder_pid(&held_socket(&cloud, &project));
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
     let child = start_until_ready(
         keeping(&cloud, &project, "10m")
             .args(["--leave", "echo partial > log.txt; echo ready; sleep 60"]),
@@ -211,34 +218,20 @@ fn a_signal_and_the_exit_signal_pass_through_the_connection_kept() {
     );
     assert_eq!(project.read("log.txt").as_deref(), Some("partial\n"));
     assert!(alive(holder));
-    end(&cloud, &mut keeping(&cloud, &project, "10m"));
-    wait_until("the holder to end", || !alive(holder));
+    end_and_see_holder_go(&cloud, &project, holder);
 }
 
 #[test]
 fn a_terminal_gets_its_size_resizes_and_ctrl_c_through_the_connection_kept() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let holder = holder_pid(&held_socket(&cloud, &project));
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
     let pane = Pane::shell(&project, &cloud);
     pane.type_line("export SSH_EC2_KEEP_CONNECTION=10m");
     pane.type_line("ssh-ec2 --leave; echo \"ex\"\"it=$?\"");
     pane.wait_for("kept since the last run");
     pane.wait_for("opening a shell in");
-    pane.type_line("echo \"size: $(stty size)\"");
-    pane.wait_for("size: 30 100");
-    pane.tmux(&["resize-window", "-x", "120", "-y", "40"]);
-    let resized = (0..20).any(|_| {
-        pane.type_line("echo \"size: $(stty size)\"");
-        pane.shows_within("size: 40 120", std::time::Duration::from_secs(1))
-            .is_ok()
-    });
-    assert!(
-        resized,
-        "the remote PTY follows the resize:\n{}",
-        pane.screen()
-    );
+    pane.assert_remote_size_follows();
     // Ctrl-C typed goes up as a byte; the remote terminal makes it SIGINT.
     pane.type_line("sleep 60");
     pane.wait_for("$ sleep 60");
@@ -248,17 +241,14 @@ fn a_terminal_gets_its_size_resizes_and_ctrl_c_through_the_connection_kept() {
     pane.type_line("exit 5");
     pane.wait_for("exit=5");
     assert!(alive(holder));
-    end(&cloud, &mut keeping(&cloud, &project, "10m"));
-    wait_until("the holder to end", || !alive(holder));
+    end_and_see_holder_go(&cloud, &project, holder);
 }
 
 #[test]
 fn a_kept_connection_that_no_longer_answers_is_passed_by() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let socket = held_socket(&cloud, &project);
-    let holder = holder_pid(&socket);
+    let (socket, holder) = left_with_connection_kept(&cloud, &project);
     // The instance's end of it frozen: the holder does not know yet (a laptop that slept).
     let frozen = cloud.connection_pids();
     let to_all = |signal: Signal| {
@@ -275,16 +265,14 @@ fn a_kept_connection_that_no_longer_answers_is_passed_by() {
     // Its successor took the socket; the old holder saw it and left.
     wait_until("the old holder to leave", || !alive(holder));
     let next = holder_pid(&socket);
-    end(&cloud, &mut keeping(&cloud, &project, "10m"));
-    wait_until("the new holder to end", || !alive(next));
+    end_and_see_holder_go(&cloud, &project, next);
 }
 
 #[test]
 fn a_run_through_the_connection_kept_asks_aws_nothing_until_the_instance_is_gone() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let holder = holder_pid(&held_socket(&cloud, &project));
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
     let before = cloud.aws_calls().len();
     let warm = Run::of(keeping(&cloud, &project, "10m").args(["--leave", "echo warm"]));
     warm.assert_code(0);
@@ -319,9 +307,7 @@ fn a_run_through_the_connection_kept_asks_aws_nothing_until_the_instance_is_gone
 fn a_replaced_holder_serves_the_runs_it_carries_to_their_end() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"])).assert_code(0);
-    let socket = held_socket(&cloud, &project);
-    let holder = holder_pid(&socket);
+    let (socket, holder) = left_with_connection_kept(&cloud, &project);
     let child = start_until_ready(
         keeping(&cloud, &project, "10m").args(["--leave", "echo ready; sleep 2; echo done"]),
     );

@@ -3,8 +3,6 @@
 
 use crate::common;
 
-use std::time::Duration;
-
 use common::{Pane, Project, TestCloud};
 
 #[test]
@@ -40,21 +38,8 @@ fn a_shell_gets_the_terminal_size_follows_resizes_and_tilde_dot_ends_it() {
 
     pane.type_line("ssh-ec2; echo \"exit=$?\"");
     pane.wait_for("opening a shell in");
-    pane.type_line("echo \"size: $(stty size)\"");
-    pane.wait_for("size: 30 100");
 
-    pane.tmux(&["resize-window", "-x", "120", "-y", "40"]);
-    // The new size travels beside what is typed: ask until the shell sees it.
-    let resized = (0..20).any(|_| {
-        pane.type_line("echo \"size: $(stty size)\"");
-        pane.shows_within("size: 40 120", Duration::from_secs(1))
-            .is_ok()
-    });
-    assert!(
-        resized,
-        "the remote PTY follows the resize:\n{}",
-        pane.screen()
-    );
+    pane.assert_remote_size_follows();
 
     // ssh's escape, after a newline: hangs up on a session that would not end by itself.
     pane.tmux(&["send-keys", "Enter"]);

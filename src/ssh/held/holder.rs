@@ -14,7 +14,7 @@ use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use super::proxy::{Activity, Proxy};
-use super::{Card, card_path};
+use super::{Card, write_card};
 use crate::poll::Poll;
 use crate::printer::{Printer, Verbosity};
 use crate::ssh::{Session, Target, config};
@@ -186,9 +186,7 @@ fn listen(socket: &Path, card: &Card) -> Result<(tokio::net::UnixListener, u64)>
     let listener = tokio::net::UnixListener::bind(&fresh)
         .with_context(|| format!("cannot listen on {}", fresh.display()))?;
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
-    let card_file = card_path(&fresh);
-    crate::state::overwrite_private(&card_file, &serde_json::to_string(card)?)?;
-    std::fs::rename(&card_file, card_path(socket))?;
+    write_card(socket, card)?;
     std::fs::rename(&fresh, socket)?;
     Ok((listener, std::fs::metadata(socket)?.ino()))
 }

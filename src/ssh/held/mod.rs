@@ -66,13 +66,18 @@ pub fn known(socket: &Path) -> Option<serde_json::Value> {
     read_card(socket).map(|card| card.known)
 }
 
+/// Puts `card` beside `socket` (0600) in one step: a reader sees the old card or the new one.
+fn write_card(socket: &Path, card: &Card) -> anyhow::Result<()> {
+    let fresh = card_path(socket).with_extension(format!("{}.json", std::process::id()));
+    crate::state::overwrite_private(&fresh, &serde_json::to_string(card)?)?;
+    std::fs::rename(&fresh, card_path(socket))?;
+    Ok(())
+}
+
 /// Replaces what the card at `socket` says the last run knew (a later run learnt more).
 pub fn note_known(socket: &Path, known: serde_json::Value) -> anyhow::Result<()> {
     let card = read_card(socket).context("the kept connection is gone")?;
-    let fresh = card_path(socket).with_extension(format!("{}.json", std::process::id()));
-    crate::state::overwrite_private(&fresh, &serde_json::to_string(&Card { known, ..card })?)?;
-    std::fs::rename(&fresh, card_path(socket))?;
-    Ok(())
+    write_card(socket, &Card { known, ..card })
 }
 
 /// Whether the connection held at `socket` leads to the instance whose host keys `keys` pins,

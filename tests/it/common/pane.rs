@@ -50,6 +50,24 @@ impl Pane {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// With a remote shell in the pane: its terminal has the pane's size (100x30), then follows
+    /// a resize to 120x40 (the new size travels beside what is typed: asked until it shows).
+    pub fn assert_remote_size_follows(&self) {
+        self.type_line("echo \"size: $(stty size)\"");
+        self.wait_for("size: 30 100");
+        self.tmux(&["resize-window", "-x", "120", "-y", "40"]);
+        let resized = (0..20).any(|_| {
+            self.type_line("echo \"size: $(stty size)\"");
+            self.shows_within("size: 40 120", Duration::from_secs(1))
+                .is_ok()
+        });
+        assert!(
+            resized,
+            "the remote PTY follows the resize:\n{}",
+            self.screen()
+        );
+    }
+
     pub fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-J", "-S", "-200"])
     }
@@ -103,8 +121,6 @@ impl Pane {
             ("TERM", "xterm".into()),
             ("PS1", "$ ".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
-            // As for `Project::ssh_ec2`: the tests of the kept connection turn it on.
-            ("SSH_EC2_KEEP_CONNECTION", "off".into()),
         ];
         let exports: String = env
             .into_iter()

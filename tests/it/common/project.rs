@@ -76,9 +76,6 @@ impl Project {
         for (name, value) in cloud_environment(cloud) {
             command.env(name, value);
         }
-        // The connection kept after a run that leaves its instance outlives the run: the tests
-        // of it (held.rs) turn it on, the others would find it holding their instance's sshd.
-        command.env("SSH_EC2_KEEP_CONNECTION", "off");
         command
     }
 
@@ -116,9 +113,12 @@ impl Project {
     }
 }
 
-/// The settings that point ssh-ec2 at the cloud (and only those).
-pub fn cloud_environment(cloud: &TestCloud) -> [(&'static str, String); 5] {
+/// The settings that point ssh-ec2 at the cloud, and no connection kept after a run: it
+/// outlives the run, and would hold the instance's sshd in tests not about it (held.rs turns
+/// it on).
+pub fn cloud_environment(cloud: &TestCloud) -> [(&'static str, String); 6] {
     [
+        ("SSH_EC2_KEEP_CONNECTION", "off".into()),
         ("AWS_ENDPOINT_URL", cloud.endpoint.clone()),
         ("AWS_REGION", cloud.region.clone()),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
