@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::lease::Presence;
 use crate::cloud::Instance;
+use crate::remote::pulled::Change;
 use crate::remote::runs::Earlier;
 use crate::ssh::{RemoteExit, Session, Target};
 use crate::sync::Report;
@@ -31,7 +32,8 @@ pub struct Progress {
     /// last seen running.
     pub target: Option<Target>,
     pub running: Option<Instance>,
-    /// The instance changed nothing in the remote directory since the last pull that brought
-    /// everything home (asked as the run joined it): the pull before the push has nothing to do.
-    pub unchanged_there: bool,
+    /// What the instance changed in the remote directory since the last pull that brought
+    /// everything home, when known (asked as the run joined it): all the pull before the push
+    /// needs to look at.
+    pub changed_there: Option<Vec<Change>>,
 }

@@ -14,7 +14,8 @@ use crate::interrupt::{Interrupt, Interrupted};
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
 use crate::remote::job::Job;
-use crate::remote::pulled::PullMark;
+use crate::remote::pulled::{Change, PullMark};
+use crate::settings::values::EndOfLife;
 use crate::ssh::Session;
 use crate::sync::{Manifest, Pulled, Rsync};
 
@@ -106,7 +107,15 @@ pub async fn pull_results(
     let phase = printer.phase(format!("pulling results back from {}", plan.remote_dir));
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
     // A second signal in all gives up the pull: the instance is then stopped, not terminated.
-    let pulling = pull_nodes(scene, reached, &rsync, manifest, progress);
+    let pulling = async {
+        // An instance that stays needs no word now on what its rules keep there (a whole
+        // pull's listing finds it): only what changed is looked at.
+        let changed = match plan.machine.end_of_life {
+            EndOfLife::Leave => changes_since_pull(scene, &reached.session).await,
+            EndOfLife::Stop | EndOfLife::Terminate => None,
+        };
+        pull_nodes(scene, reached, &rsync, manifest, progress, changed).await
+    };
     let pulled = tokio::select! {
         pulled = pulling => pulled,
         signal = after_command.until_count(SKIP_THE_PULL) => {
@@ -134,17 +143,24 @@ pub async fn pull_results(
     Ok(true)
 }
 
-/// The head's pull, then the other nodes'. A lone instance stamps the pull as it starts, and
-/// the stamp is noted here once everything came home (see `remote::pulled`).
+/// The head's pull, then the other nodes'. A lone instance that said what `changed` since the
+/// last whole pull may need no listing (see `sync::narrow`); a whole pull stamps itself as it
+/// starts, and the stamp is noted here once everything came home (see `remote::pulled`).
 pub async fn pull_nodes(
     scene: &Scene<'_>,
     reached: &Reached,
     rsync: &Rsync<'_>,
     manifest: &mut Manifest,
     progress: &mut Progress,
+    changed: Option<Vec<Change>>,
 ) -> Result<Pulled> {
     let Scene { plan, store, .. } = *scene;
     let id = &scene.machine.head().instance.id;
+    if let Some(changed) = changed.filter(|_| reached.workers.is_empty())
+        && let Some(pulled) = rsync.pull_changes(&changed, manifest).await?
+    {
+        return Ok(pulled);
+    }
     let job = Job::for_dir(&plan.local_dir);
     let mark = reached
         .workers
@@ -161,10 +177,10 @@ pub async fn pull_nodes(
     Ok(pulled)
 }
 
-/// Whether a lone instance changed nothing in the remote directory since the last pull that
-/// brought everything home: then a pull would bring nothing (one command instead of rsync's
-/// listing). Not known (never pulled, another boot, no answer) counts as changed.
-pub async fn unchanged_since_pull(scene: &Scene<'_>, session: &Session) -> bool {
+/// What a lone instance changed in the remote directory since the last pull that brought
+/// everything home (see `remote::pulled`): one command instead of rsync's listing. `None` when
+/// not known (never pulled, another boot, no answer).
+pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<Vec<Change>> {
     let Scene {
         plan,
         store,
@@ -174,12 +190,12 @@ pub async fn unchanged_since_pull(scene: &Scene<'_>, session: &Session) -> bool 
     let id = &machine.head().instance.id;
     let token = store.pull_mark(id, &plan.remote_dir.to_string());
     let (1, Some(token)) = (machine.nodes.len(), token) else {
-        return false;
+        return None;
     };
     let mark = PullMark::of(Job::for_dir(&plan.local_dir).name(), &token);
-    let check = mark.unchanged_command(&plan.remote_dir);
-    let answer = session.run_captured(&check).await;
-    answer.is_ok_and(|said| said.trim() == "unchanged")
+    let check = mark.changes_command(&plan.remote_dir);
+    let answer = session.run_captured_bytes(&check).await.ok()?;
+    Change::parse(&answer)
 }
 
 /// What a cluster's other nodes wrote that the head did not comes home too; what they changed

@@ -12,7 +12,7 @@ use super::cluster::{Cluster, Worker, reach_workers, set_up};
 use super::lease::Presence;
 use super::prepare::prepare_head;
 use super::progress::Progress;
-use super::pull::unchanged_since_pull;
+use super::pull::changes_since_pull;
 use super::{Plan, Scene};
 use crate::cloud::{Cloud, Instance, State};
 use crate::printer::Printer;
@@ -189,12 +189,12 @@ pub async fn reach_and_join(
     let job = Job::for_dir(&scene.plan.local_dir);
     // The lease is taken, and the instance asked whether anything changed there since the
     // last pull, while the machine is prepared: one round trip for all on a slow link.
-    let (prepared, taken, unchanged) = tokio::join!(
+    let (prepared, taken, changed) = tokio::join!(
         prepare_machine(scene, head),
         Presence::take(&session, &job),
-        unchanged_since_pull(scene, &session)
+        changes_since_pull(scene, &session)
     );
-    progress.unchanged_there = unchanged;
+    progress.changed_there = changed;
     // Taken, it is dropped at the end of the run whatever else failed.
     progress.session = Some(session);
     let (presence, earlier) = taken?;

@@ -28,7 +28,7 @@ use crate::remote::logs::LogName;
 use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
-use crate::sync::{Manifest, Pulled};
+use crate::sync::Manifest;
 
 /// Connect, sync up, run, pull back; with `detach`, start the job and return.
 pub async fn run(
@@ -133,13 +133,9 @@ async fn sync_up(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
         ));
-        let pulled = match progress.unchanged_there {
-            true => Pulled::default(),
-            false => {
-                let pulling = pull_nodes(scene, reached, &rsync, manifest, progress);
-                interrupt.cancel(pulling).await?
-            }
-        };
+        let changed = progress.changed_there.take();
+        let pulling = pull_nodes(scene, reached, &rsync, manifest, progress, changed);
+        let pulled = interrupt.cancel(pulling).await?;
         phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));

@@ -239,6 +239,12 @@ impl Session {
 
     /// Runs a short non-interactive command and returns its stdout, or fails with its stderr.
     pub async fn run_captured(&self, command: &str) -> Result<String> {
+        let stdout = self.run_captured_bytes(command).await?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// As `run_captured`, its output as it is (names that are not UTF-8).
+    pub async fn run_captured_bytes(&self, command: &str) -> Result<Vec<u8>> {
         let channel = self.open_exec(command).await?;
         captured(channel, command).await
     }
@@ -251,7 +257,8 @@ impl Session {
         let lost = "the connection to the instance was lost while sending input";
         channel.data(input).await.context(lost)?;
         channel.eof().await.context(lost)?;
-        captured(channel, what).await
+        let stdout = captured(channel, what).await?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<russh::Channel<client::Msg>> {
@@ -320,7 +327,7 @@ async fn dial(
 
 /// What a short command printed, once it ended well; else its failure, with its stderr.
 /// `command` names it in errors.
-async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Result<String> {
+async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Result<Vec<u8>> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut status = None;
     while let Some(message) = channel.wait().await {
@@ -333,7 +340,7 @@ async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Re
         }
     }
     match status {
-        Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
+        Some(0) => Ok(stdout),
         Some(code) => bail!(
             "`{command}` failed on the instance (exit {code}): {}",
             String::from_utf8_lossy(&stderr).trim()

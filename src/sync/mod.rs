@@ -19,6 +19,7 @@ mod held;
 mod invoke;
 mod itemize;
 mod manifest;
+mod narrow;
 mod options;
 mod pull;
 mod pull_plan;
@@ -94,8 +95,14 @@ impl<'a> Rsync<'a> {
 
     /// `-v`: the names of what moved.
     fn list(&self, item: &Item) {
-        if self.printer.verbose() && item.transferred() && item.kind != Kind::Dir {
-            self.printer.info(&format!("  {}", escape_path(&item.path)));
+        if item.transferred() && item.kind != Kind::Dir {
+            self.list_path(&item.path);
+        }
+    }
+
+    fn list_path(&self, path: &Path) {
+        if self.printer.verbose() {
+            self.printer.info(&format!("  {}", escape_path(path)));
         }
     }
 

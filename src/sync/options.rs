@@ -3,6 +3,7 @@
 //! that never comes home.
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -199,6 +200,13 @@ pub(super) fn filters(options: &Options, way: Way) -> Vec<OsString> {
         args.push(format!("--filter=- {pattern}").into());
     }
     args
+}
+
+/// Whether a pull's rules bring `path` home whatever else they say: a log (`LOG_DIR/*.log`, as
+/// `filters` lets them through).
+pub(super) fn always_home(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    path.parent() == Some(Path::new(LOG_DIR)) && name.ends_with(b".log")
 }
 
 /// The patterns of the secrets rules: the fixed ones, and this directory's files where AWS

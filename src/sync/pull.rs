@@ -75,17 +75,9 @@ impl Rsync<'_> {
         );
         let mut pulled = Pulled::default();
         if !plan.fetch.is_empty() {
-            let fetched = self.fetch(&plan.fetch, self.local_dir, temp).await?;
-            for item in &fetched.items {
-                self.list(item);
-                self.note_home(manifest, item, &item.path);
-                if item.kind != Kind::Dir {
-                    pulled.add(Pulled {
-                        files: 1,
-                        bytes: item.size,
-                    });
-                }
-            }
+            let paths: Vec<&Path> = plan.fetch.iter().map(|item| item.path.as_path()).collect();
+            let fetched = self.fetch(&paths, self.local_dir, temp).await?;
+            pulled = self.noted_home(&fetched.items, manifest);
             failures.extend(fetched.failure);
         }
         for item in plan.both {
@@ -104,9 +96,14 @@ impl Rsync<'_> {
         Ok(pulled)
     }
 
-    /// Brings `items` home into `into` (this directory, or a staging one).
-    async fn fetch(&self, items: &[&Item], into: &Path, temp: &Path) -> Result<super::Outcome> {
-        let list = super::nul_separated(items.iter().map(|item| item.path.as_path()));
+    /// Brings `paths` home into `into` (this directory, or a staging one).
+    pub(super) async fn fetch(
+        &self,
+        paths: &[&Path],
+        into: &Path,
+        temp: &Path,
+    ) -> Result<super::Outcome> {
+        let list = super::nul_separated(paths.iter().copied());
         let mut rsync = self.command(Some(Way::Pull));
         rsync
             .args(["--times", "--dirs"])
@@ -117,6 +114,23 @@ impl Rsync<'_> {
             .arg(self.remote_root(Path::new("")))
             .arg(super::contents_of(into));
         self.invoke(rsync, Some(list)).await
+    }
+
+    /// Records in the manifest what a fetch brought home (`items`, in this directory), and
+    /// counts it.
+    pub(super) fn noted_home(&self, items: &[Item], manifest: &mut Manifest) -> Pulled {
+        let mut pulled = Pulled::default();
+        for item in items {
+            self.list(item);
+            self.note_home(manifest, item, &item.path);
+            if item.kind != Kind::Dir {
+                pulled.add(Pulled {
+                    files: 1,
+                    bytes: item.size,
+                });
+            }
+        }
+        pulled
     }
 
     /// Records in the manifest that `item` (as the listing gave it) is home at `home`, if what
@@ -186,7 +200,8 @@ impl Rsync<'_> {
         let root = &tree[0].path;
         // In this pull's own temporary directory, one tree at a time.
         let staging = temp.join("tree");
-        let fetched = self.fetch(tree, &staging, temp).await?;
+        let paths: Vec<&Path> = tree.iter().map(|item| item.path.as_path()).collect();
+        let fetched = self.fetch(&paths, &staging, temp).await?;
         let saved_as = beside(self.local_dir, root, self.instance_id);
         let moved = std::fs::rename(staging.join(root), self.local_dir.join(&saved_as));
         let _ = std::fs::remove_dir_all(&staging);

@@ -36,5 +36,6 @@ mod terminal;
 mod trust_results;
 mod trust_sync;
 mod tryit;
+mod warm;
 mod watchdog;
 mod watched;

@@ -1,0 +1,136 @@
+//! Warm runs on an instance left running: the instance says in one command what changed there
+//! since the last pull that brought everything home, and only that is looked at, before the
+//! push and after the command; whatever the times of a change say, it comes home.
+
+use crate::common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::{Project, Run, TestCloud};
+
+/// The lines of a `-vv` run's stderr between the line containing `from` and the one containing
+/// `to`.
+fn between<'a>(stderr: &'a str, from: &str, to: &str) -> Vec<&'a str> {
+    let lines = stderr.lines();
+    let after = lines.skip_while(|line| !line.contains(from)).skip(1);
+    after.take_while(|line| !line.contains(to)).collect()
+}
+
+#[test]
+fn a_warm_run_lists_the_instance_before_its_push_only_when_something_changed_there() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("a.txt", "a1\n");
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+
+    // Nothing changed there since the last pull: one command says so, no rsync lists the tree.
+    let quiet = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", "true"]));
+    quiet.assert_code(0);
+    let before_push = between(&quiet.stderr, "bringing home what changed", "syncing this");
+    assert!(
+        before_push
+            .iter()
+            .any(|l| l.contains("nothing changed there")),
+        "{quiet}"
+    );
+    assert!(
+        !before_push.iter().any(|l| l.contains("rsync relay runs")),
+        "{quiet}"
+    );
+
+    // A change there, its modification time set back to 1970: its change time (the kernel's)
+    // still tells, so it comes home before the push could overwrite it.
+    let there = cloud.remote(&project).join("a.txt");
+    std::fs::write(&there, "a2 from the instance\n").unwrap();
+    let file = std::fs::File::options().write(true).open(&there).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH).unwrap();
+    let run = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-vv", "--leave", "cat a.txt"]),
+    );
+    run.assert_code(0);
+    assert_eq!(run.stdout, "a2 from the instance\n", "{run}");
+    assert_eq!(
+        project.read("a.txt").as_deref(),
+        Some("a2 from the instance\n")
+    );
+    let before_push = between(&run.stderr, "bringing home what changed", "syncing this");
+    assert!(
+        before_push.iter().any(|l| l.contains("rsync relay runs")),
+        "{run}"
+    );
+    common::end(&cloud, &mut project.ssh_ec2(&cloud));
+}
+
+/// How many rsyncs the run started between the lines containing `from` and `to`.
+fn rsyncs_between(run: &Run, from: &str, to: &str) -> usize {
+    let lines = between(&run.stderr, from, to);
+    lines
+        .iter()
+        .filter(|l| l.contains("rsync relay runs"))
+        .count()
+}
+
+#[test]
+fn after_a_command_on_an_instance_that_stays_only_what_changed_there_is_looked_at() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("a.txt", "a1\n");
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    let pull = |run: &Run| rsyncs_between(run, "pulling results back", "ssh-ec2: pulled");
+
+    // Only its log changed there: it comes in the instance's answer, no rsync; it keeps the
+    // mode of the copy here and gets the instance's time. A bigger one is fetched by rsync,
+    // without a listing of the tree first.
+    let log = project.path().join("ssh-ec2-logs/run.log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let said = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-vv", "--leave", "echo said"]),
+    );
+    said.assert_code(0);
+    assert_eq!(pull(&said), 0, "{said}");
+    assert_eq!(
+        project.read("ssh-ec2-logs/run.log").as_deref(),
+        Some("said\n")
+    );
+    let there = cloud.remote(&project).join("ssh-ec2-logs/run.log");
+    let modified = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    assert_eq!(modified(&log), modified(&there));
+    assert_eq!(std::fs::metadata(&log).unwrap().mode() & 0o777, 0o640);
+    let long = "head -c 300000 /dev/zero | tr '\\0' x";
+    let said_more = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", long]));
+    said_more.assert_code(0);
+    assert_eq!(pull(&said_more), 1, "{}", said_more.stderr);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 300_000);
+
+    // A file the push sent, then a result and a rewrite whose times are set back: what the
+    // push wrote is as the last sync left it, the rest is for a whole pull (a listing, then
+    // the fetch), which brings it all home.
+    project.write("a.txt", "a2 from here\n");
+    let wrote = Run::of(project.ssh_ec2(&cloud).args([
+        "-vv",
+        "--leave",
+        "cat a.txt && echo out > result.txt && touch -d @0 result.txt",
+    ]));
+    wrote.assert_code(0);
+    assert_eq!(pull(&wrote), 2, "{wrote}");
+    assert_eq!(project.read("result.txt").as_deref(), Some("out\n"));
+    let rewrite = "printf 'a3 from there\\n' > a.txt && touch -r result.txt a.txt && echo done";
+    let rewrote = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", rewrite]));
+    rewrote.assert_code(0);
+    assert_eq!(pull(&rewrote), 2, "{rewrote}");
+    assert_eq!(project.read("a.txt").as_deref(), Some("a3 from there\n"));
+
+    // Nothing changed there but the log, and the push sent nothing: no rsync again.
+    let again = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", "true"]));
+    again.assert_code(0);
+    assert_eq!(pull(&again), 0, "{again}");
+    // Each run's record went with its lease.
+    let records = crate::earlier::run_records(&cloud, &project);
+    assert!(records.is_empty(), "{records:?}");
+    common::end(&cloud, &mut project.ssh_ec2(&cloud));
+}
