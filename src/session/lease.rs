@@ -14,6 +14,8 @@ use crate::ssh::Session;
 pub struct Presence {
     lease: Lease,
     renewing: tokio::task::JoinHandle<()>,
+    /// The run's command is over: its record goes with the lease (one command for both).
+    command_over: bool,
 }
 
 impl Presence {
@@ -40,7 +42,15 @@ impl Presence {
             }
         });
         let earlier = runs::parse_earlier(job.name(), &answer);
-        Ok((Presence { lease, renewing }, earlier))
+        let command_over = false;
+        Ok((
+            Presence {
+                lease,
+                renewing,
+                command_over,
+            },
+            earlier,
+        ))
     }
 
     /// The record of this run's command, named like its lease: once the lease no longer
@@ -49,12 +59,22 @@ impl Presence {
         RunRecord::of(&self.lease)
     }
 
+    /// Nothing of the run's command runs any more: its record is dropped with the lease
+    /// (before it, so that the lease's end does not make it an earlier run's).
+    pub fn command_over(&mut self) {
+        self.command_over = true;
+    }
+
     /// Drops the lease; how many other runs still hold a live one, and what earlier runs'
     /// commands left.
     pub async fn release(self, session: &Session, job: &Job) -> Result<(u32, Vec<Earlier>)> {
         self.renewing.abort();
+        let record = match self.command_over {
+            true => format!("{}; ", self.run_record().cleanup_command()),
+            false => String::new(),
+        };
         let release = format!(
-            "{}; {}",
+            "{record}{}; {}",
             self.lease.release_command(),
             runs::earlier_command(job.name())
         );

@@ -236,12 +236,8 @@ async fn run_directly(
     };
     progress.reached(&reached);
     let pulled = pull_results(scene, &reached, manifest, progress, &after_command).await;
-    if let Err(e) = reached
-        .session
-        .run_captured(&record.cleanup_command())
-        .await
-    {
-        tracing::debug!("leaving the run's record on the instance: {e:#}");
+    if let Some(presence) = &mut progress.presence {
+        presence.command_over();
     }
     progress.results_home = matches!(pulled, Ok(true));
     ran?;
