@@ -19,7 +19,8 @@ mod holder;
 mod proxy;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use russh::keys::PublicKey;
@@ -52,6 +53,16 @@ struct Card {
 /// instance itself.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The session `answers` just proved, kept for the run's connection a moment later (`reach`):
+/// proving it again would cost a round trip to the instance.
+static PROVEN: Mutex<Option<(PathBuf, Instant, Session)>> = Mutex::new(None);
+
+/// The session proven through `socket` within `LOCAL_TIMEOUT`, if any.
+fn take_proven(socket: &Path) -> Option<Session> {
+    let (at, when, session) = PROVEN.lock().ok()?.take()?;
+    (at == socket && when.elapsed() < LOCAL_TIMEOUT).then_some(session)
+}
+
 fn card_path(socket: &Path) -> PathBuf {
     socket.with_extension("json")
 }
@@ -81,7 +92,8 @@ pub fn note_known(socket: &Path, known: serde_json::Value) -> anyhow::Result<()>
 }
 
 /// Whether the connection held at `socket` leads to the instance whose host keys `keys` pins,
-/// and the instance answers through it now (one round trip).
+/// and the instance answers through it now (one round trip); the session that proved it serves
+/// the run's connection.
 pub async fn answers(socket: &Path, keys: &InstanceKeys) -> bool {
     let Some(card) = read_card(socket) else {
         return false;
@@ -98,7 +110,10 @@ pub async fn answers(socket: &Path, keys: &InstanceKeys) -> bool {
     };
     match reach(&target, socket).await {
         Some(session) => {
-            session.close().await;
+            let proven = (socket.to_path_buf(), Instant::now(), session);
+            if let Ok(mut slot) = PROVEN.lock() {
+                *slot = Some(proven);
+            }
             true
         }
         None => false,
@@ -113,6 +128,9 @@ pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
         tracing::debug!("the held connection at {} goes elsewhere", socket.display());
         return None;
     };
+    if let Some(session) = take_proven(socket) {
+        return Some(session);
+    }
     let stream = tokio::time::timeout(LOCAL_TIMEOUT, tokio::net::UnixStream::connect(socket));
     let stream = match stream.await {
         Ok(Ok(stream)) => stream,
