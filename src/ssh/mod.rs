@@ -41,7 +41,10 @@ pub struct Target {
 }
 
 pub struct Session {
-    handle: Handle<PinnedHostKey>,
+    handle: Arc<Handle<PinnedHostKey>>,
+    /// A session channel opened ahead for the next command: opening one is a round trip to the
+    /// instance, which each of a run's steps would otherwise wait for in turn.
+    spare: Mutex<Option<tokio::task::JoinHandle<Result<Channel, russh::Error>>>>,
     remote_targets: forward::RemoteTargets,
     /// The host key the instance presented (one of those accepted).
     host_key: PublicKey,
@@ -208,7 +211,8 @@ impl Session {
         }
         match (outcome, presented) {
             (Ok(Ok((handle, true))), Some(host_key)) => Ok(Session {
-                handle,
+                handle: Arc::new(handle),
+                spare: Mutex::default(),
                 remote_targets,
                 host_key,
                 held: false,
@@ -270,11 +274,26 @@ impl Session {
         Ok(channel)
     }
 
-    pub(super) async fn open_channel(&self) -> Result<russh::Channel<client::Msg>> {
-        self.handle
-            .channel_open_session()
-            .await
-            .context("cannot open an SSH channel: the connection to the instance was lost")
+    /// A session channel: the one opened ahead if there is one, and another is opened ahead.
+    pub(super) async fn open_channel(&self) -> Result<Channel> {
+        let ahead = self.spare.lock().expect("not poisoned").take();
+        let opened = match ahead {
+            Some(ahead) => match ahead.await {
+                Ok(Ok(channel)) => Ok(channel),
+                _ => self.handle.channel_open_session().await,
+            },
+            None => self.handle.channel_open_session().await,
+        };
+        let channel =
+            opened.context("cannot open an SSH channel: the connection to the instance was lost")?;
+        let mut spare = self.spare.lock().expect("not poisoned");
+        if spare.is_none() && !self.handle.is_closed() {
+            let handle = self.handle.clone();
+            *spare = Some(tokio::spawn(async move {
+                handle.channel_open_session().await
+            }));
+        }
+        Ok(channel)
     }
 
     /// A stream to `address` as seen from the instance (a direct-tcpip channel).
@@ -294,12 +313,31 @@ impl Session {
     }
 
     pub async fn close(&self) {
+        self.drop_spare();
         let _ = self
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
 }
+
+impl Session {
+    fn drop_spare(&self) {
+        if let Some(ahead) = self.spare.lock().expect("not poisoned").take() {
+            ahead.abort();
+        }
+    }
+}
+
+impl Drop for Session {
+    /// The channel opened ahead holds the connection: it goes with the session.
+    fn drop(&mut self) {
+        self.drop_spare();
+    }
+}
+
+/// A session channel to the instance.
+type Channel = russh::Channel<client::Msg>;
 
 /// What one connection attempt talks over.
 enum Stream {

@@ -150,11 +150,10 @@ pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
     match tokio::time::timeout(LOCAL_TIMEOUT, session.open_channel()).await {
         Ok(Ok(probe)) => {
             let _ = probe.close().await;
-            Some(Session {
-                host_key: instance_key,
-                held: true,
-                ..session
-            })
+            let mut session = session;
+            session.host_key = instance_key;
+            session.held = true;
+            Some(session)
         }
         _ => {
             tracing::debug!(
