@@ -284,14 +284,14 @@ impl Session {
             },
             None => self.handle.channel_open_session().await,
         };
-        let channel =
-            opened.context("cannot open an SSH channel: the connection to the instance was lost")?;
+        let channel = opened
+            .context("cannot open an SSH channel: the connection to the instance was lost")?;
         let mut spare = self.spare.lock().expect("not poisoned");
         if spare.is_none() && !self.handle.is_closed() {
             let handle = self.handle.clone();
-            *spare = Some(tokio::spawn(async move {
-                handle.channel_open_session().await
-            }));
+            *spare = Some(tokio::spawn(
+                async move { handle.channel_open_session().await },
+            ));
         }
         Ok(channel)
     }

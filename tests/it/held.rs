@@ -325,3 +325,23 @@ fn a_replaced_holder_serves_the_runs_it_carries_to_their_end() {
     assert!(socket.exists(), "the newer one's is left as it is");
     end(&cloud, &mut keeping(&cloud, &project, "10m"));
 }
+
+/// sshd lets one connection hold ten sessions (`MaxSessions`): a channel a run, or the holder
+/// for it, left open (the one each session opens ahead for its next command) would shut the
+/// kept connection to later runs.
+#[test]
+fn runs_through_the_connection_kept_leave_no_channel_open_behind() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
+    for round in 0..12 {
+        let run = Run::of(keeping(&cloud, &project, "10m").args(["--leave", "true"]));
+        run.assert_code(0);
+        assert!(
+            run.stderr
+                .contains("(the connection kept since the last run)"),
+            "round {round}: {run}"
+        );
+    }
+    end_and_see_holder_go(&cloud, &project, holder);
+}
