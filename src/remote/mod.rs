@@ -159,7 +159,21 @@ pub fn shell_quote(word: &str) -> String {
 /// command agree on it whatever directory the remote shell starts in.
 pub fn prepare_dir_command(dir: &RemoteDir) -> String {
     let dir = dir.for_shell();
-    format!("mkdir -p {dir} && cd {dir} && pwd")
+    format!(
+        "[ -e {dir} ] || made=1; mkdir -p {dir} && cd {dir} && \
+         {{ [ -z \"$made\" ] || echo '{MADE}'; }} && pwd"
+    )
+}
+
+/// Printed before the directory's path when `prepare_dir_command` made it.
+const MADE: &str = "ssh-ec2: made";
+
+/// What `prepare_dir_command` said: the directory's path (the last line: a chatty shell
+/// profile may print before it), and whether it made the directory (nothing is in it yet).
+pub fn prepared_dir(answer: &str) -> (&str, bool) {
+    let mut lines = answer.lines().rev();
+    let pwd = lines.next().unwrap_or_default();
+    (pwd, lines.next() == Some(MADE))
 }
 
 /// ssh-ec2's own state in the login user's home on the instance, for the shell: `kind` is

@@ -11,27 +11,29 @@ use crate::remote::{self, RemoteDir};
 use crate::settings::values::Limit;
 use crate::ssh::{Session, Target};
 
-/// Prepares the head (`prepare_node`) and returns the remote directory's path.
+/// Prepares the head (`prepare_node`) and returns the remote directory's path, and whether
+/// this run made it.
 pub(super) async fn prepare_head(
     scene: &Scene<'_>,
     target: &mut Target,
     session: &Session,
-) -> Result<RemoteDir> {
+) -> Result<(RemoteDir, bool)> {
     let id = &scene.machine.head().instance.id;
-    let pwd = prepare_node(scene, id, target, session).await?;
-    // The last line: a chatty shell profile may print before `pwd` does.
-    RemoteDir::parse(pwd.lines().last().unwrap_or_default()).with_context(|| {
+    let answer = prepare_node(scene, id, target, session).await?;
+    let (pwd, made) = remote::prepared_dir(&answer);
+    let dir = RemoteDir::parse(pwd).with_context(|| {
         format!(
             "the instance did not report the path of {}: check --remote-dir",
             scene.plan.remote_dir
         )
-    })
+    })?;
+    Ok((dir, made))
 }
 
 /// Replaces the host key the node `id` got in its user-data (an exec channel, then a second
 /// connection) while, beside it on this one, its dead-man switch is re-armed and the remote
 /// directory made (each a channel of its own: a round trip for all three on a slow link);
-/// what the instance said of the directory (`pwd`).
+/// what the instance said of the directory (see `remote::prepared_dir`).
 pub(super) async fn prepare_node(
     scene: &Scene<'_>,
     id: &str,

@@ -30,6 +30,8 @@ pub struct Reached {
     pub running: Instance,
     pub session: Arc<Session>,
     pub remote_dir: RemoteDir,
+    /// This run made the remote directory: nothing was there to compare with or bring home.
+    pub new_dir: bool,
     /// A cluster's other nodes, reached through the head (none for one instance).
     pub workers: Vec<Worker>,
     /// How the nodes (one, or a cluster's) see each other.
@@ -139,7 +141,7 @@ async fn prepare_machine(scene: &Scene<'_>, head: Connected) -> Result<Reached> 
         printer: &printer,
         ..*scene
     };
-    let (remote_dir, workers) = tokio::try_join!(
+    let ((remote_dir, new_dir), workers) = tokio::try_join!(
         prepare_head(scene, &mut target, &session),
         reach_other_nodes(scene, &session, deadline)
     )?;
@@ -152,6 +154,7 @@ async fn prepare_machine(scene: &Scene<'_>, head: Connected) -> Result<Reached> 
         running,
         session,
         remote_dir,
+        new_dir,
         workers,
         cluster,
     })

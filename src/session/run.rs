@@ -128,7 +128,7 @@ async fn sync_up(
     }
     let id = &machine.head().instance.id;
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
-    if machine.origin != Origin::Launched {
+    if machine.origin != Origin::Launched && !reached.new_dir {
         let phase = printer.phase(format!(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir
@@ -139,7 +139,9 @@ async fn sync_up(
         phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
-    let sent = interrupt.cancel(rsync.push(manifest)).await?;
+    let sent = interrupt
+        .cancel(rsync.push(manifest, reached.new_dir))
+        .await?;
     if !reached.workers.is_empty() {
         let others = reached.workers.len();
         phase.update(format!(

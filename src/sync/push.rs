@@ -18,11 +18,15 @@ use super::{LISTING, Manifest, Outcome, PUSH_OPTIONS, Rsync, nowhere};
 use crate::printer::escape_path;
 
 impl Rsync<'_> {
-    /// Sends what changed here since the last sync, and records what both sides now hold.
-    /// What it sent is returned (the paths, relative to the directory): a cluster's head copies
-    /// them on to its other nodes.
-    pub async fn push(&self, manifest: &mut Manifest) -> Result<Vec<PathBuf>> {
+    /// Sends what changed here since the last sync, and records what both sides now hold;
+    /// `into_new`: the remote directory was made by this run, and holds nothing yet. What it
+    /// sent is returned (the paths, relative to the directory): a cluster's head copies them on
+    /// to its other nodes.
+    pub async fn push(&self, manifest: &mut Manifest, into_new: bool) -> Result<Vec<PathBuf>> {
         let started = SystemTime::now();
+        if into_new {
+            return self.push_into_new(manifest, started).await;
+        }
         // Every item here (the identical ones too: -ii), as rsync compares it with the instance.
         let mut here = self.command(Some(Way::Push));
         here.args(PUSH_OPTIONS)
@@ -71,22 +75,57 @@ impl Rsync<'_> {
         for item in plan.in_sync {
             self.note_same(manifest, item, started, false);
         }
-        for item in new.items.iter().chain(&replaced.items) {
+        let sent: Vec<Item> = new.items.into_iter().chain(replaced.items).collect();
+        for item in &sent {
             self.list(item);
             self.note_same(manifest, item, started, true);
         }
+        let failure = new.failure.or(replaced.failure);
+        self.pushed(manifest, &here, failure.as_ref(), &sent)
+    }
+
+    /// Everything here into a directory this run made: nothing there to compare with, so one
+    /// rsync, which replaces nothing that appeared there meanwhile.
+    async fn push_into_new(
+        &self,
+        manifest: &mut Manifest,
+        started: SystemTime,
+    ) -> Result<Vec<PathBuf>> {
+        let temp = self.remote_temp().await?;
+        let mut rsync = self.command(Some(Way::Push));
+        rsync
+            .args(PUSH_OPTIONS)
+            .arg(super::temp::temp_dir_option(temp))
+            .args(["-i", "--ignore-existing", "--debug=FILTER1"])
+            .arg(self.local_root())
+            .arg(self.remote_root(Path::new("")));
+        let sent = self.invoke(rsync, None).await?;
+        for item in &sent.items {
+            self.list(item);
+            self.note_same(manifest, item, started, true);
+        }
+        self.pushed(manifest, &sent, sent.failure.as_ref(), &sent.items)
+    }
+
+    /// Records the manifest, says what the secrets rules held back (`listed` has what they
+    /// hid), fails with rsync's `failure`; else the paths of `sent` that moved.
+    fn pushed(
+        &self,
+        manifest: &Manifest,
+        listed: &Outcome,
+        failure: Option<&String>,
+        sent: &[Item],
+    ) -> Result<Vec<PathBuf>> {
         manifest.save()?;
-        if let Some(line) = held_back_line(&here, self.options) {
+        if let Some(line) = held_back_line(listed, self.options) {
             self.printer.info(&line);
         }
-        if let Some(failure) = new.failure.or(replaced.failure) {
+        if let Some(failure) = failure {
             bail!("could not sync this directory to the instance: {failure}");
         }
-        let sent = (new.items.iter().chain(&replaced.items))
-            .filter(|item| item.transferred())
-            .map(|item| item.path.clone())
-            .collect();
-        Ok(sent)
+        // Not the top itself: named in a list, it would send all it holds.
+        let moved = (sent.iter()).filter(|item| item.transferred() && item.path != Path::new("."));
+        Ok(moved.map(|item| item.path.clone()).collect())
     }
 
     /// Sends `items` (none: nothing to do); `only_new`: none replaces what is there by now.

@@ -134,3 +134,45 @@ fn after_a_command_on_an_instance_that_stays_only_what_changed_there_is_looked_a
     assert!(records.is_empty(), "{records:?}");
     common::end(&cloud, &mut project.ssh_ec2(&cloud));
 }
+
+#[test]
+fn a_directory_the_run_made_gets_everything_in_one_rsync() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("a.txt", "a1\n");
+    project.write("src/b.py", "print(1)\n");
+    project.write(".aws/credentials", "[default]\n");
+    let push = |run: &Run| rsyncs_between(run, "syncing this directory", "synced to");
+    let cold = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-vv", "--leave", "cat src/b.py"]),
+    );
+    cold.assert_code(0);
+    assert_eq!(cold.stdout, "print(1)\n", "{cold}");
+    assert_eq!(push(&cold), 1, "{cold}");
+    assert!(cold.stderr.contains("held back (credentials"), "{cold}");
+    assert_eq!(cloud.read_remote(&project, ".aws/credentials"), None);
+
+    // The directory gone from the instance: made again, filled again the same way; a warm
+    // run into the directory it finds compares both sides (two listings), then sends.
+    std::fs::remove_dir_all(cloud.remote(&project)).unwrap();
+    let again = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-vv", "--leave", "cat a.txt"]),
+    );
+    again.assert_code(0);
+    assert_eq!(again.stdout, "a1\n", "{again}");
+    assert_eq!(push(&again), 1, "{again}");
+    project.write("a.txt", "a2\n");
+    let warm = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .args(["-vv", "--leave", "cat a.txt"]),
+    );
+    warm.assert_code(0);
+    assert_eq!(warm.stdout, "a2\n", "{warm}");
+    assert_eq!(push(&warm), 3, "{warm}");
+    common::end(&cloud, &mut project.ssh_ec2(&cloud));
+}
