@@ -112,7 +112,7 @@ async fn replace(
             }
             Ok(())
         }
-        Install::Done if presents(target, &public, &phase).await => {
+        Install::Done if presents(target, session, &public, &phase).await => {
             pin(scene, id, target, public)?;
             phase.done(format!(
                 "{id}: its host key is now one made for it, which only this machine knows; the \
@@ -129,8 +129,11 @@ async fn replace(
 }
 
 /// Whether a new connection finds the instance presenting `key`, within RELOAD_TIMEOUT. sshd
-/// takes it on its reload; a connection made just before may still get the old one.
-async fn presents(target: &Target, key: &PublicKey, phase: &Phase) -> bool {
+/// takes it on its reload; a connection made just before may still get the old one, and one
+/// made during it finds nothing listening. The new connection is made from inside the
+/// instance, through `session` (the handshake's first round trips, no login, nothing over the
+/// laptop's link but the channel); where that is refused, dialled.
+async fn presents(target: &Target, session: &Session, key: &PublicKey, phase: &Phase) -> bool {
     phase.update("checking that its sshd presents the new key");
     let deadline = Instant::now() + RELOAD_TIMEOUT;
     let mut poll = Poll::every(Duration::from_millis(500)).until(deadline);
@@ -140,17 +143,28 @@ async fn presents(target: &Target, key: &PublicKey, phase: &Phase) -> bool {
         ..target.clone()
     };
     loop {
-        if let Ok(session) = Session::connect(&target, deadline, phase).await {
-            let presented = session.host_key().key_data() == key.key_data();
-            session.close().await;
-            if presented {
-                return true;
+        let presented = match session.presented_inside(target.address.port).await {
+            Ok(presented) => presented,
+            Err(e) => {
+                tracing::debug!("{e:#}: dialling to see the host key");
+                dialled_key(&target, deadline, phase).await
             }
+        };
+        if presented.is_some_and(|presented| presented.key_data() == key.key_data()) {
+            return true;
         }
         if !poll.wait().await.unwrap_or(false) {
             return false;
         }
     }
+}
+
+/// The host key a new connection to `target` finds.
+async fn dialled_key(target: &Target, deadline: Instant, phase: &Phase) -> Option<PublicKey> {
+    let session = Session::connect(target, deadline, phase).await.ok()?;
+    let presented = session.host_key().clone();
+    session.close().await;
+    Some(presented)
 }
 
 #[cfg(test)]

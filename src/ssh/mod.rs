@@ -296,6 +296,34 @@ impl Session {
         Ok(channel)
     }
 
+    /// The host key the instance's own sshd on `port` presents to a connection from inside the
+    /// instance, made through this session; no login: the handshake stops at the key. `None`:
+    /// nothing listens there now (sshd between the two lives of its reload); an error: the
+    /// instance does not let this session connect there (forwarding off).
+    pub async fn presented_inside(&self, port: u16) -> Result<Option<PublicKey>> {
+        let inside = HostPort {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let stream = match self.tunnel(&inside).await {
+            Ok(stream) => stream,
+            Err(russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed)) => {
+                return Ok(None);
+            }
+            Err(e) => bail!("cannot reach the instance's sshd from inside it: {e}"),
+        };
+        let presented = Arc::new(Mutex::new(None));
+        let refuse_every_key = PinnedHostKey {
+            accepted: Vec::new(),
+            presented: presented.clone(),
+            remote_targets: forward::RemoteTargets::default(),
+        };
+        let config = Arc::new(config::client_config());
+        let handshake = client::connect_stream(config, stream, refuse_every_key);
+        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, handshake).await;
+        Ok(presented.lock().expect("not poisoned").take())
+    }
+
     /// A stream to `address` as seen from the instance (a direct-tcpip channel).
     async fn tunnel(
         &self,

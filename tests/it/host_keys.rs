@@ -116,6 +116,18 @@ fn the_user_data_s_host_key_is_replaced_at_the_first_run_and_refused_after() {
     let old = public_key(user_data["ssh_keys"]["ed25519_public"].as_str().unwrap());
     let pinned = public_key(&std::fs::read_to_string(pinned_key_file(&project, &id)).unwrap());
     assert_ne!(pinned.key_data(), old.key_data(), "a new key is pinned");
+    // It was seen presented by a connection from inside the instance, through the run's own:
+    // the laptop connected once.
+    let console = cloud.console(&id);
+    let connections: Vec<&str> = (console.lines())
+        .filter(|line| line.contains("Connection from "))
+        .collect();
+    let inside = connections.iter().filter(|l| l.contains("from 127.0.0.1 "));
+    assert_eq!(
+        (inside.count(), connections.len()),
+        (1, 2),
+        "{connections:#?}\n{first}"
+    );
 
     // The instance's sshd presents the pinned key: the next run gets in and finds it there.
     let second = Run::of(
