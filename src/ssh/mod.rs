@@ -286,8 +286,9 @@ impl Session {
         };
         let channel = opened
             .context("cannot open an SSH channel: the connection to the instance was lost")?;
+        // Through a kept connection, a channel is a local round trip: the holder opens ahead.
         let mut spare = self.spare.lock().expect("not poisoned");
-        if spare.is_none() && !self.handle.is_closed() {
+        if spare.is_none() && !self.held && !self.handle.is_closed() {
             let handle = self.handle.clone();
             *spare = Some(tokio::spawn(
                 async move { handle.channel_open_session().await },

@@ -345,3 +345,27 @@ fn runs_through_the_connection_kept_leave_no_channel_open_behind() {
     }
     end_and_see_holder_go(&cloud, &project, holder);
 }
+
+/// Several runs of the directory at once through one kept connection: each opens channels at
+/// once (sshd lets one connection hold ten sessions).
+#[test]
+fn runs_at_once_share_the_connection_kept() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let (_, holder) = left_with_connection_kept(&cloud, &project);
+    let runs: Vec<Run> = std::thread::scope(|scope| {
+        let started: Vec<_> = (0..5)
+            .map(|_| {
+                scope.spawn(|| {
+                    Run::of(keeping(&cloud, &project, "10m").args(["--leave", "sleep 1; echo ok"]))
+                })
+            })
+            .collect();
+        started.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    for run in &runs {
+        run.assert_code(0);
+        assert_eq!(run.stdout, "ok\n", "{run}");
+    }
+    end_and_see_holder_go(&cloud, &project, holder);
+}

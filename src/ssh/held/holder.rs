@@ -6,18 +6,19 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 
+use super::lanes::Lanes;
 use super::proxy::{Activity, Proxy};
 use super::{Card, write_card};
 use crate::poll::Poll;
 use crate::printer::{Printer, Verbosity};
-use crate::ssh::{Session, Target, config};
+use crate::ssh::{Target, config};
 use crate::state::keys::InstanceKeys;
 use crate::status::ExitStatus;
 
@@ -38,9 +39,6 @@ struct Handed {
     /// For the card (see `Card::known`).
     known: serde_json::Value,
 }
-
-/// How long the holder may take to connect: the instance ran a moment ago.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts a holder of a connection to `target`, listening at `socket`, for `keep` after its
 /// last use, `known` on its card. It outlives this process.
@@ -99,15 +97,13 @@ pub fn holder_main(_args: &[std::ffi::OsString]) -> ExitStatus {
 
 async fn hold(handed: Handed) -> Result<()> {
     let target = target_of(&handed)?;
-    let printer = Printer::new(Verbosity::Quiet);
-    let phase = printer.phase("keeping the connection");
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let upstream = Arc::new(Session::connect(&target, deadline, &phase).await?);
+    let login = target.keys.login.public_key().clone();
+    let upstream = Arc::new(Lanes::dial(target, Printer::new(Verbosity::Quiet)).await?);
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)?;
     let card = Card {
         address: handed.address.clone(),
         user: handed.user.clone(),
-        instance_key: upstream.host_key().to_openssh()?,
+        instance_key: upstream.first().host_key().to_openssh()?,
         holder_key: key.public_key().to_openssh()?,
         pid: std::process::id(),
         known: handed.known.clone(),
@@ -118,7 +114,7 @@ async fn hold(handed: Handed) -> Result<()> {
     let proxy = Proxy {
         upstream: upstream.clone(),
         user: handed.user.clone(),
-        login: target.keys.login.public_key().clone(),
+        login,
         activity: activity.clone(),
     };
     let serving = tokio::spawn(async move {
@@ -145,7 +141,7 @@ async fn hold(handed: Handed) -> Result<()> {
             true => activity.idle_for(keep),
             false => activity.idle(),
         };
-        if done || upstream.is_closed() {
+        if done || upstream.first().is_closed() {
             break;
         }
         poll.wait().await?;

@@ -16,6 +16,7 @@
 //! dead-man switch, which does not count a connection that runs nothing as activity.
 
 mod holder;
+mod lanes;
 mod proxy;
 
 use std::path::{Path, PathBuf};

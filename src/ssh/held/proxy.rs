@@ -11,7 +11,7 @@ use russh::keys::PublicKey;
 use russh::server::{self, Auth, Msg, PublicKeyOffer, VerifiedPublicKey};
 use russh::{Channel, ChannelMsg, ChannelWriteHalf, client};
 
-use crate::ssh::Session;
+use super::lanes::Lanes;
 
 /// Whether runs use the held connection: how many are connected, since when none is.
 #[derive(Clone)]
@@ -53,7 +53,7 @@ impl Drop for InUse {
 
 /// The server side of one run's connection to the holder.
 pub(super) struct Proxy {
-    pub upstream: Arc<Session>,
+    pub upstream: Arc<Lanes>,
     /// Who may come in: the instance's user, with its login key.
     pub user: String,
     pub login: PublicKey,
@@ -62,7 +62,7 @@ pub(super) struct Proxy {
 
 /// A `Proxy` serving one run, counted as activity while it lives.
 pub(super) struct RunProxy {
-    upstream: Arc<Session>,
+    upstream: Arc<Lanes>,
     user: String,
     login: PublicKey,
     _in_use: InUse,
@@ -116,8 +116,8 @@ impl server::Handler for RunProxy {
         let (upstream, handle) = (self.upstream.clone(), session.handle());
         // Not awaited here: the run may open several channels at once, each a round trip away.
         tokio::spawn(async move {
-            match upstream.open_channel().await {
-                Ok(to_instance) => {
+            match upstream.session_channel().await {
+                Ok((to_instance, _room)) => {
                     reply.accept().await;
                     pass_session(channel, to_instance, handle).await;
                 }
@@ -141,7 +141,7 @@ impl server::Handler for RunProxy {
         let upstream = self.upstream.clone();
         let (host, originator) = (host.to_string(), originator.to_string());
         tokio::spawn(async move {
-            let opened = (upstream.handle)
+            let opened = (upstream.first().handle)
                 .channel_open_direct_tcpip(host, port, originator, originator_port)
                 .await;
             match opened {
