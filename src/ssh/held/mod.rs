@@ -146,11 +146,11 @@ pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
         tracing::debug!("the holder at {} did not let us in", socket.display());
         return None;
     };
-    // Its connection may have died without a word (a laptop that slept): a channel opened
-    // through it proves the instance answers (one round trip), else the run dials.
-    match tokio::time::timeout(LOCAL_TIMEOUT, session.open_channel()).await {
-        Ok(Ok(probe)) => {
-            let _ = probe.close().await;
+    // Its connection may have died without a word (a laptop that slept): a command run through
+    // it proves the instance answers (one round trip; a channel alone may be one the holder
+    // opened ahead, long ago), else the run dials.
+    match tokio::time::timeout(LOCAL_TIMEOUT, session.run_captured("true")).await {
+        Ok(Ok(_)) => {
             let mut session = session;
             session.host_key = instance_key;
             session.held = true;
