@@ -16,9 +16,19 @@ use super::job::Job;
 /// The directory of the logs, at the top of the remote directory (and so of the local one).
 pub const LOG_DIR: &str = "ssh-ec2-logs";
 
+/// How the names of logs end: a pull brings `LOG_DIR/*.log` home whatever the rules say.
+pub const LOG_SUFFIX: &str = ".log";
+
 /// Whether `path` (relative to the synced directory) is a log, or in the directory of logs.
 pub fn is_log(path: &Path) -> bool {
     path.starts_with(LOG_DIR) && path != Path::new(LOG_DIR)
+}
+
+/// Whether `path` is one of the logs a pull always brings home (`LOG_DIR/*.log`).
+pub fn always_home(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    path.parent() == Some(Path::new(LOG_DIR)) && name.ends_with(LOG_SUFFIX.as_bytes())
 }
 
 /// What a log is the output of.

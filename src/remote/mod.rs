@@ -2,6 +2,7 @@
 //! and ssh-ec2's own state in the login's home there: jobs, leases, foreground runs' records
 //! (`runs`), the last pull's stamp (`pulled`), the dead-man switch and the spot watch.
 
+pub mod changes;
 pub mod cluster;
 pub mod env;
 pub mod host_key;

@@ -1,20 +1,17 @@
 //! What the instance changed since the last pull that brought everything home, told without
 //! listing the tree through rsync (a dozen round trips on a slow link): each whole pull of a
 //! lone instance stamps `~/.ssh-ec2/pulled/<directory's job name>/<token>` as its listing
-//! starts, and a later run asks `find -cnewer` of it, which names what changed since. A file's change time (ctime) is the
-//! kernel's: no program can set it back, as `touch` can a modification time. The kernel stamps
-//! files with a clock that ticks every few milliseconds, so a file changed in the stamp's own
-//! tick has the stamp's time: the stamp is set back one nanosecond, and such a file counts as
-//! changed (as does one changed just before, in that tick: a pull that was not needed). The
-//! stamp holds the boot it was made in: a restart may set the clock back, so a stamp from
-//! another boot proves nothing.
-
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+//! starts, and a later run asks `find -cnewer` of it, which names what changed since (see
+//! `changes`). A file's change time (ctime) is the kernel's: no program can set it back, as
+//! `touch` can a modification time. The kernel stamps files with a clock that ticks every few
+//! milliseconds, so a file changed in the stamp's own tick has the stamp's time: the stamp is
+//! set back one nanosecond, and such a file counts as changed (as does one changed just
+//! before, in that tick: a pull that was not needed). The stamp holds the boot it was made in:
+//! a restart may set the clock back, so a stamp from another boot proves nothing.
 
 use super::RemoteDir;
-use super::logs::LOG_DIR;
+use super::changes::END;
+use super::logs::{LOG_DIR, LOG_SUFFIX};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -67,115 +64,40 @@ impl PullMark {
     }
 
     /// Prints, when this stamp was made in this boot, what in `dir` (or `dir` itself) changed
-    /// since, then the logs among them up to `INLINE_UP_TO` bytes (see `Change::parse`); else
+    /// since, then the logs among them up to `INLINE_UP_TO` bytes (see `Changes`); else
     /// nothing. A `find` that could not look everywhere, or an answer cut at `ANSWER_LIMIT`
-    /// before the list's end, lacks its last record, and so proves nothing.
+    /// before the list's end, lacks its end, and so proves nothing.
     pub fn changes_command(&self, dir: &RemoteDir) -> String {
         let dir = dir.for_shell();
         let logs = format!("{dir}/{LOG_DIR}");
+        // Each log copied first: its size is then that of the bytes that follow.
+        let log = "t=$(mktemp) && cat -- \"$1\" > \"$t\" && \
+                   printf \"%s\\0%s\\0\" $(($(wc -c < \"$t\"))) \"${1##*/}\" && cat \"$t\"; \
+                   rm -f \"$t\"";
         format!(
             "m={path}; [ -f \"$m\" ] && [ \"$(cat \"$m\")\" = \"$(cat {BOOT_ID})\" ] && \
-             [ -d {dir} ] && {{ find -H {dir} -cnewer \"$m\" -printf '%y\\t%s\\t%T@\\t%P\\0' \
-             2>/dev/null && printf '{END}\\0' && {{ [ ! -d {logs} ] || find {logs} -maxdepth 1 \
-             -name '*.log' -type f -cnewer \"$m\" -size -{inline}c -printf '%s\\0%P\\0' \
-             -exec cat {{}} \\; 2>/dev/null; }} }} | head -c {ANSWER_LIMIT}; true",
+             [ -d {dir} ] && {{ find \"$m\" -printf '%T@\\0' && \
+             find -H {dir} -cnewer \"$m\" -printf '%y\\t%s\\t%T@\\t%P\\0' 2>/dev/null && \
+             printf '{END}\\0' && {{ [ ! -d {logs} ] || find {logs} -maxdepth 1 \
+             -name '*{LOG_SUFFIX}' -type f -cnewer \"$m\" -size -{inline}c \
+             -exec sh -c '{log}' sh {{}} \\; 2>/dev/null; }} }} | head -c {ANSWER_LIMIT}; true",
             path = self.path(),
             inline = INLINE_UP_TO + 1,
         )
     }
 }
 
-/// The record that ends the list of changes.
-const END: &str = "end";
 /// More changes than fit in this many bytes are for a whole pull to sort out; logs that do not
 /// fit are fetched by rsync.
-const ANSWER_LIMIT: usize = 1 << 20;
+pub const ANSWER_LIMIT: usize = 1 << 20;
 /// Logs up to this size come in the answer: a foreground run's, a job's so far.
 const INLINE_UP_TO: usize = 256 << 10;
-
-/// One path of the remote directory changed since a pull's stamp, as `find` tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// `find`'s `%y`: `f` file, `d` directory, `l` link, another letter for the rest.
-    pub kind: u8,
-    pub size: u64,
-    /// Its modification time: not before 1970 (an answer with one proves nothing).
-    pub mtime_secs: i64,
-    pub mtime_nanos: u32,
-    /// Relative to the directory; empty for the directory itself.
-    pub path: PathBuf,
-    /// A log's content, when it came with the answer and has the size listed (a log still
-    /// written to may have grown in between).
-    pub content: Option<Vec<u8>>,
-}
-
-impl Change {
-    /// The changes in `changes_command`'s answer; `None` when it proves nothing (no stamp,
-    /// another boot, `find` failed, the list was cut, a time before 1970).
-    pub fn parse(answer: &[u8]) -> Option<Vec<Change>> {
-        let mut rest = answer;
-        let mut changes = Vec::new();
-        loop {
-            let (record, after) = split_nul(rest)?;
-            rest = after;
-            if record == END.as_bytes() {
-                break;
-            }
-            changes.push(Change::parse_one(record)?);
-        }
-        // Then each inlined log: its size, its name in the directory of logs, its bytes. One cut
-        // short is fetched by rsync.
-        while let Some((size, after)) = split_nul(rest)
-            && let Some((name, after)) = split_nul(after)
-            && let Some(size) = std::str::from_utf8(size).ok().and_then(|s| s.parse().ok())
-            && let Some(content) = after.get(..size)
-        {
-            rest = &after[size..];
-            let path = Path::new(LOG_DIR).join(OsStr::from_bytes(name));
-            let listed = changes
-                .iter_mut()
-                .find(|c| c.path == path && c.kind == b'f');
-            if let Some(change) = listed.filter(|change| change.size == size as u64) {
-                change.content = Some(content.to_vec());
-            }
-        }
-        Some(changes)
-    }
-
-    fn parse_one(record: &[u8]) -> Option<Change> {
-        let mut fields = record.splitn(4, |&b| b == b'\t');
-        let (kind, size, mtime, path) = (
-            fields.next()?,
-            fields.next()?,
-            fields.next()?,
-            fields.next()?,
-        );
-        let [kind] = kind else { return None };
-        let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok();
-        // `%T@`: seconds, a dot, then ten digits of which the first nine are nanoseconds.
-        let mut time = mtime.splitn(2, |&b| b == b'.');
-        let (secs, fraction) = (time.next()?, time.next()?);
-        let nanos = fraction.get(..9)?;
-        Some(Change {
-            kind: *kind,
-            size: number(size)?,
-            mtime_secs: i64::try_from(number(secs)?).ok()?,
-            mtime_nanos: u32::try_from(number(nanos)?).ok()?,
-            path: PathBuf::from(OsStr::from_bytes(path)),
-            content: None,
-        })
-    }
-}
-
-/// The record before the next NUL, and what follows it; `None` without a NUL.
-fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let at = bytes.iter().position(|&b| b == 0)?;
-    Some((&bytes[..at], &bytes[at + 1..]))
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::changes::Changes;
+    use std::path::Path;
     use std::process::Command;
 
     fn sh(home: &std::path::Path, script: &str) -> Vec<u8> {
@@ -191,10 +113,9 @@ mod tests {
 
     /// The paths the answer to `check` names, if it proves anything.
     fn changed(home: &std::path::Path, check: &str) -> Option<Vec<String>> {
-        let changes = Change::parse(&sh(home, check))?;
+        let changes = Changes::parse(&sh(home, check))?;
         Some(
-            changes
-                .iter()
+            (changes.list.iter())
                 .map(|c| c.path.display().to_string())
                 .collect(),
         )
@@ -241,16 +162,31 @@ mod tests {
             home.path(),
             "cd ~ && printf 12345 > proj/kept && touch -d @7.5 proj/kept",
         );
-        let answer = Change::parse(&sh(home.path(), &check)).unwrap();
-        let kept = Change {
-            kind: b'f',
-            size: 5,
-            mtime_secs: 7,
-            mtime_nanos: 500_000_000,
-            path: "kept".into(),
-            content: None,
-        };
-        assert_eq!(answer, [kept]);
+        let answer = Changes::parse(&sh(home.path(), &check)).unwrap();
+        let kept = &answer.list[0];
+        assert_eq!(answer.list.len(), 1);
+        assert_eq!(
+            (kept.kind, kept.size, kept.mtime),
+            (b'f', 5, (7, 500_000_000))
+        );
+        // A directory renamed over another: only it shows, its time from before the stamp.
+        sh(
+            home.path(),
+            &format!(
+                "cd ~ && mkdir -p proj/out proj/out.tmp && echo m > proj/out.tmp/m.pt && {stamp}"
+            ),
+        );
+        a_tick_later();
+        sh(
+            home.path(),
+            "cd ~ && rm -rf proj/out && mv proj/out.tmp proj/out",
+        );
+        let answer = Changes::parse(&sh(home.path(), &check)).unwrap();
+        let out = (answer.list.iter())
+            .find(|c| c.path == Path::new("out"))
+            .unwrap();
+        assert!(out.mtime < answer.since, "{answer:?}");
+        assert!(!answer.list.iter().any(|c| c.path == Path::new("out/m.pt")));
 
         // A stamp that cannot be made leaves none (rsync runs all the same).
         let blocked = home.path().join(".ssh-ec2/pulled");
@@ -277,41 +213,9 @@ mod tests {
         assert_eq!(changed(home.path(), &check), None, "another boot");
     }
 
-    /// Only a whole answer proves anything: one `find` finished (it failed: no end) and not cut.
-    #[test]
-    fn an_answer_without_its_end_proves_nothing() {
-        let parse = |answer: &[u8]| Change::parse(answer).map(|changes| changes.len());
-        let t = "2.0000000250";
-        let answer = format!("f\t1\t{t}\ta\tb\0d\t4096\t{t}\t\0end\0");
-        assert_eq!(parse(answer.as_bytes()), Some(2));
-        assert_eq!(parse(b"end\0"), Some(0));
-        assert_eq!(parse(b""), None, "no stamp");
-        assert_eq!(parse(b"f\t1\t2.0000000000\ta\0"), None, "find failed");
-        assert_eq!(parse(b"f\t1\t2.0000000000\ta\0en"), None, "cut");
-        assert_eq!(parse(b"f\t1\t-2.0000000000\ta\0end\0"), None, "before 1970");
-        assert_eq!(parse(b"f\t1\t2.5\ta\0end\0"), None, "not find's time");
-        assert_eq!(parse(b"f\t1\ta\0end\0"), None, "not find's");
-        let named = Change::parse(answer.as_bytes()).unwrap();
-        assert_eq!(named[0].path, PathBuf::from("a\tb"), "a name may hold tabs");
-        assert_eq!((named[0].mtime_secs, named[0].mtime_nanos), (2, 25));
-    }
-
-    /// Logs come after the list: each whole one, listed at the size it has, is the change's.
+    /// Small logs come in the answer; a big one is left to rsync.
     #[test]
     fn small_logs_come_with_the_answer() {
-        let t = "2.0000000000";
-        let list = format!(
-            "f\t5\t{t}\tssh-ec2-logs/run.log\0f\t9\t{t}\tssh-ec2-logs/job.log\0\
-             f\t2\t{t}\tssh-ec2-logs/cut.log\0end\0"
-        );
-        let logs = "5\0run.log\0a\0b\nc10\0job.log\0longer now2\0cut.log\0x";
-        let changes = Change::parse(format!("{list}{logs}").as_bytes()).unwrap();
-        let content = |i: usize| changes[i].content.as_deref();
-        assert_eq!(content(0), Some(&b"a\0b\nc"[..]));
-        assert_eq!(content(1), None, "grown since it was listed");
-        assert_eq!(content(2), None, "cut");
-
-        // From the instance's own find: a new log, and one too big to come along.
         let home = tempfile::tempdir().unwrap();
         let dir = RemoteDir::parse("~/proj").unwrap();
         std::fs::create_dir_all(home.path().join("proj/ssh-ec2-logs")).unwrap();
@@ -324,10 +228,10 @@ mod tests {
         let big = vec![b'x'; INLINE_UP_TO + 1];
         std::fs::write(home.path().join("proj/ssh-ec2-logs/big.log"), &big).unwrap();
         std::fs::write(home.path().join("proj/ssh-ec2-logs/run.log"), "said\n").unwrap();
-        let changes = Change::parse(&sh(home.path(), &mark.changes_command(&dir))).unwrap();
+        let changes = Changes::parse(&sh(home.path(), &mark.changes_command(&dir))).unwrap();
         let log = |name: &str| {
             let path = Path::new(LOG_DIR).join(name);
-            let change = changes.iter().find(|c| c.path == path).unwrap();
+            let change = changes.list.iter().find(|c| c.path == path).unwrap();
             change.content.clone()
         };
         assert_eq!(log("run.log").as_deref(), Some(&b"said\n"[..]));

@@ -7,6 +7,9 @@ use super::Dial;
 use crate::cloud::Instance;
 use crate::settings::values::{Address, HostPort};
 
+/// The instance's sshd.
+pub const SSHD_PORT: u16 = 22;
+
 /// Where the instance's sshd is reached: `connect` (a tunnel), else the address chosen, port 22.
 pub fn ssh_address(dial: &Dial, instance: &Instance) -> Result<HostPort> {
     if let Some(address) = &dial.connect {
@@ -24,7 +27,7 @@ pub fn ssh_address(dial: &Dial, instance: &Instance) -> Result<HostPort> {
     let host = chosen.with_context(|| missing_address(dial.address, &instance.id, private))?;
     Ok(HostPort {
         host: host.to_string(),
-        port: 22,
+        port: SSHD_PORT,
     })
 }
 

@@ -14,6 +14,7 @@ use russh::keys::PublicKey;
 use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
+use super::address::SSHD_PORT;
 use crate::poll::Poll;
 use crate::printer::Phase;
 use crate::remote::host_key::{self, Install};
@@ -26,6 +27,10 @@ const SAID_NO_SUDO: &str = "warned-user-data-host-key";
 
 /// How long the reloaded sshd has to present the new key before the run goes on without it.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long nothing may listen on the instance's 127.0.0.1 (sshd reloading) before the check
+/// dials instead.
+const INSIDE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the first connection of a run does about the instance's host key.
 #[derive(Debug, PartialEq, Eq)]
@@ -142,13 +147,20 @@ async fn presents(target: &Target, session: &Session, key: &PublicKey, phase: &P
         held: None,
         ..target.clone()
     };
+    let started = Instant::now();
     loop {
-        let presented = match session.presented_inside(target.address.port).await {
-            Ok(presented) => presented,
-            Err(e) => {
-                tracing::debug!("{e:#}: dialling to see the host key");
+        let left = deadline.saturating_duration_since(Instant::now());
+        let inside = tokio::time::timeout(left, session.presented_inside(SSHD_PORT)).await;
+        let presented = match inside {
+            Ok(Ok(Some(presented))) => Some(presented),
+            // Nothing listens there for a moment while sshd reloads; for longer, it may not
+            // listen on 127.0.0.1 at all.
+            Ok(Ok(None)) if started.elapsed() < INSIDE_PATIENCE => None,
+            Ok(found) => {
+                tracing::debug!("from inside: {found:?}; dialling to see the host key");
                 dialled_key(&target, deadline, phase).await
             }
+            Err(_) => None,
         };
         if presented.is_some_and(|presented| presented.key_data() == key.key_data()) {
             return true;

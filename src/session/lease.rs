@@ -42,15 +42,12 @@ impl Presence {
             }
         });
         let earlier = runs::parse_earlier(job.name(), &answer);
-        let command_over = false;
-        Ok((
-            Presence {
-                lease,
-                renewing,
-                command_over,
-            },
-            earlier,
-        ))
+        let presence = Presence {
+            lease,
+            renewing,
+            command_over: false,
+        };
+        Ok((presence, earlier))
     }
 
     /// The record of this run's command, named like its lease: once the lease no longer

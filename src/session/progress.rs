@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::lease::Presence;
 use crate::cloud::Instance;
-use crate::remote::pulled::Change;
+use crate::remote::changes::Changes;
 use crate::remote::runs::Earlier;
 use crate::ssh::{RemoteExit, Session, Target};
 use crate::sync::Report;
@@ -35,5 +35,5 @@ pub struct Progress {
     /// What the instance changed in the remote directory since the last pull that brought
     /// everything home, when known (asked as the run joined it): all the pull before the push
     /// needs to look at.
-    pub changed_there: Option<Vec<Change>>,
+    pub changed_there: Option<Changes>,
 }

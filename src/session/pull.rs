@@ -13,8 +13,9 @@ use super::{Plan, Scene};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::printer::Printer;
 use crate::remote::RemoteDir;
+use crate::remote::changes::Changes;
 use crate::remote::job::Job;
-use crate::remote::pulled::{Change, PullMark};
+use crate::remote::pulled::PullMark;
 use crate::settings::values::EndOfLife;
 use crate::ssh::Session;
 use crate::sync::{Manifest, Pulled, Rsync};
@@ -152,7 +153,7 @@ pub async fn pull_nodes(
     rsync: &Rsync<'_>,
     manifest: &mut Manifest,
     progress: &mut Progress,
-    changed: Option<Vec<Change>>,
+    changed: Option<Changes>,
 ) -> Result<Pulled> {
     let Scene { plan, store, .. } = *scene;
     let id = &scene.machine.head().instance.id;
@@ -180,7 +181,7 @@ pub async fn pull_nodes(
 /// What a lone instance changed in the remote directory since the last pull that brought
 /// everything home (see `remote::pulled`): one command instead of rsync's listing. `None` when
 /// not known (never pulled, another boot, no answer).
-pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<Vec<Change>> {
+pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<Changes> {
     let Scene {
         plan,
         store,
@@ -195,7 +196,7 @@ pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<
     let mark = PullMark::of(Job::for_dir(&plan.local_dir).name(), &token);
     let check = mark.changes_command(&plan.remote_dir);
     let answer = session.run_captured_bytes(&check).await.ok()?;
-    Change::parse(&answer)
+    Changes::parse(&answer)
 }
 
 /// What a cluster's other nodes wrote that the head did not comes home too; what they changed

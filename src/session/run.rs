@@ -128,7 +128,9 @@ async fn sync_up(
     }
     let id = &machine.head().instance.id;
     let rsync = rsync(plan, &reached.session, &reached.remote_dir, printer, id)?;
-    if machine.origin != Origin::Launched && !reached.new_dir {
+    // A directory the run made holds nothing to bring home; a cluster's other nodes may.
+    let nothing_there = reached.new_dir && reached.workers.is_empty();
+    if machine.origin != Origin::Launched && !nothing_there {
         let phase = printer.phase(format!(
             "bringing home what changed in {} since the last sync",
             plan.remote_dir

@@ -2,6 +2,7 @@
 //! carries the command, and rsync through the relay. It is dialled, or found kept from an
 //! earlier run (`held`).
 
+mod channels;
 mod config;
 mod exec;
 pub mod forward;
@@ -13,8 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use russh::ChannelMsg;
+use anyhow::{Result, bail};
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,6 +24,7 @@ use crate::printer::Phase;
 use crate::settings::values::HostPort;
 use crate::state::keys::InstanceKeys;
 
+use channels::Channel;
 pub use exec::{RemoteExit, run_command};
 
 /// Where and as whom to log in, and the only host key to accept there.
@@ -241,90 +242,6 @@ impl Session {
         &self.host_key
     }
 
-    /// Runs a short non-interactive command and returns its stdout, or fails with its stderr.
-    pub async fn run_captured(&self, command: &str) -> Result<String> {
-        let stdout = self.run_captured_bytes(command).await?;
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
-    }
-
-    /// As `run_captured`, its output as it is (names that are not UTF-8).
-    pub async fn run_captured_bytes(&self, command: &str) -> Result<Vec<u8>> {
-        let channel = self.open_exec(command).await?;
-        captured(channel, command).await
-    }
-
-    /// As `run_captured`, with `input` on the command's stdin (what must not show on its
-    /// command line, which every process on the instance can read); `what` names the command
-    /// in errors.
-    pub async fn run_fed(&self, what: &str, command: &str, input: &[u8]) -> Result<String> {
-        let channel = self.open_exec(command).await?;
-        let lost = "the connection to the instance was lost while sending input";
-        channel.data(input).await.context(lost)?;
-        channel.eof().await.context(lost)?;
-        let stdout = captured(channel, what).await?;
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
-    }
-
-    pub async fn open_exec(&self, command: &str) -> Result<russh::Channel<client::Msg>> {
-        let channel = self.open_channel().await?;
-        channel
-            .exec(true, command)
-            .await
-            .context("cannot run a command: the connection to the instance was lost")?;
-        Ok(channel)
-    }
-
-    /// A session channel: the one opened ahead if there is one, and another is opened ahead.
-    pub(super) async fn open_channel(&self) -> Result<Channel> {
-        let ahead = self.spare.lock().expect("not poisoned").take();
-        let opened = match ahead {
-            Some(ahead) => match ahead.await {
-                Ok(Ok(channel)) => Ok(channel),
-                _ => self.handle.channel_open_session().await,
-            },
-            None => self.handle.channel_open_session().await,
-        };
-        let channel = opened
-            .context("cannot open an SSH channel: the connection to the instance was lost")?;
-        // Through a kept connection, a channel is a local round trip: the holder opens ahead.
-        let mut spare = self.spare.lock().expect("not poisoned");
-        if spare.is_none() && !self.held && !self.handle.is_closed() {
-            let handle = self.handle.clone();
-            *spare = Some(tokio::spawn(
-                async move { handle.channel_open_session().await },
-            ));
-        }
-        Ok(channel)
-    }
-
-    /// The host key the instance's own sshd on `port` presents to a connection from inside the
-    /// instance, made through this session; no login: the handshake stops at the key. `None`:
-    /// nothing listens there now (sshd between the two lives of its reload); an error: the
-    /// instance does not let this session connect there (forwarding off).
-    pub async fn presented_inside(&self, port: u16) -> Result<Option<PublicKey>> {
-        let inside = HostPort {
-            host: "127.0.0.1".into(),
-            port,
-        };
-        let stream = match self.tunnel(&inside).await {
-            Ok(stream) => stream,
-            Err(russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed)) => {
-                return Ok(None);
-            }
-            Err(e) => bail!("cannot reach the instance's sshd from inside it: {e}"),
-        };
-        let presented = Arc::new(Mutex::new(None));
-        let refuse_every_key = PinnedHostKey {
-            accepted: Vec::new(),
-            presented: presented.clone(),
-            remote_targets: forward::RemoteTargets::default(),
-        };
-        let config = Arc::new(config::client_config());
-        let handshake = client::connect_stream(config, stream, refuse_every_key);
-        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, handshake).await;
-        Ok(presented.lock().expect("not poisoned").take())
-    }
-
     /// A stream to `address` as seen from the instance (a direct-tcpip channel).
     async fn tunnel(
         &self,
@@ -350,24 +267,6 @@ impl Session {
     }
 }
 
-impl Session {
-    fn drop_spare(&self) {
-        if let Some(ahead) = self.spare.lock().expect("not poisoned").take() {
-            ahead.abort();
-        }
-    }
-}
-
-impl Drop for Session {
-    /// The channel opened ahead holds the connection: it goes with the session.
-    fn drop(&mut self) {
-        self.drop_spare();
-    }
-}
-
-/// A session channel to the instance.
-type Channel = russh::Channel<client::Msg>;
-
 /// What one connection attempt talks over.
 enum Stream {
     Tcp(tokio::io::BufReader<tokio::net::TcpStream>),
@@ -390,30 +289,6 @@ async fn dial(
         config::READ_BUFFER,
         socket,
     ))
-}
-
-/// What a short command printed, once it ended well; else its failure, with its stderr.
-/// `command` names it in errors.
-async fn captured(mut channel: russh::Channel<client::Msg>, command: &str) -> Result<Vec<u8>> {
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut status = None;
-    while let Some(message) = channel.wait().await {
-        match message {
-            ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-            ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
-            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-            ChannelMsg::Failure => bail!("the instance refused to run `{command}`"),
-            _ => {}
-        }
-    }
-    match status {
-        Some(0) => Ok(stdout),
-        Some(code) => bail!(
-            "`{command}` failed on the instance (exit {code}): {}",
-            String::from_utf8_lossy(&stderr).trim()
-        ),
-        None => bail!("the connection closed while running `{command}` on the instance"),
-    }
 }
 
 fn describe(error: &russh::Error) -> String {

@@ -1,8 +1,9 @@
 //! A pull told by the instance what changed since the last whole pull (`remote::pulled`): what
 //! did not change there is as that pull left it, so only what did is decided. When all that
 //! changed is logs (which the rules always bring home, and which replace this side's copy) or
-//! what this side already holds, one rsync fetches them without listing the tree first; anything
-//! else is for a whole pull, which lists and decides path by path (`pull`).
+//! what is as the last sync left it, the logs come home without a listing of the tree: those
+//! in the answer written here, the others fetched by one rsync. Anything else is for a whole
+//! pull, which lists and decides path by path (`pull`).
 
 use std::fs::File;
 use std::io::Write;
@@ -13,21 +14,21 @@ use anyhow::{Context, Result, bail};
 
 use super::itemize::Kind;
 use super::manifest::Stamp;
-use super::options::{TEMP_DIR, always_home};
+use super::options::{TEMP_DIR, is_version_control};
 use super::pull_plan::kind_of;
 use super::report::Pulled;
 use super::temp::LocalTemp;
 use super::{Manifest, Rsync};
 use crate::printer::escape_path;
-use crate::remote::logs::LOG_DIR;
-use crate::remote::pulled::Change;
+use crate::remote::changes::{Change, Changes};
+use crate::remote::logs::{LOG_DIR, always_home};
 
 impl Rsync<'_> {
     /// Brings home what `changes` says the instance changed, if a whole pull's listing is not
     /// needed to decide it; `None` when it is.
     pub async fn pull_changes(
         &self,
-        changes: &[Change],
+        changes: &Changes,
         manifest: &mut Manifest,
     ) -> Result<Option<Pulled>> {
         let local = |path: &Path| self.local_dir.join(path);
@@ -46,14 +47,11 @@ impl Rsync<'_> {
             return Ok(Some(Pulled::default()));
         }
         let temp = LocalTemp::take(self.local_dir)?;
-        // Logs that came with the answer are written here, unless a directory of logs is to be
-        // made (rsync makes it as it fetches).
-        let inline = |change: &&Change| change.content.is_some() && change.kind == b'f';
+        // Logs that came in the answer are written here, into the directory of logs this side
+        // has; else rsync fetches them (and makes that directory).
+        let log_dir_here = kind_of(&local(Path::new(LOG_DIR))) == Some(Kind::Dir);
         let (written, fetched): (Vec<&Change>, Vec<&Change>) =
-            match fetch.iter().all(|change| change.kind == b'f') {
-                true => fetch.into_iter().partition(inline),
-                false => (Vec::new(), fetch),
-            };
+            (fetch.into_iter()).partition(|change| log_dir_here && change.content.is_some());
         let mut pulled = Pulled::default();
         let mut failures = Vec::new();
         for change in written {
@@ -83,7 +81,7 @@ impl Rsync<'_> {
 
     /// Writes a log that came with the instance's answer as rsync would have fetched it: through
     /// a temporary file, with the instance's time, the mode of the copy it replaces (a new one
-    /// gets the umask's).
+    /// gets rw masked by the umask, as `--chmod=ugo=rwX` gives a file without x).
     fn write_log(&self, change: &Change, temp: &Path, manifest: &mut Manifest) -> Result<()> {
         let home = self.local_dir.join(&change.path);
         let staged = temp.join("log");
@@ -95,12 +93,17 @@ impl Rsync<'_> {
             {
                 file.set_permissions(meta.permissions())?;
             }
-            let stamp = stamp_of(change);
-            let secs = Duration::new(stamp.mtime_secs as u64, stamp.mtime_nanos);
-            file.set_modified(SystemTime::UNIX_EPOCH + secs)?;
+            let (secs, nanos) = change.mtime;
+            let since_epoch = Duration::new(secs.unsigned_abs(), nanos);
+            file.set_modified(SystemTime::UNIX_EPOCH + since_epoch)?;
             std::fs::rename(&staged, &home)
         };
-        write().with_context(|| format!("cannot write {}", escape_path(&change.path)))?;
+        write().with_context(|| {
+            format!(
+                "cannot write {} here: check that {LOG_DIR} is a directory you may write to",
+                escape_path(&change.path)
+            )
+        })?;
         self.list_path(&change.path);
         if let Some(stamp) = Stamp::of(&home) {
             manifest.set(change.path.clone(), stamp, &home);
@@ -111,33 +114,40 @@ impl Rsync<'_> {
 
 /// The stamp a change says the instance's file has.
 fn stamp_of(change: &Change) -> Stamp {
+    let (mtime_secs, mtime_nanos) = change.mtime;
     Stamp {
         size: change.size,
-        mtime_secs: change.mtime_secs,
-        mtime_nanos: change.mtime_nanos,
+        mtime_secs,
+        mtime_nanos,
     }
 }
 
 /// What to fetch, given what changed there, what this side holds at a path (`here`), and
-/// whether a change left a file as the last sync did (`there_unchanged`: its mode or owner
-/// changed, or the push wrote it); else the change only a whole pull can decide. The decisions are
-/// the whole pull's (`pull_plan`) for these cases.
+/// whether a change left a file as the last sync did (`there_unchanged`: its mode changed, or
+/// the push wrote it); else the change only a whole pull can decide. The decisions are the
+/// whole pull's (`pull_plan`) for these cases.
+///
+/// A directory changed since the stamp lists what changed in it, except when it was renamed
+/// (or its mode changed): then its modification time is from before the stamp, and what it
+/// holds shows no change of its own.
 fn narrow(
-    changes: &[Change],
+    changes: &Changes,
     here: impl Fn(&Path) -> Option<Kind>,
     there_unchanged: impl Fn(&Change) -> bool,
 ) -> Result<Vec<&Change>, &Change> {
     let mut fetch = Vec::new();
     let log_dir_here = here(Path::new(LOG_DIR));
     let logs_may_come = matches!(log_dir_here, None | Some(Kind::Dir));
-    for change in changes {
+    let listing = |change: &Change| change.mtime >= changes.since;
+    for change in &changes.list {
         let path = change.path.as_path();
         match kind(change.kind) {
-            // The directory itself; rsync's temporary files (the push's), and what is neither
-            // file, link nor directory never come home.
-            _ if path == Path::new("") || path.starts_with(TEMP_DIR) => {}
+            // rsync's temporary files (the push's), version-control metadata, and what is
+            // neither file, link nor directory never come home.
+            _ if path.starts_with(TEMP_DIR) || is_version_control(path) => {}
             Kind::Other => {}
-            Kind::Dir if here(path) == Some(Kind::Dir) => {}
+            Kind::Dir if !listing(change) => return Err(change),
+            Kind::Dir if path == Path::new("") || here(path) == Some(Kind::Dir) => {}
             Kind::Dir if path == Path::new(LOG_DIR) && log_dir_here.is_none() => fetch.push(change),
             Kind::File | Kind::Link if there_unchanged(change) => {}
             Kind::File
@@ -166,16 +176,26 @@ fn kind(letter: u8) -> Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::changes::Time;
     use std::path::PathBuf;
+
+    /// The stamp's time in the cases below; a change is listed after it unless said.
+    const SINCE: Time = (10, 0);
 
     fn change(kind: u8, path: &str) -> Change {
         Change {
             kind,
             size: 1,
-            mtime_secs: 1,
-            mtime_nanos: 0,
+            mtime: (11, 0),
             path: PathBuf::from(path),
             content: None,
+        }
+    }
+
+    fn changes(list: &[Change]) -> Changes {
+        Changes {
+            since: SINCE,
+            list: list.to_vec(),
         }
     }
 
@@ -183,16 +203,17 @@ mod tests {
     /// a directory.
     fn here(path: &Path) -> Option<Kind> {
         match path.to_str()? {
-            "ssh-ec2-logs" | "data" => Some(Kind::Dir),
+            "" | "ssh-ec2-logs" | "data" => Some(Kind::Dir),
             "ssh-ec2-logs/run.log" | "model.pt" => Some(Kind::File),
             "ssh-ec2-logs/odd.log" => Some(Kind::Link),
             _ => None,
         }
     }
 
-    fn fetched(changes: &[Change], unchanged: &[&str]) -> Option<Vec<PathBuf>> {
+    fn fetched(list: &[Change], unchanged: &[&str]) -> Option<Vec<PathBuf>> {
         let there_unchanged = |c: &Change| unchanged.iter().any(|p| c.path == Path::new(p));
-        let fetch = narrow(changes, here, there_unchanged).ok()?;
+        let changes = changes(list);
+        let fetch = narrow(&changes, here, there_unchanged).ok()?;
         Some(fetch.into_iter().map(|c| c.path.clone()).collect())
     }
 
@@ -202,6 +223,7 @@ mod tests {
             change(b'd', ""),
             change(b'd', ".ssh-ec2-tmp"),
             change(b'f', ".ssh-ec2-tmp/0123/.a.txt.Xy12"),
+            change(b'f', ".git/index"),
             change(b'd', "ssh-ec2-logs"),
             change(b'f', "ssh-ec2-logs/run.log"),
             change(b'f', "ssh-ec2-logs/job-node-0.log"),
@@ -216,11 +238,16 @@ mod tests {
             "a file the push wrote, or whose mode changed, is as the last sync left it"
         );
         assert_eq!(fetched(&logs[..1], &[]), Some(vec![]));
+        let renamed = Change {
+            mtime: (9, 0),
+            ..change(b'd', "data")
+        };
         #[rustfmt::skip]
         let whole = [
             (change(b'f', "model.pt"), "a result"),
             (change(b'f', "new.txt"), "a new file"),
             (change(b'd', "results"), "a new directory"),
+            (renamed, "a directory renamed over this one: what it holds shows no change"),
             (change(b'l', "ssh-ec2-logs/run.log"), "a log that is a link there"),
             (change(b'f', "ssh-ec2-logs/odd.log"), "a log that is a link here"),
             (change(b'f', "ssh-ec2-logs/notes.txt"), "not a log"),
@@ -235,10 +262,11 @@ mod tests {
     #[test]
     fn a_new_directory_of_logs_comes_home_with_them_but_never_through_a_link() {
         let new_here = |path: &Path| here(path).filter(|_| !path.starts_with(LOG_DIR));
-        let changes = [change(b'd', LOG_DIR), change(b'f', "ssh-ec2-logs/run.log")];
-        let fetch = narrow(&changes, new_here, |_| false).unwrap();
-        assert_eq!(fetch, [&changes[0], &changes[1]]);
+        let list = changes(&[change(b'd', LOG_DIR), change(b'f', "ssh-ec2-logs/run.log")]);
+        let fetch = narrow(&list, new_here, |_| false).unwrap();
+        assert_eq!(fetch, [&list.list[0], &list.list[1]]);
         let linked = |path: &Path| (path == Path::new(LOG_DIR)).then_some(Kind::Link);
-        assert_eq!(narrow(&changes[1..], linked, |_| false), Err(&changes[1]));
+        let logs = changes(&list.list[1..]);
+        assert_eq!(narrow(&logs, linked, |_| false), Err(&logs.list[0]));
     }
 }

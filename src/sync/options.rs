@@ -3,7 +3,6 @@
 //! that never comes home.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -11,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use super::secrets::{self, KeyFile};
 use super::{PUSH_OPTIONS, contents_of};
-use crate::remote::logs::LOG_DIR;
+use crate::remote::logs::{LOG_DIR, LOG_SUFFIX};
 
 /// How this directory is synced: with which rsync, and what it holds back.
 #[derive(Debug)]
@@ -183,7 +182,10 @@ pub(super) fn filters(options: &Options, way: Way) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![format!("--filter=- /{TEMP_DIR}/").into()];
     let logs: &[String] = match way {
         Way::Push => &[format!("- /{LOG_DIR}/")],
-        Way::Pull => &[format!("+ /{LOG_DIR}/"), format!("+ /{LOG_DIR}/*.log")],
+        Way::Pull => &[
+            format!("+ /{LOG_DIR}/"),
+            format!("+ /{LOG_DIR}/*{LOG_SUFFIX}"),
+        ],
     };
     args.extend(logs.iter().map(|rule| format!("--filter={rule}").into()));
     if let Some(ignore) = &options.ignore_file {
@@ -200,13 +202,6 @@ pub(super) fn filters(options: &Options, way: Way) -> Vec<OsString> {
         args.push(format!("--filter=- {pattern}").into());
     }
     args
-}
-
-/// Whether a pull's rules bring `path` home whatever else they say: a log (`LOG_DIR/*.log`, as
-/// `filters` lets them through).
-pub(super) fn always_home(path: &Path) -> bool {
-    let name = path.file_name().unwrap_or_default().as_bytes();
-    path.parent() == Some(Path::new(LOG_DIR)) && name.ends_with(b".log")
 }
 
 /// The patterns of the secrets rules: the fixed ones, and this directory's files where AWS

@@ -176,3 +176,35 @@ fn a_directory_the_run_made_gets_everything_in_one_rsync() {
     assert_eq!(push(&warm), 3, "{warm}");
     common::end(&cloud, &mut project.ssh_ec2(&cloud));
 }
+
+/// What a narrowed pull must not miss: a directory renamed over another (what it holds shows no
+/// change of its own), and logs whose directory this side removed.
+#[test]
+fn a_directory_renamed_there_and_logs_whose_directory_went_here_come_home() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    let first = "mkdir out out.tmp && echo a > out/a.pt && echo b > out.tmp/b.pt";
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", first])).assert_code(0);
+    assert_eq!(project.read("out.tmp/b.pt").as_deref(), Some("b\n"));
+
+    let swap = "rm -rf out && mv out.tmp out";
+    let swapped = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", swap]));
+    swapped.assert_code(0);
+    assert_eq!(
+        project.read("out/b.pt").as_deref(),
+        Some("b\n"),
+        "{swapped}"
+    );
+
+    // The local directory of logs removed, then a run whose only change there is its log.
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    std::fs::remove_dir_all(project.path().join("ssh-ec2-logs")).unwrap();
+    let again = Run::of(project.ssh_ec2(&cloud).args(["--leave", "echo again"]));
+    again.assert_code(0);
+    assert_eq!(
+        project.read("ssh-ec2-logs/run.log").as_deref(),
+        Some("again\n"),
+        "{again}"
+    );
+    common::end(&cloud, &mut project.ssh_ec2(&cloud));
+}

@@ -10,7 +10,8 @@ use anyhow::Result;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::printer::Printer;
-use crate::ssh::{Channel, Session, Target};
+use crate::ssh::channels::Channel;
+use crate::ssh::{Session, Target};
 
 /// How long the holder may take to connect: the instance ran a moment ago.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

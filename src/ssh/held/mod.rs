@@ -149,11 +149,11 @@ pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
     // Its connection may have died without a word (a laptop that slept): a command run through
     // it proves the instance answers (one round trip; a channel alone may be one the holder
     // opened ahead, long ago), else the run dials.
+    let mut session = session;
+    session.held = true;
     match tokio::time::timeout(LOCAL_TIMEOUT, session.run_captured("true")).await {
         Ok(Ok(_)) => {
-            let mut session = session;
             session.host_key = instance_key;
-            session.held = true;
             Some(session)
         }
         _ => {
