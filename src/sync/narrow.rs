@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +21,7 @@ use super::report::Pulled;
 use super::temp::LocalTemp;
 use super::{Manifest, Rsync};
 use crate::printer::escape_path;
-use crate::remote::changes::{Change, Changes};
+use crate::remote::changes::{Change, Changes, Time};
 use crate::remote::logs::{LOG_DIR, always_home};
 
 impl Rsync<'_> {
@@ -36,7 +37,13 @@ impl Rsync<'_> {
         let there_unchanged = |change: &Change| {
             (manifest.get(&change.path)).is_some_and(|synced| synced.stamp == stamp_of(change))
         };
-        let fetch = match narrow(changes, |path| kind_of(&local(path)), there_unchanged) {
+        let dir_time_here = |path: &Path| {
+            let meta = local(path).symlink_metadata().ok()?;
+            meta.is_dir()
+                .then(|| (meta.mtime(), meta.mtime_nsec() as u32))
+        };
+        let here = |path: &Path| kind_of(&local(path));
+        let fetch = match narrow(changes, here, dir_time_here, there_unchanged) {
             Ok(fetch) => fetch,
             Err(change) => {
                 tracing::debug!("a whole pull: {:?} changed there", change.path);
@@ -129,16 +136,20 @@ fn stamp_of(change: &Change) -> Stamp {
 ///
 /// A directory changed since the stamp lists what changed in it, except when it was renamed
 /// (or its mode changed): then its modification time is from before the stamp, and what it
-/// holds shows no change of its own.
+/// holds shows no change of its own. Unless that time is the one the directory here has
+/// (`dir_time_here`): rsync set it, pushing into it.
 fn narrow(
     changes: &Changes,
     here: impl Fn(&Path) -> Option<Kind>,
+    dir_time_here: impl Fn(&Path) -> Option<Time>,
     there_unchanged: impl Fn(&Change) -> bool,
 ) -> Result<Vec<&Change>, &Change> {
     let mut fetch = Vec::new();
     let log_dir_here = here(Path::new(LOG_DIR));
     let logs_may_come = matches!(log_dir_here, None | Some(Kind::Dir));
-    let listing = |change: &Change| change.mtime >= changes.since;
+    let listing = |change: &Change| {
+        change.mtime >= changes.since || dir_time_here(&change.path) == Some(change.mtime)
+    };
     for change in &changes.list {
         let path = change.path.as_path();
         match kind(change.kind) {
@@ -176,7 +187,6 @@ fn kind(letter: u8) -> Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::changes::Time;
     use std::path::PathBuf;
 
     /// The stamp's time in the cases below; a change is listed after it unless said.
@@ -203,17 +213,22 @@ mod tests {
     /// a directory.
     fn here(path: &Path) -> Option<Kind> {
         match path.to_str()? {
-            "" | "ssh-ec2-logs" | "data" => Some(Kind::Dir),
+            "" | "ssh-ec2-logs" | "data" | "pushed" => Some(Kind::Dir),
             "ssh-ec2-logs/run.log" | "model.pt" => Some(Kind::File),
             "ssh-ec2-logs/odd.log" => Some(Kind::Link),
             _ => None,
         }
     }
 
+    /// The time of `pushed` here: rsync gave it the same there.
+    fn dir_time_here(path: &Path) -> Option<Time> {
+        (path == Path::new("pushed")).then_some((5, 0))
+    }
+
     fn fetched(list: &[Change], unchanged: &[&str]) -> Option<Vec<PathBuf>> {
         let there_unchanged = |c: &Change| unchanged.iter().any(|p| c.path == Path::new(p));
         let changes = changes(list);
-        let fetch = narrow(&changes, here, there_unchanged).ok()?;
+        let fetch = narrow(&changes, here, dir_time_here, there_unchanged).ok()?;
         Some(fetch.into_iter().map(|c| c.path.clone()).collect())
     }
 
@@ -228,6 +243,10 @@ mod tests {
             change(b'f', "ssh-ec2-logs/run.log"),
             change(b'f', "ssh-ec2-logs/job-node-0.log"),
             change(b'd', "data"),
+            Change {
+                mtime: (5, 0),
+                ..change(b'd', "pushed")
+            },
             change(b'p', "fifo"),
             change(b'f', "model.pt"),
         ];
@@ -263,10 +282,13 @@ mod tests {
     fn a_new_directory_of_logs_comes_home_with_them_but_never_through_a_link() {
         let new_here = |path: &Path| here(path).filter(|_| !path.starts_with(LOG_DIR));
         let list = changes(&[change(b'd', LOG_DIR), change(b'f', "ssh-ec2-logs/run.log")]);
-        let fetch = narrow(&list, new_here, |_| false).unwrap();
+        let fetch = narrow(&list, new_here, dir_time_here, |_| false).unwrap();
         assert_eq!(fetch, [&list.list[0], &list.list[1]]);
         let linked = |path: &Path| (path == Path::new(LOG_DIR)).then_some(Kind::Link);
         let logs = changes(&list.list[1..]);
-        assert_eq!(narrow(&logs, linked, |_| false), Err(&logs.list[0]));
+        assert_eq!(
+            narrow(&logs, linked, dir_time_here, |_| false),
+            Err(&logs.list[0])
+        );
     }
 }

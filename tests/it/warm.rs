@@ -165,6 +165,10 @@ fn a_directory_the_run_made_gets_everything_in_one_rsync() {
     again.assert_code(0);
     assert_eq!(again.stdout, "a1\n", "{again}");
     assert_eq!(push(&again), 1, "{again}");
+    // Then nothing but the log changed there: the directories rsync made there have the times
+    // of this side's, from before the last pull's stamp, and were not renamed.
+    let pull = |run: &Run| rsyncs_between(run, "pulling results back", "ssh-ec2: pulled");
+    assert_eq!(pull(&again), 0, "{again}");
     project.write("a.txt", "a2\n");
     let warm = Run::of(
         project
