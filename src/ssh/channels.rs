@@ -1,6 +1,7 @@
 //! The session's channels: commands run and read back, the channel kept opened ahead for the
 //! next one, and a look at the host key the instance's sshd presents from inside.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +14,22 @@ use crate::settings::values::HostPort;
 
 /// A session channel to the instance.
 pub(super) type Channel = russh::Channel<client::Msg>;
+
+/// Session channels opened ahead of the commands that will use them: opening one is a round
+/// trip to the instance, which each step of a run would otherwise wait for in turn.
+pub(super) struct Ahead {
+    wanted: usize,
+    opening: VecDeque<tokio::task::JoinHandle<Result<Channel, russh::Error>>>,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Ahead {
+            wanted: 1,
+            opening: VecDeque::new(),
+        }
+    }
+}
 
 /// The most a short command's answer may hold: the instance is not trusted with the laptop's
 /// memory.
@@ -52,9 +69,10 @@ impl Session {
         Ok(channel)
     }
 
-    /// A session channel: the one opened ahead if there is one, and another is opened ahead.
+    /// A session channel: one opened ahead if there is one; then as many are opened ahead as
+    /// the session keeps.
     pub(super) async fn open_channel(&self) -> Result<Channel> {
-        let ahead = self.spare.lock().expect("not poisoned").take();
+        let ahead = self.ahead.lock().expect("not poisoned").opening.pop_front();
         let opened = match ahead {
             Some(ahead) => match ahead.await {
                 Ok(Ok(channel)) => Ok(channel),
@@ -64,15 +82,30 @@ impl Session {
         };
         let channel = opened
             .context("cannot open an SSH channel: the connection to the instance was lost")?;
-        // Through a kept connection, a channel is a local round trip: the holder opens ahead.
-        let mut spare = self.spare.lock().expect("not poisoned");
-        if spare.is_none() && !self.held && !self.handle.is_closed() {
-            let handle = self.handle.clone();
-            *spare = Some(tokio::spawn(
-                async move { handle.channel_open_session().await },
-            ));
-        }
+        self.open_ahead();
         Ok(channel)
+    }
+
+    /// Keeps `wanted` channels opened ahead (one, unless told): each counts as a session of
+    /// the connection for sshd (`MaxSessions`).
+    pub(super) fn keep_ahead(&self, wanted: usize) {
+        let dropped = {
+            let mut ahead = self.ahead.lock().expect("not poisoned");
+            ahead.wanted = wanted;
+            let extra = ahead.opening.len().saturating_sub(wanted);
+            ahead.opening.drain(..extra).collect::<Vec<_>>()
+        };
+        dropped.iter().for_each(|opening| opening.abort());
+        self.open_ahead();
+    }
+
+    fn open_ahead(&self) {
+        let mut ahead = self.ahead.lock().expect("not poisoned");
+        while ahead.opening.len() < ahead.wanted && !self.handle.is_closed() {
+            let handle = self.handle.clone();
+            let opening = tokio::spawn(async move { handle.channel_open_session().await });
+            ahead.opening.push_back(opening);
+        }
     }
 
     /// The host key the instance's own sshd on `port` presents to a connection from inside the
@@ -103,11 +136,12 @@ impl Session {
         Ok(presented.lock().expect("not poisoned").take())
     }
 
-    /// The channel opened ahead goes: the session is closing.
-    pub(super) fn drop_spare(&self) {
+    /// The channels opened ahead go: the session is closing.
+    pub(super) fn drop_ahead(&self) {
         // Also called while unwinding: a poisoned lock is left alone.
-        if let Some(ahead) = self.spare.lock().ok().and_then(|mut spare| spare.take()) {
-            ahead.abort();
+        if let Ok(mut ahead) = self.ahead.lock() {
+            ahead.wanted = 0;
+            ahead.opening.drain(..).for_each(|opening| opening.abort());
         }
     }
 }
@@ -115,7 +149,7 @@ impl Session {
 impl Drop for Session {
     /// The channel opened ahead holds the connection: it goes with the session.
     fn drop(&mut self) {
-        self.drop_spare();
+        self.drop_ahead();
     }
 }
 

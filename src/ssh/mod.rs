@@ -24,7 +24,6 @@ use crate::printer::Phase;
 use crate::settings::values::HostPort;
 use crate::state::keys::InstanceKeys;
 
-use channels::Channel;
 pub use exec::{RemoteExit, run_command};
 
 /// Where and as whom to log in, and the only host key to accept there.
@@ -43,9 +42,7 @@ pub struct Target {
 
 pub struct Session {
     handle: Arc<Handle<PinnedHostKey>>,
-    /// A session channel opened ahead for the next command: opening one is a round trip to the
-    /// instance, which each of a run's steps would otherwise wait for in turn.
-    spare: Mutex<Option<tokio::task::JoinHandle<Result<Channel, russh::Error>>>>,
+    ahead: Mutex<channels::Ahead>,
     remote_targets: forward::RemoteTargets,
     /// The host key the instance presented (one of those accepted).
     host_key: PublicKey,
@@ -213,7 +210,7 @@ impl Session {
         match (outcome, presented) {
             (Ok(Ok((handle, true))), Some(host_key)) => Ok(Session {
                 handle: Arc::new(handle),
-                spare: Mutex::default(),
+                ahead: Mutex::default(),
                 remote_targets,
                 host_key,
                 held: false,
@@ -259,7 +256,7 @@ impl Session {
     }
 
     pub async fn close(&self) {
-        self.drop_spare();
+        self.drop_ahead();
         let _ = self
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")

@@ -16,9 +16,13 @@ use crate::ssh::{Session, Target};
 /// How long the holder may take to connect: the instance ran a moment ago.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The runs' session channels on one connection: sshd's default ten, less the one the
-/// connection opens ahead and one to spare.
-const SESSIONS_PER_LANE: usize = 8;
+/// The runs' session channels on one connection: sshd's default ten, less those it opens ahead
+/// and one to spare.
+const SESSIONS_PER_LANE: usize = 6;
+
+/// Channels each connection keeps opened ahead: a run opens several at once as it starts and
+/// ends, each then a local round trip only.
+const OPENED_AHEAD: usize = 3;
 
 pub(super) struct Lanes {
     target: Target,
@@ -47,7 +51,9 @@ impl Lanes {
     async fn connect(target: &Target, printer: &Printer) -> Result<Arc<Session>> {
         let phase = printer.phase("keeping the connection");
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        Ok(Arc::new(Session::connect(target, deadline, &phase).await?))
+        let session = Session::connect(target, deadline, &phase).await?;
+        session.keep_ahead(OPENED_AHEAD);
+        Ok(Arc::new(session))
     }
 
     /// The connection the card describes, which the holder lives by.

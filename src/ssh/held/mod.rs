@@ -151,6 +151,8 @@ pub(super) async fn reach(target: &Target, socket: &Path) -> Option<Session> {
     // opened ahead, long ago), else the run dials.
     let mut session = session;
     session.held = true;
+    // A channel through the holder is a local round trip: the holder opens ahead.
+    session.keep_ahead(0);
     match tokio::time::timeout(LOCAL_TIMEOUT, session.run_captured("true")).await {
         Ok(Ok(_)) => {
             session.host_key = instance_key;
