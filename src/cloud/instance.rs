@@ -329,12 +329,8 @@ impl Cloud {
     /// lands somewhere it cannot come back from. A failed poll (throttled, or a new instance
     /// that AWS does not show yet) does not end the wait.
     pub async fn wait_until(&self, id: &str, target: State, deadline: Instant) -> Result<Instance> {
-        // A run waits for `running`: asked every second at most, as a longer step overshoots
-        // by half of it on average (a boot takes tens of seconds: tens of requests).
-        let cap = match target {
-            State::Running => Duration::from_secs(1),
-            _ => Duration::from_secs(5),
-        };
+        // A run waits for `running`: a longer step would overshoot it by half on average.
+        let cap = Duration::from_secs(if target == State::Running { 1 } else { 5 });
         let mut poll = Poll::every(cap).until(deadline);
         loop {
             let state = match self.lookup(id).await {

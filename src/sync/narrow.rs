@@ -11,11 +11,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::itemize::Kind;
 use super::manifest::Stamp;
 use super::options::{TEMP_DIR, is_version_control};
+use super::pull::settle;
 use super::pull_plan::kind_of;
 use super::report::Pulled;
 use super::temp::LocalTemp;
@@ -76,13 +77,7 @@ impl Rsync<'_> {
             pulled.add(self.noted_home(&outcome.items, manifest));
             failures.extend(outcome.failure);
         }
-        manifest.save()?;
-        if !failures.is_empty() {
-            bail!(
-                "not everything came home from the instance:\n{}",
-                failures.join("\n")
-            );
-        }
+        settle(manifest, &failures)?;
         Ok(Some(pulled))
     }
 

@@ -86,13 +86,7 @@ impl Rsync<'_> {
         for tree in plan.trees {
             failures.extend(self.keep_both_tree(&tree, temp, manifest, report).await?);
         }
-        manifest.save()?;
-        if !failures.is_empty() {
-            bail!(
-                "not everything came home from the instance:\n{}",
-                failures.join("\n")
-            );
-        }
+        settle(manifest, &failures)?;
         Ok(pulled)
     }
 
@@ -222,6 +216,18 @@ impl Rsync<'_> {
         });
         Ok(fetched.failure)
     }
+}
+
+/// Records what came home; then fails, after all, if anything could not.
+pub(super) fn settle(manifest: &Manifest, failures: &[String]) -> Result<()> {
+    manifest.save()?;
+    if !failures.is_empty() {
+        bail!(
+            "not everything came home from the instance:\n{}",
+            failures.join("\n")
+        );
+    }
+    Ok(())
 }
 
 /// `results.csv` → `results.from-i-0123.csv` (then `-2`, `-3`… if that exists already).
