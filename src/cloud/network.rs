@@ -58,9 +58,10 @@ impl Cloud {
             .collect())
     }
 
-    /// Creates the security group `name` of a new instance in `vpc`: inbound tcp/22 from the
-    /// CIDR `cidr` gives (this machine's address, which may still be on its way: the group is
-    /// created meanwhile) only. The group's id and the CIDR.
+    /// Creates the security group `name` of a new instance in `vpc`, for tcp/22 from the CIDR
+    /// `cidr` gives (this machine's address, which may still be on its way: the group is created
+    /// meanwhile) only; the rule itself is for `allow_ssh_from`, once the instance is on its
+    /// way. The group's id and the CIDR.
     pub async fn create_ssh_group(
         &self,
         name: &str,
@@ -71,11 +72,7 @@ impl Cloud {
         let purpose = "ssh-ec2: SSH from the launching machine only; deleted with the instance";
         let (group, cidr) = tokio::join!(self.create_group(name, vpc, tags, purpose), cidr);
         let group = group?;
-        let opened = match cidr {
-            Ok(cidr) => self.allow_ssh_from(&group, cidr).await.map(|()| cidr),
-            Err(e) => Err(e),
-        };
-        match opened {
+        match cidr {
             Ok(cidr) => Ok((group, cidr)),
             Err(e) => Err(match self.delete_ssh_group(&group).await {
                 Ok(()) => e,

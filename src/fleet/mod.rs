@@ -151,12 +151,15 @@ async fn find_or_launch(
     // into an admin-made group): asked from now, while the instance is looked for.
     let caller = (spec.launch.security_group.is_none())
         .then(|| Caller::ask_once_sent(&spec.ingress, printer, cloud.sent()));
-    match find_here(cloud, spec, store, printer, interrupt).await? {
+    let find = find_here(cloud, spec, store, printer, interrupt);
+    let lookups = launch::look_up(cloud, spec, store);
+    let (found, lookups) = launch::beside(find, lookups, store, spec, &cloud.region).await;
+    match found? {
         Some(found) => {
             check_nodes(spec, &found.0)?;
             reuse(cloud, spec, store, found, caller, printer, interrupt).await
         }
-        None => launch::launch(cloud, spec, store, caller, printer, interrupt).await,
+        None => launch::launch(cloud, spec, store, (caller, lookups), printer, interrupt).await,
     }
 }
 

@@ -359,6 +359,29 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
     );
     assert_eq!(cloud.outcomes("DecodeAuthorizationMessage").len(), 2);
     assert_nothing_left(&cloud, &project, &explained);
+
+    // Not allowed to let this machine in, which is asked while the instance is launched: the
+    // instance is ended.
+    cloud.set_faults(json!([
+        {"action": "AuthorizeSecurityGroupIngress", "error": "UnauthorizedOperation",
+         "message": refused},
+        {"action": "DecodeAuthorizationMessage", "error": "AccessDenied"},
+    ]));
+    let shut_out = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    shut_out.assert_code(255);
+    assert!(
+        shut_out.stderr.contains("UnauthorizedOperation")
+            && shut_out
+                .stderr
+                .contains("terminated: it could not be reached"),
+        "{shut_out}"
+    );
+    assert_eq!(
+        cloud.outcomes("RunInstances").len(),
+        3,
+        "launched\n{shut_out}"
+    );
+    assert_nothing_left(&cloud, &project, &shut_out);
 }
 
 #[test]

@@ -83,17 +83,24 @@ fn the_lookups_before_a_launch_go_out_together_and_once_each() {
 }
 
 #[test]
-fn this_machine_s_address_is_asked_while_the_instance_is_looked_for() {
+fn what_a_launch_needs_is_asked_while_the_instance_is_looked_for() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    // Every answer held (a timed-out attempt's retry too) until checkip has been asked.
+    // Every answer held (a timed-out attempt's retry too) until the others have been asked:
+    // this machine holds no instance of the directory, so a launch is likely.
     cloud.set_faults(json!([{"action": "DescribeInstances", "hold": true}]));
     let mut running = project.ssh_ec2(&cloud);
     running.arg("true");
     let child = start_until_held(&cloud, &mut running, "DescribeInstances");
-    wait_until("checkip, while the look for the instance waits", || {
-        cloud.count_events("checkip") == 1
-    });
+    wait_until(
+        "checkip and the lookups, while the look for the instance waits",
+        || {
+            cloud.count_events("checkip") == 1
+                && ["DescribeImages", "DescribeSubnets"]
+                    .iter()
+                    .all(|action| cloud.calls(action).len() == 1)
+        },
+    );
     cloud.set_faults(json!([]));
     let run = Run::collect(child);
     run.assert_code(0);

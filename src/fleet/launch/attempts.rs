@@ -52,15 +52,14 @@ impl Launcher<'_> {
             tokio::join!(ssh_group, self.cluster_groups(launch, resolved));
         // Recorded at once, whatever else failed: the journal deletes the launch's own groups,
         // and only them.
-        if let Ok((group, Some(cidr))) = &ssh_group {
-            launch.ingress = Some(*cidr);
+        if let Ok((group, Some(_))) = &ssh_group {
             launch.group = Some(group.clone());
         }
         launch.node_group = node_group.as_ref().ok().cloned().flatten();
         launch.placement_group = placement_group.as_ref().ok().cloned().flatten();
         let saved = launch.save(self.store);
-        let group = match (ssh_group, node_group, placement_group, saved) {
-            (Ok((group, _)), Ok(_), Ok(_), Ok(())) => group,
+        let (group, cidr) = match (ssh_group, node_group, placement_group, saved) {
+            (Ok(group), Ok(_), Ok(_), Ok(())) => group,
             (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
                 return Outcome::Failed(e);
             }
@@ -80,9 +79,28 @@ impl Launcher<'_> {
             placement_group: launch.placement_group.clone(),
             user_data: &user_data,
         };
-        attempts
-            .run(launch, &resolved.types, &resolved.places)
-            .await
+        // Its own group's rule is added while RunInstances goes out (the instance boots for far
+        // longer than a round trip): an instance it cannot let in is ended.
+        let opened = async {
+            match cidr {
+                Some(cidr) => self
+                    .cloud
+                    .allow_ssh_from(&group, cidr)
+                    .await
+                    .map(|()| Some(cidr)),
+                None => Ok(None),
+            }
+        };
+        let launched = attempts.run(launch, &resolved.types, &resolved.places);
+        match tokio::join!(launched, opened) {
+            (outcome, Ok(cidr)) => {
+                launch.ingress = cidr;
+                outcome
+            }
+            (Outcome::Launched { instances, .. }, Err(e)) => Outcome::Unreachable(instances, e),
+            // Nothing launched (or not known yet): its error says what happened first.
+            (outcome, Err(_)) => outcome,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! exists, so whatever fails (or is lost) half-way is found and cleaned up.
 
 mod attempts;
+mod lookups;
 mod resolve;
 
 use anyhow::Result;
@@ -19,6 +20,7 @@ use crate::settings::values::EndOfLife;
 use crate::state::Store;
 use crate::state::keys::{InstanceKeys, NewKeys};
 use attempts::Launcher;
+pub use lookups::{Lookups, beside, look_up};
 pub use resolve::{Resolved, resolve};
 
 /// The security group to launch into.
@@ -42,13 +44,16 @@ enum Outcome {
     Unknown(anyhow::Error),
     /// A second signal came while it was under way: what it made is ended now.
     GivenUp(Signal),
+    /// Launched, but this machine cannot be let in: the nodes must not run on.
+    Unreachable(Vec<Instance>, anyhow::Error),
 }
 
+/// Launches this directory's instance with what `lookups` find (see `look_up`).
 pub async fn launch(
     cloud: &Cloud,
     spec: &MachineSpec,
     store: &Store,
-    caller: Option<Caller>,
+    (caller, lookups): (Option<Caller>, Lookups<'_>),
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Machine> {
@@ -57,7 +62,7 @@ pub async fn launch(
         resolved,
         account,
         group,
-    } = settle_first(cloud, spec, store, caller, printer, interrupt).await?;
+    } = settle_first(cloud, spec, (caller, lookups), printer, interrupt).await?;
     // Only once the type, its image and price are known: a bad type is refused before it.
     let phase = printer.phase(match wanted.nodes {
         1 => format!(
@@ -129,39 +134,22 @@ struct Settled {
     group: Group,
 }
 
-/// The price (said before anything is paid for), what to launch and where, the account, and
-/// this machine's address: independent lookups, asked together (one round trip, not one after
-/// another). Until something is created, a signal ends the launch at once.
+/// The price (said before anything is paid for), what to launch and where, the account (from
+/// `lookups`), and this machine's address. Until something is created, a signal ends the
+/// launch at once.
 async fn settle_first(
     cloud: &Cloud,
     spec: &MachineSpec,
-    store: &Store,
-    caller: Option<Caller>,
+    (caller, lookups): (Option<Caller>, Lookups<'_>),
     printer: &Printer,
     interrupt: &Interrupt,
 ) -> Result<Settled> {
     let wanted = &spec.launch;
-    let known = store.known();
-    let price = price::hourly(
-        cloud,
-        &known,
-        &wanted.instance_type,
-        wanted.spot.is_some(),
-        None,
-    );
-    // The default subnets name the account; STS is asked when there are subnets given.
-    let account = async {
-        match wanted.subnets.is_empty() {
-            true => None,
-            false => Some(cloud.account_id().await),
-        }
-    };
-    let lookups = async {
-        let (hourly, resolved, account) =
-            tokio::join!(price, resolve(cloud, &known, wanted), account);
-        Ok((hourly, resolved?, account))
-    };
-    let (hourly, resolved, account) = interrupt.cancel(lookups).await?;
+    let lookups::LookedUp {
+        hourly,
+        resolved,
+        account,
+    } = interrupt.cancel(lookups).await?;
     printer.info(&price::price_line(
         hourly.as_ref(),
         &wanted.instance_type,
@@ -247,6 +235,9 @@ async fn settle(
             ))),
         },
         Outcome::Launched { instances, user } => Ok((instances, user)),
+        Outcome::Unreachable(instances, e) => {
+            Err(end_unreachable(cloud, store, printer, launch, &instances, e).await)
+        }
         Outcome::Failed(e) => {
             // Something left alive outweighs the failure (or the signal) that led here.
             if let Err(leak) = launch.abandon(cloud, store).await {
@@ -283,18 +274,35 @@ async fn adopt(
         }
         store.adopt(new_keys, &ids)
     };
-    let e = match opened.await {
-        Ok(keys) => return Ok(keys),
-        Err(e) => e,
-    };
+    match opened.await {
+        Ok(keys) => Ok(keys),
+        Err(e) => Err(end_unreachable(cloud, store, printer, launch, instances, e).await),
+    }
+}
+
+/// Terminates the nodes of `launch`, which cannot be reached (`e` says why), and forgets the
+/// launch; the error to give.
+async fn end_unreachable(
+    cloud: &Cloud,
+    store: &Store,
+    printer: &Printer,
+    launch: &Launch,
+    instances: &[Instance],
+    e: anyhow::Error,
+) -> anyhow::Error {
     let ended = end_of_life::apply(cloud, store, instances, EndOfLife::Terminate, printer).await;
-    Err(match ended {
-        Ok(()) => e.context(format!(
-            "{} terminated: it could not be reached",
-            ids.join(", ")
-        )),
+    let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    match ended {
+        Ok(()) => {
+            // Its groups go with the instances (the end of life's helper deletes them).
+            store.discard_launch(&launch.id);
+            e.context(format!(
+                "{} terminated: it could not be reached",
+                ids.join(", ")
+            ))
+        }
         Err(end) => e.context(format!("{end:#}")),
-    })
+    }
 }
 
 /// The size of the root volume of an instance launched from `image`.
