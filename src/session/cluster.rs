@@ -86,7 +86,7 @@ pub async fn reach_workers(
             .cancel(connect(&target, deadline, scene.printer))
             .await
             .with_context(|| format!("cannot reach node {rank} ({})", node.instance.id))?;
-        prepare_node(scene, &node.instance.id, &mut target, &session).await?;
+        prepare_node(scene, &node.instance.id, (&mut target, true), &session).await?;
         Ok(Worker {
             rank,
             target,

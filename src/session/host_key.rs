@@ -15,6 +15,7 @@ use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
 use super::address::SSHD_PORT;
+use super::reach::Reached;
 use crate::poll::Poll;
 use crate::printer::Phase;
 use crate::remote::host_key::{self, Install};
@@ -72,6 +73,28 @@ pub async fn settle(scene: &Scene<'_>, id: &str, target: &mut Target, session: &
              use, and the next run here tries again"
         ));
     }
+}
+
+/// Settles the head's host key into `target` (a copy of `reached`'s, for the caller to take)
+/// when `reached` left it due, to go beside the push: the connection the push goes over is
+/// pinned already, and a replacement waits for sshd's reload. Its lines are lines: the push
+/// has the spinner.
+pub async fn settle_due(scene: &Scene<'_>, reached: &Reached, target: &mut Target) {
+    if !reached.host_key_due {
+        return;
+    }
+    let printer = scene.printer.lines_only();
+    let lines = Scene {
+        printer: &printer,
+        ..*scene
+    };
+    let id = &scene.machine.head().instance.id;
+    let settling = async {
+        settle(&lines, id, target, &reached.session).await;
+        Ok(())
+    };
+    // A signal ends it: the run ends too, and the next run here settles the key.
+    let _ = scene.interrupt.cancel(settling).await;
 }
 
 /// From now on only `key` is accepted, by this run and the next.

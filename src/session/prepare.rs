@@ -11,15 +11,16 @@ use crate::remote::{self, RemoteDir};
 use crate::settings::values::Limit;
 use crate::ssh::{Session, Target};
 
-/// Prepares the head (`prepare_node`) and returns the remote directory's path, and whether
-/// this run made it.
+/// Prepares the head (`prepare_node`; its host key left for later unless `host_key_now`) and
+/// returns the remote directory's path, and whether this run made it.
 pub(super) async fn prepare_head(
     scene: &Scene<'_>,
     target: &mut Target,
     session: &Session,
+    host_key_now: bool,
 ) -> Result<(RemoteDir, bool)> {
     let id = &scene.machine.head().instance.id;
-    let answer = prepare_node(scene, id, target, session).await?;
+    let answer = prepare_node(scene, id, (target, host_key_now), session).await?;
     let (pwd, made) = remote::prepared_dir(&answer);
     let dir = RemoteDir::parse(pwd).with_context(|| {
         format!(
@@ -31,17 +32,20 @@ pub(super) async fn prepare_head(
 }
 
 /// Replaces the host key the node `id` got in its user-data (an exec channel, then a second
-/// connection) while, beside it on this one, its dead-man switch is re-armed and the remote
-/// directory made (each a channel of its own: a round trip for all three on a slow link);
-/// what the instance said of the directory (see `remote::prepared_dir`).
+/// connection; unless not `host_key_now`) while, beside it on this one, its dead-man switch is
+/// re-armed and the remote directory made (each a channel of its own: a round trip for all
+/// three on a slow link); what the instance said of the directory (see
+/// `remote::prepared_dir`).
 pub(super) async fn prepare_node(
     scene: &Scene<'_>,
     id: &str,
-    target: &mut Target,
+    (target, host_key_now): (&mut Target, bool),
     session: &Session,
 ) -> Result<String> {
     let settling = async {
-        host_key::settle(scene, id, target, session).await;
+        if host_key_now {
+            host_key::settle(scene, id, target, session).await;
+        }
         Ok(())
     };
     let make_dir = remote::prepare_dir_command(&scene.plan.remote_dir);

@@ -36,6 +36,8 @@ pub struct Reached {
     pub workers: Vec<Worker>,
     /// How the nodes (one, or a cluster's) see each other.
     pub cluster: Cluster,
+    /// The head's host key is still to be settled (see `host_key::beside`).
+    pub host_key_due: bool,
 }
 
 impl Reached {
@@ -75,7 +77,7 @@ impl Progress {
 /// makes sure the remote directory exists.
 pub async fn reach(scene: &Scene<'_>) -> Result<Reached> {
     let head = connect_head(scene).await?;
-    prepare_machine(scene, head).await
+    prepare_machine(scene, head, true).await
 }
 
 /// The head, running, its sshd letting us in (before `deadline`, for the other nodes too).
@@ -122,8 +124,13 @@ async fn connect_head(scene: &Scene<'_>) -> Result<Connected> {
     })
 }
 
-/// The head prepared (see `prepare`) while a cluster's other nodes are reached through it.
-async fn prepare_machine(scene: &Scene<'_>, head: Connected) -> Result<Reached> {
+/// The head prepared (see `prepare`; its host key too when `host_key_now`) while a cluster's
+/// other nodes are reached through it.
+async fn prepare_machine(
+    scene: &Scene<'_>,
+    head: Connected,
+    host_key_now: bool,
+) -> Result<Reached> {
     let Connected {
         mut target,
         session,
@@ -142,7 +149,7 @@ async fn prepare_machine(scene: &Scene<'_>, head: Connected) -> Result<Reached> 
         ..*scene
     };
     let ((remote_dir, new_dir), workers) = tokio::try_join!(
-        prepare_head(scene, &mut target, &session),
+        prepare_head(scene, &mut target, &session, host_key_now),
         reach_other_nodes(scene, &session, deadline)
     )?;
     let cluster = match workers.is_empty() {
@@ -157,6 +164,7 @@ async fn prepare_machine(scene: &Scene<'_>, head: Connected) -> Result<Reached> 
         new_dir,
         workers,
         cluster,
+        host_key_due: !host_key_now,
     })
 }
 
@@ -192,8 +200,11 @@ pub async fn reach_and_join(
     let job = Job::for_dir(&scene.plan.local_dir);
     // The lease is taken, and the instance asked whether anything changed there since the
     // last pull, while the machine is prepared: one round trip for all on a slow link.
+    // A lone instance's host key is settled beside the push (see `host_key::beside`); a
+    // cluster's nodes are told each other's keys as settled.
+    let host_key_now = scene.machine.nodes.len() > 1;
     let (prepared, taken, changed) = tokio::join!(
-        prepare_machine(scene, head),
+        prepare_machine(scene, head, host_key_now),
         Presence::take(&session, &job),
         changes_since_pull(scene, &session)
     );

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::Scene;
 use super::cluster::{fan_out, start_worker_jobs};
 use super::env::{JobStart, write_env};
+use super::host_key;
 use super::job::{
     Followed, choose_multiplexer, conclude_job, follow_job, taken_back, until_interrupted,
     wanted_multiplexer,
@@ -46,13 +47,22 @@ pub async fn run(
     } = *scene;
     let mut reached = reach_and_join(scene, lock, progress).await?;
     let job = Job::for_dir(&plan.local_dir);
-    // Checked before anything is synced: a job needs its multiplexer, and one at a time.
-    let multiplexer = match wanted_multiplexer(plan, detach) {
-        None => None,
-        Some(wanted) => Some(choose_multiplexer(&reached.session, wanted, &job).await?),
+    let mut head_target = reached.target.clone();
+    let settling = host_key::settle_due(scene, &reached, &mut head_target);
+    let ready = async {
+        // Checked before anything is synced: a job needs its multiplexer, and one at a time.
+        let multiplexer = match wanted_multiplexer(plan, detach) {
+            None => None,
+            Some(wanted) => Some(choose_multiplexer(&reached.session, wanted, &job).await?),
+        };
+        let mut manifest = Manifest::load(&store.manifest_path(&machine.head().instance.id));
+        sync_up(scene, &reached, &mut manifest, progress).await?;
+        anyhow::Ok((multiplexer, manifest))
     };
-    let mut manifest = Manifest::load(&store.manifest_path(&machine.head().instance.id));
-    sync_up(scene, &reached, &mut manifest, progress).await?;
+    let (ready, ()) = tokio::join!(ready, settling);
+    reached.target = head_target;
+    progress.reached(&reached);
+    let (multiplexer, mut manifest) = ready?;
 
     let command = plan.command.as_deref();
     if plan.sync.is_some() {
