@@ -1,4 +1,4 @@
-//! The session's channels: commands run and read back, the channel kept opened ahead for the
+//! The session's channels: commands run and read back, the channels kept opened ahead for the
 //! next one, and a look at the host key the instance's sshd presents from inside.
 
 use std::collections::VecDeque;
@@ -23,9 +23,10 @@ pub(super) struct Ahead {
 }
 
 impl Default for Ahead {
+    /// Two: a run's end asks two things at once (its lease's release, the job's state).
     fn default() -> Self {
         Ahead {
-            wanted: 1,
+            wanted: 2,
             opening: VecDeque::new(),
         }
     }
@@ -86,7 +87,7 @@ impl Session {
         Ok(channel)
     }
 
-    /// Keeps `wanted` channels opened ahead (one, unless told): each counts as a session of
+    /// Keeps `wanted` channels opened ahead (two, unless told): each counts as a session of
     /// the connection for sshd (`MaxSessions`).
     pub(super) fn keep_ahead(&self, wanted: usize) {
         let dropped = {
@@ -147,7 +148,7 @@ impl Session {
 }
 
 impl Drop for Session {
-    /// The channel opened ahead holds the connection: it goes with the session.
+    /// The channels opened ahead hold the connection: they go with the session.
     fn drop(&mut self) {
         self.drop_ahead();
     }
