@@ -15,6 +15,13 @@ use super::logs::{LOG_DIR, LOG_SUFFIX};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
+/// What the instance said changed since a stamp, and the stamp its answer made for the next
+/// run (see `PullMark::changes_command`).
+pub struct Checked {
+    pub changes: super::changes::Changes,
+    pub next: PullMark,
+}
+
 /// One pull's stamp on the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullMark {
@@ -49,15 +56,26 @@ impl PullMark {
         format!("{}/{}", self.dir(), self.token)
     }
 
-    /// What rsync runs on the instance for the pull's listing (its `--rsync-path`): the stamp,
-    /// in place of the earlier ones, then rsync itself, whether the stamp could be made or not
-    /// (a full disk, tools that are not GNU's): without one, the next run only lists again.
+    /// What rsync runs on the instance for a whole pull's listing, or a push into a directory
+    /// it made (its `--rsync-path`): the stamp, in place of the earlier ones, then rsync itself,
+    /// whether the stamp could be made or not (a full disk, tools that are not GNU's): without
+    /// one, the next run only lists again.
     pub fn stamp_then_rsync(&self) -> String {
+        format!("{}; rsync", self.stamp_alone())
+    }
+
+    /// The stamp, in place of the earlier ones: what `stamp_then_rsync` runs before rsync.
+    pub fn stamp_alone(&self) -> String {
+        self.stamp(&format!("rm -f {}/*", self.dir()))
+    }
+
+    /// Makes the stamp, once `clear` dealt with the others; says nothing, whatever happens.
+    fn stamp(&self, clear: &str) -> String {
         format!(
-            "{{ mkdir -p {dir} && rm -f {dir}/* && cat {BOOT_ID} > {path}.new && \
+            "{{ mkdir -p {dir} && {clear} && cat {BOOT_ID} > {path}.new && \
              t=$(($(date -r {path}.new +%s%N) - 1)) && s=${{t%?????????}} && \
              touch -d \"@$s.${{t#\"$s\"}}\" {path}.new && mv {path}.new {path}; }} \
-             >/dev/null 2>&1; rsync",
+             >/dev/null 2>&1",
             dir = self.dir(),
             path = self.path()
         )
@@ -66,8 +84,15 @@ impl PullMark {
     /// Prints, when this stamp was made in this boot, what in `dir` (or `dir` itself) changed
     /// since, then the logs among them up to `INLINE_UP_TO` bytes (see `Changes`); else
     /// nothing. A `find` that could not look everywhere, or an answer cut at `ANSWER_LIMIT`
-    /// before the list's end, lacks its end, and so proves nothing.
-    pub fn changes_command(&self, dir: &RemoteDir) -> String {
+    /// before the list's end, lacks its end, and so proves nothing. `next` is stamped first,
+    /// beside this one: once what changed is home, it is the next run's stamp.
+    pub fn changes_command(&self, dir: &RemoteDir, next: &PullMark) -> String {
+        let others = format!(
+            "find {} -type f ! -name {} ! -name {} -delete",
+            self.dir(),
+            self.token,
+            next.token
+        );
         let dir = dir.for_shell();
         let logs = format!("{dir}/{LOG_DIR}");
         // Each log copied first: its size is then that of the bytes that follow.
@@ -75,12 +100,13 @@ impl PullMark {
                    printf \"%s\\0%s\\0\" $(($(wc -c < \"$t\"))) \"${1##*/}\" && cat \"$t\"; \
                    rm -f \"$t\"";
         format!(
-            "m={path}; [ -f \"$m\" ] && [ \"$(cat \"$m\")\" = \"$(cat {BOOT_ID})\" ] && \
+            "{stamp_next}; m={path}; [ -f \"$m\" ] && [ \"$(cat \"$m\")\" = \"$(cat {BOOT_ID})\" ] && \
              [ -d {dir} ] && {{ find \"$m\" -printf '%T@\\0' && \
              find -H {dir} -cnewer \"$m\" -printf '%y\\t%s\\t%T@\\t%P\\0' 2>/dev/null && \
              printf '{END}\\0' && {{ [ ! -d {logs} ] || find {logs} -maxdepth 1 \
              -name '*{LOG_SUFFIX}' -type f -cnewer \"$m\" -size -{inline}c \
              -exec sh -c '{log}' sh {{}} \\; 2>/dev/null; }} }} | head -c {ANSWER_LIMIT}; true",
+            stamp_next = next.stamp(&others),
             path = self.path(),
             inline = INLINE_UP_TO + 1,
         )
@@ -121,6 +147,11 @@ mod tests {
         )
     }
 
+    fn sorted(mut paths: Vec<String>) -> Vec<String> {
+        paths.sort();
+        paths
+    }
+
     /// The stamp, then a change: a new file, a removed one, a file's mode; a file whose
     /// modification time is set back is still a change.
     #[test]
@@ -130,7 +161,8 @@ mod tests {
         std::fs::create_dir(home.path().join("proj")).unwrap();
         std::fs::write(home.path().join("proj/kept"), "x").unwrap();
         let mark = PullMark::new("ssh-ec2-proj");
-        let check = mark.changes_command(&dir);
+        let next = PullMark::new("ssh-ec2-proj");
+        let check = mark.changes_command(&dir, &next);
         assert_eq!(changed(home.path(), &check), None, "never stamped");
 
         // The stamp as the pull's rsync makes it, in a later tick of the kernel's file clock
@@ -200,8 +232,6 @@ mod tests {
         a_tick_later();
         sh(home.path(), &stamp);
         assert_eq!(changed(home.path(), &check), Some(nothing));
-        let other = PullMark::new("ssh-ec2-proj").changes_command(&dir);
-        assert_eq!(changed(home.path(), &other), None);
         let path = home
             .path()
             .join(".ssh-ec2/pulled/ssh-ec2-proj")
@@ -211,6 +241,41 @@ mod tests {
         let file = std::fs::File::options().write(true).open(&path).unwrap();
         file.set_modified(stamped).unwrap();
         assert_eq!(changed(home.path(), &check), None, "another boot");
+        let other = PullMark::new("ssh-ec2-proj").changes_command(&dir, &next);
+        assert_eq!(changed(home.path(), &other), None);
+    }
+
+    /// A check stamps the next one as it starts: what changed before it is in this answer, what
+    /// changed after it in the next one's; other stamps go.
+    #[test]
+    fn a_check_makes_the_next_stamp() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = RemoteDir::parse("~/proj").unwrap();
+        std::fs::create_dir(home.path().join("proj")).unwrap();
+        let mark = PullMark::new("ssh-ec2-proj");
+        sh(
+            home.path(),
+            &format!("{} --version >/dev/null", mark.stamp_then_rsync()),
+        );
+        let a_tick_later = || std::thread::sleep(std::time::Duration::from_millis(25));
+        let (next, stale) = (PullMark::new("ssh-ec2-proj"), PullMark::new("ssh-ec2-proj"));
+        sh(home.path(), &mark.changes_command(&dir, &stale));
+        a_tick_later();
+        std::fs::write(home.path().join("proj/before"), "b").unwrap();
+        a_tick_later();
+        let first = changed(home.path(), &mark.changes_command(&dir, &next)).map(sorted);
+        assert_eq!(first, Some(vec!["".to_string(), "before".to_string()]));
+        a_tick_later();
+        std::fs::write(home.path().join("proj/after"), "a").unwrap();
+        let after = PullMark::new("ssh-ec2-proj");
+        let second = changed(home.path(), &next.changes_command(&dir, &after)).map(sorted);
+        assert_eq!(second, Some(vec!["".to_string(), "after".to_string()]));
+        let stamps = home.path().join(".ssh-ec2/pulled/ssh-ec2-proj");
+        assert!(
+            !stamps.join(stale.token()).exists(),
+            "another check's stamp goes"
+        );
+        assert!(stamps.join(next.token()).exists() && stamps.join(after.token()).exists());
     }
 
     /// Small logs come in the answer; a big one is left to rsync.
@@ -228,7 +293,8 @@ mod tests {
         let big = vec![b'x'; INLINE_UP_TO + 1];
         std::fs::write(home.path().join("proj/ssh-ec2-logs/big.log"), &big).unwrap();
         std::fs::write(home.path().join("proj/ssh-ec2-logs/run.log"), "said\n").unwrap();
-        let changes = Changes::parse(&sh(home.path(), &mark.changes_command(&dir))).unwrap();
+        let check = mark.changes_command(&dir, &PullMark::new("ssh-ec2-proj"));
+        let changes = Changes::parse(&sh(home.path(), &check)).unwrap();
         let log = |name: &str| {
             let path = Path::new(LOG_DIR).join(name);
             let change = changes.list.iter().find(|c| c.path == path).unwrap();

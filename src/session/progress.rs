@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::lease::Presence;
 use crate::cloud::Instance;
-use crate::remote::changes::Changes;
+use crate::remote::pulled::Checked;
 use crate::remote::runs::Earlier;
 use crate::ssh::{RemoteExit, Session, Target};
 use crate::sync::Report;
@@ -35,5 +35,8 @@ pub struct Progress {
     /// What the instance changed in the remote directory since the last pull that brought
     /// everything home, when known (asked as the run joined it): all the pull before the push
     /// needs to look at.
-    pub changed_there: Option<Changes>,
+    pub changed_there: Option<Checked>,
+    /// The push into the directory this run made stamped it (see `remote::pulled`): what the
+    /// instance says changed since covers all it holds.
+    pub push_stamped: bool,
 }

@@ -15,7 +15,7 @@ use crate::printer::Printer;
 use crate::remote::RemoteDir;
 use crate::remote::changes::Changes;
 use crate::remote::job::Job;
-use crate::remote::pulled::PullMark;
+use crate::remote::pulled::{Checked, PullMark};
 use crate::settings::values::EndOfLife;
 use crate::ssh::Session;
 use crate::sync::{Manifest, Pulled, Rsync};
@@ -113,6 +113,10 @@ pub async fn pull_results(
         // pull's listing finds it): only what changed is looked at.
         let changed = match plan.machine.end_of_life {
             EndOfLife::Leave => changes_since_pull(scene, &reached.session).await,
+            // Unless the answer covers all the directory holds: the push into it stamped it.
+            EndOfLife::Stop | EndOfLife::Terminate if progress.push_stamped => {
+                changes_since_pull(scene, &reached.session).await
+            }
             EndOfLife::Stop | EndOfLife::Terminate => None,
         };
         pull_nodes(scene, reached, &rsync, manifest, progress, changed).await
@@ -153,13 +157,16 @@ pub async fn pull_nodes(
     rsync: &Rsync<'_>,
     manifest: &mut Manifest,
     progress: &mut Progress,
-    changed: Option<Changes>,
+    changed: Option<Checked>,
 ) -> Result<Pulled> {
     let Scene { plan, store, .. } = *scene;
     let id = &scene.machine.head().instance.id;
-    if let Some(changed) = changed.filter(|_| reached.workers.is_empty())
-        && let Some(pulled) = rsync.pull_changes(&changed, manifest).await?
+    if let Some(checked) = changed.filter(|_| reached.workers.is_empty())
+        && let Some(pulled) =
+            (rsync.pull_changes(&checked.changes, manifest, &mut progress.sync)).await?
     {
+        // All it said changed is home: the next run asks from the stamp its answer made.
+        store.note_pull_mark(id, checked.next.token(), &plan.remote_dir.to_string());
         return Ok(pulled);
     }
     let job = Job::for_dir(&plan.local_dir);
@@ -181,7 +188,7 @@ pub async fn pull_nodes(
 /// What a lone instance changed in the remote directory since the last pull that brought
 /// everything home (see `remote::pulled`): one command instead of rsync's listing. `None` when
 /// not known (never pulled, another boot, no answer).
-pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<Changes> {
+pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<Checked> {
     let Scene {
         plan,
         store,
@@ -193,10 +200,12 @@ pub async fn changes_since_pull(scene: &Scene<'_>, session: &Session) -> Option<
     let (1, Some(token)) = (machine.nodes.len(), token) else {
         return None;
     };
-    let mark = PullMark::of(Job::for_dir(&plan.local_dir).name(), &token);
-    let check = mark.changes_command(&plan.remote_dir);
+    let job = Job::for_dir(&plan.local_dir);
+    let (mark, next) = (PullMark::of(job.name(), &token), PullMark::new(job.name()));
+    let check = mark.changes_command(&plan.remote_dir, &next);
     let answer = session.run_captured_bytes(&check).await.ok()?;
-    Changes::parse(&answer)
+    let changes = Changes::parse(&answer)?;
+    Some(Checked { changes, next })
 }
 
 /// What a cluster's other nodes wrote that the head did not comes home too; what they changed

@@ -26,10 +26,11 @@ use crate::poll::Poll;
 use crate::printer::Printer;
 use crate::remote::job::Job;
 use crate::remote::logs::LogName;
+use crate::remote::pulled::PullMark;
 use crate::remote::runs::RunRecord;
 use crate::ssh::{RemoteExit, Session, run_command};
 use crate::state::lock::DirLock;
-use crate::sync::Manifest;
+use crate::sync::{Manifest, PushInto};
 
 /// Connect, sync up, run, pull back; with `detach`, start the job and return.
 pub async fn run(
@@ -151,9 +152,23 @@ async fn sync_up(
         phase.done(pulled.describe("nothing changed there since the last sync"));
     }
     let phase = printer.phase(format!("syncing this directory to {}", plan.remote_dir));
-    let sent = interrupt
-        .cancel(rsync.push(manifest, reached.new_dir))
-        .await?;
+    // A lone instance's new directory is stamped as the push starts: what the instance says
+    // changed since then is all it holds that is not home (see `remote::pulled`).
+    let stamp = (nothing_there).then(|| PullMark::new(Job::for_dir(&plan.local_dir).name()));
+    let into = match reached.new_dir {
+        true => PushInto::New {
+            stamp: stamp.as_ref(),
+        },
+        false => PushInto::Existing,
+    };
+    if stamp.is_some() {
+        store.forget_pull_mark(id);
+    }
+    let sent = interrupt.cancel(rsync.push(manifest, into)).await?;
+    if let Some(stamp) = &stamp {
+        store.note_pull_mark(id, stamp.token(), &plan.remote_dir.to_string());
+        progress.push_stamped = true;
+    }
     if !reached.workers.is_empty() {
         let others = reached.workers.len();
         phase.update(format!(

@@ -61,7 +61,7 @@ impl Rsync<'_> {
 }
 
 /// Which rule hid a path, by the pattern rsync names; `None` for rsync's own temporary files.
-fn hold_of(pattern: &str, options: &Options) -> Option<Hold> {
+pub(super) fn hold_of(pattern: &str, options: &Options) -> Option<Hold> {
     if pattern == format!("/{TEMP_DIR}/") {
         return None;
     }

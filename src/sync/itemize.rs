@@ -39,6 +39,18 @@ pub struct Item {
 }
 
 impl Item {
+    /// What a listing says of a path the instance changed since the last sync.
+    pub fn changed_there(kind: Kind, size: u64, mtime: String, path: PathBuf) -> Item {
+        Item {
+            change: b'>',
+            attributes: false,
+            kind,
+            size,
+            mtime,
+            path,
+        }
+    }
+
     /// Whether rsync moved data or made something, as opposed to finding it up to date.
     pub fn transferred(&self) -> bool {
         matches!(self.change, b'<' | b'>' | b'c' | b'h')

@@ -20,6 +20,7 @@ mod invoke;
 mod itemize;
 mod manifest;
 mod narrow;
+mod narrow_plan;
 mod options;
 mod pull;
 mod pull_plan;
@@ -42,6 +43,7 @@ use itemize::{Item, Kind};
 pub use manifest::Manifest;
 pub use options::{Options, first_push_size, outdated_warning};
 use options::{Way, filters};
+pub use push::PushInto;
 pub use report::{Pulled, Report};
 
 /// rsync's own name for the remote end; the transport ignores it.

@@ -1,9 +1,11 @@
-//! A pull told by the instance what changed since the last whole pull (`remote::pulled`): what
-//! did not change there is as that pull left it, so only what did is decided. When all that
-//! changed is logs (which the rules always bring home, and which replace this side's copy) or
-//! what is as the last sync left it, the logs come home without a listing of the tree: those
-//! in the answer written here, the others fetched by one rsync. Anything else is for a whole
-//! pull, which lists and decides path by path (`pull`).
+//! A pull told by the instance what changed since the last pull that brought everything home
+//! (`remote::pulled`): what did not change there is as that pull left it, so only what did is
+//! decided, without rsync's listing of the tree. Logs (which the rules always bring home, and
+//! which replace this side's copy) in the answer are written here; what the push left as it
+//! is needs nothing; other files, and new directories, are decided as a whole pull would
+//! (`narrow_plan`), then fetched by one rsync. What the answer cannot tell (a link, a directory
+//! renamed, a directory there where this side has something else, too many changes) is for a
+//! whole pull, which lists and decides path by path (`pull`).
 
 use std::fs::File;
 use std::io::Write;
@@ -15,10 +17,11 @@ use anyhow::{Context, Result};
 
 use super::itemize::Kind;
 use super::manifest::Stamp;
-use super::options::{TEMP_DIR, is_version_control};
+use super::narrow_plan::DECIDED_AT_MOST;
+use super::options::TEMP_DIR;
 use super::pull::settle;
-use super::pull_plan::kind_of;
-use super::report::Pulled;
+use super::pull_plan::{Plan, kind_of};
+use super::report::{Pulled, Report};
 use super::temp::LocalTemp;
 use super::{Manifest, Rsync};
 use crate::printer::escape_path;
@@ -26,12 +29,14 @@ use crate::remote::changes::{Change, Changes, Time};
 use crate::remote::logs::{LOG_DIR, always_home};
 
 impl Rsync<'_> {
-    /// Brings home what `changes` says the instance changed, if a whole pull's listing is not
-    /// needed to decide it; `None` when it is.
+    /// Brings home what `changes` says the instance changed (and adds to `report` what the
+    /// rules keep there), if a whole pull's listing is not needed to decide it; `None` when it
+    /// is.
     pub async fn pull_changes(
         &self,
         changes: &Changes,
         manifest: &mut Manifest,
+        report: &mut Report,
     ) -> Result<Option<Pulled>> {
         let local = |path: &Path| self.local_dir.join(path);
         // To the nanosecond, where a listing has whole seconds.
@@ -44,17 +49,35 @@ impl Rsync<'_> {
                 .then(|| (meta.mtime(), meta.mtime_nsec() as u32))
         };
         let here = |path: &Path| kind_of(&local(path));
-        let fetch = match narrow(changes, here, dir_time_here, there_unchanged) {
-            Ok(fetch) => fetch,
+        let Narrowed { fetch, decide } = match narrow(changes, here, dir_time_here, there_unchanged)
+        {
+            Ok(narrowed) => narrowed,
             Err(change) => {
                 tracing::debug!("a whole pull: {:?} changed there", change.path);
                 return Ok(None);
             }
         };
-        if fetch.is_empty() {
+        if decide.len() > DECIDED_AT_MOST {
+            return Ok(None);
+        }
+        if fetch.is_empty() && decide.is_empty() {
             return Ok(Some(Pulled::default()));
         }
         let temp = LocalTemp::take(self.local_dir)?;
+        let decided = match decide.is_empty() {
+            true => None,
+            false => Some(self.decide(&decide, temp.path()).await?),
+        };
+        let planned = match &decided {
+            Some(decided) => match decided.plan(self, manifest) {
+                Some(planned) => planned,
+                None => return Ok(None),
+            },
+            None => Plan::default(),
+        };
+        for (path, why) in decided.iter().flat_map(|decided| &decided.held) {
+            report.hold(path.clone(), *why);
+        }
         // Logs that came in the answer are written here, into the directory of logs this side
         // has; else rsync fetches them (and makes that directory).
         let log_dir_here = kind_of(&local(Path::new(LOG_DIR))) == Some(Kind::Dir);
@@ -71,11 +94,16 @@ impl Rsync<'_> {
                 Err(e) => failures.push(format!("{e:#}")),
             }
         }
-        if !fetched.is_empty() {
-            let paths: Vec<&Path> = fetched.iter().map(|change| change.path.as_path()).collect();
+        let paths: Vec<&Path> = (fetched.iter().map(|change| change.path.as_path()))
+            .chain(planned.fetch.iter().map(|item| item.path.as_path()))
+            .collect();
+        if !paths.is_empty() {
             let outcome = self.fetch(&paths, self.local_dir, temp.path()).await?;
             pulled.add(self.noted_home(&outcome.items, manifest));
             failures.extend(outcome.failure);
+        }
+        for item in planned.both {
+            failures.extend(self.keep_both(item, temp.path(), manifest, report).await?);
         }
         settle(manifest, &failures)?;
         Ok(Some(pulled))
@@ -124,10 +152,19 @@ fn stamp_of(change: &Change) -> Stamp {
     }
 }
 
-/// What to fetch, given what changed there, what this side holds at a path (`here`), and
-/// whether a change left a file as the last sync did (`there_unchanged`: its mode changed, or
-/// the push wrote it); else the change only a whole pull can decide. The decisions are the
-/// whole pull's (`pull_plan`) for these cases.
+/// What changed there, sorted.
+#[derive(Debug, PartialEq)]
+struct Narrowed<'a> {
+    /// Logs, and a new directory of logs: fetched as they are.
+    fetch: Vec<&'a Change>,
+    /// Files and new directories, to decide as a whole pull would (`narrow_plan`).
+    decide: Vec<&'a Change>,
+}
+
+/// What to fetch and what to decide, given what changed there, what this side holds at a path
+/// (`here`), and whether a change left a file as the last sync did (`there_unchanged`: its
+/// mode changed, or the push wrote it); else the change only a whole pull can decide. The
+/// decisions are the whole pull's (`pull_plan`) for these cases.
 ///
 /// A directory changed since the stamp lists what changed in it, except when it was renamed
 /// (or its mode changed): then its modification time is from before the stamp, and what it
@@ -138,19 +175,23 @@ fn narrow(
     here: impl Fn(&Path) -> Option<Kind>,
     dir_time_here: impl Fn(&Path) -> Option<Time>,
     there_unchanged: impl Fn(&Change) -> bool,
-) -> Result<Vec<&Change>, &Change> {
+) -> Result<Narrowed<'_>, &Change> {
     let mut fetch = Vec::new();
+    let mut decide = Vec::new();
     let log_dir_here = here(Path::new(LOG_DIR));
     let logs_may_come = matches!(log_dir_here, None | Some(Kind::Dir));
+    let ancestors_are_dirs = |path: &Path| {
+        (path.ancestors().skip(1)).all(|above| matches!(here(above), None | Some(Kind::Dir)))
+    };
     let listing = |change: &Change| {
         change.mtime >= changes.since || dir_time_here(&change.path) == Some(change.mtime)
     };
     for change in &changes.list {
         let path = change.path.as_path();
         match kind(change.kind) {
-            // rsync's temporary files (the push's), version-control metadata, and what is
-            // neither file, link nor directory never come home.
-            _ if path.starts_with(TEMP_DIR) || is_version_control(path) => {}
+            // rsync's temporary files (the push's), and what is neither file, link nor
+            // directory never come home (version-control metadata is for the rules to name).
+            _ if path.starts_with(TEMP_DIR) => {}
             Kind::Other => {}
             Kind::Dir if !listing(change) => return Err(change),
             Kind::Dir if path == Path::new("") || here(path) == Some(Kind::Dir) => {}
@@ -163,10 +204,14 @@ fn narrow(
             {
                 fetch.push(change)
             }
-            _ => return Err(change),
+            // Never through a link (or a file) of this side's: a whole pull keeps both.
+            Kind::File | Kind::Dir if !ancestors_are_dirs(path) => return Err(change),
+            Kind::File | Kind::Dir => decide.push(change),
+            // Whether it leads out of the tree (`--safe-links`) is for rsync's listing to say.
+            Kind::Link => return Err(change),
         }
     }
-    Ok(fetch)
+    Ok(Narrowed { fetch, decide })
 }
 
 /// The kind `find`'s `%y` letter names.
@@ -220,15 +265,18 @@ mod tests {
         (path == Path::new("pushed")).then_some((5, 0))
     }
 
-    fn fetched(list: &[Change], unchanged: &[&str]) -> Option<Vec<PathBuf>> {
+    /// What is fetched as it is, and what is decided (`narrow_plan`); `None`: a whole pull.
+    fn narrowed(list: &[Change], unchanged: &[&str]) -> Option<(Vec<PathBuf>, Vec<PathBuf>)> {
         let there_unchanged = |c: &Change| unchanged.iter().any(|p| c.path == Path::new(p));
         let changes = changes(list);
-        let fetch = narrow(&changes, here, dir_time_here, there_unchanged).ok()?;
-        Some(fetch.into_iter().map(|c| c.path.clone()).collect())
+        let Narrowed { fetch, decide } =
+            narrow(&changes, here, dir_time_here, there_unchanged).ok()?;
+        let paths = |list: Vec<&Change>| list.iter().map(|c| c.path.clone()).collect();
+        Some((paths(fetch), paths(decide)))
     }
 
     #[test]
-    fn only_logs_and_what_the_last_sync_left_are_decided_without_a_listing() {
+    fn logs_are_fetched_results_decided_and_what_the_last_sync_left_let_be() {
         let logs = [
             change(b'd', ""),
             change(b'd', ".ssh-ec2-tmp"),
@@ -247,29 +295,46 @@ mod tests {
         ];
         let paths = ["ssh-ec2-logs/run.log", "ssh-ec2-logs/job-node-0.log"];
         assert_eq!(
-            fetched(&logs, &["model.pt"]),
-            Some(paths.map(PathBuf::from).to_vec()),
+            narrowed(&logs, &["model.pt"]),
+            Some((
+                paths.map(PathBuf::from).to_vec(),
+                vec![PathBuf::from(".git/index")]
+            )),
             "a file the push wrote, or whose mode changed, is as the last sync left it"
         );
-        assert_eq!(fetched(&logs[..1], &[]), Some(vec![]));
+        assert_eq!(narrowed(&logs[..1], &[]), Some((vec![], vec![])));
+        #[rustfmt::skip]
+        let decided = [
+            (change(b'f', "model.pt"), "a result"),
+            (change(b'f', "new.txt"), "a new file"),
+            (change(b'd', "results"), "a new directory"),
+            (change(b'f', "ssh-ec2-logs/odd.log"), "a log that is a link here"),
+            (change(b'f', "ssh-ec2-logs/notes.txt"), "not a log"),
+            (change(b'f', "ssh-ec2-logs/deep/run.log"), "not a log"),
+            (change(b'f', "data"), "a file where this side has a directory"),
+        ];
+        for (change, case) in decided {
+            let path = change.path.clone();
+            assert_eq!(
+                narrowed(&[change], &[]),
+                Some((vec![], vec![path])),
+                "{case}"
+            );
+        }
         let renamed = Change {
             mtime: (9, 0),
             ..change(b'd', "data")
         };
         #[rustfmt::skip]
         let whole = [
-            (change(b'f', "model.pt"), "a result"),
-            (change(b'f', "new.txt"), "a new file"),
-            (change(b'd', "results"), "a new directory"),
             (renamed, "a directory renamed over this one: what it holds shows no change"),
             (change(b'l', "ssh-ec2-logs/run.log"), "a log that is a link there"),
-            (change(b'f', "ssh-ec2-logs/odd.log"), "a log that is a link here"),
-            (change(b'f', "ssh-ec2-logs/notes.txt"), "not a log"),
-            (change(b'f', "ssh-ec2-logs/deep/run.log"), "not a log"),
-            (change(b'f', "data"), "a file where this side has a directory"),
+            (change(b'l', "out/latest"), "a link: whether it leads out of the tree"),
+            (change(b'f', "model.pt/x"), "under a file here"),
+            (change(b'f', "ssh-ec2-logs/odd.log/x"), "under a link here"),
         ];
         for (change, case) in whole {
-            assert_eq!(fetched(&[change], &[]), None, "{case}");
+            assert_eq!(narrowed(&[change], &[]), None, "{case}");
         }
     }
 
@@ -277,8 +342,8 @@ mod tests {
     fn a_new_directory_of_logs_comes_home_with_them_but_never_through_a_link() {
         let new_here = |path: &Path| here(path).filter(|_| !path.starts_with(LOG_DIR));
         let list = changes(&[change(b'd', LOG_DIR), change(b'f', "ssh-ec2-logs/run.log")]);
-        let fetch = narrow(&list, new_here, dir_time_here, |_| false).unwrap();
-        assert_eq!(fetch, [&list.list[0], &list.list[1]]);
+        let narrowed = narrow(&list, new_here, dir_time_here, |_| false).unwrap();
+        assert_eq!(narrowed.fetch, [&list.list[0], &list.list[1]]);
         let linked = |path: &Path| (path == Path::new(LOG_DIR)).then_some(Kind::Link);
         let logs = changes(&list.list[1..]);
         assert_eq!(

@@ -154,7 +154,7 @@ impl Rsync<'_> {
     }
 
     /// Saves the instance's version of a path changed on both sides beside the local one.
-    async fn keep_both(
+    pub(super) async fn keep_both(
         &self,
         item: &Item,
         temp: &Path,

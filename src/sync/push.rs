@@ -13,19 +13,30 @@ use anyhow::{Result, bail};
 
 use super::itemize::{Item, Kind};
 use super::manifest::Stamp;
+use super::options::TEMP_DIR;
 use super::options::{Options, Way, is_version_control, secret_patterns};
+use super::temp::remote_temp_then_rsync;
 use super::{LISTING, Manifest, Outcome, PUSH_OPTIONS, Rsync, nowhere};
 use crate::printer::escape_path;
+use crate::remote::pulled::PullMark;
+
+/// The remote directory a push goes into.
+pub enum PushInto<'a> {
+    /// One that was there.
+    Existing,
+    /// One this run made, which holds nothing yet; stamped as the push starts, when `stamp`
+    /// is given (see `remote::pulled`).
+    New { stamp: Option<&'a PullMark> },
+}
 
 impl Rsync<'_> {
-    /// Sends what changed here since the last sync, and records what both sides now hold;
-    /// `into_new`: the remote directory was made by this run, and holds nothing yet. What it
-    /// sent is returned (the paths, relative to the directory): a cluster's head copies them on
+    /// Sends what changed here since the last sync, and records what both sides now hold. What
+    /// it sent is returned (the paths, relative to the directory): a cluster's head copies them on
     /// to its other nodes.
-    pub async fn push(&self, manifest: &mut Manifest, into_new: bool) -> Result<Vec<PathBuf>> {
+    pub async fn push(&self, manifest: &mut Manifest, into: PushInto<'_>) -> Result<Vec<PathBuf>> {
         let started = SystemTime::now();
-        if into_new {
-            return self.push_into_new(manifest, started).await;
+        if let PushInto::New { stamp } = into {
+            return self.push_into_new(manifest, started, stamp).await;
         }
         // Every item here (the identical ones too: -ii), as rsync compares it with the instance.
         let mut here = self.command(Some(Way::Push));
@@ -85,17 +96,21 @@ impl Rsync<'_> {
     }
 
     /// Everything here into a directory this run made: nothing there to compare with, so one
-    /// rsync, which replaces nothing that appeared there meanwhile.
+    /// rsync, which replaces nothing that appeared there meanwhile (and stamps `mark` as it
+    /// starts, when there is one).
     async fn push_into_new(
         &self,
         manifest: &mut Manifest,
         started: SystemTime,
+        mark: Option<&PullMark>,
     ) -> Result<Vec<PathBuf>> {
-        let temp = self.remote_temp().await?;
+        let top = format!("{}{TEMP_DIR}", self.remote_dir);
+        let stamp = mark.map(|mark| format!("{}; ", mark.stamp_alone()));
+        let remote = remote_temp_then_rsync(&top, &stamp.unwrap_or_default());
         let mut rsync = self.command(Some(Way::Push));
         rsync
             .args(PUSH_OPTIONS)
-            .arg(super::temp::temp_dir_option(temp))
+            .arg(format!("--rsync-path={remote}"))
             .args(["-i", "--ignore-existing", "--debug=FILTER1"])
             .arg(self.local_root())
             .arg(self.remote_root(Path::new("")));

@@ -142,10 +142,26 @@ impl Rsync<'_> {
 /// Makes `top/<sshd pid>-<its start time>` for this connection, removes the directories of
 /// connections that are gone, and prints the name of its own.
 fn remote_temp_command(top: &str) -> String {
+    format!("{} echo \"$me\"", make_remote_temp(top))
+}
+
+/// What rsync runs on the instance for a push into a directory this run made (its
+/// `--rsync-path`, after `before`): the temporary directory of `remote_temp_command` made,
+/// then rsync told to use it; no round trip of its own.
+pub(super) fn remote_temp_then_rsync(top: &str, before: &str) -> String {
+    format!(
+        "{before}{} rsync --temp-dir=\"$t/$me\"",
+        make_remote_temp(top)
+    )
+}
+
+/// Makes this connection's temporary directory in `top` (`$t/$me`), removes those of
+/// connections that are gone.
+fn make_remote_temp(top: &str) -> String {
     format!(
         "t={top}; me=\"$PPID-$({started} $PPID)\"; mkdir -p \"$t/$me\" && \
          for d in \"$t\"/*; do n=\"${{d##*/}}\"; p=\"${{n%%-*}}\"; \
-         [ \"$p-$({started} \"$p\")\" = \"$n\" ] || rm -rf \"$d\"; done; echo \"$me\"",
+         [ \"$p-$({started} \"$p\")\" = \"$n\" ] || rm -rf \"$d\"; done;",
         top = shell_quote(top),
         started = started(),
     )

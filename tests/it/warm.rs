@@ -108,8 +108,8 @@ fn after_a_command_on_an_instance_that_stays_only_what_changed_there_is_looked_a
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 300_000);
 
     // A file the push sent, then a result and a rewrite whose times are set back: what the
-    // push wrote is as the last sync left it, the rest is for a whole pull (a listing, then
-    // the fetch), which brings it all home.
+    // push wrote is as the last sync left it, the rest is decided as a whole pull would, and
+    // fetched by one rsync, without a listing of the tree.
     project.write("a.txt", "a2 from here\n");
     let wrote = Run::of(project.ssh_ec2(&cloud).args([
         "-vv",
@@ -117,12 +117,12 @@ fn after_a_command_on_an_instance_that_stays_only_what_changed_there_is_looked_a
         "cat a.txt && echo out > result.txt && touch -d @0 result.txt",
     ]));
     wrote.assert_code(0);
-    assert_eq!(pull(&wrote), 2, "{wrote}");
+    assert_eq!(pull(&wrote), 1, "{wrote}");
     assert_eq!(project.read("result.txt").as_deref(), Some("out\n"));
     let rewrite = "printf 'a3 from there\\n' > a.txt && touch -r result.txt a.txt && echo done";
     let rewrote = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", rewrite]));
     rewrote.assert_code(0);
-    assert_eq!(pull(&rewrote), 2, "{rewrote}");
+    assert_eq!(pull(&rewrote), 1, "{rewrote}");
     assert_eq!(project.read("a.txt").as_deref(), Some("a3 from there\n"));
 
     // Nothing changed there but the log, and the push sent nothing: no rsync again.
@@ -211,4 +211,44 @@ fn a_directory_renamed_there_and_logs_whose_directory_went_here_come_home() {
         "{again}"
     );
     common::end(&cloud, &mut project.ssh_ec2(&cloud));
+}
+
+/// A run that ends its instance: the push into the directory it made stamped it, so what the
+/// instance says changed since is all it holds that is not home. What comes home comes in one
+/// rsync, without a listing of the tree; what the rules keep there is named before it is gone.
+#[test]
+fn a_cold_run_brings_home_what_changed_in_its_new_directory_in_one_rsync() {
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write(".rsyncignore", "outputs/\n*.tmp\n");
+    project.write("train.py", "print(1)\n");
+    project.write("kept.txt", "as pushed\n");
+    let run = Run::of(project.ssh_ec2(&cloud).args([
+        "-vv",
+        "mkdir -p outputs sub/new && echo m > outputs/model.bin && echo x > cache.tmp && \
+         mkdir -p .aws && echo k > .aws/credentials && mkdir -p .git && echo h > .git/HEAD && \
+         echo fine > fine.txt && echo deep > sub/new/deep.txt && echo done",
+    ]));
+    run.assert_code(0);
+    assert_eq!(run.stdout, "done\n", "{run}");
+    let pull = rsyncs_between(&run, "pulling results back", "ssh-ec2: pulled");
+    assert_eq!(pull, 1, "{run}");
+    assert_eq!(project.read("fine.txt").as_deref(), Some("fine\n"), "{run}");
+    assert_eq!(project.read("sub/new/deep.txt").as_deref(), Some("deep\n"));
+    assert_eq!(project.read("kept.txt").as_deref(), Some("as pushed\n"));
+    for kept_there in ["outputs", "cache.tmp", ".aws", ".git"] {
+        assert!(
+            !project.path().join(kept_there).exists(),
+            "{kept_there}\n{run}"
+        );
+    }
+    for named in [
+        "held back on the instance, 2 files that differ from yours: cache.tmp, \
+         outputs/model.bin (excluded by .rsyncignore",
+        "held back on the instance, 1 file that differs from yours: .aws/credentials (credentials",
+        "held back on the instance, 1 file that differs from yours: .git/HEAD",
+    ] {
+        assert!(run.stderr.contains(named), "{named}\n{run}");
+    }
+    assert!(cloud.live_instances().is_empty(), "{run}");
 }
