@@ -48,7 +48,7 @@ async fn work(
     force: bool,
     progress: &mut Progress,
 ) -> Result<()> {
-    let reached = reach_and_join(scene, lock, progress).await?;
+    let reached = reach_and_join(scene, lock, progress, false).await?;
     let id = &scene.machine.head().instance.id;
     let job = Job::for_dir(&scene.plan.local_dir);
     let job_runs = job_state(&reached.session, &job).await?;

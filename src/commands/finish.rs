@@ -42,7 +42,7 @@ async fn work(
         printer,
         ..
     } = *scene;
-    let mut reached = reach_and_join(scene, lock, progress).await?;
+    let mut reached = reach_and_join(scene, lock, progress, false).await?;
     let job = Job::for_dir(&scene.plan.local_dir);
     let state = job_state(&reached.session, &job).await?;
     if !matches!(state, JobState::None | JobState::Running(_)) {

@@ -1,8 +1,9 @@
 //! What the instance changed since the last pull that brought everything home, told without
 //! listing the tree through rsync (a dozen round trips on a slow link): each whole pull of a
 //! lone instance stamps `~/.ssh-ec2/pulled/<directory's job name>/<token>` as its listing
-//! starts, and a later run asks `find -cnewer` of it, which names what changed since (see
-//! `changes`). A file's change time (ctime) is the kernel's: no program can set it back, as
+//! starts (a push into a directory the run made, as it starts; each question, the next stamp
+//! as it starts), and a later run asks `find -cnewer` of it, which names what changed since
+//! (see `changes`). A file's change time (ctime) is the kernel's: no program can set it back, as
 //! `touch` can a modification time. The kernel stamps files with a clock that ticks every few
 //! milliseconds, so a file changed in the stamp's own tick has the stamp's time: the stamp is
 //! set back one nanosecond, and such a file counts as changed (as does one changed just

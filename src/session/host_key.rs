@@ -97,6 +97,24 @@ pub async fn settle_due(scene: &Scene<'_>, reached: &Reached, target: &mut Targe
     let _ = scene.interrupt.cancel(settling).await;
 }
 
+/// `work` while the host key is `settling` beside it. A failure of `work` is said at once: the
+/// settling is dropped, and a key it staged is pinned by the next run that sees it presented.
+pub async fn beside<T>(
+    work: impl Future<Output = Result<T>>,
+    settling: impl Future<Output = ()>,
+) -> Result<T> {
+    tokio::pin!(work, settling);
+    tokio::select! {
+        done = &mut work => {
+            if done.is_ok() {
+                settling.await;
+            }
+            done
+        }
+        () = &mut settling => work.await,
+    }
+}
+
 /// From now on only `key` is accepted, by this run and the next.
 fn pin(scene: &Scene<'_>, id: &str, target: &mut Target, key: PublicKey) -> Result<()> {
     scene.store.pin_staged_host_key(id, &key)?;

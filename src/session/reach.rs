@@ -36,7 +36,7 @@ pub struct Reached {
     pub workers: Vec<Worker>,
     /// How the nodes (one, or a cluster's) see each other.
     pub cluster: Cluster,
-    /// The head's host key is still to be settled (see `host_key::beside`).
+    /// The head's host key is still to be settled (see `host_key::settle_due`).
     pub host_key_due: bool,
 }
 
@@ -189,20 +189,21 @@ async fn reach_other_nodes(
 
 /// Reaches the instance and takes this run's lease on it (learning what earlier runs' commands
 /// left there); the directory's lock, held until a run that joins can see that lease, is
-/// released then.
+/// released then. A lone instance's host key is left `due` for the push to go beside
+/// (`host_key::settle_due`), when one follows.
 pub async fn reach_and_join(
     scene: &Scene<'_>,
     lock: DirLock,
     progress: &mut Progress,
+    push_follows: bool,
 ) -> Result<Reached> {
     let head = connect_head(scene).await?;
     let session = head.session.clone();
     let job = Job::for_dir(&scene.plan.local_dir);
     // The lease is taken, and the instance asked whether anything changed there since the
     // last pull, while the machine is prepared: one round trip for all on a slow link.
-    // A lone instance's host key is settled beside the push (see `host_key::beside`); a
-    // cluster's nodes are told each other's keys as settled.
-    let host_key_now = scene.machine.nodes.len() > 1;
+    // A cluster's nodes are told each other's keys as settled.
+    let host_key_now = !push_follows || scene.machine.nodes.len() > 1;
     let (prepared, taken, changed) = tokio::join!(
         prepare_machine(scene, head, host_key_now),
         Presence::take(&session, &job),

@@ -46,7 +46,7 @@ pub async fn run(
         printer,
         ..
     } = *scene;
-    let mut reached = reach_and_join(scene, lock, progress).await?;
+    let mut reached = reach_and_join(scene, lock, progress, true).await?;
     let job = Job::for_dir(&plan.local_dir);
     let mut head_target = reached.target.clone();
     let settling = host_key::settle_due(scene, &reached, &mut head_target);
@@ -60,7 +60,7 @@ pub async fn run(
         sync_up(scene, &reached, &mut manifest, progress).await?;
         anyhow::Ok((multiplexer, manifest))
     };
-    let (ready, ()) = tokio::join!(ready, settling);
+    let ready = host_key::beside(ready, settling).await;
     reached.target = head_target;
     progress.reached(&reached);
     let (multiplexer, mut manifest) = ready?;

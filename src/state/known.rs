@@ -1,5 +1,5 @@
 //! What AWS said that changes slowly or never, kept in the state directory (`known.json`) so
-//! that the next runs need not ask again: prices and instance types.
+//! that the next runs need not ask again: prices and instance types (and a refusal).
 //! Each entry carries when it was learned; one older than its caller allows, or unreadable, is
 //! asked again. A cache only: failing to read or write it never fails a run.
 
@@ -17,6 +17,10 @@ pub const SPOT_PRICE_AGE: Duration = Duration::from_secs(3600);
 /// How long what an instance type has (vCPUs, GPUs, architectures) stays good: it never
 /// changes, but a day bounds what a bad answer could cost.
 pub const TYPE_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a refusal that AWS would repeat is remembered (the SSH rule of a new group, after
+/// its instance launched): long enough to spare the runs of a day, short enough to notice a fix.
+pub const REFUSAL_AGE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Serialize, Deserialize)]
 struct Entry {

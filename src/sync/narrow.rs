@@ -2,10 +2,10 @@
 //! (`remote::pulled`): what did not change there is as that pull left it, so only what did is
 //! decided, without rsync's listing of the tree. Logs (which the rules always bring home, and
 //! which replace this side's copy) in the answer are written here; what the push left as it
-//! is needs nothing; other files, and new directories, are decided as a whole pull would
-//! (`narrow_plan`), then fetched by one rsync. What the answer cannot tell (a link, a directory
-//! renamed, a directory there where this side has something else, too many changes) is for a
-//! whole pull, which lists and decides path by path (`pull`).
+//! is needs nothing; other files are decided as a whole pull would (`narrow_plan`), then
+//! fetched by one rsync. What the answer cannot tell (a link, a new directory, which may have
+//! been moved there whole, a directory renamed, too many changes) is for a whole pull, which
+//! lists and decides path by path (`pull`).
 
 use std::fs::File;
 use std::io::Write;
@@ -66,13 +66,17 @@ impl Rsync<'_> {
         let temp = LocalTemp::take(self.local_dir)?;
         let decided = match decide.is_empty() {
             true => None,
-            false => Some(self.decide(&decide, temp.path()).await?),
+            false => match self.decide(&decide, temp.path()).await {
+                Ok(Some(decided)) => Some(decided),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::debug!("a whole pull: {e:#}");
+                    return Ok(None);
+                }
+            },
         };
         let planned = match &decided {
-            Some(decided) => match decided.plan(self, manifest) {
-                Some(planned) => planned,
-                None => return Ok(None),
-            },
+            Some(decided) => decided.plan(self, manifest),
             None => Plan::default(),
         };
         for (path, why) in decided.iter().flat_map(|decided| &decided.held) {
@@ -157,7 +161,7 @@ fn stamp_of(change: &Change) -> Stamp {
 struct Narrowed<'a> {
     /// Logs, and a new directory of logs: fetched as they are.
     fetch: Vec<&'a Change>,
-    /// Files and new directories, to decide as a whole pull would (`narrow_plan`).
+    /// Files, to decide as a whole pull would (`narrow_plan`).
     decide: Vec<&'a Change>,
 }
 
@@ -196,6 +200,9 @@ fn narrow(
             Kind::Dir if !listing(change) => return Err(change),
             Kind::Dir if path == Path::new("") || here(path) == Some(Kind::Dir) => {}
             Kind::Dir if path == Path::new(LOG_DIR) && log_dir_here.is_none() => fetch.push(change),
+            // Moved there whole, it may hold what changed before the stamp, which the answer
+            // does not name: a whole pull.
+            Kind::Dir => return Err(change),
             Kind::File | Kind::Link if there_unchanged(change) => {}
             Kind::File
                 if always_home(path)
@@ -205,8 +212,8 @@ fn narrow(
                 fetch.push(change)
             }
             // Never through a link (or a file) of this side's: a whole pull keeps both.
-            Kind::File | Kind::Dir if !ancestors_are_dirs(path) => return Err(change),
-            Kind::File | Kind::Dir => decide.push(change),
+            Kind::File if !ancestors_are_dirs(path) => return Err(change),
+            Kind::File => decide.push(change),
             // Whether it leads out of the tree (`--safe-links`) is for rsync's listing to say.
             Kind::Link => return Err(change),
         }
@@ -307,7 +314,6 @@ mod tests {
         let decided = [
             (change(b'f', "model.pt"), "a result"),
             (change(b'f', "new.txt"), "a new file"),
-            (change(b'd', "results"), "a new directory"),
             (change(b'f', "ssh-ec2-logs/odd.log"), "a log that is a link here"),
             (change(b'f', "ssh-ec2-logs/notes.txt"), "not a log"),
             (change(b'f', "ssh-ec2-logs/deep/run.log"), "not a log"),
@@ -328,6 +334,8 @@ mod tests {
         #[rustfmt::skip]
         let whole = [
             (renamed, "a directory renamed over this one: what it holds shows no change"),
+            (change(b'd', "results"), "a new directory: it may have been moved there whole"),
+            (change(b'd', "model.pt"), "a directory where this side has a file"),
             (change(b'l', "ssh-ec2-logs/run.log"), "a log that is a link there"),
             (change(b'l', "out/latest"), "a link: whether it leads out of the tree"),
             (change(b'f', "model.pt/x"), "under a file here"),

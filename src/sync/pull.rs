@@ -64,10 +64,7 @@ impl Rsync<'_> {
         let plan = plan(
             &listed.items,
             |path| kind_of(&local(path)),
-            |item| {
-                Stamp::of(&local(&item.path))
-                    .is_some_and(|stamp| manifest.unchanged(&item.path, &stamp, &local(&item.path)))
-            },
+            |item| self.unchanged_here(item, manifest),
             |item| {
                 (manifest.get(&item.path))
                     .is_some_and(|synced| synced.stamp.matches_listing(item.size, &item.mtime))
@@ -88,6 +85,12 @@ impl Rsync<'_> {
         }
         settle(manifest, &failures)?;
         Ok(pulled)
+    }
+
+    /// Whether this side's file at `item`'s path is what the last sync left (the manifest).
+    pub(super) fn unchanged_here(&self, item: &Item, manifest: &Manifest) -> bool {
+        let local = self.local_dir.join(&item.path);
+        Stamp::of(&local).is_some_and(|stamp| manifest.unchanged(&item.path, &stamp, &local))
     }
 
     /// Brings `paths` home into `into` (this directory, or a staging one).

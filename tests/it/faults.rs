@@ -382,6 +382,13 @@ fn quotas_and_refused_rights_fail_at_once_with_the_next_step() {
         "launched\n{shut_out}"
     );
     assert_nothing_left(&cloud, &project, &shut_out);
+    // Refused again: asked first now, no instance launched for it.
+    let again = Run::of(project.ssh_ec2(&cloud).arg("true"));
+    again.assert_code(255);
+    assert!(again.stderr.contains("UnauthorizedOperation"), "{again}");
+    let launched = cloud.outcomes("RunInstances").len();
+    assert_eq!(launched, 3, "not launched\n{again}");
+    assert_nothing_left(&cloud, &project, &again);
 }
 
 #[test]

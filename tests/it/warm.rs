@@ -216,39 +216,70 @@ fn a_directory_renamed_there_and_logs_whose_directory_went_here_come_home() {
 /// A run that ends its instance: the push into the directory it made stamped it, so what the
 /// instance says changed since is all it holds that is not home. What comes home comes in one
 /// rsync, without a listing of the tree; what the rules keep there is named before it is gone.
+/// A directory that appears there may have been moved in whole, older files and all: a whole
+/// pull brings it.
 #[test]
 fn a_cold_run_brings_home_what_changed_in_its_new_directory_in_one_rsync() {
     let cloud = TestCloud::start();
     let project = Project::new();
-    project.write(".rsyncignore", "outputs/\n*.tmp\n");
+    project.write(".rsyncignore", "*.bin\n*.tmp\n");
     project.write("train.py", "print(1)\n");
-    project.write("kept.txt", "as pushed\n");
+    project.write("sub/kept.txt", "as pushed\n");
+    project.write(".git/HEAD", "ref: refs/heads/main\n");
+    let pull = |run: &Run| rsyncs_between(run, "pulling results back", "ssh-ec2: pulled");
     let run = Run::of(project.ssh_ec2(&cloud).args([
         "-vv",
-        "mkdir -p outputs sub/new && echo m > outputs/model.bin && echo x > cache.tmp && \
-         mkdir -p .aws && echo k > .aws/credentials && mkdir -p .git && echo h > .git/HEAD && \
-         echo fine > fine.txt && echo deep > sub/new/deep.txt && echo done",
+        "echo m > model.bin && echo x > sub/cache.tmp && echo k > key.pem && \
+         echo evil > .git/HEAD && echo fine > fine.txt && echo deep > sub/deep.txt && echo done",
     ]));
     run.assert_code(0);
     assert_eq!(run.stdout, "done\n", "{run}");
-    let pull = rsyncs_between(&run, "pulling results back", "ssh-ec2: pulled");
-    assert_eq!(pull, 1, "{run}");
+    assert_eq!(pull(&run), 1, "{run}");
     assert_eq!(project.read("fine.txt").as_deref(), Some("fine\n"), "{run}");
-    assert_eq!(project.read("sub/new/deep.txt").as_deref(), Some("deep\n"));
-    assert_eq!(project.read("kept.txt").as_deref(), Some("as pushed\n"));
-    for kept_there in ["outputs", "cache.tmp", ".aws", ".git"] {
+    assert_eq!(project.read("sub/deep.txt").as_deref(), Some("deep\n"));
+    assert_eq!(project.read("sub/kept.txt").as_deref(), Some("as pushed\n"));
+    assert_eq!(
+        project.read(".git/HEAD").as_deref(),
+        Some("ref: refs/heads/main\n")
+    );
+    for kept_there in ["model.bin", "sub/cache.tmp", "key.pem"] {
         assert!(
             !project.path().join(kept_there).exists(),
             "{kept_there}\n{run}"
         );
     }
     for named in [
-        "held back on the instance, 2 files that differ from yours: cache.tmp, \
-         outputs/model.bin (excluded by .rsyncignore",
-        "held back on the instance, 1 file that differs from yours: .aws/credentials (credentials",
+        "held back on the instance, 2 files that differ from yours: model.bin, sub/cache.tmp \
+         (excluded by .rsyncignore",
+        "held back on the instance, 1 file that differs from yours: key.pem (credentials",
         "held back on the instance, 1 file that differs from yours: .git/HEAD",
     ] {
         assert!(run.stderr.contains(named), "{named}\n{run}");
     }
     assert!(cloud.live_instances().is_empty(), "{run}");
+
+    // A directory moved there whole, with a file from before the push, then written into: a
+    // directory gone from a kept instance is made again, and its push stamps it.
+    let project = Project::new();
+    project.write("train.py", "print(1)\n");
+    let early = "mkdir -p ~/early && echo old > ~/early/old.txt";
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", early])).assert_code(0);
+    std::fs::remove_dir_all(cloud.remote(&project)).unwrap();
+    let moved = Run::of(
+        project
+            .ssh_ec2(&cloud)
+            .arg("mv ~/early ckpt && echo new > ckpt/new.txt"),
+    );
+    moved.assert_code(0);
+    assert_eq!(
+        project.read("ckpt/old.txt").as_deref(),
+        Some("old\n"),
+        "{moved}"
+    );
+    assert_eq!(
+        project.read("ckpt/new.txt").as_deref(),
+        Some("new\n"),
+        "{moved}"
+    );
+    assert!(cloud.live_instances().is_empty(), "{moved}");
 }

@@ -2,6 +2,7 @@
 //! type; spot first when asked, then on-demand; a lost answer looked up by the launch's tag.
 
 use anyhow::Result;
+use ipnet::IpNet;
 
 use super::resolve::Place;
 use super::resolve::Resolved;
@@ -16,6 +17,7 @@ use crate::interrupt::Interrupt;
 use crate::printer::Printer;
 use crate::state::Store;
 use crate::state::keys::NewKeys;
+use crate::state::known::REFUSAL_AGE;
 
 /// What a launch sends its attempts with.
 pub(super) struct Launcher<'a> {
@@ -79,25 +81,48 @@ impl Launcher<'_> {
             placement_group: launch.placement_group.clone(),
             user_data: &user_data,
         };
-        // Its own group's rule is added while RunInstances goes out (the instance boots for far
-        // longer than a round trip): an instance it cannot let in is ended.
+        self.launch_and_open(&attempts, launch, resolved, (&group, cidr))
+            .await
+    }
+
+    /// The RunInstances attempts, with its own group's rule letting `cidr` in added beside them
+    /// (the instance boots for far longer than a round trip). An instance the rule cannot be
+    /// added for is ended, and for a day the rule goes first in this region: a refusal costs
+    /// one instance, not one a run.
+    async fn launch_and_open(
+        &self,
+        attempts: &Attempts<'_>,
+        launch: &mut Launch,
+        resolved: &Resolved,
+        (group, cidr): (&str, Option<IpNet>),
+    ) -> Outcome {
+        let known = self.store.known();
+        let refused = format!("ssh-rule-refused/{}", self.cloud.region);
         let opened = async {
             match cidr {
-                Some(cidr) => self
-                    .cloud
-                    .allow_ssh_from(&group, cidr)
-                    .await
-                    .map(|()| Some(cidr)),
+                Some(cidr) => (self.cloud.allow_ssh_from(group, cidr).await).map(|()| Some(cidr)),
                 None => Ok(None),
             }
         };
+        if known.get::<bool>(&refused, REFUSAL_AGE).is_some() {
+            match opened.await {
+                Ok(cidr) => launch.ingress = cidr,
+                Err(e) => return Outcome::Failed(e),
+            }
+            return attempts
+                .run(launch, &resolved.types, &resolved.places)
+                .await;
+        }
         let launched = attempts.run(launch, &resolved.types, &resolved.places);
         match tokio::join!(launched, opened) {
             (outcome, Ok(cidr)) => {
                 launch.ingress = cidr;
                 outcome
             }
-            (Outcome::Launched { instances, .. }, Err(e)) => Outcome::Unreachable(instances, e),
+            (Outcome::Launched { instances, .. }, Err(e)) => {
+                known.put(&refused, &true);
+                Outcome::Unreachable(instances, e)
+            }
             // Nothing launched (or not known yet): its error says what happened first.
             (outcome, Err(_)) => outcome,
         }

@@ -290,7 +290,16 @@ async fn end_unreachable(
     instances: &[Instance],
     e: anyhow::Error,
 ) -> anyhow::Error {
-    let ended = end_of_life::apply(cloud, store, instances, EndOfLife::Terminate, printer).await;
+    // The groups to delete as the launch recorded them, should AWS's answer lack their tags.
+    let recorded: Vec<Instance> = (instances.iter())
+        .map(|instance| Instance {
+            security_group: instance.security_group.clone().or(launch.group.clone()),
+            node_group: instance.node_group.clone().or(launch.node_group.clone()),
+            placement_group: (instance.placement_group.clone()).or(launch.placement_group.clone()),
+            ..instance.clone()
+        })
+        .collect();
+    let ended = end_of_life::apply(cloud, store, &recorded, EndOfLife::Terminate, printer).await;
     let ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
     match ended {
         Ok(()) => {
