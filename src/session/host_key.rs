@@ -15,7 +15,6 @@ use russh::keys::ssh_key::LineEnding;
 
 use super::Scene;
 use super::address::SSHD_PORT;
-use super::reach::Reached;
 use crate::poll::Poll;
 use crate::printer::Phase;
 use crate::remote::host_key::{self, Install};
@@ -75,12 +74,12 @@ pub async fn settle(scene: &Scene<'_>, id: &str, target: &mut Target, session: &
     }
 }
 
-/// Settles the head's host key into `target` (a copy of `reached`'s, for the caller to take)
-/// when `reached` left it due, to go beside the push: the connection the push goes over is
-/// pinned already, and a replacement waits for sshd's reload. Its lines are lines: the push
-/// has the spinner.
-pub async fn settle_due(scene: &Scene<'_>, reached: &Reached, target: &mut Target) {
-    if !reached.host_key_due {
+/// Settles the head's host key, which `session` reached, into `target` (a copy of the run's,
+/// for the caller to take) when `due` (the reach left it for later), to go beside the push:
+/// the connection the push goes over is pinned already, and a replacement waits for sshd's
+/// reload. Its lines are lines: the push has the spinner.
+pub async fn settle_due(scene: &Scene<'_>, due: bool, session: &Session, target: &mut Target) {
+    if !due {
         return;
     }
     let printer = scene.printer.lines_only();
@@ -90,7 +89,7 @@ pub async fn settle_due(scene: &Scene<'_>, reached: &Reached, target: &mut Targe
     };
     let id = &scene.machine.head().instance.id;
     let settling = async {
-        settle(&lines, id, target, &reached.session).await;
+        settle(&lines, id, target, session).await;
         Ok(())
     };
     // A signal ends it: the run ends too, and the next run here settles the key.

@@ -49,7 +49,8 @@ pub async fn run(
     let mut reached = reach_and_join(scene, lock, progress, true).await?;
     let job = Job::for_dir(&plan.local_dir);
     let mut head_target = reached.target.clone();
-    let settling = host_key::settle_due(scene, &reached, &mut head_target);
+    let due = reached.host_key_due;
+    let settling = host_key::settle_due(scene, due, &reached.session, &mut head_target);
     let ready = async {
         // Checked before anything is synced: a job needs its multiplexer, and one at a time.
         let multiplexer = match wanted_multiplexer(plan, detach) {
