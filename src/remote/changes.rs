@@ -93,12 +93,12 @@ impl Change {
     }
 }
 
-fn number(bytes: &[u8]) -> Option<u64> {
+pub(super) fn number(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// `%T@`: seconds, a dot, then ten digits of which the first nine are nanoseconds.
-fn parse_time(bytes: &[u8]) -> Option<Time> {
+pub(super) fn parse_time(bytes: &[u8]) -> Option<Time> {
     let mut time = bytes.splitn(2, |&b| b == b'.');
     let (secs, fraction) = (time.next()?, time.next()?);
     let secs = i64::try_from(number(secs)?).ok()?;
@@ -106,7 +106,7 @@ fn parse_time(bytes: &[u8]) -> Option<Time> {
 }
 
 /// The record before the next NUL, and what follows it; `None` without a NUL.
-fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(super) fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = bytes.iter().position(|&b| b == 0)?;
     Some((&bytes[..at], &bytes[at + 1..]))
 }

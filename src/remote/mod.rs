@@ -4,6 +4,7 @@
 
 pub mod changes;
 pub mod cluster;
+pub mod contents;
 pub mod env;
 pub mod host_key;
 pub mod job;

@@ -53,12 +53,17 @@ impl Session {
     /// command line, which every process on the instance can read); `what` names the command
     /// in errors.
     pub async fn run_fed(&self, what: &str, command: &str, input: &[u8]) -> Result<String> {
+        let stdout = self.run_fed_bytes(what, command, input).await?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    /// As `run_fed`, its output as it is (files' bytes).
+    pub async fn run_fed_bytes(&self, what: &str, command: &str, input: &[u8]) -> Result<Vec<u8>> {
         let channel = self.open_exec(command).await?;
         let lost = "the connection to the instance was lost while sending input";
         channel.data(input).await.context(lost)?;
         channel.eof().await.context(lost)?;
-        let stdout = captured(channel, what).await?;
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
+        captured(channel, what).await
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<Channel> {

@@ -27,6 +27,7 @@ mod pull_plan;
 mod push;
 mod report;
 mod secrets;
+mod small;
 mod temp;
 
 use std::ffi::OsString;
@@ -53,6 +54,8 @@ pub struct Rsync<'a> {
     options: &'a Options,
     local_dir: &'a Path,
     remote_dir: String,
+    /// The same, for shell commands there.
+    remote: RemoteDir,
     /// For the few shell commands a transfer needs over there (its temporary directory).
     session: Arc<Session>,
     /// rsync's transport; serves it while this lives.
@@ -88,6 +91,7 @@ impl<'a> Rsync<'a> {
             options,
             local_dir,
             remote_dir: remote_dir.for_rsync(),
+            remote: remote_dir.clone(),
             relay: Relay::start(session.clone(), socket_dir)?,
             session,
             printer,

@@ -3,17 +3,15 @@
 //! decided, without rsync's listing of the tree. Logs (which the rules always bring home, and
 //! which replace this side's copy) in the answer are written here; what the push left as it
 //! is needs nothing; other files are decided as a whole pull would (`narrow_plan`), then
-//! fetched by one rsync. What the answer cannot tell (a link, a new directory, which may have
+//! fetched: small ones in one command's answer (`small`), the others by one rsync. What the
+//! answer cannot tell (a link, a new directory, which may have
 //! been moved there whole, a directory renamed, too many changes) is for a whole pull, which
 //! lists and decides path by path (`pull`).
 
-use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::itemize::Kind;
 use super::manifest::Stamp;
@@ -22,9 +20,9 @@ use super::options::TEMP_DIR;
 use super::pull::settle;
 use super::pull_plan::{Plan, kind_of};
 use super::report::{Pulled, Report};
+use super::small::Arrived;
 use super::temp::LocalTemp;
 use super::{Manifest, Rsync};
-use crate::printer::escape_path;
 use crate::remote::changes::{Change, Changes, Time};
 use crate::remote::logs::{LOG_DIR, always_home};
 
@@ -90,7 +88,13 @@ impl Rsync<'_> {
         let mut pulled = Pulled::default();
         let mut failures = Vec::new();
         for change in written {
-            match self.write_log(change, temp.path(), manifest) {
+            let arrived = Arrived {
+                path: &change.path,
+                bytes: change.content.as_deref().unwrap_or_default(),
+                mtime: change.mtime,
+                executable: false,
+            };
+            match self.write_home(&arrived, temp.path(), manifest) {
                 Ok(()) => pulled.add(Pulled {
                     files: 1,
                     bytes: change.size,
@@ -98,8 +102,10 @@ impl Rsync<'_> {
                 Err(e) => failures.push(format!("{e:#}")),
             }
         }
+        let outcome = (&mut pulled, &mut failures);
+        let by_rsync = (self.fetch_small(planned.fetch, temp.path(), manifest, outcome)).await;
         let paths: Vec<&Path> = (fetched.iter().map(|change| change.path.as_path()))
-            .chain(planned.fetch.iter().map(|item| item.path.as_path()))
+            .chain(by_rsync.iter().map(|item| item.path.as_path()))
             .collect();
         if !paths.is_empty() {
             let outcome = self.fetch(&paths, self.local_dir, temp.path()).await?;
@@ -111,38 +117,6 @@ impl Rsync<'_> {
         }
         settle(manifest, &failures)?;
         Ok(Some(pulled))
-    }
-
-    /// Writes a log that came with the instance's answer as rsync would have fetched it: through
-    /// a temporary file, with the instance's time, the mode of the copy it replaces (a new one
-    /// gets rw masked by the umask, as `--chmod=ugo=rwX` gives a file without x).
-    fn write_log(&self, change: &Change, temp: &Path, manifest: &mut Manifest) -> Result<()> {
-        let home = self.local_dir.join(&change.path);
-        let staged = temp.join("log");
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(&staged)?;
-            file.write_all(change.content.as_deref().unwrap_or_default())?;
-            if let Ok(meta) = home.symlink_metadata()
-                && meta.is_file()
-            {
-                file.set_permissions(meta.permissions())?;
-            }
-            let (secs, nanos) = change.mtime;
-            let since_epoch = Duration::new(secs.unsigned_abs(), nanos);
-            file.set_modified(SystemTime::UNIX_EPOCH + since_epoch)?;
-            std::fs::rename(&staged, &home)
-        };
-        write().with_context(|| {
-            format!(
-                "cannot write {} here: check that {LOG_DIR} is a directory you may write to",
-                escape_path(&change.path)
-            )
-        })?;
-        self.list_path(&change.path);
-        if let Some(stamp) = Stamp::of(&home) {
-            manifest.set(change.path.clone(), stamp, &home);
-        }
-        Ok(())
     }
 }
 
