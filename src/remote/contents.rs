@@ -1,9 +1,11 @@
 //! Small files read in one command, where rsync's start-up alone is half a dozen round trips on
 //! a slow link: the paths (relative to the remote directory) go on the command's stdin,
 //! NUL-separated, and the answer holds for each, in order, `ok`, its mode and modification
-//! time (`find`'s `%m %T@`), its size and its bytes (a copy taken first, so that the size is
-//! that of the bytes sent); or `no` when it is no longer a regular file of at most the size
-//! asked.
+//! time (`find`'s `%m %T@`), its size and its bytes; or `no` when it is no longer a regular
+//! file of at most the size asked, or changed while it was copied. Its mode, time and size are
+//! read before the copy and again after it: a file rewritten meanwhile (at the same size, by a
+//! job still writing) would otherwise come home with its old bytes and its new time, which the
+//! manifest would then take for what the instance holds.
 
 use super::RemoteDir;
 use super::changes::{Time, number, parse_time, split_nul};
@@ -22,10 +24,12 @@ pub fn contents_command(dir: &RemoteDir, up_to: u64) -> String {
     // `./` first: a name starting with `-` is no option to find.
     let each = format!(
         "for p; do f=\"./$p\"; t=$(mktemp) || exit 1; \
-         if [ -f \"$f\" ] && [ ! -L \"$f\" ] && head -c {over} \"$f\" > \"$t\" && \
-         [ $(($(wc -c < \"$t\"))) -le {up_to} ]; then \
-         printf \"ok\\0%s\\0%s\\0\" \"$(find \"$f\" -maxdepth 0 -printf \"%m %T@\")\" \
-         $(($(wc -c < \"$t\"))) && cat \"$t\"; else printf \"no\\0\"; fi; rm -f \"$t\"; done",
+         m=$(find \"$f\" -maxdepth 0 -type f -printf \"%m %T@ %s\" 2>/dev/null); \
+         if [ -n \"$m\" ] && [ ! -L \"$f\" ] && head -c {over} \"$f\" > \"$t\" && \
+         s=$(($(wc -c < \"$t\"))) && [ \"$s\" -le {up_to} ] && [ \"${{m##* }}\" = \"$s\" ] && \
+         [ \"$(find \"$f\" -maxdepth 0 -type f -printf \"%m %T@ %s\")\" = \"$m\" ]; then \
+         printf \"ok\\0%s\\0%s\\0\" \"${{m% *}}\" \"$s\" && cat \"$t\"; \
+         else printf \"no\\0\"; fi; rm -f \"$t\"; done",
         over = up_to + 1,
     );
     format!("cd {} && xargs -0 sh -c '{each}' sh", dir.for_shell())
@@ -69,13 +73,15 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
 
-    /// The answer of the real `sh`, `find`, `head` to `paths` in `home/proj`.
-    fn answer(home: &std::path::Path, paths: &[&str], up_to: u64) -> Vec<u8> {
+    /// The answer of the real `sh`, `find`, `head` (unless `path` puts another first) to
+    /// `paths` in `home/proj`.
+    fn answer_in(home: &std::path::Path, paths: &[&str], up_to: u64, path: &str) -> Vec<u8> {
         let dir = RemoteDir::parse("~/proj").unwrap();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(contents_command(&dir, up_to))
             .env("HOME", home)
+            .env("PATH", path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -89,6 +95,31 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
         out.stdout
+    }
+
+    fn answer(home: &std::path::Path, paths: &[&str], up_to: u64) -> Vec<u8> {
+        answer_in(home, paths, up_to, &std::env::var("PATH").unwrap())
+    }
+
+    /// A job rewrites the file while it is copied, at the same size: it is not sent (its old
+    /// bytes with its new time would pass for what the instance holds).
+    #[test]
+    fn a_file_rewritten_while_it_is_copied_is_not_sent() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("proj")).unwrap();
+        std::fs::write(home.path().join("proj/status"), "step 1\n").unwrap();
+        let shims = home.path().join("shims");
+        std::fs::create_dir(&shims).unwrap();
+        let head = shims.join("head");
+        let rewrite =
+            "#!/bin/sh\nPATH=${PATH#*:} head \"$@\"; sleep 0.02; echo 'step 2' > \"$3\"\n";
+        std::fs::write(&head, rewrite).unwrap();
+        std::fs::set_permissions(&head, PermissionsExt::from_mode(0o755)).unwrap();
+        let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
+        let got = parse_contents(&answer_in(home.path(), &["status"], 100, &path), 1);
+        assert_eq!(got, Some(vec![None]));
+        let again = parse_contents(&answer(home.path(), &["status"], 100), 1).unwrap();
+        assert_eq!(again[0].as_ref().unwrap().bytes, b"step 2\n");
     }
 
     #[test]

@@ -53,9 +53,7 @@ const REMOTE_HOST: &str = "ec2";
 pub struct Rsync<'a> {
     options: &'a Options,
     local_dir: &'a Path,
-    remote_dir: String,
-    /// The same, for shell commands there.
-    remote: RemoteDir,
+    remote_dir: RemoteDir,
     /// For the few shell commands a transfer needs over there (its temporary directory).
     session: Arc<Session>,
     /// rsync's transport; serves it while this lives.
@@ -90,8 +88,7 @@ impl<'a> Rsync<'a> {
         Ok(Self {
             options,
             local_dir,
-            remote_dir: remote_dir.for_rsync(),
-            remote: remote_dir.clone(),
+            remote_dir: remote_dir.clone(),
             relay: Relay::start(session.clone(), socket_dir)?,
             session,
             printer,
@@ -119,7 +116,7 @@ impl<'a> Rsync<'a> {
     /// `ec2:DIR/PATH`: verbatim thanks to `--secluded-args`, whatever PATH holds.
     fn remote_root(&self, path: &Path) -> OsString {
         let mut root = OsString::from(format!("{REMOTE_HOST}:"));
-        root.push(&self.remote_dir);
+        root.push(self.remote_dir.for_rsync());
         root.push(path.as_os_str());
         root
     }

@@ -87,23 +87,21 @@ impl Rsync<'_> {
             (fetch.into_iter()).partition(|change| log_dir_here && change.content.is_some());
         let mut pulled = Pulled::default();
         let mut failures = Vec::new();
-        for change in written {
-            let arrived = Arrived {
-                path: &change.path,
-                bytes: change.content.as_deref().unwrap_or_default(),
-                mtime: change.mtime,
-                executable: false,
-            };
-            match self.write_home(&arrived, temp.path(), manifest) {
-                Ok(()) => pulled.add(Pulled {
-                    files: 1,
-                    bytes: change.size,
-                }),
-                Err(e) => failures.push(format!("{e:#}")),
+        let logs = written.iter().map(|change| Arrived {
+            path: &change.path,
+            bytes: change.content.as_deref().unwrap_or_default(),
+            mtime: change.mtime,
+            executable: false,
+        });
+        self.write_all_home(logs, temp.path(), manifest, (&mut pulled, &mut failures));
+        // Logs fetched by rsync: it brings the results too.
+        let by_rsync = match fetched.is_empty() {
+            true => {
+                let outcome = (&mut pulled, &mut failures);
+                (self.fetch_small(planned.fetch, temp.path(), manifest, outcome)).await
             }
-        }
-        let outcome = (&mut pulled, &mut failures);
-        let by_rsync = (self.fetch_small(planned.fetch, temp.path(), manifest, outcome)).await;
+            false => planned.fetch,
+        };
         let paths: Vec<&Path> = (fetched.iter().map(|change| change.path.as_path()))
             .chain(by_rsync.iter().map(|item| item.path.as_path()))
             .collect();

@@ -104,7 +104,7 @@ impl Rsync<'_> {
         started: SystemTime,
         mark: Option<&PullMark>,
     ) -> Result<Vec<PathBuf>> {
-        let top = format!("{}{TEMP_DIR}", self.remote_dir);
+        let top = format!("{}{TEMP_DIR}", self.remote_dir.for_rsync());
         let stamp = mark.map(|mark| format!("{}; ", mark.stamp_alone()));
         let remote = remote_temp_then_rsync(&top, &stamp.unwrap_or_default());
         let mut rsync = self.command(Some(Way::Push));

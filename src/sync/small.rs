@@ -6,7 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +38,7 @@ pub(super) struct Arrived<'a> {
 impl Rsync<'_> {
     /// Writes `arrived` here (see the module's summary) through `temp`, and records it in the
     /// manifest.
-    pub(super) fn write_home(
+    fn write_home(
         &self,
         arrived: &Arrived<'_>,
         temp: &Path,
@@ -46,24 +46,7 @@ impl Rsync<'_> {
     ) -> Result<()> {
         let home = self.local_dir.join(arrived.path);
         let staged = temp.join("arrived");
-        let write = || -> std::io::Result<()> {
-            let _ = std::fs::remove_file(&staged);
-            let mode = if arrived.executable { 0o777 } else { 0o666 };
-            let mut file = (OpenOptions::new().write(true).create_new(true))
-                .mode(mode)
-                .open(&staged)?;
-            file.write_all(arrived.bytes)?;
-            if let Ok(meta) = home.symlink_metadata()
-                && meta.is_file()
-            {
-                file.set_permissions(meta.permissions())?;
-            }
-            let (secs, nanos) = arrived.mtime;
-            let since_epoch = Duration::new(secs.unsigned_abs(), nanos);
-            file.set_modified(SystemTime::UNIX_EPOCH + since_epoch)?;
-            std::fs::rename(&staged, &home)
-        };
-        write().with_context(|| {
+        write_file(arrived, &staged, &home).with_context(|| {
             format!(
                 "cannot write {} here: check that its directory is one you may write to",
                 escape_path(arrived.path)
@@ -76,57 +59,105 @@ impl Rsync<'_> {
         Ok(())
     }
 
-    /// Brings home the small files among `fetch` (planned fetches) in one command, adding them
-    /// to `pulled` (and what could not be written to `failures`); the others, and any the
-    /// instance did not send, are left for rsync.
+    /// Writes each of `arrived` here (`write_home`), adding it to `pulled`, or why it could not
+    /// be to `failures`.
+    pub(super) fn write_all_home<'a>(
+        &self,
+        arrived: impl IntoIterator<Item = Arrived<'a>>,
+        temp: &Path,
+        manifest: &mut Manifest,
+        (pulled, failures): (&mut Pulled, &mut Vec<String>),
+    ) {
+        for arrived in arrived {
+            match self.write_home(&arrived, temp, manifest) {
+                Ok(()) => pulled.add(Pulled {
+                    files: 1,
+                    bytes: arrived.bytes.len() as u64,
+                }),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+    }
+
+    /// Brings home `fetch` (planned fetches) in one command when all are small (see
+    /// `small_ones`: rsync, started for one, would bring the others for nothing more); those
+    /// it did not (the instance did not send them) are left for rsync, as all are otherwise.
     pub(super) async fn fetch_small<'i>(
         &self,
         fetch: Vec<&'i Item>,
         temp: &Path,
         manifest: &mut Manifest,
-        (pulled, failures): (&mut Pulled, &mut Vec<String>),
+        outcome: (&mut Pulled, &mut Vec<String>),
     ) -> Vec<&'i Item> {
-        let here = |path: &Path| kind_of(&self.local_dir.join(path));
-        let (small, mut rest) = small_ones(fetch, here);
-        if small.is_empty() {
-            return rest;
+        let device = |path: &Path| path.metadata().ok().map(|meta| meta.dev());
+        let temp_device = device(temp);
+        let here = |path: &Path| {
+            let local = self.local_dir.join(path);
+            // A file staged there is renamed into place: on another file system, rsync copies.
+            let kind = kind_of(&local);
+            let elsewhere = kind == Some(Kind::Dir) && device(&local) != temp_device;
+            kind.filter(|_| !elsewhere)
+        };
+        let (small, rest) = small_ones(fetch, here);
+        if small.is_empty() || !rest.is_empty() {
+            return small.into_iter().chain(rest).collect();
         }
         let list = super::nul_separated(small.iter().map(|item| item.path.as_path()));
-        let command = contents_command(&self.remote, SMALL);
+        let command = contents_command(&self.remote_dir, SMALL);
         let answer = self
             .session
             .run_fed_bytes("the read of small files", &command, &list);
         let sent = match answer
             .await
-            .ok()
-            .and_then(|a| parse_contents(&a, small.len()))
+            .map(|answer| parse_contents(&answer, small.len()))
         {
-            Some(sent) => sent,
-            None => {
-                rest.extend(small);
-                return rest;
+            Ok(Some(sent)) => sent,
+            failed => {
+                tracing::debug!("rsync fetches them: the read of small files failed: {failed:?}");
+                return small;
             }
         };
-        for (item, content) in small.into_iter().zip(sent) {
-            let Some(Content { mode, mtime, bytes }) = content else {
-                rest.push(item);
-                continue;
-            };
-            let arrived = Arrived {
-                path: &item.path,
-                bytes: &bytes,
-                mtime,
-                executable: mode & 0o111 != 0,
-            };
-            match self.write_home(&arrived, temp, manifest) {
-                Ok(()) => pulled.add(Pulled {
-                    files: 1,
-                    bytes: bytes.len() as u64,
+        let (mut arrived, mut rest) = (Vec::new(), Vec::new());
+        for (item, content) in small.into_iter().zip(&sent) {
+            match content {
+                Some(Content { mode, mtime, bytes }) => arrived.push(Arrived {
+                    path: &item.path,
+                    bytes,
+                    mtime: *mtime,
+                    executable: mode & 0o111 != 0,
                 }),
-                Err(e) => failures.push(format!("{e:#}")),
+                None => rest.push(item),
             }
         }
+        self.write_all_home(arrived, temp, manifest, outcome);
         rest
+    }
+}
+
+/// Writes `arrived` at `home` through `staged`: the mode of a file there (a link there is
+/// replaced, never followed), else `created_mode` masked by the umask; the instance's time.
+fn write_file(arrived: &Arrived<'_>, staged: &Path, home: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(staged);
+    let mut file = (OpenOptions::new().write(true).create_new(true))
+        .mode(created_mode(arrived.executable))
+        .open(staged)?;
+    file.write_all(arrived.bytes)?;
+    if let Ok(meta) = home.symlink_metadata()
+        && meta.is_file()
+    {
+        file.set_permissions(meta.permissions())?;
+    }
+    let (secs, nanos) = arrived.mtime;
+    let since_epoch = Duration::new(secs.unsigned_abs(), nanos);
+    file.set_modified(SystemTime::UNIX_EPOCH + since_epoch)?;
+    std::fs::rename(staged, home)
+}
+
+/// The mode a new file is made with, before the umask: rw, and x where the instance's has x.
+fn created_mode(executable: bool) -> u32 {
+    match executable {
+        true => 0o777,
+        false => 0o666,
     }
 }
 
@@ -155,6 +186,49 @@ mod tests {
 
     fn file(path: &str, size: u64) -> Item {
         Item::changed_there(Kind::File, size, String::new(), PathBuf::from(path))
+    }
+
+    #[test]
+    fn a_file_arrives_with_the_mode_of_the_one_it_replaces_else_rw_and_x_as_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (staged, at) = (dir.path().join("staged"), |name: &str| {
+            dir.path().join(name)
+        });
+        let mode = |name: &str| std::fs::metadata(at(name)).unwrap().permissions().mode() & 0o777;
+        let arrive = |name: &str, executable: bool| {
+            let arrived = Arrived {
+                path: Path::new(name),
+                bytes: b"new",
+                mtime: (7, 5),
+                executable,
+            };
+            write_file(&arrived, &staged, &at(name)).unwrap();
+            assert_eq!(std::fs::read(at(name)).unwrap(), b"new");
+        };
+        std::fs::write(at("kept"), "old").unwrap();
+        std::fs::set_permissions(at("kept"), PermissionsExt::from_mode(0o400)).unwrap();
+        arrive("kept", true);
+        assert_eq!(
+            mode("kept"),
+            0o400,
+            "the mode of the file replaced, read-only too"
+        );
+        arrive("script", true);
+        arrive("data", false);
+        assert_ne!(mode("script") & 0o100, 0);
+        assert_eq!(mode("data") & 0o111, 0);
+        let modified = std::fs::metadata(at("data")).unwrap().modified().unwrap();
+        assert_eq!(modified, SystemTime::UNIX_EPOCH + Duration::new(7, 5));
+        std::fs::write(at("target"), "outside").unwrap();
+        std::os::unix::fs::symlink(at("target"), at("link")).unwrap();
+        arrive("link", false);
+        assert_eq!(
+            std::fs::read(at("target")).unwrap(),
+            b"outside",
+            "not through the link"
+        );
+        assert!(std::fs::symlink_metadata(at("link")).unwrap().is_file());
     }
 
     #[test]

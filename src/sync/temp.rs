@@ -124,7 +124,7 @@ impl Rsync<'_> {
     /// On the instance, for a push: the same, through one shell command; the directory of this
     /// connection, for rsync.
     pub(super) async fn remote_temp(&self) -> Result<String> {
-        let top = format!("{}{TEMP_DIR}", self.remote_dir);
+        let top = format!("{}{TEMP_DIR}", self.remote_dir.for_rsync());
         let answer = self
             .session
             .run_captured(&remote_temp_command(&top))

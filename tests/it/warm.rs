@@ -124,26 +124,36 @@ fn after_a_command_on_an_instance_that_stays_only_what_changed_there_is_looked_a
     assert_eq!(project.read("a.txt").as_deref(), Some("a3 from there\n"));
     let mode = |path: &str| std::fs::metadata(project.path().join(path)).unwrap().mode() & 0o777;
     assert_eq!(mode("a.txt") & 0o111, 0, "the mode of the copy replaced");
-    let made =
-        "printf '#!/bin/sh\\n' > go.sh && chmod 755 go.sh && head -c 300000 /dev/zero > big.bin";
+    let made = "printf '#!/bin/sh\\n' > go.sh && chmod 755 go.sh";
     let made = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", made]));
     made.assert_code(0);
-    assert_eq!(pull(&made), 1, "the big one\n{made}");
+    assert_eq!(pull(&made), 0, "{made}");
     assert_eq!(
         project.read("go.sh").as_deref(),
         Some("#!/bin/sh\n"),
         "{made}"
     );
+    let executable = mode("go.sh") & 0o111;
     assert_ne!(
-        mode("go.sh") & 0o111,
-        0,
+        executable, 0,
         "a new file is executable where the instance's is"
     );
+    let big = "head -c 300000 /dev/zero > big.bin && echo small > small.txt";
+    let big = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", big]));
+    big.assert_code(0);
     assert_eq!(
-        std::fs::metadata(project.path().join("big.bin"))
-            .unwrap()
-            .len(),
-        300_000
+        pull(&big),
+        1,
+        "one rsync for the big one and the small one\n{big}"
+    );
+    let big_len = std::fs::metadata(project.path().join("big.bin"))
+        .unwrap()
+        .len();
+    assert_eq!(big_len, 300_000);
+    assert_eq!(
+        project.read("small.txt").as_deref(),
+        Some("small\n"),
+        "{big}"
     );
 
     // Nothing changed there but the log, and the push sent nothing: no rsync again.
