@@ -325,14 +325,12 @@ impl Cloud {
         Ok(())
     }
 
-    /// Polls until the instance reaches `target`, or fails once `deadline` has passed or it
-    /// lands somewhere it cannot come back from. A failed poll (throttled, or a new instance
-    /// that AWS does not show yet) does not end the wait.
+    /// Polls until the instance reaches `target`; fails past `deadline`, or where it cannot come
+    /// back from. A failed poll (throttled, a new instance AWS does not show yet) goes on.
     pub async fn wait_until(&self, id: &str, target: State, deadline: Instant) -> Result<Instance> {
-        // A run waits for `running`: it is late by half a step on average (a step of 0.5 s is
-        // two requests a second, a tenth of what EC2 refills an account's describe calls by).
-        let cap = Duration::from_millis(if target == State::Running { 500 } else { 5000 });
-        let mut poll = Poll::every(cap).until(deadline);
+        // A run waits for `running`, late by half a step on average: two requests a second.
+        let step = Duration::from_millis(if target == State::Running { 500 } else { 5000 });
+        let mut poll = Poll::every(step).until(deadline);
         loop {
             let state = match self.lookup(id).await {
                 Ok(Some(instance)) if instance.state == target => return Ok(instance),

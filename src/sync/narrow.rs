@@ -36,6 +36,31 @@ impl Rsync<'_> {
         manifest: &mut Manifest,
         report: &mut Report,
     ) -> Result<Option<Pulled>> {
+        let Some(Narrowed { fetch, decide }) = self.narrowed(changes, manifest) else {
+            return Ok(None);
+        };
+        if fetch.is_empty() && decide.is_empty() {
+            return Ok(Some(Pulled::default()));
+        }
+        let temp = LocalTemp::take(self.local_dir)?;
+        let decided = match self.decide(&decide, temp.path()).await {
+            Ok(Some(decided)) => decided,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::debug!("a whole pull: {e:#}");
+                return Ok(None);
+            }
+        };
+        for (path, why) in &decided.held {
+            report.hold(path.clone(), *why);
+        }
+        let planned = decided.plan(self, manifest);
+        let pulled = self.bring_home(fetch, planned, temp.path(), manifest, report);
+        pulled.await.map(Some)
+    }
+
+    /// What changed there, sorted (`narrow`); `None` when a whole pull must decide.
+    fn narrowed<'c>(&self, changes: &'c Changes, manifest: &Manifest) -> Option<Narrowed<'c>> {
         let local = |path: &Path| self.local_dir.join(path);
         // To the nanosecond, where a listing has whole seconds.
         let there_unchanged = |change: &Change| {
@@ -47,42 +72,28 @@ impl Rsync<'_> {
                 .then(|| (meta.mtime(), meta.mtime_nsec() as u32))
         };
         let here = |path: &Path| kind_of(&local(path));
-        let Narrowed { fetch, decide } = match narrow(changes, here, dir_time_here, there_unchanged)
-        {
-            Ok(narrowed) => narrowed,
+        match narrow(changes, here, dir_time_here, there_unchanged) {
+            Ok(narrowed) => (narrowed.decide.len() <= DECIDED_AT_MOST).then_some(narrowed),
             Err(change) => {
                 tracing::debug!("a whole pull: {:?} changed there", change.path);
-                return Ok(None);
+                None
             }
-        };
-        if decide.len() > DECIDED_AT_MOST {
-            return Ok(None);
         }
-        if fetch.is_empty() && decide.is_empty() {
-            return Ok(Some(Pulled::default()));
-        }
-        let temp = LocalTemp::take(self.local_dir)?;
-        let decided = match decide.is_empty() {
-            true => None,
-            false => match self.decide(&decide, temp.path()).await {
-                Ok(Some(decided)) => Some(decided),
-                Ok(None) => return Ok(None),
-                Err(e) => {
-                    tracing::debug!("a whole pull: {e:#}");
-                    return Ok(None);
-                }
-            },
-        };
-        let planned = match &decided {
-            Some(decided) => decided.plan(self, manifest),
-            None => Plan::default(),
-        };
-        for (path, why) in decided.iter().flat_map(|decided| &decided.held) {
-            report.hold(path.clone(), *why);
-        }
-        // Logs that came in the answer are written here, into the directory of logs this side
-        // has; else rsync fetches them (and makes that directory).
-        let log_dir_here = kind_of(&local(Path::new(LOG_DIR))) == Some(Kind::Dir);
+    }
+
+    /// Brings home the logs and results `fetch` and `planned` name: logs in the answer written
+    /// here, into the directory of logs this side has (else rsync fetches them, and makes that
+    /// directory), results in one command when small, else with the logs in one rsync;
+    /// conflicts kept both. Then the manifest is recorded, and every failure said.
+    async fn bring_home(
+        &self,
+        fetch: Vec<&Change>,
+        planned: Plan<'_>,
+        temp: &Path,
+        manifest: &mut Manifest,
+        report: &mut Report,
+    ) -> Result<Pulled> {
+        let log_dir_here = kind_of(&self.local_dir.join(LOG_DIR)) == Some(Kind::Dir);
         let (written, fetched): (Vec<&Change>, Vec<&Change>) =
             (fetch.into_iter()).partition(|change| log_dir_here && change.content.is_some());
         let mut pulled = Pulled::default();
@@ -93,12 +104,12 @@ impl Rsync<'_> {
             mtime: change.mtime,
             executable: false,
         });
-        self.write_all_home(logs, temp.path(), manifest, (&mut pulled, &mut failures));
+        self.write_all_home(logs, temp, manifest, (&mut pulled, &mut failures));
         // Logs fetched by rsync: it brings the results too.
         let by_rsync = match fetched.is_empty() {
             true => {
                 let outcome = (&mut pulled, &mut failures);
-                (self.fetch_small(planned.fetch, temp.path(), manifest, outcome)).await
+                (self.fetch_small(planned.fetch, temp, manifest, outcome)).await
             }
             false => planned.fetch,
         };
@@ -106,15 +117,15 @@ impl Rsync<'_> {
             .chain(by_rsync.iter().map(|item| item.path.as_path()))
             .collect();
         if !paths.is_empty() {
-            let outcome = self.fetch(&paths, self.local_dir, temp.path()).await?;
+            let outcome = self.fetch(&paths, self.local_dir, temp).await?;
             pulled.add(self.noted_home(&outcome.items, manifest));
             failures.extend(outcome.failure);
         }
         for item in planned.both {
-            failures.extend(self.keep_both(item, temp.path(), manifest, report).await?);
+            failures.extend(self.keep_both(item, temp, manifest, report).await?);
         }
         settle(manifest, &failures)?;
-        Ok(Some(pulled))
+        Ok(pulled)
     }
 }
 

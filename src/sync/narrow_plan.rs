@@ -23,6 +23,7 @@ pub(super) const DECIDED_AT_MOST: usize = 2000;
 
 /// A narrowed pull's decisions on the changed files that are neither logs nor as the last sync
 /// left them.
+#[derive(Default)]
 pub(super) struct Decided {
     /// As a listing would give them, for the plan and what brings them home.
     pub items: Vec<Item>,
@@ -48,6 +49,9 @@ impl Rsync<'_> {
     /// rsync as it went in. The rules' verdict comes from a local rsync's dry run over their
     /// names in `temp`, with the pull's filters.
     pub(super) async fn decide(&self, changes: &[&Change], temp: &Path) -> Result<Option<Decided>> {
+        if changes.is_empty() {
+            return Ok(Some(Decided::default()));
+        }
         let names = temp.join("names");
         for change in changes {
             let path = names.join(&change.path);

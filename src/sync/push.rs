@@ -13,9 +13,7 @@ use anyhow::{Result, bail};
 
 use super::itemize::{Item, Kind};
 use super::manifest::Stamp;
-use super::options::TEMP_DIR;
 use super::options::{Options, Way, is_version_control, secret_patterns};
-use super::temp::remote_temp_then_rsync;
 use super::{LISTING, Manifest, Outcome, PUSH_OPTIONS, Rsync, nowhere};
 use crate::printer::escape_path;
 use crate::remote::pulled::PullMark;
@@ -104,9 +102,8 @@ impl Rsync<'_> {
         started: SystemTime,
         mark: Option<&PullMark>,
     ) -> Result<Vec<PathBuf>> {
-        let top = format!("{}{TEMP_DIR}", self.remote_dir.for_rsync());
         let stamp = mark.map(|mark| format!("{}; ", mark.stamp_alone()));
-        let remote = remote_temp_then_rsync(&top, &stamp.unwrap_or_default());
+        let remote = self.remote_temp_then_rsync(&stamp.unwrap_or_default());
         let mut rsync = self.command(Some(Way::Push));
         rsync
             .args(PUSH_OPTIONS)

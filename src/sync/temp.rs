@@ -124,7 +124,7 @@ impl Rsync<'_> {
     /// On the instance, for a push: the same, through one shell command; the directory of this
     /// connection, for rsync.
     pub(super) async fn remote_temp(&self) -> Result<String> {
-        let top = format!("{}{TEMP_DIR}", self.remote_dir.for_rsync());
+        let top = self.remote_temp_top();
         let answer = self
             .session
             .run_captured(&remote_temp_command(&top))
@@ -137,22 +137,25 @@ impl Rsync<'_> {
         );
         Ok(format!("{top}/{own}"))
     }
+
+    /// What rsync runs on the instance for a push into a directory this run made (its
+    /// `--rsync-path`, after `before`): the temporary directory of `remote_temp` made, then
+    /// rsync told to use it; no round trip of its own.
+    pub(super) fn remote_temp_then_rsync(&self, before: &str) -> String {
+        let made = make_remote_temp(&self.remote_temp_top());
+        format!("{before}{made} rsync --temp-dir=\"$t/$me\"")
+    }
+
+    /// Where the instance's temporary directories are, in the remote directory.
+    fn remote_temp_top(&self) -> String {
+        format!("{}{TEMP_DIR}", self.remote_dir.for_rsync())
+    }
 }
 
 /// Makes `top/<sshd pid>-<its start time>` for this connection, removes the directories of
 /// connections that are gone, and prints the name of its own.
 fn remote_temp_command(top: &str) -> String {
     format!("{} echo \"$me\"", make_remote_temp(top))
-}
-
-/// What rsync runs on the instance for a push into a directory this run made (its
-/// `--rsync-path`, after `before`): the temporary directory of `remote_temp_command` made,
-/// then rsync told to use it; no round trip of its own.
-pub(super) fn remote_temp_then_rsync(top: &str, before: &str) -> String {
-    format!(
-        "{before}{} rsync --temp-dir=\"$t/$me\"",
-        make_remote_temp(top)
-    )
 }
 
 /// Makes this connection's temporary directory in `top` (`$t/$me`), removes those of
