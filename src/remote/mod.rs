@@ -10,6 +10,7 @@ pub mod host_key;
 pub mod job;
 pub mod lease;
 pub mod logs;
+pub mod parts;
 pub mod pulled;
 pub mod runs;
 pub mod spot_watch;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use russh::ChannelMsg;
 use russh::client;
 use russh::keys::PublicKey;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{ATTEMPT_TIMEOUT, PinnedHostKey, Session, config, forward};
 use crate::settings::values::HostPort;
@@ -32,6 +33,9 @@ impl Default for Ahead {
     }
 }
 
+/// What a fed command's input is read in at most at a time: a few of the packets it goes in.
+const FED_CHUNK: usize = 64 * 1024;
+
 /// The most a short command's answer may hold: the instance is not trusted with the laptop's
 /// memory.
 const CAPTURED_UP_TO: usize = 16 << 20;
@@ -45,8 +49,8 @@ impl Session {
 
     /// As `run_captured`, its output as it is (names that are not UTF-8).
     pub async fn run_captured_bytes(&self, command: &str) -> Result<Vec<u8>> {
-        let channel = self.open_exec(command).await?;
-        captured(channel, command).await
+        let (read, _) = self.open_exec(command).await?.split();
+        captured(read, command).await
     }
 
     /// As `run_captured`, with `input` on the command's stdin (what must not show on its
@@ -59,11 +63,44 @@ impl Session {
 
     /// As `run_fed`, its output as it is (files' bytes).
     pub async fn run_fed_bytes(&self, what: &str, command: &str, input: &[u8]) -> Result<Vec<u8>> {
-        let channel = self.open_exec(command).await?;
+        self.run_fed_from(what, command, input).await
+    }
+
+    /// As `run_fed_bytes`, with all `input` reads on the command's stdin: each read goes to
+    /// russh as it is, which keeps it until it is encrypted, without a copy.
+    pub async fn run_fed_from(
+        &self,
+        what: &str,
+        command: &str,
+        mut input: impl AsyncRead + Unpin,
+    ) -> Result<Vec<u8>> {
+        let (read, write) = self.open_exec(command).await?.split();
         let lost = "the connection to the instance was lost while sending input";
-        channel.data(input).await.context(lost)?;
-        channel.eof().await.context(lost)?;
-        captured(channel, what).await
+        let send = async {
+            loop {
+                let mut chunk = Vec::with_capacity(FED_CHUNK);
+                let read = (input.read_buf(&mut chunk).await)
+                    .with_context(|| format!("cannot read the input of `{what}`"))?;
+                if read == 0 {
+                    return write.eof().await.context(lost);
+                }
+                write.data_bytes(chunk).await.context(lost)?;
+            }
+        };
+        // Read as it is sent: a command that fails says so before taking all its input.
+        let answer = captured(read, what);
+        tokio::pin!(answer);
+        tokio::select! {
+            biased;
+            sent = send => {
+                sent?;
+                answer.await
+            }
+            answer = &mut answer => {
+                answer?;
+                bail!("`{what}` ended on the instance before it took all its input")
+            }
+        }
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<Channel> {
@@ -161,7 +198,7 @@ impl Drop for Session {
 
 /// What a short command printed, once it ended well; else its failure, with its stderr.
 /// `command` names it in errors.
-async fn captured(mut channel: Channel, command: &str) -> Result<Vec<u8>> {
+async fn captured(mut channel: russh::ChannelReadHalf, command: &str) -> Result<Vec<u8>> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut status = None;
     while let Some(message) = channel.wait().await {

@@ -41,8 +41,17 @@ pub struct Item {
 impl Item {
     /// What a listing says of a path the instance changed since the last sync.
     pub fn changed_there(kind: Kind, size: u64, mtime: String, path: PathBuf) -> Item {
+        Item::moved(b'>', kind, size, mtime, path)
+    }
+
+    /// What a push that sent a path says of it.
+    pub fn sent(kind: Kind, size: u64, mtime: String, path: PathBuf) -> Item {
+        Item::moved(b'<', kind, size, mtime, path)
+    }
+
+    fn moved(change: u8, kind: Kind, size: u64, mtime: String, path: PathBuf) -> Item {
         Item {
-            change: b'>',
+            change,
             attributes: false,
             kind,
             size,

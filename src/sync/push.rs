@@ -14,6 +14,7 @@ use anyhow::{Result, bail};
 use super::itemize::{Item, Kind};
 use super::manifest::Stamp;
 use super::options::{Options, Way, is_version_control, secret_patterns};
+use super::parts::in_parts;
 use super::{LISTING, Manifest, Outcome, PUSH_OPTIONS, Rsync, nowhere};
 use crate::printer::escape_path;
 use crate::remote::pulled::PullMark;
@@ -79,12 +80,23 @@ impl Rsync<'_> {
                 })
             },
         );
-        let new = self.send(&plan.new, &temp, true).await?;
+        let big: Vec<PathBuf> = (plan.new.iter())
+            .filter(|item| in_parts(item))
+            .map(|item| item.path.clone())
+            .collect();
+        let placed = self.send_in_parts(&big, &temp).await;
+        let new: Vec<&Item> = (plan.new.iter().copied())
+            .filter(|item| !placed.iter().any(|placed| placed.path == item.path))
+            .collect();
+        let new = self.send(&new, &temp, true).await?;
         let replaced = self.send(&plan.replace, &temp, false).await?;
         for item in plan.in_sync {
             self.note_same(manifest, item, started, false);
         }
-        let sent: Vec<Item> = new.items.into_iter().chain(replaced.items).collect();
+        let sent: Vec<Item> = (placed.into_iter())
+            .chain(new.items)
+            .chain(replaced.items)
+            .collect();
         for item in &sent {
             self.list(item);
             self.note_same(manifest, item, started, true);
@@ -95,13 +107,18 @@ impl Rsync<'_> {
 
     /// Everything here into a directory this run made: nothing there to compare with, so one
     /// rsync, which replaces nothing that appeared there meanwhile (and stamps `mark` as it
-    /// starts, when there is one).
+    /// starts, when there is one); big files in parts before it (`parts`).
     async fn push_into_new(
         &self,
         manifest: &mut Manifest,
         started: SystemTime,
         mark: Option<&PullMark>,
     ) -> Result<Vec<PathBuf>> {
+        let big = self.big_files_here().await;
+        let placed = match big.is_empty() {
+            true => Vec::new(),
+            false => self.send_in_parts(&big, &self.remote_temp().await?).await,
+        };
         let stamp = mark.map(|mark| format!("{}; ", mark.stamp_alone()));
         let remote = self.remote_temp_then_rsync(&stamp.unwrap_or_default());
         let mut rsync = self.command(Some(Way::Push));
@@ -111,12 +128,15 @@ impl Rsync<'_> {
             .args(["-i", "--ignore-existing", "--debug=FILTER1"])
             .arg(self.local_root())
             .arg(self.remote_root(Path::new("")));
-        let sent = self.invoke(rsync, None).await?;
-        for item in &sent.items {
+        let mut listed = self.invoke(rsync, None).await?;
+        let sent: Vec<Item> = (placed.into_iter())
+            .chain(std::mem::take(&mut listed.items))
+            .collect();
+        for item in &sent {
             self.list(item);
             self.note_same(manifest, item, started, true);
         }
-        self.pushed(manifest, &sent, sent.failure.as_ref(), &sent.items)
+        self.pushed(manifest, &listed, listed.failure.as_ref(), &sent)
     }
 
     /// Records the manifest, says what the secrets rules held back (`listed` has what they

@@ -21,6 +21,7 @@ mod host_keys;
 mod jobs;
 mod logs;
 mod machines;
+mod parts;
 mod policies;
 mod release;
 mod reuse;

@@ -1,0 +1,148 @@
+//! A file sent in parts (`sync::parts`): each part written in place into a temporary file by
+//! `dd` from its channel's input, then the whole given its mode and time and linked into
+//! place, only where nothing is by then.
+
+use super::shell_quote;
+
+/// Parts start at whole blocks of this size: `dd` seeks in blocks.
+pub const PART_BLOCK: u64 = 1 << 20;
+
+/// Writes the command's input into `file` from byte `offset` (a whole number of
+/// `PART_BLOCK`s), leaving the rest of the file as it is.
+pub fn part_command(file: &str, offset: u64) -> String {
+    debug_assert_eq!(offset % PART_BLOCK, 0);
+    format!(
+        "dd of={} bs={PART_BLOCK} seek={} conv=notrunc status=none",
+        shell_quote(file),
+        offset / PART_BLOCK
+    )
+}
+
+/// What the file sent in parts is to become.
+pub struct Placed<'a> {
+    /// Where it goes, in the remote directory, and the directory above it there.
+    pub path: &'a str,
+    pub parent: Option<&'a str>,
+    pub size: u64,
+    /// Permission bits (rsync's `--perms`).
+    pub mode: u32,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+}
+
+/// Checks that `file` holds all `placed.size` bytes, gives it its mode and time, and links it
+/// at its path in `dir` unless something is there by then; prints `placed` if it did. The
+/// temporary file goes in every case.
+pub fn place_command(dir: &str, file: &str, placed: &Placed<'_>) -> String {
+    let parent = match placed.parent {
+        Some(parent) => format!("mkdir -p {} && ", shell_quote(&format!("{dir}{parent}"))),
+        None => String::new(),
+    };
+    format!(
+        "f={file}; [ \"$(wc -c < \"$f\")\" -eq {size} ] && touch -m -d @{secs}.{nanos:09} \"$f\" \
+         && chmod {mode:o} \"$f\" && {parent}ln -T \"$f\" {path} 2>/dev/null && echo placed; \
+         rm -f \"$f\"",
+        file = shell_quote(file),
+        size = placed.size,
+        secs = placed.mtime_secs,
+        nanos = placed.mtime_nanos,
+        mode = placed.mode & 0o7777,
+        path = shell_quote(&format!("{dir}{}", placed.path)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sh(script: &str, input: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{script}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    #[test]
+    fn parts_written_in_any_order_make_the_file_with_its_mode_and_time() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let root = format!("{}/", dir.path().display());
+        let temp = dir.path().join("part's file");
+        let temp = temp.to_str().unwrap();
+        let block = PART_BLOCK as usize;
+        let whole: Vec<u8> = (0..2 * block + 10).map(|i| (i % 251) as u8).collect();
+        sh(&part_command(temp, 2 * PART_BLOCK), &whole[2 * block..]);
+        sh(&part_command(temp, 0), &whole[..block]);
+        sh(&part_command(temp, PART_BLOCK), &whole[block..2 * block]);
+        let placed = Placed {
+            path: "data/new dir/big.bin",
+            parent: Some("data/new dir"),
+            size: whole.len() as u64,
+            mode: 0o100750,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 123_456_789,
+        };
+        assert_eq!(sh(&place_command(&root, temp, &placed), b""), "placed\n");
+        let file = dir.path().join(placed.path);
+        assert!(std::fs::read(&file).unwrap() == whole);
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec()),
+            (1_700_000_000, 123_456_789)
+        );
+        assert!(
+            !dir.path().join("part's file").exists(),
+            "the temporary file goes"
+        );
+    }
+
+    #[test]
+    fn nothing_there_is_replaced_and_a_short_file_is_never_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = format!("{}/", dir.path().display());
+        let temp = dir.path().join("parts");
+        let temp = temp.to_str().unwrap();
+        let placed = |path| Placed {
+            path,
+            parent: None,
+            size: 4,
+            mode: 0o644,
+            mtime_secs: 1,
+            mtime_nanos: 0,
+        };
+        std::fs::write(dir.path().join("there.bin"), "mine").unwrap();
+        std::fs::create_dir(dir.path().join("a dir")).unwrap();
+        for path in ["there.bin", "a dir"] {
+            sh(&part_command(temp, 0), b"new!");
+            assert_eq!(
+                sh(&place_command(&root, temp, &placed(path)), b""),
+                "",
+                "{path}"
+            );
+            assert!(!dir.path().join("parts").exists());
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("there.bin")).unwrap(),
+            b"mine"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("a dir")).unwrap().count(),
+            0
+        );
+        sh(&part_command(temp, 0), b"new");
+        assert_eq!(
+            sh(&place_command(&root, temp, &placed("short.bin")), b""),
+            ""
+        );
+        assert!(!dir.path().join("short.bin").exists());
+    }
+}
