@@ -20,9 +20,8 @@ pub fn part_command(file: &str, offset: u64) -> String {
 
 /// What the file sent in parts is to become.
 pub struct Placed<'a> {
-    /// Where it goes, in the remote directory, and the directory above it there.
+    /// Where it goes, in the remote directory.
     pub path: &'a str,
-    pub parent: Option<&'a str>,
     pub size: u64,
     /// Permission bits (rsync's `--perms`).
     pub mode: u32,
@@ -34,8 +33,8 @@ pub struct Placed<'a> {
 /// at its path in `dir` unless something is there by then; prints `placed` if it did. The
 /// temporary file goes in every case.
 pub fn place_command(dir: &str, file: &str, placed: &Placed<'_>) -> String {
-    let parent = match placed.parent {
-        Some(parent) => format!("mkdir -p {} && ", shell_quote(&format!("{dir}{parent}"))),
+    let parent = match placed.path.rsplit_once('/') {
+        Some((parent, _)) => format!("mkdir -p {} && ", shell_quote(&format!("{dir}{parent}"))),
         None => String::new(),
     };
     format!(
@@ -84,7 +83,6 @@ mod tests {
         sh(&part_command(temp, PART_BLOCK), &whole[block..2 * block]);
         let placed = Placed {
             path: "data/new dir/big.bin",
-            parent: Some("data/new dir"),
             size: whole.len() as u64,
             mode: 0o100750,
             mtime_secs: 1_700_000_000,
@@ -113,7 +111,6 @@ mod tests {
         let temp = temp.to_str().unwrap();
         let placed = |path| Placed {
             path,
-            parent: None,
             size: 4,
             mode: 0o644,
             mtime_secs: 1,

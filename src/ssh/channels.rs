@@ -33,6 +33,25 @@ impl Default for Ahead {
     }
 }
 
+/// A channel's sending half, closed when dropped unless its command ended well.
+struct CloseUnlessDone(Option<russh::ChannelWriteHalf<client::Msg>>);
+
+impl CloseUnlessDone {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseUnlessDone {
+    fn drop(&mut self) {
+        if let Some(write) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = write.close().await;
+            });
+        }
+    }
+}
+
 /// What a fed command's input is read in at most at a time: a few of the packets it goes in.
 const FED_CHUNK: usize = 64 * 1024;
 
@@ -66,8 +85,9 @@ impl Session {
         self.run_fed_from(what, command, input).await
     }
 
-    /// As `run_fed_bytes`, with all `input` reads on the command's stdin: each read goes to
-    /// russh as it is, which keeps it until it is encrypted, without a copy.
+    /// As `run_fed_bytes`, with all `input` reads on the command's stdin, each handed to russh
+    /// as it is. Dropped before its end (a cancelled transfer), the channel is closed: russh
+    /// does not close a dropped one, and the command would wait for the rest of its input.
     pub async fn run_fed_from(
         &self,
         what: &str,
@@ -75,8 +95,10 @@ impl Session {
         mut input: impl AsyncRead + Unpin,
     ) -> Result<Vec<u8>> {
         let (read, write) = self.open_exec(command).await?.split();
+        let closing = CloseUnlessDone(Some(write));
         let lost = "the connection to the instance was lost while sending input";
         let send = async {
+            let write = closing.0.as_ref().expect("until done");
             loop {
                 let mut chunk = Vec::with_capacity(FED_CHUNK);
                 let read = (input.read_buf(&mut chunk).await)
@@ -90,17 +112,21 @@ impl Session {
         // Read as it is sent: a command that fails says so before taking all its input.
         let answer = captured(read, what);
         tokio::pin!(answer);
-        tokio::select! {
+        let answered = tokio::select! {
             biased;
-            sent = send => {
-                sent?;
-                answer.await
-            }
+            sent = send => match sent {
+                Ok(()) => answer.await,
+                Err(e) => Err(e),
+            },
             answer = &mut answer => {
                 answer?;
                 bail!("`{what}` ended on the instance before it took all its input")
             }
+        };
+        if answered.is_ok() {
+            closing.done();
         }
+        answered
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<Channel> {

@@ -33,13 +33,13 @@ fn preferred() -> Preferred {
 }
 
 /// The holder's side of the local hop (see `held`), with `key` as its host key: the same
-/// algorithms and windows. No delay after a refused login: only this user can reach its socket.
+/// algorithms and packets, a window for no delay. No delay after a refused login: only this user can reach its socket.
 /// Runs come and go; the holder itself decides when it ends.
 pub(super) fn holder_config(key: PrivateKey) -> server::Config {
     server::Config {
         keys: vec![key],
         preferred: preferred(),
-        window_size: WINDOW,
+        window_size: LOCAL_WINDOW,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: CHANNEL_BUFFER,
         auth_rejection_time: Duration::ZERO,
@@ -58,6 +58,11 @@ pub(super) fn holder_config(key: PrivateKey) -> server::Config {
 /// reading the connection until they are taken. (The other way, the instance's sshd sets the
 /// window: OpenSSH's is 2 MiB, whatever the client.)
 pub(super) const WINDOW: u32 = 16 * 1024 * 1024;
+/// How much a run may send on a channel to the holder before the holder took it in: the
+/// instance's sshd takes 2 MiB per channel at a time, and what a bigger window let through
+/// would pile up in the run's memory (a big file's four parts at once: 64 MiB). The local hop
+/// has no delay to cover.
+const LOCAL_WINDOW: u32 = 2 * 1024 * 1024;
 /// Packets held per channel before the connection is no longer read (russh's default): at
 /// most `CHANNEL_BUFFER * MAX_PACKET` bytes, 6.4 MB, for the channel that carries rsync.
 const CHANNEL_BUFFER: usize = 100;

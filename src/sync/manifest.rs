@@ -39,12 +39,17 @@ pub struct Stamp {
 impl Stamp {
     /// The stamp of `path` itself (a symlink, not what it points to), if it exists.
     pub fn of(path: &Path) -> Option<Stamp> {
-        let meta = path.symlink_metadata().ok()?;
-        Some(Stamp {
+        path.symlink_metadata()
+            .ok()
+            .map(|meta| Stamp::of_meta(&meta))
+    }
+
+    pub fn of_meta(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
             size: meta.len(),
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec() as u32,
-        })
+        }
     }
 
     /// Whether rsync's listing of a file (size, `%M` time in whole seconds) describes this stamp.

@@ -27,7 +27,6 @@ mod pull;
 mod pull_plan;
 mod push;
 mod report;
-mod rules;
 mod secrets;
 mod small;
 mod temp;

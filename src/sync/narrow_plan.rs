@@ -1,19 +1,21 @@
 //! What a narrowed pull (`narrow`) decides as a whole pull would, from the instance's answer
 //! rather than rsync's listing of the tree: which of the changed files the rules keep there
-//! (`rules`; a name this side's file system does not keep as it is, one differing only in
+//! (asked of a local rsync over an empty copy of their names: the rules look at names and
+//! kinds only; a name this side's file system does not keep as it is, one differing only in
 //! case on a file system that ignores it, is for a whole pull), then the pull's plan for the
 //! others (`pull_plan`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::held::hold_of;
 use super::itemize::{Item, Kind, rsync_time};
 use super::options::Way;
 use super::pull_plan::{Plan, kind_of, plan};
 use super::report::Hold;
-use super::{Manifest, Rsync};
+use super::{LISTING, Manifest, Rsync, contents_of};
 use crate::remote::changes::Change;
 
 /// More changes than this are for rsync's listing, which is then as quick.
@@ -50,21 +52,45 @@ impl Rsync<'_> {
         if changes.is_empty() {
             return Ok(Some(Decided::default()));
         }
-        let paths: Vec<&Path> = changes.iter().map(|change| change.path.as_path()).collect();
-        let judged = self.judge(&paths, Way::Pull, temp).await?;
+        let names = temp.join("names");
+        for change in changes {
+            let path = names.join(&change.path);
+            let made = (path.parent().map_or(Ok(()), std::fs::create_dir_all))
+                .and_then(|()| std::fs::File::create(&path).map(drop));
+            made.with_context(|| format!("cannot write in {}", names.display()))?;
+        }
+        let mut rsync = self.command(Some(Way::Pull));
+        rsync
+            .args(["--recursive", "--links", "-i", "--debug=FILTER1"])
+            .args(LISTING)
+            .arg(contents_of(&names))
+            .arg(super::nowhere());
+        let listed = self.invoke(rsync, None).await?;
+        let _ = std::fs::remove_dir_all(&names);
+        if let Some(failure) = listed.failure {
+            anyhow::bail!("cannot apply the rules to the changed names: {failure}");
+        }
+        let hidden_by = |path: &Path| {
+            (listed.hidden.iter())
+                .find(|(hidden, _)| path.starts_with(hidden))
+                .map(|(_, pattern)| pattern.as_str())
+        };
+        let seen: HashSet<&Path> = (listed.items.iter())
+            .map(|item| item.path.as_path())
+            .collect();
         let mut decided = Decided {
             items: Vec::new(),
             held: Vec::new(),
         };
         for change in changes {
-            match judged.hidden_by(&change.path) {
+            match hidden_by(&change.path) {
                 Some(pattern) => {
                     let why = hold_of(pattern, self.options);
                     decided
                         .held
                         .extend(why.map(|why| (change.path.clone(), why)));
                 }
-                None if !judged.seen(&change.path) => return Ok(None),
+                None if !seen.contains(change.path.as_path()) => return Ok(None),
                 None => decided.items.push(Item::changed_there(
                     Kind::File,
                     change.size,

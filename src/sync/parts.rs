@@ -6,21 +6,23 @@
 //! would (`remote::parts`). rsync, after, finds it there. A file that changed here meanwhile,
 //! or whose parts did not all arrive, is left to rsync.
 
+use std::fs::Metadata;
 use std::io::SeekFrom;
 use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::Rsync;
 use super::itemize::{Item, Kind, rsync_time};
 use super::manifest::Stamp;
 use super::options::{TEMP_DIR, Way};
-use super::temp::LocalTemp;
+use super::{LISTING, PUSH_OPTIONS, Rsync};
 use crate::remote::parts::{PART_BLOCK, Placed, part_command, place_command};
 use crate::remote::shell_quote;
+use crate::ssh::Session;
 
 /// Files from this size go up in parts: below it, the parts' one more round trip costs about
 /// what they save.
@@ -28,10 +30,9 @@ const PARTED_FROM: u64 = 16 << 20;
 /// Channels at once: each counts as one of the connection's sessions for sshd (`MaxSessions`,
 /// ten), beside those a run keeps opened ahead.
 const CHANNELS: u64 = 4;
-
-/// The most entries a push into a new directory looks at for big files: a tree bigger than
-/// that (a dataset the rules may keep here) goes up through rsync alone, which lists it anyway.
-const WALKED_AT_MOST: usize = 50_000;
+/// The most entries a push into a new directory glances at for a big file before it asks
+/// rsync, which applies the rules (and skips the directories they leave out).
+const GLANCED_AT_MOST: usize = 20_000;
 
 /// Whether an item the push sends goes up in parts.
 pub(super) fn in_parts(item: &Item) -> bool {
@@ -47,29 +48,37 @@ fn ranges(size: u64) -> Vec<Range<u64>> {
 }
 
 impl Rsync<'_> {
-    /// The files of a push into a new directory that go up in parts: big regular files here,
-    /// as a walk finds them, that the push's rules let up. None when they cannot be judged:
-    /// rsync sends all.
-    pub(super) async fn big_files_here(&self) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut budget = WALKED_AT_MOST;
-        walk(self.local_dir, Path::new(""), &mut found, &mut budget);
-        if found.is_empty() || budget == 0 {
+    /// For a push into a new directory: the big files here that the push sends, in parts; the
+    /// items placed. Nothing when there are none, or they cannot be listed: rsync sends all.
+    pub(super) async fn send_big_files_here(&self) -> Vec<Item> {
+        let dir = self.local_dir.to_path_buf();
+        let glance = tokio::task::spawn_blocking(move || may_hold_big(&dir, GLANCED_AT_MOST));
+        if !glance.await.unwrap_or(true) {
             return Vec::new();
         }
-        let judged = async {
-            let temp = LocalTemp::take(self.local_dir)?;
-            let names: Vec<&Path> = found.iter().map(PathBuf::as_path).collect();
-            self.judge(&names, Way::Push, temp.path()).await
-        };
-        match judged.await {
-            Ok(judged) => (found.into_iter())
-                .filter(|path| judged.hidden_by(path).is_none() && judged.seen(path))
+        // As the push itself sees the tree: its rules, its links.
+        let mut rsync = self.command(Some(Way::Push));
+        rsync
+            .args(PUSH_OPTIONS)
+            .args(LISTING)
+            .arg("-i")
+            .arg(format!("--min-size={PARTED_FROM}"))
+            .arg(self.local_root())
+            .arg(super::nowhere());
+        let big: Vec<PathBuf> = match self.invoke(rsync, None).await {
+            Ok(listed) if listed.failure.is_none() => (listed.items.into_iter())
+                .filter(in_parts)
+                .map(|item| item.path)
                 .collect(),
-            Err(e) => {
-                tracing::debug!("big files left to rsync: {e:#}");
-                Vec::new()
-            }
+            Ok(listed) => return left_to_rsync(listed.failure.unwrap_or_default()),
+            Err(e) => return left_to_rsync(format!("{e:#}")),
+        };
+        if big.is_empty() {
+            return Vec::new();
+        }
+        match self.remote_temp().await {
+            Ok(temp) => self.send_in_parts(&big, &temp).await,
+            Err(e) => left_to_rsync(format!("{e:#}")),
         }
     }
 
@@ -91,44 +100,36 @@ impl Rsync<'_> {
         let local = self.local_dir.join(path);
         let name = path.to_str().context("not a UTF-8 name")?;
         let meta = local.symlink_metadata()?;
-        anyhow::ensure!(meta.is_file(), "no longer a file");
-        let before = Stamp::of(&local);
-        let file = format!("{temp}/parts-{:016x}", rand::random::<u64>());
+        ensure!(meta.is_file(), "no longer a file");
+        // `touch -d @S.N` reads a time before 1970 otherwise than it is kept.
+        ensure!(meta.mtime() >= 0, "a time before 1970");
+        let file = RemoteFile {
+            path: format!("{temp}/parts-{:016x}", rand::random::<u64>()),
+            session: Some(self.session.clone()),
+        };
         let ranges = ranges(meta.len());
         tracing::debug!("{name}: in {} parts", ranges.len());
         let parts = ranges.into_iter().map(|range| {
             let what = format!("the part of {name} from byte {}", range.start);
-            self.send_part(&local, &file, range, what)
+            send_part(&self.session, &local, &meta, &file.path, range, what)
         });
-        if let Err(e) = futures_util::future::try_join_all(parts).await {
-            let _ = self
-                .session
-                .run_captured(&format!("rm -f {}", shell_quote(&file)))
-                .await;
-            return Err(e);
+        futures_util::future::try_join_all(parts).await?;
+        // Changed while it went up: rsync sends the new version.
+        if Stamp::of(&local) != Some(Stamp::of_meta(&meta)) {
+            return Ok(None);
         }
-        let dir = self.remote_dir.for_rsync();
         let placed = Placed {
             path: name,
-            parent: path
-                .parent()
-                .and_then(Path::to_str)
-                .filter(|p| !p.is_empty()),
             size: meta.len(),
             mode: meta.permissions().mode(),
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec() as u32,
         };
-        let place = place_command(&dir, &file, &placed);
-        // Changed while it went up: rsync sends the new version.
-        if Stamp::of(&local) != before {
-            let _ = self
-                .session
-                .run_captured(&format!("rm -f {}", shell_quote(&file)))
-                .await;
-            return Ok(None);
-        }
-        let answer = self.session.run_captured(&place).await?;
+        let dir = self.remote_dir.for_rsync();
+        let answer = (self.session)
+            .run_captured(&place_command(&dir, &file.path, &placed))
+            .await?;
+        file.gone();
         Ok((answer.trim() == "placed").then(|| {
             Item::sent(
                 Kind::File,
@@ -138,50 +139,93 @@ impl Rsync<'_> {
             )
         }))
     }
+}
 
-    async fn send_part(
-        &self,
-        local: &Path,
-        file: &str,
-        range: Range<u64>,
-        what: String,
-    ) -> Result<()> {
-        let mut input = tokio::fs::File::open(local)
-            .await
-            .with_context(|| format!("cannot open {}", local.display()))?;
-        input.seek(SeekFrom::Start(range.start)).await?;
-        let command = part_command(file, range.start);
-        let input = input.take(range.end - range.start);
-        self.session.run_fed_from(&what, &command, input).await?;
-        Ok(())
+/// Sends `range` of `local` (the file `meta` describes: one put in its place meanwhile is not
+/// mixed in) into `file` on the instance.
+async fn send_part(
+    session: &Session,
+    local: &Path,
+    meta: &Metadata,
+    file: &str,
+    range: Range<u64>,
+    what: String,
+) -> Result<()> {
+    let mut input = tokio::fs::File::open(local)
+        .await
+        .with_context(|| format!("cannot open {}", local.display()))?;
+    let opened = input.metadata().await?;
+    ensure!(
+        (opened.dev(), opened.ino()) == (meta.dev(), meta.ino()),
+        "replaced meanwhile"
+    );
+    input.seek(SeekFrom::Start(range.start)).await?;
+    let input = input.take(range.end - range.start);
+    session
+        .run_fed_from(&what, &part_command(file, range.start), input)
+        .await?;
+    Ok(())
+}
+
+/// The temporary file on the instance, removed unless it is `gone` (placed, or removed by the
+/// command that placed it): a part that failed or a transfer cancelled leaves nothing there.
+struct RemoteFile {
+    path: String,
+    /// Where to remove it; `None` once it is gone.
+    session: Option<Arc<Session>>,
+}
+
+impl RemoteFile {
+    fn gone(mut self) {
+        self.session = None;
     }
 }
 
-/// Adds the regular files of at least `PARTED_FROM` bytes under `dir`/`under` to `found`,
-/// relative to `dir`, looking at `budget` entries at most (it is left at 0 when there were
-/// more); links are not followed, rsync's temporary files not looked at.
-fn walk(dir: &Path, under: &Path, found: &mut Vec<PathBuf>, budget: &mut usize) {
-    let Ok(entries) = std::fs::read_dir(dir.join(under)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if *budget == 0 {
-            return;
-        }
-        *budget -= 1;
-        let path = under.join(entry.file_name());
-        match entry.file_type() {
-            Ok(kind) if kind.is_dir() && path != Path::new(TEMP_DIR) => {
-                walk(dir, &path, found, budget)
-            }
-            Ok(kind)
-                if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() >= PARTED_FROM) =>
-            {
-                found.push(path)
-            }
-            _ => {}
+impl Drop for RemoteFile {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let remove = format!("rm -f {}", shell_quote(&self.path));
+            tokio::spawn(async move {
+                let _ = session.run_captured(&remove).await;
+            });
         }
     }
+}
+
+fn left_to_rsync(why: String) -> Vec<Item> {
+    tracing::debug!("big files left to rsync: {why}");
+    Vec::new()
+}
+
+/// Whether the tree under `dir` may hold a regular file of at least `PARTED_FROM` bytes: it
+/// has one, or more than `budget` entries to look at. Links are not followed, rsync's
+/// temporary files not looked at.
+fn may_hold_big(dir: &Path, budget: usize) -> bool {
+    let mut left = budget;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(still) = left.checked_sub(1) else {
+                return true;
+            };
+            left = still;
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() && entry.file_name() != TEMP_DIR => {
+                    dirs.push(entry.path())
+                }
+                Ok(kind)
+                    if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() >= PARTED_FROM) =>
+                {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -189,36 +233,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_walk_finds_big_regular_files_only_and_gives_up_on_a_huge_tree() {
+    fn a_glance_finds_a_big_regular_file_and_gives_up_on_a_huge_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let big = |relative: &str| {
+        let file = |relative: &str, size: u64| {
             let path = dir.path().join(relative);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             // Sparse: no disk used.
-            std::fs::File::create(&path)
-                .unwrap()
-                .set_len(PARTED_FROM)
-                .unwrap();
+            std::fs::File::create(&path).unwrap().set_len(size).unwrap();
         };
-        big("top.bin");
-        big("data/deep/weights.bin");
-        big(&format!("{TEMP_DIR}/half.bin"));
-        std::fs::write(dir.path().join("data/small.txt"), "small").unwrap();
-        std::os::unix::fs::symlink("top.bin", dir.path().join("link.bin")).unwrap();
-        std::os::unix::fs::symlink("data", dir.path().join("linked-dir")).unwrap();
-
-        let (mut found, mut budget) = (Vec::new(), 100);
-        walk(dir.path(), Path::new(""), &mut found, &mut budget);
-        found.sort();
-        assert_eq!(
-            found,
-            [Path::new("data/deep/weights.bin"), Path::new("top.bin")]
+        let link = |target: &str, relative: &str| {
+            std::os::unix::fs::symlink(dir.path().join(target), dir.path().join(relative)).unwrap()
+        };
+        file("elsewhere/big.bin", PARTED_FROM);
+        file("project/small.txt", 5);
+        file(&format!("project/{TEMP_DIR}/half.bin"), PARTED_FROM);
+        link("elsewhere/big.bin", "project/big.bin");
+        link("elsewhere", "project/elsewhere");
+        let project = dir.path().join("project");
+        assert!(!may_hold_big(&project, 100), "links, rsync's own files");
+        file("project/deep/er/weights.bin", PARTED_FROM - 1);
+        assert!(!may_hold_big(&project, 100));
+        file("project/deep/er/weights.bin", PARTED_FROM);
+        assert!(may_hold_big(&project, 100));
+        file("project/deep/er/weights.bin", 1);
+        assert!(
+            may_hold_big(&project, 3),
+            "more entries than it may look at"
         );
-        assert!(budget > 0);
-
-        let (mut found, mut budget) = (Vec::new(), 3);
-        walk(dir.path(), Path::new(""), &mut found, &mut budget);
-        assert_eq!(budget, 0, "more entries than it may look at");
     }
 
     #[test]

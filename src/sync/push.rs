@@ -114,11 +114,7 @@ impl Rsync<'_> {
         started: SystemTime,
         mark: Option<&PullMark>,
     ) -> Result<Vec<PathBuf>> {
-        let big = self.big_files_here().await;
-        let placed = match big.is_empty() {
-            true => Vec::new(),
-            false => self.send_in_parts(&big, &self.remote_temp().await?).await,
-        };
+        let placed = self.send_big_files_here().await;
         let stamp = mark.map(|mark| format!("{}; ", mark.stamp_alone()));
         let remote = self.remote_temp_then_rsync(&stamp.unwrap_or_default());
         let mut rsync = self.command(Some(Way::Push));

@@ -96,3 +96,74 @@ fn a_big_new_file_goes_up_in_parts_as_rsync_would_have_sent_it() {
     });
     assert_eq!(left, 0, "no part is left on the instance");
 }
+
+/// The parts' temporary files on the instance, in any connection's directory.
+fn parts_files(remote: &Path) -> Vec<std::path::PathBuf> {
+    let top = std::fs::read_dir(remote.join(".ssh-ec2-tmp"))
+        .into_iter()
+        .flatten();
+    (top.flatten())
+        .flat_map(|dir| {
+            std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|file| file.path())
+        .filter(|file| file.to_string_lossy().contains("/parts-"))
+        .collect()
+}
+
+/// Processes whose command line names `word` (the instance's are this machine's too).
+fn processes_naming(word: &str) -> usize {
+    let all = std::fs::read_dir("/proc").unwrap().flatten();
+    (all.filter_map(|process| std::fs::read(process.path().join("cmdline")).ok()))
+        .filter(|line| String::from_utf8_lossy(line).contains(word))
+        .count()
+}
+
+#[test]
+fn a_push_cancelled_during_its_parts_leaves_no_part_and_no_writer_on_the_instance() {
+    use std::os::unix::process::CommandExt;
+    let cloud = TestCloud::start();
+    let project = Project::new();
+    project.write("train.py", "print(1)\n");
+    Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
+    // Sparse here; long enough to go up that Ctrl-C comes first.
+    let huge = std::fs::File::create(project.path().join("huge.bin")).unwrap();
+    huge.set_len(4 << 30).unwrap();
+    let remote = cloud.remote(&project);
+
+    let mut child = project
+        .ssh_ec2(&cloud)
+        .args(["-vv", "--leave", "true"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    common::wait_until("the parts to be written", || {
+        !parts_files(&remote).is_empty()
+    });
+    common::signal(&child, nix::sys::signal::Signal::SIGINT);
+    let status = common::wait_or_kill(child, common::RUN_TIMEOUT);
+    let said = said.join().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "{said}");
+    assert!(said.contains("huge.bin: in 4 parts"), "{said}");
+
+    let writer = format!(
+        "{}/.ssh-ec2-tmp/",
+        project.path().file_name().unwrap().to_string_lossy()
+    );
+    common::wait_until("the parts and their writers to go", || {
+        parts_files(&remote).is_empty() && processes_naming(&writer) == 0
+    });
+    assert!(!remote.join("huge.bin").exists(), "{said}");
+}
