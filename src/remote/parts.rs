@@ -6,6 +6,10 @@ use super::shell_quote;
 
 /// Parts start at whole blocks of this size: `dd` seeks in blocks.
 pub const PART_BLOCK: u64 = 1 << 20;
+/// Begins the name of the temporary file the parts are written into.
+pub const PARTS_PREFIX: &str = "parts-";
+/// A temporary file of parts untouched for this long is abandoned: its writer was killed.
+pub const PARTS_ABANDONED_MINUTES: u32 = 10;
 
 /// Writes the command's input into `file` from byte `offset` (a whole number of
 /// `PART_BLOCK`s), leaving the rest of the file as it is.

@@ -76,17 +76,12 @@ impl Session {
     /// command line, which every process on the instance can read); `what` names the command
     /// in errors.
     pub async fn run_fed(&self, what: &str, command: &str, input: &[u8]) -> Result<String> {
-        let stdout = self.run_fed_bytes(what, command, input).await?;
+        let stdout = self.run_fed_from(what, command, input).await?;
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
-    /// As `run_fed`, its output as it is (files' bytes).
-    pub async fn run_fed_bytes(&self, what: &str, command: &str, input: &[u8]) -> Result<Vec<u8>> {
-        self.run_fed_from(what, command, input).await
-    }
-
-    /// As `run_fed_bytes`, with all `input` reads on the command's stdin, each handed to russh
-    /// as it is. Dropped before its end (a cancelled transfer), the channel is closed: russh
+    /// As `run_fed`, its output as it is (files' bytes), with all `input` reads on the
+    /// command's stdin, each handed to russh as it is. Dropped before its end (a cancelled transfer), the channel is closed: russh
     /// does not close a dropped one, and the command would wait for the rest of its input.
     pub async fn run_fed_from(
         &self,

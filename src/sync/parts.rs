@@ -20,7 +20,7 @@ use super::itemize::{Item, Kind, rsync_time};
 use super::manifest::Stamp;
 use super::options::{TEMP_DIR, Way};
 use super::{LISTING, PUSH_OPTIONS, Rsync};
-use crate::remote::parts::{PART_BLOCK, Placed, part_command, place_command};
+use crate::remote::parts::{PART_BLOCK, PARTS_PREFIX, Placed, part_command, place_command};
 use crate::remote::shell_quote;
 use crate::ssh::Session;
 
@@ -103,8 +103,14 @@ impl Rsync<'_> {
         ensure!(meta.is_file(), "no longer a file");
         // `touch -d @S.N` reads a time before 1970 otherwise than it is kept.
         ensure!(meta.mtime() >= 0, "a time before 1970");
+        let sampled = local.clone();
+        let compresses = tokio::task::spawn_blocking(move || compresses_well(&sampled)).await?;
+        ensure!(
+            !compresses?,
+            "it compresses well: rsync's --compress carries it better"
+        );
         let file = RemoteFile {
-            path: format!("{temp}/parts-{:016x}", rand::random::<u64>()),
+            path: format!("{temp}/{PARTS_PREFIX}{:016x}", rand::random::<u64>()),
             session: Some(self.session.clone()),
         };
         let ranges = ranges(meta.len());
@@ -192,6 +198,25 @@ impl Drop for RemoteFile {
     }
 }
 
+/// How much of a big file is compressed to judge it.
+const SAMPLE: u64 = 1 << 20;
+
+/// Whether a sample from the middle of `file` shrinks by a quarter or more at zlib's fastest:
+/// the parts go up as they are (russh compresses nothing), so over a slow link one rsync that
+/// compresses them carries such a file faster than four channels.
+fn compresses_well(file: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, Write};
+    let mut input = std::fs::File::open(file)?;
+    let size = input.metadata()?.len();
+    input.seek(SeekFrom::Start(size.saturating_sub(SAMPLE) / 2))?;
+    let mut sample = Vec::new();
+    input.take(SAMPLE).read_to_end(&mut sample)?;
+    let mut compressed =
+        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    compressed.write_all(&sample)?;
+    Ok(compressed.finish()?.len() * 4 <= sample.len() * 3)
+}
+
 fn left_to_rsync(why: String) -> Vec<Item> {
     tracing::debug!("big files left to rsync: {why}");
     Vec::new()
@@ -199,9 +224,10 @@ fn left_to_rsync(why: String) -> Vec<Item> {
 
 /// Whether the tree under `dir` may hold a regular file of at least `PARTED_FROM` bytes: it
 /// has one, or more than `budget` entries to look at. Links are not followed, rsync's
-/// temporary files not looked at.
+/// temporary files (at the top) not looked at.
 fn may_hold_big(dir: &Path, budget: usize) -> bool {
     let mut left = budget;
+    let rsyncs_own = dir.join(TEMP_DIR);
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -213,9 +239,7 @@ fn may_hold_big(dir: &Path, budget: usize) -> bool {
             };
             left = still;
             match entry.file_type() {
-                Ok(kind) if kind.is_dir() && entry.file_name() != TEMP_DIR => {
-                    dirs.push(entry.path())
-                }
+                Ok(kind) if kind.is_dir() && entry.path() != rsyncs_own => dirs.push(entry.path()),
                 Ok(kind)
                     if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() >= PARTED_FROM) =>
                 {
@@ -251,6 +275,12 @@ mod tests {
         link("elsewhere", "project/elsewhere");
         let project = dir.path().join("project");
         assert!(!may_hold_big(&project, 100), "links, rsync's own files");
+        file(&format!("project/deep/{TEMP_DIR}/weights.bin"), PARTED_FROM);
+        assert!(
+            may_hold_big(&project, 100),
+            "rsync's own directory is at the top only"
+        );
+        std::fs::remove_dir_all(project.join("deep")).unwrap();
         file("project/deep/er/weights.bin", PARTED_FROM - 1);
         assert!(!may_hold_big(&project, 100));
         file("project/deep/er/weights.bin", PARTED_FROM);
@@ -260,6 +290,29 @@ mod tests {
             may_hold_big(&project, 3),
             "more entries than it may look at"
         );
+    }
+
+    #[test]
+    fn a_file_that_compresses_well_is_left_to_rsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("data.csv");
+        let rows: String = (0..200_000)
+            .map(|i| format!("{i},{},label-{}\n", i * 7, i % 10))
+            .collect();
+        std::fs::write(&csv, rows).unwrap();
+        assert!(compresses_well(&csv).unwrap());
+        let weights = dir.path().join("weights.bin");
+        let mut state = 7u64;
+        let noise: Vec<u8> = (0..3 * SAMPLE)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect();
+        std::fs::write(&weights, noise).unwrap();
+        assert!(!compresses_well(&weights).unwrap());
     }
 
     #[test]

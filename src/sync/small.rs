@@ -104,9 +104,9 @@ impl Rsync<'_> {
         }
         let list = super::nul_separated(small.iter().map(|item| item.path.as_path()));
         let command = contents_command(&self.remote_dir, SMALL);
-        let answer = self
-            .session
-            .run_fed_bytes("the read of small files", &command, &list);
+        let answer =
+            self.session
+                .run_fed_from("the read of small files", &command, list.as_slice());
         let sent = match answer
             .await
             .map(|answer| parse_contents(&answer, small.len()))

@@ -16,6 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::Rsync;
 use super::options::TEMP_DIR;
 use crate::remote::lease::started;
+use crate::remote::parts::{PARTS_ABANDONED_MINUTES, PARTS_PREFIX};
 use crate::remote::shell_quote;
 
 /// A pull's temporary directory here, and the lock that says it is in use; removed when
@@ -159,12 +160,14 @@ fn remote_temp_command(top: &str) -> String {
 }
 
 /// Makes this connection's temporary directory in `top` (`$t/$me`), removes those of
-/// connections that are gone.
+/// connections that are gone, and the files of parts untouched for `PARTS_ABANDONED_MINUTES`
+/// (a run killed while it sent them through a connection that stays: see `sync::parts`).
 fn make_remote_temp(top: &str) -> String {
     format!(
         "t={top}; me=\"$PPID-$({started} $PPID)\"; mkdir -p \"$t/$me\" && \
          for d in \"$t\"/*; do n=\"${{d##*/}}\"; p=\"${{n%%-*}}\"; \
-         [ \"$p-$({started} \"$p\")\" = \"$n\" ] || rm -rf \"$d\"; done;",
+         [ \"$p-$({started} \"$p\")\" = \"$n\" ] || rm -rf \"$d\"; done; \
+         find \"$t\" -name '{PARTS_PREFIX}*' -cmin +{PARTS_ABANDONED_MINUTES} -exec rm -f {{}} +;",
         top = shell_quote(top),
         started = started(),
     )
@@ -215,6 +218,29 @@ mod tests {
         );
         drop(other);
         assert!(!top.exists(), "the last one out removes the directory");
+    }
+
+    #[test]
+    fn the_instances_side_keeps_what_live_connections_write_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join(TEMP_DIR);
+        std::fs::create_dir_all(top.join("1-0")).unwrap();
+        let run = || {
+            let output = std::process::Command::new("sh")
+                .args(["-c", &remote_temp_command(top.to_str().unwrap())])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap().trim().to_string()
+        };
+        // The shell's parent, this test, stands for the connection's sshd.
+        let own = run();
+        assert!(top.join(&own).is_dir());
+        assert!(!top.join("1-0").exists(), "a gone connection's");
+        let parts = top.join(&own).join(format!("{PARTS_PREFIX}0123"));
+        std::fs::write(&parts, "being written").unwrap();
+        assert_eq!(run(), own);
+        assert!(parts.exists(), "parts written a moment ago stay");
     }
 
     #[test]

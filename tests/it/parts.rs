@@ -50,13 +50,20 @@ fn a_big_new_file_goes_up_in_parts_as_rsync_would_have_sent_it() {
     let written = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
     write_big(&project, "data/v1/weights.bin", &weights, 0o750, written);
     write_big(&project, "scratch.skip", &big_bytes(2), 0o644, written);
+    let table: String = (0..2_000_000)
+        .map(|i| format!("{i},{},x\n", i % 97))
+        .collect();
+    write_big(&project, "table.csv", table.as_bytes(), 0o644, written);
 
     // Into the directory a cold run makes.
     let run = Run::of(project.ssh_ec2(&cloud).args(["-vv", "--leave", "true"]));
     run.assert_code(0);
     assert!(in_parts(&run, "data/v1/weights.bin"), "{run}");
     assert!(!run.stderr.contains("scratch.skip: in"), "{run}");
+    // It compresses well: rsync's, with --compress.
+    assert!(!run.stderr.contains("table.csv: in"), "{run}");
     let remote = cloud.remote(&project);
+    assert!(std::fs::read(remote.join("table.csv")).unwrap() == table.as_bytes());
     let there = remote.join("data/v1/weights.bin");
     assert!(
         std::fs::read(&there).unwrap() == weights,
@@ -129,9 +136,15 @@ fn a_push_cancelled_during_its_parts_leaves_no_part_and_no_writer_on_the_instanc
     let project = Project::new();
     project.write("train.py", "print(1)\n");
     Run::of(project.ssh_ec2(&cloud).args(["--leave", "true"])).assert_code(0);
-    // Sparse here; long enough to go up that Ctrl-C comes first.
+    // Sparse here but where ssh-ec2 samples it (a file that compresses well is rsync's);
+    // long enough to go up that Ctrl-C comes first.
     let huge = std::fs::File::create(project.path().join("huge.bin")).unwrap();
-    huge.set_len(4 << 30).unwrap();
+    let size: u64 = 1 << 30;
+    huge.set_len(size).unwrap();
+    let noise = big_bytes(4);
+    let sampled = 1 << 20;
+    std::os::unix::fs::FileExt::write_at(&huge, &noise[..sampled], (size - sampled as u64) / 2)
+        .unwrap();
     let remote = cloud.remote(&project);
 
     let mut child = project
