@@ -3,7 +3,8 @@
 //!
 //! - Push (`push`): what changed here since the last sync goes up, in archive mode (the instance
 //!   gets local permissions), nothing deleted, and nothing the instance changed since is ever
-//!   replaced (a job may be writing it). It then records what both sides hold in the manifest.
+//!   replaced (a job may be writing it); a big new file in parts over several channels
+//!   (`parts`). It then records what both sides hold in the manifest.
 //! - Pull (`pull`): every file the instance changed since the last sync comes home. A local file
 //!   that did not change since is replaced; one that did, or something of another kind (a
 //!   directory there, a file or link here), is kept, and the instance's version is saved beside

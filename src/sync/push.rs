@@ -3,7 +3,8 @@
 //! file nobody can see). Each side is listed first: this one as rsync compares it with the
 //! instance, the instance's as it stands. A path new to the instance goes up only if nothing
 //! appeared there meanwhile (`--ignore-existing`); a path of another kind there stays as it is
-//! (the pull keeps both). Then the manifest records what both sides hold.
+//! (the pull keeps both). A big new file goes up first, in parts over several channels
+//! (`parts`). Then the manifest records what both sides hold.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
