@@ -1,5 +1,5 @@
 //! The IAM policies of policies/, read as AWS would evaluate them, which moto cannot do (it
-//! ignores conditions: see admin.rs): each identity policy passes a real IAM linter
+//! ignores conditions: see admin/user_policy.rs): each identity policy passes a real IAM linter
 //! (parliament, from PyPI, in the test bed's venv), and the conditions that keep one user from
 //! undoing another's ownership are present: tag keys must be named to write or delete tags (an
 //! empty `aws:TagKeys` satisfies any `ForAllValues`), instances are launched with IMDSv2
