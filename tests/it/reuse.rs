@@ -382,22 +382,8 @@ fn a_shutdown_from_inside_stops_the_instance_even_when_the_policy_is_terminate()
     let run = Run::of(project.ssh_ec2(&cloud).arg("true"));
     run.assert_code(0);
     let id = instance_id(&cloud.instances()[0]);
-    let shutdown = cloud
-        .block_on(
-            cloud
-                .ec2()
-                .describe_instance_attribute()
-                .instance_id(&id)
-                .attribute(
-                    aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
-                )
-                .send(),
-        )
-        .unwrap();
     assert_eq!(
-        shutdown
-            .instance_initiated_shutdown_behavior()
-            .and_then(|v| v.value()),
+        cloud.shutdown_behavior(&id).as_deref(),
         Some("stop"),
         "a `shutdown` in the command must not destroy results that are not home yet\n{run}"
     );

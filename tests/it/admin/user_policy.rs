@@ -91,6 +91,11 @@ impl PolicyTest<'_> {
         self.checked.push(refusal.action.to_string());
         run
     }
+
+    /// The states of the instances not terminated.
+    fn live_states(&self) -> Vec<InstanceStateName> {
+        self.cloud.live_instances().iter().map(state_of).collect()
+    }
 }
 
 #[test]
@@ -195,14 +200,7 @@ fn reusing_a_stopped_instance_needs(test: &mut PolicyTest) {
         let _ = std::fs::remove_file(&ingress);
         test.check(Refusal { action, args });
     }
-    assert_eq!(
-        test.cloud
-            .live_instances()
-            .iter()
-            .map(state_of)
-            .collect::<Vec<_>>(),
-        [InstanceStateName::Stopped]
-    );
+    assert_eq!(test.live_states(), [InstanceStateName::Stopped]);
 
     // The run that reuses the stopped instance, and terminates it.
     let reuse = test.run_as_full(&["echo", "two"]);
@@ -270,11 +268,7 @@ fn the_end_of_life_needs(test: &mut PolicyTest) {
         args: &["--stop", "true"],
     });
     assert_eq!(
-        test.cloud
-            .live_instances()
-            .iter()
-            .map(state_of)
-            .collect::<Vec<_>>(),
+        test.live_states(),
         [InstanceStateName::Running],
         "refused, the end of life left it running"
     );

@@ -333,29 +333,6 @@ impl TestCloud {
             .map(str::to_string)
             .collect()
     }
-
-    pub fn user_data(&self, instance_id: &str) -> String {
-        use base64::Engine;
-        let found = self
-            .block_on(
-                self.ec2()
-                    .describe_instance_attribute()
-                    .instance_id(instance_id)
-                    .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-                    .send(),
-            )
-            .unwrap();
-        let encoded = found
-            .user_data()
-            .and_then(|v| v.value())
-            .unwrap_or_default();
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .unwrap(),
-        )
-        .unwrap()
-    }
 }
 
 /// The one JSON line cloud.py prints once it is up.

@@ -1,10 +1,11 @@
-//! The simulated instances as machines: their files, seen from here on their disks, their
-//! consoles, and the sshd processes of their connections.
+//! The simulated instances as machines: what they were launched with, their files, seen from
+//! here on their disks, their consoles, and the sshd processes of their connections.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aws_sdk_ec2::types::InstanceStateName;
+use aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput;
+use aws_sdk_ec2::types::{InstanceAttributeName, InstanceStateName};
 
 use super::{Project, TestCloud, instance_id, state_of, tag};
 
@@ -124,6 +125,42 @@ impl TestCloud {
             }
         }
         found
+    }
+
+    fn attribute(
+        &self,
+        instance_id: &str,
+        attribute: InstanceAttributeName,
+    ) -> DescribeInstanceAttributeOutput {
+        let asked = (self.ec2().describe_instance_attribute())
+            .instance_id(instance_id)
+            .attribute(attribute);
+        self.block_on(asked.send()).unwrap()
+    }
+
+    /// What the instance does when shut down from inside: `stop` or `terminate`.
+    pub fn shutdown_behavior(&self, instance_id: &str) -> Option<String> {
+        let found = self.attribute(
+            instance_id,
+            InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+        );
+        let behavior = found.instance_initiated_shutdown_behavior();
+        behavior.and_then(|v| v.value()).map(str::to_string)
+    }
+
+    pub fn user_data(&self, instance_id: &str) -> String {
+        use base64::Engine;
+        let found = self.attribute(instance_id, InstanceAttributeName::UserData);
+        let encoded = found
+            .user_data()
+            .and_then(|v| v.value())
+            .unwrap_or_default();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap(),
+        )
+        .unwrap()
     }
 }
 

@@ -73,22 +73,8 @@ fn assert_instance_locked_down(cloud: &TestCloud, project: &Project, instance: &
         Some(project.path().canonicalize().unwrap().display().to_string())
     );
 
-    let shutdown = cloud
-        .block_on(
-            cloud
-                .ec2()
-                .describe_instance_attribute()
-                .instance_id(&id)
-                .attribute(
-                    aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
-                )
-                .send(),
-        )
-        .unwrap();
     assert_eq!(
-        shutdown
-            .instance_initiated_shutdown_behavior()
-            .and_then(|v| v.value()),
+        cloud.shutdown_behavior(&id).as_deref(),
         Some("stop"),
         "a left instance stops, not terminates, when shut down from inside"
     );
