@@ -81,8 +81,9 @@ impl Session {
     }
 
     /// As `run_fed`, its output as it is (files' bytes), with all `input` reads on the
-    /// command's stdin, each handed to russh as it is. Dropped before its end (a cancelled transfer), the channel is closed: russh
-    /// does not close a dropped one, and the command would wait for the rest of its input.
+    /// command's stdin, each handed to russh as it is. Failed or dropped before its end (a
+    /// cancelled transfer), the channel is closed: russh does not close a dropped one, and the
+    /// command would wait for the rest of its input.
     pub async fn run_fed_from(
         &self,
         what: &str,
@@ -109,19 +110,17 @@ impl Session {
         tokio::pin!(answer);
         let answered = tokio::select! {
             biased;
-            sent = send => match sent {
-                Ok(()) => answer.await,
-                Err(e) => Err(e),
-            },
+            sent = send => {
+                sent?;
+                answer.await?
+            }
             answer = &mut answer => {
                 answer?;
                 bail!("`{what}` ended on the instance before it took all its input")
             }
         };
-        if answered.is_ok() {
-            closing.done();
-        }
-        answered
+        closing.done();
+        Ok(answered)
     }
 
     pub async fn open_exec(&self, command: &str) -> Result<Channel> {

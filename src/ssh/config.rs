@@ -33,8 +33,9 @@ fn preferred() -> Preferred {
 }
 
 /// The holder's side of the local hop (see `held`), with `key` as its host key: the same
-/// algorithms and packets, a window sized for a hop without delay. No delay after a refused login: only this user can reach its socket.
-/// Runs come and go; the holder itself decides when it ends.
+/// algorithms and packets, a window sized for a hop without delay. No delay after a refused
+/// login: only this user can reach its socket. Runs come and go; the holder itself decides
+/// when it ends.
 pub(super) fn holder_config(key: PrivateKey) -> server::Config {
     server::Config {
         keys: vec![key],

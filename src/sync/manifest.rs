@@ -44,6 +44,7 @@ impl Stamp {
             .map(|meta| Stamp::of_meta(&meta))
     }
 
+    /// The stamp of what `meta` describes.
     pub fn of_meta(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
