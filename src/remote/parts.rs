@@ -2,6 +2,8 @@
 //! `dd` from its channel's input, then the whole given its mode and time and linked into
 //! place, only where nothing is by then.
 
+use std::ops::Range;
+
 use super::shell_quote;
 
 /// Parts start at whole blocks of this size: `dd` seeks in blocks.
@@ -11,14 +13,19 @@ pub const PARTS_PREFIX: &str = "parts-";
 /// A temporary file of parts untouched for this long is abandoned: its writer was killed.
 pub const PARTS_ABANDONED_MINUTES: u32 = 10;
 
-/// Writes the command's input into `file` from byte `offset` (a whole number of
-/// `PART_BLOCK`s), leaving the rest of the file as it is.
-pub fn part_command(file: &str, offset: u64) -> String {
-    debug_assert_eq!(offset % PART_BLOCK, 0);
+/// Writes the command's input, the bytes `part` of a file, into `file` from `part.start` (a
+/// whole number of `PART_BLOCK`s), leaving the rest of the file as it is. Input cut short (a
+/// cancelled or dead sender: the channel closes) or a failed write removes `file`, whoever
+/// wrote the other parts: nothing half-sent stays on the instance.
+pub fn part_command(file: &str, part: &Range<u64>) -> String {
+    debug_assert_eq!(part.start % PART_BLOCK, 0);
     format!(
-        "dd of={} bs={PART_BLOCK} seek={} conv=notrunc status=none",
-        shell_quote(file),
-        offset / PART_BLOCK
+        "n=$(LC_ALL=C dd of={f} bs={PART_BLOCK} seek={seek} conv=notrunc 2>&1 >/dev/null) && \
+         [ \"$(printf '%s\\n' \"$n\" | sed -n 's/^\\([0-9][0-9]*\\) bytes.*/\\1/p')\" = {length} ] \
+         || {{ rm -f {f}; printf '%s\\n' \"$n\" >&2; exit 1; }}",
+        f = shell_quote(file),
+        seek = part.start / PART_BLOCK,
+        length = part.end - part.start,
     )
 }
 
@@ -59,17 +66,22 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn sh(script: &str, input: &[u8]) -> String {
+    fn run(script: &str, input: &[u8]) -> std::process::Output {
         use std::io::Write;
         let mut child = Command::new("sh")
             .args(["-c", script])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(input).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{script}");
+        child.wait_with_output().unwrap()
+    }
+
+    fn sh(script: &str, input: &[u8]) -> String {
+        let output = run(script, input);
+        assert!(output.status.success(), "{script}: {output:?}");
         String::from_utf8(output.stdout).unwrap()
     }
 
@@ -82,9 +94,16 @@ mod tests {
         let temp = temp.to_str().unwrap();
         let block = PART_BLOCK as usize;
         let whole: Vec<u8> = (0..2 * block + 10).map(|i| (i % 251) as u8).collect();
-        sh(&part_command(temp, 2 * PART_BLOCK), &whole[2 * block..]);
-        sh(&part_command(temp, 0), &whole[..block]);
-        sh(&part_command(temp, PART_BLOCK), &whole[block..2 * block]);
+        let end = whole.len() as u64;
+        sh(
+            &part_command(temp, &(2 * PART_BLOCK..end)),
+            &whole[2 * block..],
+        );
+        sh(&part_command(temp, &(0..PART_BLOCK)), &whole[..block]);
+        sh(
+            &part_command(temp, &(PART_BLOCK..2 * PART_BLOCK)),
+            &whole[block..2 * block],
+        );
         let placed = Placed {
             path: "data/new dir/big.bin",
             size: whole.len() as u64,
@@ -123,7 +142,7 @@ mod tests {
         std::fs::write(dir.path().join("there.bin"), "mine").unwrap();
         std::fs::create_dir(dir.path().join("a dir")).unwrap();
         for path in ["there.bin", "a dir"] {
-            sh(&part_command(temp, 0), b"new!");
+            sh(&part_command(temp, &(0..4)), b"new!");
             assert_eq!(
                 sh(&place_command(&root, temp, &placed(path)), b""),
                 "",
@@ -139,11 +158,33 @@ mod tests {
             std::fs::read_dir(dir.path().join("a dir")).unwrap().count(),
             0
         );
-        sh(&part_command(temp, 0), b"new");
+        sh(&part_command(temp, &(0..3)), b"new");
         assert_eq!(
             sh(&place_command(&root, temp, &placed("short.bin")), b""),
             ""
         );
         assert!(!dir.path().join("short.bin").exists());
+    }
+
+    #[test]
+    fn a_part_cut_short_removes_the_file_whoever_wrote_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("parts");
+        let temp = temp.to_str().unwrap();
+        let block = vec![7u8; PART_BLOCK as usize];
+        sh(&part_command(temp, &(0..PART_BLOCK)), &block);
+        let cut = run(
+            &part_command(temp, &(PART_BLOCK..2 * PART_BLOCK)),
+            &block[..10],
+        );
+        assert!(!cut.status.success());
+        assert!(!dir.path().join("parts").exists());
+        let unwritable = dir.path().join("no such dir/parts");
+        let failed = run(&part_command(unwritable.to_str().unwrap(), &(0..3)), b"abc");
+        assert!(!failed.status.success());
+        assert!(
+            String::from_utf8_lossy(&failed.stderr).contains("No such file"),
+            "{failed:?}"
+        );
     }
 }

@@ -168,13 +168,14 @@ async fn send_part(
     input.seek(SeekFrom::Start(range.start)).await?;
     let input = input.take(range.end - range.start);
     session
-        .run_fed_from(&what, &part_command(file, range.start), input)
+        .run_fed_from(&what, &part_command(file, &range), input)
         .await?;
     Ok(())
 }
 
-/// The temporary file on the instance, removed unless it is `gone` (placed, or removed by the
-/// command that placed it): a part that failed or a transfer cancelled leaves nothing there.
+/// The temporary file on the instance, removed unless it is `gone` (removed by the command
+/// that placed it). A part cut short removes it on the instance itself (`part_command`); this
+/// is for parts that all arrived, then a file that changed here or a transfer cancelled.
 struct RemoteFile {
     path: String,
     /// Where to remove it; `None` once it is gone.

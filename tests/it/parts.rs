@@ -36,8 +36,10 @@ fn stamp(path: &Path) -> (u64, u32, i64, i64) {
     (meta.len(), mode, meta.mtime(), meta.mtime_nsec())
 }
 
+/// Whether `name` went up in parts and was placed (rather than left to rsync).
 fn in_parts(run: &Run, name: &str) -> bool {
     run.stderr.contains(&format!("{name}: in 4 parts"))
+        && !run.stderr.contains(&format!("{name} left to rsync"))
 }
 
 #[test]
